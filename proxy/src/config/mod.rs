@@ -1,0 +1,5 @@
+//! Validation and compilation of Envoy protos into the proxy's immutable config.
+
+mod error;
+
+pub use error::ConfigError;

@@ -1,0 +1,1 @@
+//! Route tables: virtual hosts indexed by domain, routes with compiled matchers and actions.
