@@ -1,0 +1,52 @@
+//! Bootstrap YAML builders for tests, front-proxy style.
+
+use std::net::SocketAddr;
+
+/// A STATIC cluster over `endpoints`; `extra` is spliced into the cluster (YAML, 4-space indent).
+pub fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
+    let mut eps = String::new();
+    for e in endpoints {
+        eps.push_str(&format!(
+            "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
+            e.ip(),
+            e.port()
+        ));
+    }
+    if endpoints.is_empty() {
+        eps.push_str("        []\n");
+    }
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
+    )
+}
+
+/// A bootstrap with one HTTP listener on `port` whose virtual hosts (YAML list
+/// items, 10-space indent) are `vhosts`, plus `clusters` (from [`cluster`]).
+pub fn http_proxy(port: u16, vhosts: &str, clusters: &[String], hcm_extra: &str) -> String {
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+static_resources:
+  listeners:
+  - name: ingress
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+{hcm_extra}          route_config:
+            name: local_route
+            virtual_hosts:
+{vhosts}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{clusters}"#,
+        clusters = clusters.concat()
+    )
+}
