@@ -1,0 +1,1 @@
+//! Differential testing against stock Envoy.
