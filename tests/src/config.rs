@@ -23,6 +23,18 @@ pub fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
 /// A bootstrap with one HTTP listener on `port` whose virtual hosts (YAML list
 /// items, 10-space indent) are `vhosts`, plus `clusters` (from [`cluster`]).
 pub fn http_proxy(port: u16, vhosts: &str, clusters: &[String], hcm_extra: &str) -> String {
+    http_proxy_with_route_config(port, "", vhosts, clusters, hcm_extra)
+}
+
+/// [`http_proxy`] plus `route_config_extra`: RouteConfiguration fields
+/// (YAML, 12-space indent) such as route-config-level header mutations.
+pub fn http_proxy_with_route_config(
+    port: u16,
+    route_config_extra: &str,
+    vhosts: &str,
+    clusters: &[String],
+    hcm_extra: &str,
+) -> String {
     // `virtual_hosts:` sits at 12 spaces, so its items need at least 12: the
     // callers' 10-space items are shifted (YAML rejects them otherwise).
     let vhosts = indent(vhosts, 2);
@@ -43,7 +55,7 @@ static_resources:
           stat_prefix: ingress_http
 {hcm_extra}          route_config:
             name: local_route
-            virtual_hosts:
+{route_config_extra}            virtual_hosts:
 {vhosts}          http_filters:
           - name: envoy.filters.http.router
             typed_config:
