@@ -245,12 +245,26 @@ pub struct Difference {
     pub candidate: String,
 }
 
+/// Aspects that still mean something when the two answers are different
+/// kinds of answer (an error, or another status).
+const HEADLINE: &[&str] = &["error", "status", "upstream", "body"];
+
+/// Every aspect on which `candidate` differs from `reference`. When the
+/// status differs (or one side failed) only the headline aspects are listed:
+/// twenty rows of `<absent>` headers would bury the one that matters.
 pub fn differences(
     case: &str,
     reference: &Observation,
     candidate: &Observation,
 ) -> Vec<Difference> {
-    let keys: BTreeSet<&String> = reference.keys().chain(candidate.keys()).collect();
+    let kind_differs = ["error", "status"]
+        .iter()
+        .any(|k| reference.get(*k) != candidate.get(*k));
+    let keys: BTreeSet<&String> = reference
+        .keys()
+        .chain(candidate.keys())
+        .filter(|k| !kind_differs || HEADLINE.contains(&k.as_str()))
+        .collect();
     keys.into_iter()
         .filter_map(|k| {
             let r = reference.get(k).map(String::as_str).unwrap_or(ABSENT);
@@ -392,4 +406,69 @@ pub async fn compare(
         ));
     }
     assert!(msg.is_empty(), "\n{msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(pairs: &[(&str, &str)]) -> Observation {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn lists_changed_missing_and_extra_aspects() {
+        let r = obs(&[
+            ("status", "200"),
+            ("upstream.path", "/new/x"),
+            ("upstream.header.x-forwarded-proto", "http"),
+        ]);
+        let c = obs(&[
+            ("status", "200"),
+            ("upstream.path", "/x"),
+            ("upstream.header.keep-alive", "timeout=5"),
+        ]);
+        let d = differences("rewrite", &r, &c);
+        let rows: Vec<(&str, &str, &str)> = d
+            .iter()
+            .map(|d| {
+                (
+                    d.aspect.as_str(),
+                    d.reference.as_str(),
+                    d.candidate.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("upstream.header.keep-alive", ABSENT, "timeout=5"),
+                ("upstream.header.x-forwarded-proto", "http", ABSENT),
+                ("upstream.path", "/new/x", "/x"),
+            ]
+        );
+        let t = table(&d, "envoy", "trellis");
+        assert!(t.starts_with("case    | aspect"), "{t}");
+        assert!(t.contains("rewrite | upstream.path"), "{t}");
+    }
+
+    #[test]
+    fn a_different_status_reports_only_headline_aspects() {
+        let r = obs(&[("status", "200"), ("upstream", "a"), ("upstream.path", "/")]);
+        let c = obs(&[("status", "404"), ("body", "")]);
+        let aspects: Vec<String> = differences("x", &r, &c)
+            .into_iter()
+            .map(|d| d.aspect)
+            .collect();
+        assert_eq!(aspects, ["body", "status", "upstream"]);
+    }
+
+    #[test]
+    fn identical_observations_have_no_differences() {
+        let r = obs(&[("status", "200"), ("response.header.date", PRESENT)]);
+        assert!(differences("x", &r, &r.clone()).is_empty());
+    }
 }
