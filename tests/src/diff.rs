@@ -43,6 +43,9 @@ pub struct Case {
     pub expect_status: u16,
     /// Which upstream (Echo name) must answer on the reference, if any.
     pub expect_upstream: Option<String>,
+    /// Aspects compared for presence only (e.g. `response.header.grpc-message`
+    /// of a connect failure, whose text names implementation details).
+    pub presence_only: Vec<String>,
 }
 
 impl Case {
@@ -58,7 +61,14 @@ impl Case {
             status_only: false,
             expect_status: 200,
             expect_upstream: None,
+            presence_only: Vec::new(),
         }
+    }
+
+    /// Compare `aspect` for presence only.
+    pub fn presence_only(mut self, aspect: &str) -> Case {
+        self.presence_only.push(aspect.to_string());
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Case {
@@ -177,6 +187,11 @@ pub async fn observe(addr: SocketAddr, case: &Case) -> Observation {
                 format!("trailer.{name}"),
                 String::from_utf8_lossy(v.as_bytes()).into(),
             );
+        }
+    }
+    for aspect in &case.presence_only {
+        if let Some(v) = obs.get_mut(aspect) {
+            *v = PRESENT.to_string();
         }
     }
     obs

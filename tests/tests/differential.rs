@@ -224,6 +224,16 @@ const VHOSTS: &str = r#"          - name: exact
               route: { cluster: rewrite, timeout: 0.2s, prefix_rewrite: "/delay/2000" }
             - match: { prefix: "/upstream-status/" }
               route: { cluster: rewrite, prefix_rewrite: "/status/" }
+            - match: { prefix: "/t0" }
+              route: { cluster: main, timeout: 0s }
+            - match: { prefix: "/t3" }
+              route: { cluster: main, timeout: 3s }
+            - match: { prefix: "/xfh" }
+              route: { cluster: rewrite, host_rewrite_literal: rewritten.example, append_x_forwarded_host: true }
+            - match: { prefix: "/method", headers: [{ name: ":method", string_match: { exact: "POST" } }] }
+              route: { cluster: method_post }
+            - match: { prefix: "/method" }
+              route: { cluster: method_other }
             - match: { prefix: "/std" }
               route: { cluster: main }
           - name: any
@@ -264,6 +274,8 @@ const ECHO_CLUSTERS: &[&str] = &[
     "w_b",
     "rewrite",
     "headers",
+    "method_post",
+    "method_other",
 ];
 
 /// Both proxies on the same bootstrap (only the listener port differs) in
@@ -287,7 +299,7 @@ fn cluster_with_hostname(name: &str, addr: SocketAddr, hostname: &str) -> String
     )
 }
 
-async fn pair() -> Pair {
+async fn pair(hcm_extra: &str) -> Pair {
     let envoy = require_envoy();
     let candidate = proxy_under_test();
     let mut upstreams = Vec::new();
@@ -304,7 +316,7 @@ async fn pair() -> Pair {
     clusters.push(cluster("dead", &[loopback(free_port())], ""));
 
     let bootstrap =
-        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, VHOSTS, &clusters, "");
+        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, VHOSTS, &clusters, hcm_extra);
     let (rp, cp) = (free_port(), free_port());
     let reference = ProxyProcess::start_with(&envoy, &bootstrap(rp), &[]).await;
     let candidate = ProxyProcess::start_with(&candidate, &bootstrap(cp), &[]).await;
@@ -326,8 +338,13 @@ fn candidate_name() -> &'static str {
 }
 
 async fn run(cases: Vec<Case>) {
+    run_with("", cases).await;
+}
+
+/// [`run`] with HttpConnectionManager options (`hcm_extra`, 10-space indent).
+async fn run_with(hcm_extra: &str, cases: Vec<Case>) {
     within(Duration::from_secs(120), "differential run", async {
-        let p = pair().await;
+        let p = pair(hcm_extra).await;
         compare(&cases, p.reference_addr, p.candidate_addr, candidate_name()).await;
     })
     .await;
@@ -569,6 +586,13 @@ async fn header_mutations_and_proxy_headers() {
             .h2()
             .to("headers"),
         Case::get("weighted cluster adds headers", M, "/weighted").to("w_a"),
+        Case::get("route timeout 0s: no expected-timeout header", M, "/t0").to("main"),
+        Case::get("route timeout 3s", M, "/t3").to("main"),
+        Case::get("append_x_forwarded_host", M, "/xfh").to("rewrite"),
+        Case::get(":method matcher, POST", M, "/method")
+            .post("x")
+            .to("method_post"),
+        Case::get(":method matcher, GET", M, "/method").to("method_other"),
         Case::get("upstream status passes through", M, "/upstream-status/503")
             .expect(503, Some("rewrite")),
         Case::get("upstream 404 passes through", M, "/upstream-status/404")
@@ -646,6 +670,90 @@ async fn local_replies() {
             .status_only()
             .expect(503, None),
         Case::get("route timeout", M, "/timeout").expect(504, None),
+        // Envoy 1.40: gRPC local replies are HTTP 200 + trailers-only:
+        // no route → grpc-status 12 (no grpc-message); empty cluster,
+        // connect failure and route timeout → 14 (the router's 504 maps to
+        // UNAVAILABLE, not DEADLINE_EXCEEDED); an upstream's own non-gRPC
+        // 503 passes through untouched.
+        grpc("gRPC no route", "/nothing/here").expect(200, None),
+        grpc("gRPC empty cluster", "/empty").expect(200, None),
+        grpc("gRPC connect failure", "/dead")
+            .presence_only("response.header.grpc-message")
+            .expect(200, None),
+        grpc("gRPC route timeout", "/timeout").expect(200, None),
+        // Envoy 1.40 surprise: even direct responses and redirects become
+        // gRPC local replies for gRPC requests: HTTP 200, grpc-status 2
+        // (UNKNOWN), grpc-message = the direct body ("teapot"); the redirect
+        // keeps its location header but is no longer a 3xx.
+        grpc("gRPC direct response", "/direct/teapot").expect(200, None),
+        grpc("gRPC redirect", "/redir/host").expect(200, None),
+        grpc("gRPC upstream 503", "/upstream-status/503").expect(503, Some("rewrite")),
     ])
+    .await;
+}
+
+/// A gRPC-shaped request (h2, POST, application/grpc): Envoy turns its local
+/// replies to these into HTTP 200 with grpc-status.
+fn grpc(name: &str, path: &str) -> Case {
+    Case::get(name, M, path)
+        .post("\0\0\0\0\0")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .h2()
+}
+
+/// Connection-manager options that change what the proxy adds and how it
+/// matches: use_remote_address (XFF, internal/external), server_name, via,
+/// strip_any_host_port, merge_slashes, normalize_path.
+const HCM_OPTIONS: &str = r#"          use_remote_address: true
+          server_name: trellis-diff
+          via: diff-via
+          strip_any_host_port: true
+          merge_slashes: true
+          normalize_path: true
+"#;
+
+/// Envoy 1.40 surprises here, on loopback:
+/// - use_remote_address appends to x-forwarded-for not 127.0.0.1 but the
+///   machine's first non-loopback address (Envoy substitutes its "local
+///   address" for a loopback peer; 192.0.2.2 on the machine this was written
+///   on), while x-envoy-external-address is 127.0.0.1;
+/// - loopback peers are *external* (no internal_address_config), so client
+///   x-envoy-* headers are stripped, x-envoy-internal is not set, and a
+///   client's x-forwarded-proto: https is overwritten with http;
+/// - via is added to both the upstream request and the response, and
+///   server_name replaces the server header on local replies too.
+#[tokio::test]
+async fn connection_manager_options() {
+    run_with(
+        HCM_OPTIONS,
+        vec![
+            Case::get("use_remote_address", M, "/std").to("main"),
+            Case::get("use_remote_address, h2", M, "/std")
+                .h2()
+                .to("main"),
+            Case::get("use_remote_address, client XFF", M, "/std")
+                .header("x-forwarded-for", "1.2.3.4")
+                .to("main"),
+            Case::get("use_remote_address, client XFP", M, "/std")
+                .header("x-forwarded-proto", "https")
+                .to("main"),
+            Case::get("use_remote_address, client envoy headers", M, "/std")
+                .header("x-envoy-upstream-rq-timeout-ms", "1234")
+                .header("x-envoy-internal", "true")
+                .to("main"),
+            Case::get("strip_any_host_port", "exact.example:9090", "/").to("exact"),
+            Case::get("strip_any_host_port, h2", "port.test:9000", "/")
+                .h2()
+                .to("any"),
+            Case::get("merge_slashes", M, "/std//a///b").to("main"),
+            Case::get("normalize_path dot segments", M, "/std/a/../b/./c").to("main"),
+            Case::get("normalize_path encoded dots", M, "/std/a/%2e%2e/b").to("main"),
+            Case::get("normalize_path keeps query", M, "/std//x/../y?a=/../b").to("main"),
+            Case::get("normalized path picks the route", M, "/nothing/../std/x").to("main"),
+            Case::get("server_name on local replies", M, "/nothing").expect(404, None),
+            Case::get("via on redirects", M, "/redir/host").expect(301, None),
+        ],
+    )
     .await;
 }
