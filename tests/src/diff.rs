@@ -371,6 +371,22 @@ pub fn table(rows: &[Difference], reference: &str, candidate: &str) -> String {
     out
 }
 
+/// Differences counted by aspect, most frequent first: one missing header
+/// shows up in every case, and this says so in one line.
+pub fn summary(diffs: &[Difference]) -> String {
+    let mut by_aspect: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in diffs {
+        *by_aspect.entry(d.aspect.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = by_aspect.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut out = String::from("\nby aspect:\n");
+    for (aspect, n) in counts {
+        out.push_str(&format!("  {n:>4} × {aspect}\n"));
+    }
+    out
+}
+
 /// Runs every case against both proxies (reference first) and panics with
 /// all expectation failures and differences at once. `TRELLIS_DIFF_DUMP=1`
 /// prints everything the reference did, to review or write new cases.
@@ -419,6 +435,7 @@ pub async fn compare(
             cases.len(),
             table(&diffs, "envoy", candidate_name)
         ));
+        msg.push_str(&summary(&diffs));
     }
     assert!(msg.is_empty(), "\n{msg}");
 }
