@@ -555,6 +555,16 @@ async fn header_mutations_and_proxy_headers() {
             .header("proxy-connection", "keep-alive")
             .header("x-keep", "1")
             .to("main"),
+        // Envoy 1.40 drops the upstream's keep-alive, proxy-connection and
+        // upgrade (on a 200) response headers, and replaces its server header
+        // with "envoy" (server_header_transformation OVERWRITE).
+        Case::get("upstream hop-by-hop and server response headers", M, "/std")
+            .header("x-respond-keep-alive", "timeout=5")
+            .header("x-respond-proxy-connection", "keep-alive")
+            .header("x-respond-upgrade", "foo")
+            .header("x-respond-server", "upstream-server")
+            .header("x-respond-x-kept", "1")
+            .to("main"),
         Case::get("te: trailers", M, "/std")
             .header("te", "trailers")
             .to("main"),
