@@ -317,9 +317,8 @@ async fn pair(hcm_extra: &str) -> Pair {
 
     let bootstrap =
         |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, VHOSTS, &clusters, hcm_extra);
-    let (rp, cp) = (free_port(), free_port());
-    let reference = ProxyProcess::start_with(&envoy, &bootstrap(rp), &[]).await;
-    let candidate = ProxyProcess::start_with(&candidate, &bootstrap(cp), &[]).await;
+    let (reference, rp) = ProxyProcess::start_on_free_port(&envoy, bootstrap, &[]).await;
+    let (candidate, cp) = ProxyProcess::start_on_free_port(&candidate, bootstrap, &[]).await;
     Pair {
         _reference: reference,
         _candidate: candidate,

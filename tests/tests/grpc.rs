@@ -16,7 +16,7 @@ use trellis_tests::grpc::{
     self, connect, decode_grpc_message, raw_grpc_status, raw_message, raw_unary, GrpcEcho,
     FAIL_TRAILER,
 };
-use trellis_tests::process::ProxyProcess;
+use trellis_tests::process::{proxy_under_test, ProxyProcess};
 use trellis_tests::{eventually, free_port, loopback, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -35,14 +35,14 @@ fn vhosts(route_extra: &str) -> String {
 }
 
 async fn proxy_to(upstream: SocketAddr, route_extra: &str) -> (ProxyProcess, SocketAddr) {
-    let port = free_port();
-    let config = http_proxy(
-        port,
-        &vhosts(route_extra),
-        &[cluster("grpc", &[upstream], H2_UPSTREAM)],
-        "",
-    );
-    (ProxyProcess::start(&config).await, loopback(port))
+    let clusters = [cluster("grpc", &[upstream], H2_UPSTREAM)];
+    let (p, port) = ProxyProcess::start_on_free_port(
+        &proxy_under_test(),
+        |port| http_proxy(port, &vhosts(route_extra), &clusters, ""),
+        &[],
+    )
+    .await;
+    (p, loopback(port))
 }
 
 fn req(message: &str) -> EchoRequest {
