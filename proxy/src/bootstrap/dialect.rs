@@ -4,7 +4,8 @@
 //! Envoy converts YAML scalars with yaml-cpp, which reads `yes`/`on`/`True` as booleans,
 //! and its JSON parser takes `"true"` for a bool; prost-reflect wants a real boolean.
 //! An `@type` missing from the pool is reported here, as an unsupported extension,
-//! because prost-reflect would only say "message not found".
+//! because prost-reflect would only say "message not found"; a bad duration too,
+//! because "failed to parse duration" does not tell a user who wrote `5m` what to write.
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_yaml::Value;
@@ -22,6 +23,7 @@ fn message(tree: &mut Value, desc: &MessageDescriptor) -> Result<(), ConfigError
             coerce_bool(tree);
             return Ok(());
         }
+        "google.protobuf.Duration" => return duration(tree),
         name if name.starts_with("google.protobuf.") => return Ok(()),
         _ => {}
     }
@@ -89,6 +91,31 @@ fn any(tree: &mut Value, desc: &MessageDescriptor) -> Result<(), ConfigError> {
             "",
             format!("extension {url} is not supported by trellis"),
         )),
+    }
+}
+
+/// Proto3 JSON's duration: seconds with up to nine decimals and an `s`, nothing else.
+fn duration(value: &Value) -> Result<(), ConfigError> {
+    const HINT: &str = "expected seconds with an 's' suffix, like \"5s\" or \"0.25s\"";
+    let valid = |s: &str| {
+        let Some(number) = s.strip_suffix('s') else {
+            return false;
+        };
+        let number = number.strip_prefix('-').unwrap_or(number);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        digits(whole) && digits(fraction) && fraction.len() <= 9
+    };
+    match value {
+        Value::String(s) if !valid(s) => Err(ConfigError::new(
+            "",
+            format!("invalid duration \"{s}\": {HINT}"),
+        )),
+        Value::Number(n) => Err(ConfigError::new(
+            "",
+            format!("invalid duration {n}: {HINT}"),
+        )),
+        _ => Ok(()),
     }
 }
 

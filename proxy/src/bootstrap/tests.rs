@@ -84,12 +84,26 @@ static_resources:
 
 #[test]
 fn a_malformed_duration_names_its_path() {
-    let e =
-        yaml_error("static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 5 seconds\n");
+    let e = yaml_error("static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 5m\n");
+    assert_eq!(
+        e,
+        "static_resources.clusters[0].connect_timeout: invalid duration \"5m\": \
+         expected seconds with an 's' suffix, like \"5s\" or \"0.25s\""
+    );
+    let e = yaml_error("static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 5\n");
     assert!(
-        e.starts_with("static_resources.clusters[0].connect_timeout: "),
+        e.starts_with("static_resources.clusters[0].connect_timeout: invalid duration 5: "),
         "{e}"
     );
+}
+
+#[test]
+fn an_empty_yaml_file_is_an_error() {
+    assert_eq!(
+        yaml_error("# nothing yet\n"),
+        "the file holds no YAML document"
+    );
+    assert!(parse("{}", Format::Json).is_ok());
 }
 
 #[test]

@@ -14,6 +14,10 @@ pub fn read(text: &str, format: Format) -> Result<Value, ConfigError> {
                 serde_yaml::from_str(text).map_err(|e| ConfigError::new("", e))?;
             drop_ignored(&mut tree);
             tree.apply_merge().map_err(|e| ConfigError::new("", e))?;
+            if tree.is_null() {
+                // Envoy refuses an empty YAML file too; `{}` is the way to ask for nothing.
+                return Err(ConfigError::new("", "the file holds no YAML document"));
+            }
             Ok(tree)
         }
     }
