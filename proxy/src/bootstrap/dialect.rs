@@ -85,12 +85,24 @@ fn any(tree: &mut Value, desc: &MessageDescriptor) -> Result<(), ConfigError> {
         return Ok(());
     };
     let name = url.rsplit_once('/').map_or(url, |(_, name)| name);
-    match desc.parent_pool().get_message_by_name(name) {
-        Some(inner) => message(tree, &inner),
-        None => Err(ConfigError::new(
+    let Some(inner) = desc.parent_pool().get_message_by_name(name) else {
+        return Err(ConfigError::new(
             "",
             format!("extension {url} is not supported by trellis"),
-        )),
+        ));
+    };
+    type_first(tree);
+    message(tree, &inner)
+}
+
+/// prost-reflect buffers the keys before `@type` outside the path tracker, so an
+/// error among them would be reported at the `Any` itself; with `@type` first, none are.
+fn type_first(tree: &mut Value) {
+    let Value::Mapping(map) = tree else { return };
+    if let Some((key, value)) = map.shift_remove_entry("@type") {
+        let rest = std::mem::take(map);
+        map.insert(key, value);
+        map.extend(rest);
     }
 }
 
