@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
@@ -221,6 +222,11 @@ impl Hcm {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
         matched.response_headers(response.headers_mut());
+        if let Some(idle) = self.config.stream_idle_timeout {
+            if !response.body().is_end_stream() {
+                response = response.map(|b| body::with_idle_timeout(b, idle));
+            }
+        }
         (response, flags)
     }
 
