@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 
 use super::flags::ResponseFlags;
 use super::local_reply::{self, reply};
+use super::retry::RetryRules;
 use crate::body::{self, Body};
 use crate::router::RetryPolicy;
 use crate::upstream::{Cluster, Endpoint};
@@ -69,14 +70,27 @@ enum TryError {
     PerTryTimeout,
 }
 
+/// How one request is to be tried upstream.
+pub struct Attempt<'a> {
+    pub retry: Option<&'a RetryPolicy>,
+    pub timeout: Option<Duration>,
+    pub grpc: bool,
+    /// `auto_host_rewrite`: the chosen endpoint's DNS name becomes the host.
+    pub auto_host: bool,
+}
+
 pub async fn forward(
     cluster: &Arc<Cluster>,
     parts: http::request::Parts,
     body: Body,
-    retry: Option<&RetryPolicy>,
-    timeout: Option<Duration>,
-    grpc: bool,
+    a: Attempt<'_>,
 ) -> Outcome {
+    let Attempt {
+        retry,
+        timeout,
+        grpc,
+        auto_host,
+    } = a;
     let stats = &cluster.stats;
     let mut body = ReqBody::new(body, retry.is_some_and(|r| r.num_retries > 0)).await;
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
@@ -109,7 +123,10 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
-        let result = attempt_once(cluster, &endpoint, proto, &parts, &mut body, limit).await;
+        let result = attempt_once(
+            cluster, &endpoint, proto, &parts, &mut body, limit, auto_host,
+        )
+        .await;
         stats.upstream_rq_active.dec();
 
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
@@ -220,6 +237,7 @@ async fn attempt_once(
     parts: &http::request::Parts,
     body: &mut ReqBody,
     limit: Option<Duration>,
+    auto_host: bool,
 ) -> Result<Response<Body>, TryError> {
     let work = async {
         let conn = endpoint
@@ -230,6 +248,11 @@ async fn attempt_once(
             return Err(TryError::Reset);
         };
         let mut req = Request::from_parts(clone_parts(parts), b);
+        if auto_host {
+            if let Some(name) = &endpoint.hostname {
+                rewrite_host(&mut req, name);
+            }
+        }
         *req.version_mut() = match proto {
             crate::upstream::Protocol::Http1 => http::Version::HTTP_11,
             crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
@@ -241,6 +264,19 @@ async fn attempt_once(
             .await
             .unwrap_or(Err(TryError::PerTryTimeout)),
         None => work.await,
+    }
+}
+
+/// Sets the host an HTTP/1.1 upstream reads from `Host` and an HTTP/2
+/// upstream from `:authority`.
+fn rewrite_host(req: &mut Request<Body>, host: &str) {
+    if req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = http::Uri::try_from(format!("http://{host}{pq}")) {
+            *req.uri_mut() = uri;
+        }
+    } else if let Ok(v) = http::HeaderValue::from_str(host) {
+        req.headers_mut().insert(http::header::HOST, v);
     }
 }
 
