@@ -31,6 +31,9 @@ fn message(tree: &mut Value, desc: &MessageDescriptor) -> Result<(), ConfigError
     let Value::Mapping(map) = tree else {
         return Ok(());
     };
+    // `statPrefix` and `stat_prefix` name one field; given both, prost-reflect (and
+    // Envoy 1.40) silently drop one value, which trellis refuses to do.
+    let mut seen: Vec<(u32, &str)> = Vec::new();
     for (key, value) in map.iter_mut() {
         let Some(name) = key.as_str() else { continue };
         let Some(field) = desc
@@ -39,6 +42,13 @@ fn message(tree: &mut Value, desc: &MessageDescriptor) -> Result<(), ConfigError
         else {
             continue;
         };
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == field.number()) {
+            return Err(ConfigError::new(
+                name,
+                format!("the same field as {first}, given twice"),
+            ));
+        }
+        seen.push((field.number(), name));
         field_value(value, &field).map_err(|e| e.at(name))?;
     }
     Ok(())

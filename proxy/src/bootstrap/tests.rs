@@ -266,3 +266,11 @@ fn an_ads_sidecar_bootstrap_loads() {
     let delta = xds_protos::envoy::config::core::v3::api_config_source::ApiType::DeltaGrpc;
     assert_eq!(ads.map(|a| a.api_type), Some(delta as i32));
 }
+
+#[test]
+fn two_spellings_of_one_field_are_a_duplicate() {
+    assert_eq!(
+        yaml_error("static_resources:\n  clusters:\n  - name: a\n    connectTimeout: 1s\n    connect_timeout: 2s\n"),
+        "static_resources.clusters[0].connect_timeout: the same field as connectTimeout, given twice"
+    );
+}
