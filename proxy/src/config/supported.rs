@@ -14,8 +14,7 @@ use super::ConfigError;
 pub enum Rule {
     /// Implemented; a message value is walked against its own entry.
     Walk,
-    /// Implemented, and the contents are checked by the module that compiles them
-    /// (`route_config`) or are free-form data (metadata).
+    /// Implemented, and the contents are free-form data (metadata).
     Opaque,
     /// An enum implemented for these values only.
     Values(&'static [&'static str]),
@@ -29,6 +28,25 @@ pub struct Entry {
     pub message: &'static str,
     pub fields: &'static [(&'static str, Rule)],
 }
+
+/// A message whose contents another module checks as it compiles them, so that
+/// the rules and the code that implements them stay side by side.
+#[derive(Debug)]
+pub struct Delegated {
+    pub message: &'static str,
+    pub checked_by: &'static str,
+}
+
+pub static DELEGATED: &[Delegated] = &[
+    Delegated {
+        message: "envoy.config.route.v3.RouteConfiguration",
+        checked_by: "crate::router",
+    },
+    Delegated {
+        message: "envoy.config.route.v3.HeaderMatcher",
+        checked_by: "crate::router",
+    },
+];
 
 /// A field accepted so that existing configs load, with no effect on trellis;
 /// the README lists these with their reasons.
@@ -237,7 +255,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("stat_prefix", Walk),
             ("codec_type", Values(&["AUTO", "HTTP1", "HTTP2"])),
-            ("route_config", Opaque),
+            ("route_config", Walk),
             ("rds", Walk),
             ("http_filters", Walk),
             ("upgrade_configs", Walk),
@@ -356,8 +374,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("delay", Walk),
             ("abort", Walk),
-            // Compiled by the router's header matcher, which checks it.
-            ("headers", Opaque),
+            ("headers", Walk),
             ("upstream_cluster", Walk),
             ("max_active_faults", Walk),
         ],
@@ -813,7 +830,7 @@ pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
     }
     let desc = msg.descriptor();
     let message = desc.full_name();
-    if is_leaf(message) {
+    if is_leaf(message) || DELEGATED.iter().any(|d| d.message == message) {
         return Ok(());
     }
     let entry = SUPPORTED.iter().find(|e| e.message == message);
@@ -998,6 +1015,10 @@ mod tests {
                 }
             }
         }
+        for delegated in DELEGATED {
+            descriptor(delegated.message);
+            assert!(SUPPORTED.iter().all(|e| e.message != delegated.message));
+        }
         for ignored in IGNORED {
             let desc = descriptor(ignored.message);
             assert!(
@@ -1031,6 +1052,7 @@ mod tests {
                     continue;
                 };
                 let known = is_leaf(m.full_name())
+                    || DELEGATED.iter().any(|d| d.message == m.full_name())
                     || m.fields().len() == 0
                     || SUPPORTED.iter().any(|e| e.message == m.full_name())
                     || deliberate.contains(&m.full_name());
@@ -1140,5 +1162,11 @@ mod tests {
                 "domains": ["*"], "rate_limits": [{"stage": 1}]}]}}"#,
         );
         assert_eq!(error(&hcm), "");
+        // An RDS resource, checked alone, is the router's too.
+        let rc = from_json(
+            "envoy.config.route.v3.RouteConfiguration",
+            r#"{"name": "r", "vhds": {}}"#,
+        );
+        assert_eq!(error(&rc), "");
     }
 }
