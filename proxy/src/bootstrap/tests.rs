@@ -28,7 +28,7 @@ fn a_typo_names_its_path() {
     let e = yaml_error("static_resources:\n  clusters:\n  - name: a\n    conect_timeout: 1s\n");
     assert_eq!(
         e,
-        "static_resources.clusters[0]: unrecognized field name 'conect_timeout'"
+        "static_resources.clusters[0].conect_timeout: unknown field (did you mean connect_timeout?)"
     );
 }
 
@@ -108,11 +108,34 @@ fn an_empty_yaml_file_is_an_error() {
 
 #[test]
 fn a_string_for_an_int_names_its_path() {
-    let text = "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: http }\n";
-    let e = yaml_error(text);
-    assert!(
-        e.starts_with("admin.address.socket_address.port_value: "),
-        "{e}"
+    let socket = |port: &str| {
+        format!("admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n")
+    };
+    assert_eq!(
+        yaml_error(&socket("http")),
+        "admin.address.socket_address.port_value: \"http\" is not an integer"
+    );
+    assert_eq!(
+        yaml_error(&socket("-1")),
+        "admin.address.socket_address.port_value: -1 is out of range for uint32 (0 to 4294967295)"
+    );
+    assert!(parse(&socket("\"9901\""), Format::Yaml).is_ok());
+}
+
+#[test]
+fn a_wrong_enum_name_lists_the_right_ones() {
+    assert_eq!(
+        yaml_error("static_resources:\n  clusters:\n  - name: a\n    dnsLookupFamily: V4\n"),
+        "static_resources.clusters[0].dnsLookupFamily: unknown value V4 \
+         (one of: AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL)"
+    );
+}
+
+#[test]
+fn an_unknown_key_far_from_any_field_names_the_message() {
+    assert_eq!(
+        yaml_error("node: { id: a, bananas: 1 }\n"),
+        "node.bananas: unknown field for envoy.config.core.v3.Node"
     );
 }
 
