@@ -206,33 +206,27 @@ fn load_reads_json_by_extension() {
 
 #[test]
 fn yaml_as_envoy_reads_it() {
-    // yaml-cpp booleans, quoted numbers and booleans, `!ignore` anchors, merge keys, camelCase.
-    let text = r#"
-!ignore defs:
-  - &local { address: 127.0.0.1 }
-admin:
-  address:
-    socket_address: { <<: *local, portValue: "9901", ipv4_compat: "true" }
-static_resources:
-  clusters:
-  - name: a
-    close_connections_on_host_health_failure: yes
-    per_connection_buffer_limit_bytes: "32768"
-    connect_timeout: 0.25s
-    ignore_health_on_host_removal: Off
-"#;
-    let b = parse(text, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
-    let addr = b
+    let b =
+        parse(&fixture("envoy-yaml-dialect.yaml"), Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+    let admin = b
         .admin
         .and_then(|a| a.address)
         .and_then(|a| a.address)
         .map(|a| format!("{a:?}"))
         .unwrap_or_default();
     assert!(
-        addr.contains("127.0.0.1") && addr.contains("9901") && addr.contains("ipv4_compat: true"),
-        "{addr}"
+        admin.contains("127.0.0.1") && admin.contains("9901"),
+        "{admin}"
     );
-    let c = &b.static_resources.unwrap_or_default().clusters[0];
+    let resources = b.static_resources.unwrap_or_default();
+    let l = &resources.listeners[0];
+    assert_eq!(l.bind_to_port, Some(false));
+    let socket = format!("{:?}", l.address);
+    assert!(
+        socket.contains("PortValue(10000)") && socket.contains("ipv4_compat: true"),
+        "{socket}"
+    );
+    let c = &resources.clusters[0];
     assert!(c.close_connections_on_host_health_failure);
     assert!(!c.ignore_health_on_host_removal);
     assert_eq!(c.per_connection_buffer_limit_bytes, Some(32768));
@@ -242,6 +236,25 @@ static_resources:
             seconds: 0,
             nanos: 250_000_000
         })
+    );
+}
+
+#[test]
+fn merge_keys_work_though_envoy_lacks_them() {
+    let text = "x: &local { address: 127.0.0.1 }\n";
+    let with_merge = "admin:\n  address:\n    socket_address: { <<: *local, port_value: 9901 }\n";
+    // `x` is no Bootstrap field: merge keys need somewhere to hold the anchor.
+    let e = yaml_error(&format!("{text}{with_merge}"));
+    assert_eq!(
+        e,
+        "x: unknown field for envoy.config.bootstrap.v3.Bootstrap"
+    );
+    let text = format!("!ignore {text}{with_merge}");
+    let b = parse(&text, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+    let admin = format!("{:?}", b.admin);
+    assert!(
+        admin.contains("127.0.0.1") && admin.contains("9901"),
+        "{admin}"
     );
 }
 
