@@ -820,7 +820,9 @@ pub static IGNORED: &[Ignored] = &[
     },
 ];
 
-/// Checks every set field of `msg` and, through extensions, of the messages it packs.
+/// Refuses, by its path, the first field that is set and that trellis would not
+/// honour, so that a bootstrap fails at start and an xDS resource is NACKed whole
+/// instead of being applied with a piece silently missing.
 pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
     if let Some(unknown) = msg.unknown_fields().next() {
         return Err(ConfigError::new(
@@ -920,10 +922,11 @@ fn extension(packed: &DynamicMessage, urls: &[&str]) -> Result<(), ConfigError> 
             format!("extension {} is not supported by trellis", any.type_url),
         )
     };
-    if !urls.contains(&any.type_url.as_str()) {
+    // Like Envoy, only the message name after the last `/` counts, not the domain.
+    let name = message_name(&any.type_url);
+    if !urls.iter().any(|url| message_name(url) == name) {
         return Err(unsupported());
     }
-    let name = any.type_url.rsplit_once('/').map_or("", |(_, name)| name);
     let desc = packed
         .descriptor()
         .parent_pool()
@@ -932,6 +935,10 @@ fn extension(packed: &DynamicMessage, urls: &[&str]) -> Result<(), ConfigError> 
     let inner = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| ConfigError::new("", format!("cannot decode {}: {e}", any.type_url)))?;
     check(&inner)
+}
+
+fn message_name(type_url: &str) -> &str {
+    type_url.rsplit_once('/').map_or(type_url, |(_, name)| name)
 }
 
 fn key_text(key: &MapKey) -> String {
@@ -1007,8 +1014,10 @@ mod tests {
                             "{name} is no Any"
                         );
                         for url in *urls {
-                            let message = url.rsplit_once('/').map_or("", |(_, m)| m);
-                            assert!(pool.get_message_by_name(message).is_some(), "{url}");
+                            assert!(
+                                pool.get_message_by_name(message_name(url)).is_some(),
+                                "{url}"
+                            );
                         }
                     }
                     Rule::Walk | Rule::Opaque => {}
