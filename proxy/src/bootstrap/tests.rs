@@ -191,6 +191,20 @@ fn the_error_line_names_the_file() {
     );
     assert!(!e.contains('\n'), "{e}");
 
+    let file = dir.join("multi-line.yaml");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &file,
+        "admin:\n  address:\n    socket_address: { port_value: \"1\\n2\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = load(&file).err().map(|e| e.to_string()).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.ends_with(r#"port_value: "1\n2" is not an integer"#),
+        "{e}"
+    );
+
     let missing = load(Path::new("/nonexistent/trellis.yaml"))
         .err()
         .map(|e| e.to_string());
