@@ -761,12 +761,12 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.config.core.v3.ApiConfigSource",
         field: "set_node_on_first_message_only",
-        reason: "a control plane reads the node from a stream's first message either way",
+        reason: "it only trims the node from later requests; a control plane reads the first",
     },
     Ignored {
         message: "envoy.config.listener.v3.Listener",
         field: "connection_balance_config",
-        reason: "workers share one accept queue, so connections are balanced already",
+        reason: "it only evens connections out across worker threads, which trellis schedules its own way",
     },
     Ignored {
         message: "envoy.config.listener.v3.Listener",
@@ -791,7 +791,7 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         field: "update_merge_window",
-        reason: "it batches host updates; trellis applies each update at once",
+        reason: "it only delays and batches host-set updates; their outcome is the same",
     },
     Ignored {
         message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
@@ -806,7 +806,7 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.extensions.filters.http.router.v3.Router",
         field: "dynamic_stats",
-        reason: "stats-only; trellis always records the router's statistics",
+        reason: "it only toggles some router statistics",
     },
     Ignored {
         message: "envoy.type.matcher.v3.RegexMatcher",
@@ -816,7 +816,7 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         field: "max_session_keys",
-        reason: "a session-resumption cache size; rustls's default cache is used",
+        reason: "it only sizes the TLS session-resumption cache",
     },
 ];
 
