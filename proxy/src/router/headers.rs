@@ -71,11 +71,13 @@ impl HeaderMutation {
             .iter()
             .filter_map(|a| decide(a).map(|o| (a, o)))
             .collect();
+        // A map already at `http`'s size limit keeps what it has rather
+        // than panicking on the request path.
         for (a, _) in decided.iter().filter(|(_, overwrite)| *overwrite) {
-            headers.insert(a.name.clone(), a.value.clone());
+            let _ = headers.try_insert(a.name.clone(), a.value.clone());
         }
         for (a, _) in decided.iter().filter(|(_, overwrite)| !*overwrite) {
-            headers.append(a.name.clone(), a.value.clone());
+            let _ = headers.try_append(a.name.clone(), a.value.clone());
         }
     }
 }

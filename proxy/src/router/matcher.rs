@@ -198,7 +198,9 @@ fn is_grpc(parts: &http::request::Parts) -> bool {
 
 /// Where a header matcher reads from. `http::request::Parts` keeps
 /// pseudo-headers outside the header map, so they are mapped back here;
-/// `host` means `:authority`, as in Envoy, which stores Host there.
+/// `host` means `:authority`, as in Envoy, which stores Host there (verified).
+/// Envoy always has a `:scheme`, even for HTTP/1.1; here it is the request
+/// URI's scheme, so callers must set one for `:scheme` matchers to match.
 #[derive(Debug)]
 enum HeaderSource {
     Named(HeaderName),
@@ -287,13 +289,17 @@ impl HeaderMatcher {
         })
     }
 
-    /// Each value of a repeated header is tested on its own and any match
-    /// counts (verified against Envoy 1.40: `x-h: a` + `x-h: b` matches
-    /// exact `a` and exact `b`, but not `a,b`).
+    /// Each value of a repeated header is tested on its own, any match
+    /// counts, and `invert_match` applies to that result. Verified against
+    /// Envoy 1.40: `x-h: a` + `x-h: b` matches exact `a` and exact `b` but
+    /// not `a,b`, and does not match inverted exact `a`; a missing header
+    /// fails every value matcher, inverted or not, unless
+    /// `treat_missing_header_as_empty`; `present_match: false` matches a
+    /// missing header and `treat_missing_header_as_empty` makes a missing
+    /// header count as present.
     fn matches(&self, req: &RequestView<'_>) -> bool {
-        let present = self.any_value(req, |_| true);
         if let HeaderTest::Present(want) = self.test {
-            let present = present.is_some() || self.treat_missing_as_empty;
+            let present = self.any_value(req, |_| true).is_some() || self.treat_missing_as_empty;
             return (present == want) != self.invert;
         }
         let test = |v: &[u8]| match &self.test {

@@ -270,6 +270,28 @@ fn header_string_matchers_each_value_on_its_own() {
     assert!(hit(&t, &[("x-h", "a"), ("x-h", "b")]));
     let t = with_headers(vec![header(
         "x-h",
+        string_match(MatchPattern::Exact("a".into())),
+        true,
+        false,
+    )]);
+    assert!(
+        !hit(&t, &[("x-h", "b"), ("x-h", "a")]),
+        "inverts the any-value result"
+    );
+    let range = Some(HeaderMatchSpecifier::RangeMatch(Int64Range {
+        start: 1,
+        end: 10,
+    }));
+    let t = with_headers(vec![header("x-h", range.clone(), false, false)]);
+    assert!(hit(&t, &[("x-h", "50"), ("x-h", "5")]));
+    assert!(!hit(&t, &[("x-h", "5,6")]));
+    let t = with_headers(vec![header("x-h", range, true, true)]);
+    assert!(
+        hit(&t, &[]),
+        "missing is empty, empty is not in range, inverted"
+    );
+    let t = with_headers(vec![header(
+        "x-h",
         string_match(MatchPattern::Exact("a,b".into())),
         false,
         false,
@@ -647,6 +669,26 @@ fn domains_select_virtual_hosts() {
     };
     assert_eq!(name("EXAMPLE.COM:8080"), Some("exact"));
     assert_eq!(name("other"), Some("default"));
+}
+
+#[test]
+fn vhost_header_replaces_the_authority_for_selection() {
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![
+            vhost("m", &["m"], vec![direct(prefix("/"), "m")]),
+            vhost("default", &["*"], vec![direct(prefix("/"), "default")]),
+        ],
+        vhost_header: "x-vhost".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let name = |headers: &[(&str, &str)]| {
+        t.find("m", &request("/", headers))
+            .map(|m| m.virtual_host.name.as_str())
+    };
+    assert_eq!(name(&[("x-vhost", "M")]), Some("m"));
+    assert_eq!(name(&[("x-vhost", "other")]), Some("default"));
+    assert_eq!(name(&[]), None, "absent vhost_header selects nothing");
 }
 
 #[test]
