@@ -17,7 +17,7 @@ use xds_protos::envoy::config::route::v3::{
     RetryPolicy as RetryPolicyProto, RouteAction, RouteMatch,
 };
 use xds_protos::envoy::r#type::matcher::v3::{
-    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use xds_protos::envoy::r#type::v3::{FractionalPercent, Int64Range};
 
@@ -889,6 +889,118 @@ fn error_paths_are_relative_to_the_route_configuration() {
         err(rc),
         "internal_only_headers: is not supported by trellis"
     );
+}
+
+/// The request path must not panic on any input: every matcher kind and
+/// action against hosts and paths with odd ports, brackets, multi-byte
+/// characters and stray query/fragment markers.
+#[test]
+fn odd_inputs_do_not_panic() {
+    let regex = |r: &str| RegexMatcher {
+        regex: r.into(),
+        engine_type: None,
+    };
+    let mut ci = prefix("/É");
+    ci.case_sensitive = Some(false);
+    let mut with_all = prefix("");
+    with_all.headers = vec![
+        header(
+            "x-h",
+            Some(HeaderMatchSpecifier::RangeMatch(Int64Range {
+                start: i64::MIN,
+                end: i64::MAX,
+            })),
+            true,
+            true,
+        ),
+        header(
+            ":authority",
+            string_match(MatchPattern::Suffix("é".into())),
+            false,
+            true,
+        ),
+    ];
+    with_all.query_parameters = vec![query("é", None)];
+    let mut rewrite = cluster("c");
+    rewrite.prefix_rewrite = "/r".into();
+    let mut regex_rewrite = cluster("c");
+    regex_rewrite.regex_rewrite = Some(RegexMatchAndSubstitute {
+        pattern: Some(regex("x*")),
+        substitution: r"\0-".into(),
+    });
+    let routes = vec![
+        direct(ci, "ci"),
+        direct(with_all, "all"),
+        forward(
+            RouteMatch {
+                path_specifier: Some(PathSpecifier::SafeRegex(regex("/é.*"))),
+                ..Default::default()
+            },
+            rewrite,
+        ),
+        forward(
+            RouteMatch {
+                path_specifier: Some(PathSpecifier::PathSeparatedPrefix("/éé".into())),
+                ..Default::default()
+            },
+            regex_rewrite,
+        ),
+        RouteProto {
+            r#match: Some(prefix("/")),
+            action: Some(route::Action::Redirect(RedirectAction {
+                scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::HttpsRedirect(true)),
+                port_redirect: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    ];
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![vhost("a", &["*.é", "é*", "[::1]:80", "*"], routes)],
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let hosts = [
+        "", ":", "[", "]", "[:", "]:", "[::1]:", "é", "é:é", "x.é", "éé", ":80", "É.É",
+    ];
+    let paths = [
+        "/",
+        "/É",
+        "/é",
+        "/ée",
+        "/éé",
+        "/éé/",
+        "/?é",
+        "/?é=é&é",
+        "/#?",
+        "/é?x#y",
+        "*",
+    ];
+    let mut seen = 0;
+    for host in hosts {
+        for path in paths {
+            let Ok(uri) = http::Uri::try_from(path) else {
+                continue;
+            };
+            let mut req = request("/", &[("x-h", "é")]);
+            req.uri = uri;
+            for random in [0, 1, u64::MAX] {
+                let Some(m) = t.find_with_random(host, &req, random) else {
+                    continue;
+                };
+                seen += 1;
+                let mut h = HeaderMap::new();
+                m.apply_request_headers(&mut h);
+                match &m.route.action {
+                    Action::Forward(f) => drop(f.rewrite_path(path)),
+                    Action::Redirect(r) => drop(r.location("http", host, path)),
+                    Action::DirectResponse(d) => drop(d.location("http", host, path)),
+                }
+            }
+        }
+    }
+    assert!(seen > 0);
 }
 
 #[test]
