@@ -171,7 +171,8 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// `retry_policy` is the virtual host's, used when the route has none.
+    /// `vhost_retry` is the virtual host's policy, used when the route has
+    /// none: Envoy does not merge the two.
     /// Deprecated fields are still read, to refuse them when set.
     #[allow(deprecated)]
     pub(crate) fn compile(

@@ -52,10 +52,6 @@ impl HeaderMutation {
         Ok(HeaderMutation { remove, add })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.add.is_empty()
-    }
-
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);

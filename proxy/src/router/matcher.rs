@@ -1,5 +1,6 @@
 //! `RouteMatch`: the path specifier plus header, query-parameter, gRPC and
-//! runtime-fraction conditions, evaluated in Envoy's order.
+//! runtime-fraction conditions. All must hold; none has side effects, so the
+//! cheap and selective path test runs first.
 
 use http::header::{HeaderName, CONTENT_TYPE};
 use xds_protos::envoy::config::route::v3::{
@@ -147,6 +148,9 @@ impl RouteMatcher {
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         // Without a path only CONNECT matchers apply, and trellis has none.
         let Some(path) = req.path else { return false };
+        if !self.path_matches(path_without_query(path)) {
+            return false;
+        }
         if let Some((numerator, denominator)) = self.runtime_fraction {
             if req.random % denominator >= numerator {
                 return false;
@@ -158,10 +162,7 @@ impl RouteMatcher {
         if !self.headers.iter().all(|h| h.matches(req)) {
             return false;
         }
-        if !self.query_parameters.iter().all(|q| q.matches(path)) {
-            return false;
-        }
-        self.path_matches(path_without_query(path))
+        self.query_parameters.iter().all(|q| q.matches(path))
     }
 
     fn path_matches(&self, path: &str) -> bool {
@@ -192,7 +193,7 @@ fn is_grpc(parts: &http::request::Parts) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     parts.headers.get(CONTENT_TYPE).is_some_and(|ct| {
         let ct = ct.as_bytes();
-        ct.starts_with(GRPC) && (ct.len() == GRPC.len() || ct[GRPC.len()] == b'+')
+        ct.starts_with(GRPC) && matches!(ct.get(GRPC.len()), None | Some(b'+'))
     })
 }
 
