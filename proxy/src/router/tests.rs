@@ -648,6 +648,60 @@ fn header_mutation_order() {
     }
 }
 
+/// Mirrors a bootstrap run against Envoy 1.40, whose response carried
+/// exactly: `x-ow: o2`, `x-mix: over`, `x-absent: a`, `x-absent: b`,
+/// `x-mix: append`, `x-keep: `, `x-vh-added: rc`.
+#[test]
+fn header_mutations_across_levels_match_envoy() {
+    use HeaderAppendAction as A;
+    let opt = |k: &str, v: &str, a: A| HeaderValueOption {
+        append_action: a as i32,
+        ..add(k, v)
+    };
+    let mut keep = opt("x-keep", "", A::AppendIfExistsOrAdd);
+    keep.keep_empty_value = true;
+    let mut r = direct(prefix("/"), "x");
+    r.response_headers_to_remove = vec!["x-absent".into()];
+    r.response_headers_to_add = vec![
+        opt("x-absent", "a", A::AddIfAbsent),
+        opt("x-absent", "b", A::AddIfAbsent),
+        opt("x-ow", "o1", A::OverwriteIfExistsOrAdd),
+        opt("x-ow", "o2", A::OverwriteIfExistsOrAdd),
+        opt("x-mix", "append", A::AppendIfExistsOrAdd),
+        opt("x-mix", "over", A::OverwriteIfExistsOrAdd),
+        opt("x-oie", "v", A::OverwriteIfExists),
+        opt("x-empty", "", A::AppendIfExistsOrAdd),
+        keep,
+        opt("x-route-added", "r", A::AppendIfExistsOrAdd),
+    ];
+    let mut vh = vhost("v", &["*"], vec![r]);
+    vh.response_headers_to_add = vec![opt("x-vh-added", "vh", A::AppendIfExistsOrAdd)];
+    vh.response_headers_to_remove = vec!["x-route-added".into()];
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![vh],
+        response_headers_to_add: vec![opt("x-vh-added", "rc", A::OverwriteIfExists)],
+        ..Default::default()
+    })
+    .unwrap();
+    let m = t.find_with_random("h", &request("/", &[]), 0).unwrap();
+    let mut h = HeaderMap::new();
+    m.apply_response_headers(&mut h);
+    let all = |name: &str| {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all("x-ow"), ["o2"]);
+    assert_eq!(all("x-mix"), ["over", "append"]);
+    assert_eq!(all("x-absent"), ["a", "b"]);
+    assert_eq!(all("x-keep"), [""]);
+    assert_eq!(all("x-vh-added"), ["rc"]);
+    assert!(h.get("x-oie").is_none() && h.get("x-empty").is_none());
+    assert!(h.get("x-route-added").is_none());
+    assert_eq!(h.len(), 7);
+}
+
 #[test]
 fn domains_select_virtual_hosts() {
     let t = RouteTable::compile(&RouteConfiguration {
