@@ -20,7 +20,8 @@ struct Add {
 /// condition is evaluated against the map as it is at that point, then all
 /// overwrites, then all appends. So two `ADD_IF_ABSENT` entries for the same
 /// absent header both get added, and an overwrite never clobbers an append
-/// from the same level.
+/// from the same level. Verified against Envoy 1.40; the observed response
+/// is reproduced in `tests::header_mutations_across_levels_match_envoy`.
 #[derive(Debug, Default)]
 pub struct HeaderMutation {
     remove: Vec<HeaderName>,

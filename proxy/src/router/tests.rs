@@ -152,6 +152,39 @@ fn case_insensitive_prefix_and_path() {
     assert_eq!(take(&t, "/cIxyz", &[]).as_deref(), Some("root"));
 }
 
+/// Verified against Envoy 1.40: `case_sensitive: false` applies to `path`
+/// and `path_separated_prefix` but not to `safe_regex`.
+#[test]
+fn case_sensitive_applies_to_path_but_not_regex() {
+    let ci = |spec: PathSpecifier| RouteMatch {
+        path_specifier: Some(spec),
+        case_sensitive: Some(false),
+        ..Default::default()
+    };
+    let t = table(vec![
+        direct(ci(PathSpecifier::Path("/Exact".into())), "path"),
+        direct(
+            ci(PathSpecifier::SafeRegex(RegexMatcher {
+                regex: "/Rx".into(),
+                engine_type: None,
+            })),
+            "regex",
+        ),
+        direct(ci(PathSpecifier::PathSeparatedPrefix("/Api".into())), "psp"),
+        direct(prefix("/"), "miss"),
+    ]);
+    for (path, want) in [
+        ("/exact?x", "path"),
+        ("/EXACT", "path"),
+        ("/rx", "miss"),
+        ("/Rx", "regex"),
+        ("/API/v1", "psp"),
+        ("/apiv1", "miss"),
+    ] {
+        assert_eq!(take(&t, path, &[]).as_deref(), Some(want), "{path}");
+    }
+}
+
 #[test]
 fn safe_regex_is_a_full_match_on_the_path_without_query() {
     let m = RouteMatch {
