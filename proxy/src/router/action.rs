@@ -52,7 +52,8 @@ pub struct ClusterWeight {
 
 /// Weights are relative to their sum. `total_weight` is deprecated and
 /// Envoy 1.40 ignores it (verified: a `total_weight` of 100 with weights
-/// 10 and 20 loads and splits 1:2), so trellis ignores it too.
+/// 10 and 20 loads, and 600 requests split 198:402), so trellis ignores it
+/// too.
 #[derive(Debug)]
 pub struct WeightedClusters {
     clusters: Vec<ClusterWeight>,
@@ -170,7 +171,8 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// `retry_policy` is the virtual host's, used when the route has none.
+    /// `vhost_retry` is the virtual host's policy, used when the route has
+    /// none: Envoy does not merge the two.
     /// Deprecated fields are still read, to refuse them when set.
     #[allow(deprecated)]
     pub(crate) fn compile(
@@ -335,6 +337,21 @@ impl DirectResponse {
         }
         Ok(DirectResponse { status, body })
     }
+
+    /// Envoy gives a 201 or 3xx direct response a `Location` naming the
+    /// request's own URL (verified against Envoy 1.40: `direct_response:
+    /// {status: 301}` for `Host: d:80`, `/d301?x=1` answers
+    /// `location: http://d:80/d301?x=1`). Arguments as for
+    /// [`Redirect::location`].
+    pub fn location(&self, scheme: &str, host: &str, path_and_query: &str) -> Option<String> {
+        let wants = self.status == StatusCode::CREATED || self.status.is_redirection();
+        let slash = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
+        };
+        wants.then(|| format!("{scheme}://{host}{slash}{path_and_query}"))
+    }
 }
 
 fn read_data_source(d: &DataSource) -> Result<Bytes, ConfigError> {
@@ -434,6 +451,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(d.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(d.body, "from file");
+        assert_eq!(d.location("http", "d", "/x"), None);
         let big = DirectResponseAction {
             status: 200,
             body: Some(DataSource {
@@ -446,6 +464,18 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "body: response body size is 5000 bytes; maximum is 4096"
+        );
+        let moved = DirectResponse::compile(
+            &DirectResponseAction {
+                status: 301,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            moved.location("http", "d:80", "/d301?x=1").as_deref(),
+            Some("http://d:80/d301?x=1")
         );
         let e = DirectResponse::compile(
             &DirectResponseAction {

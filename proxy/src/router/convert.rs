@@ -7,7 +7,7 @@ use crate::config::ConfigError;
 
 /// Converts a proto duration; Envoy refuses negative or out-of-range ones
 /// rather than clamping, and so do we.
-pub(crate) fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, ConfigError> {
+fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, ConfigError> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(ConfigError::new(
             field,

@@ -20,7 +20,8 @@ struct Add {
 /// condition is evaluated against the map as it is at that point, then all
 /// overwrites, then all appends. So two `ADD_IF_ABSENT` entries for the same
 /// absent header both get added, and an overwrite never clobbers an append
-/// from the same level.
+/// from the same level. Verified against Envoy 1.40; the observed response
+/// is reproduced in `tests::header_mutations_across_levels_match_envoy`.
 #[derive(Debug, Default)]
 pub struct HeaderMutation {
     remove: Vec<HeaderName>,
@@ -52,10 +53,6 @@ impl HeaderMutation {
         Ok(HeaderMutation { remove, add })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.add.is_empty()
-    }
-
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
@@ -71,11 +68,13 @@ impl HeaderMutation {
             .iter()
             .filter_map(|a| decide(a).map(|o| (a, o)))
             .collect();
+        // A map already at `http`'s size limit keeps what it has rather
+        // than panicking on the request path.
         for (a, _) in decided.iter().filter(|(_, overwrite)| *overwrite) {
-            headers.insert(a.name.clone(), a.value.clone());
+            let _ = headers.try_insert(a.name.clone(), a.value.clone());
         }
         for (a, _) in decided.iter().filter(|(_, overwrite)| !*overwrite) {
-            headers.append(a.name.clone(), a.value.clone());
+            let _ = headers.try_append(a.name.clone(), a.value.clone());
         }
     }
 }

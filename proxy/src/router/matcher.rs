@@ -1,5 +1,6 @@
 //! `RouteMatch`: the path specifier plus header, query-parameter, gRPC and
-//! runtime-fraction conditions, evaluated in Envoy's order.
+//! runtime-fraction conditions. All must hold; none has side effects, so the
+//! cheap and selective path test runs first.
 
 use http::header::{HeaderName, CONTENT_TYPE};
 use xds_protos::envoy::config::route::v3::{
@@ -147,6 +148,9 @@ impl RouteMatcher {
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         // Without a path only CONNECT matchers apply, and trellis has none.
         let Some(path) = req.path else { return false };
+        if !self.path_matches(path_without_query(path)) {
+            return false;
+        }
         if let Some((numerator, denominator)) = self.runtime_fraction {
             if req.random % denominator >= numerator {
                 return false;
@@ -158,10 +162,7 @@ impl RouteMatcher {
         if !self.headers.iter().all(|h| h.matches(req)) {
             return false;
         }
-        if !self.query_parameters.iter().all(|q| q.matches(path)) {
-            return false;
-        }
-        self.path_matches(path_without_query(path))
+        self.query_parameters.iter().all(|q| q.matches(path))
     }
 
     fn path_matches(&self, path: &str) -> bool {
@@ -192,13 +193,15 @@ fn is_grpc(parts: &http::request::Parts) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     parts.headers.get(CONTENT_TYPE).is_some_and(|ct| {
         let ct = ct.as_bytes();
-        ct.starts_with(GRPC) && (ct.len() == GRPC.len() || ct[GRPC.len()] == b'+')
+        ct.starts_with(GRPC) && matches!(ct.get(GRPC.len()), None | Some(b'+'))
     })
 }
 
 /// Where a header matcher reads from. `http::request::Parts` keeps
 /// pseudo-headers outside the header map, so they are mapped back here;
-/// `host` means `:authority`, as in Envoy, which stores Host there.
+/// `host` means `:authority`, as in Envoy, which stores Host there (verified).
+/// Envoy always has a `:scheme`, even for HTTP/1.1; here it is the request
+/// URI's scheme, so callers must set one for `:scheme` matchers to match.
 #[derive(Debug)]
 enum HeaderSource {
     Named(HeaderName),
@@ -287,13 +290,17 @@ impl HeaderMatcher {
         })
     }
 
-    /// Each value of a repeated header is tested on its own and any match
-    /// counts (verified against Envoy 1.40: `x-h: a` + `x-h: b` matches
-    /// exact `a` and exact `b`, but not `a,b`).
+    /// Each value of a repeated header is tested on its own, any match
+    /// counts, and `invert_match` applies to that result. Verified against
+    /// Envoy 1.40: `x-h: a` + `x-h: b` matches exact `a` and exact `b` but
+    /// not `a,b`, and does not match inverted exact `a`; a missing header
+    /// fails every value matcher, inverted or not, unless
+    /// `treat_missing_header_as_empty`; `present_match: false` matches a
+    /// missing header and `treat_missing_header_as_empty` makes a missing
+    /// header count as present.
     fn matches(&self, req: &RequestView<'_>) -> bool {
-        let present = self.any_value(req, |_| true);
         if let HeaderTest::Present(want) = self.test {
-            let present = present.is_some() || self.treat_missing_as_empty;
+            let present = self.any_value(req, |_| true).is_some() || self.treat_missing_as_empty;
             return (present == want) != self.invert;
         }
         let test = |v: &[u8]| match &self.test {

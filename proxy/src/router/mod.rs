@@ -32,6 +32,7 @@ mod rewrite;
 mod string;
 
 use http::header::{HeaderMap, HeaderName};
+use xds_protos::envoy::config::core::v3::HeaderValueOption;
 use xds_protos::envoy::config::route::v3::{
     route, Route as RouteProto, RouteConfiguration, VirtualHost as VirtualHostProto,
 };
@@ -61,9 +62,9 @@ pub struct HeaderMutations {
 
 impl HeaderMutations {
     fn compile(
-        request_add: &[xds_protos::envoy::config::core::v3::HeaderValueOption],
+        request_add: &[HeaderValueOption],
         request_remove: &[String],
-        response_add: &[xds_protos::envoy::config::core::v3::HeaderValueOption],
+        response_add: &[HeaderValueOption],
         response_remove: &[String],
     ) -> Result<HeaderMutations, ConfigError> {
         Ok(HeaderMutations {
@@ -121,14 +122,14 @@ pub struct Matched<'a> {
     table: &'a RouteTable,
 }
 
-impl Matched<'_> {
+impl<'a> Matched<'a> {
     /// The levels' mutations in the order Envoy applies them, later ones
     /// winning: route, virtual host, route configuration; reversed when
     /// `most_specific_header_mutations_wins`. Verified against Envoy 1.40:
     /// with an overwriting `x-order` at all three levels the response
     /// carries the route configuration's, and appended `x-app` values come
     /// out as `route, vh, rc`.
-    pub fn header_mutations(&self) -> [&HeaderMutations; 3] {
+    pub fn header_mutations(&self) -> [&'a HeaderMutations; 3] {
         let levels = [
             &self.route.headers,
             &self.virtual_host.headers,
@@ -231,17 +232,15 @@ impl RouteTable {
         req: &http::request::Parts,
         random: u64,
     ) -> Option<Matched<'a>> {
-        let host = match &self.vhost_header {
+        // With `vhost_header` set and absent, Envoy selects no virtual host,
+        // not even `*` (verified against Envoy 1.40: 404).
+        let vhost_key = match &self.vhost_header {
             None => host,
-            Some(h) => req
-                .headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            Some(h) => req.headers.get(h).and_then(|v| v.to_str().ok())?,
         };
         let virtual_host = self
             .domains
-            .find(host, self.ignore_port_in_host_matching)
+            .find(vhost_key, self.ignore_port_in_host_matching)
             .and_then(|i| self.virtual_hosts.get(i))?;
         let view = RequestView {
             host,

@@ -17,7 +17,7 @@ use xds_protos::envoy::config::route::v3::{
     RetryPolicy as RetryPolicyProto, RouteAction, RouteMatch,
 };
 use xds_protos::envoy::r#type::matcher::v3::{
-    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use xds_protos::envoy::r#type::v3::{FractionalPercent, Int64Range};
 
@@ -152,6 +152,39 @@ fn case_insensitive_prefix_and_path() {
     assert_eq!(take(&t, "/cIxyz", &[]).as_deref(), Some("root"));
 }
 
+/// Verified against Envoy 1.40: `case_sensitive: false` applies to `path`
+/// and `path_separated_prefix` but not to `safe_regex`.
+#[test]
+fn case_sensitive_applies_to_path_but_not_regex() {
+    let ci = |spec: PathSpecifier| RouteMatch {
+        path_specifier: Some(spec),
+        case_sensitive: Some(false),
+        ..Default::default()
+    };
+    let t = table(vec![
+        direct(ci(PathSpecifier::Path("/Exact".into())), "path"),
+        direct(
+            ci(PathSpecifier::SafeRegex(RegexMatcher {
+                regex: "/Rx".into(),
+                engine_type: None,
+            })),
+            "regex",
+        ),
+        direct(ci(PathSpecifier::PathSeparatedPrefix("/Api".into())), "psp"),
+        direct(prefix("/"), "miss"),
+    ]);
+    for (path, want) in [
+        ("/exact?x", "path"),
+        ("/EXACT", "path"),
+        ("/rx", "miss"),
+        ("/Rx", "regex"),
+        ("/API/v1", "psp"),
+        ("/apiv1", "miss"),
+    ] {
+        assert_eq!(take(&t, path, &[]).as_deref(), Some(want), "{path}");
+    }
+}
+
 #[test]
 fn safe_regex_is_a_full_match_on_the_path_without_query() {
     let m = RouteMatch {
@@ -268,6 +301,28 @@ fn header_string_matchers_each_value_on_its_own() {
         false,
     )]);
     assert!(hit(&t, &[("x-h", "a"), ("x-h", "b")]));
+    let t = with_headers(vec![header(
+        "x-h",
+        string_match(MatchPattern::Exact("a".into())),
+        true,
+        false,
+    )]);
+    assert!(
+        !hit(&t, &[("x-h", "b"), ("x-h", "a")]),
+        "inverts the any-value result"
+    );
+    let range = Some(HeaderMatchSpecifier::RangeMatch(Int64Range {
+        start: 1,
+        end: 10,
+    }));
+    let t = with_headers(vec![header("x-h", range.clone(), false, false)]);
+    assert!(hit(&t, &[("x-h", "50"), ("x-h", "5")]));
+    assert!(!hit(&t, &[("x-h", "5,6")]));
+    let t = with_headers(vec![header("x-h", range, true, true)]);
+    assert!(
+        hit(&t, &[]),
+        "missing is empty, empty is not in range, inverted"
+    );
     let t = with_headers(vec![header(
         "x-h",
         string_match(MatchPattern::Exact("a,b".into())),
@@ -626,6 +681,60 @@ fn header_mutation_order() {
     }
 }
 
+/// Mirrors a bootstrap run against Envoy 1.40, whose response carried
+/// exactly: `x-ow: o2`, `x-mix: over`, `x-absent: a`, `x-absent: b`,
+/// `x-mix: append`, `x-keep: `, `x-vh-added: rc`.
+#[test]
+fn header_mutations_across_levels_match_envoy() {
+    use HeaderAppendAction as A;
+    let opt = |k: &str, v: &str, a: A| HeaderValueOption {
+        append_action: a as i32,
+        ..add(k, v)
+    };
+    let mut keep = opt("x-keep", "", A::AppendIfExistsOrAdd);
+    keep.keep_empty_value = true;
+    let mut r = direct(prefix("/"), "x");
+    r.response_headers_to_remove = vec!["x-absent".into()];
+    r.response_headers_to_add = vec![
+        opt("x-absent", "a", A::AddIfAbsent),
+        opt("x-absent", "b", A::AddIfAbsent),
+        opt("x-ow", "o1", A::OverwriteIfExistsOrAdd),
+        opt("x-ow", "o2", A::OverwriteIfExistsOrAdd),
+        opt("x-mix", "append", A::AppendIfExistsOrAdd),
+        opt("x-mix", "over", A::OverwriteIfExistsOrAdd),
+        opt("x-oie", "v", A::OverwriteIfExists),
+        opt("x-empty", "", A::AppendIfExistsOrAdd),
+        keep,
+        opt("x-route-added", "r", A::AppendIfExistsOrAdd),
+    ];
+    let mut vh = vhost("v", &["*"], vec![r]);
+    vh.response_headers_to_add = vec![opt("x-vh-added", "vh", A::AppendIfExistsOrAdd)];
+    vh.response_headers_to_remove = vec!["x-route-added".into()];
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![vh],
+        response_headers_to_add: vec![opt("x-vh-added", "rc", A::OverwriteIfExists)],
+        ..Default::default()
+    })
+    .unwrap();
+    let m = t.find_with_random("h", &request("/", &[]), 0).unwrap();
+    let mut h = HeaderMap::new();
+    m.apply_response_headers(&mut h);
+    let all = |name: &str| {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all("x-ow"), ["o2"]);
+    assert_eq!(all("x-mix"), ["over", "append"]);
+    assert_eq!(all("x-absent"), ["a", "b"]);
+    assert_eq!(all("x-keep"), [""]);
+    assert_eq!(all("x-vh-added"), ["rc"]);
+    assert!(h.get("x-oie").is_none() && h.get("x-empty").is_none());
+    assert!(h.get("x-route-added").is_none());
+    assert_eq!(h.len(), 7);
+}
+
 #[test]
 fn domains_select_virtual_hosts() {
     let t = RouteTable::compile(&RouteConfiguration {
@@ -647,6 +756,26 @@ fn domains_select_virtual_hosts() {
     };
     assert_eq!(name("EXAMPLE.COM:8080"), Some("exact"));
     assert_eq!(name("other"), Some("default"));
+}
+
+#[test]
+fn vhost_header_replaces_the_authority_for_selection() {
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![
+            vhost("m", &["m"], vec![direct(prefix("/"), "m")]),
+            vhost("default", &["*"], vec![direct(prefix("/"), "default")]),
+        ],
+        vhost_header: "x-vhost".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let name = |headers: &[(&str, &str)]| {
+        t.find("m", &request("/", headers))
+            .map(|m| m.virtual_host.name.as_str())
+    };
+    assert_eq!(name(&[("x-vhost", "M")]), Some("m"));
+    assert_eq!(name(&[("x-vhost", "other")]), Some("default"));
+    assert_eq!(name(&[]), None, "absent vhost_header selects nothing");
 }
 
 #[test]
@@ -847,6 +976,118 @@ fn error_paths_are_relative_to_the_route_configuration() {
         err(rc),
         "internal_only_headers: is not supported by trellis"
     );
+}
+
+/// The request path must not panic on any input: every matcher kind and
+/// action against hosts and paths with odd ports, brackets, multi-byte
+/// characters and stray query/fragment markers.
+#[test]
+fn odd_inputs_do_not_panic() {
+    let regex = |r: &str| RegexMatcher {
+        regex: r.into(),
+        engine_type: None,
+    };
+    let mut ci = prefix("/É");
+    ci.case_sensitive = Some(false);
+    let mut with_all = prefix("");
+    with_all.headers = vec![
+        header(
+            "x-h",
+            Some(HeaderMatchSpecifier::RangeMatch(Int64Range {
+                start: i64::MIN,
+                end: i64::MAX,
+            })),
+            true,
+            true,
+        ),
+        header(
+            ":authority",
+            string_match(MatchPattern::Suffix("é".into())),
+            false,
+            true,
+        ),
+    ];
+    with_all.query_parameters = vec![query("é", None)];
+    let mut rewrite = cluster("c");
+    rewrite.prefix_rewrite = "/r".into();
+    let mut regex_rewrite = cluster("c");
+    regex_rewrite.regex_rewrite = Some(RegexMatchAndSubstitute {
+        pattern: Some(regex("x*")),
+        substitution: r"\0-".into(),
+    });
+    let routes = vec![
+        direct(ci, "ci"),
+        direct(with_all, "all"),
+        forward(
+            RouteMatch {
+                path_specifier: Some(PathSpecifier::SafeRegex(regex("/é.*"))),
+                ..Default::default()
+            },
+            rewrite,
+        ),
+        forward(
+            RouteMatch {
+                path_specifier: Some(PathSpecifier::PathSeparatedPrefix("/éé".into())),
+                ..Default::default()
+            },
+            regex_rewrite,
+        ),
+        RouteProto {
+            r#match: Some(prefix("/")),
+            action: Some(route::Action::Redirect(RedirectAction {
+                scheme_rewrite_specifier: Some(SchemeRewriteSpecifier::HttpsRedirect(true)),
+                port_redirect: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    ];
+    let t = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![vhost("a", &["*.é", "é*", "[::1]:80", "*"], routes)],
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let hosts = [
+        "", ":", "[", "]", "[:", "]:", "[::1]:", "é", "é:é", "x.é", "éé", ":80", "É.É",
+    ];
+    let paths = [
+        "/",
+        "/É",
+        "/é",
+        "/ée",
+        "/éé",
+        "/éé/",
+        "/?é",
+        "/?é=é&é",
+        "/#?",
+        "/é?x#y",
+        "*",
+    ];
+    let mut seen = 0;
+    for host in hosts {
+        for path in paths {
+            let Ok(uri) = http::Uri::try_from(path) else {
+                continue;
+            };
+            let mut req = request("/", &[("x-h", "é")]);
+            req.uri = uri;
+            for random in [0, 1, u64::MAX] {
+                let Some(m) = t.find_with_random(host, &req, random) else {
+                    continue;
+                };
+                seen += 1;
+                let mut h = HeaderMap::new();
+                m.apply_request_headers(&mut h);
+                match &m.route.action {
+                    Action::Forward(f) => drop(f.rewrite_path(path)),
+                    Action::Redirect(r) => drop(r.location("http", host, path)),
+                    Action::DirectResponse(d) => drop(d.location("http", host, path)),
+                }
+            }
+        }
+    }
+    assert!(seen > 0);
 }
 
 #[test]
