@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -33,22 +34,40 @@ enum ReqBody {
     Stream(Option<Body>),
 }
 
+/// The downstream sent a body its codec could not read (a bad chunk, say).
+struct MalformedBody;
+
 impl ReqBody {
-    async fn new(b: Body, retry: bool) -> ReqBody {
+    /// `peek`: wait for the first body frame before anything goes upstream, so
+    /// a malformed HTTP/1.1 chunked body is refused with a 400 instead of
+    /// reaching the upstream as a truncated request.
+    async fn new(mut b: Body, retry: bool, peek: bool) -> Result<ReqBody, MalformedBody> {
         if b.is_end_stream() {
-            return ReqBody::Replay(Bytes::new());
+            return Ok(ReqBody::Replay(Bytes::new()));
         }
         let small = b
             .size_hint()
             .upper()
             .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
         if retry && small {
-            match b.collect().await {
-                Ok(c) => return ReqBody::Replay(c.to_bytes()),
-                Err(_) => return ReqBody::Stream(None),
-            }
+            return match b.collect().await {
+                Ok(c) => Ok(ReqBody::Replay(c.to_bytes())),
+                Err(_) => Err(MalformedBody),
+            };
         }
-        ReqBody::Stream(Some(b))
+        if peek {
+            let first = match b.frame().await {
+                None => return Ok(ReqBody::Replay(Bytes::new())),
+                Some(Err(_)) => return Err(MalformedBody),
+                Some(Ok(f)) => f,
+            };
+            let rest = http_body_util::BodyStream::new(b);
+            let frames = futures::stream::once(async move { Ok(first) }).chain(rest);
+            return Ok(ReqBody::Stream(Some(
+                http_body_util::StreamBody::new(frames).boxed_unsync(),
+            )));
+        }
+        Ok(ReqBody::Stream(Some(b)))
     }
 
     fn take(&mut self) -> Option<Body> {
@@ -77,6 +96,8 @@ pub struct Attempt<'a> {
     pub grpc: bool,
     /// `auto_host_rewrite`: the chosen endpoint's DNS name becomes the host.
     pub auto_host: bool,
+    /// The downstream body is HTTP/1.1 chunked: read its first frame first.
+    pub peek_body: bool,
 }
 
 pub async fn forward(
@@ -90,9 +111,27 @@ pub async fn forward(
         timeout,
         grpc,
         auto_host,
+        peek_body,
     } = a;
     let stats = &cluster.stats;
-    let mut body = ReqBody::new(body, retry.is_some_and(|r| r.num_retries > 0)).await;
+    let retries = retry.is_some_and(|r| r.num_retries > 0);
+    let mut body = match ReqBody::new(body, retries, peek_body).await {
+        Ok(b) => b,
+        Err(MalformedBody) => {
+            let mut flags = ResponseFlags::default();
+            flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            let mut response = reply(StatusCode::BAD_REQUEST, "", grpc);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Outcome {
+                response,
+                flags,
+                upstream: None,
+            };
+        }
+    };
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut flags = ResponseFlags::default();

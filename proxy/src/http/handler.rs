@@ -141,6 +141,8 @@ impl Hcm {
             None
         };
 
+        let peek_body = parts.version != http::Version::HTTP_2
+            && parts.headers.contains_key(header::TRANSFER_ENCODING);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
         if let Some(via) = &self.config.via {
@@ -215,6 +217,7 @@ impl Hcm {
                 timeout,
                 grpc,
                 auto_host,
+                peek_body,
             },
         )
         .await;
