@@ -238,7 +238,13 @@ impl Hcm {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
         matched.apply_response_headers(response.headers_mut());
-        if let Some(idle) = self.config.stream_idle_timeout {
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        if let Some(idle) = idle {
             if !response.body().is_end_stream() {
                 response = response.map(|b| body::with_idle_timeout(b, idle));
             }
