@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 /// An HTTP server that answers every request with JSON describing it:
 /// `{"upstream", "method", "path", "version", "headers", "body_len"}`.
 /// Paths steer it: `/status/N` answers N, `/delay/MS` waits first,
-/// `/close` drops the connection without answering.
+/// `/close` drops the connection without answering; a request header
+/// `x-respond-NAME: V` adds `NAME: V` to the response.
 pub struct Echo {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
@@ -116,19 +117,35 @@ async fn echo(
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    let respond_with: Vec<(http::HeaderName, http::HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-respond-")?;
+            Some((
+                http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                v.clone(),
+            ))
+        })
+        .collect();
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let uri = req.uri().to_string();
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            )
-        })
-        .collect();
+    // Repeated header lines are joined with ", " so none is lost (a map
+    // would keep only the last): tests can see what a proxy appended.
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let joined: Vec<String> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        headers.insert(
+            name.to_string(),
+            serde_json::Value::String(joined.join(", ")),
+        );
+    }
     let body = req
         .into_body()
         .collect()
@@ -153,6 +170,11 @@ async fn echo(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    // `x-respond-NAME: V` asks for `NAME: V` on the response, so tests can
+    // have the upstream send headers that a proxy should remove or keep.
+    for (name, value) in &respond_with {
+        resp.headers_mut().append(name.clone(), value.clone());
+    }
     Ok(resp)
 }
 
