@@ -105,13 +105,9 @@ impl ProxyProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        cmd.args(["--log-level", "warn"]);
         if bin.ends_with("envoy") {
-            cmd.args([
-                "--base-id",
-                &crate::free_port().to_string(),
-                "--log-level",
-                "warn",
-            ]);
+            cmd.args(["--base-id", &crate::free_port().to_string()]);
         }
         let mut child = cmd
             .spawn()
