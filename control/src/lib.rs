@@ -1,0 +1,13 @@
+//! trellis-control: the App Mesh API over durable state, and (in later
+//! slices) the xDS server that turns that state into proxy configuration.
+//!
+//! The seam for xDS: [`store::Store::snapshot`] yields every resource at one
+//! revision, and [`store::Store::subscribe`] wakes on every committed write.
+
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod service_model;
+pub mod store;
+
+pub use error::{ApiError, ErrorKind};
