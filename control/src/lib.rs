@@ -4,7 +4,9 @@
 //! The seam for xDS: [`store::Store::snapshot`] yields every resource at one
 //! revision, and [`store::Store::subscribe`] wakes on every committed write.
 
+pub mod api;
 pub mod error;
+pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod service_model;
