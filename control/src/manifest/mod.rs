@@ -131,14 +131,25 @@ fn read_source(file: &Path) -> Result<Source, ManifestError> {
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
                 ManifestError::new(file, Some(i + 1), None, format!("not valid YAML: {e}"))
             })?;
-            let value = serde_json::to_value(value).map_err(|e| {
-                ManifestError::new(
-                    file,
-                    Some(i + 1),
-                    None,
-                    format!("not representable as JSON: {e}"),
-                )
-            })?;
+            let ours = value
+                .get("apiVersion")
+                .and_then(serde_yaml::Value::as_str)
+                .is_some_and(|v| v.starts_with("appmesh.k8s.aws/"))
+                || value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Namespace");
+            // Other kinds are skipped, so their content (templating
+            // leftovers included) is none of our business.
+            let value = match serde_json::to_value(value) {
+                Ok(v) => v,
+                Err(_) if !ours => Value::Null,
+                Err(e) => {
+                    return Err(ManifestError::new(
+                        file,
+                        Some(i + 1),
+                        None,
+                        format!("not representable as JSON: {e}"),
+                    ))
+                }
+            };
             docs.push(value);
         }
         docs

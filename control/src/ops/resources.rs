@@ -91,12 +91,16 @@ impl AppMesh {
     /// read or written inside them.
     fn require_container(&self, tx: &Tx<'_>, key: &ResourceKey) -> Result<(), ApiError> {
         if key.kind != Kind::Mesh && !tx.exists(&ResourceKey::mesh(&key.mesh))? {
-            return Err(ApiError::not_found(format!("Mesh {} not found", key.mesh)));
+            return Err(ApiError::not_found(format!(
+                "meshName: Mesh {} not found",
+                key.mesh
+            )));
         }
         if let Some(parent) = key.parent_key() {
             if !tx.exists(&parent)? {
                 return Err(ApiError::not_found(format!(
-                    "{} not found",
+                    "{}: {} not found",
+                    parent.kind.name_field(),
                     parent.describe()
                 )));
             }
