@@ -4,6 +4,8 @@
 //! The seam for xDS: [`store::Store::snapshot`] yields every resource at one
 //! revision, and [`store::Store::subscribe`] wakes on every committed write.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod error;
 pub mod manifest;

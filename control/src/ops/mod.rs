@@ -89,6 +89,16 @@ impl AppMesh {
         if let Some(shape) = &operation.input {
             validate(model, &shape.shape, input, "")?;
         }
+        // trellis holds one account's meshes; a mesh shared from another
+        // account cannot exist here.
+        if let Some(owner) = input["meshOwner"].as_str() {
+            if owner != self.identity.account {
+                return Err(ApiError::not_found(format!(
+                    "meshOwner: no mesh owned by account {owner} is shared with {}",
+                    self.identity.account
+                )));
+            }
+        }
         match op {
             "TagResource" => self.write(op, input, |tx| self.tag_resource(tx, input)),
             "UntagResource" => self.write(op, input, |tx| self.untag_resource(tx, input)),

@@ -221,10 +221,15 @@ impl AppMesh {
             .map(|r| r.key.describe())
             .collect();
         if !blockers.is_empty() {
+            let shown: Vec<&str> = blockers.iter().take(10).map(String::as_str).collect();
+            let more = match blockers.len().saturating_sub(shown.len()) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             return Err(ApiError::in_use(format!(
-                "{} is still in use by: {}",
+                "{} is still in use by: {}{more}",
                 key.describe(),
-                blockers.join(", ")
+                shown.join(", ")
             )));
         }
         tx.delete(&key)?;

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     token TEXT NOT NULL,
     digest TEXT NOT NULL,
     response TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
     PRIMARY KEY (operation, token)
 );
 CREATE TABLE IF NOT EXISTS revision (

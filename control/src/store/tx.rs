@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::model::{Kind, Metadata, Resource, ResourceKey, Tag};
 
+const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
+
 const COLUMNS: &str =
     "kind, mesh, parent, name, arn, uid, version, created_at, last_updated_at, owner, spec, tags";
 
@@ -188,6 +190,9 @@ impl<'a> Tx<'a> {
             .optional()
     }
 
+    /// Records the reply to a tokened request. Tokens older than a day are
+    /// forgotten: clients retry within seconds, and the table must not grow
+    /// with every write ever made.
     pub fn record_reply(
         &mut self,
         operation: &str,
@@ -195,9 +200,18 @@ impl<'a> Tx<'a> {
         digest: &str,
         response: &str,
     ) -> rusqlite::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         self.txn.execute(
-            "INSERT OR REPLACE INTO idempotency (operation, token, digest, response) VALUES (?1, ?2, ?3, ?4)",
-            params![operation, token, digest, response],
+            "DELETE FROM idempotency WHERE recorded_at < ?1",
+            params![now - IDEMPOTENCY_WINDOW_SECS],
+        )?;
+        self.txn.execute(
+            "INSERT OR REPLACE INTO idempotency (operation, token, digest, response, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![operation, token, digest, response, now],
         )?;
         Ok(())
     }

@@ -137,3 +137,9 @@ def test_too_many_tags(appmesh, mesh):
 def test_bad_arns_are_bad_requests(appmesh):
     with pytest.raises(appmesh.exceptions.BadRequestException):
         appmesh.list_tags_for_resource(resourceArn="arn:aws:s3:::bucket")
+
+
+def test_meshes_of_other_accounts_do_not_exist_here(appmesh, mesh):
+    with pytest.raises(appmesh.exceptions.NotFoundException):
+        appmesh.list_virtual_nodes(meshName=mesh, meshOwner="111122223333")
+    appmesh.list_virtual_nodes(meshName=mesh, meshOwner="000000000000")
