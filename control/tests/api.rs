@@ -279,7 +279,11 @@ async fn apply_and_load_go_through_the_same_checks() {
     )
     .expect("write bad");
     let out = run(&bad);
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a refused document is a bad file"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("bad.json: document 1 (VirtualNode x)"),

@@ -6,6 +6,7 @@ use anyhow::Context;
 use trellis_control::api::client::Client;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::manifest::{self, Outcome};
+use trellis_control::ErrorKind;
 
 use super::{ApplyArgs, ConfigError};
 
@@ -26,7 +27,23 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         creds.preferred().clone(),
         args.region.clone(),
     );
-    let applied = manifest::apply(&docs, |op, input| runtime.block_on(client.call(op, input)))?;
+    let unreachable = std::cell::Cell::new(false);
+    let applied = manifest::apply(&docs, |op, input| {
+        let reply = runtime.block_on(client.call(op, input));
+        if let Err(e) = &reply {
+            unreachable.set(e.kind == ErrorKind::InternalServerError);
+        }
+        reply
+    })
+    .map_err(|e| -> anyhow::Error {
+        // A document the server refused is a bad file (exit 2); a server
+        // that cannot be reached or failed is not.
+        if unreachable.get() {
+            e.into()
+        } else {
+            ConfigError(e.to_string()).into()
+        }
+    })?;
     for (outcome, label) in applied {
         let verb = match outcome {
             Outcome::Created => "created",

@@ -5,7 +5,7 @@ mod apply;
 mod logging;
 mod serve;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +41,17 @@ enum Command {
     Apply(ApplyArgs),
 }
 
+/// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("{text}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text}: the name resolves to no address"))
+}
+
 fn account_id(text: &str) -> Result<String, String> {
     if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_string())
@@ -55,10 +66,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "./trellis-data")]
     pub data_dir: PathBuf,
     /// Address of the App Mesh API.
-    #[arg(long, default_value = "127.0.0.1:9080")]
+    #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
     /// Address of the xDS server.
-    #[arg(long, default_value = "127.0.0.1:18000")]
+    #[arg(long, default_value = "127.0.0.1:18000", value_parser = socket_addr)]
     pub xds_addr: SocketAddr,
     /// Files or folders of App Mesh specs to apply at start.
     #[arg(long)]
@@ -86,7 +97,7 @@ pub struct ApplyArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
     /// Address of the App Mesh API.
-    #[arg(long, default_value = "127.0.0.1:9080")]
+    #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
     /// Data dir whose credentials file to sign with, when --credentials is not given.
     #[arg(long, default_value = "./trellis-data")]
@@ -106,8 +117,8 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            print!("{e}");
+            // --help and --version; a closed stdout (`| head`) is not an error.
+            let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
