@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS revision (
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
 ";
 
+/// Bumped whenever the schema changes, so an older binary refuses a
+/// database it would misread instead of corrupting it.
+const SCHEMA_VERSION: i64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}")]
@@ -54,6 +58,8 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("the database {path} has schema version {found}, newer than this trellis-control understands ({SCHEMA_VERSION}); use a newer release")]
+    TooNew { path: String, found: i64 },
 }
 
 /// Every resource at one revision, read in a single transaction: the input
@@ -76,6 +82,15 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found,
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         Store::init(conn).map_err(open_err)
@@ -95,6 +110,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let revision: i64 =
             conn.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
         let (revision, _) = watch::channel(u64::try_from(revision).unwrap_or(0));
@@ -185,6 +201,18 @@ mod tests {
             spec: json!({}),
             tags: vec![],
         }
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
     }
 
     #[test]

@@ -31,3 +31,16 @@ def test_bad_limits_and_tokens_are_rejected(lax, mesh):
             lax.list_virtual_nodes(meshName=mesh, limit=limit)
     with pytest.raises(lax.exceptions.BadRequestException):
         lax.list_virtual_nodes(meshName=mesh, nextToken="not-a-token")
+
+
+def test_cli_style_max_items_and_starting_token(appmesh, mesh):
+    """What `aws appmesh list-virtual-nodes --max-items 2 --starting-token T` does."""
+    for i in range(5):
+        appmesh.create_virtual_node(meshName=mesh, virtualNodeName=f"n{i}", spec={})
+    paginator = appmesh.get_paginator("list_virtual_nodes")
+    first = paginator.paginate(meshName=mesh, PaginationConfig={"MaxItems": 2, "PageSize": 1}).build_full_result()
+    assert [v["virtualNodeName"] for v in first["virtualNodes"]] == ["n0", "n1"]
+    rest = paginator.paginate(
+        meshName=mesh, PaginationConfig={"StartingToken": first["NextToken"], "PageSize": 2}
+    ).build_full_result()
+    assert [v["virtualNodeName"] for v in rest["virtualNodes"]] == ["n2", "n3", "n4"]
