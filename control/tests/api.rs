@@ -264,6 +264,12 @@ async fn apply_and_load_go_through_the_same_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("VirtualNode web_prod created"));
+    let again = run(&manifest);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("Mesh demo unchanged") && stdout.contains("VirtualNode web_prod unchanged"),
+        "{stdout}"
+    );
     server
         .client()
         .call(

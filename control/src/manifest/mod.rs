@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::model::Kind;
+use crate::ops::stored_spec;
 
 /// One resource to apply, with where it came from.
 #[derive(Debug, Clone)]
@@ -209,7 +210,8 @@ pub fn apply(
         }
         let outcome = match call(&format!("Describe{kind}"), &identity) {
             Ok(current) => {
-                let same = current[doc.kind.segment()]["spec"] == doc.input["spec"];
+                let same = current[doc.kind.segment()]["spec"]
+                    == stored_spec(doc.kind, doc.input.get("spec"));
                 if same {
                     Outcome::Unchanged
                 } else {

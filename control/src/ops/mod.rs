@@ -6,6 +6,8 @@ mod pagination;
 mod resources;
 mod tags;
 
+pub use resources::stored_spec;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -30,12 +30,16 @@ fn key_from_input(kind: Kind, input: &Value) -> Result<ResourceKey, ApiError> {
     })
 }
 
-/// App Mesh reports the egress filter it applies even when none was given.
-fn mesh_spec(spec: Option<&Value>) -> Value {
+/// The spec as stored and reported. App Mesh reports the mesh egress filter
+/// it applies even when none was given; callers comparing specs (`apply`
+/// deciding whether anything changed) must see the same form.
+pub fn stored_spec(kind: Kind, spec: Option<&Value>) -> Value {
     let mut spec = spec.cloned().unwrap_or_else(|| json!({}));
-    if let Some(obj) = spec.as_object_mut() {
-        obj.entry("egressFilter")
-            .or_insert_with(|| json!({"type": "DROP_ALL"}));
+    if kind == Kind::Mesh {
+        if let Some(obj) = spec.as_object_mut() {
+            obj.entry("egressFilter")
+                .or_insert_with(|| json!({"type": "DROP_ALL"}));
+        }
     }
     spec
 }
@@ -133,10 +137,7 @@ impl AppMesh {
         input: &Value,
     ) -> Result<Value, ApiError> {
         let key = key_from_input(kind, input)?;
-        let spec = match kind {
-            Kind::Mesh => mesh_spec(input.get("spec")),
-            _ => input["spec"].clone(),
-        };
+        let spec = stored_spec(kind, input.get("spec"));
         check_spec(kind, &spec)?;
         let tags = parse_tags(&input["tags"])?;
         self.require_container(tx, &key)?;
@@ -188,8 +189,7 @@ impl AppMesh {
         let mut resource = Self::existing(tx, &key)?;
         let spec = match kind {
             Kind::Mesh if input["spec"].is_null() => resource.spec.clone(),
-            Kind::Mesh => mesh_spec(input.get("spec")),
-            _ => input["spec"].clone(),
+            _ => stored_spec(kind, input.get("spec")),
         };
         check_spec(kind, &spec)?;
         Self::require_references(tx, &key, &spec)?;
