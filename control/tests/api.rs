@@ -329,3 +329,16 @@ fn bad_flags_and_unsafe_no_auth_exit_2_with_one_line() {
     assert!(stderr.contains("--no-auth is refused"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_auth_on_loopback_accepts_unsigned_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &["--no-auth"]);
+    let (status, kind, body) = raw_get(&server, "/v20190125/meshes", false).await;
+    assert_eq!((status, kind), (200, None));
+    assert_eq!(body, json!({"meshes": []}));
+    assert!(
+        !server.data_dir.join("credentials").exists(),
+        "no key pair is minted when nobody needs one"
+    );
+}
