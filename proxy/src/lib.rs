@@ -18,3 +18,4 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;
+pub mod xds;

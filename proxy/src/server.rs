@@ -6,33 +6,31 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use xds_protos::envoy::config::bootstrap::v3::Bootstrap;
 
 use crate::admin::{self, Admin, SetLogLevel};
 use crate::config::cluster::ClusterConfig;
 use crate::config::listener::ListenerConfig;
 use crate::config::{address, ConfigError};
-use crate::listener::{self, ActiveListener};
 use crate::shared::{NodeInfo, Shared};
 use crate::snapshot::Snapshot;
 use crate::upstream::ClusterMap;
+use crate::xds::{self, AdsConfig};
 
 /// The static part of a bootstrap, validated and compiled.
 pub struct StaticConfig {
     pub listeners: Vec<Arc<ListenerConfig>>,
     pub clusters: Vec<Arc<ClusterConfig>>,
     pub admin: Option<std::net::SocketAddr>,
+    pub ads: Option<AdsConfig>,
 }
 
 impl StaticConfig {
     pub fn compile(b: &Bootstrap) -> Result<StaticConfig, ConfigError> {
-        if b.dynamic_resources.is_some() {
-            return Err(ConfigError::new(
-                "dynamic_resources",
-                "xDS is not supported by this build of trellis-proxy yet",
-            ));
-        }
+        let ads = match &b.dynamic_resources {
+            Some(d) => Some(AdsConfig::compile(d).map_err(|e| e.at("dynamic_resources"))?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
         if let Some(sr) = &b.static_resources {
@@ -73,10 +71,22 @@ impl StaticConfig {
             }
             _ => None,
         };
+        if let Some(a) = &ads {
+            if !clusters.iter().any(|c| c.name == a.cluster) {
+                return Err(ConfigError::new(
+                    "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                    format!(
+                        "unknown cluster '{}': the ADS cluster must be in static_resources",
+                        a.cluster
+                    ),
+                ));
+            }
+        }
         Ok(StaticConfig {
             listeners,
             clusters,
             admin,
+            ads,
         })
     }
 }
@@ -93,24 +103,16 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
     let shared = Arc::new(Shared::new(opts.node, opts.concurrency, opts.drain_time));
 
     let clusters = ClusterMap::default()
-        .update(config.clusters, &shared.store)
+        .update(config.clusters.clone(), &shared.store)
         .await;
     shared.snapshot.store(Arc::new(Snapshot {
         listeners: config.listeners.clone(),
         clusters,
         routes: Default::default(),
-        bootstrap: Some(Arc::new(bootstrap)),
+        bootstrap: Some(Arc::new(bootstrap.clone())),
+        dynamic: Vec::new(),
     }));
 
-    // Bind every socket before accepting on any, so a bad address fails the
-    // start instead of leaving a half-started proxy.
-    let mut bound = Vec::new();
-    for l in &config.listeners {
-        let socket = listener::bind(l.address).map_err(|e| {
-            anyhow::anyhow!("listener '{}': cannot bind {}: {e}", l.name, l.address)
-        })?;
-        bound.push((l.clone(), socket));
-    }
     if let Some(addr) = config.admin {
         let socket = admin::bind(addr)
             .await
@@ -127,13 +129,33 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         })
         .spawn(socket);
     }
-    for (l, socket) in bound {
-        tracing::info!(name = %l.name, address = %l.address, "listener started");
-        let active = Arc::new(ArcSwap::from_pointee(ActiveListener::new(l, &shared)));
-        listener::spawn(shared.clone(), socket, active);
+    shared
+        .listeners
+        .reconcile(&shared, &config.listeners)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let drainer = shared.clone();
+    tokio::spawn(async move {
+        drainer.drain.watch().signaled().await;
+        drainer.listeners.drain_all();
+    });
+    match config.ads.clone() {
+        Some(ads) => {
+            let statics = xds::Statics {
+                clusters: config.clusters.clone(),
+                listeners: config.listeners.clone(),
+            };
+            xds::spawn(
+                shared.clone(),
+                ads,
+                statics,
+                bootstrap.node.clone().unwrap_or_default(),
+            );
+        }
+        None => {
+            shared.live.store(true, Ordering::Relaxed);
+            tracing::info!("all listeners started; proxy is LIVE");
+        }
     }
-    shared.live.store(true, Ordering::Relaxed);
-    tracing::info!("all listeners started; proxy is LIVE");
 
     wait_for_exit(&shared).await;
     tracing::info!(drain_time_s = shared.drain_time.as_secs(), "draining");

@@ -8,6 +8,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
+use crate::listener::ListenerManager;
 use crate::snapshot::Snapshot;
 use crate::stats::{HttpStats, StatSource, Store, TcpStats};
 
@@ -21,6 +22,7 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub store: Store,
     pub drain: Drain,
+    pub listeners: ListenerManager,
     /// Set by `POST /healthcheck/fail`; `/ready` then answers 503.
     pub health_failed: AtomicBool,
     /// Set once the first complete config is applied.
@@ -41,6 +43,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             store: Store::default(),
             drain: Drain::default(),
+            listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),
             live: AtomicBool::new(false),
             node,

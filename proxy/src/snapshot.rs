@@ -17,4 +17,14 @@ pub struct Snapshot {
     pub routes: HashMap<Arc<str>, Arc<RouteTable>>,
     /// The bootstrap as loaded, for `/config_dump`.
     pub bootstrap: Option<Arc<xds_protos::envoy::config::bootstrap::v3::Bootstrap>>,
+    /// Resources that arrived over xDS, with the version that put each there.
+    pub dynamic: Vec<DynamicResource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamicResource {
+    pub type_url: &'static str,
+    pub name: String,
+    pub version: String,
+    pub raw: prost_types::Any,
 }

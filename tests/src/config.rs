@@ -12,11 +12,13 @@ pub fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
             e.port()
         ));
     }
-    if endpoints.is_empty() {
-        eps.push_str("        []\n");
-    }
+    let lb = if endpoints.is_empty() {
+        " []\n".to_string()
+    } else {
+        format!("\n{eps}")
+    };
     format!(
-        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:{lb}"
     )
 }
 

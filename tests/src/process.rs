@@ -152,18 +152,14 @@ impl ProxyProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        cmd.args(["--log-level", "warn"]);
         // Envoy (however its binary is named) needs a base id of its own so
         // that several can run at once.
         let is_envoy = bin
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains("envoy"));
         if is_envoy {
-            cmd.args([
-                "--base-id",
-                &crate::free_port().to_string(),
-                "--log-level",
-                "warn",
-            ]);
+            cmd.args(["--base-id", &crate::free_port().to_string()]);
         }
         let mut child = cmd
             .spawn()

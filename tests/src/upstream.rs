@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -73,19 +74,40 @@ impl Echo {
     }
 }
 
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> EchoBody {
+    BodyExt::boxed(Full::new(b.into()).map_err(|e| match e {}))
+}
+
 async fn echo(
     name: Arc<str>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<EchoBody>, std::io::Error> {
     let path = req.uri().path().to_string();
     if req.headers().contains_key(http::header::UPGRADE) {
-        return Ok(upgrade_echo(req));
+        return Ok(upgrade_echo(req).map(|b| BodyExt::boxed(b.map_err(|e| match e {}))));
+    }
+    if path == "/stall" {
+        // One chunk, then silence: for stream idle timeouts.
+        let frames = futures::stream::once(async {
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"first")))
+        })
+        .chain(futures::stream::pending());
+        return Ok(Response::new(BodyExt::boxed(
+            http_body_util::StreamBody::new(frames),
+        )));
     }
     if let Some(ms) = path
         .strip_prefix("/delay/")
         .and_then(|s| s.split('/').next()?.parse().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path == "/discard" {
+        return Ok(discard(req)
+            .await
+            .map(|b| BodyExt::boxed(b.map_err(|e| match e {}))));
     }
     if path == "/close" {
         return Err(std::io::Error::other("closing without a response"));
@@ -138,7 +160,7 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         "x-upstream",
@@ -154,6 +176,19 @@ async fn echo(
         resp.headers_mut().append(name.clone(), value.clone());
     }
     Ok(resp)
+}
+
+/// Reads the body frame by frame without keeping it, and reports its length.
+async fn discard(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    Response::new(Full::new(Bytes::from(total.to_string())))
 }
 
 /// Accepts a WebSocket-style upgrade and echoes raw bytes on the upgraded stream.

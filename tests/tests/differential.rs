@@ -17,7 +17,7 @@ use trellis_tests::config::{cluster, http_proxy_with_route_config};
 use trellis_tests::diff::{compare, Case};
 use trellis_tests::process::{proxy_under_test, require_envoy, testing_envoy, ProxyProcess};
 use trellis_tests::upstream::Echo;
-use trellis_tests::{free_port, loopback, within};
+use trellis_tests::{loopback, refused_address, within};
 
 /// Route-configuration-level header mutations (12-space indent).
 const ROUTE_CONFIG_EXTRA: &str = r#"            request_headers_to_add:
@@ -163,7 +163,6 @@ const VHOSTS: &str = r#"          - name: exact
                 append_action: APPEND_IF_EXISTS_OR_ADD
               - header: { key: x-add-absent, value: route }
                 append_action: ADD_IF_ABSENT
-              - header: { key: x-client-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
               request_headers_to_remove: [x-strip-route]
               response_headers_to_add:
               - header: { key: x-route-resp, value: route }
@@ -287,6 +286,8 @@ struct Pair {
     reference_addr: SocketAddr,
     candidate_addr: SocketAddr,
     _upstreams: Vec<Echo>,
+    // Keeps the "dead" cluster's port bound (and refusing) for the run.
+    _refusing: socket2::Socket,
 }
 
 /// A STATIC cluster whose endpoint has a hostname, which is what
@@ -299,7 +300,7 @@ fn cluster_with_hostname(name: &str, addr: SocketAddr, hostname: &str) -> String
     )
 }
 
-async fn pair(hcm_extra: &str) -> Pair {
+async fn pair(vhosts: &str, hcm_extra: &str) -> Pair {
     let envoy = require_envoy();
     let candidate = proxy_under_test();
     let mut upstreams = Vec::new();
@@ -313,10 +314,11 @@ async fn pair(hcm_extra: &str) -> Pair {
     clusters.push(cluster_with_hostname("auto", auto.addr, "auto.example"));
     upstreams.push(auto);
     clusters.push(cluster("empty", &[], ""));
-    clusters.push(cluster("dead", &[loopback(free_port())], ""));
+    let (dead, refusing) = refused_address();
+    clusters.push(cluster("dead", &[dead], ""));
 
     let bootstrap =
-        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, VHOSTS, &clusters, hcm_extra);
+        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, vhosts, &clusters, hcm_extra);
     let (reference, rp) = ProxyProcess::start_on_free_port(&envoy, bootstrap, &[]).await;
     let (candidate, cp) = ProxyProcess::start_on_free_port(&candidate, bootstrap, &[]).await;
     Pair {
@@ -325,6 +327,7 @@ async fn pair(hcm_extra: &str) -> Pair {
         reference_addr: loopback(rp),
         candidate_addr: loopback(cp),
         _upstreams: upstreams,
+        _refusing: refusing,
     }
 }
 
@@ -342,8 +345,15 @@ async fn run(cases: Vec<Case>) {
 
 /// [`run`] with HttpConnectionManager options (`hcm_extra`, 10-space indent).
 async fn run_with(hcm_extra: &str, cases: Vec<Case>) {
+    run_on(VHOSTS, hcm_extra, cases).await;
+}
+
+/// [`run`] on other virtual hosts: features that a proxy might reject at
+/// load time get a bootstrap of their own, so that rejecting one does not
+/// stop every other comparison.
+async fn run_on(vhosts: &str, hcm_extra: &str, cases: Vec<Case>) {
     within(Duration::from_secs(120), "differential run", async {
-        let p = pair(hcm_extra).await;
+        let p = pair(vhosts, hcm_extra).await;
         compare(&cases, p.reference_addr, p.candidate_addr, candidate_name()).await;
     })
     .await;
@@ -762,6 +772,37 @@ async fn connection_manager_options() {
             Case::get("normalized path picks the route", M, "/nothing/../std/x").to("main"),
             Case::get("server_name on local replies", M, "/nothing").expect(404, None),
             Case::get("via on redirects", M, "/redir/host").expect(301, None),
+        ],
+    )
+    .await;
+}
+
+/// Header values with command operators (substitution formatters).
+const FORMATTER_VHOSTS: &str = r#"          - name: main
+            domains: ["main.test"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: headers }
+              request_headers_to_add:
+              - header: { key: x-client-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
+              - header: { key: x-from-request, value: "%REQ(x-in)%" }
+              - header: { key: x-literal, value: "100%%" }
+              response_headers_to_add:
+              - header: { key: x-protocol, value: "%PROTOCOL%" }
+"#;
+
+#[tokio::test]
+async fn header_value_command_operators() {
+    run_on(
+        FORMATTER_VHOSTS,
+        "",
+        vec![
+            Case::get("command operators", M, "/")
+                .header("x-in", "copied")
+                .to("headers"),
+            Case::get("command operators, h2", M, "/")
+                .h2()
+                .to("headers"),
         ],
     )
     .await;

@@ -17,7 +17,7 @@ use trellis_tests::grpc::{
     FAIL_TRAILER,
 };
 use trellis_tests::process::{proxy_under_test, ProxyProcess};
-use trellis_tests::{eventually, free_port, loopback, within};
+use trellis_tests::{eventually, loopback, refused_address, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -376,7 +376,9 @@ async fn grpc_timeout_is_forwarded_not_enforced_without_max_stream_duration() {
 #[tokio::test]
 async fn upstream_down_is_unavailable() {
     within(LIMIT, "upstream down", async {
-        let dead = loopback(free_port());
+        // Bound but not listening: refuses connections, and no other test
+        // can take the port meanwhile.
+        let (dead, _guard) = refused_address();
         let (_p, front) = proxy_to(dead, "").await;
         let mut client = connect(front).await;
         let err = client

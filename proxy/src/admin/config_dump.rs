@@ -8,11 +8,16 @@ use crate::shared::Shared;
 
 /// Protos → JSON through the reflection pool, with Envoy's snake_case names.
 fn to_json<M: Message + prost::Name>(msg: &M) -> Value {
+    any_to_json(&M::type_url(), &msg.encode_to_vec())
+}
+
+fn any_to_json(type_url: &str, bytes: &[u8]) -> Value {
     let pool = xds_protos::descriptor_pool();
-    let Some(desc) = pool.get_message_by_name(&M::full_name()) else {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    let Some(desc) = pool.get_message_by_name(name) else {
         return Value::Null;
     };
-    let Ok(dynamic) = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice()) else {
+    let Ok(dynamic) = DynamicMessage::decode(desc, bytes) else {
         return Value::Null;
     };
     let opts = SerializeOptions::new().use_proto_field_name(true);
@@ -23,7 +28,7 @@ fn to_json<M: Message + prost::Name>(msg: &M) -> Value {
     }
     let mut v: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
-        m.insert("@type".into(), Value::String(M::type_url()));
+        m.insert("@type".into(), Value::String(type_url.to_string()));
     }
     v
 }
@@ -37,15 +42,61 @@ pub fn render(s: &Shared) -> Value {
             "bootstrap": to_json(b.as_ref()),
         }));
     }
-    let mut clusters: Vec<_> = snap.clusters.iter().collect();
+    let dynamic = |type_url: &str, key: &str| -> Vec<Value> {
+        snap.dynamic
+            .iter()
+            .filter(|d| d.type_url == type_url)
+            .map(|d| {
+                let mut v = serde_json::Map::new();
+                v.insert("name".into(), Value::String(d.name.clone()));
+                v.insert("version_info".into(), Value::String(d.version.clone()));
+                v.insert(key.into(), any_to_json(&d.raw.type_url, &d.raw.value));
+                Value::Object(v)
+            })
+            .collect()
+    };
+    let is_dynamic = |name: &str, type_url: &str| {
+        snap.dynamic
+            .iter()
+            .any(|d| d.type_url == type_url && d.name == name)
+    };
+    let mut clusters: Vec<_> = snap
+        .clusters
+        .iter()
+        .filter(|c| !is_dynamic(c.name(), xds_protos::type_url::CLUSTER))
+        .collect();
     clusters.sort_by(|a, b| a.name().cmp(b.name()));
     configs.push(json!({
         "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
         "static_clusters": clusters.iter().map(|c| json!({"cluster": to_json(&c.config.proto)})).collect::<Vec<_>>(),
+        "dynamic_active_clusters": dynamic(xds_protos::type_url::CLUSTER, "cluster"),
+    }));
+    configs.push(json!({
+        "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+        "dynamic_endpoint_configs": dynamic(xds_protos::type_url::CLUSTER_LOAD_ASSIGNMENT, "endpoint_config"),
     }));
     configs.push(json!({
         "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-        "static_listeners": snap.listeners.iter().map(|l| json!({"listener": to_json(&l.proto)})).collect::<Vec<_>>(),
+        "static_listeners": snap
+            .listeners
+            .iter()
+            .filter(|l| !is_dynamic(&l.name, xds_protos::type_url::LISTENER))
+            .map(|l| json!({"listener": to_json(&l.proto)}))
+            .collect::<Vec<_>>(),
+        "dynamic_listeners": dynamic(xds_protos::type_url::LISTENER, "listener")
+            .into_iter()
+            .map(|mut v| {
+                let name = v.get("name").cloned().unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.remove("name");
+                }
+                json!({"name": name, "active_state": v})
+            })
+            .collect::<Vec<_>>(),
+    }));
+    configs.push(json!({
+        "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+        "dynamic_route_configs": dynamic(xds_protos::type_url::ROUTE_CONFIGURATION, "route_config"),
     }));
     json!({ "configs": configs })
 }

@@ -5,20 +5,26 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::flags::ResponseFlags;
-use super::forward::{forward, Outcome};
+use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
-    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
 };
 use super::local_reply::reply;
 use super::Hcm;
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
-use crate::router::{Action, Forward, Matched};
+use crate::router::{
+    Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
+};
 use crate::snapshot::Snapshot;
+use crate::upstream::{Cluster, ClusterMap};
+use std::sync::Arc;
 
 impl Hcm {
     pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
@@ -31,6 +37,15 @@ impl Hcm {
         }
         stats.downstream_rq_active.inc();
         let (parts, body) = req.into_parts();
+        let limit = self.config.max_request_headers_kb as usize * 1024;
+        if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
+            let mut resp = reply(status, "", false);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            stats.downstream_rq.record(status.as_u16());
+            stats.downstream_rq_active.dec();
+            return resp;
+        }
         let grpc = is_grpc(&parts.headers);
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
         let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
@@ -68,7 +83,7 @@ impl Hcm {
                     resp.headers_mut()
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
-                matched.response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut());
                 (resp, ResponseFlags::default())
             }
             Action::Redirect(r) => {
@@ -80,7 +95,7 @@ impl Hcm {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut());
                 (resp, ResponseFlags::default())
             }
             Action::Forward(f) => {
@@ -120,11 +135,11 @@ impl Hcm {
         grpc: bool,
         upgrade: bool,
     ) -> (Response<Body>, ResponseFlags) {
-        let Some(cluster_name) = f.cluster_for(&parts.headers, rand::random()) else {
-            return self.no_cluster(grpc);
-        };
-        let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()) else {
-            return self.no_cluster(grpc);
+        let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
+        let Some(cluster) = cluster.as_ref() else {
+            let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
+            matched.apply_response_headers(resp.headers_mut());
+            return (resp, flags);
         };
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -132,8 +147,10 @@ impl Hcm {
             None
         };
 
+        let peek_body = parts.version != http::Version::HTTP_2
+            && parts.headers.contains_key(header::TRANSFER_ENCODING);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
+        let internal = headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());
         }
@@ -142,13 +159,43 @@ impl Hcm {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let path = f.rewrite_path(matched, &pq).unwrap_or(pq);
-        let upstream_host = f
-            .rewrite_host(host, cluster)
-            .unwrap_or_else(|| host.to_string());
-        matched.request_headers(&mut parts.headers);
+        let path = match f.rewrite_path(&pq) {
+            Some(p) => {
+                if let Ok(v) = HeaderValue::from_str(&pq) {
+                    parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+                }
+                p
+            }
+            None => pq,
+        };
+        let upstream_host = match (
+            &f.host_rewrite,
+            weighted.and_then(|w| w.host_rewrite.as_ref()),
+        ) {
+            (_, Some(h)) => h.clone(),
+            (Some(HostRewrite::Literal(h)), _) => h.clone(),
+            (Some(HostRewrite::Header(name)), _) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(host)
+                .to_string(),
+            _ => host.to_string(),
+        };
+        let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
+        if upstream_host != host {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+        }
+        if let Some(w) = weighted {
+            w.headers.request.apply(&mut parts.headers);
+        }
+        matched.apply_request_headers(&mut parts.headers);
 
-        let timeout = route_timeout(f, &parts.headers, grpc);
+        let timeout = route_timeout(f, &parts.headers, internal);
+        let max_duration = stream_duration(f, &parts.headers, grpc);
+        headers::strip_envoy_controls(&mut parts.headers);
         if let Some(t) = timeout {
             if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
                 parts
@@ -184,6 +231,18 @@ impl Hcm {
             parts.version = http::Version::HTTP_11;
         }
 
+        // Envoy sends an explicit zero length for a bodiless POST, PUT or PATCH.
+        if body.is_end_stream()
+            && matches!(
+                parts.method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            )
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         let started = Instant::now();
         let retry = if upgrade {
             None
@@ -199,9 +258,14 @@ impl Hcm {
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
             body,
-            retry,
-            timeout,
-            grpc,
+            Attempt {
+                retry,
+                timeout,
+                grpc,
+                auto_host,
+                peek_body,
+                max_duration,
+            },
         )
         .await;
         if upstream.is_some() && flags.is_empty() {
@@ -220,15 +284,29 @@ impl Hcm {
         } else {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
-        matched.response_headers(response.headers_mut());
+        if let Some(w) = weighted {
+            w.headers.response.apply(response.headers_mut());
+        }
+        matched.apply_response_headers(response.headers_mut());
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        if let Some(idle) = idle {
+            if !response.body().is_end_stream() {
+                response = response.map(|b| body::with_idle_timeout(b, idle));
+            }
+        }
         (response, flags)
     }
 
-    fn no_cluster(&self, grpc: bool) -> (Response<Body>, ResponseFlags) {
+    fn no_cluster(&self, status: StatusCode, grpc: bool) -> (Response<Body>, ResponseFlags) {
         self.stats.no_cluster.inc();
         let mut flags = ResponseFlags::default();
         flags.set(ResponseFlags::NO_CLUSTER_FOUND);
-        (reply(StatusCode::SERVICE_UNAVAILABLE, "", grpc), flags)
+        (reply(status, "", grpc), flags)
     }
 
     fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
@@ -252,8 +330,51 @@ impl Hcm {
     }
 }
 
+/// The cluster a request goes to: named, from a header, or by weight (with
+/// the per-request random value the route match used, as Envoy does), and the
+/// weighted entry when there is one, for its own header mutations.
+fn pick_cluster<'f>(
+    f: &'f Forward,
+    m: &Matched<'_>,
+    h: &http::HeaderMap,
+    clusters: &ClusterMap,
+) -> (Option<Arc<Cluster>>, Option<&'f ClusterWeight>) {
+    let from_header = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let (name, weighted) = match &f.cluster {
+        ClusterSpecifier::Cluster(c) => (Some(c.as_str()), None),
+        ClusterSpecifier::ClusterHeader(name) => (from_header(name), None),
+        ClusterSpecifier::WeightedClusters(w) => {
+            let picked = w.pick(m.random);
+            let name = match &picked.target {
+                WeightedTarget::Cluster(c) => Some(c.as_str()),
+                WeightedTarget::ClusterHeader(name) => from_header(name),
+            };
+            (name, Some(picked))
+        }
+    };
+    (name.and_then(|n| clusters.get(n)).cloned(), weighted)
+}
+
 /// The route's timeout, or the client's `grpc-timeout` when the route allows it.
-fn route_timeout(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duration> {
+/// `x-envoy-upstream-rq-timeout-ms` from an internal client overrides the
+/// route's timeout, as in Envoy.
+fn route_timeout(f: &Forward, h: &http::HeaderMap, internal: bool) -> Option<Duration> {
+    if internal {
+        if let Some(ms) = h
+            .get(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            return (ms > 0).then(|| Duration::from_millis(ms));
+        }
+    }
+    f.timeout
+}
+
+/// The stream's maximum duration: the client's `grpc-timeout` when the route
+/// honours it (capped at `grpc_timeout_header_max`), else the route's
+/// `max_stream_duration`.
+fn stream_duration(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duration> {
     if grpc {
         if let Some(max) = f.grpc_timeout_header_max {
             if let Some(t) = h
@@ -264,7 +385,7 @@ fn route_timeout(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duratio
             }
         }
     }
-    f.timeout
+    f.max_stream_duration.filter(|d| !d.is_zero())
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -1,6 +1,7 @@
 //! Listeners: bind, accept, choose a filter chain, hand the connection to its
 //! terminal filter (HTTP connection manager or TCP proxy).
 
+mod manager;
 mod tcp_proxy;
 
 use std::net::SocketAddr;
@@ -11,19 +12,24 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
+use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
 
+pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;
 
 /// A listener's compiled chains with the stats they feed. Swapped whole when
-/// the listener's config changes; the socket stays bound.
+/// the listener's config changes; the socket stays bound, and the connections
+/// of the replaced chains drain.
 pub struct ActiveListener {
     pub config: Arc<ListenerConfig>,
     chains: Vec<Chain>,
     default_chain: Option<Chain>,
     stats: Arc<ListenerStats>,
+    /// Signals this version's connections to finish and close.
+    pub drain: Drain,
 }
 
 #[derive(Clone)]
@@ -51,6 +57,7 @@ impl ActiveListener {
             default_chain: config.default_chain.as_ref().map(|c| chain(&c.terminal)),
             config,
             stats,
+            drain: Drain::default(),
         }
     }
 
@@ -81,9 +88,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until drain begins, then closes the socket.
-pub fn spawn(shared: Arc<Shared>, socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>) {
-    let mut drain = shared.drain.watch();
+/// Accepts until `stop` is signalled, then closes the socket.
+fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Watch) {
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -95,20 +101,15 @@ pub fn spawn(shared: Arc<Shared>, socket: TcpListener, active: Arc<ArcSwap<Activ
                         continue;
                     }
                 },
-                _ = drain.signaled() => return,
+                _ = stop.signaled() => return,
             };
             let listener = active.load_full();
-            handle(&shared, listener, stream, peer);
+            handle(listener, stream, peer);
         }
     });
 }
 
-fn handle(
-    shared: &Arc<Shared>,
-    listener: Arc<ActiveListener>,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
+fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -125,7 +126,7 @@ fn handle(
         listener.stats.no_filter_chain_match.inc();
         return;
     };
-    let drain = shared.drain.watch();
+    let drain = listener.drain.watch();
     tokio::spawn(async move {
         listener.stats.downstream_cx_active.inc();
         match chain {
