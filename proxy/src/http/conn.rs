@@ -18,16 +18,24 @@ use crate::io::{Activity, Tracked};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    pub local: SocketAddr,
     pub scheme: &'static str,
 }
 
 impl Hcm {
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, mut drain: Watch) {
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mut drain: Watch,
+    ) {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
         let info = Arc::new(ConnInfo {
             peer,
+            local,
             scheme: "http",
         });
         let activity = Activity::default();

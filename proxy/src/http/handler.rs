@@ -13,9 +13,10 @@ use super::flags::ResponseFlags;
 use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
     self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
-    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_HOST, X_REQUEST_ID,
 };
-use super::local_reply::reply;
+use super::local_reply::{self, reply};
+use super::normalize;
 use super::Hcm;
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
@@ -70,18 +71,42 @@ impl Hcm {
                 None => return self.no_route(grpc),
             },
         };
-        let host = authority(&parts);
+        let mut host = authority(&parts);
+        if let Some(stripped) =
+            normalize::strip_port(&host, self.config.strip_port, info.local.port())
+        {
+            host = stripped.to_string();
+            set_authority(&mut parts, &host);
+        }
+        if self.config.normalize_path || self.config.merge_slashes {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(p) =
+                normalize::path(pq, self.config.normalize_path, self.config.merge_slashes)
+            {
+                set_path(&mut parts, &p);
+            }
+        }
         let Some(matched) = table.find(&host, &parts) else {
             return self.no_route(grpc);
         };
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
-                let mut resp = Response::new(body::full(d.body.clone()));
-                *resp.status_mut() = d.status;
-                if !d.body.is_empty() {
-                    resp.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = d.location(info.scheme, &host, pq);
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(d.status, &d.body)
+                } else {
+                    let mut resp = Response::new(body::full(d.body.clone()));
+                    *resp.status_mut() = d.status;
+                    if !d.body.is_empty() {
+                        resp.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
+                    resp
+                };
+                if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    resp.headers_mut().insert(header::LOCATION, v);
                 }
                 matched.apply_response_headers(resp.headers_mut());
                 (resp, ResponseFlags::default())
@@ -90,8 +115,13 @@ impl Hcm {
                 self.stats.rq_redirect.inc();
                 let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 let (status, location) = r.location(info.scheme, &host, pq);
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = status;
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(status, b"")
+                } else {
+                    let mut resp = Response::new(body::empty());
+                    *resp.status_mut() = status;
+                    resp
+                };
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
@@ -185,6 +215,9 @@ impl Hcm {
         let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
         if upstream_host != host {
             if let Ok(v) = HeaderValue::from_str(host) {
+                if f.append_x_forwarded_host {
+                    parts.headers.append(X_FORWARDED_HOST.clone(), v.clone());
+                }
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
@@ -311,6 +344,9 @@ impl Hcm {
 
     fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
         let h = resp.headers_mut();
+        if let Some(via) = &self.config.via {
+            h.append(header::VIA, via.clone());
+        }
         match self.config.server_header {
             ServerHeader::Overwrite => {
                 h.insert(header::SERVER, self.config.server_name.clone());
@@ -404,6 +440,32 @@ fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
         b"n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Replaces the request's host wherever it lives (authority or `Host`).
+fn set_authority(parts: &mut http::request::Parts, host: &str) {
+    if parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{pq}")) {
+            parts.uri = uri;
+        }
+    }
+    if parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+}
+
+fn set_path(parts: &mut http::request::Parts, path_and_query: &str) {
+    let mut uri = parts.uri.clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(path_and_query) {
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
 }
 
 fn authority(parts: &http::request::Parts) -> String {

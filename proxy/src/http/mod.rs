@@ -7,6 +7,7 @@ mod forward;
 mod handler;
 mod headers;
 mod local_reply;
+mod normalize;
 mod retry;
 mod validate;
 

@@ -130,7 +130,7 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     tokio::spawn(async move {
         listener.stats.downstream_cx_active.inc();
         match chain {
-            Chain::Http(hcm) => hcm.serve(stream, peer, drain).await,
+            Chain::Http(hcm) => hcm.serve(stream, peer, local, drain).await,
             Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
         }
         listener.stats.downstream_cx_active.dec();
