@@ -146,6 +146,7 @@ pub async fn forward(
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     let proto = cluster.protocol(parts.version);
+    let mut parts = Some(parts);
 
     loop {
         attempt += 1;
@@ -170,10 +171,13 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
-        let result = attempt_once(
-            cluster, &endpoint, proto, &parts, &mut body, limit, auto_host,
-        )
-        .await;
+                // The last possible attempt takes the head; earlier ones copy it.
+        let head = if attempt >= max_attempts {
+            parts.take()
+        } else {
+            parts.as_ref().map(clone_parts)
+        };
+        let result = attempt_once(cluster, &endpoint, proto, head, &mut body, limit, auto_host).await;
         stats.upstream_rq_active.dec();
 
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
@@ -291,7 +295,7 @@ async fn attempt_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     proto: crate::upstream::Protocol,
-    parts: &http::request::Parts,
+    head: Option<http::request::Parts>,
     body: &mut ReqBody,
     limit: Option<Duration>,
     auto_host: bool,
@@ -304,7 +308,10 @@ async fn attempt_once(
         let Some(b) = body.take() else {
             return Err(TryError::Reset);
         };
-        let mut req = Request::from_parts(clone_parts(parts), b);
+        let Some(head) = head else {
+            return Err(TryError::Reset);
+        };
+        let mut req = Request::from_parts(head, b);
         if auto_host {
             if let Some(name) = &endpoint.hostname {
                 rewrite_host(&mut req, name);
