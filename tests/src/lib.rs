@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod process;
 pub mod upstream;
+pub mod xds_server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
