@@ -12,17 +12,20 @@ pub fn cluster(name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
             e.port()
         ));
     }
-    if endpoints.is_empty() {
-        eps.push_str("        []\n");
-    }
+    let lb = if endpoints.is_empty() {
+        " []\n".to_string()
+    } else {
+        format!("\n{eps}")
+    };
     format!(
-        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{eps}"
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:{lb}"
     )
 }
 
 /// A bootstrap with one HTTP listener on `port` whose virtual hosts (YAML list
 /// items, 10-space indent) are `vhosts`, plus `clusters` (from [`cluster`]).
 pub fn http_proxy(port: u16, vhosts: &str, clusters: &[String], hcm_extra: &str) -> String {
+    let vhosts: String = vhosts.lines().map(|l| format!("  {l}\n")).collect();
     format!(
         r#"admin:
   address:

@@ -18,6 +18,21 @@ pub fn free_port() -> u16 {
         .expect("loopback has free ports")
 }
 
+/// An address that refuses connections for as long as the guard lives: the
+/// port is bound but never listened on, so no other test can take it.
+pub fn refused_address() -> (SocketAddr, socket2::Socket) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    (addr, s)
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

@@ -82,13 +82,13 @@ impl ProxyProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let admin = eventually(Duration::from_secs(20), "the admin address file", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{} exited early: {status}", bin.display());
+            }
             let s = std::fs::read_to_string(&admin_path).ok();
             async move { s.and_then(|s| s.trim().parse::<SocketAddr>().ok()) }
         })
         .await;
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{} exited early: {status}", bin.display());
-        }
         eventually(
             Duration::from_secs(20),
             "/ready to say LIVE",

@@ -86,6 +86,9 @@ async fn echo(
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if path == "/discard" {
+        return Ok(discard(req).await);
+    }
     if path == "/close" {
         return Err(std::io::Error::other("closing without a response"));
     }
@@ -132,6 +135,19 @@ async fn echo(
         http::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// Reads the body frame by frame without keeping it, and reports its length.
+async fn discard(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    Response::new(Full::new(Bytes::from(total.to_string())))
 }
 
 /// Accepts a WebSocket-style upgrade and echoes raw bytes on the upgraded stream.

@@ -172,3 +172,18 @@ async fn bad_bootstrap_exits_2_naming_file_and_field() {
     let (code, _) = run_to_exit(&bin, &["--no-such-flag"]).await;
     assert_eq!(code, Some(2));
 }
+
+#[tokio::test]
+async fn example_bootstrap_validates() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/front-proxy/bootstrap.yaml"
+    );
+    let bin = workspace_bin("trellis-proxy");
+    let (code, stderr) = run_to_exit(&bin, &["--mode", "validate", "-c", example]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    if let Some(envoy) = trellis_tests::process::envoy_bin() {
+        let (code, stderr) = run_to_exit(&envoy, &["--mode", "validate", "-c", example]).await;
+        assert_eq!(code, Some(0), "stock Envoy refuses the example: {stderr}");
+    }
+}

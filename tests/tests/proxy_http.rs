@@ -5,9 +5,9 @@ use std::time::Duration;
 use http::Method;
 use trellis_tests::client::{self, request, request_h2};
 use trellis_tests::config::{cluster, http_proxy};
+use trellis_tests::free_port;
 use trellis_tests::process::ProxyProcess;
 use trellis_tests::upstream::Echo;
-use trellis_tests::{free_port, loopback};
 
 async fn proxy(vhosts: &str, clusters: &[String]) -> (ProxyProcess, String) {
     let port = free_port();
@@ -113,7 +113,7 @@ async fn empty_cluster_is_503_no_healthy_upstream() {
 
 #[tokio::test]
 async fn connect_failure_is_503() {
-    let dead = loopback(free_port());
+    let (dead, _guard) = trellis_tests::refused_address();
     let (p, url) = proxy(CATCH_ALL, &[cluster("app", &[dead], "")]).await;
     let r = client::get(&format!("{url}/")).await.expect("request");
     assert_eq!(r.status, 503);
@@ -146,7 +146,7 @@ async fn route_timeout_is_504() {
 #[tokio::test]
 async fn retries_move_to_another_endpoint() {
     let app = Echo::start("app").await;
-    let dead = loopback(free_port());
+    let (dead, _guard) = trellis_tests::refused_address();
     let vhosts = r#"          - name: all
             domains: ["*"]
             routes:

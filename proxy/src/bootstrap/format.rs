@@ -21,8 +21,8 @@ impl Format {
         }
     }
 
-    /// A JSON bootstrap is an object, so it starts with `{`; YAML that starts so is
-    /// flow-style and JSON-compatible enough that the JSON reader's errors are clearer.
+    /// A JSON bootstrap is an object, so it starts with `{`; a YAML file rarely does,
+    /// and the JSON reader's errors (line and column) are the sharper ones.
     fn sniff(text: &str) -> Format {
         if text.trim_start().starts_with('{') {
             Format::Json

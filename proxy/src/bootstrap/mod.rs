@@ -8,6 +8,7 @@ mod decode;
 mod dialect;
 mod error;
 mod format;
+mod scalar;
 mod tree;
 
 #[cfg(test)]

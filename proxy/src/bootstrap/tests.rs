@@ -28,7 +28,7 @@ fn a_typo_names_its_path() {
     let e = yaml_error("static_resources:\n  clusters:\n  - name: a\n    conect_timeout: 1s\n");
     assert_eq!(
         e,
-        "static_resources.clusters[0]: unrecognized field name 'conect_timeout'"
+        "static_resources.clusters[0].conect_timeout: unknown field (did you mean connect_timeout?)"
     );
 }
 
@@ -108,11 +108,34 @@ fn an_empty_yaml_file_is_an_error() {
 
 #[test]
 fn a_string_for_an_int_names_its_path() {
-    let text = "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: http }\n";
-    let e = yaml_error(text);
-    assert!(
-        e.starts_with("admin.address.socket_address.port_value: "),
-        "{e}"
+    let socket = |port: &str| {
+        format!("admin:\n  address:\n    socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n")
+    };
+    assert_eq!(
+        yaml_error(&socket("http")),
+        "admin.address.socket_address.port_value: \"http\" is not an integer"
+    );
+    assert_eq!(
+        yaml_error(&socket("-1")),
+        "admin.address.socket_address.port_value: -1 is out of range for uint32 (0 to 4294967295)"
+    );
+    assert!(parse(&socket("\"9901\""), Format::Yaml).is_ok());
+}
+
+#[test]
+fn a_wrong_enum_name_lists_the_right_ones() {
+    assert_eq!(
+        yaml_error("static_resources:\n  clusters:\n  - name: a\n    dnsLookupFamily: V4\n"),
+        "static_resources.clusters[0].dnsLookupFamily: unknown value V4 \
+         (one of: AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL)"
+    );
+}
+
+#[test]
+fn an_unknown_key_far_from_any_field_names_the_message() {
+    assert_eq!(
+        yaml_error("node: { id: a, bananas: 1 }\n"),
+        "node.bananas: unknown field for envoy.config.core.v3.Node"
     );
 }
 
@@ -168,6 +191,20 @@ fn the_error_line_names_the_file() {
     );
     assert!(!e.contains('\n'), "{e}");
 
+    let file = dir.join("multi-line.yaml");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &file,
+        "admin:\n  address:\n    socket_address: { port_value: \"1\\n2\" }\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let e = load(&file).err().map(|e| e.to_string()).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.ends_with(r#"port_value: "1\n2" is not an integer"#),
+        "{e}"
+    );
+
     let missing = load(Path::new("/nonexistent/trellis.yaml"))
         .err()
         .map(|e| e.to_string());
@@ -183,33 +220,27 @@ fn load_reads_json_by_extension() {
 
 #[test]
 fn yaml_as_envoy_reads_it() {
-    // yaml-cpp booleans, quoted numbers and booleans, `!ignore` anchors, merge keys, camelCase.
-    let text = r#"
-!ignore defs:
-  - &local { address: 127.0.0.1 }
-admin:
-  address:
-    socket_address: { <<: *local, portValue: "9901", ipv4_compat: "true" }
-static_resources:
-  clusters:
-  - name: a
-    close_connections_on_host_health_failure: yes
-    per_connection_buffer_limit_bytes: "32768"
-    connect_timeout: 0.25s
-    ignore_health_on_host_removal: Off
-"#;
-    let b = parse(text, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
-    let addr = b
+    let b =
+        parse(&fixture("envoy-yaml-dialect.yaml"), Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+    let admin = b
         .admin
         .and_then(|a| a.address)
         .and_then(|a| a.address)
         .map(|a| format!("{a:?}"))
         .unwrap_or_default();
     assert!(
-        addr.contains("127.0.0.1") && addr.contains("9901") && addr.contains("ipv4_compat: true"),
-        "{addr}"
+        admin.contains("127.0.0.1") && admin.contains("9901"),
+        "{admin}"
     );
-    let c = &b.static_resources.unwrap_or_default().clusters[0];
+    let resources = b.static_resources.unwrap_or_default();
+    let l = &resources.listeners[0];
+    assert_eq!(l.bind_to_port, Some(false));
+    let socket = format!("{:?}", l.address);
+    assert!(
+        socket.contains("PortValue(10000)") && socket.contains("ipv4_compat: true"),
+        "{socket}"
+    );
+    let c = &resources.clusters[0];
     assert!(c.close_connections_on_host_health_failure);
     assert!(!c.ignore_health_on_host_removal);
     assert_eq!(c.per_connection_buffer_limit_bytes, Some(32768));
@@ -219,6 +250,25 @@ static_resources:
             seconds: 0,
             nanos: 250_000_000
         })
+    );
+}
+
+#[test]
+fn merge_keys_work_though_envoy_lacks_them() {
+    let text = "x: &local { address: 127.0.0.1 }\n";
+    let with_merge = "admin:\n  address:\n    socket_address: { <<: *local, port_value: 9901 }\n";
+    // `x` is no Bootstrap field: merge keys need somewhere to hold the anchor.
+    let e = yaml_error(&format!("{text}{with_merge}"));
+    assert_eq!(
+        e,
+        "x: unknown field for envoy.config.bootstrap.v3.Bootstrap"
+    );
+    let text = format!("!ignore {text}{with_merge}");
+    let b = parse(&text, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+    let admin = format!("{:?}", b.admin);
+    assert!(
+        admin.contains("127.0.0.1") && admin.contains("9901"),
+        "{admin}"
     );
 }
 
@@ -265,4 +315,12 @@ fn an_ads_sidecar_bootstrap_loads() {
     let ads = b.dynamic_resources.and_then(|d| d.ads_config);
     let delta = xds_protos::envoy::config::core::v3::api_config_source::ApiType::DeltaGrpc;
     assert_eq!(ads.map(|a| a.api_type), Some(delta as i32));
+}
+
+#[test]
+fn two_spellings_of_one_field_are_a_duplicate() {
+    assert_eq!(
+        yaml_error("static_resources:\n  clusters:\n  - name: a\n    connectTimeout: 1s\n    connect_timeout: 2s\n"),
+        "static_resources.clusters[0].connect_timeout: the same field as connectTimeout, given twice"
+    );
 }

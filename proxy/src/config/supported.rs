@@ -14,8 +14,7 @@ use super::ConfigError;
 pub enum Rule {
     /// Implemented; a message value is walked against its own entry.
     Walk,
-    /// Implemented, and the contents are checked by the module that compiles them
-    /// (`route_config`) or are free-form data (metadata).
+    /// Implemented, and the contents are free-form data (metadata).
     Opaque,
     /// An enum implemented for these values only.
     Values(&'static [&'static str]),
@@ -29,6 +28,25 @@ pub struct Entry {
     pub message: &'static str,
     pub fields: &'static [(&'static str, Rule)],
 }
+
+/// A message whose contents another module checks as it compiles them, so that
+/// the rules and the code that implements them stay side by side.
+#[derive(Debug)]
+pub struct Delegated {
+    pub message: &'static str,
+    pub checked_by: &'static str,
+}
+
+pub static DELEGATED: &[Delegated] = &[
+    Delegated {
+        message: "envoy.config.route.v3.RouteConfiguration",
+        checked_by: "crate::router",
+    },
+    Delegated {
+        message: "envoy.config.route.v3.HeaderMatcher",
+        checked_by: "crate::router",
+    },
+];
 
 /// A field accepted so that existing configs load, with no effect on trellis;
 /// the README lists these with their reasons.
@@ -237,7 +255,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("stat_prefix", Walk),
             ("codec_type", Values(&["AUTO", "HTTP1", "HTTP2"])),
-            ("route_config", Opaque),
+            ("route_config", Walk),
             ("rds", Walk),
             ("http_filters", Walk),
             ("upgrade_configs", Walk),
@@ -356,8 +374,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("delay", Walk),
             ("abort", Walk),
-            // Compiled by the router's header matcher, which checks it.
-            ("headers", Opaque),
+            ("headers", Walk),
             ("upstream_cluster", Walk),
             ("max_active_faults", Walk),
         ],
@@ -744,12 +761,12 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.config.core.v3.ApiConfigSource",
         field: "set_node_on_first_message_only",
-        reason: "a control plane reads the node from a stream's first message either way",
+        reason: "it only trims the node from later requests; a control plane reads the first",
     },
     Ignored {
         message: "envoy.config.listener.v3.Listener",
         field: "connection_balance_config",
-        reason: "workers share one accept queue, so connections are balanced already",
+        reason: "it only evens connections out across worker threads, which trellis schedules its own way",
     },
     Ignored {
         message: "envoy.config.listener.v3.Listener",
@@ -774,7 +791,7 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         field: "update_merge_window",
-        reason: "it batches host updates; trellis applies each update at once",
+        reason: "it only delays and batches host-set updates; their outcome is the same",
     },
     Ignored {
         message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
@@ -789,7 +806,7 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.extensions.filters.http.router.v3.Router",
         field: "dynamic_stats",
-        reason: "stats-only; trellis always records the router's statistics",
+        reason: "it only toggles some router statistics",
     },
     Ignored {
         message: "envoy.type.matcher.v3.RegexMatcher",
@@ -799,11 +816,13 @@ pub static IGNORED: &[Ignored] = &[
     Ignored {
         message: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         field: "max_session_keys",
-        reason: "a session-resumption cache size; rustls's default cache is used",
+        reason: "it only sizes the TLS session-resumption cache",
     },
 ];
 
-/// Checks every set field of `msg` and, through extensions, of the messages it packs.
+/// Refuses, by its path, the first field that is set and that trellis would not
+/// honour, so that a bootstrap fails at start and an xDS resource is NACKed whole
+/// instead of being applied with a piece silently missing.
 pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
     if let Some(unknown) = msg.unknown_fields().next() {
         return Err(ConfigError::new(
@@ -813,7 +832,7 @@ pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
     }
     let desc = msg.descriptor();
     let message = desc.full_name();
-    if is_leaf(message) {
+    if is_leaf(message) || DELEGATED.iter().any(|d| d.message == message) {
         return Ok(());
     }
     let entry = SUPPORTED.iter().find(|e| e.message == message);
@@ -903,10 +922,11 @@ fn extension(packed: &DynamicMessage, urls: &[&str]) -> Result<(), ConfigError> 
             format!("extension {} is not supported by trellis", any.type_url),
         )
     };
-    if !urls.contains(&any.type_url.as_str()) {
+    // Like Envoy, only the message name after the last `/` counts, not the domain.
+    let name = message_name(&any.type_url);
+    if !urls.iter().any(|url| message_name(url) == name) {
         return Err(unsupported());
     }
-    let name = any.type_url.rsplit_once('/').map_or("", |(_, name)| name);
     let desc = packed
         .descriptor()
         .parent_pool()
@@ -915,6 +935,10 @@ fn extension(packed: &DynamicMessage, urls: &[&str]) -> Result<(), ConfigError> 
     let inner = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| ConfigError::new("", format!("cannot decode {}: {e}", any.type_url)))?;
     check(&inner)
+}
+
+fn message_name(type_url: &str) -> &str {
+    type_url.rsplit_once('/').map_or(type_url, |(_, name)| name)
 }
 
 fn key_text(key: &MapKey) -> String {
@@ -990,13 +1014,19 @@ mod tests {
                             "{name} is no Any"
                         );
                         for url in *urls {
-                            let message = url.rsplit_once('/').map_or("", |(_, m)| m);
-                            assert!(pool.get_message_by_name(message).is_some(), "{url}");
+                            assert!(
+                                pool.get_message_by_name(message_name(url)).is_some(),
+                                "{url}"
+                            );
                         }
                     }
                     Rule::Walk | Rule::Opaque => {}
                 }
             }
+        }
+        for delegated in DELEGATED {
+            descriptor(delegated.message);
+            assert!(SUPPORTED.iter().all(|e| e.message != delegated.message));
         }
         for ignored in IGNORED {
             let desc = descriptor(ignored.message);
@@ -1031,6 +1061,7 @@ mod tests {
                     continue;
                 };
                 let known = is_leaf(m.full_name())
+                    || DELEGATED.iter().any(|d| d.message == m.full_name())
                     || m.fields().len() == 0
                     || SUPPORTED.iter().any(|e| e.message == m.full_name())
                     || deliberate.contains(&m.full_name());
@@ -1140,5 +1171,11 @@ mod tests {
                 "domains": ["*"], "rate_limits": [{"stage": 1}]}]}}"#,
         );
         assert_eq!(error(&hcm), "");
+        // An RDS resource, checked alone, is the router's too.
+        let rc = from_json(
+            "envoy.config.route.v3.RouteConfiguration",
+            r#"{"name": "r", "vhds": {}}"#,
+        );
+        assert_eq!(error(&rc), "");
     }
 }

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use super::flags::ResponseFlags;
 use super::local_reply::{self, reply};
+use super::retry::RetryRules;
 use crate::body::{self, Body};
 use crate::router::RetryPolicy;
 use crate::upstream::{Cluster, Endpoint};
@@ -32,22 +34,40 @@ enum ReqBody {
     Stream(Option<Body>),
 }
 
+/// The downstream sent a body its codec could not read (a bad chunk, say).
+struct MalformedBody;
+
 impl ReqBody {
-    async fn new(b: Body, retry: bool) -> ReqBody {
+    /// `peek`: wait for the first body frame before anything goes upstream, so
+    /// a malformed HTTP/1.1 chunked body is refused with a 400 instead of
+    /// reaching the upstream as a truncated request.
+    async fn new(mut b: Body, retry: bool, peek: bool) -> Result<ReqBody, MalformedBody> {
         if b.is_end_stream() {
-            return ReqBody::Replay(Bytes::new());
+            return Ok(ReqBody::Replay(Bytes::new()));
         }
         let small = b
             .size_hint()
             .upper()
             .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
         if retry && small {
-            match b.collect().await {
-                Ok(c) => return ReqBody::Replay(c.to_bytes()),
-                Err(_) => return ReqBody::Stream(None),
-            }
+            return match b.collect().await {
+                Ok(c) => Ok(ReqBody::Replay(c.to_bytes())),
+                Err(_) => Err(MalformedBody),
+            };
         }
-        ReqBody::Stream(Some(b))
+        if peek {
+            let first = match b.frame().await {
+                None => return Ok(ReqBody::Replay(Bytes::new())),
+                Some(Err(_)) => return Err(MalformedBody),
+                Some(Ok(f)) => f,
+            };
+            let rest = http_body_util::BodyStream::new(b);
+            let frames = futures::stream::once(async move { Ok(first) }).chain(rest);
+            return Ok(ReqBody::Stream(Some(
+                http_body_util::StreamBody::new(frames).boxed_unsync(),
+            )));
+        }
+        Ok(ReqBody::Stream(Some(b)))
     }
 
     fn take(&mut self) -> Option<Body> {
@@ -69,16 +89,49 @@ enum TryError {
     PerTryTimeout,
 }
 
+/// How one request is to be tried upstream.
+pub struct Attempt<'a> {
+    pub retry: Option<&'a RetryPolicy>,
+    pub timeout: Option<Duration>,
+    pub grpc: bool,
+    /// `auto_host_rewrite`: the chosen endpoint's DNS name becomes the host.
+    pub auto_host: bool,
+    /// The downstream body is HTTP/1.1 chunked: read its first frame first.
+    pub peek_body: bool,
+}
+
 pub async fn forward(
     cluster: &Arc<Cluster>,
     parts: http::request::Parts,
     body: Body,
-    retry: Option<&RetryPolicy>,
-    timeout: Option<Duration>,
-    grpc: bool,
+    a: Attempt<'_>,
 ) -> Outcome {
+    let Attempt {
+        retry,
+        timeout,
+        grpc,
+        auto_host,
+        peek_body,
+    } = a;
     let stats = &cluster.stats;
-    let mut body = ReqBody::new(body, retry.is_some_and(|r| r.num_retries > 0)).await;
+    let retries = retry.is_some_and(|r| r.num_retries > 0);
+    let mut body = match ReqBody::new(body, retries, peek_body).await {
+        Ok(b) => b,
+        Err(MalformedBody) => {
+            let mut flags = ResponseFlags::default();
+            flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            let mut response = reply(StatusCode::BAD_REQUEST, "", grpc);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Outcome {
+                response,
+                flags,
+                upstream: None,
+            };
+        }
+    };
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut flags = ResponseFlags::default();
@@ -109,7 +162,10 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
-        let result = attempt_once(cluster, &endpoint, proto, &parts, &mut body, limit).await;
+        let result = attempt_once(
+            cluster, &endpoint, proto, &parts, &mut body, limit, auto_host,
+        )
+        .await;
         stats.upstream_rq_active.dec();
 
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
@@ -220,6 +276,7 @@ async fn attempt_once(
     parts: &http::request::Parts,
     body: &mut ReqBody,
     limit: Option<Duration>,
+    auto_host: bool,
 ) -> Result<Response<Body>, TryError> {
     let work = async {
         let conn = endpoint
@@ -230,6 +287,11 @@ async fn attempt_once(
             return Err(TryError::Reset);
         };
         let mut req = Request::from_parts(clone_parts(parts), b);
+        if auto_host {
+            if let Some(name) = &endpoint.hostname {
+                rewrite_host(&mut req, name);
+            }
+        }
         *req.version_mut() = match proto {
             crate::upstream::Protocol::Http1 => http::Version::HTTP_11,
             crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
@@ -241,6 +303,19 @@ async fn attempt_once(
             .await
             .unwrap_or(Err(TryError::PerTryTimeout)),
         None => work.await,
+    }
+}
+
+/// Sets the host an HTTP/1.1 upstream reads from `Host` and an HTTP/2
+/// upstream from `:authority`.
+fn rewrite_host(req: &mut Request<Body>, host: &str) {
+    if req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = http::Uri::try_from(format!("http://{host}{pq}")) {
+            *req.uri_mut() = uri;
+        }
+    } else if let Ok(v) = http::HeaderValue::from_str(host) {
+        req.headers_mut().insert(http::header::HOST, v);
     }
 }
 

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::flags::ResponseFlags;
-use super::forward::{forward, Outcome};
+use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
     self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
 };
@@ -17,7 +18,7 @@ use super::local_reply::reply;
 use super::Hcm;
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
-use crate::router::{Action, Forward, Matched};
+use crate::router::{Action, ClusterSpecifier, Forward, HostRewrite, Matched, WeightedTarget};
 use crate::snapshot::Snapshot;
 
 impl Hcm {
@@ -31,6 +32,15 @@ impl Hcm {
         }
         stats.downstream_rq_active.inc();
         let (parts, body) = req.into_parts();
+        let limit = self.config.max_request_headers_kb as usize * 1024;
+        if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
+            let mut resp = reply(status, "", false);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            stats.downstream_rq.record(status.as_u16());
+            stats.downstream_rq_active.dec();
+            return resp;
+        }
         let grpc = is_grpc(&parts.headers);
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
         let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
@@ -68,7 +78,7 @@ impl Hcm {
                     resp.headers_mut()
                         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 }
-                matched.response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut());
                 (resp, ResponseFlags::default())
             }
             Action::Redirect(r) => {
@@ -80,7 +90,7 @@ impl Hcm {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut());
                 (resp, ResponseFlags::default())
             }
             Action::Forward(f) => {
@@ -120,11 +130,10 @@ impl Hcm {
         grpc: bool,
         upgrade: bool,
     ) -> (Response<Body>, ResponseFlags) {
-        let Some(cluster_name) = f.cluster_for(&parts.headers, rand::random()) else {
-            return self.no_cluster(grpc);
-        };
-        let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()) else {
-            return self.no_cluster(grpc);
+        let cluster =
+            cluster_name(f, matched, &parts.headers).and_then(|n| snapshot.clusters.get(n));
+        let Some(cluster) = cluster else {
+            return self.no_cluster(f.cluster_not_found_status, grpc);
         };
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -132,6 +141,8 @@ impl Hcm {
             None
         };
 
+        let peek_body = parts.version != http::Version::HTTP_2
+            && parts.headers.contains_key(header::TRANSFER_ENCODING);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
         if let Some(via) = &self.config.via {
@@ -142,11 +153,13 @@ impl Hcm {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let path = f.rewrite_path(matched, &pq).unwrap_or(pq);
-        let upstream_host = f
-            .rewrite_host(host, cluster)
-            .unwrap_or_else(|| host.to_string());
-        matched.request_headers(&mut parts.headers);
+        let path = f.rewrite_path(&pq).unwrap_or(pq);
+        let upstream_host = match &f.host_rewrite {
+            Some(HostRewrite::Literal(h)) => h.clone(),
+            _ => host.to_string(),
+        };
+        let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
+        matched.apply_request_headers(&mut parts.headers);
 
         let timeout = route_timeout(f, &parts.headers, grpc);
         if let Some(t) = timeout {
@@ -199,9 +212,13 @@ impl Hcm {
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
             body,
-            retry,
-            timeout,
-            grpc,
+            Attempt {
+                retry,
+                timeout,
+                grpc,
+                auto_host,
+                peek_body,
+            },
         )
         .await;
         if upstream.is_some() && flags.is_empty() {
@@ -220,15 +237,20 @@ impl Hcm {
         } else {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
-        matched.response_headers(response.headers_mut());
+        matched.apply_response_headers(response.headers_mut());
+        if let Some(idle) = self.config.stream_idle_timeout {
+            if !response.body().is_end_stream() {
+                response = response.map(|b| body::with_idle_timeout(b, idle));
+            }
+        }
         (response, flags)
     }
 
-    fn no_cluster(&self, grpc: bool) -> (Response<Body>, ResponseFlags) {
+    fn no_cluster(&self, status: StatusCode, grpc: bool) -> (Response<Body>, ResponseFlags) {
         self.stats.no_cluster.inc();
         let mut flags = ResponseFlags::default();
         flags.set(ResponseFlags::NO_CLUSTER_FOUND);
-        (reply(StatusCode::SERVICE_UNAVAILABLE, "", grpc), flags)
+        (reply(status, "", grpc), flags)
     }
 
     fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
@@ -249,6 +271,20 @@ impl Hcm {
                 h.insert(X_REQUEST_ID.clone(), id);
             }
         }
+    }
+}
+
+/// The cluster a request goes to: named, from a header, or by weight, with
+/// the per-request random value the route match used (as Envoy does).
+fn cluster_name<'h>(f: &'h Forward, m: &Matched<'_>, h: &'h http::HeaderMap) -> Option<&'h str> {
+    let from_header = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    match &f.cluster {
+        ClusterSpecifier::Cluster(c) => Some(c.as_str()),
+        ClusterSpecifier::ClusterHeader(name) => from_header(name),
+        ClusterSpecifier::WeightedClusters(w) => match &w.pick(m.random).target {
+            WeightedTarget::Cluster(c) => Some(c.as_str()),
+            WeightedTarget::ClusterHeader(name) => from_header(name),
+        },
     }
 }
 

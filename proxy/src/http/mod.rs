@@ -7,6 +7,8 @@ mod forward;
 mod handler;
 mod headers;
 mod local_reply;
+mod retry;
+mod validate;
 
 use std::sync::Arc;
 

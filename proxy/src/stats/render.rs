@@ -5,7 +5,18 @@ use std::fmt::Write;
 
 use super::{Scope, Store, Visitor};
 
-struct Collect(Vec<(String, bool, i128, String, Vec<(String, String)>)>);
+type Labels = Vec<(String, String)>;
+
+/// One stat as both renderings need it.
+struct Sample {
+    text_name: String,
+    counter: bool,
+    value: i128,
+    family: String,
+    labels: Labels,
+}
+
+struct Collect(Vec<Sample>);
 
 impl Collect {
     fn push(&mut self, scope: &Scope, name: &str, counter: bool, value: i128) {
@@ -21,7 +32,13 @@ impl Collect {
         if let Some((k, v)) = &scope.tag {
             labels.push((k.to_string(), v.to_string()));
         }
-        self.0.push((text, counter, value, family, labels));
+        self.0.push(Sample {
+            text_name: text,
+            counter,
+            value,
+            family,
+            labels,
+        });
     }
 }
 
@@ -70,9 +87,14 @@ pub fn render_text(
     filter: Option<&regex::Regex>,
 ) -> String {
     let mut c = collect(store, extra);
-    c.0.sort_by(|a, b| a.0.cmp(&b.0));
+    c.0.sort_by(|a, b| a.text_name.cmp(&b.text_name));
     let mut out = String::new();
-    for (name, _, value, _, _) in c.0 {
+    for Sample {
+        text_name: name,
+        value,
+        ..
+    } in c.0
+    {
         if filter.is_none_or(|f| f.is_match(&name)) {
             let _ = writeln!(out, "{name}: {value}");
         }
@@ -83,9 +105,15 @@ pub fn render_text(
 /// `/stats/prometheus`: families grouped, with HELP and TYPE lines.
 pub fn render_prometheus(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> String {
     let c = collect(store, extra);
-    let mut families: BTreeMap<String, (bool, Vec<(Vec<(String, String)>, i128)>)> =
-        BTreeMap::new();
-    for (_, counter, value, family, labels) in c.0 {
+    let mut families: BTreeMap<String, (bool, Vec<(Labels, i128)>)> = BTreeMap::new();
+    for Sample {
+        counter,
+        value,
+        family,
+        labels,
+        ..
+    } in c.0
+    {
         let family = sanitize(&family);
         families
             .entry(family)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::endpoint::Resolved;
 use super::lb::EndpointSet;
 use super::pool::{ConnectParams, Protocol};
 use super::Endpoint;
@@ -46,17 +47,17 @@ impl Cluster {
 
     /// Replaces the endpoint set, keeping the `Endpoint` (and so the pooled
     /// connections) of every address that stays.
-    pub fn set_endpoints(&self, resolved: &[(std::net::SocketAddr, u32)]) {
+    pub fn set_endpoints(&self, resolved: &[Resolved]) {
         let current = self.endpoints.load();
         let eps: Vec<Arc<Endpoint>> = resolved
             .iter()
-            .map(|(addr, weight)| {
+            .map(|r| {
                 current
                     .endpoints
                     .iter()
-                    .find(|e| e.addr == *addr && e.weight == *weight)
+                    .find(|e| e.addr == r.addr && e.weight == r.weight && e.hostname == r.hostname)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, *weight)))
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(r)))
             })
             .collect();
         let n = eps.len() as i64;
@@ -69,7 +70,13 @@ impl Cluster {
     pub fn set_static_endpoints(&self, eps: &[EndpointConfig]) {
         let resolved: Vec<_> = eps
             .iter()
-            .filter_map(|e| e.address.ip().map(|a| (a, e.weight)))
+            .filter_map(|e| {
+                e.address.ip().map(|addr| Resolved {
+                    addr,
+                    weight: e.weight,
+                    hostname: None,
+                })
+            })
             .collect();
         self.set_endpoints(&resolved);
     }

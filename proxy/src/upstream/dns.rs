@@ -4,18 +4,19 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use super::endpoint::Resolved;
 use super::Cluster;
 use crate::config::cluster::{DnsFamily, EndpointConfig};
 
-pub async fn resolve(
-    eps: &[EndpointConfig],
-    family: DnsFamily,
-    first_only: bool,
-) -> Vec<(SocketAddr, u32)> {
+pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool) -> Vec<Resolved> {
     let mut out = Vec::new();
     for ep in eps {
-        if let Some(ip) = ep.address.ip() {
-            out.push((ip, ep.weight));
+        if let Some(addr) = ep.address.ip() {
+            out.push(Resolved {
+                addr,
+                weight: ep.weight,
+                hostname: None,
+            });
             continue;
         }
         let addrs = match tokio::net::lookup_host((ep.address.host.as_str(), ep.address.port)).await
@@ -30,9 +31,14 @@ pub async fn resolve(
         if first_only {
             picked.truncate(1);
         }
-        for a in picked {
-            if !out.iter().any(|(o, _)| *o == a) {
-                out.push((a, ep.weight));
+        let hostname: Arc<str> = Arc::from(ep.address.host.as_str());
+        for addr in picked {
+            if !out.iter().any(|o| o.addr == addr) {
+                out.push(Resolved {
+                    addr,
+                    weight: ep.weight,
+                    hostname: Some(hostname.clone()),
+                });
             }
         }
     }

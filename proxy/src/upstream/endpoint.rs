@@ -5,20 +5,32 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::pool::Pool;
 
+/// An endpoint as discovery produced it (config, DNS or EDS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The DNS name it was resolved from, for `auto_host_rewrite`.
+    pub hostname: Option<std::sync::Arc<str>>,
+}
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    pub hostname: Option<std::sync::Arc<str>>,
     /// Requests in flight, for LEAST_REQUEST and `/clusters`.
     active_rq: AtomicU32,
     pub(super) pool: Pool,
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, weight: u32) -> Endpoint {
+    pub fn new(r: &Resolved) -> Endpoint {
+        let addr = r.addr;
         Endpoint {
             addr,
-            weight,
+            weight: r.weight,
+            hostname: r.hostname.clone(),
             active_rq: AtomicU32::new(0),
             pool: Pool::new(addr),
         }

@@ -99,13 +99,20 @@ fn smooth_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::endpoint::Resolved;
 
     fn set(weights: &[u32]) -> EndpointSet {
         EndpointSet::new(
             weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| Arc::new(Endpoint::new(([127, 0, 0, 1], 1000 + i as u16).into(), *w)))
+                .map(|(i, w)| {
+                    Arc::new(Endpoint::new(&Resolved {
+                        addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                        weight: *w,
+                        hostname: None,
+                    }))
+                })
                 .collect(),
         )
     }

@@ -13,6 +13,7 @@ use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::listener::ListenerConfig;
 use crate::shared::Shared;
 use crate::snapshot::{DynamicResource, Snapshot};
+use crate::upstream::endpoint::Resolved;
 
 /// What warming remembers between applies.
 pub struct Warming {
@@ -79,7 +80,13 @@ pub async fn apply(
                 let resolved: Vec<_> = eps
                     .value
                     .iter()
-                    .filter_map(|e| e.address.ip().map(|a| (a, e.weight)))
+                    .filter_map(|e| {
+                        e.address.ip().map(|addr| Resolved {
+                            addr,
+                            weight: e.weight,
+                            hostname: None,
+                        })
+                    })
                     .collect();
                 cluster.set_endpoints(&resolved);
             }
