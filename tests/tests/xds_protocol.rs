@@ -64,6 +64,7 @@ variants!(
     invalid_updates_are_nacked_and_change_nothing,
     warming_and_readiness,
     control_plane_restart,
+    valid_beside_invalid_in_one_update,
 );
 
 /// What one request saw: status, the upstream that answered, the route tag.
@@ -323,17 +324,11 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     acked_all(&xds, &v1).await;
     served_by(port, "/", "a", "t1").await;
 
-    // CDS: a STATIC cluster whose endpoint is not an IP address, beside a
-    // valid new one. The whole update is rejected, the valid cluster too.
+    // CDS: a STATIC cluster whose endpoint is not an IP address.
     xds.set_cluster(&static_cluster_at("bad-cluster", "not-an-ip.invalid"));
-    xds.set_cluster(&static_cluster("b", &[b.addr]));
     let v2 = xds.push();
     let nack = xds.wait_nack(CLUSTER, &v2).await;
     check_nack(&nack, proxy, delta, &v1, "bad-cluster", "not-an-ip.invalid");
-    // Where the valid cluster of the rejected update went is where Envoy
-    // and trellis part: Envoy's CDS applies each cluster on its own (the
-    // response is NACKed, yet `b` is added); trellis validates the response
-    // whole and keeps none of it.
     xds.set_route(&route_config(
         "r1",
         vec![route("/b", &[("b", 1)]), route("/", &[("a", 1)])],
@@ -342,19 +337,11 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     let v3 = xds.push();
     xds.wait_ack(ROUTE_CONFIGURATION, &v3).await;
     served_by(port, "/", "a", "t2").await;
-    match proxy {
-        Proxy::Envoy => served_by(port, "/b", "b", "t2").await,
-        Proxy::Trellis => {
-            eventually(CONVERGE, "/b to find no cluster b", || async {
-                (get(port, "/b").await?.status == 503).then_some(())
-            })
-            .await
-        }
-    }
     assert!(p.stat("cluster_manager.cds.update_rejected").await >= 1);
 
     // The fix is accepted, and the cluster it adds serves.
     xds.remove_cluster("bad-cluster");
+    xds.set_cluster(&static_cluster("b", &[b.addr]));
     let v4 = xds.push();
     xds.wait_ack(CLUSTER, &v4).await;
     served_by(port, "/b", "b", "t2").await;
@@ -388,6 +375,21 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     xds.wait_ack(CLUSTER_LOAD_ASSIGNMENT, &v8).await;
     served_by(port, "/", "b", "t2").await;
 
+    // RDS: two virtual hosts both claiming every domain.
+    let mut rc = route_config("r1", vec![route("/", &[("a", 1)])], "t9");
+    let mut twin = rc.virtual_hosts[0].clone();
+    twin.name = "all-again".to_string();
+    rc.virtual_hosts.push(twin);
+    xds.set_route(&rc);
+    let v9 = xds.push();
+    let nack = xds.wait_nack(ROUTE_CONFIGURATION, &v9).await;
+    check_nack(&nack, proxy, delta, &v3, "r1", "single wildcard domain");
+    steadily_served_by(port, "/", "b", "t2", 5).await;
+    xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t10"));
+    let v10 = xds.push();
+    xds.wait_ack(ROUTE_CONFIGURATION, &v10).await;
+    served_by(port, "/", "b", "t10").await;
+
     // Every NACK came with the last accepted version, never the rejected one.
     for r in xds.requests().iter().filter(|r| r.is_nack()) {
         assert!(
@@ -395,7 +397,8 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
             "delta requests carry no version_info: {r:?}"
         );
         assert!(
-            ![v2.as_str(), v5.as_str(), v7.as_str()].contains(&r.version_info.as_str()),
+            ![v2.as_str(), v5.as_str(), v7.as_str(), v9.as_str()]
+                .contains(&r.version_info.as_str()),
             "a NACK claims the rejected version: {r:?}"
         );
     }
@@ -578,4 +581,52 @@ async fn update_counts(p: &ProxyProcess) -> Vec<(&'static str, i64)> {
         v.push((n, p.stat(n).await));
     }
     v
+}
+
+/// A response with a valid new cluster beside an invalid one. Here Envoy
+/// and trellis part: Envoy's CDS takes each cluster on its own (the
+/// response is NACKed, yet the valid cluster is added); trellis validates a
+/// response whole and keeps none of it. Either way, once the invalid one is
+/// gone the valid one must serve: in delta the server has already sent it
+/// and will not again, so a proxy that dropped it never gets it back.
+async fn valid_beside_invalid_in_one_update(proxy: Proxy, delta: bool) {
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    let v1 = base_config(&xds, port, a.addr);
+    let _p = Launch::new(proxy, &xds, delta)
+        .expect("proxy binary")
+        .start()
+        .await;
+    acked_all(&xds, &v1).await;
+    xds.set_route(&route_config(
+        "r1",
+        vec![route("/b", &[("b", 1)]), route("/", &[("a", 1)])],
+        "t2",
+    ));
+    let v2 = xds.push();
+    xds.wait_ack(ROUTE_CONFIGURATION, &v2).await;
+    served_by(port, "/", "a", "t2").await;
+
+    xds.set_cluster(&static_cluster_at("bad-cluster", "not-an-ip.invalid"));
+    xds.set_cluster(&static_cluster("b", &[b.addr]));
+    let v3 = xds.push();
+    let nack = xds.wait_nack(CLUSTER, &v3).await;
+    check_nack(&nack, proxy, delta, &v1, "bad-cluster", "not-an-ip.invalid");
+    match proxy {
+        Proxy::Envoy => served_by(port, "/b", "b", "t2").await,
+        Proxy::Trellis => {
+            eventually(CONVERGE, "/b to find no cluster b", || async {
+                (get(port, "/b").await?.status == 503).then_some(())
+            })
+            .await
+        }
+    }
+    served_by(port, "/", "a", "t2").await;
+
+    xds.remove_cluster("bad-cluster");
+    let v4 = xds.push();
+    xds.wait_ack(CLUSTER, &v4).await;
+    served_by(port, "/b", "b", "t2").await;
 }
