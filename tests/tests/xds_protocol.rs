@@ -180,6 +180,14 @@ async fn adds_changes_and_removals(proxy: Proxy, delta: bool) {
     xds.wait_ack(CLUSTER, &v2).await;
     xds.wait_ack(ROUTE_CONFIGURATION, &v2).await;
     served_by(port, "/", "b", "t2").await;
+    assert!(
+        dumped_at(&p, "r1", &v2).await,
+        "config_dump shows routes r1 at {v2}"
+    );
+    assert!(
+        dumped_at(&p, "main", &v1).await,
+        "listener main is still at {v1}"
+    );
 
     // Weighted clusters: both upstreams get traffic.
     xds.set_route(&route_config(
@@ -218,6 +226,25 @@ async fn adds_changes_and_removals(proxy: Proxy, delta: bool) {
     })
     .await;
     served_by(port, "/", "a2", "t4").await;
+
+    // The proxy stopped asking for the removed listener's routes.
+    eventually(CONVERGE, "r2 to be unsubscribed", || async {
+        let reqs = xds.requests();
+        let last_rds = reqs
+            .iter()
+            .rev()
+            .find(|r| r.type_url == ROUTE_CONFIGURATION)?;
+        let dropped = if delta {
+            reqs.iter().any(|r| {
+                r.type_url == ROUTE_CONFIGURATION && r.unsubscribe.contains(&"r2".to_string())
+            })
+        } else {
+            !last_rds.resource_names.contains(&"r2".to_string())
+                && last_rds.resource_names.contains(&"r1".to_string())
+        };
+        dropped.then_some(())
+    })
+    .await;
 
     // A path routed to a cluster that is then removed: 503, the rest intact.
     xds.set_route(&route_config(
@@ -369,6 +396,11 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     let v7 = xds.push();
     let nack = xds.wait_nack(CLUSTER_LOAD_ASSIGNMENT, &v7).await;
     check_nack(&nack, proxy, delta, &v1, "a", "not-an-ip.invalid");
+    assert!(
+        p.stat(eds_rejected(proxy)).await >= 1,
+        "{}",
+        eds_rejected(proxy)
+    );
     steadily_served_by(port, "/", "a", "t2", 5).await;
     xds.set_endpoints(&load_assignment("a", &[b.addr]));
     let v8 = xds.push();
@@ -384,6 +416,11 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     let v9 = xds.push();
     let nack = xds.wait_nack(ROUTE_CONFIGURATION, &v9).await;
     check_nack(&nack, proxy, delta, &v3, "r1", "single wildcard domain");
+    assert!(
+        p.stat(rds_rejected(proxy)).await >= 1,
+        "{}",
+        rds_rejected(proxy)
+    );
     steadily_served_by(port, "/", "b", "t2", 5).await;
     xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t10"));
     let v10 = xds.push();
@@ -629,4 +666,22 @@ async fn valid_beside_invalid_in_one_update(proxy: Proxy, delta: bool) {
     let v4 = xds.push();
     xds.wait_ack(CLUSTER, &v4).await;
     served_by(port, "/b", "b", "t2").await;
+}
+
+/// Where each proxy counts rejected endpoints: Envoy per cluster, trellis
+/// in one `cluster_manager.eds` scope.
+fn eds_rejected(proxy: Proxy) -> &'static str {
+    match proxy {
+        Proxy::Envoy => "cluster.a.update_rejected",
+        Proxy::Trellis => "cluster_manager.eds.update_rejected",
+    }
+}
+
+/// Where each proxy counts rejected routes: Envoy per HCM stat prefix and
+/// route config, trellis in one `http.rds` scope.
+fn rds_rejected(proxy: Proxy) -> &'static str {
+    match proxy {
+        Proxy::Envoy => "http.main.rds.r1.update_rejected",
+        Proxy::Trellis => "http.rds.update_rejected",
+    }
 }
