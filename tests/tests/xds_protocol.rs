@@ -459,38 +459,44 @@ async fn warming_and_readiness(proxy: Proxy, delta: bool) {
     })
     .await;
 
-    // Clusters and listeners arrive, but the EDS cluster has no endpoints
-    // and the listener no routes: both warm, /ready stays 503.
+    // Clusters and listeners arrive, but the EDS cluster has no endpoints:
+    // it warms, and /ready stays 503. Envoy does not even ask for listeners
+    // until its clusters are warm (it would wait out the 15 s initial fetch
+    // timeout), so the listener is only asserted on after the endpoints.
     xds.set_cluster(&eds_cluster("a"));
     xds.set_listener(&http_listener("main", port, "r1"));
     let v1 = xds.push();
     xds.wait_ack(CLUSTER, &v1).await;
-    xds.wait_ack(LISTENER, &v1).await;
-    eventually(
-        CONVERGE,
-        "subscriptions to endpoints and routes",
-        || async {
-            let r = xds.requests();
-            let eds = r.iter().any(|r| {
+    eventually(CONVERGE, "a subscription to endpoints a", || async {
+        xds.requests()
+            .iter()
+            .any(|r| {
                 r.type_url == CLUSTER_LOAD_ASSIGNMENT && r.resource_names.contains(&"a".to_string())
-            });
-            let rds = r.iter().any(|r| {
-                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r1".to_string())
-            });
-            (eds && rds).then_some(())
-        },
-    )
+            })
+            .then_some(())
+    })
     .await;
     assert_eq!(
         launch.ready_status().await,
         Some(503),
-        "/ready while warming"
+        "/ready while a cluster warms"
     );
     assert!(get(port, "/").await.is_none(), "no traffic while warming");
 
+    // The endpoints arrive; the listener is taken but waits for its routes.
     xds.set_endpoints(&load_assignment("a", &[a.addr]));
     let v2 = xds.push();
     xds.wait_ack(CLUSTER_LOAD_ASSIGNMENT, &v2).await;
+    xds.wait_ack(LISTENER, &v1).await;
+    eventually(CONVERGE, "a subscription to routes r1", || async {
+        xds.requests()
+            .iter()
+            .any(|r| {
+                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r1".to_string())
+            })
+            .then_some(())
+    })
+    .await;
     assert_eq!(
         launch.ready_status().await,
         Some(503),
