@@ -69,6 +69,16 @@ pub async fn request_h2(
     .await
 }
 
+/// Like [`request_h2`] with a binary body (gRPC frames).
+pub async fn request_h2_bytes(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<Reply> {
+    send(true, method, url, headers, body).await
+}
+
 async fn send(
     h2: bool,
     method: Method,

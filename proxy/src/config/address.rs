@@ -96,3 +96,76 @@ pub fn bind_address(addr: Option<&Address>, path: &str) -> Result<SocketAddr, Co
         )
     })
 }
+
+/// An address prefix (`CidrRange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn compile(
+        r: &xds_protos::envoy::config::core::v3::CidrRange,
+    ) -> Result<Cidr, ConfigError> {
+        let addr: IpAddr = r.address_prefix.parse().map_err(|_| {
+            ConfigError::new(
+                "address_prefix",
+                format!("'{}' is not an IP address", r.address_prefix),
+            )
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = r.prefix_len.unwrap_or(max);
+        if len > max {
+            return Err(ConfigError::new(
+                "prefix_len",
+                format!("must be at most {max}"),
+            ));
+        }
+        Ok(Cidr {
+            addr,
+            len: len as u8,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => prefix_eq(&a.octets(), &b.octets(), self.len),
+            (IpAddr::V6(a), IpAddr::V6(b)) => prefix_eq(&a.octets(), &b.octets(), self.len),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let full = usize::from(bits / 8);
+    if a[..full] != b[..full] {
+        return false;
+    }
+    let rest = bits % 8;
+    rest == 0 || {
+        let mask = 0xffu8 << (8 - rest);
+        (a[full] & mask) == (b[full] & mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr {
+            addr: "10.1.0.0".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            len: 16,
+        };
+        assert!(c.contains("10.1.255.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(!c.contains("10.2.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        let c = Cidr {
+            addr: IpAddr::from([192, 168, 0, 0]),
+            len: 23,
+        };
+        assert!(c.contains(IpAddr::from([192, 168, 1, 9])));
+        assert!(!c.contains(IpAddr::from([192, 168, 2, 9])));
+    }
+}

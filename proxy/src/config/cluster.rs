@@ -46,6 +46,8 @@ pub enum Discovery {
 pub struct EndpointConfig {
     pub address: HostPort,
     pub weight: u32,
+    /// `endpoint.hostname`, which `auto_host_rewrite` sends upstream.
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +265,12 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
                     "weight must be at least 1",
                 ));
             }
-            out.push(EndpointConfig { address, weight });
+            let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.clone());
+            out.push(EndpointConfig {
+                address,
+                weight,
+                hostname,
+            });
         }
     }
     Ok(out)

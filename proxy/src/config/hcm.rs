@@ -40,6 +40,8 @@ pub struct HcmConfig {
     pub always_set_request_id_in_response: bool,
     pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
+    /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
+    pub internal_ranges: Vec<super::address::Cidr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +206,18 @@ impl HcmConfig {
                 "server_name",
             )?,
             server_header,
+            internal_ranges: match &h.internal_address_config {
+                Some(c) => c
+                    .cidr_ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        super::address::Cidr::compile(r)
+                            .map_err(|e| e.at(format!("internal_address_config.cidr_ranges[{i}]")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
         })
     }
 }

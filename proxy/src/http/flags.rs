@@ -28,6 +28,7 @@ flags! {
     UPSTREAM_OVERFLOW = 10, "UO";
     DOWNSTREAM_PROTOCOL_ERROR = 11, "DPE";
     UPSTREAM_PROTOCOL_ERROR = 12, "UPE";
+    DURATION_TIMEOUT = 13, "DT";
 }
 
 impl ResponseFlags {

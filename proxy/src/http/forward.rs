@@ -98,6 +98,8 @@ pub struct Attempt<'a> {
     pub auto_host: bool,
     /// The downstream body is HTTP/1.1 chunked: read its first frame first.
     pub peek_body: bool,
+    /// The stream's maximum duration (`max_stream_duration`, `grpc-timeout`).
+    pub max_duration: Option<Duration>,
 }
 
 pub async fn forward(
@@ -112,6 +114,7 @@ pub async fn forward(
         grpc,
         auto_host,
         peek_body,
+        max_duration,
     } = a;
     let stats = &cluster.stats;
     let retries = retry.is_some_and(|r| r.num_retries > 0);
@@ -133,7 +136,12 @@ pub async fn forward(
         }
     };
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let now = Instant::now();
+    let duration_deadline = max_duration.map(|d| now + d);
+    let deadline = match (timeout.map(|t| now + t), duration_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut flags = ResponseFlags::default();
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
@@ -209,6 +217,16 @@ pub async fn forward(
                         local_reply::RESET_BEFORE_HEADERS,
                         retry.is_some_and(RetryPolicy::retriable_reset),
                     ),
+                    TryError::PerTryTimeout
+                        if duration_deadline.is_some_and(|d| Instant::now() >= d) =>
+                    {
+                        flags.set(ResponseFlags::DURATION_TIMEOUT);
+                        return Outcome {
+                            response: local_reply::duration_timeout(grpc),
+                            flags,
+                            upstream: Some(endpoint),
+                        };
+                    }
                     TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
                         stats.upstream_rq_timeout.inc();
                         (
@@ -309,6 +327,18 @@ async fn attempt_once(
 /// Sets the host an HTTP/1.1 upstream reads from `Host` and an HTTP/2
 /// upstream from `:authority`.
 fn rewrite_host(req: &mut Request<Body>, host: &str) {
+    let original = match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    if let Some(v) = original.and_then(|o| http::HeaderValue::from_str(&o).ok()) {
+        req.headers_mut()
+            .insert(super::headers::X_ENVOY_ORIGINAL_HOST.clone(), v);
+    }
     if req.uri().authority().is_some() {
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Ok(uri) = http::Uri::try_from(format!("http://{host}{pq}")) {

@@ -12,14 +12,19 @@ use super::conn::ConnInfo;
 use super::flags::ResponseFlags;
 use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
-    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
 };
 use super::local_reply::reply;
 use super::Hcm;
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
-use crate::router::{Action, ClusterSpecifier, Forward, HostRewrite, Matched, WeightedTarget};
+use crate::router::{
+    Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
+};
 use crate::snapshot::Snapshot;
+use crate::upstream::{Cluster, ClusterMap};
+use std::sync::Arc;
 
 impl Hcm {
     pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
@@ -130,10 +135,11 @@ impl Hcm {
         grpc: bool,
         upgrade: bool,
     ) -> (Response<Body>, ResponseFlags) {
-        let cluster =
-            cluster_name(f, matched, &parts.headers).and_then(|n| snapshot.clusters.get(n));
-        let Some(cluster) = cluster else {
-            return self.no_cluster(f.cluster_not_found_status, grpc);
+        let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
+        let Some(cluster) = cluster.as_ref() else {
+            let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
+            matched.apply_response_headers(resp.headers_mut());
+            return (resp, flags);
         };
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -144,7 +150,7 @@ impl Hcm {
         let peek_body = parts.version != http::Version::HTTP_2
             && parts.headers.contains_key(header::TRANSFER_ENCODING);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
+        let internal = headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());
         }
@@ -153,15 +159,43 @@ impl Hcm {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let path = f.rewrite_path(&pq).unwrap_or(pq);
-        let upstream_host = match &f.host_rewrite {
-            Some(HostRewrite::Literal(h)) => h.clone(),
+        let path = match f.rewrite_path(&pq) {
+            Some(p) => {
+                if let Ok(v) = HeaderValue::from_str(&pq) {
+                    parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+                }
+                p
+            }
+            None => pq,
+        };
+        let upstream_host = match (
+            &f.host_rewrite,
+            weighted.and_then(|w| w.host_rewrite.as_ref()),
+        ) {
+            (_, Some(h)) => h.clone(),
+            (Some(HostRewrite::Literal(h)), _) => h.clone(),
+            (Some(HostRewrite::Header(name)), _) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(host)
+                .to_string(),
             _ => host.to_string(),
         };
         let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
+        if upstream_host != host {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+        }
+        if let Some(w) = weighted {
+            w.headers.request.apply(&mut parts.headers);
+        }
         matched.apply_request_headers(&mut parts.headers);
 
-        let timeout = route_timeout(f, &parts.headers, grpc);
+        let timeout = route_timeout(f, &parts.headers, internal);
+        let max_duration = stream_duration(f, &parts.headers, grpc);
+        headers::strip_envoy_controls(&mut parts.headers);
         if let Some(t) = timeout {
             if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
                 parts
@@ -197,6 +231,18 @@ impl Hcm {
             parts.version = http::Version::HTTP_11;
         }
 
+        // Envoy sends an explicit zero length for a bodiless POST, PUT or PATCH.
+        if body.is_end_stream()
+            && matches!(
+                parts.method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            )
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         let started = Instant::now();
         let retry = if upgrade {
             None
@@ -218,6 +264,7 @@ impl Hcm {
                 grpc,
                 auto_host,
                 peek_body,
+                max_duration,
             },
         )
         .await;
@@ -237,8 +284,17 @@ impl Hcm {
         } else {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
+        if let Some(w) = weighted {
+            w.headers.response.apply(response.headers_mut());
+        }
         matched.apply_response_headers(response.headers_mut());
-        if let Some(idle) = self.config.stream_idle_timeout {
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        if let Some(idle) = idle {
             if !response.body().is_end_stream() {
                 response = response.map(|b| body::with_idle_timeout(b, idle));
             }
@@ -274,22 +330,51 @@ impl Hcm {
     }
 }
 
-/// The cluster a request goes to: named, from a header, or by weight, with
-/// the per-request random value the route match used (as Envoy does).
-fn cluster_name<'h>(f: &'h Forward, m: &Matched<'_>, h: &'h http::HeaderMap) -> Option<&'h str> {
+/// The cluster a request goes to: named, from a header, or by weight (with
+/// the per-request random value the route match used, as Envoy does), and the
+/// weighted entry when there is one, for its own header mutations.
+fn pick_cluster<'f>(
+    f: &'f Forward,
+    m: &Matched<'_>,
+    h: &http::HeaderMap,
+    clusters: &ClusterMap,
+) -> (Option<Arc<Cluster>>, Option<&'f ClusterWeight>) {
     let from_header = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
-    match &f.cluster {
-        ClusterSpecifier::Cluster(c) => Some(c.as_str()),
-        ClusterSpecifier::ClusterHeader(name) => from_header(name),
-        ClusterSpecifier::WeightedClusters(w) => match &w.pick(m.random).target {
-            WeightedTarget::Cluster(c) => Some(c.as_str()),
-            WeightedTarget::ClusterHeader(name) => from_header(name),
-        },
-    }
+    let (name, weighted) = match &f.cluster {
+        ClusterSpecifier::Cluster(c) => (Some(c.as_str()), None),
+        ClusterSpecifier::ClusterHeader(name) => (from_header(name), None),
+        ClusterSpecifier::WeightedClusters(w) => {
+            let picked = w.pick(m.random);
+            let name = match &picked.target {
+                WeightedTarget::Cluster(c) => Some(c.as_str()),
+                WeightedTarget::ClusterHeader(name) => from_header(name),
+            };
+            (name, Some(picked))
+        }
+    };
+    (name.and_then(|n| clusters.get(n)).cloned(), weighted)
 }
 
 /// The route's timeout, or the client's `grpc-timeout` when the route allows it.
-fn route_timeout(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duration> {
+/// `x-envoy-upstream-rq-timeout-ms` from an internal client overrides the
+/// route's timeout, as in Envoy.
+fn route_timeout(f: &Forward, h: &http::HeaderMap, internal: bool) -> Option<Duration> {
+    if internal {
+        if let Some(ms) = h
+            .get(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            return (ms > 0).then(|| Duration::from_millis(ms));
+        }
+    }
+    f.timeout
+}
+
+/// The stream's maximum duration: the client's `grpc-timeout` when the route
+/// honours it (capped at `grpc_timeout_header_max`), else the route's
+/// `max_stream_duration`.
+fn stream_duration(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duration> {
     if grpc {
         if let Some(max) = f.grpc_timeout_header_max {
             if let Some(t) = h
@@ -300,7 +385,7 @@ fn route_timeout(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duratio
             }
         }
     }
-    f.timeout
+    f.max_stream_duration.filter(|d| !d.is_zero())
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).

@@ -14,6 +14,10 @@ pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
 pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -58,12 +62,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Loopback and private ranges count as internal, as in Envoy's default.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
+/// Only addresses in `internal_address_config` are internal: Envoy 1.40
+/// treats every client as external unless configured otherwise.
+pub fn is_internal(cfg: &HcmConfig, ip: IpAddr) -> bool {
+    cfg.internal_ranges.iter().any(|r| r.contains(ip))
 }
 
 /// Applies `x-forwarded-for`, `x-forwarded-proto` and `x-request-id` rules.
@@ -76,7 +78,7 @@ pub fn forwarded(
 ) -> bool {
     let internal;
     if cfg.use_remote_address {
-        internal = is_internal(peer.ip());
+        internal = is_internal(cfg, peer.ip());
         if !cfg.skip_xff_append {
             let ip = peer.ip().to_string();
             let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -94,7 +96,7 @@ pub fn forwarded(
         }
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     } else {
-        internal = trusted_client_is_internal(cfg, h);
+        internal = trusted_client_is_internal(cfg, h, peer.ip());
         if !h.contains_key(&X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
         }
@@ -109,11 +111,11 @@ pub fn forwarded(
     internal
 }
 
-/// Without `use_remote_address`, the client address is the last trusted entry
-/// of `x-forwarded-for`; an absent header means the peer is internal.
-fn trusted_client_is_internal(cfg: &HcmConfig, h: &HeaderMap) -> bool {
+/// Without `use_remote_address`, the client address is the trusted entry of
+/// `x-forwarded-for` (the peer when the header is absent).
+fn trusted_client_is_internal(cfg: &HcmConfig, h: &HeaderMap, peer: IpAddr) -> bool {
     let Some(xff) = h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else {
-        return true;
+        return is_internal(cfg, peer);
     };
     let entries: Vec<&str> = xff.split(',').map(str::trim).collect();
     let idx = entries
@@ -123,7 +125,7 @@ fn trusted_client_is_internal(cfg: &HcmConfig, h: &HeaderMap) -> bool {
         .and_then(|i| entries.get(i))
         .and_then(|e| e.parse::<IpAddr>().ok())
     {
-        Some(ip) => is_internal(ip),
+        Some(ip) => is_internal(cfg, ip),
         None => false,
     }
 }
@@ -137,6 +139,22 @@ fn strip_envoy_headers(h: &mut HeaderMap) {
         .collect();
     for n in names {
         h.remove(n);
+    }
+}
+
+/// Headers that steer the router are consumed, never sent upstream.
+const ENVOY_CONTROLS: [&str; 6] = [
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-upstream-rq-timeout-alt-response",
+];
+
+pub fn strip_envoy_controls(h: &mut HeaderMap) {
+    for name in ENVOY_CONTROLS {
+        h.remove(name);
     }
 }
 

@@ -52,3 +52,27 @@ pub const CONNECT_FAILURE: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
 pub const RESET_BEFORE_HEADERS: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+/// The local reply when a stream outlives its maximum duration: 408, or for
+/// gRPC a trailers-only DEADLINE_EXCEEDED, as Envoy answers.
+pub fn duration_timeout(grpc: bool) -> Response<Body> {
+    if grpc {
+        let mut resp = Response::new(body::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("4"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("downstream duration timeout"),
+        );
+        return resp;
+    }
+    reply(
+        StatusCode::REQUEST_TIMEOUT,
+        "downstream duration timeout",
+        false,
+    )
+}

@@ -20,7 +20,9 @@ use super::matcher::MatchedSpan;
 use super::redirect::Redirect;
 use super::retry::RetryPolicy;
 use super::rewrite::PathRewrite;
+use super::HeaderMutations;
 use crate::config::ConfigError;
+use xds_protos::envoy::config::route::v3::weighted_cluster::cluster_weight::HostRewriteSpecifier::HostRewriteLiteral;
 
 #[derive(Debug)]
 pub enum Action {
@@ -48,6 +50,9 @@ pub enum WeightedTarget {
 pub struct ClusterWeight {
     pub target: WeightedTarget,
     pub weight: u32,
+    /// Applied before the route's own mutations, as Envoy does.
+    pub headers: HeaderMutations,
+    pub host_rewrite: Option<String>,
 }
 
 /// Weights are relative to their sum. `total_weight` is deprecated and
@@ -102,23 +107,16 @@ impl WeightedClusters {
 
 fn compile_weight(c: &ClusterWeightProto) -> Result<ClusterWeight, ConfigError> {
     reject_if(c.metadata_match.is_some(), "metadata_match")?;
-    reject_if(
-        !c.request_headers_to_add.is_empty(),
-        "request_headers_to_add",
+    let headers = HeaderMutations::compile(
+        &c.request_headers_to_add,
+        &c.request_headers_to_remove,
+        &c.response_headers_to_add,
+        &c.response_headers_to_remove,
     )?;
-    reject_if(
-        !c.request_headers_to_remove.is_empty(),
-        "request_headers_to_remove",
-    )?;
-    reject_if(
-        !c.response_headers_to_add.is_empty(),
-        "response_headers_to_add",
-    )?;
-    reject_if(
-        !c.response_headers_to_remove.is_empty(),
-        "response_headers_to_remove",
-    )?;
-    reject_if(c.host_rewrite_specifier.is_some(), "host_rewrite_literal")?;
+    let host_rewrite = match &c.host_rewrite_specifier {
+        Some(HostRewriteLiteral(h)) if !h.is_empty() => Some(h.clone()),
+        _ => None,
+    };
     let target = match (c.name.is_empty(), c.cluster_header.is_empty()) {
         (false, true) => WeightedTarget::Cluster(c.name.clone()),
         (true, false) => {
@@ -134,7 +132,12 @@ fn compile_weight(c: &ClusterWeightProto) -> Result<ClusterWeight, ConfigError> 
     let weight = c
         .weight
         .ok_or_else(|| ConfigError::new("weight", "is required"))?;
-    Ok(ClusterWeight { target, weight })
+    Ok(ClusterWeight {
+        target,
+        weight,
+        headers,
+        host_rewrite,
+    })
 }
 
 fn header_name(field: &str, name: &str) -> Result<HeaderName, ConfigError> {
@@ -147,6 +150,8 @@ pub enum HostRewrite {
     Literal(String),
     /// Use the selected upstream host's hostname.
     Auto,
+    /// Use this request header's value, when the request has it.
+    Header(HeaderName),
 }
 
 #[derive(Debug)]
@@ -248,8 +253,8 @@ impl Forward {
                 Some(HostRewrite::Literal(h.clone()))
             }
             Some(HostRewriteSpecifier::AutoHostRewrite(true)) => Some(HostRewrite::Auto),
-            Some(HostRewriteSpecifier::HostRewriteHeader(_)) => {
-                return Err(unsupported("host_rewrite_header"))
+            Some(HostRewriteSpecifier::HostRewriteHeader(h)) => {
+                Some(HostRewrite::Header(header_name("host_rewrite_header", h)?))
             }
             Some(HostRewriteSpecifier::HostRewritePathRegex(_)) => {
                 return Err(unsupported("host_rewrite_path_regex"))

@@ -74,7 +74,7 @@ impl Cluster {
                 e.address.ip().map(|addr| Resolved {
                     addr,
                     weight: e.weight,
-                    hostname: None,
+                    hostname: e.hostname.as_deref().map(Arc::from),
                 })
             })
             .collect();

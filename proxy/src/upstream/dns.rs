@@ -15,7 +15,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
             out.push(Resolved {
                 addr,
                 weight: ep.weight,
-                hostname: None,
+                hostname: ep.hostname.as_deref().map(Arc::from),
             });
             continue;
         }
@@ -31,7 +31,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
         if first_only {
             picked.truncate(1);
         }
-        let hostname: Arc<str> = Arc::from(ep.address.host.as_str());
+        let hostname: Arc<str> = Arc::from(ep.hostname.as_deref().unwrap_or(&ep.address.host));
         for addr in picked {
             if !out.iter().any(|o| o.addr == addr) {
                 out.push(Resolved {

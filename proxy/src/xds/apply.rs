@@ -84,7 +84,7 @@ pub async fn apply(
                         e.address.ip().map(|addr| Resolved {
                             addr,
                             weight: e.weight,
-                            hostname: None,
+                            hostname: e.hostname.as_deref().map(Arc::from),
                         })
                     })
                     .collect();
