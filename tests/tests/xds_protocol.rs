@@ -65,6 +65,7 @@ variants!(
     warming_and_readiness,
     control_plane_restart,
     valid_beside_invalid_in_one_update,
+    control_plane_returns_with_changes,
 );
 
 /// What one request saw: status, the upstream that answered, the route tag.
@@ -690,4 +691,77 @@ fn rds_rejected(proxy: Proxy) -> &'static str {
         Proxy::Envoy => "http.main.rds.r1.update_rejected",
         Proxy::Trellis => "http.rds.update_rejected",
     }
+}
+
+/// The control plane comes back holding changes made while it was down: a
+/// route changed and a cluster removed. Re-subscribing with what it holds,
+/// the proxy must be told exactly that (SotW: the full new state; delta:
+/// the changed route and the cluster in `removed_resources`).
+async fn control_plane_returns_with_changes(proxy: Proxy, delta: bool) {
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let mut xds = XdsServer::start().await;
+    let port = free_port();
+    base_config(&xds, port, a.addr);
+    xds.set_cluster(&static_cluster("b", &[b.addr]));
+    xds.set_route(&route_config(
+        "r1",
+        vec![route("/b", &[("b", 1)]), route("/", &[("a", 1)])],
+        "t1",
+    ));
+    let v1 = xds.push();
+    let p = Launch::new(proxy, &xds, delta)
+        .expect("proxy binary")
+        .start()
+        .await;
+    for t in [CLUSTER, ROUTE_CONFIGURATION] {
+        xds.wait_ack(t, &v1).await;
+    }
+    served_by(port, "/b", "b", "t1").await;
+    let before = xds.streams();
+
+    xds.stop().await;
+    eventually(CONVERGE, "connected_state 0", || async {
+        (p.stat("control_plane.connected_state").await == 0).then_some(())
+    })
+    .await;
+    xds.remove_cluster("b");
+    xds.set_route(&route_config(
+        "r1",
+        vec![route("/b", &[("b", 1)]), route("/", &[("a", 1)])],
+        "t2",
+    ));
+    let v2 = xds.push();
+    steadily_served_by(port, "/b", "b", "t1", 5).await;
+
+    xds.restart().await;
+    let cds = xds.wait_ack(CLUSTER, &v2).await;
+    assert!(cds.conn > before, "the change came on the new stream");
+    xds.wait_ack(ROUTE_CONFIGURATION, &v2).await;
+    let sent: Vec<_> = xds
+        .sent()
+        .into_iter()
+        .filter(|s| s.conn > before && s.type_url == CLUSTER)
+        .collect();
+    let told = &sent[0];
+    if delta {
+        assert_eq!(told.removed, vec!["b".to_string()], "{told:?}");
+        assert!(told.resources.is_empty(), "a is current: {told:?}");
+    } else {
+        assert_eq!(told.resources, vec!["a".to_string()], "{told:?}");
+    }
+    served_by(port, "/", "a", "t2").await;
+    eventually(CONVERGE, "/b to fail once cluster b is gone", || async {
+        (get(port, "/b").await?.status == 503).then_some(())
+    })
+    .await;
+    // Nothing unchanged was sent again.
+    let resent: Vec<_> = xds
+        .sent()
+        .into_iter()
+        .filter(|s| {
+            s.conn > before && (s.type_url == LISTENER || s.type_url == CLUSTER_LOAD_ASSIGNMENT)
+        })
+        .collect();
+    assert!(resent.is_empty(), "unchanged types resent: {resent:?}");
 }
