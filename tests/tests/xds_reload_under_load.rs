@@ -48,12 +48,54 @@ async fn trellis_delta() {
     run(Proxy::Trellis, true).await
 }
 
+/// Listener updates under load: every update also replaces the listener
+/// itself (a new listener-level stat prefix), so the proxy swaps listeners
+/// and drains the old one's keep-alive connections while they are busy.
+mod listener_replaced {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envoy_sotw() {
+        run_with(Proxy::Envoy, false, Listeners::Replaced).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envoy_delta() {
+        run_with(Proxy::Envoy, true, Listeners::Replaced).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trellis_sotw() {
+        run_with(Proxy::Trellis, false, Listeners::Replaced).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trellis_delta() {
+        run_with(Proxy::Trellis, true, Listeners::Replaced).await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listeners {
+    Kept,
+    Replaced,
+}
+
+/// Fewer, slower updates when each one replaces the listener: a drain is
+/// heavier than a route swap.
+const LISTENER_UPDATES: usize = 25;
+const LISTENER_UPDATE_EVERY: Duration = Duration::from_millis(400);
+
 async fn run(proxy: Proxy, delta: bool) {
+    run_with(proxy, delta, Listeners::Kept).await
+}
+
+async fn run_with(proxy: Proxy, delta: bool, listeners: Listeners) {
     if proxy.bin().is_none() {
         eprintln!("skipped: no Envoy binary (set ENVOY_BIN)");
         return;
     }
-    tokio::time::timeout(TEST_TIMEOUT, scenario(proxy, delta))
+    tokio::time::timeout(TEST_TIMEOUT, scenario(proxy, delta, listeners))
         .await
         .expect("the reload scenario finishes in time");
 }
@@ -239,7 +281,11 @@ async fn converged(port: u16, plan: &Plan) {
     }
 }
 
-async fn scenario(proxy: Proxy, delta: bool) {
+async fn scenario(proxy: Proxy, delta: bool, listeners: Listeners) {
+    let (updates, every) = match listeners {
+        Listeners::Kept => (UPDATES, UPDATE_EVERY),
+        Listeners::Replaced => (LISTENER_UPDATES, LISTENER_UPDATE_EVERY),
+    };
     let echoes = Echoes {
         c0: [Echo::start("c0-0").await, Echo::start("c0-1").await],
         c1: [Echo::start("c1-0").await, Echo::start("c1-1").await],
@@ -273,12 +319,17 @@ async fn scenario(proxy: Proxy, delta: bool) {
         .map(|n| tokio::spawn(load_client(n, port, stop.clone(), tally.clone())))
         .collect();
 
-    let mut tick = tokio::time::interval(UPDATE_EVERY);
+    let mut tick = tokio::time::interval(every);
     let mut versions = Vec::new();
-    for i in 1..=UPDATES {
+    for i in 1..=updates {
         tick.tick().await;
         plan = plan.next(i, &xds);
         plan.apply(&xds, &echoes);
+        if listeners == Listeners::Replaced {
+            let mut l = http_listener("main", port, "r1");
+            l.stat_prefix = format!("main{i}");
+            xds.set_listener(&l);
+        }
         let v = xds.push();
         xds.wait_ack(ROUTE_CONFIGURATION, &v).await;
         converged(port, &plan).await;
@@ -301,7 +352,7 @@ async fn scenario(proxy: Proxy, delta: bool) {
     let failed = tally.failed.load(Ordering::Relaxed);
     let failures = tally.first_failures.lock().expect("failures lock").clone();
     let tags = tally.tags.lock().expect("tags lock").len();
-    eprintln!("{proxy:?} delta={delta}: {ok} requests ok, {failed} failed, {tags} route tags seen by the load");
+    eprintln!("{proxy:?} delta={delta} {listeners:?}: {ok} requests ok, {failed} failed, {tags} route tags seen by the load");
     assert_eq!(failed, 0, "failed requests, first ones: {failures:#?}");
     assert!(ok > 1000, "the load ran: {ok} requests");
     // Every update was accepted, none rejected.
@@ -311,6 +362,6 @@ async fn scenario(proxy: Proxy, delta: bool) {
         let v = xds.version_of(t);
         xds.wait_ack(t, &v).await;
     }
-    assert_eq!(xds.version_of(ROUTE_CONFIGURATION), versions[UPDATES - 1]);
+    assert_eq!(xds.version_of(ROUTE_CONFIGURATION), versions[updates - 1]);
     assert_eq!(p.stat("cluster_manager.cds.update_rejected").await, 0);
 }
