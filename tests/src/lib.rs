@@ -7,6 +7,7 @@ pub mod diff;
 pub mod grpc;
 pub mod process;
 pub mod upstream;
+pub mod xds_server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
