@@ -59,13 +59,17 @@ impl http_body::Body for IdleBody {
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(sleep) = this.sleep.as_mut() {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + this.idle);
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
                 }
                 Poll::Ready(frame)
             }
             Poll::Pending => {
                 let idle = this.idle;
-                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdleTimeout)))),
                     Poll::Pending => Poll::Pending,

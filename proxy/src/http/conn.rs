@@ -19,6 +19,8 @@ use crate::io::{Activity, Tracked};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Set while the connection drains: HTTP/1.1 answers close it.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
     pub scheme: &'static str,
 }
 
@@ -33,9 +35,11 @@ impl Hcm {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let info = Arc::new(ConnInfo {
             peer,
             local,
+            closing: closing.clone(),
             scheme: "http",
         });
         let activity = Activity::default();
@@ -75,15 +79,30 @@ impl Hcm {
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         let idle = cfg.idle_timeout;
+        let mut shutdown = self.shared.drain.watch();
+        let drain_time = self.shared.drain_time;
         let served = async {
             tokio::select! {
-                r = conn.as_mut() => r,
+                r = conn.as_mut() => return r,
+                // The process is going away: close idle connections now,
+                // answer what is in flight with `Connection: close` / GOAWAY.
+                _ = shutdown.signaled() => {}
+                // This listener version was replaced: the next HTTP/1.1
+                // answer says `Connection: close`, so a keep-alive client
+                // moves to the new version between requests instead of
+                // racing a close; whatever is left idle goes at the end of
+                // the drain time.
                 _ = drain.signaled() => {
-                    // HTTP/1.1 answers in flight with `Connection: close`; HTTP/2 sends GOAWAY.
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+                    closing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tokio::select! {
+                        r = conn.as_mut() => return r,
+                        _ = tokio::time::sleep(drain_time) => {}
+                        _ = shutdown.signaled() => {}
+                    }
                 }
             }
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
         };
         match idle {
             Some(idle) => {

@@ -171,13 +171,14 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
-                // The last possible attempt takes the head; earlier ones copy it.
+        // The last possible attempt takes the head; earlier ones copy it.
         let head = if attempt >= max_attempts {
             parts.take()
         } else {
             parts.as_ref().map(clone_parts)
         };
-        let result = attempt_once(cluster, &endpoint, proto, head, &mut body, limit, auto_host).await;
+        let result =
+            attempt_once(cluster, &endpoint, proto, head, &mut body, limit, auto_host).await;
         stats.upstream_rq_active.dec();
 
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);

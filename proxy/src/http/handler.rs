@@ -37,6 +37,7 @@ impl Hcm {
             stats.downstream_rq_http1_total.inc();
         }
         stats.downstream_rq_active.inc();
+        let version = req.version();
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
@@ -51,6 +52,12 @@ impl Hcm {
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
         let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
         self.finish_response(&mut resp, request_id);
+        if info.closing.load(std::sync::atomic::Ordering::Relaxed)
+            && version != http::Version::HTTP_2
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
         resp
