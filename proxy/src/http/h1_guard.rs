@@ -170,8 +170,9 @@ impl Framer {
                     }
                 }
                 State::Head(head) => {
-                    if head.at == At::Value && head.value == Value::Skip {
-                        match bytes[i..].iter().position(|&b| b == b'\n') {
+                    if let Some(colon) = head.dull() {
+                        let stop = |&b: &u8| b == b'\n' || (colon && b == b':');
+                        match bytes[i..].iter().position(stop) {
                             Some(n) => i += n,
                             None => break,
                         }
@@ -323,6 +324,18 @@ enum Next {
 }
 
 impl Head {
+    /// When the bytes up to the next LF (or colon, if the flag says so)
+    /// cannot change anything, so that a scan may jump over them: most of a
+    /// head is names and values that decide nothing.
+    fn dull(&self) -> Option<bool> {
+        match self.at {
+            At::RequestLine if self.alive == 0 => Some(false),
+            At::Name if self.alive == 0 => Some(true),
+            At::Value if self.value == Value::Skip => Some(false),
+            _ => None,
+        }
+    }
+
     fn byte(&mut self, b: u8) -> Next {
         match self.at {
             At::RequestLine => {
