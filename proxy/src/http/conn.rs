@@ -4,11 +4,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::{header, HeaderValue, Method, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
+use super::h1_guard::H1Guard;
 use super::Hcm;
 use crate::config::hcm::Codec;
 use crate::drain::Watch;
@@ -43,7 +45,8 @@ impl Hcm {
             scheme: "http",
         });
         let activity = Activity::default();
-        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let h1 = cfg.codec != Codec::Http2;
+        let io = TokioIo::new(H1Guard::new(Tracked::new(stream, activity.clone()), h1));
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         match cfg.codec {
@@ -74,7 +77,22 @@ impl Hcm {
         let svc = service_fn(move |req| {
             let hcm = hcm.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(hcm.handle(&info, req).await) }
+            async move {
+                // The guard stops reading HTTP/1 framing after a request that
+                // may switch protocols; if it does not switch, no further
+                // request may be read on this connection.
+                let connect = req.method() == Method::CONNECT;
+                let may_switch = req.version() <= Version::HTTP_11
+                    && (connect || req.headers().contains_key(header::UPGRADE));
+                let mut resp = hcm.handle(&info, req).await;
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && resp.status().is_success());
+                if may_switch && !switched {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

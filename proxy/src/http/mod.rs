@@ -4,6 +4,7 @@
 mod conn;
 mod flags;
 mod forward;
+mod h1_guard;
 mod handler;
 mod headers;
 mod local_reply;
