@@ -18,6 +18,8 @@ use crate::io::{Activity, Tracked};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The address the client connected to, for `%DOWNSTREAM_LOCAL_ADDRESS%`.
+    pub local: Option<SocketAddr>,
     pub scheme: &'static str,
 }
 
@@ -28,6 +30,7 @@ impl Hcm {
         self.stats.downstream_cx_active.inc();
         let info = Arc::new(ConnInfo {
             peer,
+            local: stream.local_addr().ok(),
             scheme: "http",
         });
         let activity = Activity::default();
