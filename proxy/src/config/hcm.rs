@@ -47,6 +47,8 @@ pub struct HcmConfig {
     pub normalize_path: bool,
     /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
     pub internal_ranges: Vec<super::address::Cidr>,
+    /// `access_log`: written when each request's response has been sent.
+    pub access_logs: Arc<crate::access_log::AccessLogs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +173,12 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
+        let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
+            &h.access_log,
+            "access_log",
+        )?);
         Ok(HcmConfig {
+            access_logs,
             stat_prefix: Arc::from(h.stat_prefix.as_str()),
             codec,
             routes,
