@@ -9,6 +9,7 @@ pub mod body;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+pub mod filters;
 pub mod http;
 pub mod io;
 pub mod listener;

@@ -42,6 +42,8 @@ pub struct HcmConfig {
     pub server_header: ServerHeader,
     /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
     pub internal_ranges: Vec<super::address::Cidr>,
+    /// The HTTP filters before the router, in chain order.
+    pub filters: Vec<crate::filters::HttpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +110,7 @@ impl HcmConfig {
                 ))
             }
         };
-        http_filters(h)?;
+        let filters = http_filters(h)?;
         let mut websocket = false;
         for (i, u) in h.upgrade_configs.iter().enumerate() {
             if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
@@ -218,12 +220,15 @@ impl HcmConfig {
                     .collect::<Result<_, _>>()?,
                 None => Vec::new(),
             },
+            filters,
         })
     }
 }
 
-/// Only the router filter is implemented so far, and Envoy requires it last.
-fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
+/// The router, last as Envoy requires, after any fault and local rate limit
+/// filters.
+fn http_filters(h: &HttpConnectionManager) -> Result<Vec<crate::filters::HttpFilter>, ConfigError> {
+    let mut out = Vec::new();
     if h.http_filters.is_empty() {
         return Err(ConfigError::new(
             "http_filters",
@@ -249,6 +254,24 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
                 ))
             }
         };
+        if let (true, Some(http_filter::ConfigType::TypedConfig(any))) =
+            (type_url != ROUTER_FILTER, &f.config_type)
+        {
+            match crate::filters::HttpFilter::compile(&f.name, any) {
+                Some(Ok(filter)) if i != last => {
+                    out.push(filter);
+                    continue;
+                }
+                Some(Ok(_)) => {
+                    return Err(ConfigError::new(
+                        path,
+                        "the router filter must be the last HTTP filter",
+                    ))
+                }
+                Some(Err(e)) => return Err(e.at(format!("{path}.typed_config"))),
+                None => {}
+            }
+        }
         if type_url != ROUTER_FILTER {
             return Err(ConfigError::new(
                 format!("{path}.typed_config"),
@@ -262,5 +285,5 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -74,6 +74,18 @@ impl Hcm {
         let Some(matched) = table.find(&host, &parts) else {
             return self.no_route(grpc);
         };
+        // The HTTP filters before the router: fault injection, rate limits.
+        if !self.config.filters.is_empty() {
+            let req = crate::filters::Request {
+                parts: &parts,
+                host: &host,
+                matched: &matched,
+            };
+            let stats = &self.filter_stats;
+            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+                return reply;
+            }
+        }
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
@@ -249,11 +261,18 @@ impl Hcm {
         } else {
             f.retry_policy.as_ref()
         };
+        // RING_HASH / MAGLEV key from the route's hash policy.
+        let hash = if f.hash_policy.is_empty() {
+            None
+        } else {
+            f.hash_policy
+                .hash(&parts.headers, parts.uri.query(), info.peer.ip())
+        };
         let Outcome {
             mut response,
             flags,
             upstream,
-            ..
+            attempts,
         } = forward(
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -265,9 +284,16 @@ impl Hcm {
                 auto_host,
                 peek_body,
                 max_duration,
+                hash,
+                request_attempt_count: matched.virtual_host.request_attempt_count,
             },
         )
         .await;
+        if matched.virtual_host.response_attempt_count && attempts > 0 {
+            response
+                .headers_mut()
+                .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
+        }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();
             if let Ok(v) = HeaderValue::from_str(&ms) {
