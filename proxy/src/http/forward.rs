@@ -152,7 +152,7 @@ pub async fn forward(
         return overflow(grpc, 0);
     };
     // The retry being made holds a `max_retries` (or budget) slot.
-    let mut _retry_slot = None;
+    let mut held_retry = None;
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let now = Instant::now();
     let duration_deadline = max_duration.map(|d| now + d);
@@ -195,6 +195,8 @@ pub async fn forward(
         )
         .await;
         stats.upstream_rq_active.dec();
+        // The retry is over: its slot is free for the next one.
+        drop(held_retry.take());
         match &result {
             Ok(r) => cluster.report(&endpoint, TryResult::Status(r.status().as_u16())),
             Err(TryError::Overflow) => {}
@@ -224,7 +226,7 @@ pub async fn forward(
                     None
                 };
                 if slot.is_some() {
-                    _retry_slot = slot;
+                    held_retry = slot;
                     last_failed = Some(endpoint);
                     backoff(retry, attempt, deadline).await;
                     stats.upstream_rq_retry.inc();
@@ -294,7 +296,7 @@ pub async fn forward(
                     None
                 };
                 if slot.is_some() {
-                    _retry_slot = slot;
+                    held_retry = slot;
                     last_failed = Some(endpoint);
                     backoff(retry, attempt, deadline).await;
                     stats.upstream_rq_retry.inc();
@@ -322,8 +324,13 @@ pub async fn forward(
 fn overflow(grpc: bool, attempts: u32) -> Outcome {
     let mut flags = ResponseFlags::default();
     flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+    let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::OVERFLOW, grpc);
+    response.headers_mut().insert(
+        http::HeaderName::from_static("x-envoy-overloaded"),
+        http::HeaderValue::from_static("true"),
+    );
     Outcome {
-        response: reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::OVERFLOW, grpc),
+        response,
         flags,
         upstream: None,
         attempts,
