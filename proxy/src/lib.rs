@@ -10,6 +10,7 @@ pub mod body;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+pub mod filters;
 pub mod format;
 pub mod http;
 pub mod io;

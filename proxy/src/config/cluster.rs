@@ -29,6 +29,10 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
+    pub breakers: super::resilience::Breakers,
+    pub outlier: Option<super::resilience::Outlier>,
+    pub health_check: Option<super::resilience::HealthCheckConfig>,
+    pub lb: super::resilience::LbOptions,
     pub proto: Cluster,
     pub fingerprint: Vec<u8>,
 }
@@ -55,6 +59,8 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    RingHash,
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +149,8 @@ impl ClusterConfig {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash,
+            Ok(cluster::LbPolicy::Maglev) => LbPolicy::Maglev,
             Ok(other) => {
                 return Err(ConfigError::new(
                     "lb_policy",
@@ -185,6 +193,10 @@ impl ClusterConfig {
             protocol: protocol(proto)?,
             dns_refresh_rate,
             dns_family,
+            breakers: super::resilience::breakers(proto)?,
+            outlier: super::resilience::outlier(proto)?,
+            health_check: super::resilience::health_checks(proto)?,
+            lb: super::resilience::lb_options(proto)?,
             proto: proto.clone(),
             fingerprint: proto.encode_to_vec(),
         })

@@ -127,6 +127,18 @@ impl Hcm {
         if !matched.route.name.is_empty() {
             record.info.route_name = Some(Arc::from(matched.route.name.as_str()));
         }
+        // The HTTP filters before the router: fault injection, rate limits.
+        if !self.config.filters.is_empty() {
+            let req = crate::filters::Request {
+                parts: &parts,
+                host: &host,
+                matched: &matched,
+            };
+            let stats = &self.filter_stats;
+            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+                return reply;
+            }
+        }
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
@@ -340,11 +352,18 @@ impl Hcm {
         } else {
             f.retry_policy.as_ref()
         };
+        // RING_HASH / MAGLEV key from the route's hash policy.
+        let hash = if f.hash_policy.is_empty() {
+            None
+        } else {
+            f.hash_policy
+                .hash(&parts.headers, parts.uri.query(), info.peer.ip())
+        };
         let Outcome {
             mut response,
             flags,
             upstream,
-            ..
+            attempts,
         } = forward(
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -356,6 +375,8 @@ impl Hcm {
                 auto_host,
                 peek_body,
                 max_duration,
+                hash,
+                request_attempt_count: matched.virtual_host.request_attempt_count,
             },
         )
         .await;
@@ -363,6 +384,11 @@ impl Hcm {
         if upstream.is_some() {
             cluster.stats.upstream_rq_time.record(started.elapsed());
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
+        }
+        if matched.virtual_host.response_attempt_count && attempts > 0 {
+            response
+                .headers_mut()
+                .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
         }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();
