@@ -45,6 +45,9 @@ enum Command {
     Bootstrap(BootstrapArgs),
     /// Show the connected proxies and the versions they ACKed or NACKed.
     Status(StatusArgs),
+    /// Register (or with --deregister, remove) an instance of a virtual node
+    /// whose app runs without a connected proxy: EDS serves it to clients.
+    RegisterInstance(RegisterArgs),
 }
 
 /// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
@@ -170,6 +173,24 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub mesh: String,
+    #[arg(long)]
+    pub virtual_node: String,
+    /// The instance's IP address.
+    #[arg(long)]
+    pub address: std::net::IpAddr,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Remove the instance instead.
+    #[arg(long)]
+    pub deregister: bool,
+    #[command(flatten)]
+    pub api: StatusArgs,
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -191,6 +212,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Status(args) => status::run(args),
+        Command::RegisterInstance(args) => status::register(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

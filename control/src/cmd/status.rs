@@ -8,7 +8,7 @@ use trellis_control::api::client::Client;
 use trellis_control::api::credentials::Credentials;
 use xds_protos::type_url;
 
-use super::{ConfigError, StatusArgs};
+use super::{ConfigError, RegisterArgs, StatusArgs};
 
 const COLUMNS: [(&str, &str); 4] = [
     ("CDS", type_url::CLUSTER),
@@ -80,7 +80,7 @@ pub fn render_table(proxies: &Value) -> String {
     out
 }
 
-pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+fn client(args: &StatusArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
     let path = args
         .credentials
         .clone()
@@ -95,6 +95,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         creds.preferred().clone(),
         args.region.clone(),
     );
+    Ok((runtime, client))
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let (runtime, client) = client(&args)?;
     let proxies = runtime
         .block_on(client.trellis(Method::GET, "/trellis/v1/proxies", Vec::new()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -103,5 +108,26 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render_table(&proxies));
     }
+    Ok(())
+}
+
+/// `trellis-control register-instance`: `POST` (or `DELETE`)
+/// `/trellis/v1/instances`.
+pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let (runtime, client) = client(&args.api)?;
+    let body = serde_json::json!({
+        "meshName": args.mesh,
+        "virtualNodeName": args.virtual_node,
+        "address": args.address.to_string(),
+        "port": args.port,
+    });
+    let method = if args.deregister {
+        Method::DELETE
+    } else {
+        Method::POST
+    };
+    runtime
+        .block_on(client.trellis(method, "/trellis/v1/instances", body.to_string().into_bytes()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
