@@ -109,13 +109,25 @@ impl Control {
 
 fn bootstrap(bin: &Path, xds: &str, node: &str, ingress: u16, egress: u16) -> String {
     let out = std::process::Command::new(bin)
-        .args(["bootstrap", "--mesh", "m", "--virtual-node", node, "--xds-addr", xds])
+        .args([
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            node,
+            "--xds-addr",
+            xds,
+        ])
         .args(["--admin-port", "0", "--listener-address", "127.0.0.1"])
         .args(["--ingress-port", &ingress.to_string()])
         .args(["--egress-port", &egress.to_string()])
         .output()
         .expect("run bootstrap");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -155,7 +167,11 @@ async fn scenario(proxy: PathBuf) {
     control
         .apply(&[
             json!({"meshName": "m", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
-            node("client", 9, json!([{"virtualService": {"virtualServiceName": "color"}}])),
+            node(
+                "client",
+                9,
+                json!([{"virtualService": {"virtualServiceName": "color"}}]),
+            ),
             node("blue", blue_port, json!([])),
             node("red", red_port, json!([])),
             json!({"meshName": "m", "virtualRouterName": "color-router", "spec": {
@@ -176,7 +192,10 @@ async fn scenario(proxy: PathBuf) {
     )
     .await
     .expect("API answers");
-    assert_eq!(reply.status, 403, "unsigned instance registration must be refused");
+    assert_eq!(
+        reply.status, 403,
+        "unsigned instance registration must be refused"
+    );
     register_signed(&control, red_port).await;
 
     let control_bin = workspace_bin("trellis-control");
@@ -194,9 +213,11 @@ async fn scenario(proxy: PathBuf) {
     )
     .await;
 
-    eventually(Duration::from_secs(10), "blue through both sidecars", || async {
-        (color(a_out).await.as_deref() == Some("blue")).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "blue through both sidecars",
+        || async { (color(a_out).await.as_deref() == Some("blue")).then_some(()) },
+    )
     .await;
     assert!(blue.count() > 0);
     // Straight into sidecar B's ingress too.
@@ -218,7 +239,10 @@ async fn scenario(proxy: PathBuf) {
     })
     .await;
     let took = written.elapsed();
-    assert!(took < Duration::from_secs(2), "the split moved after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the split moved after {took:?}"
+    );
 
     // Half and half: both colors show up.
     control.apply(&[route(50, 50, blue_port, red_port)]).await;
@@ -253,7 +277,10 @@ async fn scenario(proxy: PathBuf) {
         .flatten()
         .filter_map(|p| p["node_id"].as_str())
         .collect();
-    assert_eq!(nodes, ["mesh/m/virtualNode/blue", "mesh/m/virtualNode/client"]);
+    assert_eq!(
+        nodes,
+        ["mesh/m/virtualNode/blue", "mesh/m/virtualNode/client"]
+    );
     let table = control.cli(&["status"]).await;
     assert!(table.contains("SYNCED"), "{table}");
     assert!(!table.contains("NACK"), "{table}");
@@ -280,12 +307,22 @@ async fn register_signed(control: &Control, red_port: u16) {
 
 #[tokio::test]
 async fn mesh_with_trellis_proxy_sidecars() {
-    within(Duration::from_secs(90), "the mesh scenario", scenario(workspace_bin("trellis-proxy"))).await;
+    within(
+        Duration::from_secs(90),
+        "the mesh scenario",
+        scenario(workspace_bin("trellis-proxy")),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn mesh_with_stock_envoy_sidecars() {
-    within(Duration::from_secs(90), "the mesh scenario on Envoy", scenario(require_envoy())).await;
+    within(
+        Duration::from_secs(90),
+        "the mesh scenario on Envoy",
+        scenario(require_envoy()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -294,8 +331,23 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cases: [&[&str]; 3] = [
         &["--virtual-node", "a"],
-        &["--virtual-gateway", "g", "--xds-addr", "localhost:18000", "--admin-port", "9902"],
-        &["--virtual-node", "b", "--delta", "--ingress-port", "20000", "--egress-port", "20001"],
+        &[
+            "--virtual-gateway",
+            "g",
+            "--xds-addr",
+            "localhost:18000",
+            "--admin-port",
+            "9902",
+        ],
+        &[
+            "--virtual-node",
+            "b",
+            "--delta",
+            "--ingress-port",
+            "20000",
+            "--egress-port",
+            "20001",
+        ],
     ];
     for (i, extra) in cases.iter().enumerate() {
         let out = std::process::Command::new(&control)
@@ -303,7 +355,11 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             .args(*extra)
             .output()
             .expect("run bootstrap");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = dir.path().join(format!("b{i}.yaml"));
         std::fs::write(&path, &out.stdout).expect("write bootstrap");
         let path = path.to_string_lossy().into_owned();

@@ -47,7 +47,10 @@ pub fn render(args: &BootstrapArgs) -> Result<String, ConfigError> {
     let mut metadata = serde_json::Map::new();
     metadata.insert(META_INGRESS_PORT.into(), json!(args.ingress_port));
     metadata.insert(META_EGRESS_PORT.into(), json!(args.egress_port));
-    metadata.insert(META_LISTENER_ADDRESS.into(), json!(args.listener_address.to_string()));
+    metadata.insert(
+        META_LISTENER_ADDRESS.into(),
+        json!(args.listener_address.to_string()),
+    );
     let doc = json!({
         "node": {"id": id.render(), "cluster": name, "metadata": Value::Object(metadata)},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": args.admin_port}}},

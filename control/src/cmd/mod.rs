@@ -128,7 +128,11 @@ pub struct BootstrapArgs {
     #[arg(long)]
     pub mesh: String,
     /// The virtual node this proxy is the sidecar of.
-    #[arg(long, conflicts_with = "virtual_gateway", required_unless_present = "virtual_gateway")]
+    #[arg(
+        long,
+        conflicts_with = "virtual_gateway",
+        required_unless_present = "virtual_gateway"
+    )]
     pub virtual_node: Option<String>,
     /// The virtual gateway this proxy is.
     #[arg(long)]

@@ -38,11 +38,7 @@ fn cell(types: &Value, url: &str) -> String {
 }
 
 pub fn render_table(proxies: &Value) -> String {
-    let mut rows = vec![vec![
-        "NODE".to_string(),
-        "ADDRESS".into(),
-        "STREAM".into(),
-    ]];
+    let mut rows = vec![vec!["NODE".to_string(), "ADDRESS".into(), "STREAM".into()]];
     rows[0].extend(COLUMNS.iter().map(|(c, _)| c.to_string()));
     let mut errors = Vec::new();
     for p in proxies.as_array().into_iter().flatten() {
@@ -127,7 +123,11 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
         Method::POST
     };
     runtime
-        .block_on(client.trellis(method, "/trellis/v1/instances", body.to_string().into_bytes()))
+        .block_on(client.trellis(
+            method,
+            "/trellis/v1/instances",
+            body.to_string().into_bytes(),
+        ))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

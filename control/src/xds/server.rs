@@ -397,7 +397,8 @@ impl Sotw {
         let send = if first {
             req.version_info != version
         } else {
-            names_changed || self.types.get(&ty).and_then(|t| t.sent_version.as_ref()) != Some(&version)
+            names_changed
+                || self.types.get(&ty).and_then(|t| t.sent_version.as_ref()) != Some(&version)
         };
         if first && !send {
             // The proxy already holds exactly this (a reconnect).
@@ -416,7 +417,9 @@ impl Sotw {
     fn push_changed(&mut self, registry: &Registry) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         for ty in TYPES {
-            let Some(t) = self.types.get(ty) else { continue };
+            let Some(t) = self.types.get(ty) else {
+                continue;
+            };
             let (version, _) = self.select(ty, &t.names);
             if t.sent_version.as_ref() != Some(&version) {
                 out.extend(self.response(registry, ty));
@@ -526,11 +529,7 @@ impl Delta {
         if resources.is_empty() && removed.is_empty() && !always {
             return None;
         }
-        let version = hash(
-            wanted
-                .iter()
-                .map(|(n, a)| (n.as_str(), a.value.as_slice())),
-        );
+        let version = hash(wanted.iter().map(|(n, a)| (n.as_str(), a.value.as_slice())));
         self.nonces += 1;
         t.nonce = self.nonces.to_string();
         t.nonce_version = version.clone();

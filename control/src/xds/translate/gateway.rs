@@ -89,7 +89,11 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
                 vec![Chain {
                     name: format!("gateway_{protocol}_{port}"),
                     destination_port: None,
-                    filter: hcm(&format!("ingress_{protocol}_{port}"), &rc, spec.logging.as_ref()),
+                    filter: hcm(
+                        &format!("ingress_{protocol}_{port}"),
+                        &rc,
+                        spec.logging.as_ref(),
+                    ),
                 }],
             ),
         );
@@ -121,7 +125,10 @@ fn gateway_route(
     let clusters = service_clusters(ctx, set, service, action.target.port)?;
     let mut a = routes::cluster_action(&clusters)?;
     let rewrite = action.rewrite.as_ref();
-    if let Some(exact) = rewrite.and_then(|r| r.path.as_ref()).and_then(|p| p.exact.as_ref()) {
+    if let Some(exact) = rewrite
+        .and_then(|r| r.path.as_ref())
+        .and_then(|p| p.exact.as_ref())
+    {
         a["regex_rewrite"] = json!({"pattern": {"regex": "^.*$"}, "substitution": exact});
     } else if by_prefix {
         let prefix = rewrite.and_then(|r| r.prefix.as_ref());

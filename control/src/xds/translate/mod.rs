@@ -371,7 +371,7 @@ impl Ctx<'_> {
 
 /// A protobuf `Duration` in proto3 JSON.
 fn duration_ms(ms: u64) -> Value {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         json!(format!("{}s", ms / 1000))
     } else {
         json!(format!("{}.{:03}s", ms / 1000, ms % 1000))

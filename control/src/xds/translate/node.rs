@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
-use super::{cluster, dedup, duration_ms, hcm, listener, routes, tcp_proxy, Chain, Ctx, ResourceSet};
+use super::{
+    cluster, dedup, duration_ms, hcm, listener, routes, tcp_proxy, Chain, Ctx, ResourceSet,
+};
 use crate::xds::spec::VirtualNodeSpec;
 
 pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> ResourceSet {
@@ -30,7 +32,12 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
             .and_then(|t| t.for_protocol(&pm.protocol));
         let idle = timeout.and_then(|t| t.idle).and_then(|d| d.millis());
         let filter = if pm.protocol == "tcp" {
-            tcp_proxy(&cluster, &[(cluster.clone(), 1)], idle, spec.logging.as_ref())
+            tcp_proxy(
+                &cluster,
+                &[(cluster.clone(), 1)],
+                idle,
+                spec.logging.as_ref(),
+            )
         } else {
             let rc = format!("rds_ingress_{}_{}", pm.protocol, pm.port);
             let mut action = json!({"cluster": cluster});
@@ -51,7 +58,11 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
                     }],
                 }),
             );
-            hcm(&format!("ingress_{}_{}", pm.protocol, pm.port), &rc, spec.logging.as_ref())
+            hcm(
+                &format!("ingress_{}_{}", pm.protocol, pm.port),
+                &rc,
+                spec.logging.as_ref(),
+            )
         };
         chains.push(Chain {
             name: format!("ingress_{}_{}", pm.protocol, pm.port),
@@ -63,7 +74,13 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
     let lname = format!("lds_ingress_{}_{}", ports.listener_address, ports.ingress);
     set.listeners.insert(
         lname.clone(),
-        listener(&lname, &ports.listener_address, ports.ingress, "INBOUND", chains),
+        listener(
+            &lname,
+            &ports.listener_address,
+            ports.ingress,
+            "INBOUND",
+            chains,
+        ),
     );
 }
 
@@ -109,16 +126,18 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
         }
     }
     if !vhosts.is_empty() {
-        set.routes.insert(
-            rc.clone(),
-            json!({"name": rc, "virtual_hosts": vhosts}),
-        );
+        set.routes
+            .insert(rc.clone(), json!({"name": rc, "virtual_hosts": vhosts}));
         chains.insert(
             0,
             Chain {
                 name: "egress_http".into(),
                 destination_port: None,
-                filter: hcm(&format!("egress_http_{}", ports.egress), &rc, spec.logging.as_ref()),
+                filter: hcm(
+                    &format!("egress_http_{}", ports.egress),
+                    &rc,
+                    spec.logging.as_ref(),
+                ),
             },
         );
     }
@@ -128,6 +147,12 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     let lname = format!("lds_egress_{}_{}", ports.listener_address, ports.egress);
     set.listeners.insert(
         lname.clone(),
-        listener(&lname, &ports.listener_address, ports.egress, "OUTBOUND", chains),
+        listener(
+            &lname,
+            &ports.listener_address,
+            ports.egress,
+            "OUTBOUND",
+            chains,
+        ),
     );
 }

@@ -47,7 +47,10 @@ pub(super) fn service_targets(ctx: &Ctx<'_>, set: &mut ResourceSet, service: &st
     if let Some(node) = &provider.virtual_node {
         return node_targets(ctx, set, &node.virtual_node_name);
     }
-    let Some(router_name) = provider.virtual_router.as_ref().map(|r| &r.virtual_router_name)
+    let Some(router_name) = provider
+        .virtual_router
+        .as_ref()
+        .map(|r| &r.virtual_router_name)
     else {
         return Vec::new();
     };
@@ -69,7 +72,12 @@ pub(super) fn service_targets(ctx: &Ctx<'_>, set: &mut ResourceSet, service: &st
             match protocol {
                 "tcp" => {
                     let Some(tcp) = &r.tcp_route else { continue };
-                    if tcp.matcher.as_ref().and_then(|m| m.port).is_some_and(|p| p != port) {
+                    if tcp
+                        .matcher
+                        .as_ref()
+                        .and_then(|m| m.port)
+                        .is_some_and(|p| p != port)
+                    {
                         continue;
                     }
                     let clusters = weighted(ctx, set, &tcp.action);
@@ -78,7 +86,11 @@ pub(super) fn service_targets(ctx: &Ctx<'_>, set: &mut ResourceSet, service: &st
                     }
                     target.tcp = Some(TcpTarget {
                         clusters,
-                        idle_ms: tcp.timeout.as_ref().and_then(|t| t.idle).and_then(|d| d.millis()),
+                        idle_ms: tcp
+                            .timeout
+                            .as_ref()
+                            .and_then(|t| t.idle)
+                            .and_then(|d| d.millis()),
                     });
                 }
                 "grpc" => {
@@ -167,7 +179,12 @@ pub(super) fn weighted(
         .weighted_targets
         .iter()
         .filter(|t| t.weight > 0)
-        .filter_map(|t| Some((cluster::egress(ctx, set, &t.virtual_node, t.port)?, t.weight)))
+        .filter_map(|t| {
+            Some((
+                cluster::egress(ctx, set, &t.virtual_node, t.port)?,
+                t.weight,
+            ))
+        })
         .collect()
 }
 
@@ -250,7 +267,9 @@ fn string_match(m: &crate::xds::spec::ValueMatch) -> Option<Value> {
     } else if let Some(v) = &m.suffix {
         Some(json!({"suffix": v}))
     } else {
-        m.regex.as_ref().map(|v| json!({"safe_regex": {"regex": v}}))
+        m.regex
+            .as_ref()
+            .map(|v| json!({"safe_regex": {"regex": v}}))
     }
 }
 
@@ -260,7 +279,8 @@ pub(super) fn header(h: &HeaderMatch) -> Value {
     match &h.matcher {
         Some(m) if m.range.is_some() => {
             if let Some(r) = m.range {
-                out["range_match"] = json!({"start": r.start.to_string(), "end": r.end.to_string()});
+                out["range_match"] =
+                    json!({"start": r.start.to_string(), "end": r.end.to_string()});
             }
         }
         Some(m) => match string_match(m) {
@@ -297,10 +317,12 @@ pub(super) fn http_match(m: &HttpMatch) -> Value {
     let query: Vec<Value> = m
         .query_parameters
         .iter()
-        .map(|q| match q.matcher.as_ref().and_then(|m| m.exact.as_ref()) {
-            Some(v) => json!({"name": q.name, "string_match": {"exact": v}}),
-            None => json!({"name": q.name, "present_match": true}),
-        })
+        .map(
+            |q| match q.matcher.as_ref().and_then(|m| m.exact.as_ref()) {
+                Some(v) => json!({"name": q.name, "string_match": {"exact": v}}),
+                None => json!({"name": q.name, "present_match": true}),
+            },
+        )
         .collect();
     if !query.is_empty() {
         out["query_parameters"] = json!(query);

@@ -56,7 +56,10 @@ fn load_case(input: &Value) -> (Snapshot, Instances) {
             .or_default()
             .insert(Instance {
                 address: i["address"].as_str().unwrap_or_default().to_string(),
-                port: i["port"].as_u64().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                port: i["port"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(0),
             });
     }
     (
@@ -77,7 +80,9 @@ fn wire_json(set: &ResourceSet) -> Value {
     let mut out = serde_json::Map::new();
     for (url, resources) in encoded {
         let name = url.rsplit('/').next().unwrap_or(url);
-        let desc = pool.get_message_by_name(name).unwrap_or_else(|| panic!("{name}"));
+        let desc = pool
+            .get_message_by_name(name)
+            .unwrap_or_else(|| panic!("{name}"));
         let items: Vec<Value> = resources
             .values()
             .map(|any| {
@@ -88,7 +93,10 @@ fn wire_json(set: &ResourceSet) -> Value {
             })
             .collect();
         if !items.is_empty() {
-            out.insert(name.rsplit('.').next().unwrap_or(name).to_string(), json!(items));
+            out.insert(
+                name.rsplit('.').next().unwrap_or(name).to_string(),
+                json!(items),
+            );
         }
     }
     Value::Object(out)
@@ -116,7 +124,8 @@ fn translation_matches_the_goldens() {
             .map(|(id, set)| (id.clone(), wire_json(set)))
             .collect();
         let actual = Value::Object(actual);
-        let expected_path = PathBuf::from(path.to_string_lossy().replace(".input.json", ".xds.json"));
+        let expected_path =
+            PathBuf::from(path.to_string_lossy().replace(".input.json", ".xds.json"));
         let rendered = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
         if update {
             std::fs::write(&expected_path, &rendered).unwrap_or_else(|e| panic!("{e}"));
@@ -137,11 +146,20 @@ fn translation_matches_the_goldens() {
 #[test]
 fn node_ids_parse_from_paths_and_arns() {
     let id = NodeId::parse("mesh/m/virtualNode/a").unwrap();
-    assert_eq!((id.mesh.as_str(), id.gateway, id.name.as_str()), ("m", false, "a"));
-    let id = NodeId::parse("arn:aws:appmesh:us-west-2:000000000000:mesh/m/virtualGateway/g").unwrap();
+    assert_eq!(
+        (id.mesh.as_str(), id.gateway, id.name.as_str()),
+        ("m", false, "a")
+    );
+    let id =
+        NodeId::parse("arn:aws:appmesh:us-west-2:000000000000:mesh/m/virtualGateway/g").unwrap();
     assert!(id.gateway);
     assert_eq!(id.render(), "mesh/m/virtualGateway/g");
-    for bad in ["", "mesh/m", "mesh/m/virtualRouter/r", "mesh//virtualNode/a"] {
+    for bad in [
+        "",
+        "mesh/m",
+        "mesh/m/virtualRouter/r",
+        "mesh//virtualNode/a",
+    ] {
         assert_eq!(NodeId::parse(bad), None, "{bad}");
     }
 }
@@ -150,7 +168,13 @@ fn node_ids_parse_from_paths_and_arns() {
 fn ports_come_from_metadata_with_defaults() {
     let meta = json!({META_INGRESS_PORT: 20000, META_EGRESS_PORT: "20001", META_LISTENER_ADDRESS: "127.0.0.1"});
     let p = Ports::from_metadata(meta.as_object().unwrap());
-    assert_eq!((p.ingress, p.egress, p.listener_address.as_str()), (20000, 20001, "127.0.0.1"));
+    assert_eq!(
+        (p.ingress, p.egress, p.listener_address.as_str()),
+        (20000, 20001, "127.0.0.1")
+    );
     let bad = json!({META_INGRESS_PORT: 0, META_EGRESS_PORT: "x", META_LISTENER_ADDRESS: "nope"});
-    assert_eq!(Ports::from_metadata(bad.as_object().unwrap()), Ports::default());
+    assert_eq!(
+        Ports::from_metadata(bad.as_object().unwrap()),
+        Ports::default()
+    );
 }
