@@ -107,22 +107,24 @@ impl Control {
     }
 }
 
-fn bootstrap(bin: &Path, xds: &str, node: &str, ingress: u16, egress: u16) -> String {
-    let out = std::process::Command::new(bin)
-        .args([
-            "bootstrap",
-            "--mesh",
-            "m",
-            "--virtual-node",
-            node,
-            "--xds-addr",
-            xds,
-        ])
+/// `kind` is `--virtual-node` or `--virtual-gateway`; `delta` asks for
+/// incremental xDS.
+fn bootstrap(
+    bin: &Path,
+    xds: &str,
+    (kind, node): (&str, &str),
+    (ingress, egress): (u16, u16),
+    delta: bool,
+) -> String {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["bootstrap", "--mesh", "m", kind, node, "--xds-addr", xds])
         .args(["--admin-port", "0", "--listener-address", "127.0.0.1"])
         .args(["--ingress-port", &ingress.to_string()])
-        .args(["--egress-port", &egress.to_string()])
-        .output()
-        .expect("run bootstrap");
+        .args(["--egress-port", &egress.to_string()]);
+    if delta {
+        cmd.arg("--delta");
+    }
+    let out = cmd.output().expect("run bootstrap");
     assert!(
         out.status.success(),
         "{}",
@@ -153,7 +155,7 @@ async fn color(egress: u16) -> Option<String> {
     (r.status == 200).then(|| r.echoed()["upstream"].as_str().unwrap_or("").to_string())
 }
 
-async fn scenario(proxy: PathBuf) {
+async fn scenario(proxy: PathBuf, delta: bool) {
     let control = Control::start().await;
     let blue = Echo::start("blue").await;
     let red = Echo::start("red").await;
@@ -202,13 +204,25 @@ async fn scenario(proxy: PathBuf) {
     let (a_in, a_out, b_in, b_out) = (free_port(), free_port(), free_port(), free_port());
     let sidecar_b = ProxyProcess::start_with(
         &proxy,
-        &bootstrap(&control_bin, &control.xds, "blue", b_in, b_out),
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "blue"),
+            (b_in, b_out),
+            delta,
+        ),
         &[],
     )
     .await;
     let sidecar_a = ProxyProcess::start_with(
         &proxy,
-        &bootstrap(&control_bin, &control.xds, "client", a_in, a_out),
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "client"),
+            (a_in, a_out),
+            delta,
+        ),
         &[],
     )
     .await;
@@ -259,16 +273,7 @@ async fn scenario(proxy: PathBuf) {
     let proxies = eventually(Duration::from_secs(5), "every update ACKed", || async {
         let proxies = control.proxies().await;
         let list = proxies.as_array()?.clone();
-        let synced = list.len() == 2
-            && list.iter().all(|p| {
-                p["types"].as_object().is_some_and(|types| {
-                    !types.is_empty()
-                        && types
-                            .values()
-                            .all(|t| t["nack"].is_null() && t["sent"] == t["acked"])
-                })
-            });
-        synced.then_some(proxies)
+        (list.len() == 2 && all_synced(&proxies)).then_some(proxies)
     })
     .await;
     let nodes: Vec<&str> = proxies
@@ -285,6 +290,21 @@ async fn scenario(proxy: PathBuf) {
     assert!(table.contains("SYNCED"), "{table}");
     assert!(!table.contains("NACK"), "{table}");
     drop((sidecar_a, sidecar_b, control));
+}
+
+/// Every proxy ACKed the last version of every type it was sent, and
+/// NACKed nothing.
+fn all_synced(proxies: &Value) -> bool {
+    proxies.as_array().is_some_and(|list| {
+        list.iter().all(|p| {
+            p["types"].as_object().is_some_and(|types| {
+                !types.is_empty()
+                    && types
+                        .values()
+                        .all(|t| t["nack"].is_null() && t["sent"] == t["acked"])
+            })
+        })
+    })
 }
 
 /// `POST /trellis/v1/instances`, signed, through the CLI.
@@ -307,10 +327,22 @@ async fn register_signed(control: &Control, red_port: u16) {
 
 #[tokio::test]
 async fn mesh_with_trellis_proxy_sidecars() {
+    let proxy = workspace_bin("trellis-proxy");
     within(
         Duration::from_secs(90),
         "the mesh scenario",
-        scenario(workspace_bin("trellis-proxy")),
+        scenario(proxy, false),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mesh_with_trellis_proxy_sidecars_over_delta_xds() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(90),
+        "the delta mesh scenario",
+        scenario(proxy, true),
     )
     .await;
 }
@@ -320,7 +352,123 @@ async fn mesh_with_stock_envoy_sidecars() {
     within(
         Duration::from_secs(90),
         "the mesh scenario on Envoy",
-        scenario(require_envoy()),
+        scenario(require_envoy(), false),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mesh_with_stock_envoy_sidecars_over_delta_xds() {
+    within(
+        Duration::from_secs(90),
+        "the delta mesh scenario on Envoy",
+        scenario(require_envoy(), true),
+    )
+    .await;
+}
+
+/// Every golden fixture of the translation, applied through the API and
+/// served to a proxy per node and gateway: the proxy must ACK all of it.
+async fn goldens_accepted(proxy: PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/xds-golden");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".input.json"))
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty());
+    let control_bin = workspace_bin("trellis-control");
+    for input in inputs {
+        let fixture: Value =
+            serde_json::from_str(&std::fs::read_to_string(&input).expect("read fixture"))
+                .expect("fixture JSON");
+        let control = Control::start().await;
+        let mut docs = Vec::new();
+        let mut ids = Vec::new();
+        for r in fixture["resources"].as_array().into_iter().flatten() {
+            let kind = r["kind"].as_str().unwrap_or_default();
+            let name = r["name"].clone();
+            let mut doc = json!({"meshName": "m", "spec": r["spec"]});
+            match kind {
+                "Mesh" => {}
+                "Route" => {
+                    doc["virtualRouterName"] = r["parent"].clone();
+                    doc["routeName"] = name;
+                }
+                "GatewayRoute" => {
+                    doc["virtualGatewayName"] = r["parent"].clone();
+                    doc["gatewayRouteName"] = name;
+                }
+                other => {
+                    let field = format!("{}{}Name", other[..1].to_lowercase(), &other[1..]);
+                    doc[field] = name.clone();
+                    if other == "VirtualNode" {
+                        ids.push(("--virtual-node", name.as_str().unwrap_or("").to_string()));
+                    } else if other == "VirtualGateway" {
+                        ids.push(("--virtual-gateway", name.as_str().unwrap_or("").to_string()));
+                    }
+                }
+            }
+            docs.push(doc);
+        }
+        control.apply(&docs).await;
+        for i in fixture["instances"].as_array().into_iter().flatten() {
+            let port = i["port"].to_string();
+            control
+                .cli(&[
+                    "register-instance",
+                    "--mesh",
+                    "m",
+                    "--virtual-node",
+                    i["node"].as_str().unwrap_or(""),
+                    "--address",
+                    i["address"].as_str().unwrap_or(""),
+                    "--port",
+                    &port,
+                ])
+                .await;
+        }
+        let mut proxies = Vec::new();
+        for (kind, name) in &ids {
+            let config = bootstrap(
+                &control_bin,
+                &control.xds,
+                (kind, name.as_str()),
+                (free_port(), free_port()),
+                false,
+            );
+            proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
+        }
+        let what = format!("{} ACKed by every proxy", input.display());
+        eventually(Duration::from_secs(10), &what, || async {
+            let status = control.proxies().await;
+            let n = status.as_array().map_or(0, Vec::len);
+            (n == ids.len() && all_synced(&status)).then_some(())
+        })
+        .await;
+        drop(proxies);
+    }
+}
+
+#[tokio::test]
+async fn golden_configs_are_accepted_by_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(120),
+        "the goldens on trellis-proxy",
+        goldens_accepted(proxy),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn golden_configs_are_accepted_by_envoy() {
+    within(
+        Duration::from_secs(120),
+        "the goldens on Envoy",
+        goldens_accepted(require_envoy()),
     )
     .await;
 }
