@@ -367,6 +367,92 @@ async fn mesh_with_stock_envoy_sidecars_over_delta_xds() {
     .await;
 }
 
+/// A virtual gateway in front of a sidecar: `/color/` is matched, the
+/// prefix rewritten to `/` and the Host to the target service's name.
+async fn gateway(proxy: PathBuf) {
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let gw_port = free_port();
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            json!({"meshName": "m", "virtualNodeName": "blue", "spec": {
+                "listeners": [{"portMapping": {"port": blue.addr.port(), "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "color", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "blue"}}}}),
+            json!({"meshName": "m", "virtualGatewayName": "gw", "spec": {
+                "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "color", "spec": {
+                "httpRoute": {"match": {"prefix": "/color/"},
+                    "action": {"target": {"virtualService": {"virtualServiceName": "color"}}}}}}),
+        ])
+        .await;
+    let control_bin = workspace_bin("trellis-control");
+    let sidecar = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "blue"),
+            (free_port(), free_port()),
+            false,
+        ),
+        &[],
+    )
+    .await;
+    let gw = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-gateway", "gw"),
+            (free_port(), free_port()),
+            false,
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{gw_port}/color/paint?x=1");
+    let echoed = eventually(Duration::from_secs(10), "the gateway to route", || {
+        let url = url.clone();
+        async move {
+            let r = client::get(&url).await.ok()?;
+            (r.status == 200).then(|| r.echoed())
+        }
+    })
+    .await;
+    assert_eq!(echoed["upstream"], "blue");
+    assert_eq!(echoed["path"], "/paint?x=1");
+    let host = echoed["headers"]["host"].as_str().unwrap_or_default();
+    assert_eq!(host, "color");
+    let r = client::get(&format!("http://127.0.0.1:{gw_port}/other"))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(r.status, 404);
+    drop((gw, sidecar, control));
+}
+
+#[tokio::test]
+async fn gateway_with_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(60),
+        "the gateway scenario",
+        gateway(proxy),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn gateway_with_stock_envoy() {
+    within(
+        Duration::from_secs(60),
+        "the gateway scenario on Envoy",
+        gateway(require_envoy()),
+    )
+    .await;
+}
+
 /// Every golden fixture of the translation, applied through the API and
 /// served to a proxy per node and gateway: the proxy must ACK all of it.
 async fn goldens_accepted(proxy: PathBuf) {

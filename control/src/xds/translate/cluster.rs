@@ -21,7 +21,7 @@ pub type Instances = BTreeMap<(String, String), BTreeSet<Instance>>;
 
 const CONNECT_TIMEOUT: &str = "1s";
 
-pub fn egress_cluster_name(mesh: &str, node: &str, protocol: &str, port: u32) -> String {
+fn egress_cluster_name(mesh: &str, node: &str, protocol: &str, port: u32) -> String {
     format!("cds_egress_{mesh}_{node}_{protocol}_{port}")
 }
 

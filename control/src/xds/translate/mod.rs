@@ -33,7 +33,7 @@ use super::spec::{
     VirtualRouterSpec, VirtualServiceSpec,
 };
 
-pub use cluster::{egress_cluster_name, Instance, Instances};
+pub use cluster::{Instance, Instances};
 
 /// Where a proxy listens, from its node metadata (see [`Ports::from_node`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,7 +145,7 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// `(type URL, resources)` pairs, for encoding and for the goldens.
+    /// `(type URL, resources)` pairs, for encoding.
     pub fn by_type(&self) -> [(&'static str, &BTreeMap<String, Value>); 4] {
         use xds_protos::type_url as t;
         [
@@ -154,19 +154,6 @@ impl ResourceSet {
             (t::CLUSTER, &self.clusters),
             (t::CLUSTER_LOAD_ASSIGNMENT, &self.endpoints),
         ]
-    }
-
-    /// One JSON document of everything, with `@type`s: the golden format.
-    pub fn to_json(&self) -> Value {
-        let mut out = serde_json::Map::new();
-        for (url, resources) in self.by_type() {
-            let name = url.rsplit('.').next().unwrap_or(url);
-            out.insert(
-                name.to_string(),
-                Value::Array(resources.values().cloned().collect()),
-            );
-        }
-        Value::Object(out)
     }
 }
 
