@@ -91,7 +91,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     let ports = ctx.ports;
     let rc = format!("rds_egress_http_{}", ports.egress);
     let mut vhosts: Vec<Value> = Vec::new();
-    let mut chains = Vec::new();
+    let mut chains: Vec<Chain> = Vec::new();
     let backends = dedup(
         spec.backends
             .iter()
@@ -101,6 +101,19 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     for service in backends {
         for target in routes::service_targets(ctx, set, &service) {
             match target.tcp {
+                // One chain per port: Envoy refuses two chains that match
+                // alike, so the first backend on a TCP port takes it.
+                Some(_)
+                    if chains
+                        .iter()
+                        .any(|c| c.destination_port == Some(target.port)) =>
+                {
+                    tracing::warn!(
+                        service,
+                        port = target.port,
+                        "a TCP port of two backends; the first one wins"
+                    );
+                }
                 Some(tcp) => chains.push(Chain {
                     name: format!("egress_tcp_{}_{}", service, target.port),
                     destination_port: Some(target.port),
