@@ -230,6 +230,9 @@ async fn sotw_acks_nacks_and_pushes_only_what_changed() {
             .into_inner(),
     };
     assert!(again.quiet().await);
+    let s = status_of(&registry, "mesh/m/virtualNode/a");
+    assert_eq!(s["types"][CLUSTER]["sent"], json!(third.version_info));
+    assert_eq!(s["types"][CLUSTER]["acked"], json!(third.version_info));
     drop(again.tx);
 }
 

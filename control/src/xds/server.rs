@@ -405,7 +405,10 @@ impl Sotw {
             if let Some(t) = self.types.get_mut(&ty) {
                 t.sent_version = Some(version.clone());
             }
-            record_reply(registry, conn, &ty, &version, None);
+            registry.update(conn, &ty, |s| {
+                s.sent = Some(version.clone());
+                s.acked = Some(version.clone());
+            });
         }
         if send {
             self.response(registry, &ty).into_iter().collect()
