@@ -453,6 +453,74 @@ async fn gateway_with_stock_envoy() {
     .await;
 }
 
+/// An `http2` virtual node: sidecar A speaks HTTP/2 to sidecar B, which
+/// speaks HTTP/2 to the app, as `typed_extension_protocol_options` ask.
+async fn http2(proxy: PathBuf) {
+    let control = Control::start().await;
+    let app = Echo::start("h2").await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            json!({"meshName": "m", "virtualNodeName": "client", "spec": {
+                "backends": [{"virtualService": {"virtualServiceName": "h2"}}]}}),
+            json!({"meshName": "m", "virtualNodeName": "server", "spec": {
+                "listeners": [{"portMapping": {"port": app.addr.port(), "protocol": "http2"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "h2", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "server"}}}}),
+        ])
+        .await;
+    let control_bin = workspace_bin("trellis-control");
+    let egress = free_port();
+    let mut proxies = Vec::new();
+    for (node, ports) in [
+        ("server", (free_port(), free_port())),
+        ("client", (free_port(), egress)),
+    ] {
+        let config = bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", node),
+            ports,
+            false,
+        );
+        proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
+    }
+    let url = format!("http://127.0.0.1:{egress}/h2");
+    let echoed = eventually(
+        Duration::from_secs(10),
+        "HTTP/2 through both sidecars",
+        || {
+            let url = url.clone();
+            async move {
+                let r = client::request(Method::GET, &url, &[("host", "h2")], "")
+                    .await
+                    .ok()?;
+                (r.status == 200).then(|| r.echoed())
+            }
+        },
+    )
+    .await;
+    assert_eq!(echoed["upstream"], "h2");
+    assert_eq!(echoed["version"], "HTTP/2.0");
+    drop((proxies, control));
+}
+
+#[tokio::test]
+async fn http2_upstreams_with_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(Duration::from_secs(60), "the HTTP/2 scenario", http2(proxy)).await;
+}
+
+#[tokio::test]
+async fn http2_upstreams_with_stock_envoy() {
+    within(
+        Duration::from_secs(60),
+        "the HTTP/2 scenario on Envoy",
+        http2(require_envoy()),
+    )
+    .await;
+}
+
 /// Every golden fixture of the translation, applied through the API and
 /// served to a proxy per node and gateway: the proxy must ACK all of it.
 async fn goldens_accepted(proxy: PathBuf) {
