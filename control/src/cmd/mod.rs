@@ -205,7 +205,15 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             let rendered = e.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names
+            // them on the next line; keep the message to one line.
+            if line.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    line = format!("{line} {next}");
+                }
+            }
             eprintln!("trellis-control: {}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
