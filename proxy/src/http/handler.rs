@@ -67,7 +67,23 @@ impl Hcm {
             Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
             None => body::incoming(body),
         };
-        let (mut resp, flags) = self.route(info, &mut record, parts, body, grpc).await;
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = match self.config.request_timeout {
+            Some(t) if !body.is_end_stream() => {
+                let deadline = tokio::time::Instant::from_std(record.info.started) + t;
+                body::with_deadline(body, deadline, timed_out.clone())
+            }
+            _ => body,
+        };
+        let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            // The client was too slow sending its request: Envoy's 408.
+            resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            flags = ResponseFlags::default();
+            self.stats.downstream_rq_timeout.inc();
+        }
         self.finish_response(&mut resp, request_id);
         if info.closing.load(std::sync::atomic::Ordering::Relaxed)
             && version != http::Version::HTTP_2
