@@ -90,6 +90,21 @@ impl ProxyProcess {
 
     /// Starts `bin` (trellis-proxy or envoy: they share the flags used here).
     pub async fn start_with(bin: &Path, config: &str, extra: &[&str]) -> ProxyProcess {
+        Self::spawn(bin, config, extra, false).await
+    }
+
+    /// Starts the proxy under test with its log in a file that
+    /// [`ProxyProcess::log`] reads, for tests of what it logs.
+    pub async fn start_logged(config: &str) -> ProxyProcess {
+        Self::spawn(&proxy_under_test(), config, &[], true).await
+    }
+
+    /// The log so far of a proxy started with [`ProxyProcess::start_logged`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    async fn spawn(bin: &Path, config: &str, extra: &[&str], logged: bool) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&config_path, config).expect("write bootstrap");
@@ -103,7 +118,11 @@ impl ProxyProcess {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if logged {
+                Stdio::from(std::fs::File::create(dir.path().join("proxy.log")).expect("log file"))
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true);
         cmd.args(["--log-level", "warn"]);
         if bin.ends_with("envoy") {

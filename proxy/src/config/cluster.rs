@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
+    /// The cluster's `UpstreamTlsContext`, if its connections use TLS.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     pub proto: Cluster,
     pub fingerprint: Vec<u8>,
 }
@@ -185,6 +187,8 @@ impl ClusterConfig {
             protocol: protocol(proto)?,
             dns_refresh_rate,
             dns_family,
+            tls: crate::tls::upstream_transport_socket(proto.transport_socket.as_ref())
+                .map_err(|e| e.at("transport_socket"))?,
             proto: proto.clone(),
             fingerprint: proto.encode_to_vec(),
         })

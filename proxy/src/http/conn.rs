@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Hcm;
 use crate::config::hcm::Codec;
@@ -19,16 +19,28 @@ use crate::io::{Activity, Tracked};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub scheme: &'static str,
+    /// Set when the connection arrived over TLS: the verified peer identity
+    /// (URI SAN), SNI and ALPN.
+    pub tls: Option<Arc<crate::tls::PeerInfo>>,
 }
 
 impl Hcm {
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, mut drain: Watch) {
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        mut drain: Watch,
+        tls: Option<Arc<crate::tls::PeerInfo>>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
         let info = Arc::new(ConnInfo {
             peer,
-            scheme: "http",
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
         });
         let activity = Activity::default();
         let io = TokioIo::new(Tracked::new(stream, activity.clone()));
@@ -62,7 +74,14 @@ impl Hcm {
         let svc = service_fn(move |req| {
             let hcm = hcm.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(hcm.handle(&info, req).await) }
+            async move {
+                let mut req = req;
+                // Per request, for filters and logs that read the peer identity.
+                if let Some(tls) = &info.tls {
+                    req.extensions_mut().insert(tls.clone());
+                }
+                Ok::<_, Infallible>(hcm.handle(&info, req).await)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

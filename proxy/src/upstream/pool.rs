@@ -14,6 +14,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::tls::{ClientStream, UpstreamTls};
+
 use super::Endpoint;
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
@@ -35,6 +37,8 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("handshake failure: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failure: {0}")]
+    Tls(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -49,6 +53,8 @@ pub(super) struct Pool {
 pub struct ConnectParams<'a> {
     pub timeout: Duration,
     pub stats: &'a Arc<ClusterStats>,
+    /// The cluster's `UpstreamTlsContext`, run on every new connection.
+    pub tls: Option<&'a Arc<UpstreamTls>>,
 }
 
 impl Pool {
@@ -76,7 +82,8 @@ impl Pool {
         }
     }
 
-    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<TcpStream, ConnectError> {
+    /// A new connection, TLS when the cluster says so.
+    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<ClientStream, ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -93,7 +100,14 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         p.stats.upstream_cx_total.inc();
         p.stats.upstream_cx_active.inc();
-        Ok(stream)
+        match p.tls {
+            None => Ok(ClientStream::Plain(stream)),
+            Some(tls) => tls.connect(stream, self.addr).await.map_err(|e| {
+                p.stats.upstream_cx_connect_fail.inc();
+                closed(p.stats);
+                ConnectError::Tls(e)
+            }),
+        }
     }
 
     async fn connect_h1(
