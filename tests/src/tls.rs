@@ -103,7 +103,10 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         params.distinguished_name.push(
             DnType::CommonName,
-            leaf.dns.first().or(leaf.uri.first()).map_or("leaf", String::as_str),
+            leaf.dns
+                .first()
+                .or(leaf.uri.first())
+                .map_or("leaf", String::as_str),
         );
         for d in &leaf.dns {
             params
@@ -134,7 +137,11 @@ impl Ca {
 
 /// A rustls client config trusting `ca_pem`, presenting `client` if given,
 /// offering `alpn`.
-pub fn client_config(ca_pem: &str, client: Option<&Issued>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(
+    ca_pem: &str,
+    client: Option<&Issued>,
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.expect("ca pem")).expect("ca");
@@ -151,11 +158,16 @@ pub fn client_config(ca_pem: &str, client: Option<&Issued>, alpn: &[&str]) -> Ar
                 .collect::<Result<Vec<_>, _>>()
                 .expect("client chain");
             let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).expect("client key");
-            builder.with_client_auth_cert(chain, key).expect("client auth")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
         }
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Every connection a full handshake, so each sees the server's current
+    // certificate (a resumed session reports the original one).
+    cfg.resumption = rustls::client::Resumption::disabled();
     Arc::new(cfg)
 }
 
@@ -179,7 +191,9 @@ pub async fn https_get(
 ) -> anyhow::Result<HttpsReply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await?;
     let (_, conn) = tls.get_ref();
     let alpn = conn
         .alpn_protocol()
@@ -207,7 +221,8 @@ pub async fn https_get(
             tokio::spawn(conn);
             let mut req = req;
             req.headers_mut().remove("host");
-            req.headers_mut().insert("host", http::HeaderValue::from_str(sni)?);
+            req.headers_mut()
+                .insert("host", http::HeaderValue::from_str(sni)?);
             *req.uri_mut() = path.parse()?;
             send.send_request(req).await?
         };

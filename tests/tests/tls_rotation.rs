@@ -172,7 +172,8 @@ async fn rotating_certificates_under_load_fails_no_request() {
             // The next handshake presents the new certificate.
             let cfg = cfg.clone();
             let want = server.der.clone();
-            eventually(Duration::from_secs(10), &format!("round {round}: the new certificate"), || {
+            let b_log = b.log();
+            eventually(Duration::from_secs(10), &format!("round {round}: the new certificate; B log:\n{b_log}"), || {
                 let cfg = cfg.clone();
                 let want = want.clone();
                 async move {

@@ -223,7 +223,12 @@ fn compile_listener_filters(l: &Listener) -> Result<Option<InspectorConfig>, Con
         let path = format!("listener_filters[{i}]");
         let url = match &f.config_type {
             Some(listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-            _ => return Err(ConfigError::new(format!("{path}.typed_config"), "typed_config is required")),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{path}.typed_config"),
+                    "typed_config is required",
+                ))
+            }
         };
         if url != TLS_INSPECTOR {
             return Err(ConfigError::new(
@@ -232,7 +237,10 @@ fn compile_listener_filters(l: &Listener) -> Result<Option<InspectorConfig>, Con
             ));
         }
         if f.filter_disabled.is_some() {
-            return Err(ConfigError::new(format!("{path}.filter_disabled"), "not supported by trellis"));
+            return Err(ConfigError::new(
+                format!("{path}.filter_disabled"),
+                "not supported by trellis",
+            ));
         }
         inspector = true;
     }

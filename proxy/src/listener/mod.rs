@@ -12,11 +12,11 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
-use crate::tls::ServerTls;
 use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
+use crate::tls::ServerTls;
 
 pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;

@@ -17,9 +17,9 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 use xds_protos::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 
 use super::common::{Certs, Common};
+use super::material::Validation;
 use super::verify::{ServerVerifier, Trust};
 use crate::config::ConfigError;
-use super::material::Validation;
 
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
@@ -64,20 +64,23 @@ impl UpstreamTls {
             ));
         }
         if ctx.allow_renegotiation {
-            return Err(ConfigError::new("allow_renegotiation", "not supported by trellis"));
+            return Err(ConfigError::new(
+                "allow_renegotiation",
+                "not supported by trellis",
+            ));
         }
         let c = match &ctx.common_tls_context {
             Some(common) => Common::compile(common).map_err(|e| e.at("common_tls_context"))?,
             None => Common::compile(&Default::default())?,
         };
-        let sni = if ctx.sni.is_empty() {
-            None
-        } else {
-            Some(
-                ServerName::try_from(ctx.sni.clone())
-                    .map_err(|e| ConfigError::new("sni", format!("not a valid server name: {e}")))?,
-            )
-        };
+        let sni =
+            if ctx.sni.is_empty() {
+                None
+            } else {
+                Some(ServerName::try_from(ctx.sni.clone()).map_err(|e| {
+                    ConfigError::new("sni", format!("not a valid server name: {e}"))
+                })?)
+            };
         let trust = c.trust.unwrap_or(Trust {
             fixed: Validation::default(),
             sds: None,
@@ -108,9 +111,13 @@ impl UpstreamTls {
             .sni
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let tls = self.connector.connect(name, stream).await.inspect_err(|e| {
-            tracing::warn!(upstream = %addr, error = %e, "upstream TLS handshake failed");
-        })?;
+        let tls = self
+            .connector
+            .connect(name, stream)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(upstream = %addr, error = %e, "upstream TLS handshake failed");
+            })?;
         Ok(ClientStream::Tls(Box::new(tls)))
     }
 }

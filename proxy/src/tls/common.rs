@@ -76,8 +76,14 @@ pub struct Common {
 impl Common {
     pub fn compile(c: &CommonTlsContext) -> Result<Common, ConfigError> {
         let unsupported = [
-            (c.tls_certificate_provider_instance.is_some(), "tls_certificate_provider_instance"),
-            (c.custom_tls_certificate_selector.is_some(), "custom_tls_certificate_selector"),
+            (
+                c.tls_certificate_provider_instance.is_some(),
+                "tls_certificate_provider_instance",
+            ),
+            (
+                c.custom_tls_certificate_selector.is_some(),
+                "custom_tls_certificate_selector",
+            ),
             (c.custom_handshaker.is_some(), "custom_handshaker"),
             (c.key_log.is_some(), "key_log"),
         ];
@@ -85,7 +91,10 @@ impl Common {
             return Err(ConfigError::new(*field, "not supported by trellis"));
         }
         if let Some(p) = &c.tls_params {
-            if !p.cipher_suites.is_empty() || !p.ecdh_curves.is_empty() || !p.signature_algorithms.is_empty() {
+            if !p.cipher_suites.is_empty()
+                || !p.ecdh_curves.is_empty()
+                || !p.signature_algorithms.is_empty()
+            {
                 return Err(ConfigError::new(
                     "tls_params",
                     "cipher_suites, ecdh_curves and signature_algorithms are fixed to rustls's modern defaults",
@@ -100,7 +109,8 @@ impl Common {
             certs.push(CertSource::Fixed(k));
         }
         for (i, s) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
-            let r = resolve(s).map_err(|e| e.at(format!("tls_certificate_sds_secret_configs[{i}]")))?;
+            let r =
+                resolve(s).map_err(|e| e.at(format!("tls_certificate_sds_secret_configs[{i}]")))?;
             if r.ads {
                 ads_names.push(r.slot.name.clone());
             }
@@ -132,7 +142,8 @@ impl Common {
             Some(ValidationContextType::CombinedValidationContext(cv)) => {
                 let path = "combined_validation_context";
                 let fixed = match &cv.default_validation_context {
-                    Some(v) => validation(v).map_err(|e| e.at(format!("{path}.default_validation_context")))?,
+                    Some(v) => validation(v)
+                        .map_err(|e| e.at(format!("{path}.default_validation_context")))?,
                     None => Validation::default(),
                 };
                 let Some(s) = &cv.validation_context_sds_secret_config else {
@@ -154,7 +165,11 @@ impl Common {
         Ok(Common {
             certs: Certs(certs),
             trust,
-            alpn: c.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            alpn: c
+                .alpn_protocols
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
             versions,
             ads_names,
         })

@@ -110,7 +110,8 @@ fn parse(data: &[u8]) -> Parse {
             if hs[0] != 0x01 {
                 return Parse::Done(Inspection::Plaintext);
             }
-            let msg_len = (usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]);
+            let msg_len =
+                (usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]);
             if hs.len() >= 4 + msg_len {
                 let facts = client_hello(&hs[4..4 + msg_len]).unwrap_or_default();
                 return Parse::Done(Inspection::Tls(facts));
@@ -135,7 +136,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| usize::from(b[0]))
     }
     fn u16(&mut self) -> Option<usize> {
-        self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     }
     fn vec8(&mut self) -> Option<&'a [u8]> {
         let n = self.u8()?;
@@ -221,7 +223,13 @@ mod tests {
         let h = hello("a.example", &[]);
         assert!(matches!(parse(&h[..3]), Parse::NeedMore(5)));
         assert!(matches!(parse(&h[..10]), Parse::NeedMore(n) if n == h.len()));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Parse::Done(Inspection::Plaintext)));
-        assert!(matches!(parse(b"PRI * HTTP/2.0"), Parse::Done(Inspection::Plaintext)));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n"),
+            Parse::Done(Inspection::Plaintext)
+        ));
+        assert!(matches!(
+            parse(b"PRI * HTTP/2.0"),
+            Parse::Done(Inspection::Plaintext)
+        ));
     }
 }

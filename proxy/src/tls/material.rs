@@ -7,14 +7,13 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use xds_protos::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use xds_protos::envoy::extensions::transport_sockets::tls::v3::{
-    secret, subject_alt_name_matcher::SanType, CertificateValidationContext, Secret,
-    TlsCertificate,
+    secret, subject_alt_name_matcher::SanType, CertificateValidationContext, Secret, TlsCertificate,
 };
 
 use super::verify::{SanKind, SanMatcher};
@@ -87,9 +86,8 @@ fn certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>,
         return Err(ConfigError::new(field, "no PEM certificate found"));
     }
     for (i, c) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(c.as_ref()).map_err(|e| {
-            ConfigError::new(field, format!("certificate {i} is malformed: {e}"))
-        })?;
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| ConfigError::new(field, format!("certificate {i} is malformed: {e}")))?;
     }
     Ok(certs)
 }
@@ -139,15 +137,30 @@ pub fn certified_key(c: &TlsCertificate) -> Result<Arc<CertifiedKey>, ConfigErro
 pub fn validation(v: &CertificateValidationContext) -> Result<Validation, ConfigError> {
     #[allow(deprecated)]
     let unsupported = [
-        (v.verify_certificate_spki.is_empty(), "verify_certificate_spki"),
-        (v.verify_certificate_hash.is_empty(), "verify_certificate_hash"),
-        (v.match_subject_alt_names.is_empty(), "match_subject_alt_names"),
+        (
+            v.verify_certificate_spki.is_empty(),
+            "verify_certificate_spki",
+        ),
+        (
+            v.verify_certificate_hash.is_empty(),
+            "verify_certificate_hash",
+        ),
+        (
+            v.match_subject_alt_names.is_empty(),
+            "match_subject_alt_names",
+        ),
         (v.crl.is_none(), "crl"),
         (!v.allow_expired_certificate, "allow_expired_certificate"),
         (v.trust_chain_verification == 0, "trust_chain_verification"),
-        (v.custom_validator_config.is_none(), "custom_validator_config"),
+        (
+            v.custom_validator_config.is_none(),
+            "custom_validator_config",
+        ),
         (v.system_root_certs.is_none(), "system_root_certs"),
-        (v.ca_certificate_provider_instance.is_none(), "ca_certificate_provider_instance"),
+        (
+            v.ca_certificate_provider_instance.is_none(),
+            "ca_certificate_provider_instance",
+        ),
     ];
     if let Some((_, field)) = unsupported.iter().find(|(ok, _)| !ok) {
         return Err(ConfigError::new(*field, "not supported by trellis"));

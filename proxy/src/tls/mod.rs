@@ -50,8 +50,16 @@ fn versions(
     };
     let (min, max) = match params {
         Some(p) => (
-            level(p.tls_minimum_protocol_version, "tls_minimum_protocol_version", 2)?,
-            level(p.tls_maximum_protocol_version, "tls_maximum_protocol_version", 3)?,
+            level(
+                p.tls_minimum_protocol_version,
+                "tls_minimum_protocol_version",
+                2,
+            )?,
+            level(
+                p.tls_maximum_protocol_version,
+                "tls_maximum_protocol_version",
+                3,
+            )?,
         ),
         None => (2, 3),
     };
@@ -71,7 +79,8 @@ fn versions(
     Ok(out)
 }
 
-const RAW_BUFFER: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// The `typed_config` of a `transport_socket`, if it is TLS of type `url`;
 /// `None` for no socket or `raw_buffer`.
@@ -92,7 +101,10 @@ fn transport_socket_any<'a>(
     if any.type_url != url {
         return Err(ConfigError::new(
             "typed_config",
-            format!("transport socket {} is not supported here (expected {url})", any.type_url),
+            format!(
+                "transport socket {} is not supported here (expected {url})",
+                any.type_url
+            ),
         ));
     }
     Ok(Some(any))

@@ -99,10 +99,16 @@ pub fn resolve(cfg: &SdsSecretConfig) -> Result<SecretRef, ConfigError> {
             if s.load().is_none() {
                 return Err(ConfigError::new(
                     "name",
-                    format!("no static secret named '{}' (static_resources.secrets)", cfg.name),
+                    format!(
+                        "no static secret named '{}' (static_resources.secrets)",
+                        cfg.name
+                    ),
                 ));
             }
-            return Ok(SecretRef { slot: s, ads: false });
+            return Ok(SecretRef {
+                slot: s,
+                ads: false,
+            });
         }
         Some(Some(ConfigSourceSpecifier::Ads(_))) => Source::Ads,
         Some(Some(ConfigSourceSpecifier::PathConfigSource(p))) => {
@@ -147,8 +153,8 @@ pub fn set_static(secrets: &[Secret]) -> Result<(), ConfigError> {
 /// Decodes and compiles one `Secret` from xDS, for validation before any of
 /// its response is kept.
 pub fn decode(any: &prost_types::Any) -> Result<(String, SecretValue), String> {
-    let s = Secret::decode(any.value.as_slice())
-        .map_err(|e| format!("Secret: cannot decode: {e}"))?;
+    let s =
+        Secret::decode(any.value.as_slice()).map_err(|e| format!("Secret: cannot decode: {e}"))?;
     let v = compile_secret(&s).map_err(|e| format!("Secret '{}': {e}", s.name))?;
     Ok((s.name, v))
 }
@@ -172,15 +178,14 @@ fn load_file(path: &Path) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("", format!("{}: {e}", path.display())))?;
     let format = crate::bootstrap::Format::of(path, &text);
-    let resp: DiscoveryResponse = crate::bootstrap::parse_message(&text, format)
-        .map_err(|e| e.at(path.display()))?;
+    let resp: DiscoveryResponse =
+        crate::bootstrap::parse_message(&text, format).map_err(|e| e.at(path.display()))?;
     let mut compiled = Vec::new();
     for (i, any) in resp.resources.iter().enumerate() {
-        let s = xds_protos::any::unpack::<Secret>(any).map_err(|e| {
-            ConfigError::new(format!("resources[{i}]"), e).at(path.display())
-        })?;
-        let v = compile_secret(&s)
-            .map_err(|e| e.at(format!("resources[{i}]")).at(path.display()))?;
+        let s = xds_protos::any::unpack::<Secret>(any)
+            .map_err(|e| ConfigError::new(format!("resources[{i}]"), e).at(path.display()))?;
+        let v =
+            compile_secret(&s).map_err(|e| e.at(format!("resources[{i}]")).at(path.display()))?;
         compiled.push((s.name, v));
     }
     let source = Source::File(path.to_path_buf());
@@ -191,7 +196,7 @@ fn load_file(path: &Path) -> Result<(), ConfigError> {
 }
 
 /// Loads an SDS file once and, if not yet done for this path, starts polling
-/// it. Without a runtime (`--mode validate`) it is only loaded.
+/// it for changes.
 fn watch_file(path: &Path, interval: Duration) -> Result<Source, ConfigError> {
     let path = path.to_path_buf();
     let source = Source::File(path.clone());
@@ -212,27 +217,33 @@ fn watch_file(path: &Path, interval: Duration) -> Result<Source, ConfigError> {
             .remove(&path);
         return Err(e);
     }
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let now = stamp(&path);
-                if now.is_none() || now == seen {
-                    continue;
+    // A plain thread: the bootstrap is compiled before the runtime starts,
+    // and a stat call per interval needs nothing from it.
+    let spawned = std::thread::Builder::new()
+        .name("sds-file".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let now = stamp(&path);
+            if now.is_none() || now == seen {
+                continue;
+            }
+            // A file caught mid-write fails to parse; its stamp is not
+            // recorded, so the next tick reads it again.
+            match load_file(&path) {
+                Ok(()) => {
+                    seen = now;
+                    tracing::info!(path = %path.display(), "SDS file reloaded");
                 }
-                // A file caught mid-write fails to parse; its stamp is not
-                // recorded, so the next tick reads it again.
-                match load_file(&path) {
-                    Ok(()) => {
-                        seen = now;
-                        tracing::info!(path = %path.display(), "SDS file reloaded");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "SDS file not reloaded; keeping the previous secrets"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SDS file not reloaded; keeping the previous secrets")
                 }
             }
         });
+    if let Err(e) = spawned {
+        return Err(ConfigError::new(
+            "",
+            format!("cannot start the SDS file watcher: {e}"),
+        ));
     }
     Ok(source)
 }

@@ -83,7 +83,9 @@ impl ServerTls {
             .with_protocol_versions(&c.versions)
             .map_err(|e| ConfigError::new("common_tls_context.tls_params", e))?;
         let builder = match c.trust {
-            Some(trust) => builder.with_client_cert_verifier(Arc::new(ClientVerifier { trust, required })),
+            Some(trust) => {
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier { trust, required }))
+            }
             None if required => {
                 return Err(ConfigError::new(
                     "require_client_certificate",
@@ -108,12 +110,10 @@ impl ServerTls {
     /// Runs the server handshake. A failure is logged with its reason (the
     /// peer's certificate was expired, not yet valid, from an unknown CA, or
     /// its SANs did not match) and the connection is dropped.
-    pub async fn accept(
-        &self,
-        stream: TcpStream,
-    ) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
+    pub async fn accept(&self, stream: TcpStream) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
         let peer = stream.peer_addr().ok();
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::warn!(peer = ?peer, error = %e, "downstream TLS handshake failed");

@@ -92,7 +92,11 @@ impl Trust {
     }
 
     /// Checks the SAN matchers and logs a refusal naming what the peer had.
-    fn check_sans(&self, dynamic: Option<&Validation>, cert: &CertificateDer<'_>) -> Result<(), Error> {
+    fn check_sans(
+        &self,
+        dynamic: Option<&Validation>,
+        cert: &CertificateDer<'_>,
+    ) -> Result<(), Error> {
         let matchers: Vec<&SanMatcher> = self
             .fixed
             .sans

@@ -46,8 +46,8 @@ impl Kind {
             Kind::Route,
             Kind::Secret,
         ]
-            .into_iter()
-            .find(|k| k.type_url() == url)
+        .into_iter()
+        .find(|k| k.type_url() == url)
     }
 
     /// Listeners and clusters are wildcard subscriptions; routes and
