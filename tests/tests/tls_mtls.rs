@@ -183,6 +183,31 @@ async fn two_proxies_talk_mtls_end_to_end() {
             assert_eq!(seen["path"], format!("/hello/{i}"));
         }
         assert_eq!(app.count(), 5);
+        assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 0);
+
+        // An HTTP/2 cluster offers `h2` by ALPN (no alpn_protocols set), as
+        // Envoy does, and B serves it as HTTP/2.
+        let a2_port = free_port();
+        let common = json!({
+            "tls_certificates": [cert_files(dir.path(), "frontend", &client)],
+            "validation_context": { "trusted_ca": { "filename": ca.write(dir.path(), "ca") } },
+        });
+        let mut h2_cluster = cluster("backend", loopback(b_port), Some(upstream_tls(common, "backend.test")));
+        h2_cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} } } });
+        let _a2 = ProxyProcess::start(&bootstrap(
+            vec![listener(a2_port, vec![json!({ "filters": [hcm("frontend", to_cluster("backend"))] })], json!({}))],
+            vec![h2_cluster],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{a2_port}/over-h2"))
+            .await
+            .expect("request over an h2 mTLS hop");
+        assert_eq!(r.status, 200, "B log:\n{}", b.log());
+        assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 1);
     })
     .await;
 }

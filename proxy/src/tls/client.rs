@@ -23,7 +23,12 @@ use crate::config::ConfigError;
 
 /// A compiled `UpstreamTlsContext`.
 pub struct UpstreamTls {
+    /// With the configured ALPN list; used as is when that list is set.
     connector: TlsConnector,
+    /// When `alpn_protocols` is empty, Envoy offers the pool's own protocol
+    /// (`http/1.1` or `h2`), which servers such as gRPC's require: these
+    /// connectors do that.
+    by_protocol: Option<(TlsConnector, TlsConnector)>,
     /// `sni`; without it no SNI is sent (the endpoint's IP stands in).
     sni: Option<ServerName<'static>>,
     ads_names: Vec<String>,
@@ -91,9 +96,18 @@ impl UpstreamTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ServerVerifier { trust }))
             .with_client_cert_resolver(Arc::new(ClientCert(c.certs)));
-        config.alpn_protocols = c.alpn;
         config.enable_sni = sni.is_some();
+        let by_protocol = c.alpn.is_empty().then(|| {
+            let with = |p: &[u8]| {
+                let mut cfg = config.clone();
+                cfg.alpn_protocols = vec![p.to_vec()];
+                TlsConnector::from(Arc::new(cfg))
+            };
+            (with(b"http/1.1"), with(b"h2"))
+        });
+        config.alpn_protocols = c.alpn;
         Ok(UpstreamTls {
+            by_protocol,
             connector: TlsConnector::from(Arc::new(config)),
             sni,
             ads_names: c.ads_names,
@@ -105,19 +119,31 @@ impl UpstreamTls {
         &self.ads_names
     }
 
-    /// The client handshake on a fresh connection to `addr`.
-    pub async fn connect(&self, stream: TcpStream, addr: SocketAddr) -> io::Result<ClientStream> {
+    /// The client handshake on a fresh connection to `addr`, for an HTTP/2
+    /// pool or an HTTP/1.1 one.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        http2: bool,
+    ) -> io::Result<ClientStream> {
+        let connector = match &self.by_protocol {
+            Some((h1, h2)) => {
+                if http2 {
+                    h2
+                } else {
+                    h1
+                }
+            }
+            None => &self.connector,
+        };
         let name = self
             .sni
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let tls = self
-            .connector
-            .connect(name, stream)
-            .await
-            .inspect_err(|e| {
-                tracing::warn!(upstream = %addr, error = %e, "upstream TLS handshake failed");
-            })?;
+        let tls = connector.connect(name, stream).await.inspect_err(|e| {
+            tracing::warn!(upstream = %addr, error = %e, "upstream TLS handshake failed");
+        })?;
         Ok(ClientStream::Tls(Box::new(tls)))
     }
 }

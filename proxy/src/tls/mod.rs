@@ -15,6 +15,9 @@ pub mod secrets;
 mod server;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::{Arc, OnceLock};
 
 pub use client::{ClientStream, UpstreamTls};

@@ -83,7 +83,7 @@ impl Pool {
     }
 
     /// A new connection, TLS when the cluster says so.
-    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<ClientStream, ConnectError> {
+    async fn tcp(&self, p: &ConnectParams<'_>, http2: bool) -> Result<ClientStream, ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -102,7 +102,7 @@ impl Pool {
         p.stats.upstream_cx_active.inc();
         match p.tls {
             None => Ok(ClientStream::Plain(stream)),
-            Some(tls) => tls.connect(stream, self.addr).await.map_err(|e| {
+            Some(tls) => tls.connect(stream, self.addr, http2).await.map_err(|e| {
                 p.stats.upstream_cx_connect_fail.inc();
                 closed(p.stats);
                 ConnectError::Tls(e)
@@ -114,7 +114,7 @@ impl Pool {
         &self,
         p: &ConnectParams<'_>,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p).await?;
+        let stream = self.tcp(p, false).await?;
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -145,7 +145,7 @@ impl Pool {
                 return Ok(s.clone());
             }
         }
-        let stream = self.tcp(p).await?;
+        let stream = self.tcp(p, true).await?;
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
