@@ -28,15 +28,17 @@ pub fn with_idle_timeout(inner: Body, idle: std::time::Duration) -> Body {
     IdleBody {
         inner,
         idle,
-        sleep: Box::pin(tokio::time::sleep(idle)),
+        sleep: None,
     }
     .boxed_unsync()
 }
 
+/// The timer is armed only when the body first has to wait, so a response
+/// that arrives in one piece never touches the timer wheel.
 struct IdleBody {
     inner: Body,
     idle: std::time::Duration,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +58,23 @@ impl http_body::Body for IdleBody {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdleTimeout)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdleTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -4,11 +4,14 @@
 //! `upstream` (cluster → endpoint).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+pub mod filters;
+pub mod format;
 pub mod http;
 pub mod io;
 pub mod listener;

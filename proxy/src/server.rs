@@ -130,6 +130,7 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         .listeners
         .reconcile(&shared, &config.listeners)
         .map_err(|e| anyhow::anyhow!(e))?;
+    crate::access_log::reopen_on_sigusr1();
     let drainer = shared.clone();
     tokio::spawn(async move {
         drainer.drain.watch().signaled().await;

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod process;
 pub mod tls;
 pub mod upstream;
+pub mod xds_server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

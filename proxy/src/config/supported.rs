@@ -504,7 +504,11 @@ pub static SUPPORTED: &[Entry] = &[
     },
     Entry {
         message: "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
-        fields: &[("choice_count", Walk)],
+        fields: &[("choice_count", Walk), ("active_request_bias", Walk)],
+    },
+    Entry {
+        message: "envoy.config.core.v3.RuntimeDouble",
+        fields: &[("default_value", Walk)],
     },
     Entry {
         message: "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
@@ -530,7 +534,12 @@ pub static SUPPORTED: &[Entry] = &[
             ("max_pending_requests", Walk),
             ("max_requests", Walk),
             ("max_retries", Walk),
+            ("retry_budget", Walk),
         ],
+    },
+    Entry {
+        message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+        fields: &[("budget_percent", Walk), ("min_retry_concurrency", Walk)],
     },
     Entry {
         message: "envoy.config.cluster.v3.OutlierDetection",

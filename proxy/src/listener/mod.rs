@@ -154,13 +154,13 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
                 if let Some((stream, info)) = tls.accept(stream).await {
                     let info = Arc::new(info);
                     match chain {
-                        Chain::Http(hcm) => hcm.serve(stream, peer, drain, Some(info)).await,
+                        Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, Some(info)).await,
                         Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
                     }
                 }
             }
             None => match chain {
-                Chain::Http(hcm) => hcm.serve(stream, peer, drain, None).await,
+                Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, None).await,
                 Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
             },
         }

@@ -150,13 +150,18 @@ pub fn set_static(secrets: &[Secret]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Decodes and compiles one `Secret` from xDS, for validation before any of
-/// its response is kept.
-pub fn decode(any: &prost_types::Any) -> Result<(String, SecretValue), String> {
-    let s =
-        Secret::decode(any.value.as_slice()).map_err(|e| format!("Secret: cannot decode: {e}"))?;
-    let v = compile_secret(&s).map_err(|e| format!("Secret '{}': {e}", s.name))?;
-    Ok((s.name, v))
+/// Decodes and compiles one `Secret` from xDS, for validation before it is
+/// kept; a refusal carries the secret's name when it could be read.
+pub fn decode(any: &prost_types::Any) -> Result<(String, SecretValue), (Option<String>, String)> {
+    let s = Secret::decode(any.value.as_slice())
+        .map_err(|e| (None, format!("Secret: cannot decode: {e}")))?;
+    match compile_secret(&s) {
+        Ok(v) => Ok((s.name, v)),
+        Err(e) => {
+            let msg = format!("Secret '{}': {e}", s.name);
+            Err((Some(s.name), msg))
+        }
+    }
 }
 
 /// Makes an accepted ADS secret current: the next handshake uses it.

@@ -147,12 +147,19 @@ impl Resources {
                                 },
                             );
                         }
-                        Err(e) => errors.push(e),
+                        Err((name, e)) => {
+                            // The rejected resource keeps its last good
+                            // version, even in a state-of-the-world update.
+                            if let Some(old) = name.as_ref().and_then(|n| self.$map.get(n)) {
+                                next.insert(name.unwrap_or_default(), old.clone());
+                            }
+                            errors.push(e)
+                        }
                     }
                 }
-                if errors.is_empty() {
-                    self.$map = next;
-                }
+                // As Envoy does, the valid resources of a rejected response
+                // are kept: a delta server counts them as delivered.
+                self.$map = next;
             }};
         }
         match kind {
@@ -162,14 +169,14 @@ impl Resources {
             Kind::Route => compile_all!(routes, decode_route),
             Kind::Secret => compile_all!(secrets, secrets::decode),
         }
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
         if kind == Kind::Secret {
-            // Accepted: the next handshake of every context naming one uses it.
+            // Kept: the next handshake of every context naming one uses it.
             for (name, held) in &self.secrets {
                 secrets::publish_ads(name, &held.value);
             }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
         }
         self.versions.insert(kind, u.version_info);
         Ok(())
@@ -254,39 +261,55 @@ pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
         .collect()
 }
 
-fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), String> {
+/// A decode failure, with the resource's name when it could be read.
+type Rejected = (Option<String>, String);
+
+fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), Rejected> {
     let c = Cluster::decode(any.value.as_slice())
-        .map_err(|e| format!("Cluster: cannot decode: {e}"))?;
-    let compiled = ClusterConfig::compile(&c).map_err(|e| format!("Cluster '{}': {e}", c.name))?;
-    Ok((c.name, compiled))
+        .map_err(|e| (None, format!("Cluster: cannot decode: {e}")))?;
+    match ClusterConfig::compile(&c) {
+        Ok(compiled) => Ok((c.name, compiled)),
+        Err(e) => Err((Some(c.name.clone()), format!("Cluster '{}': {e}", c.name))),
+    }
 }
 
-fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), String> {
+fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
     let la = ClusterLoadAssignment::decode(any.value.as_slice())
-        .map_err(|e| format!("ClusterLoadAssignment: cannot decode: {e}"))?;
-    let eps =
-        endpoints(&la).map_err(|e| format!("ClusterLoadAssignment '{}': {e}", la.cluster_name))?;
+        .map_err(|e| (None, format!("ClusterLoadAssignment: cannot decode: {e}")))?;
+    let name = la.cluster_name.clone();
+    let reject = |e: String| {
+        (
+            Some(name.clone()),
+            format!("ClusterLoadAssignment '{name}': {e}"),
+        )
+    };
+    let eps = endpoints(&la).map_err(|e| reject(e.to_string()))?;
     if let Some(bad) = eps.iter().find(|e| e.address.ip().is_none()) {
-        return Err(format!(
-            "ClusterLoadAssignment '{}': endpoint '{}' is not an IP address",
-            la.cluster_name, bad.address.host
-        ));
+        return Err(reject(format!(
+            "endpoint '{}' is not an IP address",
+            bad.address.host
+        )));
     }
     Ok((la.cluster_name, eps))
 }
 
-fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), String> {
+fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), Rejected> {
     let l = Listener::decode(any.value.as_slice())
-        .map_err(|e| format!("Listener: cannot decode: {e}"))?;
-    let compiled =
-        ListenerConfig::compile(&l).map_err(|e| format!("Listener '{}': {e}", l.name))?;
-    Ok((l.name, compiled))
+        .map_err(|e| (None, format!("Listener: cannot decode: {e}")))?;
+    match ListenerConfig::compile(&l) {
+        Ok(compiled) => Ok((l.name, compiled)),
+        Err(e) => Err((Some(l.name.clone()), format!("Listener '{}': {e}", l.name))),
+    }
 }
 
-fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), String> {
+fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), Rejected> {
     let rc = RouteConfiguration::decode(any.value.as_slice())
-        .map_err(|e| format!("RouteConfiguration: cannot decode: {e}"))?;
-    let table =
-        RouteTable::compile(&rc).map_err(|e| format!("RouteConfiguration '{}': {e}", rc.name))?;
-    Ok((rc.name, table))
+        .map_err(|e| (None, format!("RouteConfiguration: cannot decode: {e}")))?;
+    match RouteTable::compile(&rc) {
+        Ok(table) => Ok((rc.name, table)),
+        Err(e) => Err((
+            Some(rc.name.clone()),
+            format!("RouteConfiguration '{}': {e}", rc.name),
+        )),
+    }
 }
