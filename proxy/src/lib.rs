@@ -20,5 +20,6 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -30,7 +30,7 @@ mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
-mod string;
+pub(crate) mod string;
 
 use http::header::{HeaderMap, HeaderName};
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
