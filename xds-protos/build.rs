@@ -76,6 +76,7 @@ fn main() {
     config.include_file("_includes.rs");
     config.disable_comments(["."]);
     config.enable_type_names();
+    config.type_name_domain(["."], "type.googleapis.com");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -1,12 +1,9 @@
 //! trellis-control: the App Mesh API, an xDS server, a CA and a sidecar injector.
 
-use clap::Parser;
+mod cmd;
 
-#[derive(Parser)]
-#[command(name = "trellis-control", version, about)]
-struct Cli {}
+use std::process::ExitCode;
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+fn main() -> ExitCode {
+    cmd::main()
 }

@@ -4,6 +4,18 @@
 //! `upstream` (cluster → endpoint).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod body;
 pub mod bootstrap;
 pub mod config;
+pub mod drain;
+pub mod http;
+pub mod io;
+pub mod listener;
 pub mod router;
+pub mod server;
+pub mod shared;
+pub mod snapshot;
+pub mod stats;
+pub mod upstream;
+pub mod xds;

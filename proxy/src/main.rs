@@ -1,1 +1,173 @@
-fn main() {}
+//! The `trellis-proxy` binary: flags, logging, runtime, and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
+use trellis_proxy::{bootstrap, server, shared::NodeInfo};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis-proxy",
+    version,
+    about = "An Envoy-compatible L7 proxy"
+)]
+struct Cli {
+    /// Envoy v3 bootstrap file (YAML or JSON).
+    #[arg(short = 'c', long = "config-path", value_name = "FILE")]
+    config_path: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, env = "ENVOY_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// How long a drain waits for open connections to finish.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    drain_time_s: u64,
+    /// trace, debug, info, warn, error, critical or off.
+    #[arg(
+        short = 'l',
+        long = "log-level",
+        env = "ENVOY_LOG_LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    /// Log as human text or as JSON lines.
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Overrides `node.id` in the bootstrap.
+    #[arg(long = "service-node")]
+    service_node: Option<String>,
+    /// Overrides `node.cluster` in the bootstrap.
+    #[arg(long = "service-cluster")]
+    service_cluster: Option<String>,
+    /// Writes the admin address actually bound (useful with port 0).
+    #[arg(long = "admin-address-path", value_name = "FILE")]
+    admin_address_path: Option<PathBuf>,
+    /// `validate` checks the config and exits, as `envoy --mode validate`.
+    #[arg(long, value_enum, default_value_t = Mode::Serve)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Serve,
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config_path.clone() else {
+        eprintln!("trellis-proxy: a bootstrap is required: -c FILE");
+        return ExitCode::from(2);
+    };
+    let mut bootstrap = match bootstrap::load(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let node = bootstrap.node.get_or_insert_with(Default::default);
+    if let Some(id) = &cli.service_node {
+        node.id = id.clone();
+    }
+    if let Some(c) = &cli.service_cluster {
+        node.cluster = c.clone();
+    }
+    let node = NodeInfo {
+        id: node.id.clone(),
+        cluster: node.cluster.clone(),
+    };
+    let config = match server::StaticConfig::compile(&bootstrap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trellis-proxy: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.mode == Mode::Validate {
+        println!("configuration '{}' OK", path.display());
+        return ExitCode::SUCCESS;
+    }
+
+    let set_log_level = match init_logging(&cli.log_level, cli.log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("trellis-proxy: --log-level: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let concurrency = cli
+        .concurrency
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = server::Options {
+        node,
+        concurrency,
+        drain_time: Duration::from_secs(cli.drain_time_s),
+        admin_address_path: cli.admin_address_path,
+        set_log_level,
+    };
+    match runtime.block_on(server::run(bootstrap, config, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("trellis-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Envoy's level names mapped onto tracing's ("critical" is "error").
+fn filter_for(level: &str) -> Result<EnvFilter, String> {
+    let l = match level {
+        "trace" | "debug" | "info" | "warn" | "error" | "off" => level,
+        "warning" => "warn",
+        "critical" => "error",
+        other => return Err(format!("unknown level '{other}'")),
+    };
+    EnvFilter::try_new(l).map_err(|e| e.to_string())
+}
+
+fn init_logging(
+    level: &str,
+    format: LogFormat,
+) -> Result<trellis_proxy::admin::SetLogLevel, String> {
+    let (filter, handle) = reload::Layer::new(filter_for(level)?);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+    Ok(Arc::new(move |level: &str| {
+        let f = filter_for(level)?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }))
+}

@@ -33,7 +33,9 @@ impl std::error::Error for UnpackError {}
 /// Reads an `Any` as `M`, checking the type URL first.
 pub fn unpack<M: Message + Name + Default>(any: &prost_types::Any) -> Result<M, UnpackError> {
     let expected = M::type_url();
-    if any.type_url != expected {
+    // Envoy compares the name after the last '/', whatever the domain.
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    if name != M::full_name() {
         return Err(UnpackError::WrongType {
             expected,
             found: any.type_url.clone(),

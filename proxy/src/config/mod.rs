@@ -1,5 +1,13 @@
 //! Validation and compilation of Envoy protos into the proxy's immutable config.
+//! Everything here runs once per config update, never per request.
 
+pub mod address;
+pub mod cluster;
+pub mod duration;
 mod error;
+pub mod hcm;
+pub mod listener;
+pub mod supported;
+pub mod tcp_proxy;
 
 pub use error::ConfigError;

@@ -1,0 +1,177 @@
+//! The HTTP/1.1 server: authenticate, route, run the operation off the async
+//! threads (SQLite commits block on fsync), reply.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::credentials::Credentials;
+use super::errors::{error_response, json_response};
+use super::router::{build_input, render_output, Router};
+use super::sigv4::{self, RequestParts};
+use crate::error::ApiError;
+use crate::ops::AppMesh;
+use crate::service_model::ServiceModel;
+
+/// App Mesh specs are small; this bounds memory per request.
+const MAX_BODY: usize = 1 << 20;
+
+pub struct ApiState {
+    appmesh: AppMesh,
+    /// `None` only with `--no-auth`.
+    credentials: Option<Credentials>,
+    router: Router,
+}
+
+impl ApiState {
+    pub fn new(appmesh: AppMesh, credentials: Option<Credentials>) -> ApiState {
+        ApiState {
+            appmesh,
+            credentials,
+            router: Router::from_model(ServiceModel::get()),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (op, result) = match dispatch(state, req).await {
+        Ok((op, status, body)) => (op, Ok((status, body))),
+        Err((op, e)) => (op, Err(e)),
+    };
+    let resp = match &result {
+        Ok((status, body)) => json_response(*status, body, &request_id),
+        Err(e) => error_response(e, &request_id),
+    };
+    tracing::info!(
+        %method,
+        %path,
+        op = op.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        error = result.as_ref().err().map(|e| e.kind.type_name()).unwrap_or(""),
+        ms = started.elapsed().as_millis() as u64,
+        request_id,
+        "api request"
+    );
+    resp
+}
+
+type Dispatched = Result<(Option<String>, u16, serde_json::Value), (Option<String>, ApiError)>;
+
+async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err((
+                None,
+                ApiError::bad_request("The request body is too large or was cut off"),
+            ));
+        }
+    };
+    let raw_path = parts.uri.path();
+    let raw_query = parts.uri.query().unwrap_or("");
+    if let Some(credentials) = &state.credentials {
+        let payload_hash = sigv4::sha256_hex(&body);
+        let request = RequestParts {
+            method: parts.method.as_str(),
+            raw_path,
+            raw_query,
+            headers: &parts.headers,
+            payload_hash: &payload_hash,
+        };
+        sigv4::verify(&request, credentials, SystemTime::now()).map_err(|e| (None, e))?;
+    }
+    if raw_path.starts_with("/trellis/v1/") {
+        return extension(&parts.method, raw_path).map_err(|e| (None, e));
+    }
+    let model = ServiceModel::get();
+    let matched = state
+        .router
+        .resolve(&parts.method, raw_path)
+        .map_err(|e| (None, e))?;
+    let op = matched.op.to_string();
+    let input =
+        build_input(model, &matched, raw_query, &body).map_err(|e| (Some(op.clone()), e))?;
+    let appmesh = state.appmesh.clone();
+    let op_for_call = op.clone();
+    let output = tokio::task::spawn_blocking(move || appmesh.call(&op_for_call, &input))
+        .await
+        .map_err(|_| {
+            (
+                Some(op.clone()),
+                ApiError::internal("the operation panicked"),
+            )
+        })?
+        .map_err(|e| (Some(op.clone()), e))?;
+    let (status, body) = render_output(model, &op, output);
+    Ok((Some(op), status, body))
+}
+
+/// trellis's own endpoints under `/trellis/v1/`.
+fn extension(
+    method: &Method,
+    path: &str,
+) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
+    match (method, path) {
+        // The xDS server that knows about proxies arrives in a later slice.
+        (&Method::GET, "/trellis/v1/proxies") => Ok((None, 200, json!([]))),
+        _ => Err(ApiError::new(
+            crate::error::ErrorKind::UnknownOperation,
+            format!("No trellis endpoint {method} {path}"),
+        )),
+    }
+}

@@ -1,0 +1,104 @@
+//! `trellis-control serve`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use trellis_control::api::credentials::Credentials;
+use trellis_control::api::server::{serve, ApiState};
+use trellis_control::manifest;
+use trellis_control::ops::{AppMesh, Identity};
+use trellis_control::store::Store;
+
+use super::{ConfigError, ServeArgs};
+
+fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
+    if args.no_auth {
+        if !args.api_addr.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "--no-auth is refused: --api-addr {} is not a loopback address",
+                args.api_addr
+            ))
+            .into());
+        }
+        tracing::warn!("authentication is off (--no-auth): any local process may change the mesh");
+        return Ok(None);
+    }
+    let (creds, path, created) = match &args.credentials {
+        Some(path) => {
+            let creds = Credentials::load(path).map_err(|e| ConfigError(e.to_string()))?;
+            (creds, path.clone(), false)
+        }
+        None => {
+            let path = args.data_dir.join("credentials");
+            let (creds, created) =
+                Credentials::load_or_create(&path).map_err(|e| ConfigError(e.to_string()))?;
+            (creds, path, created)
+        }
+    };
+    if created {
+        tracing::info!(path = %path.display(), "created a credentials file with a new key pair");
+    } else {
+        tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
+    }
+    Ok(Some(creds))
+}
+
+fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
+    if args.load.is_empty() {
+        return Ok(());
+    }
+    let docs =
+        manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, |op, input| appmesh.call(op, input))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    tracing::info!(documents = applied.len(), "loaded specs");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    Ok(Arc::new(Store::open(&dir.join("trellis.db"))?))
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.data_dir)?;
+    let credentials = credentials(&args)?;
+    let appmesh = AppMesh::new(
+        store,
+        Identity {
+            region: args.region.clone(),
+            account: args.account_id.clone(),
+        },
+    );
+    load(&appmesh, &args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.api_addr)
+            .await
+            .with_context(|| format!("cannot listen on --api-addr {}", args.api_addr))?;
+        tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
+        tracing::info!(addr = %args.xds_addr, "xDS address reserved; the xDS server is not in this build yet");
+        let state = Arc::new(ApiState::new(appmesh, credentials));
+        serve(listener, state, shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,17 @@
+//! trellis-control: the App Mesh API over durable state, and (in later
+//! slices) the xDS server that turns that state into proxy configuration.
+//!
+//! The seam for xDS: [`store::Store::snapshot`] yields every resource at one
+//! revision, and [`store::Store::subscribe`] wakes on every committed write.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod manifest;
+pub mod model;
+pub mod ops;
+pub mod service_model;
+pub mod store;
+
+pub use error::{ApiError, ErrorKind};

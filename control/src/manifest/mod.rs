@@ -1,0 +1,236 @@
+//! Loading App Mesh specs from files: Kubernetes manifests of the App Mesh
+//! controller (`appmesh.k8s.aws/v1beta2`) and `aws appmesh ...
+//! --cli-input-json` documents, turned into API inputs and applied through
+//! the same operations (and so the same validation) as API calls.
+
+mod cli_json;
+mod k8s;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{ApiError, ErrorKind};
+use crate::model::Kind;
+use crate::ops::stored_spec;
+
+/// One resource to apply, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub file: PathBuf,
+    /// 1-based position of the document in its file.
+    pub index: usize,
+    pub kind: Kind,
+    /// The input of the resource's `Create*` operation.
+    pub input: Value,
+}
+
+impl Document {
+    pub fn label(&self) -> String {
+        let name = self.input[self.kind.name_field()].as_str().unwrap_or("?");
+        format!("{} {name}", self.kind.type_name())
+    }
+
+    fn error(&self, message: impl Into<String>) -> ManifestError {
+        ManifestError {
+            file: self.file.clone(),
+            index: Some(self.index),
+            label: Some(self.label()),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}{}: {message}", file.display(),
+    index.map(|i| format!(": document {i}")).unwrap_or_default(),
+    label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub index: Option<usize>,
+    pub label: Option<String>,
+    pub message: String,
+}
+
+impl ManifestError {
+    fn new(
+        file: &Path,
+        index: Option<usize>,
+        label: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ManifestError {
+            file: file.to_path_buf(),
+            index,
+            label,
+            message: message.into(),
+        }
+    }
+}
+
+/// What applying one document did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+fn is_spec_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let io = |e: std::io::Error| ManifestError::new(path, None, None, e.to_string());
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        entries.sort();
+        for entry in entries {
+            if entry.is_dir() || is_spec_file(&entry) {
+                collect_files(&entry, out)?;
+            }
+        }
+        Ok(())
+    } else if path.exists() {
+        out.push(path.to_path_buf());
+        Ok(())
+    } else {
+        Err(ManifestError::new(
+            path,
+            None,
+            None,
+            "no such file or directory",
+        ))
+    }
+}
+
+/// A parsed file: either one CLI input document or Kubernetes objects.
+pub(crate) struct Source {
+    pub file: PathBuf,
+    pub docs: Vec<Value>,
+}
+
+fn read_source(file: &Path) -> Result<Source, ManifestError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ManifestError::new(file, None, None, e.to_string()))?;
+    let is_json = file.extension().and_then(|e| e.to_str()) == Some("json");
+    let docs = if is_json {
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| ManifestError::new(file, Some(1), None, format!("not valid JSON: {e}")))?;
+        vec![value]
+    } else {
+        let mut docs = Vec::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
+                ManifestError::new(file, Some(i + 1), None, format!("not valid YAML: {e}"))
+            })?;
+            let ours = value
+                .get("apiVersion")
+                .and_then(serde_yaml::Value::as_str)
+                .is_some_and(|v| v.starts_with("appmesh.k8s.aws/"))
+                || value.get("kind").and_then(serde_yaml::Value::as_str) == Some("Namespace");
+            // Other kinds are skipped, so their content (templating
+            // leftovers included) is none of our business.
+            let value = match serde_json::to_value(value) {
+                Ok(v) => v,
+                Err(_) if !ours => Value::Null,
+                Err(e) => {
+                    return Err(ManifestError::new(
+                        file,
+                        Some(i + 1),
+                        None,
+                        format!("not representable as JSON: {e}"),
+                    ))
+                }
+            };
+            docs.push(value);
+        }
+        docs
+    };
+    Ok(Source {
+        file: file.to_path_buf(),
+        docs,
+    })
+}
+
+/// Reads every file under `paths` into documents to apply. `default_mesh`
+/// names the mesh for documents that do not say (CLI input whose script
+/// passed `--mesh-name`, manifests whose mesh comes from namespace labels
+/// that are not in the files).
+pub fn load(paths: &[PathBuf], default_mesh: Option<&str>) -> Result<Vec<Document>, ManifestError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files)?;
+    }
+    let sources: Vec<Source> = files
+        .iter()
+        .map(|f| read_source(f))
+        .collect::<Result<_, _>>()?;
+    let mut documents = Vec::new();
+    let mut kube = Vec::new();
+    for source in &sources {
+        let single_cli = source.docs.len() == 1 && source.docs[0].get("apiVersion").is_none();
+        if single_cli {
+            documents.push(cli_json::document(
+                &source.file,
+                &source.docs[0],
+                default_mesh,
+            )?);
+        } else {
+            kube.push(source);
+        }
+    }
+    documents.extend(k8s::documents(&kube, default_mesh)?);
+    Ok(documents)
+}
+
+/// Applies documents in dependency order: each is created if absent and
+/// updated if present (`kubectl apply` semantics). `call` runs one App Mesh
+/// operation, locally or over the API. Stops at the first failure.
+pub fn apply(
+    documents: &[Document],
+    mut call: impl FnMut(&str, &Value) -> Result<Value, ApiError>,
+) -> Result<Vec<(Outcome, String)>, ManifestError> {
+    let mut ordered: Vec<&Document> = documents.iter().collect();
+    ordered.sort_by_key(|d| d.kind);
+    let mut done = Vec::new();
+    for doc in ordered {
+        let kind = doc.kind.type_name();
+        let mut identity = doc.input.clone();
+        if let Some(obj) = identity.as_object_mut() {
+            obj.retain(|k, _| k.ends_with("Name"));
+        }
+        let outcome = match call(&format!("Describe{kind}"), &identity) {
+            Ok(current) => {
+                let same = current[doc.kind.segment()]["spec"]
+                    == stored_spec(doc.kind, doc.input.get("spec"));
+                if same {
+                    Outcome::Unchanged
+                } else {
+                    let mut update = doc.input.clone();
+                    if let Some(obj) = update.as_object_mut() {
+                        obj.remove("tags");
+                    }
+                    call(&format!("Update{kind}"), &update)
+                        .map_err(|e| doc.error(e.to_string()))?;
+                    Outcome::Updated
+                }
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                call(&format!("Create{kind}"), &doc.input).map_err(|e| doc.error(e.to_string()))?;
+                Outcome::Created
+            }
+            Err(e) => return Err(doc.error(e.to_string())),
+        };
+        done.push((outcome, doc.label()));
+    }
+    Ok(done)
+}

@@ -1,0 +1,218 @@
+//! Typed queries inside one transaction.
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use serde_json::Value;
+
+use crate::model::{Kind, Metadata, Resource, ResourceKey, Tag};
+
+const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
+
+const COLUMNS: &str =
+    "kind, mesh, parent, name, arn, uid, version, created_at, last_updated_at, owner, spec, tags";
+
+pub struct Tx<'a> {
+    txn: &'a Transaction<'a>,
+    changed: bool,
+}
+
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.to_string(), rusqlite::types::Type::Text)
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Resource> {
+    let kind: String = row.get(0)?;
+    let kind = Kind::from_type_name(&kind).ok_or_else(|| corrupt("kind"))?;
+    let parent: String = row.get(2)?;
+    let spec: String = row.get(10)?;
+    let tags: String = row.get(11)?;
+    Ok(Resource {
+        key: ResourceKey {
+            kind,
+            mesh: row.get(1)?,
+            parent: (!parent.is_empty()).then_some(parent),
+            name: row.get(3)?,
+        },
+        metadata: Metadata {
+            arn: row.get(4)?,
+            uid: row.get(5)?,
+            version: row.get(6)?,
+            created_at: row.get(7)?,
+            last_updated_at: row.get(8)?,
+            owner: row.get(9)?,
+        },
+        spec: serde_json::from_str::<Value>(&spec).map_err(|_| corrupt("spec"))?,
+        tags: serde_json::from_str::<Vec<Tag>>(&tags).map_err(|_| corrupt("tags"))?,
+    })
+}
+
+impl<'a> Tx<'a> {
+    pub(super) fn new(txn: &'a Transaction<'a>) -> Tx<'a> {
+        Tx {
+            txn,
+            changed: false,
+        }
+    }
+
+    pub(super) fn changed(&self) -> bool {
+        self.changed
+    }
+
+    pub fn revision(&self) -> rusqlite::Result<u64> {
+        let v: i64 = self
+            .txn
+            .query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> rusqlite::Result<Option<Resource>> {
+        self.txn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM resources WHERE kind = ?1 AND mesh = ?2 AND parent = ?3 AND name = ?4"
+                ),
+                params![
+                    key.kind.type_name(),
+                    key.mesh,
+                    key.parent.as_deref().unwrap_or(""),
+                    key.name
+                ],
+                from_row,
+            )
+            .optional()
+    }
+
+    pub fn exists(&self, key: &ResourceKey) -> rusqlite::Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// One page of `kind` in `mesh` (and `parent`), in name order, starting
+    /// after `after`; returns up to `limit` items.
+    pub fn list(
+        &self,
+        kind: Kind,
+        mesh: Option<&str>,
+        parent: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<Resource>> {
+        let mut stmt = self.txn.prepare(&format!(
+            "SELECT {COLUMNS} FROM resources WHERE kind = ?1 AND (?2 IS NULL OR mesh = ?2) \
+             AND parent = ?3 AND name > ?4 ORDER BY name LIMIT ?5"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                kind.type_name(),
+                mesh,
+                parent.unwrap_or(""),
+                after.unwrap_or(""),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            from_row,
+        )?;
+        rows.collect()
+    }
+
+    /// Every resource of a mesh except the mesh itself.
+    pub fn in_mesh(&self, mesh: &str) -> rusqlite::Result<Vec<Resource>> {
+        let mut stmt = self.txn.prepare(&format!(
+            "SELECT {COLUMNS} FROM resources WHERE mesh = ?1 AND kind != 'Mesh' ORDER BY kind, parent, name"
+        ))?;
+        let rows = stmt.query_map(params![mesh], from_row)?;
+        rows.collect()
+    }
+
+    pub fn all(&self) -> rusqlite::Result<Vec<Resource>> {
+        let mut stmt = self.txn.prepare(&format!(
+            "SELECT {COLUMNS} FROM resources ORDER BY mesh, kind, parent, name"
+        ))?;
+        let rows = stmt.query_map([], from_row)?;
+        rows.collect()
+    }
+
+    pub fn insert(&mut self, r: &Resource) -> rusqlite::Result<()> {
+        self.upsert("INSERT", r)
+    }
+
+    pub fn replace(&mut self, r: &Resource) -> rusqlite::Result<()> {
+        self.upsert("INSERT OR REPLACE", r)
+    }
+
+    fn upsert(&mut self, verb: &str, r: &Resource) -> rusqlite::Result<()> {
+        let spec = r.spec.to_string();
+        let tags = serde_json::to_string(&r.tags).map_err(|_| corrupt("tags"))?;
+        self.txn.execute(
+            &format!("{verb} INTO resources ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![
+                r.key.kind.type_name(),
+                r.key.mesh,
+                r.key.parent.as_deref().unwrap_or(""),
+                r.key.name,
+                r.metadata.arn,
+                r.metadata.uid,
+                r.metadata.version,
+                r.metadata.created_at,
+                r.metadata.last_updated_at,
+                r.metadata.owner,
+                spec,
+                tags
+            ],
+        )?;
+        self.changed = true;
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: &ResourceKey) -> rusqlite::Result<()> {
+        self.txn.execute(
+            "DELETE FROM resources WHERE kind = ?1 AND mesh = ?2 AND parent = ?3 AND name = ?4",
+            params![
+                key.kind.type_name(),
+                key.mesh,
+                key.parent.as_deref().unwrap_or(""),
+                key.name
+            ],
+        )?;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// The digest and response recorded for a client token, if any.
+    pub fn idempotent_reply(
+        &self,
+        operation: &str,
+        token: &str,
+    ) -> rusqlite::Result<Option<(String, String)>> {
+        self.txn
+            .query_row(
+                "SELECT digest, response FROM idempotency WHERE operation = ?1 AND token = ?2",
+                params![operation, token],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// Records the reply to a tokened request. Tokens older than a day are
+    /// forgotten: clients retry within seconds, and the table must not grow
+    /// with every write ever made.
+    pub fn record_reply(
+        &mut self,
+        operation: &str,
+        token: &str,
+        digest: &str,
+        response: &str,
+    ) -> rusqlite::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.txn.execute(
+            "DELETE FROM idempotency WHERE recorded_at < ?1",
+            params![now - IDEMPOTENCY_WINDOW_SECS],
+        )?;
+        self.txn.execute(
+            "INSERT OR REPLACE INTO idempotency (operation, token, digest, response, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![operation, token, digest, response, now],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! The App Mesh API end to end: the real binary, real HTTP, signed requests.
+
+mod support;
+
+use std::process::Command;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use support::{Server, BIN};
+use trellis_control::api::credentials::Credentials;
+use trellis_control::api::sigv4::{self, Unsigned};
+use trellis_control::ErrorKind;
+
+fn vn_spec(port: u16) -> Value {
+    json!({"listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+           "serviceDiscovery": {"dns": {"hostname": "svc.local"}}})
+}
+
+async fn raw_get(server: &Server, path: &str, sign: bool) -> (u16, Option<String>, Value) {
+    let http = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let authority = server.addr.to_string();
+    let mut req = http::Request::get(format!("http://{authority}{path}"))
+        .header("host", &authority)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    if sign {
+        let creds = Credentials::load(&server.data_dir.join("credentials")).expect("creds");
+        let unsigned = Unsigned {
+            method: "GET",
+            raw_path: path,
+            raw_query: "",
+            body: b"",
+        };
+        sigv4::sign(
+            &unsigned,
+            req.headers_mut(),
+            creds.preferred(),
+            "us-west-2",
+            SystemTime::now(),
+        )
+        .expect("sign");
+    }
+    let resp = http.request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        kind,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_live_through_their_whole_lifecycle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = server.client();
+    let mesh = c
+        .call("CreateMesh", &json!({"meshName": "shop"}))
+        .await
+        .expect("mesh");
+    assert_eq!(
+        mesh["mesh"]["metadata"]["arn"],
+        "arn:aws:appmesh:us-west-2:000000000000:mesh/shop"
+    );
+    assert_eq!(mesh["mesh"]["status"]["status"], "ACTIVE");
+    for name in ["a", "b", "c"] {
+        c.call(
+            "CreateVirtualNode",
+            &json!({"meshName": "shop", "virtualNodeName": name, "spec": vn_spec(80)}),
+        )
+        .await
+        .expect("vn");
+    }
+    c.call(
+        "CreateVirtualRouter",
+        &json!({"meshName": "shop", "virtualRouterName": "r",
+                "spec": {"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}),
+    )
+    .await
+    .expect("router");
+    let route_spec = json!({"httpRoute": {"match": {"prefix": "/"},
+        "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}});
+    c.call(
+        "CreateRoute",
+        &json!({"meshName": "shop", "virtualRouterName": "r", "routeName": "all", "spec": route_spec}),
+    )
+    .await
+    .expect("route");
+    let updated = c
+        .call(
+            "UpdateRoute",
+            &json!({"meshName": "shop", "virtualRouterName": "r", "routeName": "all",
+                    "spec": {"httpRoute": {"match": {"prefix": "/"},
+                      "action": {"weightedTargets": [{"virtualNode": "b", "weight": 1}]}}}}),
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated["route"]["metadata"]["version"], 2);
+
+    let page = c
+        .call("ListVirtualNodes", &json!({"meshName": "shop", "limit": 2}))
+        .await
+        .expect("list");
+    assert_eq!(page["virtualNodes"].as_array().map(Vec::len), Some(2));
+    let token = page["nextToken"].as_str().expect("a next page").to_string();
+    let rest = c
+        .call(
+            "ListVirtualNodes",
+            &json!({"meshName": "shop", "limit": 2, "nextToken": token}),
+        )
+        .await
+        .expect("page 2");
+    assert_eq!(rest["virtualNodes"][0]["virtualNodeName"], "c");
+    assert!(rest.get("nextToken").is_none());
+
+    let err = c
+        .call(
+            "DeleteVirtualNode",
+            &json!({"meshName": "shop", "virtualNodeName": "b"}),
+        )
+        .await
+        .expect_err("b is a route target");
+    assert_eq!(err.kind, ErrorKind::ResourceInUse);
+    let err = c
+        .call("DeleteMesh", &json!({"meshName": "shop"}))
+        .await
+        .expect_err("mesh in use");
+    assert_eq!(err.kind, ErrorKind::ResourceInUse);
+    let err = c
+        .call(
+            "CreateRoute",
+            &json!({"meshName": "shop", "virtualRouterName": "r", "routeName": "x",
+                    "spec": {"tcpRoute": {"action": {"weightedTargets": [{"virtualNode": "ghost", "weight": 1}]}}}}),
+        )
+        .await
+        .expect_err("ghost target");
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    let err = c
+        .call(
+            "CreateVirtualNode",
+            &json!({"meshName": "shop", "virtualNodeName": "bad", "spec": vn_spec(0)}),
+        )
+        .await
+        .expect_err("port 0");
+    assert_eq!(err.kind, ErrorKind::BadRequest);
+    assert!(
+        err.message.contains("spec.listeners[0].portMapping.port"),
+        "{}",
+        err.message
+    );
+
+    let deleted = c
+        .call(
+            "DeleteRoute",
+            &json!({"meshName": "shop", "virtualRouterName": "r", "routeName": "all"}),
+        )
+        .await
+        .expect("delete route");
+    assert_eq!(deleted["route"]["status"]["status"], "DELETED");
+    c.call(
+        "DeleteVirtualRouter",
+        &json!({"meshName": "shop", "virtualRouterName": "r"}),
+    )
+    .await
+    .expect("delete router");
+    for name in ["a", "b", "c"] {
+        c.call(
+            "DeleteVirtualNode",
+            &json!({"meshName": "shop", "virtualNodeName": name}),
+        )
+        .await
+        .expect("delete vn");
+    }
+    c.call("DeleteMesh", &json!({"meshName": "shop"}))
+        .await
+        .expect("delete mesh");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_requests_are_refused_and_signed_ones_reach_trellis_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, kind, _) = raw_get(&server, "/v20190125/meshes", false).await;
+    assert_eq!((status, kind.as_deref()), (403, Some("ForbiddenException")));
+    let (status, _, body) = raw_get(&server, "/trellis/v1/proxies", true).await;
+    assert_eq!((status, body), (200, json!([])));
+    let (status, kind, _) = raw_get(&server, "/trellis/v1/proxies", false).await;
+    assert_eq!((status, kind.as_deref()), (403, Some("ForbiddenException")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_survives_a_graceful_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    server
+        .client()
+        .call(
+            "CreateMesh",
+            &json!({"meshName": "kept", "tags": [{"key": "team", "value": "a"}]}),
+        )
+        .await
+        .expect("create");
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    let server = Server::start(&data, &[]);
+    let mesh = server
+        .client()
+        .call("DescribeMesh", &json!({"meshName": "kept"}))
+        .await
+        .expect("still there");
+    assert_eq!(mesh["mesh"]["metadata"]["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_and_load_go_through_the_same_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: demo}\nspec: {}\n---\n\
+         apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: web, namespace: prod}\n\
+         spec:\n  listeners: [{portMapping: {port: 8080, protocol: http}}]\n  serviceDiscovery: {dns: {hostname: web.prod}}\n",
+    )
+    .expect("write manifest");
+    let loaded = Server::start(
+        &dir.path().join("loaded"),
+        &["--load", manifest.to_str().expect("utf-8")],
+    );
+    loaded
+        .client()
+        .call(
+            "DescribeVirtualNode",
+            &json!({"meshName": "demo", "virtualNodeName": "web_prod"}),
+        )
+        .await
+        .expect("loaded at start");
+
+    let server = Server::start(&dir.path().join("applied"), &[]);
+    let run = |file: &std::path::Path| {
+        Command::new(BIN)
+            .args(["apply", "-f"])
+            .arg(file)
+            .arg("--api-addr")
+            .arg(server.addr.to_string())
+            .arg("--data-dir")
+            .arg(&server.data_dir)
+            .output()
+            .expect("run apply")
+    };
+    let out = run(&manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("VirtualNode web_prod created"));
+    let again = run(&manifest);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("Mesh demo unchanged") && stdout.contains("VirtualNode web_prod unchanged"),
+        "{stdout}"
+    );
+    server
+        .client()
+        .call(
+            "DescribeVirtualNode",
+            &json!({"meshName": "demo", "virtualNodeName": "web_prod"}),
+        )
+        .await
+        .expect("applied");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"meshName": "demo", "virtualNodeName": "x", "spec": {"listeners": [{"portMapping": {"port": 99999, "protocol": "http"}}]}}"#,
+    )
+    .expect("write bad");
+    let out = run(&bad);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a refused document is a bad file"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.json: document 1 (VirtualNode x)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.listeners[0].portMapping.port"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_and_unsafe_no_auth_exit_2_with_one_line() {
+    let out = Command::new(BIN)
+        .args(["serve", "--bogus"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--no-auth",
+            "--api-addr",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--no-auth is refused"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_auth_on_loopback_accepts_unsigned_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &["--no-auth"]);
+    let (status, kind, body) = raw_get(&server, "/v20190125/meshes", false).await;
+    assert_eq!((status, kind), (200, None));
+    assert_eq!(body, json!({"meshes": []}));
+    assert!(
+        !server.data_dir.join("credentials").exists(),
+        "no key pair is minted when nobody needs one"
+    );
+}

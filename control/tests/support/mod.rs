@@ -1,0 +1,106 @@
+//! Harness for the end-to-end tests: the real `trellis-control` binary on a
+//! free port with its own data dir, and a signing client pointed at it.
+
+// Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use trellis_control::api::client::Client;
+use trellis_control::api::credentials::Credentials;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_trellis-control");
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts `serve` on a free port and waits until it accepts connections.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let addr = free_addr();
+        let log = data_dir.with_extension(format!("{}.log", addr.port()));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--api-addr")
+            .arg(addr.to_string())
+            .arg("--xds-addr")
+            .arg(free_addr().to_string())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start trellis-control");
+        let server = Server {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "server did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn client(&self) -> Client {
+        let creds = Credentials::load(&self.data_dir.join("credentials")).expect("credentials");
+        Client::new(
+            self.addr.to_string(),
+            creds.preferred().clone(),
+            "us-west-2".into(),
+        )
+    }
+
+    fn signal(&mut self, sig: libc::c_int) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+        child.wait().expect("wait for server")
+    }
+
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL)
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Envoy `Cluster` protos → [`ClusterConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use xds_protos::envoy::config::cluster::v3::{cluster, Cluster};
+use xds_protos::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use xds_protos::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
+    HttpProtocolOptions,
+};
+
+use super::address::{host_port, HostPort};
+use super::{duration, ConfigError};
+
+const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// A validated cluster. `proto` is kept for `/config_dump`; `fingerprint` lets an
+/// update keep the runtime state (pools, LB) of a cluster that did not change.
+#[derive(Debug)]
+pub struct ClusterConfig {
+    pub name: Arc<str>,
+    pub discovery: Discovery,
+    pub connect_timeout: Duration,
+    pub lb_policy: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    pub dns_refresh_rate: Duration,
+    pub dns_family: DnsFamily,
+    pub proto: Cluster,
+    pub fingerprint: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    Static(Vec<EndpointConfig>),
+    StrictDns(Vec<EndpointConfig>),
+    LogicalDns(Vec<EndpointConfig>),
+    /// Endpoints arrive over EDS under this service name.
+    Eds(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub address: HostPort,
+    pub weight: u32,
+    /// `endpoint.hostname`, which `auto_host_rewrite` sends upstream.
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// The same protocol the downstream request arrived with.
+    Downstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+#[allow(deprecated)] // dns_refresh_rate and http2_protocol_options are still what users write.
+impl ClusterConfig {
+    pub fn compile(proto: &Cluster) -> Result<ClusterConfig, ConfigError> {
+        if proto.name.is_empty() {
+            return Err(ConfigError::new("name", "a cluster needs a name"));
+        }
+        let kind = match &proto.cluster_discovery_type {
+            None => cluster::DiscoveryType::Static,
+            Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(*t)
+                .map_err(|_| ConfigError::new("type", format!("unknown discovery type {t}")))?,
+            Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+                return Err(ConfigError::new(
+                    "cluster_type",
+                    "custom cluster types are not supported by trellis",
+                ))
+            }
+        };
+        let endpoints = || -> Result<Vec<EndpointConfig>, ConfigError> {
+            match &proto.load_assignment {
+                Some(la) => endpoints(la).map_err(|e| e.at("load_assignment")),
+                None => Ok(Vec::new()),
+            }
+        };
+        let discovery = match kind {
+            cluster::DiscoveryType::Static => {
+                let eps = endpoints()?;
+                if let Some((i, ep)) = eps
+                    .iter()
+                    .enumerate()
+                    .find(|(_, e)| e.address.ip().is_none())
+                {
+                    return Err(ConfigError::new(
+                        format!("load_assignment.endpoints.lb_endpoints[{i}]"),
+                        format!("'{}' is not an IP address; a STATIC cluster needs IPs (use STRICT_DNS)", ep.address.host),
+                    ));
+                }
+                Discovery::Static(eps)
+            }
+            cluster::DiscoveryType::StrictDns => Discovery::StrictDns(endpoints()?),
+            cluster::DiscoveryType::LogicalDns => {
+                let eps = endpoints()?;
+                if eps.len() != 1 {
+                    return Err(ConfigError::new(
+                        "load_assignment",
+                        "a LOGICAL_DNS cluster takes exactly one endpoint",
+                    ));
+                }
+                Discovery::LogicalDns(eps)
+            }
+            cluster::DiscoveryType::Eds => {
+                let service = proto
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|c| c.service_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| proto.name.clone());
+                Discovery::Eds(service)
+            }
+            cluster::DiscoveryType::OriginalDst => {
+                return Err(ConfigError::new(
+                    "type",
+                    "ORIGINAL_DST clusters are not supported by trellis yet",
+                ))
+            }
+        };
+        let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
+            Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(other) => {
+                return Err(ConfigError::new(
+                    "lb_policy",
+                    format!("{} is not supported by trellis yet", other.as_str_name()),
+                ))
+            }
+            Err(_) => {
+                return Err(ConfigError::new(
+                    "lb_policy",
+                    "unknown load balancing policy",
+                ))
+            }
+        };
+        let connect_timeout = match &proto.connect_timeout {
+            Some(d) => duration::to_std(d, "connect_timeout")?,
+            None => DEFAULT_CONNECT_TIMEOUT,
+        };
+        let dns_refresh_rate = match &proto.dns_refresh_rate {
+            Some(d) => duration::to_std(d, "dns_refresh_rate")?.max(Duration::from_millis(1)),
+            None => DEFAULT_DNS_REFRESH,
+        };
+        let dns_family = match proto.dns_lookup_family {
+            0 => DnsFamily::Auto,
+            1 => DnsFamily::V4Only,
+            2 => DnsFamily::V6Only,
+            3 => DnsFamily::V4Preferred,
+            4 => DnsFamily::All,
+            n => {
+                return Err(ConfigError::new(
+                    "dns_lookup_family",
+                    format!("unknown value {n}"),
+                ))
+            }
+        };
+        Ok(ClusterConfig {
+            name: Arc::from(proto.name.as_str()),
+            discovery,
+            connect_timeout,
+            lb_policy,
+            protocol: protocol(proto)?,
+            dns_refresh_rate,
+            dns_family,
+            proto: proto.clone(),
+            fingerprint: proto.encode_to_vec(),
+        })
+    }
+}
+
+#[allow(deprecated)]
+fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
+    let mut protocol = if proto.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    for (key, any) in &proto.typed_extension_protocol_options {
+        let path = format!("typed_extension_protocol_options[\"{key}\"]");
+        if key != HTTP_PROTOCOL_OPTIONS_KEY
+            && any.type_url != xds_protos::type_url::HTTP_PROTOCOL_OPTIONS
+        {
+            return Err(ConfigError::new(
+                path,
+                "extension is not supported by trellis",
+            ));
+        }
+        let opts: HttpProtocolOptions =
+            xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+        protocol = match opts.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) => match cfg.protocol_config {
+                Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{path}.explicit_http_config.http3_protocol_options"),
+                        "HTTP/3 upstreams are not supported by trellis",
+                    ))
+                }
+            },
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                UpstreamProtocol::Downstream
+            }
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.auto_config"),
+                    "ALPN-negotiated upstream protocol is not supported by trellis yet",
+                ))
+            }
+            None => protocol,
+        };
+    }
+    Ok(protocol)
+}
+
+/// Endpoints of a `ClusterLoadAssignment`, flattened over localities.
+pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, ConfigError> {
+    let mut out = Vec::new();
+    for (li, locality) in la.endpoints.iter().enumerate() {
+        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
+            let path = format!("endpoints[{li}].lb_endpoints[{ei}]");
+            let ep = match &lb.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
+                Some(lb_endpoint::HostIdentifier::EndpointName(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{path}.endpoint_name"),
+                        "named endpoints are not supported by trellis",
+                    ))
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{path}.endpoint"),
+                        "an endpoint is required",
+                    ))
+                }
+            };
+            let address = host_port(ep.address.as_ref(), &format!("{path}.endpoint.address"))?;
+            let weight = lb.load_balancing_weight.unwrap_or(1);
+            if weight == 0 {
+                return Err(ConfigError::new(
+                    format!("{path}.load_balancing_weight"),
+                    "weight must be at least 1",
+                ));
+            }
+            let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.clone());
+            out.push(EndpointConfig {
+                address,
+                weight,
+                hostname,
+            });
+        }
+    }
+    Ok(out)
+}

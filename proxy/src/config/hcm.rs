@@ -1,0 +1,266 @@
+//! `envoy.filters.network.http_connection_manager` → [`HcmConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    http_filter, HttpConnectionManager,
+};
+
+use super::{duration, ConfigError};
+use crate::router::RouteTable;
+
+const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+/// Envoy's defaults, so a bootstrap that leaves them out behaves the same here.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+
+#[derive(Debug)]
+pub struct HcmConfig {
+    pub stat_prefix: Arc<str>,
+    pub codec: Codec,
+    pub routes: RouteSource,
+    pub websocket: bool,
+    pub idle_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub via: Option<http::HeaderValue>,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub server_name: http::HeaderValue,
+    pub server_header: ServerHeader,
+    /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
+    pub internal_ranges: Vec<super::address::Cidr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+#[derive(Debug)]
+pub enum RouteSource {
+    Static(Arc<RouteTable>),
+    /// A RouteConfiguration delivered over RDS under this name.
+    Rds(Arc<str>),
+}
+
+impl HcmConfig {
+    pub fn compile(h: &HttpConnectionManager) -> Result<HcmConfig, ConfigError> {
+        if h.stat_prefix.is_empty() {
+            return Err(ConfigError::new("stat_prefix", "stat_prefix is required"));
+        }
+        let codec = match CodecType::try_from(h.codec_type) {
+            Ok(CodecType::Auto) => Codec::Auto,
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            Ok(CodecType::Http3) => {
+                return Err(ConfigError::new(
+                    "codec_type",
+                    "HTTP/3 is not supported by trellis",
+                ))
+            }
+            Err(_) => return Err(ConfigError::new("codec_type", "unknown codec type")),
+        };
+        let routes = match &h.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+                RouteTable::compile(rc).map_err(|e| e.at("route_config"))?,
+            )),
+            Some(RouteSpecifier::Rds(rds)) => {
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::new(
+                        "rds.route_config_name",
+                        "a route config name is required",
+                    ));
+                }
+                RouteSource::Rds(Arc::from(rds.route_config_name.as_str()))
+            }
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::new(
+                    "scoped_routes",
+                    "scoped routes are not supported by trellis",
+                ))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "route_config",
+                    "route_config or rds is required",
+                ))
+            }
+        };
+        http_filters(h)?;
+        let mut websocket = false;
+        for (i, u) in h.upgrade_configs.iter().enumerate() {
+            if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
+                return Err(ConfigError::new(
+                    format!("upgrade_configs[{i}].upgrade_type"),
+                    format!("upgrade '{}' is not supported by trellis", u.upgrade_type),
+                ));
+            }
+            if !u.filters.is_empty() {
+                return Err(ConfigError::new(
+                    format!("upgrade_configs[{i}].filters"),
+                    "per-upgrade filter chains are not supported by trellis",
+                ));
+            }
+            websocket = u.enabled.unwrap_or(true);
+        }
+        let common = h.common_http_protocol_options.as_ref();
+        let idle_timeout = duration::timeout(
+            common.and_then(|c| c.idle_timeout.as_ref()),
+            Some(DEFAULT_IDLE_TIMEOUT),
+            "common_http_protocol_options.idle_timeout",
+        )?;
+        let max_headers_count = common.and_then(|c| c.max_headers_count).unwrap_or(100);
+        let max_request_headers_kb = h
+            .max_request_headers_kb
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS_KB);
+        if !(1..=8192).contains(&max_request_headers_kb) {
+            return Err(ConfigError::new(
+                "max_request_headers_kb",
+                "must be between 1 and 8192",
+            ));
+        }
+        let server_header =
+            match ServerHeaderTransformation::try_from(h.server_header_transformation) {
+                Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
+                Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+                Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "server_header_transformation",
+                        "unknown value",
+                    ))
+                }
+            };
+        let header_value = |v: &str, path: &str| {
+            http::HeaderValue::from_str(v)
+                .map_err(|_| ConfigError::new(path, "not a valid header value"))
+        };
+        Ok(HcmConfig {
+            stat_prefix: Arc::from(h.stat_prefix.as_str()),
+            codec,
+            routes,
+            websocket,
+            idle_timeout,
+            stream_idle_timeout: duration::timeout(
+                h.stream_idle_timeout.as_ref(),
+                Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+                "stream_idle_timeout",
+            )?,
+            request_timeout: duration::timeout(
+                h.request_timeout.as_ref(),
+                None,
+                "request_timeout",
+            )?,
+            request_headers_timeout: duration::timeout(
+                h.request_headers_timeout.as_ref(),
+                None,
+                "request_headers_timeout",
+            )?,
+            drain_timeout: duration::timeout(
+                h.drain_timeout.as_ref(),
+                Some(DEFAULT_DRAIN_TIMEOUT),
+                "drain_timeout",
+            )?
+            .unwrap_or(Duration::ZERO),
+            max_request_headers_kb,
+            max_headers_count,
+            use_remote_address: h.use_remote_address.unwrap_or(false),
+            xff_num_trusted_hops: h.xff_num_trusted_hops,
+            skip_xff_append: h.skip_xff_append,
+            via: if h.via.is_empty() {
+                None
+            } else {
+                Some(header_value(&h.via, "via")?)
+            },
+            generate_request_id: h.generate_request_id.unwrap_or(true),
+            preserve_external_request_id: h.preserve_external_request_id,
+            always_set_request_id_in_response: h.always_set_request_id_in_response,
+            server_name: header_value(
+                if h.server_name.is_empty() {
+                    "envoy"
+                } else {
+                    &h.server_name
+                },
+                "server_name",
+            )?,
+            server_header,
+            internal_ranges: match &h.internal_address_config {
+                Some(c) => c
+                    .cidr_ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        super::address::Cidr::compile(r)
+                            .map_err(|e| e.at(format!("internal_address_config.cidr_ranges[{i}]")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
+/// Only the router filter is implemented so far, and Envoy requires it last.
+fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
+    if h.http_filters.is_empty() {
+        return Err(ConfigError::new(
+            "http_filters",
+            "the router filter is required",
+        ));
+    }
+    let last = h.http_filters.len() - 1;
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let path = format!("http_filters[{i}]");
+        let type_url = match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(ConfigError::new(
+                    format!("{path}.config_discovery"),
+                    "filter config discovery is not supported by trellis",
+                ))
+            }
+            None if f.name == "envoy.filters.http.router" => ROUTER_FILTER,
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.typed_config"),
+                    "typed_config is required",
+                ))
+            }
+        };
+        if type_url != ROUTER_FILTER {
+            return Err(ConfigError::new(
+                format!("{path}.typed_config"),
+                format!("HTTP filter {type_url} is not supported by trellis"),
+            ));
+        }
+        if i != last {
+            return Err(ConfigError::new(
+                path,
+                "the router filter must be the last HTTP filter",
+            ));
+        }
+    }
+    Ok(())
+}

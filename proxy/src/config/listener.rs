@@ -1,0 +1,247 @@
+//! Envoy `Listener` protos → [`ListenerConfig`]: an address and filter chains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prost::Message;
+use xds_protos::envoy::config::listener::v3::{filter, FilterChain, FilterChainMatch, Listener};
+use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use xds_protos::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use xds_protos::type_url;
+
+use super::address::bind_address;
+use super::hcm::HcmConfig;
+use super::tcp_proxy::TcpProxyConfig;
+use super::ConfigError;
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub filter_chains: Vec<ChainConfig>,
+    pub default_chain: Option<ChainConfig>,
+    pub proto: Listener,
+    pub fingerprint: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct ChainConfig {
+    pub matcher: ChainMatch,
+    pub terminal: Terminal,
+}
+
+/// What a connection that picked this chain is handed to.
+#[derive(Debug, Clone)]
+pub enum Terminal {
+    Http(Arc<HcmConfig>),
+    Tcp(Arc<TcpProxyConfig>),
+}
+
+/// The filter chain match criteria. Fields for TLS (SNI, ALPN) are parsed now so
+/// the listener path selects chains on them as soon as TLS inspection exists.
+#[derive(Debug, Default, Clone)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    pub server_names: Vec<String>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+}
+
+/// What is known about a connection when its chain is chosen.
+#[derive(Debug, Default)]
+pub struct ConnectionFacts<'a> {
+    pub destination_port: u16,
+    pub server_name: Option<&'a str>,
+    pub transport_protocol: &'a str,
+    pub application_protocols: &'a [&'a str],
+}
+
+impl ChainMatch {
+    fn compile(m: Option<&FilterChainMatch>) -> Result<ChainMatch, ConfigError> {
+        let Some(m) = m else {
+            return Ok(ChainMatch::default());
+        };
+        let unsupported = |field: &str| {
+            Err(ConfigError::new(
+                field,
+                "this filter chain match criterion is not supported by trellis yet",
+            ))
+        };
+        if !m.prefix_ranges.is_empty() {
+            return unsupported("prefix_ranges");
+        }
+        if !m.source_prefix_ranges.is_empty() || !m.direct_source_prefix_ranges.is_empty() {
+            return unsupported("source_prefix_ranges");
+        }
+        if !m.source_ports.is_empty() {
+            return unsupported("source_ports");
+        }
+        if m.source_type != 0 {
+            return unsupported("source_type");
+        }
+        let destination_port = match m.destination_port {
+            Some(p) => Some(
+                u16::try_from(p)
+                    .map_err(|_| ConfigError::new("destination_port", "port out of range"))?,
+            ),
+            None => None,
+        };
+        Ok(ChainMatch {
+            destination_port,
+            server_names: m
+                .server_names
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            transport_protocol: (!m.transport_protocol.is_empty())
+                .then(|| m.transport_protocol.clone()),
+            application_protocols: m.application_protocols.clone(),
+        })
+    }
+
+    /// How specific a match is, for Envoy's "most specific chain wins" order:
+    /// destination port, then server name, then transport, then ALPN.
+    fn matches(&self, c: &ConnectionFacts<'_>) -> Option<(bool, usize, bool, bool)> {
+        if let Some(p) = self.destination_port {
+            if p != c.destination_port {
+                return None;
+            }
+        }
+        let mut sni_rank = 0;
+        if !self.server_names.is_empty() {
+            let sni = c.server_name?;
+            sni_rank = self
+                .server_names
+                .iter()
+                .filter_map(|n| server_name_rank(n, sni))
+                .max()?;
+        }
+        if let Some(t) = &self.transport_protocol {
+            if t != c.transport_protocol {
+                return None;
+            }
+        }
+        if !self.application_protocols.is_empty()
+            && !self
+                .application_protocols
+                .iter()
+                .any(|p| c.application_protocols.contains(&p.as_str()))
+        {
+            return None;
+        }
+        Some((
+            self.destination_port.is_some(),
+            sni_rank,
+            self.transport_protocol.is_some(),
+            !self.application_protocols.is_empty(),
+        ))
+    }
+}
+
+/// Exact names outrank wildcards; longer wildcards outrank shorter ones.
+fn server_name_rank(pattern: &str, sni: &str) -> Option<usize> {
+    if pattern == sni {
+        return Some(usize::MAX);
+    }
+    let suffix = pattern.strip_prefix('*')?;
+    (sni.len() > suffix.len() && sni.ends_with(suffix)).then_some(suffix.len())
+}
+
+impl ListenerConfig {
+    pub fn compile(l: &Listener) -> Result<ListenerConfig, ConfigError> {
+        if l.name.is_empty() {
+            return Err(ConfigError::new("name", "a listener needs a name"));
+        }
+        let address = bind_address(l.address.as_ref(), "address")?;
+        if !l.listener_filters.is_empty() {
+            return Err(ConfigError::new(
+                "listener_filters",
+                "listener filters are not supported by trellis yet",
+            ));
+        }
+        if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
+            return Err(ConfigError::new(
+                "filter_chains",
+                "at least one filter chain is required",
+            ));
+        }
+        let filter_chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, fc)| compile_chain(fc).map_err(|e| e.at(format!("filter_chains[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_chain = match &l.default_filter_chain {
+            Some(fc) => Some(compile_chain(fc).map_err(|e| e.at("default_filter_chain"))?),
+            None => None,
+        };
+        Ok(ListenerConfig {
+            name: Arc::from(l.name.as_str()),
+            address,
+            filter_chains,
+            default_chain,
+            proto: l.clone(),
+            fingerprint: l.encode_to_vec(),
+        })
+    }
+
+    /// Envoy's selection: the most specific matching chain, else the default.
+    pub fn select(&self, facts: &ConnectionFacts<'_>) -> Option<&ChainConfig> {
+        self.filter_chains
+            .iter()
+            .filter_map(|c| c.matcher.matches(facts).map(|rank| (rank, c)))
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, c)| c)
+            .or(self.default_chain.as_ref())
+    }
+}
+
+fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
+    let matcher = ChainMatch::compile(fc.filter_chain_match.as_ref())
+        .map_err(|e| e.at("filter_chain_match"))?;
+    if fc.transport_socket.is_some() {
+        return Err(ConfigError::new(
+            "transport_socket",
+            "TLS on listeners is not supported by trellis yet",
+        ));
+    }
+    let Some((last, rest)) = fc.filters.split_last() else {
+        return Err(ConfigError::new(
+            "filters",
+            "a filter chain needs a terminal filter",
+        ));
+    };
+    if let Some(f) = rest.first() {
+        return Err(ConfigError::new(
+            "filters[0]",
+            format!("network filter '{}' is not supported by trellis", f.name),
+        ));
+    }
+    let i = fc.filters.len() - 1;
+    let path = format!("filters[{i}].typed_config");
+    let any = match &last.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        _ => return Err(ConfigError::new(path, "typed_config is required")),
+    };
+    let terminal = match any.type_url.as_str() {
+        type_url::HTTP_CONNECTION_MANAGER => {
+            let hcm: HttpConnectionManager =
+                xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+            Terminal::Http(Arc::new(HcmConfig::compile(&hcm).map_err(|e| e.at(&path))?))
+        }
+        type_url::TCP_PROXY => {
+            let tcp: TcpProxy =
+                xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+            Terminal::Tcp(Arc::new(
+                TcpProxyConfig::compile(&tcp).map_err(|e| e.at(&path))?,
+            ))
+        }
+        other => {
+            return Err(ConfigError::new(
+                path,
+                format!("network filter {other} is not supported by trellis"),
+            ))
+        }
+    };
+    Ok(ChainConfig { matcher, terminal })
+}

@@ -1,0 +1,376 @@
+//! Sending a routed request upstream: endpoint choice, connection checkout,
+//! per-try timeouts, retries with back-off, and the response flags of each way
+//! it can fail.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+
+use super::flags::ResponseFlags;
+use super::local_reply::{self, reply};
+use super::retry::RetryRules;
+use crate::body::{self, Body};
+use crate::router::RetryPolicy;
+use crate::upstream::{Cluster, Endpoint};
+
+/// Bodies up to this size are kept so a retry can replay them; larger ones
+/// stream and are not retried once sent, as with Envoy's buffer limit.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+pub struct Outcome {
+    pub response: Response<Body>,
+    pub flags: ResponseFlags,
+    pub upstream: Option<Arc<Endpoint>>,
+}
+
+/// The request body: replayable bytes, or a stream that can be sent once.
+enum ReqBody {
+    Replay(Bytes),
+    Stream(Option<Body>),
+}
+
+/// The downstream sent a body its codec could not read (a bad chunk, say).
+struct MalformedBody;
+
+impl ReqBody {
+    /// `peek`: wait for the first body frame before anything goes upstream, so
+    /// a malformed HTTP/1.1 chunked body is refused with a 400 instead of
+    /// reaching the upstream as a truncated request.
+    async fn new(mut b: Body, retry: bool, peek: bool) -> Result<ReqBody, MalformedBody> {
+        if b.is_end_stream() {
+            return Ok(ReqBody::Replay(Bytes::new()));
+        }
+        let small = b
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
+        if retry && small {
+            return match b.collect().await {
+                Ok(c) => Ok(ReqBody::Replay(c.to_bytes())),
+                Err(_) => Err(MalformedBody),
+            };
+        }
+        if peek {
+            let first = match b.frame().await {
+                None => return Ok(ReqBody::Replay(Bytes::new())),
+                Some(Err(_)) => return Err(MalformedBody),
+                Some(Ok(f)) => f,
+            };
+            let rest = http_body_util::BodyStream::new(b);
+            let frames = futures::stream::once(async move { Ok(first) }).chain(rest);
+            return Ok(ReqBody::Stream(Some(
+                http_body_util::StreamBody::new(frames).boxed_unsync(),
+            )));
+        }
+        Ok(ReqBody::Stream(Some(b)))
+    }
+
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            ReqBody::Replay(b) if b.is_empty() => Some(body::empty()),
+            ReqBody::Replay(b) => Some(body::full(b.clone())),
+            ReqBody::Stream(s) => s.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, ReqBody::Stream(None))
+    }
+}
+
+enum TryError {
+    Connect,
+    Reset,
+    PerTryTimeout,
+}
+
+/// How one request is to be tried upstream.
+pub struct Attempt<'a> {
+    pub retry: Option<&'a RetryPolicy>,
+    pub timeout: Option<Duration>,
+    pub grpc: bool,
+    /// `auto_host_rewrite`: the chosen endpoint's DNS name becomes the host.
+    pub auto_host: bool,
+    /// The downstream body is HTTP/1.1 chunked: read its first frame first.
+    pub peek_body: bool,
+    /// The stream's maximum duration (`max_stream_duration`, `grpc-timeout`).
+    pub max_duration: Option<Duration>,
+}
+
+pub async fn forward(
+    cluster: &Arc<Cluster>,
+    parts: http::request::Parts,
+    body: Body,
+    a: Attempt<'_>,
+) -> Outcome {
+    let Attempt {
+        retry,
+        timeout,
+        grpc,
+        auto_host,
+        peek_body,
+        max_duration,
+    } = a;
+    let stats = &cluster.stats;
+    let retries = retry.is_some_and(|r| r.num_retries > 0);
+    let mut body = match ReqBody::new(body, retries, peek_body).await {
+        Ok(b) => b,
+        Err(MalformedBody) => {
+            let mut flags = ResponseFlags::default();
+            flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            let mut response = reply(StatusCode::BAD_REQUEST, "", grpc);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Outcome {
+                response,
+                flags,
+                upstream: None,
+            };
+        }
+    };
+    let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
+    let now = Instant::now();
+    let duration_deadline = max_duration.map(|d| now + d);
+    let deadline = match (timeout.map(|t| now + t), duration_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut flags = ResponseFlags::default();
+    let mut last_failed: Option<Arc<Endpoint>> = None;
+    let mut attempt = 0;
+    let proto = cluster.protocol(parts.version);
+
+    loop {
+        attempt += 1;
+        let Some(endpoint) = pick(cluster, last_failed.as_ref()) else {
+            flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            return Outcome {
+                response: reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    local_reply::NO_HEALTHY_UPSTREAM,
+                    grpc,
+                ),
+                flags,
+                upstream: None,
+            };
+        };
+        stats.upstream_rq_total.inc();
+        stats.upstream_rq_active.inc();
+        let _active = endpoint.track();
+        let per_try = retry.and_then(|r| r.per_try_timeout);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (per_try, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (a, b) => a.or(b),
+        };
+        let result = attempt_once(
+            cluster, &endpoint, proto, &parts, &mut body, limit, auto_host,
+        )
+        .await;
+        stats.upstream_rq_active.dec();
+
+        let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
+        match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let grpc_status = grpc_status(&resp);
+                stats.upstream_rq.record(status.as_u16());
+                let again =
+                    retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
+                if again && retries_left {
+                    last_failed = Some(endpoint);
+                    backoff(retry, attempt, deadline).await;
+                    stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                if again {
+                    flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                }
+                if attempt > 1 && !again {
+                    stats.upstream_rq_retry_success.inc();
+                }
+                return Outcome {
+                    response: resp,
+                    flags,
+                    upstream: Some(endpoint),
+                };
+            }
+            Err(e) => {
+                let (flag, status, text, retriable) = match e {
+                    TryError::Connect => (
+                        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        local_reply::CONNECT_FAILURE,
+                        retry.is_some_and(RetryPolicy::retriable_connect_failure),
+                    ),
+                    TryError::Reset => (
+                        ResponseFlags::UPSTREAM_REMOTE_RESET,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        local_reply::RESET_BEFORE_HEADERS,
+                        retry.is_some_and(RetryPolicy::retriable_reset),
+                    ),
+                    TryError::PerTryTimeout
+                        if duration_deadline.is_some_and(|d| Instant::now() >= d) =>
+                    {
+                        flags.set(ResponseFlags::DURATION_TIMEOUT);
+                        return Outcome {
+                            response: local_reply::duration_timeout(grpc),
+                            flags,
+                            upstream: Some(endpoint),
+                        };
+                    }
+                    TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
+                        stats.upstream_rq_timeout.inc();
+                        (
+                            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                            StatusCode::GATEWAY_TIMEOUT,
+                            local_reply::UPSTREAM_TIMEOUT,
+                            false,
+                        )
+                    }
+                    TryError::PerTryTimeout => {
+                        stats.upstream_rq_per_try_timeout.inc();
+                        (
+                            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                            StatusCode::GATEWAY_TIMEOUT,
+                            local_reply::UPSTREAM_TIMEOUT,
+                            retry.is_some_and(RetryPolicy::retriable_timeout),
+                        )
+                    }
+                };
+                if retriable && retries_left {
+                    last_failed = Some(endpoint);
+                    backoff(retry, attempt, deadline).await;
+                    stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                flags.set(flag);
+                if retriable && attempt > 1 {
+                    flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                }
+                if flag != ResponseFlags::UPSTREAM_REQUEST_TIMEOUT {
+                    stats.upstream_rq.record(status.as_u16());
+                }
+                return Outcome {
+                    response: reply(status, text, grpc),
+                    flags,
+                    upstream: Some(endpoint),
+                };
+            }
+        }
+    }
+}
+
+/// A retry prefers an endpoint other than the one that just failed.
+fn pick(cluster: &Cluster, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+    let first = cluster.pick(rand::random())?;
+    match avoid {
+        Some(bad) if Arc::ptr_eq(bad, &first) => {
+            for _ in 0..3 {
+                if let Some(other) = cluster.pick(rand::random()) {
+                    if !Arc::ptr_eq(bad, &other) {
+                        return Some(other);
+                    }
+                }
+            }
+            Some(first)
+        }
+        _ => Some(first),
+    }
+}
+
+async fn attempt_once(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    proto: crate::upstream::Protocol,
+    parts: &http::request::Parts,
+    body: &mut ReqBody,
+    limit: Option<Duration>,
+    auto_host: bool,
+) -> Result<Response<Body>, TryError> {
+    let work = async {
+        let conn = endpoint
+            .checkout(proto, &cluster.connect_params())
+            .await
+            .map_err(|_| TryError::Connect)?;
+        let Some(b) = body.take() else {
+            return Err(TryError::Reset);
+        };
+        let mut req = Request::from_parts(clone_parts(parts), b);
+        if auto_host {
+            if let Some(name) = &endpoint.hostname {
+                rewrite_host(&mut req, name);
+            }
+        }
+        *req.version_mut() = match proto {
+            crate::upstream::Protocol::Http1 => http::Version::HTTP_11,
+            crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
+        };
+        conn.send(req).await.map_err(|_| TryError::Reset)
+    };
+    match limit {
+        Some(l) => tokio::time::timeout(l, work)
+            .await
+            .unwrap_or(Err(TryError::PerTryTimeout)),
+        None => work.await,
+    }
+}
+
+/// Sets the host an HTTP/1.1 upstream reads from `Host` and an HTTP/2
+/// upstream from `:authority`.
+fn rewrite_host(req: &mut Request<Body>, host: &str) {
+    let original = match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    if let Some(v) = original.and_then(|o| http::HeaderValue::from_str(&o).ok()) {
+        req.headers_mut()
+            .insert(super::headers::X_ENVOY_ORIGINAL_HOST.clone(), v);
+    }
+    if req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = http::Uri::try_from(format!("http://{host}{pq}")) {
+            *req.uri_mut() = uri;
+        }
+    } else if let Ok(v) = http::HeaderValue::from_str(host) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+/// gRPC servers put `grpc-status` in the headers of a trailers-only response.
+fn grpc_status(resp: &Response<Body>) -> Option<u32> {
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn backoff(retry: Option<&RetryPolicy>, attempt: u32, deadline: Option<Instant>) {
+    let Some(r) = retry else { return };
+    let mut wait = r.backoff(attempt, rand::random());
+    if let Some(d) = deadline {
+        wait = wait.min(d.saturating_duration_since(Instant::now()));
+    }
+    tokio::time::sleep(wait).await;
+}

@@ -1,0 +1,469 @@
+//! The life of one request: route lookup, the route's action, and the headers
+//! Envoy adds on the way up and down.
+
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use super::conn::ConnInfo;
+use super::flags::ResponseFlags;
+use super::forward::{forward, Attempt, Outcome};
+use super::headers::{
+    self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+};
+use super::local_reply::reply;
+use super::Hcm;
+use crate::body::{self, Body};
+use crate::config::hcm::{RouteSource, ServerHeader};
+use crate::router::{
+    Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
+};
+use crate::snapshot::Snapshot;
+use crate::upstream::{Cluster, ClusterMap};
+use std::sync::Arc;
+
+impl Hcm {
+    pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let stats = &self.stats;
+        stats.downstream_rq_total.inc();
+        if req.version() == http::Version::HTTP_2 {
+            stats.downstream_rq_http2_total.inc();
+        } else {
+            stats.downstream_rq_http1_total.inc();
+        }
+        stats.downstream_rq_active.inc();
+        let (parts, body) = req.into_parts();
+        let limit = self.config.max_request_headers_kb as usize * 1024;
+        if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
+            let mut resp = reply(status, "", false);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            stats.downstream_rq.record(status.as_u16());
+            stats.downstream_rq_active.dec();
+            return resp;
+        }
+        let grpc = is_grpc(&parts.headers);
+        let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+        let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
+        self.finish_response(&mut resp, request_id);
+        stats.downstream_rq.record(resp.status().as_u16());
+        stats.downstream_rq_active.dec();
+        resp
+    }
+
+    async fn route(
+        &self,
+        info: &ConnInfo,
+        mut parts: http::request::Parts,
+        body: Body,
+        grpc: bool,
+    ) -> (Response<Body>, ResponseFlags) {
+        let snapshot = self.shared.snapshot.load_full();
+        let table = match &self.config.routes {
+            RouteSource::Static(t) => t.clone(),
+            RouteSource::Rds(name) => match snapshot.routes.get(name) {
+                Some(t) => t.clone(),
+                None => return self.no_route(grpc),
+            },
+        };
+        let host = authority(&parts);
+        let Some(matched) = table.find(&host, &parts) else {
+            return self.no_route(grpc);
+        };
+        match &matched.route.action {
+            Action::DirectResponse(d) => {
+                self.stats.rq_direct_response.inc();
+                let mut resp = Response::new(body::full(d.body.clone()));
+                *resp.status_mut() = d.status;
+                if !d.body.is_empty() {
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                }
+                matched.apply_response_headers(resp.headers_mut());
+                (resp, ResponseFlags::default())
+            }
+            Action::Redirect(r) => {
+                self.stats.rq_redirect.inc();
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let (status, location) = r.location(info.scheme, &host, pq);
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = status;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                matched.apply_response_headers(resp.headers_mut());
+                (resp, ResponseFlags::default())
+            }
+            Action::Forward(f) => {
+                let upgrade = is_upgrade(&parts);
+                if upgrade && !self.config.websocket {
+                    self.stats.downstream_rq_ws_on_non_ws_route.inc();
+                    return (
+                        reply(StatusCode::FORBIDDEN, "", false),
+                        ResponseFlags::default(),
+                    );
+                }
+                self.forward(
+                    info, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
+                )
+                .await
+            }
+        }
+    }
+
+    fn no_route(&self, grpc: bool) -> (Response<Body>, ResponseFlags) {
+        self.stats.no_route.inc();
+        let mut flags = ResponseFlags::default();
+        flags.set(ResponseFlags::NO_ROUTE_FOUND);
+        (reply(StatusCode::NOT_FOUND, "", grpc), flags)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        info: &ConnInfo,
+        snapshot: &Snapshot,
+        matched: &Matched<'_>,
+        f: &Forward,
+        host: &str,
+        parts: &mut http::request::Parts,
+        body: Body,
+        grpc: bool,
+        upgrade: bool,
+    ) -> (Response<Body>, ResponseFlags) {
+        let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
+        let Some(cluster) = cluster.as_ref() else {
+            let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
+            matched.apply_response_headers(resp.headers_mut());
+            return (resp, flags);
+        };
+        let downstream_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+
+        let peek_body = parts.version != http::Version::HTTP_2
+            && parts.headers.contains_key(header::TRANSFER_ENCODING);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        let internal = headers::forwarded(&self.config, &mut parts.headers, info.peer, info.scheme);
+        if let Some(via) = &self.config.via {
+            parts.headers.append(header::VIA, via.clone());
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let path = match f.rewrite_path(&pq) {
+            Some(p) => {
+                if let Ok(v) = HeaderValue::from_str(&pq) {
+                    parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+                }
+                p
+            }
+            None => pq,
+        };
+        let upstream_host = match (
+            &f.host_rewrite,
+            weighted.and_then(|w| w.host_rewrite.as_ref()),
+        ) {
+            (_, Some(h)) => h.clone(),
+            (Some(HostRewrite::Literal(h)), _) => h.clone(),
+            (Some(HostRewrite::Header(name)), _) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(host)
+                .to_string(),
+            _ => host.to_string(),
+        };
+        let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
+        if upstream_host != host {
+            if let Ok(v) = HeaderValue::from_str(host) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
+            }
+        }
+        if let Some(w) = weighted {
+            w.headers.request.apply(&mut parts.headers);
+        }
+        matched.apply_request_headers(&mut parts.headers);
+
+        let timeout = route_timeout(f, &parts.headers, internal);
+        let max_duration = stream_duration(f, &parts.headers, grpc);
+        headers::strip_envoy_controls(&mut parts.headers);
+        if let Some(t) = timeout {
+            if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
+                parts
+                    .headers
+                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v);
+            }
+        }
+        let proto = if upgrade {
+            crate::upstream::Protocol::Http1
+        } else {
+            cluster.protocol(parts.version)
+        };
+        let uri = match proto {
+            crate::upstream::Protocol::Http1 => {
+                if let Ok(v) = HeaderValue::from_str(&upstream_host) {
+                    parts.headers.insert(header::HOST, v);
+                }
+                Uri::try_from(path.as_str())
+            }
+            crate::upstream::Protocol::Http2 => {
+                parts.headers.remove(header::HOST);
+                Uri::try_from(format!("http://{upstream_host}{path}"))
+            }
+        };
+        let Ok(uri) = uri else {
+            return (
+                reply(StatusCode::BAD_REQUEST, "", grpc),
+                ResponseFlags::default(),
+            );
+        };
+        parts.uri = uri;
+        if upgrade {
+            parts.version = http::Version::HTTP_11;
+        }
+
+        // Envoy sends an explicit zero length for a bodiless POST, PUT or PATCH.
+        if body.is_end_stream()
+            && matches!(
+                parts.method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            )
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        let started = Instant::now();
+        let retry = if upgrade {
+            None
+        } else {
+            f.retry_policy.as_ref()
+        };
+        let Outcome {
+            mut response,
+            flags,
+            upstream,
+            ..
+        } = forward(
+            cluster,
+            std::mem::replace(parts, Request::new(()).into_parts().0),
+            body,
+            Attempt {
+                retry,
+                timeout,
+                grpc,
+                auto_host,
+                peek_body,
+                max_duration,
+            },
+        )
+        .await;
+        if upstream.is_some() && flags.is_empty() {
+            let ms = started.elapsed().as_millis().to_string();
+            if let Ok(v) = HeaderValue::from_str(&ms) {
+                response
+                    .headers_mut()
+                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+            }
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = downstream_upgrade {
+                tunnel(down, &mut response);
+            }
+            self.stats.downstream_cx_upgrades_total.inc();
+        } else {
+            headers::strip_hop_by_hop(response.headers_mut(), false);
+        }
+        if let Some(w) = weighted {
+            w.headers.response.apply(response.headers_mut());
+        }
+        matched.apply_response_headers(response.headers_mut());
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        if let Some(idle) = idle {
+            if !response.body().is_end_stream() {
+                response = response.map(|b| body::with_idle_timeout(b, idle));
+            }
+        }
+        (response, flags)
+    }
+
+    fn no_cluster(&self, status: StatusCode, grpc: bool) -> (Response<Body>, ResponseFlags) {
+        self.stats.no_cluster.inc();
+        let mut flags = ResponseFlags::default();
+        flags.set(ResponseFlags::NO_CLUSTER_FOUND);
+        (reply(status, "", grpc), flags)
+    }
+
+    fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
+        let h = resp.headers_mut();
+        match self.config.server_header {
+            ServerHeader::Overwrite => {
+                h.insert(header::SERVER, self.config.server_name.clone());
+            }
+            ServerHeader::AppendIfAbsent => {
+                if !h.contains_key(header::SERVER) {
+                    h.insert(header::SERVER, self.config.server_name.clone());
+                }
+            }
+            ServerHeader::PassThrough => {}
+        }
+        if self.config.always_set_request_id_in_response {
+            if let Some(id) = request_id {
+                h.insert(X_REQUEST_ID.clone(), id);
+            }
+        }
+    }
+}
+
+/// The cluster a request goes to: named, from a header, or by weight (with
+/// the per-request random value the route match used, as Envoy does), and the
+/// weighted entry when there is one, for its own header mutations.
+fn pick_cluster<'f>(
+    f: &'f Forward,
+    m: &Matched<'_>,
+    h: &http::HeaderMap,
+    clusters: &ClusterMap,
+) -> (Option<Arc<Cluster>>, Option<&'f ClusterWeight>) {
+    let from_header = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let (name, weighted) = match &f.cluster {
+        ClusterSpecifier::Cluster(c) => (Some(c.as_str()), None),
+        ClusterSpecifier::ClusterHeader(name) => (from_header(name), None),
+        ClusterSpecifier::WeightedClusters(w) => {
+            let picked = w.pick(m.random);
+            let name = match &picked.target {
+                WeightedTarget::Cluster(c) => Some(c.as_str()),
+                WeightedTarget::ClusterHeader(name) => from_header(name),
+            };
+            (name, Some(picked))
+        }
+    };
+    (name.and_then(|n| clusters.get(n)).cloned(), weighted)
+}
+
+/// The route's timeout, or the client's `grpc-timeout` when the route allows it.
+/// `x-envoy-upstream-rq-timeout-ms` from an internal client overrides the
+/// route's timeout, as in Envoy.
+fn route_timeout(f: &Forward, h: &http::HeaderMap, internal: bool) -> Option<Duration> {
+    if internal {
+        if let Some(ms) = h
+            .get(&X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            return (ms > 0).then(|| Duration::from_millis(ms));
+        }
+    }
+    f.timeout
+}
+
+/// The stream's maximum duration: the client's `grpc-timeout` when the route
+/// honours it (capped at `grpc_timeout_header_max`), else the route's
+/// `max_stream_duration`.
+fn stream_duration(f: &Forward, h: &http::HeaderMap, grpc: bool) -> Option<Duration> {
+    if grpc {
+        if let Some(max) = f.grpc_timeout_header_max {
+            if let Some(t) = h
+                .get("grpc-timeout")
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+            {
+                return Some(if max.is_zero() { t } else { t.min(max) });
+            }
+        }
+    }
+    f.max_stream_duration.filter(|d| !d.is_zero())
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn authority(parts: &http::request::Parts) -> String {
+    if let Some(a) = parts.uri.authority() {
+        return a.as_str().to_string();
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn is_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == http::Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// After a 101, the two upgraded connections are spliced byte for byte.
+fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Body>) {
+    let Some(up) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let (Ok(d), Ok(u)) = (down.await, up.await) else {
+            return;
+        };
+        let mut d = hyper_util::rt::TokioIo::new(d);
+        let mut u = hyper_util::rt::TokioIo::new(u);
+        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(
+            parse_grpc_timeout(b"100m"),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+        assert_eq!(parse_grpc_timeout(b"S"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+    }
+}

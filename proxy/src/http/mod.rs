@@ -1,0 +1,36 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 connections and
+//! walks each request through routing to an upstream.
+
+mod conn;
+mod flags;
+mod forward;
+mod handler;
+mod headers;
+mod local_reply;
+mod retry;
+mod validate;
+
+use std::sync::Arc;
+
+use crate::config::hcm::HcmConfig;
+use crate::shared::Shared;
+use crate::stats::HttpStats;
+
+pub use flags::ResponseFlags;
+
+/// One `http_connection_manager` filter instance, shared by its connections.
+pub struct Hcm {
+    pub config: Arc<HcmConfig>,
+    pub stats: Arc<HttpStats>,
+    pub shared: Arc<Shared>,
+}
+
+impl Hcm {
+    pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>) -> Hcm {
+        Hcm {
+            stats: shared.http_stats(&config.stat_prefix),
+            config,
+            shared,
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Listeners: bind, accept, choose a filter chain, hand the connection to its
+//! terminal filter (HTTP connection manager or TCP proxy).
+
+mod manager;
+mod tcp_proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
+use crate::drain::{Drain, Watch};
+use crate::http::Hcm;
+use crate::shared::Shared;
+use crate::stats::{ListenerStats, StatSource};
+
+pub use manager::ListenerManager;
+pub use tcp_proxy::TcpProxy;
+
+/// A listener's compiled chains with the stats they feed. Swapped whole when
+/// the listener's config changes; the socket stays bound, and the connections
+/// of the replaced chains drain.
+pub struct ActiveListener {
+    pub config: Arc<ListenerConfig>,
+    chains: Vec<Chain>,
+    default_chain: Option<Chain>,
+    stats: Arc<ListenerStats>,
+    /// Signals this version's connections to finish and close.
+    pub drain: Drain,
+}
+
+#[derive(Clone)]
+enum Chain {
+    Http(Arc<Hcm>),
+    Tcp(Arc<TcpProxy>),
+}
+
+impl ActiveListener {
+    pub fn new(config: Arc<ListenerConfig>, shared: &Arc<Shared>) -> ActiveListener {
+        let chain = |t: &Terminal| match t {
+            Terminal::Http(h) => Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
+            Terminal::Tcp(t) => Chain::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone()))),
+        };
+        let stats = Arc::new(ListenerStats::new(config.address));
+        shared
+            .store
+            .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
+        ActiveListener {
+            chains: config
+                .filter_chains
+                .iter()
+                .map(|c| chain(&c.terminal))
+                .collect(),
+            default_chain: config.default_chain.as_ref().map(|c| chain(&c.terminal)),
+            config,
+            stats,
+            drain: Drain::default(),
+        }
+    }
+
+    fn select(&self, facts: &ConnectionFacts<'_>) -> Option<Chain> {
+        let chosen = self.config.select(facts)?;
+        if let Some(i) = self
+            .config
+            .filter_chains
+            .iter()
+            .position(|c| std::ptr::eq(c, chosen))
+        {
+            return self.chains.get(i).cloned();
+        }
+        self.default_chain.clone()
+    }
+}
+
+/// Binds like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only unless asked.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until `stop` is signalled, then closes the socket.
+fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Watch) {
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = socket.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = stop.signaled() => return,
+            };
+            let listener = active.load_full();
+            handle(listener, stream, peer);
+        }
+    });
+}
+
+fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    listener.stats.downstream_cx_total.inc();
+    let facts = ConnectionFacts {
+        destination_port: local.port(),
+        server_name: None,
+        transport_protocol: "raw_buffer",
+        application_protocols: &[],
+    };
+    let Some(chain) = listener.select(&facts) else {
+        listener.stats.no_filter_chain_match.inc();
+        return;
+    };
+    let drain = listener.drain.watch();
+    tokio::spawn(async move {
+        listener.stats.downstream_cx_active.inc();
+        match chain {
+            Chain::Http(hcm) => hcm.serve(stream, peer, drain).await,
+            Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
+        }
+        listener.stats.downstream_cx_active.dec();
+    });
+}

@@ -1,0 +1,226 @@
+//! `RetryPolicy`, compiled once so the upstream code only asks questions.
+
+use std::time::Duration;
+
+use xds_protos::envoy::config::route::v3::RetryPolicy as RetryPolicyProto;
+
+use super::convert::{opt_duration, reject_if};
+use crate::config::ConfigError;
+
+/// A `retry_on` condition trellis implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    FiveXx,
+    GatewayError,
+    Reset,
+    ConnectFailure,
+    Retriable4xx,
+    RefusedStream,
+    RetriableStatusCodes,
+    GrpcCancelled,
+    GrpcDeadlineExceeded,
+    GrpcInternal,
+    GrpcResourceExhausted,
+    GrpcUnavailable,
+}
+
+impl RetryOn {
+    fn parse(token: &str) -> Option<RetryOn> {
+        Some(match token {
+            "5xx" => RetryOn::FiveXx,
+            "gateway-error" => RetryOn::GatewayError,
+            "reset" => RetryOn::Reset,
+            "connect-failure" => RetryOn::ConnectFailure,
+            "retriable-4xx" => RetryOn::Retriable4xx,
+            "refused-stream" => RetryOn::RefusedStream,
+            "retriable-status-codes" => RetryOn::RetriableStatusCodes,
+            "cancelled" => RetryOn::GrpcCancelled,
+            "deadline-exceeded" => RetryOn::GrpcDeadlineExceeded,
+            "internal" => RetryOn::GrpcInternal,
+            "resource-exhausted" => RetryOn::GrpcResourceExhausted,
+            "unavailable" => RetryOn::GrpcUnavailable,
+            _ => return None,
+        })
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// Conditions Envoy knows but trellis does not implement; refused so that a
+/// policy never retries less than its author expects.
+const UNSUPPORTED_RETRY_ON: &[&str] = &[
+    "envoy-ratelimited",
+    "retriable-headers",
+    "reset-before-request",
+    "http3-post-connect-failure",
+];
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    retry_on: u16,
+    /// Envoy's default is 1 when unset.
+    pub num_retries: u32,
+    /// `None` when unset or zero: each try gets the route's remaining timeout.
+    pub per_try_timeout: Option<Duration>,
+    /// Defaults 25 ms and 10× base, as in Envoy.
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+    pub retriable_status_codes: Vec<u32>,
+}
+
+impl RetryPolicy {
+    pub fn retries_on(&self, condition: RetryOn) -> bool {
+        self.retry_on & condition.bit() != 0
+    }
+
+    /// Unknown `retry_on` tokens are ignored, as Envoy 1.40 does (verified:
+    /// `5xx, bogus,unavailable` loads); known but unimplemented ones fail.
+    pub(crate) fn compile(p: &RetryPolicyProto) -> Result<RetryPolicy, ConfigError> {
+        reject_if(p.per_try_idle_timeout.is_some(), "per_try_idle_timeout")?;
+        reject_if(p.retry_priority.is_some(), "retry_priority")?;
+        reject_if(!p.retry_host_predicate.is_empty(), "retry_host_predicate")?;
+        reject_if(
+            !p.retry_options_predicates.is_empty(),
+            "retry_options_predicates",
+        )?;
+        reject_if(
+            p.rate_limited_retry_back_off.is_some(),
+            "rate_limited_retry_back_off",
+        )?;
+        reject_if(!p.retriable_headers.is_empty(), "retriable_headers")?;
+        reject_if(
+            !p.retriable_request_headers.is_empty(),
+            "retriable_request_headers",
+        )?;
+        reject_if(p.refresh_cluster_on_retry, "refresh_cluster_on_retry")?;
+        let mut retry_on = 0;
+        for token in p
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            if UNSUPPORTED_RETRY_ON.contains(&token) {
+                return Err(ConfigError::new(
+                    "retry_on",
+                    format!("condition {token} is not supported by trellis"),
+                ));
+            }
+            retry_on |= RetryOn::parse(token).map_or(0, RetryOn::bit);
+        }
+        let per_try_timeout =
+            opt_duration("per_try_timeout", p.per_try_timeout.as_ref())?.filter(|d| !d.is_zero());
+        let (base_interval, max_interval) = match &p.retry_back_off {
+            None => (Duration::from_millis(25), Duration::from_millis(250)),
+            Some(b) => {
+                let base = opt_duration("retry_back_off.base_interval", b.base_interval.as_ref())?
+                    .filter(|d| *d >= Duration::from_millis(1))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            "retry_back_off.base_interval",
+                            "is required and must be at least 1ms",
+                        )
+                    })?;
+                let max =
+                    match opt_duration("retry_back_off.max_interval", b.max_interval.as_ref())? {
+                        None => base.saturating_mul(10),
+                        Some(max) if max < base || max < Duration::from_millis(1) => {
+                            return Err(ConfigError::new(
+                                "retry_back_off.max_interval",
+                                "must be greater than or equal to the base_interval",
+                            ))
+                        }
+                        Some(max) => max,
+                    };
+                (base, max)
+            }
+        };
+        Ok(RetryPolicy {
+            retry_on,
+            num_retries: p.num_retries.unwrap_or(1),
+            per_try_timeout,
+            base_interval,
+            max_interval,
+            retriable_status_codes: p.retriable_status_codes.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_protos::envoy::config::route::v3::retry_policy::RetryBackOff;
+
+    #[test]
+    fn defaults_and_conditions() {
+        let p = RetryPolicy::compile(&RetryPolicyProto {
+            retry_on: "5xx, reset,bogus,unavailable".into(),
+            retriable_status_codes: vec![409],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(p.retries_on(RetryOn::FiveXx));
+        assert!(p.retries_on(RetryOn::Reset));
+        assert!(p.retries_on(RetryOn::GrpcUnavailable));
+        assert!(!p.retries_on(RetryOn::ConnectFailure));
+        assert_eq!(p.num_retries, 1);
+        assert_eq!(p.base_interval, Duration::from_millis(25));
+        assert_eq!(p.max_interval, Duration::from_millis(250));
+        assert_eq!(p.per_try_timeout, None);
+        assert_eq!(p.retriable_status_codes, [409]);
+    }
+
+    #[test]
+    fn back_off_defaults_max_to_ten_times_base() {
+        let p = RetryPolicy::compile(&RetryPolicyProto {
+            num_retries: Some(0),
+            retry_back_off: Some(RetryBackOff {
+                base_interval: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 100_000_000,
+                }),
+                max_interval: None,
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(p.num_retries, 0);
+        assert_eq!(p.max_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors() {
+        let e = RetryPolicy::compile(&RetryPolicyProto {
+            retry_back_off: Some(RetryBackOff {
+                base_interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                max_interval: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 500_000_000,
+                }),
+            }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.path, "retry_back_off.max_interval");
+        let e = RetryPolicy::compile(&RetryPolicyProto {
+            retry_on: "5xx,retriable-headers".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.path, "retry_on");
+        let e = RetryPolicy::compile(&RetryPolicyProto {
+            refresh_cluster_on_retry: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "refresh_cluster_on_retry: is not supported by trellis"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! State shared by every task of one proxy process.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::drain::Drain;
+use crate::listener::ListenerManager;
+use crate::snapshot::Snapshot;
+use crate::stats::{HttpStats, StatSource, Store, TcpStats};
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+}
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub store: Store,
+    pub drain: Drain,
+    pub listeners: ListenerManager,
+    /// Set by `POST /healthcheck/fail`; `/ready` then answers 503.
+    pub health_failed: AtomicBool,
+    /// Set once the first complete config is applied.
+    pub live: AtomicBool,
+    pub node: NodeInfo,
+    pub started: Instant,
+    pub concurrency: usize,
+    pub drain_time: std::time::Duration,
+    http_stats: Mutex<HashMap<Arc<str>, Arc<HttpStats>>>,
+    tcp_stats: Mutex<HashMap<Arc<str>, Arc<TcpStats>>>,
+    /// Asked to exit (`/quitquitquit` or a signal).
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn new(node: NodeInfo, concurrency: usize, drain_time: std::time::Duration) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            store: Store::default(),
+            drain: Drain::default(),
+            listeners: ListenerManager::default(),
+            health_failed: AtomicBool::new(false),
+            live: AtomicBool::new(false),
+            node,
+            started: Instant::now(),
+            concurrency,
+            drain_time,
+            http_stats: Mutex::default(),
+            tcp_stats: Mutex::default(),
+            shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Envoy aggregates stats of connection managers that share a stat prefix.
+    pub fn http_stats(&self, prefix: &Arc<str>) -> Arc<HttpStats> {
+        let mut map = self.http_stats.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(prefix.clone())
+            .or_insert_with(|| {
+                let s = Arc::new(HttpStats::new(prefix.clone()));
+                self.store
+                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+                s
+            })
+            .clone()
+    }
+
+    pub fn tcp_stats(&self, prefix: &Arc<str>) -> Arc<TcpStats> {
+        let mut map = self.tcp_stats.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(prefix.clone())
+            .or_insert_with(|| {
+                let s = Arc::new(TcpStats::new(prefix.clone()));
+                self.store
+                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+                s
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,265 @@
+//! Per-endpoint connection pools: HTTP/1.1 keep-alive connections on an idle
+//! stack, and one multiplexed HTTP/2 connection shared by every request.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::Endpoint;
+use crate::body::{self, Body, BoxError};
+use crate::stats::ClusterStats;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
+const MAX_IDLE_H1: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection timeout")]
+    Timeout,
+    #[error("connection failure: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("handshake failure: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+#[derive(Debug)]
+pub(super) struct Pool {
+    addr: SocketAddr,
+    idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    h2_connect: tokio::sync::Mutex<()>,
+}
+
+/// What a connection needs from its cluster.
+pub struct ConnectParams<'a> {
+    pub timeout: Duration,
+    pub stats: &'a Arc<ClusterStats>,
+}
+
+impl Pool {
+    pub(super) fn new(addr: SocketAddr) -> Pool {
+        Pool {
+            addr,
+            idle_h1: Mutex::new(Vec::new()),
+            h2: ArcSwapOption::empty(),
+            h2_connect: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
+        self.idle_h1.lock().ok()?.pop()
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle_h1.lock() {
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push(sender);
+            }
+        }
+    }
+
+    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<TcpStream, ConnectError> {
+        let connect = TcpStream::connect(self.addr);
+        let stream = match tokio::time::timeout(p.timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                p.stats.upstream_cx_connect_fail.inc();
+                return Err(e.into());
+            }
+            Err(_) => {
+                p.stats.upstream_cx_connect_fail.inc();
+                p.stats.upstream_cx_connect_timeout.inc();
+                return Err(ConnectError::Timeout);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        p.stats.upstream_cx_total.inc();
+        p.stats.upstream_cx_active.inc();
+        Ok(stream)
+    }
+
+    async fn connect_h1(
+        &self,
+        p: &ConnectParams<'_>,
+    ) -> Result<http1::SendRequest<Body>, ConnectError> {
+        let stream = self.tcp(p).await?;
+        let stats = p.stats.clone();
+        let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => {
+                closed(&stats);
+                return Err(e.into());
+            }
+        };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            closed(&stats);
+        });
+        Ok(sender)
+    }
+
+    async fn shared_h2(
+        &self,
+        p: &ConnectParams<'_>,
+    ) -> Result<http2::SendRequest<Body>, ConnectError> {
+        if let Some(s) = self.h2.load().as_deref() {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let _guard = self.h2_connect.lock().await;
+        if let Some(s) = self.h2.load().as_deref() {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let stream = self.tcp(p).await?;
+        let stats = p.stats.clone();
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(None)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20);
+        let (sender, conn) = match builder.handshake(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => {
+                closed(&stats);
+                return Err(e.into());
+            }
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+            closed(&stats);
+        });
+        self.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
+
+fn closed(stats: &ClusterStats) {
+    stats.upstream_cx_active.dec();
+    stats.upstream_cx_destroy.inc();
+}
+
+/// A connection ready for one request.
+pub enum Pooled {
+    H1(http1::SendRequest<Body>, Arc<Endpoint>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Endpoint {
+    /// A ready connection: a reused idle one when possible, else a new one.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        proto: Protocol,
+        p: &ConnectParams<'_>,
+    ) -> Result<Pooled, ConnectError> {
+        match proto {
+            Protocol::Http2 => Ok(Pooled::H2(self.pool.shared_h2(p).await?)),
+            Protocol::Http1 => {
+                while let Some(mut s) = self.pool.pop_idle() {
+                    if s.is_closed() {
+                        continue;
+                    }
+                    if s.ready().await.is_ok() {
+                        return Ok(Pooled::H1(s, self.clone()));
+                    }
+                }
+                Ok(Pooled::H1(self.pool.connect_h1(p).await?, self.clone()))
+            }
+        }
+    }
+}
+
+impl Pooled {
+    pub async fn send(
+        self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, hyper::Error> {
+        match self {
+            Pooled::H2(mut s) => {
+                s.ready().await?;
+                Ok(s.send_request(req).await?.map(body::incoming))
+            }
+            Pooled::H1(mut s, ep) => {
+                let resp = s.send_request(req).await?;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok(resp.map(body::incoming));
+                }
+                if resp.body().is_end_stream() {
+                    ep.pool.put_idle(s);
+                    return Ok(resp.map(body::incoming));
+                }
+                Ok(resp.map(|inner| {
+                    ReturnOnEnd {
+                        inner,
+                        sender: Some((s, ep)),
+                    }
+                    .boxed_unsync()
+                }))
+            }
+        }
+    }
+}
+
+/// Hands the HTTP/1.1 connection back to its pool once the response body has
+/// been read to its end; a body dropped early takes the connection with it.
+struct ReturnOnEnd {
+    inner: hyper::body::Incoming,
+    sender: Option<(http1::SendRequest<Body>, Arc<Endpoint>)>,
+}
+
+impl ReturnOnEnd {
+    fn release(&mut self) {
+        if let Some((s, ep)) = self.sender.take() {
+            ep.pool.put_idle(s);
+        }
+    }
+}
+
+impl http_body::Body for ReturnOnEnd {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.sender = None,
+            _ => {}
+        }
+        res.map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,424 @@
+//! The stream to the management server: connect, subscribe, ACK/NACK,
+//! reconnect with backoff, re-subscribing with the versions held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Mutex};
+use tokio_stream::wrappers::ReceiverStream;
+use xds_protos::envoy::config::core::v3::Node;
+use xds_protos::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use xds_protos::google::rpc::Status;
+
+use super::apply::{apply, Statics, Warming};
+use super::resources::{Kind, Resources, Update};
+use super::stats::{register, version_hash, XdsStats};
+use super::AdsConfig;
+use crate::shared::Shared;
+
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// gRPC INVALID_ARGUMENT, the code Envoy puts in a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+
+struct Client {
+    shared: Arc<Shared>,
+    ads: AdsConfig,
+    statics: Statics,
+    node: Node,
+    stats: Arc<XdsStats>,
+    state: Mutex<(Resources, Warming)>,
+}
+
+pub fn spawn(shared: Arc<Shared>, ads: AdsConfig, statics: Statics, node: Node) {
+    let stats = register(&shared);
+    let client = Arc::new(Client {
+        state: Mutex::new((
+            Resources::default(),
+            Warming::new(ads.initial_fetch_timeout),
+        )),
+        shared,
+        ads,
+        statics,
+        node,
+        stats,
+    });
+    // The initial fetch timeout: go LIVE with what arrived, as Envoy does.
+    if let Some(t) = client.ads.initial_fetch_timeout {
+        let c = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            c.reapply(true).await;
+        });
+    }
+    tokio::spawn(async move { client.run().await });
+}
+
+impl Client {
+    async fn run(self: Arc<Self>) {
+        let mut attempt: u32 = 0;
+        loop {
+            let received = match self.connect().await {
+                Some(channel) => {
+                    let grpc = AggregatedDiscoveryServiceClient::new(channel);
+                    let r = if self.ads.delta {
+                        self.delta(grpc).await
+                    } else {
+                        self.sotw(grpc).await
+                    };
+                    match r {
+                        Ok(received) => received,
+                        Err((received, e)) => {
+                            tracing::warn!(error = %e, "xDS stream closed");
+                            received
+                        }
+                    }
+                }
+                None => false,
+            };
+            self.stats.connected_state.set(0);
+            attempt = if received {
+                0
+            } else {
+                attempt.saturating_add(1)
+            };
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    async fn connect(&self) -> Option<tonic::transport::Channel> {
+        let snapshot = self.shared.snapshot.load_full();
+        let cluster = snapshot.clusters.get(&self.ads.cluster)?;
+        let ep = cluster.pick(rand::random())?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.addr))
+            .ok()?
+            .connect_timeout(cluster.config.connect_timeout)
+            .tcp_nodelay(true);
+        match endpoint.connect().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(address = %ep.addr, error = %e, "cannot reach the management server");
+                None
+            }
+        }
+    }
+
+    fn kinds(&self) -> Vec<Kind> {
+        let mut k = Vec::new();
+        if self.ads.cds {
+            k.extend([Kind::Cluster, Kind::Endpoint]);
+        }
+        if self.ads.lds {
+            k.extend([Kind::Listener, Kind::Route]);
+        }
+        k
+    }
+
+    /// Validates and keeps an update, then swaps a new snapshot in.
+    async fn accept(
+        self: &Arc<Self>,
+        update: Update,
+    ) -> Result<Vec<(Kind, BTreeSet<String>)>, String> {
+        let kind = update.kind;
+        let version = update.version_info.clone();
+        let stats = self.stats.of(kind);
+        stats.update_attempt.inc();
+        let mut guard = self.state.lock().await;
+        let (res, warming) = &mut *guard;
+        if let Err(e) = res.apply(update) {
+            stats.update_rejected.inc();
+            tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
+            return Err(e);
+        }
+        stats.update_success.inc();
+        stats.version.set(version_hash(&version));
+        let wildcard_seen = self
+            .kinds()
+            .iter()
+            .filter(|k| k.is_wildcard())
+            .all(|k| res.versions.contains_key(k));
+        if wildcard_seen {
+            warming.initial_done = true;
+        }
+        let mut subs = Vec::new();
+        if kind == Kind::Cluster {
+            let names = res.eds_names();
+            res.retain(Kind::Endpoint, &names);
+            subs.push((Kind::Endpoint, names));
+        }
+        if kind == Kind::Listener {
+            let names = res.rds_names();
+            res.retain(Kind::Route, &names);
+            subs.push((Kind::Route, names));
+        }
+        let warm = apply(&self.shared, &self.statics, res, warming).await?;
+        drop(guard);
+        if warm {
+            self.schedule_reapply();
+        }
+        Ok(subs)
+    }
+
+    fn schedule_reapply(self: &Arc<Self>) {
+        let Some(t) = self.ads.initial_fetch_timeout else {
+            return;
+        };
+        let c = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(t).await;
+            c.reapply(false).await;
+        });
+    }
+
+    async fn reapply(&self, initial: bool) {
+        let mut guard = self.state.lock().await;
+        let (res, warming) = &mut *guard;
+        if initial {
+            warming.initial_done = true;
+        }
+        if let Err(e) = apply(&self.shared, &self.statics, res, warming).await {
+            tracing::warn!(error = %e, "applying warmed resources failed");
+        }
+    }
+
+    // === state of the world ===
+
+    async fn sotw(
+        self: &Arc<Self>,
+        mut grpc: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<bool, (bool, String)> {
+        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        let mut nonces: BTreeMap<Kind, String> = BTreeMap::new();
+        let mut names: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+        {
+            let guard = self.state.lock().await;
+            let res = &guard.0;
+            names.insert(Kind::Endpoint, res.eds_names());
+            names.insert(Kind::Route, res.rds_names());
+            for kind in self.kinds() {
+                if !kind.is_wildcard() && names.get(&kind).is_none_or(BTreeSet::is_empty) {
+                    continue;
+                }
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        version_info: res.versions.get(&kind).cloned().unwrap_or_default(),
+                        node: Some(self.node.clone()),
+                        resource_names: names
+                            .get(&kind)
+                            .map(|n| n.iter().cloned().collect())
+                            .unwrap_or_default(),
+                        type_url: kind.type_url().to_string(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+        let mut stream = grpc
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| (false, e.to_string()))?
+            .into_inner();
+        self.stats.connected_state.set(1);
+        let mut received = false;
+        loop {
+            let resp: DiscoveryResponse = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(received),
+                Err(e) => return Err((received, e.to_string())),
+            };
+            received = true;
+            let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+                tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
+                continue;
+            };
+            nonces.insert(kind, resp.nonce.clone());
+            let update = Update {
+                kind,
+                version_info: resp.version_info.clone(),
+                resources: resp
+                    .resources
+                    .into_iter()
+                    .map(|a| (String::new(), a))
+                    .collect(),
+                removed: Vec::new(),
+                replace_all: kind.is_wildcard(),
+            };
+            let (version_info, error_detail, subs) = match self.accept(update).await {
+                Ok(subs) => (resp.version_info, None, subs),
+                Err(e) => {
+                    let held = self
+                        .state
+                        .lock()
+                        .await
+                        .0
+                        .versions
+                        .get(&kind)
+                        .cloned()
+                        .unwrap_or_default();
+                    (held, Some(nack(e)), Vec::new())
+                }
+            };
+            let ack = DiscoveryRequest {
+                version_info,
+                node: Some(self.node.clone()),
+                resource_names: names
+                    .get(&kind)
+                    .map(|n| n.iter().cloned().collect())
+                    .unwrap_or_default(),
+                type_url: resp.type_url,
+                response_nonce: resp.nonce,
+                error_detail,
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return Ok(received);
+            }
+            for (sub_kind, sub_names) in subs {
+                if !self.kinds().contains(&sub_kind) || names.get(&sub_kind) == Some(&sub_names) {
+                    continue;
+                }
+                let version_info = self
+                    .state
+                    .lock()
+                    .await
+                    .0
+                    .versions
+                    .get(&sub_kind)
+                    .cloned()
+                    .unwrap_or_default();
+                let req = DiscoveryRequest {
+                    version_info,
+                    node: Some(self.node.clone()),
+                    resource_names: sub_names.iter().cloned().collect(),
+                    type_url: sub_kind.type_url().to_string(),
+                    response_nonce: nonces.get(&sub_kind).cloned().unwrap_or_default(),
+                    ..Default::default()
+                };
+                names.insert(sub_kind, sub_names);
+                if tx.send(req).await.is_err() {
+                    return Ok(received);
+                }
+            }
+        }
+    }
+
+    // === delta ===
+
+    async fn delta(
+        self: &Arc<Self>,
+        mut grpc: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    ) -> Result<bool, (bool, String)> {
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let mut names: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+        {
+            let guard = self.state.lock().await;
+            let res = &guard.0;
+            names.insert(Kind::Endpoint, res.eds_names());
+            names.insert(Kind::Route, res.rds_names());
+            for kind in self.kinds() {
+                let subscribe: Vec<String> = if kind.is_wildcard() {
+                    Vec::new()
+                } else {
+                    match names.get(&kind) {
+                        Some(n) if !n.is_empty() => n.iter().cloned().collect(),
+                        _ => continue,
+                    }
+                };
+                let _ = tx
+                    .send(DeltaDiscoveryRequest {
+                        node: Some(self.node.clone()),
+                        type_url: kind.type_url().to_string(),
+                        resource_names_subscribe: subscribe,
+                        initial_resource_versions: res.held_versions(kind),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+        let mut stream = grpc
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| (false, e.to_string()))?
+            .into_inner();
+        self.stats.connected_state.set(1);
+        let mut received = false;
+        loop {
+            let resp: DeltaDiscoveryResponse = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(received),
+                Err(e) => return Err((received, e.to_string())),
+            };
+            received = true;
+            let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+                tracing::warn!(type_url = %resp.type_url, "ignoring a response of an unknown type");
+                continue;
+            };
+            let mut resources = Vec::new();
+            for r in resp.resources {
+                if let Some(any) = r.resource {
+                    resources.push((r.version, any));
+                }
+            }
+            let update = Update {
+                kind,
+                version_info: resp.system_version_info.clone(),
+                resources,
+                removed: resp.removed_resources,
+                replace_all: false,
+            };
+            let (error_detail, subs) = match self.accept(update).await {
+                Ok(subs) => (None, subs),
+                Err(e) => (Some(nack(e)), Vec::new()),
+            };
+            let ack = DeltaDiscoveryRequest {
+                type_url: resp.type_url,
+                response_nonce: resp.nonce,
+                error_detail,
+                ..Default::default()
+            };
+            if tx.send(ack).await.is_err() {
+                return Ok(received);
+            }
+            for (sub_kind, sub_names) in subs {
+                if !self.kinds().contains(&sub_kind) {
+                    continue;
+                }
+                let old = names.get(&sub_kind).cloned().unwrap_or_default();
+                if old == sub_names {
+                    continue;
+                }
+                let req = DeltaDiscoveryRequest {
+                    type_url: sub_kind.type_url().to_string(),
+                    resource_names_subscribe: sub_names.difference(&old).cloned().collect(),
+                    resource_names_unsubscribe: old.difference(&sub_names).cloned().collect(),
+                    ..Default::default()
+                };
+                names.insert(sub_kind, sub_names);
+                if tx.send(req).await.is_err() {
+                    return Ok(received);
+                }
+            }
+        }
+    }
+}
+
+fn nack(message: String) -> Status {
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// Exponential backoff with full jitter, reset once a stream delivers.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(10))
+        .min(BACKOFF_MAX);
+    let ms = exp.as_millis() as u64;
+    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+}

@@ -1,0 +1,103 @@
+//! `dynamic_resources` of the bootstrap → [`AdsConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use xds_protos::envoy::config::bootstrap::v3::bootstrap::DynamicResources;
+use xds_protos::envoy::config::core::v3::{
+    api_config_source::ApiType, config_source, grpc_service, ConfigSource,
+};
+
+use crate::config::{duration, ConfigError};
+
+/// Envoy's default for `initial_fetch_timeout`.
+const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct AdsConfig {
+    /// The static cluster that reaches the management server.
+    pub cluster: Arc<str>,
+    pub delta: bool,
+    pub lds: bool,
+    pub cds: bool,
+    /// How long a resource may warm before it is used without what it waits for.
+    pub initial_fetch_timeout: Option<Duration>,
+}
+
+impl AdsConfig {
+    pub fn compile(d: &DynamicResources) -> Result<AdsConfig, ConfigError> {
+        let Some(ads) = &d.ads_config else {
+            return Err(ConfigError::new(
+                "ads_config",
+                "trellis needs ads_config: only aggregated (ADS) xDS is supported",
+            ));
+        };
+        let delta = match ApiType::try_from(ads.api_type) {
+            Ok(ApiType::Grpc | ApiType::AggregatedGrpc) => false,
+            Ok(ApiType::DeltaGrpc | ApiType::AggregatedDeltaGrpc) => true,
+            _ => {
+                return Err(ConfigError::new(
+                    "ads_config.api_type",
+                    "only GRPC and DELTA_GRPC are supported by trellis",
+                ))
+            }
+        };
+        let cluster = match ads.grpc_services.as_slice() {
+            [one] => match &one.target_specifier {
+                Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
+                    Arc::from(g.cluster_name.as_str())
+                }
+                Some(grpc_service::TargetSpecifier::GoogleGrpc(_)) => {
+                    return Err(ConfigError::new(
+                        "ads_config.grpc_services[0].google_grpc",
+                        "google_grpc is not supported by trellis; use envoy_grpc",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                        "a cluster name is required",
+                    ))
+                }
+            },
+            _ => {
+                return Err(ConfigError::new(
+                    "ads_config.grpc_services",
+                    "exactly one gRPC service is required",
+                ))
+            }
+        };
+        let lds = source_is_ads(d.lds_config.as_ref(), "lds_config")?;
+        let cds = source_is_ads(d.cds_config.as_ref(), "cds_config")?;
+        let timeout_of = |c: Option<&ConfigSource>, path: &str| {
+            duration::timeout(
+                c.and_then(|c| c.initial_fetch_timeout.as_ref()),
+                Some(DEFAULT_INITIAL_FETCH_TIMEOUT),
+                path,
+            )
+        };
+        let initial_fetch_timeout =
+            timeout_of(d.cds_config.as_ref(), "cds_config.initial_fetch_timeout")?.max(timeout_of(
+                d.lds_config.as_ref(),
+                "lds_config.initial_fetch_timeout",
+            )?);
+        Ok(AdsConfig {
+            cluster,
+            delta,
+            lds,
+            cds,
+            initial_fetch_timeout,
+        })
+    }
+}
+
+fn source_is_ads(c: Option<&ConfigSource>, path: &str) -> Result<bool, ConfigError> {
+    match c.and_then(|c| c.config_source_specifier.as_ref()) {
+        None => Ok(false),
+        Some(config_source::ConfigSourceSpecifier::Ads(_)) => Ok(true),
+        Some(_) => Err(ConfigError::new(
+            path,
+            "only `ads: {}` config sources are supported by trellis",
+        )),
+    }
+}

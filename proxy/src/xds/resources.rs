@@ -1,0 +1,253 @@
+//! The xDS resources a proxy holds, by type and name, each compiled when it
+//! arrives. An update is validated whole before any of it is kept: a rejected
+//! response leaves the held set exactly as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use prost::Message;
+use xds_protos::envoy::config::cluster::v3::Cluster;
+use xds_protos::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_protos::envoy::config::listener::v3::Listener;
+use xds_protos::envoy::config::route::v3::RouteConfiguration;
+use xds_protos::type_url;
+
+use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig};
+use crate::config::hcm::RouteSource;
+use crate::config::listener::{ListenerConfig, Terminal};
+use crate::router::RouteTable;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl Kind {
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => type_url::CLUSTER,
+            Kind::Endpoint => type_url::CLUSTER_LOAD_ASSIGNMENT,
+            Kind::Listener => type_url::LISTENER,
+            Kind::Route => type_url::ROUTE_CONFIGURATION,
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route]
+            .into_iter()
+            .find(|k| k.type_url() == url)
+    }
+
+    /// Listeners and clusters are wildcard subscriptions; routes and
+    /// endpoints are asked for by name.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Cluster => "Cluster",
+            Kind::Endpoint => "ClusterLoadAssignment",
+            Kind::Listener => "Listener",
+            Kind::Route => "RouteConfiguration",
+        }
+    }
+}
+
+/// One held resource: the version that put it there, its compiled form, and
+/// the wire form for `/config_dump`.
+#[derive(Debug)]
+pub struct Held<T> {
+    pub version: String,
+    pub value: Arc<T>,
+    pub raw: prost_types::Any,
+}
+
+impl<T> Clone for Held<T> {
+    fn clone(&self) -> Self {
+        Held {
+            version: self.version.clone(),
+            value: self.value.clone(),
+            raw: self.raw.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Resources {
+    pub clusters: BTreeMap<String, Held<ClusterConfig>>,
+    pub endpoints: BTreeMap<String, Held<Vec<EndpointConfig>>>,
+    pub listeners: BTreeMap<String, Held<ListenerConfig>>,
+    pub routes: BTreeMap<String, Held<RouteTable>>,
+    /// The last accepted `version_info` per type (state of the world).
+    pub versions: BTreeMap<Kind, String>,
+}
+
+/// One response's worth of changes, in either protocol variant.
+pub struct Update {
+    pub kind: Kind,
+    pub version_info: String,
+    /// `(version, resource)`; a delta resource carries its own version.
+    pub resources: Vec<(String, prost_types::Any)>,
+    pub removed: Vec<String>,
+    /// State of the world for a wildcard type: whatever is absent is gone.
+    pub replace_all: bool,
+}
+
+impl Resources {
+    pub fn apply(&mut self, u: Update) -> Result<(), String> {
+        let kind = u.kind;
+        let mut errors = Vec::new();
+        macro_rules! compile_all {
+            ($map:ident, $decode:expr) => {{
+                let mut next = if u.replace_all {
+                    BTreeMap::new()
+                } else {
+                    self.$map.clone()
+                };
+                for name in &u.removed {
+                    next.remove(name);
+                }
+                for (version, any) in &u.resources {
+                    if any.type_url != kind.type_url() {
+                        errors.push(format!(
+                            "resource of type {} in a {} response",
+                            any.type_url,
+                            kind.label()
+                        ));
+                        continue;
+                    }
+                    match $decode(any) {
+                        Ok((name, value)) => {
+                            let version = if version.is_empty() {
+                                u.version_info.clone()
+                            } else {
+                                version.clone()
+                            };
+                            next.insert(
+                                name,
+                                Held {
+                                    version,
+                                    value: Arc::new(value),
+                                    raw: any.clone(),
+                                },
+                            );
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                if errors.is_empty() {
+                    self.$map = next;
+                }
+            }};
+        }
+        match kind {
+            Kind::Cluster => compile_all!(clusters, decode_cluster),
+            Kind::Endpoint => compile_all!(endpoints, decode_endpoints),
+            Kind::Listener => compile_all!(listeners, decode_listener),
+            Kind::Route => compile_all!(routes, decode_route),
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        self.versions.insert(kind, u.version_info);
+        Ok(())
+    }
+
+    /// Names this proxy must ask for: EDS service names of its clusters.
+    pub fn eds_names(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| match &c.value.discovery {
+                Discovery::Eds(service) => Some(service.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Route configuration names its listeners use over RDS.
+    pub fn rds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| rds_names(&l.value))
+            .collect()
+    }
+
+    /// `name → version` of what is held, for a delta stream's resubscription.
+    pub fn held_versions(&self, kind: Kind) -> std::collections::HashMap<String, String> {
+        fn versions<T>(m: &BTreeMap<String, Held<T>>) -> std::collections::HashMap<String, String> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.version.clone()))
+                .collect()
+        }
+        match kind {
+            Kind::Cluster => versions(&self.clusters),
+            Kind::Endpoint => versions(&self.endpoints),
+            Kind::Listener => versions(&self.listeners),
+            Kind::Route => versions(&self.routes),
+        }
+    }
+
+    /// Drops named resources nobody subscribes to any more.
+    pub fn retain(&mut self, kind: Kind, keep: &BTreeSet<String>) {
+        match kind {
+            Kind::Endpoint => self.endpoints.retain(|k, _| keep.contains(k)),
+            Kind::Route => self.routes.retain(|k, _| keep.contains(k)),
+            Kind::Cluster | Kind::Listener => {}
+        }
+    }
+}
+
+pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_chain.iter())
+        .filter_map(|c| match &c.terminal {
+            Terminal::Http(h) => match &h.routes {
+                RouteSource::Rds(name) => Some(name.to_string()),
+                RouteSource::Static(_) => None,
+            },
+            Terminal::Tcp(_) => None,
+        })
+        .collect()
+}
+
+fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), String> {
+    let c = Cluster::decode(any.value.as_slice())
+        .map_err(|e| format!("Cluster: cannot decode: {e}"))?;
+    let compiled = ClusterConfig::compile(&c).map_err(|e| format!("Cluster '{}': {e}", c.name))?;
+    Ok((c.name, compiled))
+}
+
+fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), String> {
+    let la = ClusterLoadAssignment::decode(any.value.as_slice())
+        .map_err(|e| format!("ClusterLoadAssignment: cannot decode: {e}"))?;
+    let eps =
+        endpoints(&la).map_err(|e| format!("ClusterLoadAssignment '{}': {e}", la.cluster_name))?;
+    if let Some(bad) = eps.iter().find(|e| e.address.ip().is_none()) {
+        return Err(format!(
+            "ClusterLoadAssignment '{}': endpoint '{}' is not an IP address",
+            la.cluster_name, bad.address.host
+        ));
+    }
+    Ok((la.cluster_name, eps))
+}
+
+fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), String> {
+    let l = Listener::decode(any.value.as_slice())
+        .map_err(|e| format!("Listener: cannot decode: {e}"))?;
+    let compiled =
+        ListenerConfig::compile(&l).map_err(|e| format!("Listener '{}': {e}", l.name))?;
+    Ok((l.name, compiled))
+}
+
+fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), String> {
+    let rc = RouteConfiguration::decode(any.value.as_slice())
+        .map_err(|e| format!("RouteConfiguration: cannot decode: {e}"))?;
+    let table =
+        RouteTable::compile(&rc).map_err(|e| format!("RouteConfiguration '{}': {e}", rc.name))?;
+    Ok((rc.name, table))
+}

@@ -1,0 +1,126 @@
+//! Raw TCP through `tcp_proxy`, and WebSocket upgrades through the HCM.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trellis_tests::config::{cluster, http_proxy};
+use trellis_tests::process::ProxyProcess;
+use trellis_tests::upstream::{Echo, TcpEcho};
+use trellis_tests::{free_port, loopback};
+
+#[tokio::test]
+async fn tcp_proxy_carries_bytes_both_ways() {
+    let echo = TcpEcho::start().await;
+    let port = free_port();
+    let config = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_echo
+          cluster: echo
+  clusters:
+{}"#,
+        cluster("echo", &[echo.addr], "")
+    );
+    let _p = ProxyProcess::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(loopback(port))
+        .await
+        .expect("connect");
+    let payload = vec![7u8; 256 * 1024];
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&payload).await.expect("write");
+    };
+    let read = async {
+        let mut got = vec![0u8; payload.len()];
+        r.read_exact(&mut got).await.expect("read back");
+        got
+    };
+    let (_, got) =
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(write, read) })
+            .await
+            .expect("echo in time");
+    assert_eq!(got, payload);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: app }
+"#;
+    let config = http_proxy(
+        port,
+        vhosts,
+        &[cluster("app", &[app.addr], "")],
+        "          upgrade_configs:\n          - upgrade_type: websocket\n",
+    );
+    let _p = ProxyProcess::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(loopback(port))
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .expect("response head in time")
+            .expect("read");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping-through-the-tunnel")
+        .await
+        .expect("write frame");
+    let mut got = [0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&got, b"ping-through-the-tunnel");
+}
+
+#[tokio::test]
+async fn websocket_without_upgrade_config_is_refused() {
+    let app = Echo::start("app").await;
+    let port = free_port();
+    let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: app }
+"#;
+    let _p = ProxyProcess::start(&http_proxy(
+        port,
+        vhosts,
+        &[cluster("app", &[app.addr], "")],
+        "",
+    ))
+    .await;
+    let reply = trellis_tests::client::raw(
+        loopback(port),
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert_eq!(app.count(), 0);
+}
