@@ -129,7 +129,18 @@ async fn backend_proxy(
             "match_typed_subject_alt_names": uri_san(allowed),
         },
     });
-    let mut chain = json!({ "filters": [hcm("backend", to_cluster("app"))] });
+    let mut filter = hcm("backend", to_cluster("app"));
+    // The verified client identity, as access logs see it.
+    filter["typed_config"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join("access.log"),
+            "log_format": { "text_format_source": {
+                "inline_string": "%REQ(:PATH)% %DOWNSTREAM_PEER_URI_SAN%\n" } },
+        },
+    }]);
+    let mut chain = json!({ "filters": [filter] });
     chain["transport_socket"] = downstream_tls(common, true);
     ProxyProcess::start_logged(&bootstrap(
         vec![listener(port, vec![chain], json!({}))],
@@ -183,6 +194,12 @@ async fn two_proxies_talk_mtls_end_to_end() {
             assert_eq!(seen["path"], format!("/hello/{i}"));
         }
         assert_eq!(app.count(), 5);
+        let log_path = dir.path().join("access.log");
+        trellis_tests::eventually(Duration::from_secs(5), "B's access log", || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move { log.contains(&format!("/hello/4 {FRONTEND}")).then_some(()) }
+        })
+        .await;
         assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 0);
 
         // An HTTP/2 cluster offers `h2` by ALPN (no alpn_protocols set), as
