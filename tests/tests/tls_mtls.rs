@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trellis_tests::process::{proxy_under_test, run_to_exit, ProxyProcess};
+use trellis_tests::process::{proxy_under_test, run_to_exit, testing_envoy, ProxyProcess};
 use trellis_tests::tls::{client_config, https_get, Ca, Issued, Leaf};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{free_port, loopback, within};
@@ -195,7 +195,8 @@ async fn two_proxies_talk_mtls_end_to_end() {
         }
         assert_eq!(app.count(), 5);
         let log_path = dir.path().join("access.log");
-        trellis_tests::eventually(Duration::from_secs(5), "B's access log", || {
+        // Envoy flushes access logs every 10 s.
+        trellis_tests::eventually(Duration::from_secs(15), "B's access log", || {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             async move { log.contains(&format!("/hello/4 {FRONTEND}")).then_some(()) }
         })
@@ -272,15 +273,18 @@ async fn bad_client_certificates_are_refused_with_the_reason() {
                 r.is_err() || r.as_ref().is_ok_and(|r| r.status != 200),
                 "{what}: accepted: {r:?}"
             );
-            trellis_tests::eventually(
-                Duration::from_secs(5),
-                &format!("a log line for {what}"),
-                || {
-                    let log = b.log();
-                    async move { log.contains(logged).then_some(()) }
-                },
-            )
-            .await;
+            // The reasons are trellis's own log lines; Envoy words them differently.
+            if !testing_envoy() {
+                trellis_tests::eventually(
+                    Duration::from_secs(5),
+                    &format!("a log line for {what}"),
+                    || {
+                        let log = b.log();
+                        async move { log.contains(logged).then_some(()) }
+                    },
+                )
+                .await;
+            }
         }
         // No certificate at all is refused too; a good one still works.
         let r = https_get(
@@ -337,7 +341,7 @@ async fn upstream_with_the_wrong_identity_is_refused() {
             .await
             .expect("A answers");
         assert_eq!(r.status, 503);
-        assert!(a.log().contains("no subject alternative name matches"), "{}", a.log());
+        assert!(testing_envoy() || a.log().contains("no subject alternative name matches"), "{}", a.log());
         assert_eq!(app.count(), 0);
     })
     .await;
@@ -523,6 +527,10 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
 /// and private keys never reach `/config_dump`.
 #[tokio::test]
 async fn bad_key_material_is_a_config_error_and_keys_are_redacted() {
+    if testing_envoy() {
+        // Exit code 2 and the field path in the message are trellis's contract.
+        return;
+    }
     within(Duration::from_secs(60), "config errors", async {
         let dir = tempfile::tempdir().expect("dir");
         let ca = Ca::new("trellis test CA");
