@@ -591,3 +591,41 @@ async fn bad_key_material_is_a_config_error_and_keys_are_redacted() {
     })
     .await;
 }
+
+/// `tcp_proxy` to a cluster with an `UpstreamTlsContext` originates TLS.
+#[tokio::test]
+async fn tcp_proxy_originates_tls_upstream() {
+    within(Duration::from_secs(60), "tcp_proxy TLS", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let server = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let tls_port = free_port();
+        let mut chain = json!({ "filters": [hcm("s", reply("via tcp_proxy and tls"))] });
+        chain["transport_socket"] = downstream_tls(
+            json!({ "tls_certificates": [cert_files(dir.path(), "svc", &server)] }),
+            false,
+        );
+        let tcp_port = free_port();
+        let tcp_chain = json!({ "filters": [{ "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": "tls_upstream" } }] });
+        let common = json!({ "validation_context": {
+            "trusted_ca": { "filename": ca.write(dir.path(), "ca") } } });
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![
+                listener(tls_port, vec![chain], json!({})),
+                listener(tcp_port, vec![tcp_chain], json!({})),
+            ],
+            vec![cluster("tls_upstream", loopback(tls_port), Some(upstream_tls(common, "svc.test")))],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{tcp_port}/"))
+            .await
+            .expect("through tcp_proxy");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_text(), "via tcp_proxy and tls");
+    })
+    .await;
+}
