@@ -629,3 +629,56 @@ async fn tcp_proxy_originates_tls_upstream() {
     })
     .await;
 }
+
+/// Like Envoy, the TLS inspector waits for the client's first bytes: a
+/// server-first client is closed when `listener_filters_timeout` passes, or
+/// carried on as `raw_buffer` with `continue_on_listener_filters_timeout`.
+#[tokio::test]
+async fn inspector_timeout_closes_or_continues_as_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(Duration::from_secs(60), "inspector timeout", async {
+        // An upstream that speaks first.
+        let banner = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let banner_addr = banner.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = banner.accept().await {
+                let _ = s.write_all(b"220 hello\r\n").await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let tcp_chain = json!({ "filters": [{ "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": "banner" } }] });
+        let (closing, continuing) = (free_port(), free_port());
+        let inspector = |cont: bool| json!({
+            "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }],
+            "listener_filters_timeout": "0.3s",
+            "continue_on_listener_filters_timeout": cont,
+        });
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![
+                listener(closing, vec![tcp_chain.clone()], inspector(false)),
+                listener(continuing, vec![tcp_chain], inspector(true)),
+            ],
+            vec![cluster("banner", banner_addr, None)],
+            vec![],
+        ))
+        .await;
+        let mut buf = [0u8; 64];
+        let mut s = tokio::net::TcpStream::connect(loopback(continuing)).await.expect("connect");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the banner arrives after the timeout")
+            .expect("read");
+        assert_eq!(&buf[..n], b"220 hello\r\n");
+        let mut s = tokio::net::TcpStream::connect(loopback(closing)).await.expect("connect");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed after the timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without forwarding");
+    })
+    .await;
+}
