@@ -77,6 +77,8 @@ async fn rotating_certificates_under_load_fails_no_request() {
         let b_port = free_port();
         let b_cfg = json!({
             "admin": admin,
+            // Envoy's SDS needs a node identity.
+            "node": { "id": "rotation-test", "cluster": "tests" },
             "static_resources": {
                 "listeners": [{
                     "name": "b",
@@ -103,6 +105,8 @@ async fn rotating_certificates_under_load_fails_no_request() {
         let a_port = free_port();
         let a_cfg = json!({
             "admin": admin,
+            // Envoy's SDS needs a node identity.
+            "node": { "id": "rotation-test", "cluster": "tests" },
             "static_resources": {
                 "listeners": [{
                     "name": "a",

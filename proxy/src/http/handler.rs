@@ -45,6 +45,7 @@ impl Hcm {
             saved: None,
         };
         record.info.protocol = Some(req.version());
+        record.info.downstream_peer_uri_san = info.tls.as_ref().and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {

@@ -119,23 +119,18 @@ impl UpstreamTls {
         &self.ads_names
     }
 
-    /// The client handshake on a fresh connection to `addr`, for an HTTP/2
-    /// pool or an HTTP/1.1 one.
+    /// The client handshake on a fresh connection to `addr`, for the user
+    /// named: it decides the ALPN offered when the context sets none.
     pub async fn connect(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
-        http2: bool,
+        user: AlpnFor,
     ) -> io::Result<ClientStream> {
-        let connector = match &self.by_protocol {
-            Some((h1, h2)) => {
-                if http2 {
-                    h2
-                } else {
-                    h1
-                }
-            }
-            None => &self.connector,
+        let connector = match (&self.by_protocol, user) {
+            (Some((h1, _)), AlpnFor::Http1) => h1,
+            (Some((_, h2)), AlpnFor::Http2) => h2,
+            _ => &self.connector,
         };
         let name = self
             .sni
@@ -146,6 +141,15 @@ impl UpstreamTls {
         })?;
         Ok(ClientStream::Tls(Box::new(tls)))
     }
+}
+
+/// Who a connection is for: an HTTP/1.1 pool, an HTTP/2 pool, or the TCP
+/// proxy (which, like Envoy's, offers only the configured ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlpnFor {
+    Http1,
+    Http2,
+    Tcp,
 }
 
 /// An upstream connection, TLS or not, as one type for the pool's codecs.

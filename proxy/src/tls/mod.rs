@@ -20,7 +20,7 @@ mod tests;
 
 use std::sync::{Arc, OnceLock};
 
-pub use client::{ClientStream, UpstreamTls};
+pub use client::{AlpnFor, ClientStream, UpstreamTls};
 pub use inspector::{inspect, ClientHelloFacts, Inspection};
 pub use server::{PeerInfo, ServerTls};
 

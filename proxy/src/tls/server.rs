@@ -40,7 +40,7 @@ impl std::fmt::Debug for ServerTls {
 #[derive(Debug, Clone, Default)]
 pub struct PeerInfo {
     /// The verified client certificate's first URI SAN (a SPIFFE id in a mesh).
-    pub uri_san: Option<String>,
+    pub uri_san: Option<Arc<str>>,
     /// The client certificate was verified (and so `uri_san` can be trusted).
     pub verified: bool,
     pub server_name: Option<String>,
@@ -130,7 +130,7 @@ impl ServerTls {
             uri_san: certs
                 .and_then(|c| c.first())
                 .and_then(|c| sans(c).into_iter().find(|(k, _)| *k == SanKind::Uri))
-                .map(|(_, v)| v),
+                .map(|(_, v)| Arc::from(v)),
             verified: certs.is_some_and(|c| !c.is_empty()),
             server_name: conn.server_name().map(str::to_string),
             alpn: conn

@@ -125,10 +125,6 @@ impl Trust {
     }
 }
 
-fn log_refusal(e: &Error) {
-    tracing::warn!(error = %e, "peer certificate refused");
-}
-
 /// Downstream: asks for (and with `require_client_certificate`, demands) a
 /// client certificate and verifies it.
 #[derive(Debug)]
@@ -174,8 +170,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.verify(end_entity, intermediates, now)
-            .inspect_err(log_refusal)?;
+        self.verify(end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -269,8 +264,7 @@ impl ServerCertVerifier for ServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.verify(end_entity, intermediates, now)
-            .inspect_err(log_refusal)?;
+        self.verify(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
-use crate::tls::{ClientStream, UpstreamTls};
+use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -126,7 +126,11 @@ impl Pool {
     }
 
     /// A new connection, TLS when the cluster says so.
-    async fn tcp(&self, p: &ConnectParams<'_>, http2: bool) -> Result<ClientStream, ConnectError> {
+    async fn tcp(
+        &self,
+        p: &ConnectParams<'_>,
+        alpn: AlpnFor,
+    ) -> Result<ClientStream, ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -145,7 +149,7 @@ impl Pool {
         p.stats.upstream_cx_active.inc();
         match p.tls {
             None => Ok(ClientStream::Plain(stream)),
-            Some(tls) => tls.connect(stream, self.addr, http2).await.map_err(|e| {
+            Some(tls) => tls.connect(stream, self.addr, alpn).await.map_err(|e| {
                 p.stats.upstream_cx_connect_fail.inc();
                 closed(p.stats);
                 ConnectError::Tls(e)
@@ -158,7 +162,7 @@ impl Pool {
         p: &ConnectParams<'_>,
         permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p, false).await?;
+        let stream = self.tcp(p, AlpnFor::Http1).await?;
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -195,7 +199,7 @@ impl Pool {
                 break permit;
             }
         };
-        let stream = self.tcp(p, true).await?;
+        let stream = self.tcp(p, AlpnFor::Http2).await?;
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
