@@ -106,7 +106,16 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         tokio::spawn(
             async move { client::get(&format!("http://127.0.0.1:{port}/delay/800")).await },
         );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Signal only once the request is in flight at the upstream.
+    trellis_tests::eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        || {
+            let n = app.count();
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
     p.signal(15);
     let r = slow
         .await
