@@ -159,6 +159,13 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
+        // Refused rather than ignored until spans are exported (issue 6).
+        if h.tracing.is_some() {
+            return Err(ConfigError::new(
+                "tracing",
+                "tracing is not implemented by trellis yet; trace headers pass through unchanged",
+            ));
+        }
         let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
             &h.access_log,
             "access_log",

@@ -6,6 +6,8 @@ use tokio::net::TcpStream;
 
 use crate::config::tcp_proxy::TcpProxyConfig;
 use crate::drain::Watch;
+use crate::format::{Context, StreamInfo};
+use crate::http::ResponseFlags;
 use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
 use crate::stats::TcpStats;
@@ -25,14 +27,29 @@ impl TcpProxy {
         }
     }
 
-    pub async fn serve(&self, mut downstream: TcpStream, _drain: Watch) {
+    pub async fn serve(&self, downstream: TcpStream, drain: Watch) {
+        // Telemetry hook: the connection's facts feed its access log line.
+        let Ok(peer) = downstream.peer_addr() else {
+            return;
+        };
+        let mut info = StreamInfo::new(peer, downstream.local_addr().ok());
+        self.proxy(downstream, drain, &mut info).await;
+        if !self.config.access_logs.is_empty() {
+            info.done = Some(info.started.elapsed());
+            self.config.access_logs.log(&Context::new(&info));
+        }
+    }
+
+    async fn proxy(&self, mut downstream: TcpStream, _drain: Watch, info: &mut StreamInfo) {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
         let name = self.config.pick_cluster(rand::random());
         let Some(cluster) = snapshot.clusters.get(name) else {
             self.stats.downstream_cx_no_route.inc();
+            info.flags.set(ResponseFlags::NO_CLUSTER_FOUND);
             return;
         };
+        info.upstream_cluster = Some(cluster.name().clone());
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
             let Some(ep) = cluster.pick(rand::random()) else {
@@ -42,26 +59,31 @@ impl TcpProxy {
             match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
                 Ok(Ok(s)) => {
                     cluster.stats.upstream_cx_total.inc();
+                    info.upstream_host = Some(ep.addr);
+                    info.upstream_local = s.local_addr().ok();
                     upstream = Some(s);
                     break;
                 }
                 Ok(Err(_)) | Err(_) => cluster.stats.upstream_cx_connect_fail.inc(),
             }
         }
-        let Some(mut upstream) = upstream else { return };
+        let Some(mut upstream) = upstream else {
+            info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            return;
+        };
         let _ = upstream.set_nodelay(true);
         cluster.stats.upstream_cx_active.inc();
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-        match self.config.idle_timeout {
-            Some(idle) => {
-                let _ = activity.run(copy, idle).await;
-            }
-            None => {
-                let _ = copy.await;
-            }
+        let copied = match self.config.idle_timeout {
+            Some(idle) => activity.run(copy, idle).await,
+            None => Some(copy.await),
+        };
+        if let Some(Ok((received, sent))) = copied {
+            info.bytes_received = received;
+            info.bytes_sent = sent;
         }
         cluster.stats.upstream_cx_active.dec();
         cluster.stats.upstream_cx_destroy.inc();
