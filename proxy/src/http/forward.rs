@@ -170,6 +170,7 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
+        let attempt_started = Instant::now();
         let result = attempt_once(
             cluster, &endpoint, proto, &parts, &mut body, limit, auto_host,
         )
@@ -183,6 +184,8 @@ pub async fn forward(
                 let status = resp.status();
                 let grpc_status = grpc_status(&resp);
                 stats.upstream_rq.record(status.as_u16());
+                // Telemetry hook: Envoy times every attempt that got a response.
+                stats.upstream_rq_time.record(attempt_started.elapsed());
                 let again =
                     retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
                 if again && retries_left {

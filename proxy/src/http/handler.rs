@@ -321,7 +321,6 @@ impl Hcm {
         .await;
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         if upstream.is_some() {
-            cluster.stats.upstream_rq_time.record(started.elapsed());
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
         }
         if upstream.is_some() && flags.is_empty() {
