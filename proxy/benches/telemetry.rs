@@ -90,10 +90,12 @@ fn main() {
                     record: Record {
                         info: StreamInfo::new(peer, None),
                         saved: None,
+                        trace: None,
                     },
                     tally: None,
                     logs: no_logs.clone(),
                     rq_time: rq_time.clone(),
+                    tracer: None,
                 },
             );
             rt.block_on(async {
@@ -138,6 +140,11 @@ fn main() {
         ..Context::new(&info)
     };
     let mut line = String::with_capacity(256);
+    let mut traced = headers.clone();
+    traced.insert(
+        "traceparent",
+        http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
     report(
         "render Envoy's default access log line",
         measure(|| {
@@ -149,6 +156,15 @@ fn main() {
     report(
         "render a header value operator (client IP)",
         measure(|| drop(black_box(ip.to_string(&ctx, true)))),
+    );
+    report(
+        "trace context: parse traceparent, new span ids, inject",
+        measure(|| {
+            let t = trellis_proxy::tracing_ctx::Trace::start(black_box(&traced));
+            let mut out = traced.clone();
+            t.inject(&mut out);
+            black_box(out);
+        }),
     );
     report(
         "clone request headers (kept only when logging)",

@@ -19,5 +19,6 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod tracing_ctx;
 pub mod upstream;
 pub mod xds;

@@ -44,6 +44,8 @@ pub struct HcmConfig {
     pub internal_ranges: Vec<super::address::Cidr>,
     /// `access_log`: written when each request's response has been sent.
     pub access_logs: Arc<crate::access_log::AccessLogs>,
+    /// `tracing.provider`: spans go to this OTLP collector.
+    pub tracing: Option<crate::tracing_ctx::TracingConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,19 +161,19 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
-        // Refused rather than ignored until spans are exported (issue 6).
-        if h.tracing.is_some() {
-            return Err(ConfigError::new(
-                "tracing",
-                "tracing is not implemented by trellis yet; trace headers pass through unchanged",
-            ));
-        }
+        let tracing = match &h.tracing {
+            Some(t) => {
+                crate::tracing_ctx::TracingConfig::compile(t).map_err(|e| e.at("tracing"))?
+            }
+            None => None,
+        };
         let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
             &h.access_log,
             "access_log",
         )?);
         Ok(HcmConfig {
             access_logs,
+            tracing,
             stat_prefix: Arc::from(h.stat_prefix.as_str()),
             codec,
             routes,

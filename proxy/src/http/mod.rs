@@ -23,12 +23,18 @@ pub struct Hcm {
     pub config: Arc<HcmConfig>,
     pub stats: Arc<HttpStats>,
     pub shared: Arc<Shared>,
+    /// Telemetry hook: where this connection manager's spans go.
+    pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
 }
 
 impl Hcm {
     pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>) -> Hcm {
         Hcm {
             stats: shared.http_stats(&config.stat_prefix),
+            tracer: config
+                .tracing
+                .as_ref()
+                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(t, &shared)),
             config,
             shared,
         }
