@@ -21,5 +21,6 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod tls;
+pub mod tracing_ctx;
 pub mod upstream;
 pub mod xds;

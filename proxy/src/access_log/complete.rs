@@ -54,6 +54,8 @@ impl SavedRequest {
 pub struct Record {
     pub info: StreamInfo,
     pub saved: Option<SavedRequest>,
+    /// Set when the connection manager traces.
+    pub trace: Option<crate::tracing_ctx::Trace>,
 }
 
 impl Record {
@@ -139,6 +141,7 @@ pub struct Finish {
     pub tally: Option<Arc<RequestTally>>,
     pub logs: Arc<AccessLogs>,
     pub rq_time: Arc<Histogram>,
+    pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
 }
 
 /// Wraps the response body; `response` is kept only for access logs.
@@ -178,6 +181,9 @@ impl ResponseCounter {
         else {
             return;
         };
+        if let (Some(tracer), Some(trace)) = (&f.tracer, &f.record.trace) {
+            crate::tracing_ctx::export(tracer, trace, &f.record.info);
+        }
         let info = &mut f.record.info;
         let elapsed = info.started.elapsed();
         info.done = Some(elapsed);

@@ -31,6 +31,7 @@ fn server_stats(s: &Shared) -> impl Fn(&mut dyn Visitor) + '_ {
         );
         v.gauge(&scope, "memory_allocated", resident_bytes());
         crate::access_log::visit_stats(v);
+        crate::tracing_ctx::otlp::visit_stats(v);
     }
 }
 

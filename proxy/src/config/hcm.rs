@@ -51,6 +51,8 @@ pub struct HcmConfig {
     pub access_logs: Arc<crate::access_log::AccessLogs>,
     /// The HTTP filters before the router, in chain order.
     pub filters: Vec<crate::filters::HttpFilter>,
+    /// `tracing.provider`: spans go to this OTLP collector.
+    pub tracing: Option<crate::tracing_ctx::TracingConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,12 +177,19 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
+        let tracing = match &h.tracing {
+            Some(t) => {
+                crate::tracing_ctx::TracingConfig::compile(t).map_err(|e| e.at("tracing"))?
+            }
+            None => None,
+        };
         let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
             &h.access_log,
             "access_log",
         )?);
         Ok(HcmConfig {
             access_logs,
+            tracing,
             stat_prefix: Arc::from(h.stat_prefix.as_str()),
             codec,
             routes,

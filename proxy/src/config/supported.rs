@@ -187,7 +187,6 @@ pub static SUPPORTED: &[Entry] = &[
             ("continue_on_listener_filters_timeout", Walk),
             ("use_original_dst", Walk),
             ("per_connection_buffer_limit_bytes", Walk),
-            ("access_log", Walk),
             ("traffic_direction", Walk),
             ("stat_prefix", Walk),
             ("bind_to_port", Walk),
@@ -233,7 +232,13 @@ pub static SUPPORTED: &[Entry] = &[
     },
     Entry {
         message: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        fields: &[("path", Walk), ("log_format", Walk)],
+        fields: &[
+            ("path", Walk),
+            ("log_format", Walk),
+            ("format", Walk),
+            ("json_format", Walk),
+            ("typed_json_format", Walk),
+        ],
     },
     Entry {
         message: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",

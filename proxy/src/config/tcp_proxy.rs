@@ -17,6 +17,8 @@ pub struct TcpProxyConfig {
     pub clusters: Vec<(Arc<str>, u32)>,
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
+    /// `access_log`: one line per proxied connection, when it closes.
+    pub access_logs: crate::access_log::AccessLogs,
 }
 
 impl TcpProxyConfig {
@@ -49,6 +51,7 @@ impl TcpProxyConfig {
                 "idle_timeout",
             )?,
             max_connect_attempts: p.max_connect_attempts.unwrap_or(1).max(1),
+            access_logs: crate::access_log::AccessLogs::compile(&p.access_log, "access_log")?,
         })
     }
 

@@ -197,6 +197,7 @@ pub async fn forward(
             parts.as_ref().map(clone_parts)
         };
         let count = request_attempt_count.then_some(attempt);
+        let attempt_started = Instant::now();
         let result = attempt_once(
             cluster, &endpoint, proto, head, &mut body, limit, auto_host, count,
         )
@@ -225,6 +226,8 @@ pub async fn forward(
                 let status = resp.status();
                 let grpc_status = grpc_status(&resp);
                 stats.upstream_rq.record(status.as_u16());
+                // Telemetry hook: Envoy times every attempt that got a response.
+                stats.upstream_rq_time.record(attempt_started.elapsed());
                 let again =
                     retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
                 let slot = if again && retries_left {

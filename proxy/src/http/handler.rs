@@ -26,6 +26,7 @@ use crate::router::{
     Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
 };
 use crate::snapshot::Snapshot;
+use crate::tracing_ctx::Trace;
 use crate::upstream::{Cluster, ClusterMap};
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ impl Hcm {
         let mut record = Record {
             info: StreamInfo::new(info.peer, Some(info.local)),
             saved: None,
+            trace: self.tracer.is_some().then(|| Trace::start(req.headers())),
         };
         record.info.protocol = Some(req.version());
         record.info.downstream_peer_uri_san = info.tls.as_ref().and_then(|t| t.uri_san.clone());
@@ -103,6 +105,7 @@ impl Hcm {
                 tally,
                 logs: self.config.access_logs.clone(),
                 rq_time: stats.downstream_rq_time.clone(),
+                tracer: self.tracer.clone(),
             },
         )
     }
@@ -359,6 +362,10 @@ impl Hcm {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
+        if let Some(t) = &mut record.trace {
+            t.inject(&mut parts.headers);
+            t.client_start = Some(std::time::SystemTime::now());
+        }
         // Access logs and response header values read the request as sent.
         if record.saved.is_some() || matched.response_reads_request() {
             record.saved = Some(SavedRequest::new(parts, info.scheme));
@@ -399,13 +406,15 @@ impl Hcm {
         .await;
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         if upstream.is_some() {
-            cluster.stats.upstream_rq_time.record(started.elapsed());
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
         }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response
                 .headers_mut()
                 .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
+        }
+        if let Some(t) = &mut record.trace {
+            t.client_end = Some(std::time::SystemTime::now());
         }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();

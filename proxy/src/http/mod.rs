@@ -28,6 +28,8 @@ pub struct Hcm {
     /// Fault and local rate limit stats, registered only when the chain
     /// has such filters.
     pub filter_stats: Arc<crate::filters::FilterStats>,
+    /// Telemetry hook: where this connection manager's spans go.
+    pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
 }
 
 impl Hcm {
@@ -40,6 +42,10 @@ impl Hcm {
         }
         Hcm {
             stats: shared.http_stats(&config.stat_prefix),
+            tracer: config
+                .tracing
+                .as_ref()
+                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(t, &shared)),
             config,
             shared,
             filter_stats,

@@ -155,13 +155,13 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
                     let info = Arc::new(info);
                     match chain {
                         Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, Some(info)).await,
-                        Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
+                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
                     }
                 }
             }
             None => match chain {
                 Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, None).await,
-                Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
+                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
             },
         }
         listener.stats.downstream_cx_active.dec();

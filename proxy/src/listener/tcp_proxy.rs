@@ -1,11 +1,14 @@
 //! `envoy.filters.network.tcp_proxy`: bytes both ways to a cluster endpoint.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
 use crate::config::tcp_proxy::TcpProxyConfig;
 use crate::drain::Watch;
+use crate::format::{Context, StreamInfo};
+use crate::http::ResponseFlags;
 use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
 use crate::stats::TcpStats;
@@ -26,7 +29,21 @@ impl TcpProxy {
         }
     }
 
-    pub async fn serve<S>(&self, mut downstream: S, _drain: Watch)
+    /// `downstream` is the accepted socket, or its TLS session.
+    pub async fn serve<S>(&self, downstream: S, peer: SocketAddr, local: SocketAddr, drain: Watch)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        // Telemetry hook: the connection's facts feed its access log line.
+        let mut info = StreamInfo::new(peer, Some(local));
+        self.proxy(downstream, drain, &mut info).await;
+        if !self.config.access_logs.is_empty() {
+            info.done = Some(info.started.elapsed());
+            self.config.access_logs.log(&Context::new(&info));
+        }
+    }
+
+    async fn proxy<S>(&self, mut downstream: S, _drain: Watch, info: &mut StreamInfo)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -35,8 +52,10 @@ impl TcpProxy {
         let name = self.config.pick_cluster(rand::random());
         let Some(cluster) = snapshot.clusters.get(name) else {
             self.stats.downstream_cx_no_route.inc();
+            info.flags.set(ResponseFlags::NO_CLUSTER_FOUND);
             return;
         };
+        info.upstream_cluster = Some(cluster.name().clone());
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
             let Some(ep) = cluster.pick(rand::random()) else {
@@ -46,6 +65,8 @@ impl TcpProxy {
             match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
+                    info.upstream_host = Some(ep.addr);
+                    info.upstream_local = s.local_addr().ok();
                     let stream = match &cluster.config.tls {
                         None => ClientStream::Plain(s),
                         // The cluster's UpstreamTlsContext, bounded like the connect.
@@ -69,19 +90,22 @@ impl TcpProxy {
                 Ok(Err(_)) | Err(_) => cluster.stats.upstream_cx_connect_fail.inc(),
             }
         }
-        let Some(mut upstream) = upstream else { return };
+        let Some(mut upstream) = upstream else {
+            info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            return;
+        };
         cluster.stats.upstream_cx_active.inc();
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-        match self.config.idle_timeout {
-            Some(idle) => {
-                let _ = activity.run(copy, idle).await;
-            }
-            None => {
-                let _ = copy.await;
-            }
+        let copied = match self.config.idle_timeout {
+            Some(idle) => activity.run(copy, idle).await,
+            None => Some(copy.await),
+        };
+        if let Some(Ok((received, sent))) = copied {
+            info.bytes_received = received;
+            info.bytes_sent = sent;
         }
         cluster.stats.upstream_cx_active.dec();
         cluster.stats.upstream_cx_destroy.inc();

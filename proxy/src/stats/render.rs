@@ -352,6 +352,33 @@ mod tests {
     }
 
     #[test]
+    fn every_family_has_help() {
+        use super::super::{ClusterStats, HttpStats, ListenerStats, StatSource, TcpStats};
+        use std::sync::{Arc, Weak};
+        let store = Store::default();
+        let c = Arc::new(ClusterStats::new(Arc::from("c")));
+        let h = Arc::new(HttpStats::new(Arc::from("h")));
+        let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap()));
+        let t = Arc::new(TcpStats::new(Arc::from("t")));
+        c.upstream_rq.record(200);
+        h.downstream_rq.record(503);
+        for s in [
+            Arc::downgrade(&c) as Weak<dyn StatSource>,
+            Arc::downgrade(&h) as Weak<dyn StatSource>,
+            Arc::downgrade(&l) as Weak<dyn StatSource>,
+            Arc::downgrade(&t) as Weak<dyn StatSource>,
+        ] {
+            store.register(s);
+        }
+        let out = render_prometheus(&store, &crate::access_log::visit_stats);
+        let placeholder = help("envoy_no_such_stat");
+        for family in out.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = family.split(' ').next().unwrap();
+            assert_ne!(help(name), placeholder, "{name} has no HELP text");
+        }
+    }
+
+    #[test]
     fn histograms_render_as_prometheus_histograms() {
         use std::sync::Arc;
         let store = Store::default();

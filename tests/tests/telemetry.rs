@@ -1,0 +1,387 @@
+//! Telemetry end to end: two trellis proxies in a row on loopback, an echo
+//! upstream behind them. The metrics of both hops must agree with the
+//! traffic sent and pass `promtool check metrics`; access log lines must
+//! match their formats exactly; trace headers must survive both hops; an
+//! access log that cannot be written must not fail requests.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+use trellis_tests::config::{cluster, http_proxy, indent};
+use trellis_tests::process::ProxyProcess;
+use trellis_tests::upstream::Echo;
+use trellis_tests::{client, eventually, free_port, loopback, within};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn file_log(path: &Path, log_format: &str) -> String {
+    format!(
+        r#"- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {}
+{}"#,
+        path.display(),
+        indent(log_format, 4)
+    )
+}
+
+fn access_logs(loggers: &[String]) -> String {
+    indent(
+        &format!("access_log:\n{}", indent(&loggers.concat(), 0)),
+        10,
+    )
+}
+
+/// Hop A: retries 5xx twice on `/status/`, sends everything to hop B.
+fn hop_a(port: u16, b: SocketAddr, hcm_extra: &str) -> String {
+    let vhosts = r#"- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/status/" }
+    route:
+      cluster: hop_b
+      retry_policy: { retry_on: 5xx, num_retries: 2 }
+  - match: { prefix: "/" }
+    route: { cluster: hop_b }
+"#;
+    http_proxy(
+        port,
+        &indent(vhosts, 10),
+        &[cluster("hop_b", &[b], "")],
+        hcm_extra,
+    )
+}
+
+/// Hop B: everything to the echo upstream.
+fn hop_b(port: u16, echo: SocketAddr, hcm_extra: &str) -> String {
+    let vhosts = r#"- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/" }
+    name: to_echo
+    route: { cluster: echo }
+"#;
+    http_proxy(
+        port,
+        &indent(vhosts, 10),
+        &[cluster("echo", &[echo], "")],
+        hcm_extra,
+    )
+}
+
+async fn lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(Duration::from_secs(10), "access log lines", || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
+/// `promtool check metrics` findings other than the ones Envoy's names
+/// force: counters without `_total`, and the gauge `membership_total`.
+fn promtool_findings(exposition: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool finishes");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.contains("counter metrics should have \"_total\" suffix"))
+        // Envoy's own gauge name, which Envoy and App Mesh dashboards query:
+        // the one `_total` gauge, kept for the same reason as the counters.
+        .filter(|l| !l.starts_with("envoy_cluster_membership_total non-counter metrics"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hops_count_traffic_log_it_and_keep_trace_headers() {
+    within(LIMIT, "two-hop telemetry", async {
+        let echo = Echo::start("echo").await;
+        let logs = tempfile::tempdir().expect("temp dir");
+        let a_log = logs.path().join("a.log");
+        let b_text = logs.path().join("b.log");
+        let b_json = logs.path().join("b.json");
+        let (pa, pb) = (free_port(), free_port());
+        let b = ProxyProcess::start(&hop_b(
+            pb,
+            echo.addr,
+            &access_logs(&[
+                file_log(
+                    &b_text,
+                    "log_format:\n  text_format_source:\n    inline_string: \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %ROUTE_NAME% %REQ(X-REQUEST-ID)% %BYTES_SENT% %PROTOCOL% %REQ(X-MISSING):3%|%UPSTREAM_HOST%\\n\"\n",
+                ),
+                file_log(
+                    &b_json,
+                    "log_format:\n  json_format:\n    code: \"%RESPONSE_CODE%\"\n    path: \"%REQ(:PATH)%\"\n    missing: \"%REQ(X-MISSING)%\"\n    peer: \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\"\n    fixed: 7\n",
+                ),
+            ]),
+        ))
+        .await;
+        let a = ProxyProcess::start(&hop_a(
+            pa,
+            loopback(pb),
+            &access_logs(&[file_log(&a_log, "")]),
+        ))
+        .await;
+        let url = |p: &str| format!("http://127.0.0.1:{pa}{p}");
+
+        let trace_headers = [
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            ("x-amzn-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"),
+            ("x-request-id", "req-1"),
+            ("user-agent", "telemetry-test"),
+        ];
+        let first = client::request(Method::GET, &url("/hello"), &trace_headers, "")
+            .await
+            .expect("request through two hops");
+        assert_eq!(first.status, 200);
+        let seen = first.echoed();
+        for (name, value) in trace_headers {
+            let got = seen["headers"][name].as_str().unwrap_or_default();
+            match name {
+                // Each hop may start a child span: the trace id must survive.
+                "traceparent" => assert!(got.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{name}: {got}"),
+                "b3" => assert!(got.starts_with("80f198ee56343ba864fe8b2a57d3eff7-"), "{name}: {got}"),
+                "x-b3-spanid" => assert_eq!(got.len(), 16, "{name}: {got}"),
+                "x-amzn-trace-id" => assert!(got.contains("Root=1-5759e988-bd862e3fe1be46a994272793"), "{name}: {got}"),
+                _ => assert_eq!(got, value, "{name} survives two hops"),
+            }
+        }
+
+        for _ in 0..9 {
+            let r = client::get(&url("/")).await.expect("request");
+            assert_eq!(r.status, 200);
+        }
+        for _ in 0..2 {
+            let r = client::get(&url("/status/503")).await.expect("request");
+            assert_eq!(r.status, 503);
+        }
+        let r = client::get(&url("/status/404")).await.expect("request");
+        assert_eq!(r.status, 404);
+
+        // 10 + 1 + 2 requests at A; 2 of them tried three times.
+        let want_a = [
+            ("http.ingress_http.downstream_rq_total", 13),
+            ("http.ingress_http.downstream_rq_2xx", 10),
+            ("http.ingress_http.downstream_rq_4xx", 1),
+            ("http.ingress_http.downstream_rq_5xx", 2),
+            ("cluster.hop_b.upstream_rq_total", 17),
+            ("cluster.hop_b.upstream_rq_200", 10),
+            ("cluster.hop_b.upstream_rq_503", 6),
+            ("cluster.hop_b.upstream_rq_retry", 4),
+            ("cluster.hop_b.membership_total", 1),
+        ];
+        let want_b = [
+            ("http.ingress_http.downstream_rq_total", 17),
+            ("http.ingress_http.downstream_rq_5xx", 6),
+            ("cluster.echo.upstream_rq_total", 17),
+            ("cluster.echo.upstream_rq_2xx", 10),
+            ("cluster.echo.upstream_rq_503", 6),
+            ("cluster.echo.upstream_rq_404", 1),
+        ];
+        for (proxy, want) in [(&a, &want_a[..]), (&b, &want_b[..])] {
+            for (name, value) in want {
+                assert_eq!(proxy.stat(name).await, *value, "{name}");
+            }
+        }
+        // The test client opens one connection per request.
+        let listener_cx = format!("listener.127.0.0.1_{pa}.downstream_cx_total");
+        assert_eq!(a.stat(&listener_cx).await, 13, "{listener_cx}");
+        assert_eq!(echo.count(), 17);
+
+        for (proxy, hop, cluster, upstream_count) in [(&a, "A", "hop_b", 17.0), (&b, "B", "echo", 17.0)] {
+            let prom = proxy.admin_get("/stats/prometheus").await.body_text();
+            let findings = promtool_findings(&prom);
+            assert!(findings.is_empty(), "hop {hop}: promtool: {findings:#?}");
+            for line in prom.lines().filter(|l| l.starts_with("# TYPE")) {
+                let family = line.split(' ').nth(2).unwrap_or_default();
+                assert!(
+                    prom.contains(&format!("# HELP {family} ")),
+                    "hop {hop}: no HELP for {family}"
+                );
+            }
+            assert!(!prom.contains("without a description"), "hop {hop}: placeholder HELP");
+            assert_eq!(
+                sample(&prom, &format!("envoy_cluster_upstream_rq_time_count{{envoy_cluster_name=\"{cluster}\"}}")),
+                Some(upstream_count),
+                "hop {hop}"
+            );
+            assert_eq!(
+                sample(&prom, &format!("envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name=\"{cluster}\",le=\"+Inf\"}}")),
+                Some(upstream_count),
+            );
+            let json: serde_json::Value =
+                serde_json::from_str(&proxy.admin_get("/stats?format=json&filter=downstream_rq_time").await.body_text())
+                    .expect("stats JSON");
+            let histograms = json["stats"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s.get("histograms").is_some()))
+                .unwrap_or_else(|| panic!("no histograms in {json}"));
+            let computed = &histograms["histograms"]["computed_quantiles"][0];
+            assert_eq!(computed["name"], "http.ingress_http.downstream_rq_time", "{json}");
+        }
+
+        let prom_a = a.admin_get("/stats/prometheus").await.body_text();
+        let missing = dashboard_metrics_missing_from(&prom_a);
+        assert!(missing.is_empty(), "dashboard queries metrics the proxy never emits: {missing:?}");
+
+        // Hop B's custom text format, byte for byte.
+        let b_lines = lines(&b_text, 17).await;
+        let echo_addr = echo.addr;
+        let first_b = &b_lines[0];
+        let id = seen["headers"]["x-request-id"].as_str().unwrap_or_default();
+        let expect_prefix = format!("GET /hello 200 - echo to_echo {id} ");
+        assert!(first_b.starts_with(&expect_prefix), "{first_b}");
+        assert!(first_b.ends_with(&format!(" HTTP/1.1 -|{echo_addr}")), "{first_b}");
+        let sent: usize = first_b[expect_prefix.len()..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("bytes sent");
+        assert_eq!(sent, first.body.len(), "%BYTES_SENT% is the body B sent");
+        assert!(b_lines.iter().any(|l| l.starts_with("GET /status/503 503 - echo ")));
+
+        let json_lines = lines(&b_json, 17).await;
+        let j: serde_json::Value = serde_json::from_str(&json_lines[0]).expect("a JSON line");
+        assert_eq!(
+            j,
+            serde_json::json!({"code": 200, "path": "/hello", "missing": null, "peer": "127.0.0.1", "fixed": 7.0})
+        );
+
+        // Hop A's line in Envoy's default format.
+        let a_lines = lines(&a_log, 13).await;
+        let re = regex::Regex::new(&format!(
+            r#"^\[\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}Z\] "GET /hello HTTP/1\.1" 200 - 0 {len} \d+ \d+ "-" "telemetry-test" "req-1" "127\.0\.0\.1:{pa}" "127\.0\.0\.1:{pb}"$"#,
+            len = first.body.len()
+        ))
+        .expect("regex");
+        assert!(re.is_match(&a_lines[0]), "{}", a_lines[0]);
+        assert!(a_lines.iter().any(|l| l.contains("\"GET /status/503 HTTP/1.1\" 503 URX ")), "{a_lines:#?}");
+    })
+    .await;
+}
+
+/// Every `envoy_*` metric or label named in the example dashboard's queries
+/// that the exposition lacks.
+fn dashboard_metrics_missing_from(exposition: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/observability");
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("grafana-dashboard.json")).expect("dashboard JSON"),
+    )
+    .expect("dashboard parses");
+    let scrape = std::fs::read_to_string(dir.join("prometheus.yml")).expect("prometheus.yml");
+    assert!(scrape.contains("metrics_path: /stats/prometheus"));
+    let names = regex::Regex::new(r"envoy_[a-z0-9_]+").expect("regex");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            exprs.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(exprs.len() >= 10, "the dashboard has its panels");
+    // A name is a series the proxy emits, or a label it puts on one.
+    let emitted = |m: &str| {
+        exposition.lines().any(|l| {
+            l.starts_with(&format!("{m}{{"))
+                || l.starts_with(&format!("{m} "))
+                || (!l.starts_with('#') && l.contains(&format!("{m}=\"")))
+        })
+    };
+    let mut missing: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| names.find_iter(e).map(|m| m.as_str().to_string()))
+        .filter(|m| !emitted(m))
+        .collect();
+    missing.dedup();
+    missing
+}
+
+/// An access log whose writes fail (`/dev/full`) costs lines, not requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_access_log_does_not_fail_requests() {
+    within(LIMIT, "failing access log", async {
+        let echo = Echo::start("echo").await;
+        let port = free_port();
+        let p = ProxyProcess::start(&hop_b(
+            port,
+            echo.addr,
+            &access_logs(&[file_log(Path::new("/dev/full"), "")]),
+        ))
+        .await;
+        for _ in 0..50 {
+            let r = client::get(&format!("http://127.0.0.1:{port}/"))
+                .await
+                .expect("request");
+            assert_eq!(r.status, 200);
+        }
+        let failed = eventually(
+            Duration::from_secs(10),
+            "write failures counted",
+            || async {
+                let n = p.stat("access_logs.file.write_failed").await;
+                (n > 0).then_some(n)
+            },
+        )
+        .await;
+        assert!(failed > 0);
+    })
+    .await;
+}
+
+/// An unknown operator is a config error naming the field.
+#[tokio::test]
+async fn unknown_operators_are_config_errors() {
+    let echo = Echo::start("echo").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = hop_b(
+        free_port(),
+        echo.addr,
+        &access_logs(&[file_log(
+            &dir.path().join("x.log"),
+            "log_format:\n  text_format_source:\n    inline_string: \"%NOT_AN_OPERATOR%\"\n",
+        )]),
+    );
+    let path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&path, cfg).expect("write bootstrap");
+    let path = path.display().to_string();
+    let (code, stderr) = trellis_tests::process::run_to_exit(
+        &trellis_tests::process::workspace_bin("trellis-proxy"),
+        &["--mode", "validate", "-c", &path],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("access_log[0]"), "{stderr}");
+    assert!(stderr.contains("NOT_AN_OPERATOR"), "{stderr}");
+}
