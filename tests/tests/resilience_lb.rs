@@ -71,6 +71,52 @@ async fn least_request_gives_a_slow_host_a_falling_share() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_failing_host_does_not_attract_traffic() {
+    within(Duration::from_secs(60), "fast failing host", async {
+        let (a, b, c) = (
+            Up::start("a").await,
+            Up::start("b").await,
+            Up::start("c").await,
+        );
+        a.set_delay(20);
+        b.set_delay(20);
+        c.set_failing(true);
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster(
+                "app",
+                &[&a, &b, &c],
+                "    lb_policy: LEAST_REQUEST\n",
+            )],
+            "",
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut hs = Vec::new();
+        for _ in 0..8 {
+            let url = url.clone();
+            hs.push(tokio::spawn(async move {
+                let c = client();
+                for _ in 0..60 {
+                    send(&c, &url, &[]).await;
+                }
+            }));
+        }
+        for h in hs {
+            h.await.expect("worker");
+        }
+        let total = (a.hits() + b.hits() + c.hits()) as f64;
+        let failing = c.hits() as f64 / total;
+        println!("LEAST_REQUEST share of a host failing in 0 ms: {failing:.3}");
+        // Least-active alone would hand it most requests (it is never busy).
+        assert!(failing < 0.2, "{failing}");
+    })
+    .await;
+}
+
 fn hashing_vhosts() -> String {
     r#"          - name: all
             domains: ["*"]
