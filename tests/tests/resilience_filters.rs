@@ -155,3 +155,54 @@ async fn local_rate_limit_per_route_passes_exactly_the_bucket() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_requests_reach_the_shadow_and_its_failures_stay_there() {
+    within(Duration::from_secs(60), "request mirroring", async {
+        let (primary, shadow) = (Up::start("primary").await, Up::start("shadow").await);
+        shadow.set_failing(true);
+        let (dead, _guard) = trellis_tests::refused_address();
+        let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/dead" }
+              route:
+                cluster: app
+                request_mirror_policies: [{ cluster: nowhere }]
+            - match: { prefix: "/" }
+              route:
+                cluster: app
+                request_mirror_policies:
+                - cluster: shadow
+                  runtime_fraction:
+                    default_value: { numerator: 50, denominator: HUNDRED }
+"#;
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            vhosts,
+            &[
+                cluster("app", &[&primary], ""),
+                cluster("shadow", &[&shadow], ""),
+                trellis_tests::config::cluster("nowhere", &[dead], ""),
+            ],
+            "",
+        ))
+        .await;
+        let c = client();
+        let n = 400;
+        for _ in 0..n {
+            let s = send(&c, &format!("http://127.0.0.1:{port}/m"), &[]).await;
+            assert_eq!(s.status, 200, "the shadow's 503s never reach the client");
+            let s = send(&c, &format!("http://127.0.0.1:{port}/dead"), &[]).await;
+            assert_eq!(s.status, 200, "an unreachable shadow changes nothing");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mirrored = shadow.hits() as usize;
+        let range = bounds(n as f64, 0.5);
+        println!("mirrored {mirrored}/{n} (allowed {range:?})");
+        assert!(range.contains(&mirrored), "{mirrored} not in {range:?}");
+        assert_eq!(primary.hits() as usize, 2 * n);
+    })
+    .await;
+}
