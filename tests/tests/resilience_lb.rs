@@ -73,6 +73,11 @@ async fn least_request_gives_a_slow_host_a_falling_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_failing_host_does_not_attract_traffic() {
+    // A deliberate difference: Envoy 1.40 sends such a host about 47% of
+    // the traffic here (it is never busy, so least-request favours it).
+    if trellis_tests::process::testing_envoy() {
+        return;
+    }
     within(Duration::from_secs(60), "fast failing host", async {
         let (a, b, c) = (
             Up::start("a").await,

@@ -10,6 +10,8 @@ use crate::stats::{Counter, Gauge, Scope, StatSource, Visitor};
 pub struct ResilienceStats {
     pub scope: Scope,
     pub upstream_cx_overflow: Counter,
+    /// `max_requests` refused the request (Envoy's name, verified 1.40).
+    pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_pending_total: Counter,
     pub ejections_active: Gauge,
@@ -31,6 +33,7 @@ impl ResilienceStats {
         ResilienceStats {
             scope: Scope::new("cluster", Some(("envoy_cluster_name", name))),
             upstream_cx_overflow: Counter::default(),
+            upstream_rq_active_overflow: Counter::default(),
             upstream_rq_retry_overflow: Counter::default(),
             upstream_rq_pending_total: Counter::default(),
             ejections_active: Gauge::default(),
@@ -53,6 +56,11 @@ impl StatSource for ResilienceStats {
     fn visit(&self, v: &mut dyn Visitor) {
         let s = &self.scope;
         v.counter(s, "upstream_cx_overflow", self.upstream_cx_overflow.get());
+        v.counter(
+            s,
+            "upstream_rq_active_overflow",
+            self.upstream_rq_active_overflow.get(),
+        );
         v.counter(
             s,
             "upstream_rq_retry_overflow",
