@@ -148,6 +148,7 @@ fn hashing_vhosts() -> String {
 const HC: &str = r#"    health_checks:
     - timeout: 0.5s
       interval: 0.1s
+      no_traffic_interval: 0.1s
       unhealthy_threshold: 1
       healthy_threshold: 1
       http_health_check: { path: /healthz }
@@ -217,10 +218,14 @@ async fn keys_stay_and_only_the_removed_share_moves(policy: &str, max_stray: usi
     }
     assert_eq!(moved, counts["d"]);
     println!("{policy}: {counts:?}; {moved} keys moved off d, {stray} others moved");
-    assert!(
-        stray <= max_stray,
-        "{policy}: {stray} keys left healthy hosts"
-    );
+    // Envoy 1.40 re-sizes its ring per healthy host count, so some keys of
+    // healthy hosts move too (25 of 226 seen); trellis keeps them put.
+    if !trellis_tests::process::testing_envoy() {
+        assert!(
+            stray <= max_stray,
+            "{policy}: {stray} keys left healthy hosts"
+        );
+    }
     // Cookie and source IP policies are sticky too.
     let cookie_url = format!("http://127.0.0.1:{port}/cookie");
     let one = send(&c, &cookie_url, &[("cookie", "session=abc")])
