@@ -213,3 +213,35 @@ async fn mirrored_requests_reach_the_shadow_and_its_failures_stay_there() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_headers_limit_faults_to_matching_requests() {
+    within(Duration::from_secs(30), "fault header match", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        let filter = r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              headers: [{ name: x-chaos, string_match: { exact: "on" } }]
+              abort:
+                http_status: 418
+                percentage: { numerator: 100, denominator: HUNDRED }
+"#;
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            filter,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        for _ in 0..20 {
+            assert_eq!(send(&c, &url, &[]).await.status, 200);
+            assert_eq!(send(&c, &url, &[("x-chaos", "on")]).await.status, 418);
+            assert_eq!(send(&c, &url, &[("x-chaos", "off")]).await.status, 200);
+        }
+        assert_eq!(a.hits(), 40);
+    })
+    .await;
+}
