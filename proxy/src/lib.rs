@@ -4,12 +4,14 @@
 //! `upstream` (cluster → endpoint).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
 pub mod filters;
+pub mod format;
 pub mod http;
 pub mod io;
 pub mod listener;
@@ -18,5 +20,6 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

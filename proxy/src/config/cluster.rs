@@ -29,6 +29,8 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
+    /// The cluster's `UpstreamTlsContext`, if its connections use TLS.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     pub breakers: super::resilience::Breakers,
     pub outlier: Option<super::resilience::Outlier>,
     pub health_check: Option<super::resilience::HealthCheckConfig>,
@@ -193,6 +195,8 @@ impl ClusterConfig {
             protocol: protocol(proto)?,
             dns_refresh_rate,
             dns_family,
+            tls: crate::tls::upstream_transport_socket(proto.transport_socket.as_ref())
+                .map_err(|e| e.at("transport_socket"))?,
             breakers: super::resilience::breakers(proto)?,
             outlier: super::resilience::outlier(proto)?,
             health_check: super::resilience::health_checks(proto)?,

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    http_connection_manager::{
+        CodecType, RouteSpecifier, ServerHeaderTransformation, StripPortMode,
+    },
     http_filter, HttpConnectionManager,
 };
 
@@ -40,8 +42,13 @@ pub struct HcmConfig {
     pub always_set_request_id_in_response: bool,
     pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
+    pub strip_port: StripPort,
+    pub merge_slashes: bool,
+    pub normalize_path: bool,
     /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
     pub internal_ranges: Vec<super::address::Cidr>,
+    /// `access_log`: written when each request's response has been sent.
+    pub access_logs: Arc<crate::access_log::AccessLogs>,
     /// The HTTP filters before the router, in chain order.
     pub filters: Vec<crate::filters::HttpFilter>,
 }
@@ -58,6 +65,15 @@ pub enum ServerHeader {
     Overwrite,
     AppendIfAbsent,
     PassThrough,
+}
+
+/// Whether the port of the request's host is dropped before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    None,
+    /// Only when it is the listener's own port.
+    Matching,
+    Any,
 }
 
 #[derive(Debug)]
@@ -159,7 +175,12 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
+        let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
+            &h.access_log,
+            "access_log",
+        )?);
         Ok(HcmConfig {
+            access_logs,
             stat_prefix: Arc::from(h.stat_prefix.as_str()),
             codec,
             routes,
@@ -208,6 +229,13 @@ impl HcmConfig {
                 "server_name",
             )?,
             server_header,
+            strip_port: match (&h.strip_port_mode, h.strip_matching_host_port) {
+                (Some(StripPortMode::StripAnyHostPort(true)), _) => StripPort::Any,
+                (_, true) => StripPort::Matching,
+                _ => StripPort::None,
+            },
+            merge_slashes: h.merge_slashes,
+            normalize_path: h.normalize_path.unwrap_or(false),
             internal_ranges: match &h.internal_address_config {
                 Some(c) => c
                     .cidr_ranges

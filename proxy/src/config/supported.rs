@@ -124,6 +124,10 @@ pub static SUPPORTED: &[Entry] = &[
     },
     // xDS sources
     Entry {
+        message: "envoy.config.core.v3.PathConfigSource",
+        fields: &[("path", Walk), ("poll_interval", Walk)],
+    },
+    Entry {
         message: "envoy.config.core.v3.ApiConfigSource",
         fields: &[
             ("api_type", Values(&["GRPC", "DELTA_GRPC"])),
@@ -135,6 +139,7 @@ pub static SUPPORTED: &[Entry] = &[
         message: "envoy.config.core.v3.ConfigSource",
         fields: &[
             ("ads", Walk),
+            ("path_config_source", Walk),
             ("resource_api_version", API_VERSIONS),
             ("initial_fetch_timeout", Walk),
         ],
@@ -178,6 +183,8 @@ pub static SUPPORTED: &[Entry] = &[
             ("filter_chains", Walk),
             ("default_filter_chain", Walk),
             ("listener_filters", Walk),
+            ("listener_filters_timeout", Walk),
+            ("continue_on_listener_filters_timeout", Walk),
             ("use_original_dst", Walk),
             ("per_connection_buffer_limit_bytes", Walk),
             ("access_log", Walk),

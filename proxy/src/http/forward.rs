@@ -164,6 +164,7 @@ pub async fn forward(
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     let proto = cluster.protocol(parts.version);
+    let mut parts = Some(parts);
 
     loop {
         attempt += 1;
@@ -189,9 +190,15 @@ pub async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (a, b) => a.or(b),
         };
+        // The last possible attempt takes the head; earlier ones copy it.
+        let head = if attempt >= max_attempts {
+            parts.take()
+        } else {
+            parts.as_ref().map(clone_parts)
+        };
         let count = request_attempt_count.then_some(attempt);
         let result = attempt_once(
-            cluster, &endpoint, proto, &parts, &mut body, limit, auto_host, count,
+            cluster, &endpoint, proto, head, &mut body, limit, auto_host, count,
         )
         .await;
         stats.upstream_rq_active.dec();
@@ -365,7 +372,7 @@ async fn attempt_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     proto: crate::upstream::Protocol,
-    parts: &http::request::Parts,
+    head: Option<http::request::Parts>,
     body: &mut ReqBody,
     limit: Option<Duration>,
     auto_host: bool,
@@ -382,7 +389,10 @@ async fn attempt_once(
         let Some(b) = body.take() else {
             return Err(TryError::Reset);
         };
-        let mut req = Request::from_parts(clone_parts(parts), b);
+        let Some(head) = head else {
+            return Err(TryError::Reset);
+        };
+        let mut req = Request::from_parts(head, b);
         if let Some(n) = attempt_count {
             req.headers_mut()
                 .insert(super::headers::X_ENVOY_ATTEMPT_COUNT.clone(), n.into());

@@ -13,12 +13,15 @@ use super::flags::ResponseFlags;
 use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
     self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
-    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_HOST, X_REQUEST_ID,
 };
-use super::local_reply::reply;
+use super::local_reply::{self, reply};
+use super::normalize;
 use super::Hcm;
+use crate::access_log::{self, Finish, Record, RequestTally, SavedRequest};
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
+use crate::format::{Context, RequestHead, StreamInfo};
 use crate::router::{
     Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
 };
@@ -36,6 +39,12 @@ impl Hcm {
             stats.downstream_rq_http1_total.inc();
         }
         stats.downstream_rq_active.inc();
+        let version = req.version();
+        let mut record = Record {
+            info: StreamInfo::new(info.peer, Some(info.local)),
+            saved: None,
+        };
+        record.info.protocol = Some(req.version());
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
@@ -48,16 +57,59 @@ impl Hcm {
         }
         let grpc = is_grpc(&parts.headers);
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-        let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
+        // Telemetry hook: access logs read the request after it has gone.
+        let logging = !self.config.access_logs.is_empty();
+        if logging {
+            record.saved = Some(SavedRequest::new(&parts, info.scheme));
+        }
+        let tally = logging.then(Arc::<RequestTally>::default);
+        let body = match &tally {
+            Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
+            None => body::incoming(body),
+        };
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = match self.config.request_timeout {
+            Some(t) if !body.is_end_stream() => {
+                let deadline = tokio::time::Instant::from_std(record.info.started) + t;
+                body::with_deadline(body, deadline, timed_out.clone())
+            }
+            _ => body,
+        };
+        let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            // The client was too slow sending its request: Envoy's 408.
+            resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            flags = ResponseFlags::default();
+            self.stats.downstream_rq_timeout.inc();
+        }
         self.finish_response(&mut resp, request_id);
+        if info.closing.load(std::sync::atomic::Ordering::Relaxed)
+            && version != http::Version::HTTP_2
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
-        resp
+        record.info.flags.set(flags);
+        record.info.response_code = Some(resp.status().as_u16());
+        access_log::finish_response(
+            resp,
+            Finish {
+                record,
+                tally,
+                logs: self.config.access_logs.clone(),
+                rq_time: stats.downstream_rq_time.clone(),
+            },
+        )
     }
 
     async fn route(
         &self,
         info: &ConnInfo,
+        record: &mut Record,
         mut parts: http::request::Parts,
         body: Body,
         grpc: bool,
@@ -70,10 +122,27 @@ impl Hcm {
                 None => return self.no_route(grpc),
             },
         };
-        let host = authority(&parts);
+        let mut host = authority(&parts);
+        if let Some(stripped) =
+            normalize::strip_port(&host, self.config.strip_port, info.local.port())
+        {
+            host = stripped.to_string();
+            set_authority(&mut parts, &host);
+        }
+        if self.config.normalize_path || self.config.merge_slashes {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(p) =
+                normalize::path(pq, self.config.normalize_path, self.config.merge_slashes)
+            {
+                set_path(&mut parts, &p);
+            }
+        }
         let Some(matched) = table.find(&host, &parts) else {
             return self.no_route(grpc);
         };
+        if !matched.route.name.is_empty() {
+            record.info.route_name = Some(Arc::from(matched.route.name.as_str()));
+        }
         // The HTTP filters before the router: fault injection, rate limits.
         if !self.config.filters.is_empty() {
             let req = crate::filters::Request {
@@ -89,25 +158,40 @@ impl Hcm {
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
-                let mut resp = Response::new(body::full(d.body.clone()));
-                *resp.status_mut() = d.status;
-                if !d.body.is_empty() {
-                    resp.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = d.location(info.scheme, &host, pq);
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(d.status, &d.body)
+                } else {
+                    let mut resp = Response::new(body::full(d.body.clone()));
+                    *resp.status_mut() = d.status;
+                    if !d.body.is_empty() {
+                        resp.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
+                    resp
+                };
+                if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.apply_response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut(), &record.ctx());
                 (resp, ResponseFlags::default())
             }
             Action::Redirect(r) => {
                 self.stats.rq_redirect.inc();
                 let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 let (status, location) = r.location(info.scheme, &host, pq);
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = status;
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(status, b"")
+                } else {
+                    let mut resp = Response::new(body::empty());
+                    *resp.status_mut() = status;
+                    resp
+                };
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.apply_response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut(), &record.ctx());
                 (resp, ResponseFlags::default())
             }
             Action::Forward(f) => {
@@ -120,7 +204,7 @@ impl Hcm {
                     );
                 }
                 self.forward(
-                    info, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
+                    info, record, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
                 )
                 .await
             }
@@ -138,6 +222,7 @@ impl Hcm {
     async fn forward(
         &self,
         info: &ConnInfo,
+        record: &mut Record,
         snapshot: &Snapshot,
         matched: &Matched<'_>,
         f: &Forward,
@@ -150,9 +235,10 @@ impl Hcm {
         let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
         let Some(cluster) = cluster.as_ref() else {
             let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
-            matched.apply_response_headers(resp.headers_mut());
+            matched.apply_response_headers(resp.headers_mut(), &record.ctx());
             return (resp, flags);
         };
+        record.info.upstream_cluster = Some(cluster.name().clone());
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
@@ -197,13 +283,30 @@ impl Hcm {
         let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
         if upstream_host != host {
             if let Ok(v) = HeaderValue::from_str(host) {
+                if f.append_x_forwarded_host {
+                    parts.headers.append(X_FORWARDED_HOST.clone(), v.clone());
+                }
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
-        if let Some(w) = weighted {
-            w.headers.request.apply(&mut parts.headers);
+        {
+            let no_headers = http::HeaderMap::new();
+            let ctx = Context {
+                request: Some(RequestHead {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    scheme: info.scheme,
+                    headers: &no_headers,
+                }),
+                ..Context::new(&record.info)
+            };
+            if let Some(w) = weighted {
+                w.headers
+                    .request
+                    .apply(&mut parts.headers, &ctx, crate::router::Phase::Request);
+            }
+            matched.apply_request_headers(&mut parts.headers, &ctx);
         }
-        matched.apply_request_headers(&mut parts.headers);
 
         let timeout = route_timeout(f, &parts.headers, internal);
         let max_duration = stream_duration(f, &parts.headers, grpc);
@@ -255,6 +358,10 @@ impl Hcm {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
+        // Access logs and response header values read the request as sent.
+        if record.saved.is_some() || matched.response_reads_request() {
+            record.saved = Some(SavedRequest::new(parts, info.scheme));
+        }
         let started = Instant::now();
         let retry = if upgrade {
             None
@@ -303,6 +410,11 @@ impl Hcm {
             },
         )
         .await;
+        record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
+        if upstream.is_some() {
+            cluster.stats.upstream_rq_time.record(started.elapsed());
+            record.info.first_upstream_byte = Some(record.info.started.elapsed());
+        }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response
                 .headers_mut()
@@ -324,10 +436,13 @@ impl Hcm {
         } else {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
+        let ctx = record.ctx();
         if let Some(w) = weighted {
-            w.headers.response.apply(response.headers_mut());
+            w.headers
+                .response
+                .apply(response.headers_mut(), &ctx, crate::router::Phase::Response);
         }
-        matched.apply_response_headers(response.headers_mut());
+        matched.apply_response_headers(response.headers_mut(), &ctx);
         // A route's idle_timeout overrides the connection manager's; zero disables.
         let idle = match f.idle_timeout {
             Some(d) if d.is_zero() => None,
@@ -351,6 +466,9 @@ impl Hcm {
 
     fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
         let h = resp.headers_mut();
+        if let Some(via) = &self.config.via {
+            h.append(header::VIA, via.clone());
+        }
         match self.config.server_header {
             ServerHeader::Overwrite => {
                 h.insert(header::SERVER, self.config.server_name.clone());
@@ -444,6 +562,32 @@ fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
         b"n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Replaces the request's host wherever it lives (authority or `Host`).
+fn set_authority(parts: &mut http::request::Parts, host: &str) {
+    if parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{pq}")) {
+            parts.uri = uri;
+        }
+    }
+    if parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+}
+
+fn set_path(parts: &mut http::request::Parts, path_and_query: &str) {
+    let mut uri = parts.uri.clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(path_and_query) {
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
 }
 
 fn authority(parts: &http::request::Parts) -> String {

@@ -4,9 +4,11 @@
 mod conn;
 mod flags;
 mod forward;
+mod h1_guard;
 mod handler;
 mod headers;
 mod local_reply;
+mod normalize;
 mod retry;
 mod validate;
 

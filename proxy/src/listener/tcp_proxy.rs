@@ -25,7 +25,10 @@ impl TcpProxy {
         }
     }
 
-    pub async fn serve(&self, mut downstream: TcpStream, _drain: Watch) {
+    pub async fn serve<S>(&self, mut downstream: S, _drain: Watch)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
         let name = self.config.pick_cluster(rand::random());

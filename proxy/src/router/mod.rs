@@ -32,7 +32,7 @@ mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
-mod string;
+pub(crate) mod string;
 
 use http::header::{HeaderMap, HeaderName};
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
@@ -40,12 +40,13 @@ use xds_protos::envoy::config::route::v3::{
     route, Route as RouteProto, RouteConfiguration, VirtualHost as VirtualHostProto,
 };
 
+use crate::format::Context;
 pub use action::{
     Action, ClusterSpecifier, ClusterWeight, DirectResponse, Forward, HostRewrite,
     WeightedClusters, WeightedTarget,
 };
 pub use hash::HashPolicies;
-pub use headers::HeaderMutation;
+pub use headers::{HeaderMutation, Phase};
 pub use redirect::Redirect;
 pub use retry::{RetryOn, RetryPolicy};
 pub use rewrite::{PathRewrite, RegexRewrite, RewriteKind};
@@ -156,16 +157,25 @@ impl<'a> Matched<'a> {
         }
     }
 
-    pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
+    /// `ctx` feeds command operators in header values (`%REQ(...)%`, ...).
+    pub fn apply_request_headers(&self, headers: &mut HeaderMap, ctx: &Context<'_>) {
         for level in self.header_mutations() {
-            level.request.apply(headers);
+            level.request.apply(headers, ctx, Phase::Request);
         }
     }
 
-    pub fn apply_response_headers(&self, headers: &mut HeaderMap) {
+    pub fn apply_response_headers(&self, headers: &mut HeaderMap, ctx: &Context<'_>) {
         for level in self.header_mutations() {
-            level.response.apply(headers);
+            level.response.apply(headers, ctx, Phase::Response);
         }
+    }
+
+    /// Whether a response header value reads the request, so the request's
+    /// headers must outlive the trip upstream.
+    pub fn response_reads_request(&self) -> bool {
+        self.header_mutations()
+            .iter()
+            .any(|l| l.response.reads_request())
     }
 }
 

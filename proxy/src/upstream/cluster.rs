@@ -195,6 +195,7 @@ impl Cluster {
         ConnectParams {
             timeout: self.config.connect_timeout,
             stats: &self.stats,
+            tls: self.config.tls.as_ref(),
             cluster: self,
         }
     }

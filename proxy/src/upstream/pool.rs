@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
+use crate::tls::{ClientStream, UpstreamTls};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -36,6 +37,8 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("handshake failure: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failure: {0}")]
+    Tls(std::io::Error),
     /// `max_connections` reached and `max_pending_requests` full.
     #[error("upstream overflow")]
     Overflow,
@@ -57,6 +60,8 @@ pub struct ConnectParams<'a> {
     pub timeout: Duration,
     pub stats: &'a Arc<ClusterStats>,
     pub cluster: &'a Cluster,
+    /// The cluster's `UpstreamTlsContext`, run on every new connection.
+    pub tls: Option<&'a Arc<UpstreamTls>>,
 }
 
 impl Pool {
@@ -111,7 +116,8 @@ impl Pool {
         }
     }
 
-    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<TcpStream, ConnectError> {
+    /// A new connection, TLS when the cluster says so.
+    async fn tcp(&self, p: &ConnectParams<'_>, http2: bool) -> Result<ClientStream, ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -128,7 +134,14 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         p.stats.upstream_cx_total.inc();
         p.stats.upstream_cx_active.inc();
-        Ok(stream)
+        match p.tls {
+            None => Ok(ClientStream::Plain(stream)),
+            Some(tls) => tls.connect(stream, self.addr, http2).await.map_err(|e| {
+                p.stats.upstream_cx_connect_fail.inc();
+                closed(p.stats);
+                ConnectError::Tls(e)
+            }),
+        }
     }
 
     async fn connect_h1(
@@ -136,7 +149,7 @@ impl Pool {
         p: &ConnectParams<'_>,
         permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p).await?;
+        let stream = self.tcp(p, false).await?;
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -173,7 +186,7 @@ impl Pool {
                 break permit;
             }
         };
-        let stream = self.tcp(p).await?;
+        let stream = self.tcp(p, true).await?;
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
