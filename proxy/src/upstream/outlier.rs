@@ -81,7 +81,7 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
         {
             continue;
         }
-        let ejected = s.ejections_active.get().max(0) as usize;
+        let ejected = c.stats.outlier_detection_ejections_active.get().max(0) as usize;
         if total == 0 || ejected * 100 >= total * od.max_ejection_percent as usize {
             s.ejections_overflow.inc();
             continue;
@@ -90,7 +90,7 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
         h.ejected_at = Some(Instant::now());
         h.multiplier += 1;
         if e.set_flag(FAILED_OUTLIER_CHECK, true) {
-            s.ejections_active.inc();
+            c.stats.outlier_detection_ejections_active.inc();
             s.ejections_enforced_total.inc();
             if kind_gateway {
                 s.ejections_enforced_consecutive_gateway_failure.inc();
@@ -112,7 +112,7 @@ fn uneject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>
     hosts.retain(|addr, h| {
         let present = set.endpoints.iter().any(|e| e.addr == *addr);
         if !present && h.ejected_at.is_some() {
-            c.rstats.ejections_active.dec();
+            c.stats.outlier_detection_ejections_active.dec();
         }
         present
     });
@@ -131,7 +131,7 @@ fn uneject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>
                     e.consecutive_5xx.store(0, Relaxed);
                     e.consecutive_gateway.store(0, Relaxed);
                     if e.set_flag(FAILED_OUTLIER_CHECK, false) {
-                        c.rstats.ejections_active.dec();
+                        c.stats.outlier_detection_ejections_active.dec();
                         tracing::info!(cluster = %c.name(), host = %e.addr, "outlier un-ejected");
                         changed = true;
                     }
@@ -236,7 +236,7 @@ mod tests {
         fail(&c, 1, 3).await;
         fail(&c, 2, 3).await;
         assert!(ejected(&c, 0) && ejected(&c, 1) && !ejected(&c, 2));
-        assert_eq!(c.rstats.ejections_active.get(), 2);
+        assert_eq!(c.stats.outlier_detection_ejections_active.get(), 2);
         assert_eq!(c.rstats.ejections_overflow.get(), 1);
     }
 }

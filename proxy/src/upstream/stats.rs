@@ -1,6 +1,8 @@
 //! The stats of circuit breaking, outlier detection and health checking, in
 //! a block of their own beside `ClusterStats` (same `cluster.NAME.` scope),
-//! so these features stay out of the shared stats module.
+//! so these features stay out of the shared stats module. The one gauge
+//! `ClusterStats` already has, `outlier_detection.ejections_active`, is
+//! driven from there.
 
 use std::sync::Arc;
 
@@ -14,7 +16,6 @@ pub struct ResilienceStats {
     pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_pending_total: Counter,
-    pub ejections_active: Gauge,
     pub ejections_enforced_total: Counter,
     pub ejections_overflow: Counter,
     pub ejections_enforced_consecutive_5xx: Counter,
@@ -36,7 +37,6 @@ impl ResilienceStats {
             upstream_rq_active_overflow: Counter::default(),
             upstream_rq_retry_overflow: Counter::default(),
             upstream_rq_pending_total: Counter::default(),
-            ejections_active: Gauge::default(),
             ejections_enforced_total: Counter::default(),
             ejections_overflow: Counter::default(),
             ejections_enforced_consecutive_5xx: Counter::default(),
@@ -91,11 +91,6 @@ impl StatSource for ResilienceStats {
                 &self.ejections_detected_consecutive_gateway_failure,
             ),
         ];
-        v.gauge(
-            s,
-            "outlier_detection.ejections_active",
-            self.ejections_active.get(),
-        );
         for (name, c) in od {
             v.counter(s, &format!("outlier_detection.{name}"), c.get());
         }
