@@ -63,7 +63,9 @@ async fn max_requests_overflows_with_503_uo() {
             over.headers.get("x-envoy-overloaded").map(|v| v.as_bytes()),
             Some(&b"true"[..])
         );
-        assert_eq!(p.stat("cluster.app.upstream_rq_pending_overflow").await, 4);
+        // Envoy 1.40 counts `max_requests` refusals here, not as pending.
+        assert_eq!(p.stat("cluster.app.upstream_rq_active_overflow").await, 4);
+        assert_eq!(p.stat("cluster.app.upstream_rq_pending_overflow").await, 0);
     })
     .await;
 }
@@ -83,11 +85,14 @@ async fn max_connections_queues_up_to_max_pending_then_overflows() {
         ))
         .await;
         let seen = burst(&format!("http://127.0.0.1:{port}/"), 4).await;
-        // One on the connection, one pending (served after it), two refused.
-        assert_eq!(count(&seen, 200), 2, "{seen:?}");
-        assert_eq!(count(&seen, 503), 2, "{seen:?}");
-        assert_eq!(p.stat("cluster.app.upstream_rq_pending_overflow").await, 2);
-        assert!(p.stat("cluster.app.upstream_cx_overflow").await >= 3);
+        // A request without a ready connection is pending, the first one
+        // too while it connects (Envoy 1.40 answers 1 × 200, 3 × 503 here);
+        // once it is connected one more may wait for it and be served.
+        let (ok, refused) = (count(&seen, 200), count(&seen, 503));
+        assert!(ok == 1 || ok == 2, "{seen:?}");
+        assert_eq!(ok + refused, 4, "{seen:?}");
+        let over = p.stat("cluster.app.upstream_rq_pending_overflow").await;
+        assert_eq!(over as usize, refused);
         assert_eq!(p.stat("cluster.app.upstream_cx_total").await, 1);
     })
     .await;

@@ -132,10 +132,14 @@ async fn local_rate_limit_per_route_passes_exactly_the_bucket() {
             match s.status {
                 200 => ok += 1,
                 429 => {
-                    assert_eq!(
-                        s.headers.get("x-envoy-ratelimited").map(|v| v.as_bytes()),
-                        Some(&b"true"[..])
-                    );
+                    // trellis marks local rate limiting like the global one;
+                    // Envoy 1.40 sends no such header for local limits.
+                    if !trellis_tests::process::testing_envoy() {
+                        assert_eq!(
+                            s.headers.get("x-envoy-ratelimited").map(|v| v.as_bytes()),
+                            Some(&b"true"[..])
+                        );
+                    }
                     limited_replies += 1;
                 }
                 other => panic!("unexpected {other}"),
@@ -147,11 +151,97 @@ async fn local_rate_limit_per_route_passes_exactly_the_bucket() {
         for _ in 0..30 {
             assert_eq!(send(&c, &open, &[]).await.status, 200);
         }
-        assert_eq!(
-            p.stat("http.ingress_http.http_local_rate_limit.rate_limited")
-                .await,
-            20
-        );
+        // trellis keeps filter stats under the connection manager's scope;
+        // Envoy roots them at the filter's own stat_prefix.
+        let stat = if trellis_tests::process::testing_envoy() {
+            "per_route.http_local_rate_limit.rate_limited"
+        } else {
+            "http.ingress_http.http_local_rate_limit.rate_limited"
+        };
+        assert_eq!(p.stat(stat).await, 20);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_requests_reach_the_shadow_and_its_failures_stay_there() {
+    within(Duration::from_secs(60), "request mirroring", async {
+        let (primary, shadow) = (Up::start("primary").await, Up::start("shadow").await);
+        shadow.set_failing(true);
+        let (dead, _guard) = trellis_tests::refused_address();
+        let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/dead" }
+              route:
+                cluster: app
+                request_mirror_policies: [{ cluster: nowhere }]
+            - match: { prefix: "/" }
+              route:
+                cluster: app
+                request_mirror_policies:
+                - cluster: shadow
+                  runtime_fraction:
+                    default_value: { numerator: 50, denominator: HUNDRED }
+"#;
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            vhosts,
+            &[
+                cluster("app", &[&primary], ""),
+                cluster("shadow", &[&shadow], ""),
+                trellis_tests::config::cluster("nowhere", &[dead], ""),
+            ],
+            "",
+        ))
+        .await;
+        let c = client();
+        let n = 400;
+        for _ in 0..n {
+            let s = send(&c, &format!("http://127.0.0.1:{port}/m"), &[]).await;
+            assert_eq!(s.status, 200, "the shadow's 503s never reach the client");
+            let s = send(&c, &format!("http://127.0.0.1:{port}/dead"), &[]).await;
+            assert_eq!(s.status, 200, "an unreachable shadow changes nothing");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mirrored = shadow.hits() as usize;
+        let range = bounds(n as f64, 0.5);
+        println!("mirrored {mirrored}/{n} (allowed {range:?})");
+        assert!(range.contains(&mirrored), "{mirrored} not in {range:?}");
+        assert_eq!(primary.hits() as usize, 2 * n);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_headers_limit_faults_to_matching_requests() {
+    within(Duration::from_secs(30), "fault header match", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        let filter = r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              headers: [{ name: x-chaos, string_match: { exact: "on" } }]
+              abort:
+                http_status: 418
+                percentage: { numerator: 100, denominator: HUNDRED }
+"#;
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            filter,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        for _ in 0..20 {
+            assert_eq!(send(&c, &url, &[]).await.status, 200);
+            assert_eq!(send(&c, &url, &[("x-chaos", "on")]).await.status, 418);
+            assert_eq!(send(&c, &url, &[("x-chaos", "off")]).await.status, 200);
+        }
+        assert_eq!(a.hits(), 40);
     })
     .await;
 }

@@ -93,6 +93,14 @@ async fn killing_an_endpoint_mid_load_keeps_success_above_99_9_percent() {
             p99,
             lat.last()
         );
+        println!(
+            "retries {}, retry successes {}, connect failures {}, ejections {}",
+            p.stat("cluster.app.upstream_rq_retry").await,
+            p.stat("cluster.app.upstream_rq_retry_success").await,
+            p.stat("cluster.app.upstream_cx_connect_fail").await,
+            p.stat("cluster.app.outlier_detection.ejections_enforced_total")
+                .await,
+        );
         let failures: Vec<_> = all.iter().filter(|s| s.status != 200).collect();
         assert!(rate >= 0.999, "success {rate}: {failures:?}");
         assert!(

@@ -41,22 +41,83 @@ async fn share(url: &str, slow: &Up, n: usize) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_gives_a_slow_host_a_falling_share() {
     within(Duration::from_secs(60), "least request", async {
-        let (a, b) = (Up::start("a").await, Up::start("b").await);
+        // Three hosts: Envoy draws the two candidates with replacement, so
+        // with two hosts a slow one would keep a floor of 25% (both draws it).
+        let (a, b, c) = (
+            Up::start("a").await,
+            Up::start("b").await,
+            Up::start("c").await,
+        );
         let port = free_port();
         let _p = ProxyProcess::start(&bootstrap(
             port,
             CATCH_ALL,
-            &[cluster("app", &[&a, &b], "    lb_policy: LEAST_REQUEST\n")],
+            &[cluster(
+                "app",
+                &[&a, &b, &c],
+                "    lb_policy: LEAST_REQUEST\n",
+            )],
             "",
         ))
         .await;
         let url = format!("http://127.0.0.1:{port}/");
-        let even = share(&url, &b, 400).await;
-        b.set_delay(100);
-        let slow = share(&url, &b, 400).await;
-        println!("LEAST_REQUEST share of b: {even:.3} even, {slow:.3} when slow");
-        assert!((0.3..0.7).contains(&even), "{even}");
-        assert!(slow < 0.2 && slow < even, "{slow}");
+        let even = share(&url, &c, 480).await;
+        c.set_delay(100);
+        let slow = share(&url, &c, 480).await;
+        println!("LEAST_REQUEST share of c: {even:.3} even, {slow:.3} when slow");
+        assert!((0.2..0.47).contains(&even), "{even}");
+        assert!(slow < 0.2 && slow < even * 0.7, "{slow}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_failing_host_does_not_attract_traffic() {
+    // A deliberate difference: Envoy 1.40 sends such a host about 47% of
+    // the traffic here (it is never busy, so least-request favours it).
+    if trellis_tests::process::testing_envoy() {
+        return;
+    }
+    within(Duration::from_secs(60), "fast failing host", async {
+        let (a, b, c) = (
+            Up::start("a").await,
+            Up::start("b").await,
+            Up::start("c").await,
+        );
+        a.set_delay(20);
+        b.set_delay(20);
+        c.set_failing(true);
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster(
+                "app",
+                &[&a, &b, &c],
+                "    lb_policy: LEAST_REQUEST\n",
+            )],
+            "",
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut hs = Vec::new();
+        for _ in 0..8 {
+            let url = url.clone();
+            hs.push(tokio::spawn(async move {
+                let c = client();
+                for _ in 0..60 {
+                    send(&c, &url, &[]).await;
+                }
+            }));
+        }
+        for h in hs {
+            h.await.expect("worker");
+        }
+        let total = (a.hits() + b.hits() + c.hits()) as f64;
+        let failing = c.hits() as f64 / total;
+        println!("LEAST_REQUEST share of a host failing in 0 ms: {failing:.3}");
+        // Least-active alone would hand it most requests (it is never busy).
+        assert!(failing < 0.2, "{failing}");
     })
     .await;
 }
@@ -87,6 +148,7 @@ fn hashing_vhosts() -> String {
 const HC: &str = r#"    health_checks:
     - timeout: 0.5s
       interval: 0.1s
+      no_traffic_interval: 0.1s
       unhealthy_threshold: 1
       healthy_threshold: 1
       http_health_check: { path: /healthz }
@@ -156,10 +218,14 @@ async fn keys_stay_and_only_the_removed_share_moves(policy: &str, max_stray: usi
     }
     assert_eq!(moved, counts["d"]);
     println!("{policy}: {counts:?}; {moved} keys moved off d, {stray} others moved");
-    assert!(
-        stray <= max_stray,
-        "{policy}: {stray} keys left healthy hosts"
-    );
+    // Envoy 1.40 re-sizes its ring per healthy host count, so some keys of
+    // healthy hosts move too (25 of 226 seen); trellis keeps them put.
+    if !trellis_tests::process::testing_envoy() {
+        assert!(
+            stray <= max_stray,
+            "{policy}: {stray} keys left healthy hosts"
+        );
+    }
     // Cookie and source IP policies are sticky too.
     let cookie_url = format!("http://127.0.0.1:{port}/cookie");
     let one = send(&c, &cookie_url, &[("cookie", "session=abc")])

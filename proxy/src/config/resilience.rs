@@ -56,6 +56,9 @@ pub struct Outlier {
 pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub interval: Duration,
+    /// Used instead of `interval` until the cluster has carried traffic
+    /// (Envoy's default: 60 s).
+    pub no_traffic_interval: Duration,
     pub interval_jitter: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
@@ -272,6 +275,12 @@ fn health_check(hc: &HealthCheck, cluster: &str) -> Result<HealthCheckConfig, Co
     Ok(HealthCheckConfig {
         timeout,
         interval,
+        no_traffic_interval: dur(
+            hc.no_traffic_interval.as_ref(),
+            Duration::from_secs(60),
+            "no_traffic_interval",
+        )?
+        .max(Duration::from_millis(1)),
         interval_jitter: dur(
             hc.interval_jitter.as_ref(),
             Duration::ZERO,

@@ -580,6 +580,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("timeout", Walk),
             ("interval", Walk),
+            ("no_traffic_interval", Walk),
             ("interval_jitter", Walk),
             ("unhealthy_threshold", Walk),
             ("healthy_threshold", Walk),

@@ -4,6 +4,7 @@
 
 pub mod fault;
 pub mod local_ratelimit;
+pub mod mirror;
 
 use std::sync::Arc;
 

@@ -148,7 +148,7 @@ pub async fn forward(
     };
     // `max_requests`: held for as long as the request is upstream.
     let Some(_request_slot) = cluster.breaker.request() else {
-        stats.upstream_rq_pending_overflow.inc();
+        cluster.rstats.upstream_rq_active_overflow.inc();
         return overflow(grpc, 0);
     };
     // The retry being made holds a `max_retries` (or budget) slot.

@@ -376,11 +376,25 @@ impl Hcm {
         } else {
             f.retry_policy.as_ref()
         };
+        // Shadow copies (request_mirror_policies), fire and forget.
+        let body = if f.resilience.mirrors.is_empty() {
+            body
+        } else {
+            crate::filters::mirror::tee(
+                &f.resilience.mirrors,
+                &snapshot.clusters,
+                parts,
+                &upstream_host,
+                body,
+            )
+            .await
+        };
         // RING_HASH / MAGLEV key from the route's hash policy.
-        let hash = if f.hash_policy.is_empty() {
+        let hash = if f.resilience.hash_policy.is_empty() {
             None
         } else {
-            f.hash_policy
+            f.resilience
+                .hash_policy
                 .hash(&parts.headers, parts.uri.query(), info.peer.ip())
         };
         let Outcome {

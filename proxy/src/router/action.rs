@@ -174,8 +174,16 @@ pub struct Forward {
     /// (`ZERO` means uncapped); when unset `grpc-timeout` is ignored.
     pub grpc_timeout_header_max: Option<Duration>,
     pub grpc_timeout_header_offset: Option<Duration>,
+    /// Hash policy and mirrors, boxed: most routes have neither.
+    pub resilience: Box<RouteResilience>,
+}
+
+#[derive(Debug)]
+pub struct RouteResilience {
     /// Keys for RING_HASH and MAGLEV clusters.
     pub hash_policy: HashPolicies,
+    /// `request_mirror_policies`: shadow copies to other clusters.
+    pub mirrors: Vec<crate::filters::mirror::Mirror>,
 }
 
 impl Forward {
@@ -298,7 +306,10 @@ impl Forward {
                 "grpc_timeout_header_offset",
                 msd.and_then(|m| m.grpc_timeout_header_offset.as_ref()),
             )?,
-            hash_policy: HashPolicies::compile(&a.hash_policy)?,
+            resilience: Box::new(RouteResilience {
+                hash_policy: HashPolicies::compile(&a.hash_policy)?,
+                mirrors: crate::filters::mirror::Mirror::compile_all(&a.request_mirror_policies)?,
+            }),
         })
     }
 

@@ -12,8 +12,10 @@
 //!
 //! Fields accepted and ignored for now, because they do not change which
 //! route is taken and later work adds them: `name`, `metadata`, `decorator`,
-//! `typed_per_filter_config` (all levels), `request_mirror_policies`,
-//! `rate_limits`, `include_vh_rate_limits`,
+//! `typed_per_filter_config` entries of filters trellis lacks (those of the
+//! fault and local rate limit filters are compiled, see `crate::filters`),
+//! the virtual host's `request_mirror_policies` (the route's are
+//! implemented), `rate_limits`, `include_vh_rate_limits`,
 //! `validate_clusters` (it only makes Envoy reject configs), the deprecated
 //! `weighted_clusters.total_weight` (Envoy ignores it), and runtime keys
 //! (`runtime_fraction.runtime_key`, `weighted_clusters.runtime_key_prefix`):

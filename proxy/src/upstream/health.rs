@@ -81,8 +81,16 @@ pub fn spawn(cluster: &Arc<Cluster>, cfg: HealthCheckConfig) {
                 .filter(|e| e.health_flags() & FAILED_ACTIVE_HC == 0)
                 .count();
             s.hc_healthy.set(healthy as i64);
+            // A cluster that never had traffic is checked at Envoy's
+            // `no_traffic_interval`.
+            let idle = c.stats.upstream_rq_total.get() == 0;
             drop(c);
-            tokio::time::sleep(cfg.interval + jitter(cfg.interval_jitter)).await;
+            let every = if idle {
+                cfg.no_traffic_interval
+            } else {
+                cfg.interval
+            };
+            tokio::time::sleep(every + jitter(cfg.interval_jitter)).await;
         }
     });
 }

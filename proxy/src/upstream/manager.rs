@@ -56,7 +56,7 @@ impl ClusterMap {
                 }
             };
             // A replaced cluster's ejections go with its hosts' flags.
-            rstats.ejections_active.set(0);
+            stats.outlier_detection_ejections_active.set(0);
             let cluster = Arc::new(Cluster::new(config.clone(), stats, rstats));
             match &config.discovery {
                 Discovery::Static(eps) => cluster.set_static_endpoints(eps),

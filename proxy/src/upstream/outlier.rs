@@ -81,7 +81,7 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
         {
             continue;
         }
-        let ejected = s.ejections_active.get().max(0) as usize;
+        let ejected = c.stats.outlier_detection_ejections_active.get().max(0) as usize;
         if total == 0 || ejected * 100 >= total * od.max_ejection_percent as usize {
             s.ejections_overflow.inc();
             continue;
@@ -90,7 +90,7 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
         h.ejected_at = Some(Instant::now());
         h.multiplier += 1;
         if e.set_flag(FAILED_OUTLIER_CHECK, true) {
-            s.ejections_active.inc();
+            c.stats.outlier_detection_ejections_active.inc();
             s.ejections_enforced_total.inc();
             if kind_gateway {
                 s.ejections_enforced_consecutive_gateway_failure.inc();
@@ -112,7 +112,7 @@ fn uneject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>
     hosts.retain(|addr, h| {
         let present = set.endpoints.iter().any(|e| e.addr == *addr);
         if !present && h.ejected_at.is_some() {
-            c.rstats.ejections_active.dec();
+            c.stats.outlier_detection_ejections_active.dec();
         }
         present
     });
@@ -131,7 +131,7 @@ fn uneject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>
                     e.consecutive_5xx.store(0, Relaxed);
                     e.consecutive_gateway.store(0, Relaxed);
                     if e.set_flag(FAILED_OUTLIER_CHECK, false) {
-                        c.rstats.ejections_active.dec();
+                        c.stats.outlier_detection_ejections_active.dec();
                         tracing::info!(cluster = %c.name(), host = %e.addr, "outlier un-ejected");
                         changed = true;
                     }
@@ -141,4 +141,102 @@ fn uneject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cluster::ClusterConfig;
+    use crate::stats::ClusterStats;
+    use crate::upstream::endpoint::Resolved;
+    use crate::upstream::stats::ResilienceStats;
+    use crate::upstream::TryResult;
+    use std::time::Duration;
+    use xds_protos::envoy::config::cluster::v3::{Cluster as ClusterProto, OutlierDetection};
+
+    fn ms(ms: i32) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        })
+    }
+
+    fn cluster(hosts: u16) -> Arc<Cluster> {
+        let proto = ClusterProto {
+            name: "c".into(),
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx: Some(3),
+                interval: ms(100),
+                base_ejection_time: ms(200),
+                max_ejection_percent: Some(50),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let config = Arc::new(ClusterConfig::compile(&proto).expect("valid cluster"));
+        let c = Arc::new(Cluster::new(
+            config,
+            Arc::new(ClusterStats::new("c".into())),
+            Arc::new(ResilienceStats::new("c".into())),
+        ));
+        let eps: Vec<Resolved> = (0..hosts)
+            .map(|i| Resolved {
+                addr: ([127, 0, 0, 1], 2000 + i).into(),
+                weight: 1,
+                hostname: None,
+            })
+            .collect();
+        c.set_endpoints(&eps);
+        c
+    }
+
+    async fn fail(c: &Cluster, i: usize, n: usize) {
+        let ep = c.endpoints().endpoints[i].clone();
+        for _ in 0..n {
+            c.report(&ep, TryResult::Status(500));
+        }
+        // Let the detector task run.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    fn ejected(c: &Cluster, i: usize) -> bool {
+        c.endpoints().endpoints[i].health_flags() & FAILED_OUTLIER_CHECK != 0
+    }
+
+    /// How long host `i` stays ejected (polled every 5 ms).
+    async fn ejected_for(c: &Cluster, i: usize) -> Duration {
+        let start = std::time::Instant::now();
+        while ejected(c, i) {
+            assert!(start.elapsed() < Duration::from_secs(10), "never released");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn ejection_time_grows_with_repeat_ejections_and_percent_is_capped() {
+        let c = cluster(4);
+        let od = c.config.outlier.clone().expect("configured");
+        spawn(&c, od);
+        tokio::task::yield_now().await;
+        fail(&c, 0, 2).await;
+        assert!(!ejected(&c, 0), "below the threshold");
+        fail(&c, 0, 1).await;
+        assert!(ejected(&c, 0));
+        assert_eq!(c.endpoints().healthy, 3);
+        let first = ejected_for(&c, 0).await;
+        assert!(first >= Duration::from_millis(190), "{first:?}");
+        // Ejected again at once: twice the base time.
+        fail(&c, 0, 3).await;
+        assert!(ejected(&c, 0));
+        let second = ejected_for(&c, 0).await;
+        assert!(second >= Duration::from_millis(390), "{second:?}");
+        // 50% of 4 hosts: a second host may go, a third may not.
+        fail(&c, 0, 3).await;
+        fail(&c, 1, 3).await;
+        fail(&c, 2, 3).await;
+        assert!(ejected(&c, 0) && ejected(&c, 1) && !ejected(&c, 2));
+        assert_eq!(c.stats.outlier_detection_ejections_active.get(), 2);
+        assert_eq!(c.rstats.ejections_overflow.get(), 1);
+    }
 }

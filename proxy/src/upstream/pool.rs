@@ -97,32 +97,23 @@ impl Pool {
     }
 
     /// A permit under the cluster's `max_connections`. When none is free the
-    /// request waits as pending (bounded by `max_pending_requests`) for a
-    /// permit, or — HTTP/1.1 — for a connection of this host going idle
-    /// (`Ok(None)`: try the idle stack again).
+    /// request waits for one, or — HTTP/1.1 — for a connection of this host
+    /// going idle (`None`: try the idle stack again).
     async fn permit(
         &self,
         p: &ConnectParams<'_>,
         idle_wakes: bool,
-    ) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+    ) -> Option<OwnedSemaphorePermit> {
         let sem = &p.cluster.breaker.connections;
         if let Ok(permit) = sem.clone().try_acquire_owned() {
-            return Ok(Some(permit));
+            return Some(permit);
         }
         p.cluster.rstats.upstream_cx_overflow.inc();
-        let Some(_pending) = p.cluster.breaker.pending() else {
-            p.stats.upstream_rq_pending_overflow.inc();
-            return Err(ConnectError::Overflow);
-        };
-        p.cluster.rstats.upstream_rq_pending_total.inc();
-        p.stats.upstream_rq_pending_active.inc();
         p.cluster.evict_idle();
-        let got = tokio::select! {
+        tokio::select! {
             permit = sem.clone().acquire_owned() => permit.ok(),
             _ = self.idle_ready.notified(), if idle_wakes => None,
-        };
-        p.stats.upstream_rq_pending_active.dec();
-        Ok(got)
+        }
     }
 
     /// A new connection, TLS when the cluster says so.
@@ -195,7 +186,7 @@ impl Pool {
             }
         }
         let permit = loop {
-            if let Some(permit) = self.permit(p, false).await? {
+            if let Some(permit) = self.permit(p, false).await {
                 break permit;
             }
         };
@@ -221,6 +212,15 @@ impl Pool {
         });
         self.h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
+    }
+}
+
+/// Takes a request off `upstream_rq_pending_active` however it leaves.
+struct PendingGauge<'a>(&'a ClusterStats);
+
+impl Drop for PendingGauge<'_> {
+    fn drop(&mut self) {
+        self.0.upstream_rq_pending_active.dec();
     }
 }
 
@@ -253,7 +253,17 @@ impl Endpoint {
                         return Ok(Pooled::H1(s, self.clone()));
                     }
                 }
-                if let Some(permit) = self.pool.permit(p, true).await? {
+                // As in Envoy, a request with no ready connection is pending
+                // (bounded by `max_pending_requests`) until it has one, be
+                // it new or freed.
+                let Some(_pending) = p.cluster.breaker.pending() else {
+                    p.stats.upstream_rq_pending_overflow.inc();
+                    return Err(ConnectError::Overflow);
+                };
+                p.cluster.rstats.upstream_rq_pending_total.inc();
+                p.stats.upstream_rq_pending_active.inc();
+                let _active = PendingGauge(p.stats);
+                if let Some(permit) = self.pool.permit(p, true).await {
                     return Ok(Pooled::H1(
                         self.pool.connect_h1(p, permit).await?,
                         self.clone(),

@@ -1,6 +1,8 @@
 //! The stats of circuit breaking, outlier detection and health checking, in
 //! a block of their own beside `ClusterStats` (same `cluster.NAME.` scope),
-//! so these features stay out of the shared stats module.
+//! so these features stay out of the shared stats module. The one gauge
+//! `ClusterStats` already has, `outlier_detection.ejections_active`, is
+//! driven from there.
 
 use std::sync::Arc;
 
@@ -10,9 +12,10 @@ use crate::stats::{Counter, Gauge, Scope, StatSource, Visitor};
 pub struct ResilienceStats {
     pub scope: Scope,
     pub upstream_cx_overflow: Counter,
+    /// `max_requests` refused the request (Envoy's name, verified 1.40).
+    pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_retry_overflow: Counter,
     pub upstream_rq_pending_total: Counter,
-    pub ejections_active: Gauge,
     pub ejections_enforced_total: Counter,
     pub ejections_overflow: Counter,
     pub ejections_enforced_consecutive_5xx: Counter,
@@ -31,9 +34,9 @@ impl ResilienceStats {
         ResilienceStats {
             scope: Scope::new("cluster", Some(("envoy_cluster_name", name))),
             upstream_cx_overflow: Counter::default(),
+            upstream_rq_active_overflow: Counter::default(),
             upstream_rq_retry_overflow: Counter::default(),
             upstream_rq_pending_total: Counter::default(),
-            ejections_active: Gauge::default(),
             ejections_enforced_total: Counter::default(),
             ejections_overflow: Counter::default(),
             ejections_enforced_consecutive_5xx: Counter::default(),
@@ -53,6 +56,11 @@ impl StatSource for ResilienceStats {
     fn visit(&self, v: &mut dyn Visitor) {
         let s = &self.scope;
         v.counter(s, "upstream_cx_overflow", self.upstream_cx_overflow.get());
+        v.counter(
+            s,
+            "upstream_rq_active_overflow",
+            self.upstream_rq_active_overflow.get(),
+        );
         v.counter(
             s,
             "upstream_rq_retry_overflow",
@@ -83,11 +91,6 @@ impl StatSource for ResilienceStats {
                 &self.ejections_detected_consecutive_gateway_failure,
             ),
         ];
-        v.gauge(
-            s,
-            "outlier_detection.ejections_active",
-            self.ejections_active.get(),
-        );
         for (name, c) in od {
             v.counter(s, &format!("outlier_detection.{name}"), c.get());
         }

@@ -18,7 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 /// An HTTP/1.1 upstream. `/healthz` answers 200 or 503 by [`Up::set_healthy`];
-/// `/fail` answers 503; anything else 200 with the name in `x-upstream`,
+/// `/fail` (or anything, after [`Up::set_failing`]) answers 503 at once;
+/// anything else 200 with the name in `x-upstream`,
 /// after the delay set by [`Up::set_delay`]. [`Up::kill`] closes the
 /// listener and every open connection, like a crashed process.
 pub struct Up {
@@ -26,6 +27,7 @@ pub struct Up {
     pub name: String,
     pub hits: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
@@ -42,11 +44,13 @@ impl Up {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let failing = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (h, ok, d, t, n) = (
+        let (h, ok, f, d, t, n) = (
             hits.clone(),
             healthy.clone(),
+            failing.clone(),
             delay_ms.clone(),
             tasks.clone(),
             Arc::<str>::from(name),
@@ -56,12 +60,13 @@ impl Up {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, ok, d, n) = (h.clone(), ok.clone(), d.clone(), n.clone());
+                let (h, ok, f, d, n) = (h.clone(), ok.clone(), f.clone(), d.clone(), n.clone());
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (h, ok, d, n) = (h.clone(), ok.clone(), d.clone(), n.clone());
+                        let (h, ok, f, d, n) =
+                            (h.clone(), ok.clone(), f.clone(), d.clone(), n.clone());
                         async move {
-                            Ok::<_, std::convert::Infallible>(serve(req, &h, &ok, &d, &n).await)
+                            Ok::<_, std::convert::Infallible>(serve(req, &h, &ok, &f, &d, &n).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -82,6 +87,7 @@ impl Up {
             name: name.to_string(),
             hits,
             healthy,
+            failing,
             delay_ms,
             tasks,
         }
@@ -89,6 +95,10 @@ impl Up {
 
     pub fn set_healthy(&self, ok: bool) {
         self.healthy.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn set_failing(&self, fail: bool) {
+        self.failing.store(fail, Ordering::Relaxed);
     }
 
     pub fn set_delay(&self, ms: u64) {
@@ -112,6 +122,7 @@ async fn serve(
     req: Request<Incoming>,
     hits: &AtomicU64,
     healthy: &AtomicBool,
+    failing: &AtomicBool,
     delay_ms: &AtomicU64,
     name: &str,
 ) -> Response<Full<Bytes>> {
@@ -129,6 +140,10 @@ async fn serve(
         return resp;
     }
     hits.fetch_add(1, Ordering::Relaxed);
+    if failing.load(Ordering::Relaxed) {
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        return resp;
+    }
     let d = delay_ms.load(Ordering::Relaxed);
     if d > 0 {
         tokio::time::sleep(Duration::from_millis(d)).await;
