@@ -80,6 +80,12 @@ pub enum CheckKind {
         /// connecting is enough.
         receive: Vec<Vec<u8>>,
     },
+    /// `grpc.health.v1.Health/Check` over HTTP/2; passes on SERVING.
+    Grpc {
+        service: String,
+        /// Empty: the cluster name, as Envoy sends.
+        authority: String,
+    },
 }
 
 /// Options of the load balancers beyond the policy itself.
@@ -259,10 +265,18 @@ fn health_check(hc: &HealthCheck, cluster: &str) -> Result<HealthCheckConfig, Co
             send: t.send.as_ref().map(payload).unwrap_or_default(),
             receive: t.receive.iter().map(payload).collect(),
         },
+        Some(health_check::HealthChecker::GrpcHealthCheck(g)) => CheckKind::Grpc {
+            service: g.service_name.clone(),
+            authority: if g.authority.is_empty() {
+                cluster.to_string()
+            } else {
+                g.authority.clone()
+            },
+        },
         Some(_) => {
             return Err(ConfigError::new(
                 "health_checker",
-                "only http_health_check and tcp_health_check are supported by trellis",
+                "only http_health_check, tcp_health_check and grpc_health_check are supported by trellis",
             ))
         }
         None => {

@@ -115,6 +115,7 @@ async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), bool> {
 async fn run(addr: SocketAddr, kind: &CheckKind) -> Result<(), bool> {
     let mut s = TcpStream::connect(addr).await.map_err(|_| true)?;
     match kind {
+        CheckKind::Grpc { service, authority } => grpc(s, service, authority).await,
         CheckKind::Http {
             host,
             path,
@@ -202,5 +203,71 @@ mod tests {
             &[b"PONG".to_vec(), b"OK".to_vec()]
         ));
         assert!(contains_in_order(b"", &[]));
+    }
+}
+
+/// One `grpc.health.v1.Health/Check` call on a fresh HTTP/2 connection.
+async fn grpc(stream: TcpStream, service: &str, authority: &str) -> Result<(), bool> {
+    use http_body_util::{BodyExt, Full};
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|_| true)?;
+    let driver = tokio::spawn(conn);
+    let request = grpc_health_request(service);
+    let req = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Full::new(bytes::Bytes::from(request)))
+        .map_err(|_| false)?;
+    let result = async {
+        let resp = sender.send_request(req).await.map_err(|_| true)?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(false);
+        }
+        let header_status = resp.headers().get("grpc-status").cloned();
+        let body = resp.into_body().collect().await.map_err(|_| true)?;
+        let trailer_status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+        let ok = header_status
+            .or(trailer_status)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        (ok && serving(&body.to_bytes())).then_some(()).ok_or(false)
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// A gRPC frame holding `HealthCheckRequest { service }`.
+fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::new();
+    if !service.is_empty() && service.len() < 128 {
+        msg.push(0x0a);
+        msg.push(service.len() as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    frame
+}
+
+/// Whether a `HealthCheckResponse` frame says SERVING (field 1 = 1).
+fn serving(frame: &[u8]) -> bool {
+    frame.len() >= 5 && frame[0] == 0 && frame[5..].windows(2).any(|w| w == [0x08, 0x01])
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn health_frames() {
+        assert_eq!(grpc_health_request(""), vec![0, 0, 0, 0, 0]);
+        assert_eq!(grpc_health_request("a"), vec![0, 0, 0, 0, 3, 0x0a, 1, b'a']);
+        assert!(serving(&[0, 0, 0, 0, 2, 0x08, 0x01]));
+        assert!(!serving(&[0, 0, 0, 0, 2, 0x08, 0x02]));
+        assert!(!serving(&[0, 0, 0, 0, 0]));
     }
 }
