@@ -34,12 +34,9 @@ impl StaticConfig {
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
         if let Some(sr) = &b.static_resources {
-            if !sr.secrets.is_empty() {
-                return Err(ConfigError::new(
-                    "static_resources.secrets",
-                    "secrets are not supported by trellis yet",
-                ));
-            }
+            // Before listeners and clusters, which may name these secrets.
+            crate::tls::secrets::set_static(&sr.secrets)
+                .map_err(|e| e.at("static_resources.secrets"))?;
             let mut names = std::collections::HashSet::new();
             for (i, l) in sr.listeners.iter().enumerate() {
                 let path = format!("static_resources.listeners[{i}]");

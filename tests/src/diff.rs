@@ -43,6 +43,12 @@ pub struct Case {
     pub expect_status: u16,
     /// Which upstream (Echo name) must answer on the reference, if any.
     pub expect_upstream: Option<String>,
+    /// Aspects compared for presence only (e.g. `response.header.grpc-message`
+    /// of a connect failure, whose text names implementation details).
+    pub presence_only: Vec<String>,
+    /// Aspects where trellis differs from Envoy on purpose (README lists
+    /// them): left out of the comparison.
+    pub deliberate: Vec<String>,
 }
 
 impl Case {
@@ -58,7 +64,21 @@ impl Case {
             status_only: false,
             expect_status: 200,
             expect_upstream: None,
+            presence_only: Vec::new(),
+            deliberate: Vec::new(),
         }
+    }
+
+    /// Leave `aspect` out: a documented, deliberate difference from Envoy.
+    pub fn deliberate(mut self, aspect: &str) -> Case {
+        self.deliberate.push(aspect.to_string());
+        self
+    }
+
+    /// Compare `aspect` for presence only.
+    pub fn presence_only(mut self, aspect: &str) -> Case {
+        self.presence_only.push(aspect.to_string());
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Case {
@@ -178,6 +198,14 @@ pub async fn observe(addr: SocketAddr, case: &Case) -> Observation {
                 String::from_utf8_lossy(v.as_bytes()).into(),
             );
         }
+    }
+    for aspect in &case.presence_only {
+        if let Some(v) = obs.get_mut(aspect) {
+            *v = PRESENT.to_string();
+        }
+    }
+    for aspect in &case.deliberate {
+        obs.remove(aspect);
     }
     obs
 }
@@ -356,6 +384,22 @@ pub fn table(rows: &[Difference], reference: &str, candidate: &str) -> String {
     out
 }
 
+/// Differences counted by aspect, most frequent first: one missing header
+/// shows up in every case, and this says so in one line.
+pub fn summary(diffs: &[Difference]) -> String {
+    let mut by_aspect: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in diffs {
+        *by_aspect.entry(d.aspect.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = by_aspect.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut out = String::from("\nby aspect:\n");
+    for (aspect, n) in counts {
+        out.push_str(&format!("  {n:>4} × {aspect}\n"));
+    }
+    out
+}
+
 /// Runs every case against both proxies (reference first) and panics with
 /// all expectation failures and differences at once. `TRELLIS_DIFF_DUMP=1`
 /// prints everything the reference did, to review or write new cases.
@@ -404,6 +448,7 @@ pub async fn compare(
             cases.len(),
             table(&diffs, "envoy", candidate_name)
         ));
+        msg.push_str(&summary(&diffs));
     }
     assert!(msg.is_empty(), "\n{msg}");
 }

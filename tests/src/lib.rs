@@ -6,7 +6,9 @@ pub mod config;
 pub mod diff;
 pub mod grpc;
 pub mod process;
+pub mod tls;
 pub mod upstream;
+pub mod xds_server;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::{client, eventually};
+use crate::client;
 
 /// A workspace binary: `$TRELLIS_<NAME>_BIN`, else next to the test executable
 /// (`target/debug/deps/..` → `target/debug/NAME`).
@@ -74,6 +74,20 @@ pub fn testing_envoy() -> bool {
     std::env::var("TRELLIS_TEST_PROXY").as_deref() == Ok("envoy")
 }
 
+/// Why a proxy did not come up.
+#[derive(Debug)]
+pub struct StartError {
+    /// The process exited (as opposed to hanging).
+    pub exited: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 pub struct ProxyProcess {
     pub child: Child,
     pub admin: SocketAddr,
@@ -90,6 +104,62 @@ impl ProxyProcess {
 
     /// Starts `bin` (trellis-proxy or envoy: they share the flags used here).
     pub async fn start_with(bin: &Path, config: &str, extra: &[&str]) -> ProxyProcess {
+        match Self::try_start_with(bin, config, extra).await {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Starts `bin` on the bootstrap `config(port)` for a free `port`,
+    /// retrying with another port if the process exits during startup: a
+    /// port from [`crate::free_port`] can be taken by someone else before the
+    /// proxy binds it, and that must not fail a test.
+    pub async fn start_on_free_port(
+        bin: &Path,
+        config: impl Fn(u16) -> String,
+        extra: &[&str],
+    ) -> (ProxyProcess, u16) {
+        let mut last = None;
+        for _ in 0..3 {
+            let port = crate::free_port();
+            match Self::try_start_with(bin, &config(port), extra).await {
+                Ok(p) => return (p, port),
+                Err(e) if e.exited => last = Some(e),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{}", last.expect("three attempts"));
+    }
+
+    /// [`start_with`](Self::start_with) without the panic.
+    pub async fn try_start_with(
+        bin: &Path,
+        config: &str,
+        extra: &[&str],
+    ) -> Result<ProxyProcess, StartError> {
+        Self::try_spawn(bin, config, extra, false).await
+    }
+
+    /// Starts the proxy under test with its log in a file that
+    /// [`ProxyProcess::log`] reads, for tests of what it logs.
+    pub async fn start_logged(config: &str) -> ProxyProcess {
+        match Self::try_spawn(&proxy_under_test(), config, &[], true).await {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The log so far of a proxy started with [`ProxyProcess::start_logged`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    async fn try_spawn(
+        bin: &Path,
+        config: &str,
+        extra: &[&str],
+        logged: bool,
+    ) -> Result<ProxyProcess, StartError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&config_path, config).expect("write bootstrap");
@@ -103,54 +173,69 @@ impl ProxyProcess {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if logged {
+                Stdio::from(std::fs::File::create(dir.path().join("proxy.log")).expect("log file"))
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true);
         cmd.args(["--log-level", "warn"]);
-        if bin.ends_with("envoy") {
+        // Envoy (however its binary is named) needs a base id of its own so
+        // that several can run at once.
+        let is_envoy = bin
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("envoy"));
+        if is_envoy {
             cmd.args(["--base-id", &crate::free_port().to_string()]);
         }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        // Poll the admin address file and the child together, so a proxy that
-        // rejects its bootstrap fails the test at once, showing the YAML.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let admin = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "{} exited early ({status}) on this bootstrap:\n{}",
-                    bin.display(),
-                    numbered(config)
-                );
-            }
-            let addr = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|s| s.trim().parse::<SocketAddr>().ok());
-            if let Some(addr) = addr {
-                break addr;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} wrote no admin address within 20s",
-                bin.display()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let fail = |exited: bool, what: String| StartError {
+            exited,
+            message: format!(
+                "{} {what}; its bootstrap:\n{}",
+                bin.display(),
+                numbered(config)
+            ),
         };
-        eventually(
-            Duration::from_secs(20),
-            "/ready to say LIVE",
-            || async move {
-                let r = client::get(&format!("http://{admin}/ready")).await.ok()?;
-                (r.status == 200).then_some(())
-            },
-        )
-        .await;
-        ProxyProcess {
+        // Poll for the admin address, then for /ready, checking the child each
+        // time: a proxy that rejects its bootstrap, or cannot bind its
+        // listener after the admin one, fails at once rather than after 20s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut admin = None;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(fail(true, format!("exited during startup ({status})")));
+            }
+            match admin {
+                None => {
+                    admin = std::fs::read_to_string(&admin_path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+                }
+                Some(addr) => {
+                    let ready = client::get(&format!("http://{addr}/ready")).await;
+                    if ready.is_ok_and(|r| r.status == 200) {
+                        break;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let what = match admin {
+                    None => "wrote no admin address within 20s",
+                    Some(_) => "did not answer 200 on /ready within 20s",
+                };
+                return Err(fail(false, what.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(ProxyProcess {
             child,
-            admin,
+            admin: admin.expect("admin address read before /ready"),
             dir,
             config_path,
-        }
+        })
     }
 
     pub async fn admin_get(&self, path: &str) -> client::Reply {

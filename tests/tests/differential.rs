@@ -17,7 +17,7 @@ use trellis_tests::config::{cluster, http_proxy_with_route_config};
 use trellis_tests::diff::{compare, Case};
 use trellis_tests::process::{proxy_under_test, require_envoy, testing_envoy, ProxyProcess};
 use trellis_tests::upstream::Echo;
-use trellis_tests::{free_port, loopback, within};
+use trellis_tests::{loopback, refused_address, within};
 
 /// Route-configuration-level header mutations (12-space indent).
 const ROUTE_CONFIG_EXTRA: &str = r#"            request_headers_to_add:
@@ -163,7 +163,6 @@ const VHOSTS: &str = r#"          - name: exact
                 append_action: APPEND_IF_EXISTS_OR_ADD
               - header: { key: x-add-absent, value: route }
                 append_action: ADD_IF_ABSENT
-              - header: { key: x-client-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
               request_headers_to_remove: [x-strip-route]
               response_headers_to_add:
               - header: { key: x-route-resp, value: route }
@@ -224,6 +223,16 @@ const VHOSTS: &str = r#"          - name: exact
               route: { cluster: rewrite, timeout: 0.2s, prefix_rewrite: "/delay/2000" }
             - match: { prefix: "/upstream-status/" }
               route: { cluster: rewrite, prefix_rewrite: "/status/" }
+            - match: { prefix: "/t0" }
+              route: { cluster: main, timeout: 0s }
+            - match: { prefix: "/t3" }
+              route: { cluster: main, timeout: 3s }
+            - match: { prefix: "/xfh" }
+              route: { cluster: rewrite, host_rewrite_literal: rewritten.example, append_x_forwarded_host: true }
+            - match: { prefix: "/method", headers: [{ name: ":method", string_match: { exact: "POST" } }] }
+              route: { cluster: method_post }
+            - match: { prefix: "/method" }
+              route: { cluster: method_other }
             - match: { prefix: "/std" }
               route: { cluster: main }
           - name: any
@@ -264,6 +273,8 @@ const ECHO_CLUSTERS: &[&str] = &[
     "w_b",
     "rewrite",
     "headers",
+    "method_post",
+    "method_other",
 ];
 
 /// Both proxies on the same bootstrap (only the listener port differs) in
@@ -275,6 +286,8 @@ struct Pair {
     reference_addr: SocketAddr,
     candidate_addr: SocketAddr,
     _upstreams: Vec<Echo>,
+    // Keeps the "dead" cluster's port bound (and refusing) for the run.
+    _refusing: socket2::Socket,
 }
 
 /// A STATIC cluster whose endpoint has a hostname, which is what
@@ -287,7 +300,7 @@ fn cluster_with_hostname(name: &str, addr: SocketAddr, hostname: &str) -> String
     )
 }
 
-async fn pair() -> Pair {
+async fn pair(vhosts: &str, hcm_extra: &str) -> Pair {
     let envoy = require_envoy();
     let candidate = proxy_under_test();
     let mut upstreams = Vec::new();
@@ -301,19 +314,20 @@ async fn pair() -> Pair {
     clusters.push(cluster_with_hostname("auto", auto.addr, "auto.example"));
     upstreams.push(auto);
     clusters.push(cluster("empty", &[], ""));
-    clusters.push(cluster("dead", &[loopback(free_port())], ""));
+    let (dead, refusing) = refused_address();
+    clusters.push(cluster("dead", &[dead], ""));
 
     let bootstrap =
-        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, VHOSTS, &clusters, "");
-    let (rp, cp) = (free_port(), free_port());
-    let reference = ProxyProcess::start_with(&envoy, &bootstrap(rp), &[]).await;
-    let candidate = ProxyProcess::start_with(&candidate, &bootstrap(cp), &[]).await;
+        |port| http_proxy_with_route_config(port, ROUTE_CONFIG_EXTRA, vhosts, &clusters, hcm_extra);
+    let (reference, rp) = ProxyProcess::start_on_free_port(&envoy, bootstrap, &[]).await;
+    let (candidate, cp) = ProxyProcess::start_on_free_port(&candidate, bootstrap, &[]).await;
     Pair {
         _reference: reference,
         _candidate: candidate,
         reference_addr: loopback(rp),
         candidate_addr: loopback(cp),
         _upstreams: upstreams,
+        _refusing: refusing,
     }
 }
 
@@ -326,8 +340,20 @@ fn candidate_name() -> &'static str {
 }
 
 async fn run(cases: Vec<Case>) {
+    run_with("", cases).await;
+}
+
+/// [`run`] with HttpConnectionManager options (`hcm_extra`, 10-space indent).
+async fn run_with(hcm_extra: &str, cases: Vec<Case>) {
+    run_on(VHOSTS, hcm_extra, cases).await;
+}
+
+/// [`run`] on other virtual hosts: features that a proxy might reject at
+/// load time get a bootstrap of their own, so that rejecting one does not
+/// stop every other comparison.
+async fn run_on(vhosts: &str, hcm_extra: &str, cases: Vec<Case>) {
     within(Duration::from_secs(120), "differential run", async {
-        let p = pair().await;
+        let p = pair(vhosts, hcm_extra).await;
         compare(&cases, p.reference_addr, p.candidate_addr, candidate_name()).await;
     })
     .await;
@@ -538,14 +564,28 @@ async fn header_mutations_and_proxy_headers() {
             .header("proxy-connection", "keep-alive")
             .header("x-keep", "1")
             .to("main"),
+        // Envoy 1.40 drops the upstream's keep-alive, proxy-connection and
+        // upgrade (on a 200) response headers, and replaces its server header
+        // with "envoy" (server_header_transformation OVERWRITE).
+        Case::get("upstream hop-by-hop and server response headers", M, "/std")
+            .header("x-respond-keep-alive", "timeout=5")
+            .header("x-respond-proxy-connection", "keep-alive")
+            .header("x-respond-upgrade", "foo")
+            .header("x-respond-server", "upstream-server")
+            .header("x-respond-x-kept", "1")
+            .to("main"),
         Case::get("te: trailers", M, "/std")
             .header("te", "trailers")
             .to("main"),
         Case::get("te: gzip", M, "/std")
             .header("te", "gzip")
             .to("main"),
+        // Deliberate: hyper treats any `Upgrade` as a possible protocol
+        // switch and stops the smuggling guard, so trellis closes the
+        // connection after an answer that did not switch.
         Case::get("upgrade without connection: upgrade", M, "/std")
             .header("upgrade", "foo")
+            .deliberate("response.header.connection")
             .to("main"),
         Case::get("header mutations, plain", M, "/mut").to("headers"),
         // Envoy 1.40: route-config mutations apply last, so its x-prec
@@ -569,6 +609,13 @@ async fn header_mutations_and_proxy_headers() {
             .h2()
             .to("headers"),
         Case::get("weighted cluster adds headers", M, "/weighted").to("w_a"),
+        Case::get("route timeout 0s: no expected-timeout header", M, "/t0").to("main"),
+        Case::get("route timeout 3s", M, "/t3").to("main"),
+        Case::get("append_x_forwarded_host", M, "/xfh").to("rewrite"),
+        Case::get(":method matcher, POST", M, "/method")
+            .post("x")
+            .to("method_post"),
+        Case::get(":method matcher, GET", M, "/method").to("method_other"),
         Case::get("upstream status passes through", M, "/upstream-status/503")
             .expect(503, Some("rewrite")),
         Case::get("upstream 404 passes through", M, "/upstream-status/404")
@@ -646,6 +693,121 @@ async fn local_replies() {
             .status_only()
             .expect(503, None),
         Case::get("route timeout", M, "/timeout").expect(504, None),
+        // Envoy 1.40: gRPC local replies are HTTP 200 + trailers-only:
+        // no route → grpc-status 12 (no grpc-message); empty cluster,
+        // connect failure and route timeout → 14 (the router's 504 maps to
+        // UNAVAILABLE, not DEADLINE_EXCEEDED); an upstream's own non-gRPC
+        // 503 passes through untouched.
+        grpc("gRPC no route", "/nothing/here").expect(200, None),
+        grpc("gRPC empty cluster", "/empty").expect(200, None),
+        grpc("gRPC connect failure", "/dead")
+            .presence_only("response.header.grpc-message")
+            .expect(200, None),
+        grpc("gRPC route timeout", "/timeout").expect(200, None),
+        // Envoy 1.40 surprise: even direct responses and redirects become
+        // gRPC local replies for gRPC requests: HTTP 200, grpc-status 2
+        // (UNKNOWN), grpc-message = the direct body ("teapot"); the redirect
+        // keeps its location header but is no longer a 3xx.
+        grpc("gRPC direct response", "/direct/teapot").expect(200, None),
+        grpc("gRPC redirect", "/redir/host").expect(200, None),
+        grpc("gRPC upstream 503", "/upstream-status/503").expect(503, Some("rewrite")),
     ])
+    .await;
+}
+
+/// A gRPC-shaped request (h2, POST, application/grpc): Envoy turns its local
+/// replies to these into HTTP 200 with grpc-status.
+fn grpc(name: &str, path: &str) -> Case {
+    Case::get(name, M, path)
+        .post("\0\0\0\0\0")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .h2()
+}
+
+/// Connection-manager options that change what the proxy adds and how it
+/// matches: use_remote_address (XFF, internal/external), server_name, via,
+/// strip_any_host_port, merge_slashes, normalize_path.
+const HCM_OPTIONS: &str = r#"          use_remote_address: true
+          server_name: trellis-diff
+          via: diff-via
+          strip_any_host_port: true
+          merge_slashes: true
+          normalize_path: true
+"#;
+
+/// Envoy 1.40 surprises here, on loopback:
+/// - use_remote_address appends to x-forwarded-for not 127.0.0.1 but the
+///   machine's first non-loopback address (Envoy substitutes its "local
+///   address" for a loopback peer; 192.0.2.2 on the machine this was written
+///   on), while x-envoy-external-address is 127.0.0.1;
+/// - loopback peers are *external* (no internal_address_config), so client
+///   x-envoy-* headers are stripped, x-envoy-internal is not set, and a
+///   client's x-forwarded-proto: https is overwritten with http;
+/// - via is added to both the upstream request and the response, and
+///   server_name replaces the server header on local replies too.
+#[tokio::test]
+async fn connection_manager_options() {
+    run_with(
+        HCM_OPTIONS,
+        vec![
+            Case::get("use_remote_address", M, "/std").to("main"),
+            Case::get("use_remote_address, h2", M, "/std")
+                .h2()
+                .to("main"),
+            Case::get("use_remote_address, client XFF", M, "/std")
+                .header("x-forwarded-for", "1.2.3.4")
+                .to("main"),
+            Case::get("use_remote_address, client XFP", M, "/std")
+                .header("x-forwarded-proto", "https")
+                .to("main"),
+            Case::get("use_remote_address, client envoy headers", M, "/std")
+                .header("x-envoy-upstream-rq-timeout-ms", "1234")
+                .header("x-envoy-internal", "true")
+                .to("main"),
+            Case::get("strip_any_host_port", "exact.example:9090", "/").to("exact"),
+            Case::get("strip_any_host_port, h2", "port.test:9000", "/")
+                .h2()
+                .to("any"),
+            Case::get("merge_slashes", M, "/std//a///b").to("main"),
+            Case::get("normalize_path dot segments", M, "/std/a/../b/./c").to("main"),
+            Case::get("normalize_path encoded dots", M, "/std/a/%2e%2e/b").to("main"),
+            Case::get("normalize_path keeps query", M, "/std//x/../y?a=/../b").to("main"),
+            Case::get("normalized path picks the route", M, "/nothing/../std/x").to("main"),
+            Case::get("server_name on local replies", M, "/nothing").expect(404, None),
+            Case::get("via on redirects", M, "/redir/host").expect(301, None),
+        ],
+    )
+    .await;
+}
+
+/// Header values with command operators (substitution formatters).
+const FORMATTER_VHOSTS: &str = r#"          - name: main
+            domains: ["main.test"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: headers }
+              request_headers_to_add:
+              - header: { key: x-client-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }
+              - header: { key: x-from-request, value: "%REQ(x-in)%" }
+              - header: { key: x-literal, value: "100%%" }
+              response_headers_to_add:
+              - header: { key: x-protocol, value: "%PROTOCOL%" }
+"#;
+
+#[tokio::test]
+async fn header_value_command_operators() {
+    run_on(
+        FORMATTER_VHOSTS,
+        "",
+        vec![
+            Case::get("command operators", M, "/")
+                .header("x-in", "copied")
+                .to("headers"),
+            Case::get("command operators, h2", M, "/")
+                .h2()
+                .to("headers"),
+        ],
+    )
     .await;
 }

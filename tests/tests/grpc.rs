@@ -16,8 +16,8 @@ use trellis_tests::grpc::{
     self, connect, decode_grpc_message, raw_grpc_status, raw_message, raw_unary, GrpcEcho,
     FAIL_TRAILER,
 };
-use trellis_tests::process::ProxyProcess;
-use trellis_tests::{eventually, free_port, loopback, within};
+use trellis_tests::process::{proxy_under_test, ProxyProcess};
+use trellis_tests::{eventually, loopback, refused_address, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -35,14 +35,14 @@ fn vhosts(route_extra: &str) -> String {
 }
 
 async fn proxy_to(upstream: SocketAddr, route_extra: &str) -> (ProxyProcess, SocketAddr) {
-    let port = free_port();
-    let config = http_proxy(
-        port,
-        &vhosts(route_extra),
-        &[cluster("grpc", &[upstream], H2_UPSTREAM)],
-        "",
-    );
-    (ProxyProcess::start(&config).await, loopback(port))
+    let clusters = [cluster("grpc", &[upstream], H2_UPSTREAM)];
+    let (p, port) = ProxyProcess::start_on_free_port(
+        &proxy_under_test(),
+        |port| http_proxy(port, &vhosts(route_extra), &clusters, ""),
+        &[],
+    )
+    .await;
+    (p, loopback(port))
 }
 
 fn req(message: &str) -> EchoRequest {
@@ -62,6 +62,10 @@ async fn unary_round_trip_with_metadata() {
         request
             .metadata_mut()
             .insert("x-client", "c1".parse().expect("ascii"));
+        request.metadata_mut().insert_bin(
+            "x-data-bin",
+            tonic::metadata::MetadataValue::from_bytes(&[0, 1, 2, 255]),
+        );
         let resp = client
             .unary(request)
             .await
@@ -80,6 +84,10 @@ async fn unary_round_trip_with_metadata() {
         assert!(
             has("x-client: c1"),
             "client metadata reaches the upstream: {metadata:#?}"
+        );
+        assert!(
+            has_name("x-data-bin"),
+            "binary metadata reaches the upstream: {metadata:#?}"
         );
         assert!(
             has("te: trailers"),
@@ -368,7 +376,9 @@ async fn grpc_timeout_is_forwarded_not_enforced_without_max_stream_duration() {
 #[tokio::test]
 async fn upstream_down_is_unavailable() {
     within(LIMIT, "upstream down", async {
-        let dead = loopback(free_port());
+        // Bound but not listening: refuses connections, and no other test
+        // can take the port meanwhile.
+        let (dead, _guard) = refused_address();
         let (_p, front) = proxy_to(dead, "").await;
         let mut client = connect(front).await;
         let err = client
@@ -402,6 +412,94 @@ async fn upstream_down_is_unavailable() {
             decode_grpc_message(message).starts_with("upstream connect error"),
             "{reply:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_connection() {
+    within(LIMIT, "concurrent unary calls", async {
+        let upstream = GrpcEcho::start("grpc").await;
+        let (_p, front) = proxy_to(upstream.addr, "").await;
+        // One tonic channel = one HTTP/2 connection: 200 calls in flight at
+        // once are 200 concurrent streams the proxy must keep apart.
+        let client = connect(front).await;
+        const N: usize = 200;
+        let calls = (0..N).map(|i| {
+            let mut client = client.clone();
+            async move {
+                let r = client
+                    .unary(EchoRequest {
+                        message: format!("call-{i}"),
+                        delay_ms: (i % 7) as u32 * 10,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("call {i} failed: {s:?}"));
+                (i, r.into_inner().message)
+            }
+        });
+        for (i, message) in futures::future::join_all(calls).await {
+            assert_eq!(message, format!("call-{i}"), "replies are not mixed up");
+        }
+        assert_eq!(upstream.calls(), N as u64);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_messages_both_ways() {
+    within(LIMIT, "large messages", async {
+        let upstream = GrpcEcho::start("grpc").await;
+        let (_p, front) = proxy_to(upstream.addr, "").await;
+        let mut client = connect(front).await;
+        // 3 MiB each way (tonic's default limit is 4 MiB): one message far
+        // larger than the 64 KiB initial HTTP/2 windows.
+        let big = grpc::payload(3 * 1024 * 1024);
+        let reply = client
+            .unary(req(&big))
+            .await
+            .expect("large unary call")
+            .into_inner();
+        assert_eq!(reply.message.len(), big.len());
+        assert!(reply.message == big, "payload arrives unchanged");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn client_cancellation_reaches_the_upstream() {
+    within(LIMIT, "client cancel", async {
+        let upstream = GrpcEcho::start("grpc").await;
+        let (_p, front) = proxy_to(upstream.addr, "").await;
+        let mut client = connect(front).await;
+        let mut stream = client
+            .server_stream(EchoRequest {
+                message: "tick".into(),
+                count: 100_000,
+                delay_ms: 5,
+                ..Default::default()
+            })
+            .await
+            .expect("stream starts")
+            .into_inner();
+        for i in 0..3 {
+            let item = stream.next().await.expect("item").expect("item is OK");
+            assert_eq!(item.index, i);
+        }
+        assert_eq!(upstream.cancelled(), 0);
+        // Dropping the stream resets it (RST_STREAM CANCEL); the proxy must
+        // reset the upstream stream too, or the server streams forever.
+        drop(stream);
+        eventually(
+            Duration::from_secs(10),
+            "the upstream stream to be cancelled",
+            || {
+                let n = upstream.cancelled();
+                async move { (n >= 1).then_some(()) }
+            },
+        )
+        .await;
     })
     .await;
 }

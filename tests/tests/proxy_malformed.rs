@@ -60,7 +60,6 @@ async fn smuggling_shapes_get_400_and_never_reach_upstream() {
 }
 
 #[tokio::test]
-#[ignore = "hyper drops Content-Length beside chunked; the HTTP/1 framing guard (branch h1guard) makes it a 400"]
 async fn content_length_with_chunked_gets_400() {
     let (_p, app, addr) = setup("").await;
     let reply = raw(
@@ -113,4 +112,89 @@ async fn garbage_does_not_kill_the_proxy() {
         .expect("still serving");
     assert_eq!(r.status, 200);
     assert_eq!(app.count(), 1);
+}
+
+/// Writes `parts` with a pause between them, so the proxy reads them apart,
+/// and returns everything the proxy sent until it closed.
+async fn raw_parts(addr: std::net::SocketAddr, parts: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for part in parts {
+        let _ = s.write_all(part).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    assert!(
+        r.is_ok(),
+        "connection still open: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn smuggling_heads_split_across_reads_get_400() {
+    let (_p, app, addr) = setup("").await;
+    let reply = raw_parts(
+        addr,
+        &[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Enc",
+            b"oding: chunked\r\nContent-Le",
+            b"ngth: 4\r\n",
+            b"\r\n0\r\n\r\n",
+        ],
+    )
+    .await;
+    assert_eq!(status_of(&reply), Some(400), "{reply:?}");
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test]
+async fn bad_chunk_size_after_the_head_closes_the_connection() {
+    let (_p, _app, addr) = setup("").await;
+    let reply = raw_parts(
+        addr,
+        &[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"zz\r\nabc\r\n0\r\n\r\n",
+        ],
+    )
+    .await;
+    assert_ne!(status_of(&reply), Some(200), "{reply:?}");
+}
+
+#[tokio::test]
+async fn no_request_is_read_after_an_upgrade_that_did_not_happen() {
+    let (_p, app, addr) = setup("").await;
+    // Not a websocket handshake (no `Connection: upgrade`), so it is proxied
+    // as a plain request; what follows it must not be read as a request.
+    let reply = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n\
+          POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&reply), Some(200), "{reply:?}");
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
+    assert_eq!(app.count(), 1);
+}
+
+#[tokio::test]
+async fn slow_request_body_gets_408_after_request_timeout() {
+    let (p, _app, addr) = setup("          request_timeout: 0.3s\n").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the proxy answers and closes")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&buf);
+    assert_eq!(status_of(&reply), Some(408), "{reply}");
+    assert_eq!(p.stat("http.ingress_http.downstream_rq_timeout").await, 1);
 }

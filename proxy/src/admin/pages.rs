@@ -93,7 +93,11 @@ pub fn clusters(s: &Shared, query: &str) -> Response<Body> {
                         serde_json::json!({
                             "address": {"socket_address": {"address": e.addr.ip().to_string(), "port_value": e.addr.port()}},
                             "weight": e.weight,
-                            "health_status": {"eds_health_status": "HEALTHY"},
+                            "health_status": {
+                                "eds_health_status": "HEALTHY",
+                                "failed_active_health_check": e.health_flags() & crate::upstream::endpoint::FAILED_ACTIVE_HC != 0,
+                                "failed_outlier_check": e.health_flags() & crate::upstream::endpoint::FAILED_OUTLIER_CHECK != 0,
+                            },
                             "stats": [{"name": "rq_active", "value": e.active_requests().to_string(), "type": "GAUGE"}],
                         })
                     })
@@ -112,7 +116,7 @@ pub fn clusters(s: &Shared, query: &str) -> Response<Body> {
             let a = e.addr;
             let _ = writeln!(out, "{n}::{a}::rq_active::{}", e.active_requests());
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
-            let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
+            let _ = writeln!(out, "{n}::{a}::health_flags::{}", e.health_flags_text());
         }
     }
     text(StatusCode::OK, &out)

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    http_connection_manager::{
+        CodecType, RouteSpecifier, ServerHeaderTransformation, StripPortMode,
+    },
     http_filter, HttpConnectionManager,
 };
 
@@ -40,12 +42,17 @@ pub struct HcmConfig {
     pub always_set_request_id_in_response: bool,
     pub server_name: http::HeaderValue,
     pub server_header: ServerHeader,
+    pub strip_port: StripPort,
+    pub merge_slashes: bool,
+    pub normalize_path: bool,
     /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
     pub internal_ranges: Vec<super::address::Cidr>,
     /// `access_log`: written when each request's response has been sent.
     pub access_logs: Arc<crate::access_log::AccessLogs>,
     /// `tracing.provider`: spans go to this OTLP collector.
     pub tracing: Option<crate::tracing_ctx::TracingConfig>,
+    /// The HTTP filters before the router, in chain order.
+    pub filters: Vec<crate::filters::HttpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +67,15 @@ pub enum ServerHeader {
     Overwrite,
     AppendIfAbsent,
     PassThrough,
+}
+
+/// Whether the port of the request's host is dropped before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    None,
+    /// Only when it is the listener's own port.
+    Matching,
+    Any,
 }
 
 #[derive(Debug)]
@@ -112,7 +128,7 @@ impl HcmConfig {
                 ))
             }
         };
-        http_filters(h)?;
+        let filters = http_filters(h)?;
         let mut websocket = false;
         for (i, u) in h.upgrade_configs.iter().enumerate() {
             if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
@@ -222,6 +238,13 @@ impl HcmConfig {
                 "server_name",
             )?,
             server_header,
+            strip_port: match (&h.strip_port_mode, h.strip_matching_host_port) {
+                (Some(StripPortMode::StripAnyHostPort(true)), _) => StripPort::Any,
+                (_, true) => StripPort::Matching,
+                _ => StripPort::None,
+            },
+            merge_slashes: h.merge_slashes,
+            normalize_path: h.normalize_path.unwrap_or(false),
             internal_ranges: match &h.internal_address_config {
                 Some(c) => c
                     .cidr_ranges
@@ -234,12 +257,15 @@ impl HcmConfig {
                     .collect::<Result<_, _>>()?,
                 None => Vec::new(),
             },
+            filters,
         })
     }
 }
 
-/// Only the router filter is implemented so far, and Envoy requires it last.
-fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
+/// The router, last as Envoy requires, after any fault and local rate limit
+/// filters.
+fn http_filters(h: &HttpConnectionManager) -> Result<Vec<crate::filters::HttpFilter>, ConfigError> {
+    let mut out = Vec::new();
     if h.http_filters.is_empty() {
         return Err(ConfigError::new(
             "http_filters",
@@ -265,6 +291,24 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
                 ))
             }
         };
+        if let (true, Some(http_filter::ConfigType::TypedConfig(any))) =
+            (type_url != ROUTER_FILTER, &f.config_type)
+        {
+            match crate::filters::HttpFilter::compile(&f.name, any) {
+                Some(Ok(filter)) if i != last => {
+                    out.push(filter);
+                    continue;
+                }
+                Some(Ok(_)) => {
+                    return Err(ConfigError::new(
+                        path,
+                        "the router filter must be the last HTTP filter",
+                    ))
+                }
+                Some(Err(e)) => return Err(e.at(format!("{path}.typed_config"))),
+                None => {}
+            }
+        }
         if type_url != ROUTER_FILTER {
             return Err(ConfigError::new(
                 format!("{path}.typed_config"),
@@ -278,5 +322,5 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -31,6 +31,8 @@ pub struct StreamInfo {
     pub protocol: Option<http::Version>,
     pub downstream_remote: SocketAddr,
     pub downstream_local: Option<SocketAddr>,
+    /// The verified client certificate's URI SAN, on mTLS connections.
+    pub downstream_peer_uri_san: Option<String>,
     pub route_name: Option<Arc<str>>,
     pub upstream_cluster: Option<Arc<str>>,
     pub upstream_host: Option<SocketAddr>,
@@ -56,6 +58,7 @@ impl StreamInfo {
             protocol: None,
             downstream_remote,
             downstream_local,
+            downstream_peer_uri_san: None,
             route_name: None,
             upstream_cluster: None,
             upstream_host: None,
@@ -444,8 +447,7 @@ impl Op {
                 Value::Str(Cow::Owned(addr(i.downstream_remote, *port)))
             }
             Op::DownstreamLocal { port } => string(i.downstream_local.map(|a| addr(a, *port))),
-            // No downstream TLS yet, so never a peer certificate.
-            Op::DownstreamPeerUriSan => Value::Missing,
+            Op::DownstreamPeerUriSan => string(i.downstream_peer_uri_san.clone()),
             Op::Protocol => match i.protocol {
                 Some(http::Version::HTTP_10) => Value::Str(Cow::Borrowed("HTTP/1.0")),
                 Some(http::Version::HTTP_11) => Value::Str(Cow::Borrowed("HTTP/1.1")),

@@ -4,11 +4,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::{header, HeaderValue, Method, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::h1_guard::H1Guard;
 use super::Hcm;
 use crate::config::hcm::Codec;
 use crate::drain::Watch;
@@ -18,23 +20,40 @@ use crate::io::{Activity, Tracked};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The address the client connected to, for `%DOWNSTREAM_LOCAL_ADDRESS%`.
-    pub local: Option<SocketAddr>,
+    pub local: SocketAddr,
+    /// Set while the connection drains: HTTP/1.1 answers close it.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
     pub scheme: &'static str,
+    /// Set when the connection arrived over TLS: the verified peer identity
+    /// (URI SAN), SNI and ALPN.
+    pub tls: Option<Arc<crate::tls::PeerInfo>>,
 }
 
 impl Hcm {
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, mut drain: Watch) {
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mut drain: Watch,
+        tls: Option<Arc<crate::tls::PeerInfo>>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let info = Arc::new(ConnInfo {
             peer,
-            local: stream.local_addr().ok(),
-            scheme: "http",
+            local,
+            closing: closing.clone(),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
         });
         let activity = Activity::default();
-        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+        let h1 = cfg.codec != Codec::Http2;
+        let io = TokioIo::new(H1Guard::new(Tracked::new(stream, activity.clone()), h1));
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         match cfg.codec {
@@ -65,20 +84,55 @@ impl Hcm {
         let svc = service_fn(move |req| {
             let hcm = hcm.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(hcm.handle(&info, req).await) }
+            async move {
+                let mut req = req;
+                // Per request, for filters and logs that read the peer identity.
+                if let Some(tls) = &info.tls {
+                    req.extensions_mut().insert(tls.clone());
+                }
+                // The guard stops reading HTTP/1 framing after a request that
+                // may switch protocols; if it does not switch, no further
+                // request may be read on this connection.
+                let connect = req.method() == Method::CONNECT;
+                let may_switch = req.version() <= Version::HTTP_11
+                    && (connect || req.headers().contains_key(header::UPGRADE));
+                let mut resp = hcm.handle(&info, req).await;
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (connect && resp.status().is_success());
+                if may_switch && !switched {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         let idle = cfg.idle_timeout;
+        let mut shutdown = self.shared.drain.watch();
+        let drain_time = self.shared.drain_time;
         let served = async {
             tokio::select! {
-                r = conn.as_mut() => r,
+                r = conn.as_mut() => return r,
+                // The process is going away: close idle connections now,
+                // answer what is in flight with `Connection: close` / GOAWAY.
+                _ = shutdown.signaled() => {}
+                // This listener version was replaced: the next HTTP/1.1
+                // answer says `Connection: close`, so a keep-alive client
+                // moves to the new version between requests instead of
+                // racing a close; whatever is left idle goes at the end of
+                // the drain time.
                 _ = drain.signaled() => {
-                    // HTTP/1.1 answers in flight with `Connection: close`; HTTP/2 sends GOAWAY.
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+                    closing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tokio::select! {
+                        r = conn.as_mut() => return r,
+                        _ = tokio::time::sleep(drain_time) => {}
+                        _ = shutdown.signaled() => {}
+                    }
                 }
             }
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
         };
         match idle {
             Some(idle) => {

@@ -13,9 +13,10 @@ use super::flags::ResponseFlags;
 use super::forward::{forward, Attempt, Outcome};
 use super::headers::{
     self, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_ORIGINAL_HOST, X_ENVOY_ORIGINAL_PATH,
-    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_REQUEST_ID,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME, X_FORWARDED_HOST, X_REQUEST_ID,
 };
-use super::local_reply::reply;
+use super::local_reply::{self, reply};
+use super::normalize;
 use super::Hcm;
 use crate::access_log::{self, Finish, Record, RequestTally, SavedRequest};
 use crate::body::{self, Body};
@@ -39,12 +40,18 @@ impl Hcm {
             stats.downstream_rq_http1_total.inc();
         }
         stats.downstream_rq_active.inc();
+        let version = req.version();
         let mut record = Record {
-            info: StreamInfo::new(info.peer, info.local),
+            info: StreamInfo::new(info.peer, Some(info.local)),
             saved: None,
             trace: self.tracer.is_some().then(|| Trace::start(req.headers())),
         };
         record.info.protocol = Some(req.version());
+        record.info.downstream_peer_uri_san = info
+            .tls
+            .as_ref()
+            .filter(|t| t.verified)
+            .and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
@@ -67,8 +74,30 @@ impl Hcm {
             Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
             None => body::incoming(body),
         };
-        let (mut resp, flags) = self.route(info, &mut record, parts, body, grpc).await;
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = match self.config.request_timeout {
+            Some(t) if !body.is_end_stream() => {
+                let deadline = tokio::time::Instant::from_std(record.info.started) + t;
+                body::with_deadline(body, deadline, timed_out.clone())
+            }
+            _ => body,
+        };
+        let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            // The client was too slow sending its request: Envoy's 408.
+            resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            flags = ResponseFlags::default();
+            self.stats.downstream_rq_timeout.inc();
+        }
         self.finish_response(&mut resp, request_id);
+        if info.closing.load(std::sync::atomic::Ordering::Relaxed)
+            && version != http::Version::HTTP_2
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
         record.info.flags.set(flags);
@@ -101,21 +130,57 @@ impl Hcm {
                 None => return self.no_route(grpc),
             },
         };
-        let host = authority(&parts);
+        let mut host = authority(&parts);
+        if let Some(stripped) =
+            normalize::strip_port(&host, self.config.strip_port, info.local.port())
+        {
+            host = stripped.to_string();
+            set_authority(&mut parts, &host);
+        }
+        if self.config.normalize_path || self.config.merge_slashes {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Some(p) =
+                normalize::path(pq, self.config.normalize_path, self.config.merge_slashes)
+            {
+                set_path(&mut parts, &p);
+            }
+        }
         let Some(matched) = table.find(&host, &parts) else {
             return self.no_route(grpc);
         };
         if !matched.route.name.is_empty() {
             record.info.route_name = Some(Arc::from(matched.route.name.as_str()));
         }
+        // The HTTP filters before the router: fault injection, rate limits.
+        if !self.config.filters.is_empty() {
+            let req = crate::filters::Request {
+                parts: &parts,
+                host: &host,
+                matched: &matched,
+            };
+            let stats = &self.filter_stats;
+            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+                return reply;
+            }
+        }
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
-                let mut resp = Response::new(body::full(d.body.clone()));
-                *resp.status_mut() = d.status;
-                if !d.body.is_empty() {
-                    resp.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let location = d.location(info.scheme, &host, pq);
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(d.status, &d.body)
+                } else {
+                    let mut resp = Response::new(body::full(d.body.clone()));
+                    *resp.status_mut() = d.status;
+                    if !d.body.is_empty() {
+                        resp.headers_mut()
+                            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    }
+                    resp
+                };
+                if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                    resp.headers_mut().insert(header::LOCATION, v);
                 }
                 matched.apply_response_headers(resp.headers_mut(), &record.ctx());
                 (resp, ResponseFlags::default())
@@ -124,8 +189,13 @@ impl Hcm {
                 self.stats.rq_redirect.inc();
                 let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 let (status, location) = r.location(info.scheme, &host, pq);
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = status;
+                let mut resp = if grpc {
+                    local_reply::grpc_from_http(status, b"")
+                } else {
+                    let mut resp = Response::new(body::empty());
+                    *resp.status_mut() = status;
+                    resp
+                };
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
@@ -221,6 +291,9 @@ impl Hcm {
         let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
         if upstream_host != host {
             if let Ok(v) = HeaderValue::from_str(host) {
+                if f.append_x_forwarded_host {
+                    parts.headers.append(X_FORWARDED_HOST.clone(), v.clone());
+                }
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
@@ -307,11 +380,18 @@ impl Hcm {
         } else {
             f.retry_policy.as_ref()
         };
+        // RING_HASH / MAGLEV key from the route's hash policy.
+        let hash = if f.hash_policy.is_empty() {
+            None
+        } else {
+            f.hash_policy
+                .hash(&parts.headers, parts.uri.query(), info.peer.ip())
+        };
         let Outcome {
             mut response,
             flags,
             upstream,
-            ..
+            attempts,
         } = forward(
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -323,6 +403,8 @@ impl Hcm {
                 auto_host,
                 peek_body,
                 max_duration,
+                hash,
+                request_attempt_count: matched.virtual_host.request_attempt_count,
             },
         )
         .await;
@@ -332,6 +414,11 @@ impl Hcm {
         }
         if let Some(t) = &mut record.trace {
             t.client_end = Some(std::time::SystemTime::now());
+        }
+        if matched.virtual_host.response_attempt_count && attempts > 0 {
+            response
+                .headers_mut()
+                .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
         }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();
@@ -379,6 +466,9 @@ impl Hcm {
 
     fn finish_response(&self, resp: &mut Response<Body>, request_id: Option<HeaderValue>) {
         let h = resp.headers_mut();
+        if let Some(via) = &self.config.via {
+            h.append(header::VIA, via.clone());
+        }
         match self.config.server_header {
             ServerHeader::Overwrite => {
                 h.insert(header::SERVER, self.config.server_name.clone());
@@ -472,6 +562,32 @@ fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
         b"n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// Replaces the request's host wherever it lives (authority or `Host`).
+fn set_authority(parts: &mut http::request::Parts, host: &str) {
+    if parts.uri.authority().is_some() {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        if let Ok(uri) = Uri::try_from(format!("{scheme}://{host}{pq}")) {
+            parts.uri = uri;
+        }
+    }
+    if parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+}
+
+fn set_path(parts: &mut http::request::Parts, path_and_query: &str) {
+    let mut uri = parts.uri.clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(path_and_query) {
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
 }
 
 fn authority(parts: &http::request::Parts) -> String {

@@ -9,6 +9,7 @@ use crate::config::hcm::HcmConfig;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
@@ -18,6 +19,7 @@ pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-
 pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -79,8 +81,18 @@ pub fn forwarded(
     let internal;
     if cfg.use_remote_address {
         internal = is_internal(cfg, peer.ip());
+        if !internal {
+            strip_envoy_headers(h);
+        }
+        // A peer on loopback is this host itself; Envoy then records the
+        // host's own address, so upstreams see a routable one.
+        let client = if peer.ip().is_loopback() {
+            local_address().unwrap_or(peer.ip())
+        } else {
+            peer.ip()
+        };
         if !cfg.skip_xff_append {
-            let ip = peer.ip().to_string();
+            let ip = client.to_string();
             let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
                 _ => ip,
@@ -97,18 +109,32 @@ pub fn forwarded(
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     } else {
         internal = trusted_client_is_internal(cfg, h, peer.ip());
+        if !internal {
+            strip_envoy_headers(h);
+        }
         if !h.contains_key(&X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
         }
-    }
-    if !internal {
-        strip_envoy_headers(h);
     }
     let regenerate = !internal && cfg.use_remote_address && !cfg.preserve_external_request_id;
     if cfg.generate_request_id && (regenerate || !h.contains_key(&X_REQUEST_ID)) {
         h.insert(X_REQUEST_ID.clone(), request_id());
     }
     internal
+}
+
+/// The host's first non-loopback address (IPv4 first), found once.
+fn local_address() -> Option<IpAddr> {
+    static ADDR: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let ifaces = if_addrs::get_if_addrs().ok()?;
+        let ips: Vec<IpAddr> = ifaces
+            .iter()
+            .filter(|i| !i.is_loopback())
+            .map(|i| i.ip())
+            .collect();
+        ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
+    })
 }
 
 /// Without `use_remote_address`, the client address is the trusted entry of

@@ -25,6 +25,12 @@ pub fn reply(status: StatusCode, text: &'static str, grpc: bool) -> Response<Bod
 /// Envoy maps the HTTP status of a local reply to a gRPC status (the
 /// mapping of grpc's http-grpc-status-mapping.md) and answers 200.
 fn grpc_reply(status: StatusCode, text: &'static str) -> Response<Body> {
+    grpc_from_http(status, text.as_bytes())
+}
+
+/// A local reply (direct response, redirect, error) to a gRPC request:
+/// HTTP 200, trailers-only, the mapped `grpc-status`, the body as message.
+pub fn grpc_from_http(status: StatusCode, message: &[u8]) -> Response<Body> {
     let code = match status.as_u16() {
         400 => "13",
         401 => "16",
@@ -40,16 +46,33 @@ fn grpc_reply(status: StatusCode, text: &'static str) -> Response<Body> {
         HeaderValue::from_static("application/grpc"),
     );
     h.insert("grpc-status", HeaderValue::from_static(code));
-    if !text.is_empty() {
-        h.insert("grpc-message", HeaderValue::from_static(text));
+    if !message.is_empty() {
+        if let Ok(v) = HeaderValue::from_bytes(&percent_encode(message)) {
+            h.insert("grpc-message", v);
+        }
     }
     resp
+}
+
+/// `grpc-message` is percent-encoded outside printable ASCII (and `%`).
+fn percent_encode(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len());
+    for &b in m {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
 }
 
 pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 pub const CONNECT_FAILURE: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+pub const OVERFLOW: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 pub const RESET_BEFORE_HEADERS: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
 

@@ -4,9 +4,11 @@
 mod conn;
 mod flags;
 mod forward;
+mod h1_guard;
 mod handler;
 mod headers;
 mod local_reply;
+mod normalize;
 mod retry;
 mod validate;
 
@@ -23,12 +25,21 @@ pub struct Hcm {
     pub config: Arc<HcmConfig>,
     pub stats: Arc<HttpStats>,
     pub shared: Arc<Shared>,
+    /// Fault and local rate limit stats, registered only when the chain
+    /// has such filters.
+    pub filter_stats: Arc<crate::filters::FilterStats>,
     /// Telemetry hook: where this connection manager's spans go.
     pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
 }
 
 impl Hcm {
     pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>) -> Hcm {
+        let filter_stats = Arc::new(crate::filters::FilterStats::new(config.stat_prefix.clone()));
+        if !config.filters.is_empty() {
+            shared.store.register(
+                Arc::downgrade(&filter_stats) as std::sync::Weak<dyn crate::stats::StatSource>
+            );
+        }
         Hcm {
             stats: shared.http_stats(&config.stat_prefix),
             tracer: config
@@ -37,6 +48,7 @@ impl Hcm {
                 .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(t, &shared)),
             config,
             shared,
+            filter_stats,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
+use crate::tls::ServerTls;
 
 pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;
@@ -61,17 +62,19 @@ impl ActiveListener {
         }
     }
 
-    fn select(&self, facts: &ConnectionFacts<'_>) -> Option<Chain> {
+    /// The chain for these facts, with its TLS context if it terminates TLS.
+    fn select(&self, facts: &ConnectionFacts<'_>) -> Option<(Chain, Option<Arc<ServerTls>>)> {
         let chosen = self.config.select(facts)?;
+        let tls = chosen.tls.clone();
         if let Some(i) = self
             .config
             .filter_chains
             .iter()
             .position(|c| std::ptr::eq(c, chosen))
         {
-            return self.chains.get(i).cloned();
+            return self.chains.get(i).cloned().map(|c| (c, tls));
         }
-        self.default_chain.clone()
+        self.default_chain.clone().map(|c| (c, tls))
     }
 }
 
@@ -116,22 +119,50 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     };
     let _ = stream.set_nodelay(true);
     listener.stats.downstream_cx_total.inc();
-    let facts = ConnectionFacts {
-        destination_port: local.port(),
-        server_name: None,
-        transport_protocol: "raw_buffer",
-        application_protocols: &[],
-    };
-    let Some(chain) = listener.select(&facts) else {
-        listener.stats.no_filter_chain_match.inc();
-        return;
-    };
     let drain = listener.drain.watch();
     tokio::spawn(async move {
+        let hello = match listener.config.tls_inspector {
+            Some(cfg) => match crate::tls::inspect(&stream, cfg.timeout).await {
+                crate::tls::Inspection::Tls(h) => Some(h),
+                crate::tls::Inspection::Plaintext => None,
+                crate::tls::Inspection::Closed => return,
+                crate::tls::Inspection::TimedOut if cfg.continue_on_timeout => None,
+                crate::tls::Inspection::TimedOut => {
+                    tracing::debug!(%peer, "closing: no ClientHello within listener_filters_timeout");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let alpn: Vec<&str> = hello
+            .iter()
+            .flat_map(|h| h.alpn.iter().map(String::as_str))
+            .collect();
+        let facts = ConnectionFacts {
+            destination_port: local.port(),
+            server_name: hello.as_ref().and_then(|h| h.server_name.as_deref()),
+            transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
+            application_protocols: &alpn,
+        };
+        let Some((chain, tls)) = listener.select(&facts) else {
+            listener.stats.no_filter_chain_match.inc();
+            return;
+        };
         listener.stats.downstream_cx_active.inc();
-        match chain {
-            Chain::Http(hcm) => hcm.serve(stream, peer, drain).await,
-            Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
+        match tls {
+            Some(tls) => {
+                if let Some((stream, info)) = tls.accept(stream).await {
+                    let info = Arc::new(info);
+                    match chain {
+                        Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, Some(info)).await,
+                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
+                    }
+                }
+            }
+            None => match chain {
+                Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, None).await,
+                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
+            },
         }
         listener.stats.downstream_cx_active.dec();
     });

@@ -1,5 +1,6 @@
 //! `envoy.filters.network.tcp_proxy`: bytes both ways to a cluster endpoint.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -27,12 +28,12 @@ impl TcpProxy {
         }
     }
 
-    pub async fn serve(&self, downstream: TcpStream, drain: Watch) {
+    pub async fn serve<S>(&self, downstream: S, peer: SocketAddr, local: SocketAddr, drain: Watch)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         // Telemetry hook: the connection's facts feed its access log line.
-        let Ok(peer) = downstream.peer_addr() else {
-            return;
-        };
-        let mut info = StreamInfo::new(peer, downstream.local_addr().ok());
+        let mut info = StreamInfo::new(peer, Some(local));
         self.proxy(downstream, drain, &mut info).await;
         if !self.config.access_logs.is_empty() {
             info.done = Some(info.started.elapsed());
@@ -40,7 +41,10 @@ impl TcpProxy {
         }
     }
 
-    async fn proxy(&self, mut downstream: TcpStream, _drain: Watch, info: &mut StreamInfo) {
+    async fn proxy<S>(&self, mut downstream: S, _drain: Watch, info: &mut StreamInfo)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
         let name = self.config.pick_cluster(rand::random());

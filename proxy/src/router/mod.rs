@@ -13,7 +13,7 @@
 //! Fields accepted and ignored for now, because they do not change which
 //! route is taken and later work adds them: `name`, `metadata`, `decorator`,
 //! `typed_per_filter_config` (all levels), `request_mirror_policies`,
-//! `hash_policy`, `rate_limits`, `include_vh_rate_limits`,
+//! `rate_limits`, `include_vh_rate_limits`,
 //! `validate_clusters` (it only makes Envoy reject configs), the deprecated
 //! `weighted_clusters.total_weight` (Envoy ignores it), and runtime keys
 //! (`runtime_fraction.runtime_key`, `weighted_clusters.runtime_key_prefix`):
@@ -24,12 +24,13 @@
 mod action;
 mod convert;
 mod domains;
+mod hash;
 mod headers;
 mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
-mod string;
+pub(crate) mod string;
 
 use http::header::{HeaderMap, HeaderName};
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
@@ -42,6 +43,7 @@ pub use action::{
     Action, ClusterSpecifier, ClusterWeight, DirectResponse, Forward, HostRewrite,
     WeightedClusters, WeightedTarget,
 };
+pub use hash::HashPolicies;
 pub use headers::{HeaderMutation, Phase};
 pub use redirect::Redirect;
 pub use retry::{RetryOn, RetryPolicy};
@@ -49,9 +51,11 @@ pub use rewrite::{PathRewrite, RegexRewrite, RewriteKind};
 
 use convert::{reject_if, unsupported};
 use domains::DomainIndex;
-use matcher::{RequestView, RouteMatcher};
+use matcher::RouteMatcher;
+pub(crate) use matcher::{HeaderMatcher, RequestView};
 
 use crate::config::ConfigError;
+use crate::filters::{compile_overrides, FilterOverride};
 
 /// Request and response mutations of one level (route configuration,
 /// virtual host or route).
@@ -101,6 +105,12 @@ pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
+    pub request_attempt_count: bool,
+    /// `include_attempt_count_in_response`: the same on the response.
+    pub response_attempt_count: bool,
+    /// `typed_per_filter_config` of the filters trellis implements.
+    pub filter_overrides: Vec<(String, FilterOverride)>,
 }
 
 #[derive(Debug)]
@@ -109,6 +119,8 @@ pub struct Route {
     matcher: RouteMatcher,
     pub action: Action,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config` of the filters trellis implements.
+    pub filter_overrides: Vec<(String, FilterOverride)>,
 }
 
 /// The result of a lookup.
@@ -294,14 +306,6 @@ fn compile_virtual_host(
     reject_if(!vh.virtual_clusters.is_empty(), "virtual_clusters")?;
     reject_if(vh.cors.is_some(), "cors")?;
     reject_if(
-        vh.include_request_attempt_count,
-        "include_request_attempt_count",
-    )?;
-    reject_if(
-        vh.include_attempt_count_in_response,
-        "include_attempt_count_in_response",
-    )?;
-    reject_if(
         vh.include_is_timeout_retry_header,
         "include_is_timeout_retry_header",
     )?;
@@ -341,6 +345,9 @@ fn compile_virtual_host(
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )?,
+        request_attempt_count: vh.include_request_attempt_count,
+        response_attempt_count: vh.include_attempt_count_in_response,
+        filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
     })
 }
 
@@ -398,6 +405,7 @@ fn compile_route(
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )?,
+        filter_overrides: compile_overrides(&r.typed_per_filter_config)?,
     })
 }
 

@@ -266,7 +266,6 @@ pub struct ClusterStats {
     pub upstream_rq_reset: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
-    pub outlier_detection_ejections_active: Gauge,
     pub upstream_rq_time: Histogram,
 }
 
@@ -291,7 +290,6 @@ impl ClusterStats {
             upstream_rq_reset: Counter::default(),
             membership_healthy: Gauge::default(),
             membership_total: Gauge::default(),
-            outlier_detection_ejections_active: Gauge::default(),
             upstream_rq_time: Histogram::default(),
         }
     }
@@ -341,11 +339,6 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_cx_destroy", self.upstream_cx_destroy.get());
         v.gauge(s, "membership_healthy", self.membership_healthy.get());
         v.gauge(s, "membership_total", self.membership_total.get());
-        v.gauge(
-            s,
-            "outlier_detection.ejections_active",
-            self.outlier_detection_ejections_active.get(),
-        );
         v.histogram(s, "upstream_rq_time", &self.upstream_rq_time.snapshot());
     }
 }

@@ -115,27 +115,37 @@ impl Client {
         if self.ads.lds {
             k.extend([Kind::Listener, Kind::Route]);
         }
+        if self.ads.cds || self.ads.lds {
+            k.push(Kind::Secret);
+        }
         k
     }
 
     /// Validates and keeps an update, then swaps a new snapshot in.
+    /// Returns the subscriptions that follow from the held resources, and the
+    /// rejection to NACK with, if any part of the update was refused. The
+    /// valid part of a rejected update is applied, as Envoy does.
     async fn accept(
         self: &Arc<Self>,
         update: Update,
-    ) -> Result<Vec<(Kind, BTreeSet<String>)>, String> {
+    ) -> (Vec<(Kind, BTreeSet<String>)>, Result<(), String>) {
         let kind = update.kind;
         let version = update.version_info.clone();
         let stats = self.stats.of(kind);
         stats.update_attempt.inc();
         let mut guard = self.state.lock().await;
         let (res, warming) = &mut *guard;
-        if let Err(e) = res.apply(update) {
-            stats.update_rejected.inc();
-            tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
-            return Err(e);
+        let outcome = res.apply(update);
+        match &outcome {
+            Err(e) => {
+                stats.update_rejected.inc();
+                tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
+            }
+            Ok(()) => {
+                stats.update_success.inc();
+                stats.version.set(version_hash(&version));
+            }
         }
-        stats.update_success.inc();
-        stats.version.set(version_hash(&version));
         let wildcard_seen = self
             .kinds()
             .iter()
@@ -155,12 +165,19 @@ impl Client {
             res.retain(Kind::Route, &names);
             subs.push((Kind::Route, names));
         }
-        let warm = apply(&self.shared, &self.statics, res, warming).await?;
-        drop(guard);
-        if warm {
-            self.schedule_reapply();
+        if kind == Kind::Listener || kind == Kind::Cluster {
+            let names = res.secret_names();
+            res.retain(Kind::Secret, &names);
+            subs.push((Kind::Secret, names));
         }
-        Ok(subs)
+        let applied = apply(&self.shared, &self.statics, res, warming).await;
+        drop(guard);
+        match applied {
+            Ok(true) => self.schedule_reapply(),
+            Ok(false) => {}
+            Err(e) => return (subs, outcome.and(Err(e))),
+        }
+        (subs, outcome)
     }
 
     fn schedule_reapply(self: &Arc<Self>) {
@@ -199,6 +216,7 @@ impl Client {
             let res = &guard.0;
             names.insert(Kind::Endpoint, res.eds_names());
             names.insert(Kind::Route, res.rds_names());
+            names.insert(Kind::Secret, res.secret_names());
             for kind in self.kinds() {
                 if !kind.is_wildcard() && names.get(&kind).is_none_or(BTreeSet::is_empty) {
                     continue;
@@ -247,8 +265,9 @@ impl Client {
                 removed: Vec::new(),
                 replace_all: kind.is_wildcard(),
             };
-            let (version_info, error_detail, subs) = match self.accept(update).await {
-                Ok(subs) => (resp.version_info, None, subs),
+            let (subs, outcome) = self.accept(update).await;
+            let (version_info, error_detail) = match outcome {
+                Ok(()) => (resp.version_info, None),
                 Err(e) => {
                     let held = self
                         .state
@@ -259,7 +278,7 @@ impl Client {
                         .get(&kind)
                         .cloned()
                         .unwrap_or_default();
-                    (held, Some(nack(e)), Vec::new())
+                    (held, Some(nack(e)))
                 }
             };
             let ack = DiscoveryRequest {
@@ -319,6 +338,7 @@ impl Client {
             let res = &guard.0;
             names.insert(Kind::Endpoint, res.eds_names());
             names.insert(Kind::Route, res.rds_names());
+            names.insert(Kind::Secret, res.secret_names());
             for kind in self.kinds() {
                 let subscribe: Vec<String> = if kind.is_wildcard() {
                     Vec::new()
@@ -370,10 +390,8 @@ impl Client {
                 removed: resp.removed_resources,
                 replace_all: false,
             };
-            let (error_detail, subs) = match self.accept(update).await {
-                Ok(subs) => (None, subs),
-                Err(e) => (Some(nack(e)), Vec::new()),
-            };
+            let (subs, outcome) = self.accept(update).await;
+            let error_detail = outcome.err().map(nack);
             let ack = DeltaDiscoveryRequest {
                 type_url: resp.type_url,
                 response_nonce: resp.nonce,

@@ -16,6 +16,7 @@ use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig
 use crate::config::hcm::RouteSource;
 use crate::config::listener::{ListenerConfig, Terminal};
 use crate::router::RouteTable;
+use crate::tls::secrets::{self, SecretValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -23,6 +24,7 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    Secret,
 }
 
 impl Kind {
@@ -32,13 +34,20 @@ impl Kind {
             Kind::Endpoint => type_url::CLUSTER_LOAD_ASSIGNMENT,
             Kind::Listener => type_url::LISTENER,
             Kind::Route => type_url::ROUTE_CONFIGURATION,
+            Kind::Secret => type_url::SECRET,
         }
     }
 
     pub fn from_type_url(url: &str) -> Option<Kind> {
-        [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route]
-            .into_iter()
-            .find(|k| k.type_url() == url)
+        [
+            Kind::Cluster,
+            Kind::Endpoint,
+            Kind::Listener,
+            Kind::Route,
+            Kind::Secret,
+        ]
+        .into_iter()
+        .find(|k| k.type_url() == url)
     }
 
     /// Listeners and clusters are wildcard subscriptions; routes and
@@ -53,6 +62,7 @@ impl Kind {
             Kind::Endpoint => "ClusterLoadAssignment",
             Kind::Listener => "Listener",
             Kind::Route => "RouteConfiguration",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -82,6 +92,7 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, Held<Vec<EndpointConfig>>>,
     pub listeners: BTreeMap<String, Held<ListenerConfig>>,
     pub routes: BTreeMap<String, Held<RouteTable>>,
+    pub secrets: BTreeMap<String, Held<SecretValue>>,
     /// The last accepted `version_info` per type (state of the world).
     pub versions: BTreeMap<Kind, String>,
 }
@@ -136,12 +147,19 @@ impl Resources {
                                 },
                             );
                         }
-                        Err(e) => errors.push(e),
+                        Err((name, e)) => {
+                            // The rejected resource keeps its last good
+                            // version, even in a state-of-the-world update.
+                            if let Some(old) = name.as_ref().and_then(|n| self.$map.get(n)) {
+                                next.insert(name.unwrap_or_default(), old.clone());
+                            }
+                            errors.push(e)
+                        }
                     }
                 }
-                if errors.is_empty() {
-                    self.$map = next;
-                }
+                // As Envoy does, the valid resources of a rejected response
+                // are kept: a delta server counts them as delivered.
+                self.$map = next;
             }};
         }
         match kind {
@@ -149,6 +167,13 @@ impl Resources {
             Kind::Endpoint => compile_all!(endpoints, decode_endpoints),
             Kind::Listener => compile_all!(listeners, decode_listener),
             Kind::Route => compile_all!(routes, decode_route),
+            Kind::Secret => compile_all!(secrets, secrets::decode),
+        }
+        if kind == Kind::Secret {
+            // Kept: the next handshake of every context naming one uses it.
+            for (name, held) in &self.secrets {
+                secrets::publish_ads(name, &held.value);
+            }
         }
         if !errors.is_empty() {
             return Err(errors.join("; "));
@@ -176,6 +201,25 @@ impl Resources {
             .collect()
     }
 
+    /// Secrets the held listeners and clusters expect over ADS.
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        let listeners = self.listeners.values().flat_map(|l| {
+            l.value
+                .filter_chains
+                .iter()
+                .chain(l.value.default_chain.iter())
+                .filter_map(|c| c.tls.as_ref())
+                .flat_map(|t| t.ads_secret_names().to_vec())
+                .collect::<Vec<_>>()
+        });
+        let clusters = self
+            .clusters
+            .values()
+            .filter_map(|c| c.value.tls.as_ref())
+            .flat_map(|t| t.ads_secret_names().to_vec());
+        listeners.chain(clusters).collect()
+    }
+
     /// `name → version` of what is held, for a delta stream's resubscription.
     pub fn held_versions(&self, kind: Kind) -> std::collections::HashMap<String, String> {
         fn versions<T>(m: &BTreeMap<String, Held<T>>) -> std::collections::HashMap<String, String> {
@@ -188,6 +232,7 @@ impl Resources {
             Kind::Endpoint => versions(&self.endpoints),
             Kind::Listener => versions(&self.listeners),
             Kind::Route => versions(&self.routes),
+            Kind::Secret => versions(&self.secrets),
         }
     }
 
@@ -196,6 +241,7 @@ impl Resources {
         match kind {
             Kind::Endpoint => self.endpoints.retain(|k, _| keep.contains(k)),
             Kind::Route => self.routes.retain(|k, _| keep.contains(k)),
+            Kind::Secret => self.secrets.retain(|k, _| keep.contains(k)),
             Kind::Cluster | Kind::Listener => {}
         }
     }
@@ -215,39 +261,55 @@ pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
         .collect()
 }
 
-fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), String> {
+/// A decode failure, with the resource's name when it could be read.
+type Rejected = (Option<String>, String);
+
+fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), Rejected> {
     let c = Cluster::decode(any.value.as_slice())
-        .map_err(|e| format!("Cluster: cannot decode: {e}"))?;
-    let compiled = ClusterConfig::compile(&c).map_err(|e| format!("Cluster '{}': {e}", c.name))?;
-    Ok((c.name, compiled))
+        .map_err(|e| (None, format!("Cluster: cannot decode: {e}")))?;
+    match ClusterConfig::compile(&c) {
+        Ok(compiled) => Ok((c.name, compiled)),
+        Err(e) => Err((Some(c.name.clone()), format!("Cluster '{}': {e}", c.name))),
+    }
 }
 
-fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), String> {
+fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
     let la = ClusterLoadAssignment::decode(any.value.as_slice())
-        .map_err(|e| format!("ClusterLoadAssignment: cannot decode: {e}"))?;
-    let eps =
-        endpoints(&la).map_err(|e| format!("ClusterLoadAssignment '{}': {e}", la.cluster_name))?;
+        .map_err(|e| (None, format!("ClusterLoadAssignment: cannot decode: {e}")))?;
+    let name = la.cluster_name.clone();
+    let reject = |e: String| {
+        (
+            Some(name.clone()),
+            format!("ClusterLoadAssignment '{name}': {e}"),
+        )
+    };
+    let eps = endpoints(&la).map_err(|e| reject(e.to_string()))?;
     if let Some(bad) = eps.iter().find(|e| e.address.ip().is_none()) {
-        return Err(format!(
-            "ClusterLoadAssignment '{}': endpoint '{}' is not an IP address",
-            la.cluster_name, bad.address.host
-        ));
+        return Err(reject(format!(
+            "endpoint '{}' is not an IP address",
+            bad.address.host
+        )));
     }
     Ok((la.cluster_name, eps))
 }
 
-fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), String> {
+fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), Rejected> {
     let l = Listener::decode(any.value.as_slice())
-        .map_err(|e| format!("Listener: cannot decode: {e}"))?;
-    let compiled =
-        ListenerConfig::compile(&l).map_err(|e| format!("Listener '{}': {e}", l.name))?;
-    Ok((l.name, compiled))
+        .map_err(|e| (None, format!("Listener: cannot decode: {e}")))?;
+    match ListenerConfig::compile(&l) {
+        Ok(compiled) => Ok((l.name, compiled)),
+        Err(e) => Err((Some(l.name.clone()), format!("Listener '{}': {e}", l.name))),
+    }
 }
 
-fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), String> {
+fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), Rejected> {
     let rc = RouteConfiguration::decode(any.value.as_slice())
-        .map_err(|e| format!("RouteConfiguration: cannot decode: {e}"))?;
-    let table =
-        RouteTable::compile(&rc).map_err(|e| format!("RouteConfiguration '{}': {e}", rc.name))?;
-    Ok((rc.name, table))
+        .map_err(|e| (None, format!("RouteConfiguration: cannot decode: {e}")))?;
+    match RouteTable::compile(&rc) {
+        Ok(table) => Ok((rc.name, table)),
+        Err(e) => Err((
+            Some(rc.name.clone()),
+            format!("RouteConfiguration '{}': {e}", rc.name),
+        )),
+    }
 }
