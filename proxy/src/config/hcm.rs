@@ -49,10 +49,10 @@ pub struct HcmConfig {
     pub internal_ranges: Vec<super::address::Cidr>,
     /// `access_log`: written when each request's response has been sent.
     pub access_logs: Arc<crate::access_log::AccessLogs>,
-    /// The HTTP filters before the router, in chain order.
-    pub filters: Vec<crate::filters::HttpFilter>,
     /// `tracing.provider`: spans go to this OTLP collector.
     pub tracing: Option<crate::tracing_ctx::TracingConfig>,
+    /// The HTTP filters before the router, in chain order.
+    pub filters: Vec<crate::filters::HttpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

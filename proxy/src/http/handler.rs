@@ -47,7 +47,11 @@ impl Hcm {
             trace: self.tracer.is_some().then(|| Trace::start(req.headers())),
         };
         record.info.protocol = Some(req.version());
-        record.info.downstream_peer_uri_san = info.tls.as_ref().and_then(|t| t.uri_san.clone());
+        record.info.downstream_peer_uri_san = info
+            .tls
+            .as_ref()
+            .filter(|t| t.verified)
+            .and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
@@ -422,13 +426,13 @@ impl Hcm {
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
         }
+        if let Some(t) = &mut record.trace {
+            t.client_end = Some(std::time::SystemTime::now());
+        }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response
                 .headers_mut()
                 .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
-        }
-        if let Some(t) = &mut record.trace {
-            t.client_end = Some(std::time::SystemTime::now());
         }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();

@@ -21,6 +21,9 @@ pub fn help(family: &str) -> &'static str {
             "Requests refused because the cluster's circuit breaker was open."
         }
         "cluster_upstream_rq_rx_reset" => "Upstream requests reset by the upstream.",
+        "cluster_upstream_rq_active_overflow" => {
+            "Requests refused because the cluster's max_requests breaker was reached."
+        }
         "cluster_upstream_rq_xx" => {
             "Upstream responses by status class (envoy_response_code_class)."
         }
@@ -42,6 +45,49 @@ pub fn help(family: &str) -> &'static str {
         "cluster_outlier_detection_ejections_active" => {
             "Endpoints of this cluster now ejected by outlier detection."
         }
+        "cluster_upstream_cx_overflow" => {
+            "Connections refused because the cluster's max_connections breaker was open."
+        }
+        "cluster_upstream_rq_retry_overflow" => {
+            "Retries not sent because the cluster's max_retries breaker was open."
+        }
+        "cluster_upstream_rq_pending_total" => {
+            "Requests that waited for a connection to this cluster."
+        }
+        "cluster_outlier_detection_ejections_enforced_total" => {
+            "Endpoints ejected by outlier detection."
+        }
+        "cluster_outlier_detection_ejections_overflow" => {
+            "Ejections skipped because max_ejection_percent was reached."
+        }
+        "cluster_outlier_detection_ejections_enforced_consecutive_5xx" => {
+            "Ejections enforced for consecutive 5xx responses."
+        }
+        "cluster_outlier_detection_ejections_detected_consecutive_5xx" => {
+            "Endpoints detected with consecutive 5xx responses."
+        }
+        "cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure" => {
+            "Ejections enforced for consecutive gateway failures."
+        }
+        "cluster_outlier_detection_ejections_detected_consecutive_gateway_failure" => {
+            "Endpoints detected with consecutive gateway failures."
+        }
+        "cluster_health_check_attempt" => "Active health checks sent.",
+        "cluster_health_check_success" => "Active health checks that passed.",
+        "cluster_health_check_failure" => "Active health checks that failed.",
+        "cluster_health_check_network_failure" => "Active health checks that failed to connect.",
+        "cluster_health_check_healthy" => "Endpoints passing active health checks.",
+        // HTTP filters
+        "http_fault_delays_injected" => "Requests delayed by the fault filter.",
+        "http_fault_aborts_injected" => "Requests aborted by the fault filter.",
+        "http_fault_active_faults" => "Faults in progress.",
+        "http_fault_faults_overflow" => {
+            "Faults not injected because max_active_faults was reached."
+        }
+        "http_http_local_rate_limit_enabled" => "Requests the local rate limit was enabled for.",
+        "http_http_local_rate_limit_enforced" => "Requests the local rate limit was enforced for.",
+        "http_http_local_rate_limit_rate_limited" => "Requests over the local rate limit.",
+        "http_http_local_rate_limit_ok" => "Requests within the local rate limit.",
         // HTTP connection managers
         "http_downstream_rq_total" => "Requests received by this connection manager.",
         "http_downstream_rq_http1_total" => "HTTP/1.1 requests received.",

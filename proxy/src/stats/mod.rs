@@ -250,6 +250,8 @@ impl Store {
 pub struct ClusterStats {
     pub scope: Scope,
     pub upstream_rq_total: Counter,
+    /// Hosts ejected by outlier detection right now.
+    pub outlier_detection_ejections_active: Gauge,
     pub upstream_rq_active: Gauge,
     pub upstream_rq_pending_active: Gauge,
     pub upstream_rq_timeout: Counter,
@@ -266,7 +268,6 @@ pub struct ClusterStats {
     pub upstream_rq_reset: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
-    pub outlier_detection_ejections_active: Gauge,
     pub upstream_rq_time: Histogram,
 }
 
@@ -275,6 +276,7 @@ impl ClusterStats {
         ClusterStats {
             scope: Scope::new("cluster", Some(("envoy_cluster_name", name))),
             upstream_rq_total: Counter::default(),
+            outlier_detection_ejections_active: Gauge::default(),
             upstream_rq_active: Gauge::default(),
             upstream_rq_pending_active: Gauge::default(),
             upstream_rq_timeout: Counter::default(),
@@ -291,7 +293,6 @@ impl ClusterStats {
             upstream_rq_reset: Counter::default(),
             membership_healthy: Gauge::default(),
             membership_total: Gauge::default(),
-            outlier_detection_ejections_active: Gauge::default(),
             upstream_rq_time: Histogram::default(),
         }
     }
@@ -301,6 +302,11 @@ impl StatSource for ClusterStats {
     fn visit(&self, v: &mut dyn Visitor) {
         let s = &self.scope;
         v.counter(s, "upstream_rq_total", self.upstream_rq_total.get());
+        v.gauge(
+            s,
+            "outlier_detection.ejections_active",
+            self.outlier_detection_ejections_active.get(),
+        );
         v.gauge(s, "upstream_rq_active", self.upstream_rq_active.get());
         v.gauge(
             s,
@@ -341,11 +347,6 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_cx_destroy", self.upstream_cx_destroy.get());
         v.gauge(s, "membership_healthy", self.membership_healthy.get());
         v.gauge(s, "membership_total", self.membership_total.get());
-        v.gauge(
-            s,
-            "outlier_detection.ejections_active",
-            self.outlier_detection_ejections_active.get(),
-        );
         v.histogram(s, "upstream_rq_time", &self.upstream_rq_time.snapshot());
     }
 }

@@ -73,7 +73,7 @@ impl Visitor for Collect<'_> {
 fn prometheus_family(kind: &str, name: &str) -> (String, Option<(String, String)>) {
     if let Some((base, code)) = name.rsplit_once('_') {
         let b = code.as_bytes();
-        if b.len() == 3 && b[0].is_ascii_digit() && &code[1..] == "xx" {
+        if b.len() == 3 && b[0].is_ascii_digit() && &code[1..] == "xx" && base.ends_with("_rq") {
             return (
                 format!("envoy_{kind}_{base}_xx"),
                 Some(("envoy_response_code_class".into(), code[..1].into())),
