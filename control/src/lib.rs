@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod error;
 pub mod manifest;
 pub mod model;

@@ -98,6 +98,40 @@ pub struct ServeArgs {
     /// Account id in resource ARNs and owners.
     #[arg(long, default_value = "000000000000", value_parser = account_id)]
     pub account_id: String,
+    /// PEM certificate of an operator-supplied CA [default: DATA_DIR/ca/ca.pem, created on first start].
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of the --ca-cert CA.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Trust domain of the SPIFFE IDs the CA issues.
+    #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub svid_ttl: std::time::Duration,
+}
+
+/// `24h`, `90m`, `30s` or a bare number of seconds; at least a minute, since
+/// renewal at half life must leave proxies time to fetch the new SVID.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text}: expected a duration such as 24h, 90m or 3600s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text}: the unit must be s, m or h")),
+    };
+    if secs < 60 {
+        return Err(format!("{text}: an SVID must live at least 60s"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Args)]

@@ -172,32 +172,33 @@ pub type Encoded = BTreeMap<&'static str, BTreeMap<String, prost_types::Any>>;
 
 /// Turns the JSON resources into protobuf `Any`s through the descriptor pool.
 pub fn encode(set: &ResourceSet) -> Result<Encoded, EncodeError> {
-    let pool = xds_protos::descriptor_pool();
     let mut out = Encoded::new();
     for (url, resources) in set.by_type() {
-        let message = url.rsplit('/').next().unwrap_or(url);
-        let err = |name: &str, message: String| EncodeError {
-            type_url: url.to_string(),
-            name: name.to_string(),
-            message,
-        };
-        let desc = pool
-            .get_message_by_name(message)
-            .ok_or_else(|| err("", "no such message in the pool".into()))?;
         let slot = out.entry(url).or_default();
         for (name, json) in resources {
-            let msg = prost_reflect::DynamicMessage::deserialize(desc.clone(), json)
-                .map_err(|e| err(name, e.to_string()))?;
-            slot.insert(
-                name.clone(),
-                prost_types::Any {
-                    type_url: url.to_string(),
-                    value: prost::Message::encode_to_vec(&msg),
-                },
-            );
+            slot.insert(name.clone(), encode_one(url, name, json)?);
         }
     }
     Ok(out)
+}
+
+/// One resource of type `url` from proto3 JSON, through the descriptor pool.
+pub fn encode_one(url: &str, name: &str, json: &Value) -> Result<prost_types::Any, EncodeError> {
+    let err = |message: String| EncodeError {
+        type_url: url.to_string(),
+        name: name.to_string(),
+        message,
+    };
+    let message = url.rsplit('/').next().unwrap_or(url);
+    let desc = xds_protos::descriptor_pool()
+        .get_message_by_name(message)
+        .ok_or_else(|| err("no such message in the pool".into()))?;
+    let msg =
+        prost_reflect::DynamicMessage::deserialize(desc, json).map_err(|e| err(e.to_string()))?;
+    Ok(prost_types::Any {
+        type_url: url.to_string(),
+        value: prost::Message::encode_to_vec(&msg),
+    })
 }
 
 /// The App Mesh resources of a snapshot, parsed and indexed by mesh and name.
