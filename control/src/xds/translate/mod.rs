@@ -20,8 +20,9 @@ mod cluster;
 mod gateway;
 mod node;
 mod routes;
+mod tls;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -453,46 +454,67 @@ fn tcp_proxy(
 /// single chain matches everything.
 fn listener(name: &str, address: &str, port: u32, direction: &str, chains: Vec<Chain>) -> Value {
     let several = chains.len() > 1;
-    let chains: Vec<Value> = chains
-        .into_iter()
-        .map(|c| {
-            let mut chain = json!({"name": c.name, "filters": [c.filter]});
-            if let (true, Some(p)) = (several, c.destination_port) {
-                chain["filter_chain_match"] = json!({"destination_port": p});
+    let mut inspect_tls = false;
+    let mut out_chains: Vec<Value> = Vec::new();
+    for c in chains {
+        let mut chain = json!({"name": c.name, "filters": [c.filter]});
+        if let (true, Some(p)) = (several, c.destination_port) {
+            chain["filter_chain_match"] = json!({"destination_port": p});
+        }
+        match c.tls {
+            tls::Inbound::Plain => out_chains.push(chain),
+            tls::Inbound::Strict(socket) => {
+                chain["transport_socket"] = socket;
+                out_chains.push(chain);
             }
-            chain
-        })
-        .collect();
+            // Envoy picks the chain by the protocol the TLS inspector saw.
+            tls::Inbound::Permissive(socket) => {
+                inspect_tls = true;
+                let mut secure = chain.clone();
+                secure["name"] = json!(format!("{}_tls", c.name));
+                secure["filter_chain_match"]["transport_protocol"] = json!("tls");
+                secure["transport_socket"] = socket;
+                chain["filter_chain_match"]["transport_protocol"] = json!("raw_buffer");
+                out_chains.push(secure);
+                out_chains.push(chain);
+            }
+        }
+    }
+    let chains = out_chains;
     let mut out = json!({
         "name": name,
         "address": socket_address(address, port),
         "traffic_direction": direction,
         "filter_chains": chains,
     });
+    if inspect_tls {
+        out["listener_filters"] = json!([{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+        }]);
+    }
     // Without interception every connection arrives on the listener's own
     // port: the first App Mesh listener takes whatever no chain matched.
     if several && chains.iter().all(|c| c.get("filter_chain_match").is_some()) {
         if let Some(first) = chains.first() {
-            out["default_filter_chain"] =
-                json!({"name": "default", "filters": first["filters"].clone()});
+            let mut default = json!({"name": "default", "filters": first["filters"].clone()});
+            // A STRICT first listener stays TLS-only on the default chain;
+            // a PERMISSIVE one (whose first chain is TLS) too, as the
+            // inspector cannot pick a default.
+            if let Some(socket) = first.get("transport_socket") {
+                default["transport_socket"] = socket.clone();
+            }
+            out["default_filter_chain"] = default;
         }
     }
     out
 }
 
 struct Chain {
+    tls: tls::Inbound,
     name: String,
     destination_port: Option<u32>,
     filter: Value,
-}
-
-/// Distinct names, in first-seen order.
-fn dedup(items: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    items
-        .into_iter()
-        .filter(|i| seen.insert(i.clone()))
-        .collect()
 }
 
 #[cfg(test)]
