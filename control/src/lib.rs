@@ -14,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod service_model;
 pub mod store;
+pub mod tokens;
 pub mod xds;
 
 pub use error::{ApiError, ErrorKind};

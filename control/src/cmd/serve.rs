@@ -132,7 +132,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
         let registry = Arc::new(Registry::default());
         let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
-            .with_ca(ca);
+            .with_ca(ca)
+            .with_token_policy(args.require_node_tokens.into());
         let state = Arc::new(ApiState::new(appmesh, credentials, registry));
         // Both servers stop on the same signal.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -33,6 +33,7 @@ use super::translate::{
 };
 use crate::ca::{Ca, Svid, BUNDLE_SECRET, SVID_SECRET};
 use crate::store::Store;
+use crate::tokens::{self, Policy};
 
 /// The translation input at one moment: a parsed snapshot and the instances.
 pub struct State {
@@ -63,6 +64,9 @@ pub struct Xds {
     state: watch::Receiver<Arc<State>>,
     /// Issues each proxy its SVID; without it no Secret is served.
     ca: Option<Arc<Ca>>,
+    /// Where node tokens are checked, and when they are required.
+    store: Arc<Store>,
+    policy: Policy,
 }
 
 fn load_state(store: &Store, registry: &Registry) -> Result<State, rusqlite::Error> {
@@ -82,6 +86,7 @@ impl Xds {
         let mut revisions = store.subscribe();
         let mut instances = registry.subscribe();
         let reg = registry.clone();
+        let tokens_store = store.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -104,6 +109,32 @@ impl Xds {
             registry,
             state,
             ca: None,
+            store: tokens_store,
+            policy: Policy::Auto,
+        })
+    }
+
+    /// When streams must present their node's token (default [`Policy::Auto`]).
+    pub fn with_token_policy(mut self, policy: Policy) -> Xds {
+        self.policy = policy;
+        self
+    }
+
+    /// Refuses a stream whose bearer token is not its node's.
+    async fn authorize(&self, node_id: &str, token: Option<String>) -> Result<(), Status> {
+        let (store, policy, id) = (self.store.clone(), self.policy, node_id.to_string());
+        let verdict = tokio::task::spawn_blocking(move || {
+            tokens::check(&store, policy, &id, token.as_deref())
+        })
+        .await
+        .map_err(|_| Status::internal("the token check failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read node tokens");
+            Status::unavailable("cannot read node tokens")
+        })?;
+        verdict.map_err(|refusal| {
+            tracing::warn!(node = %node_id, reason = %refusal, "refused an ADS stream");
+            Status::unauthenticated(refusal.to_string())
         })
     }
 
@@ -252,6 +283,13 @@ impl Peer {
     }
 }
 
+/// The `authorization: Bearer TOKEN` of a stream, from the bootstrap's
+/// `initial_metadata`.
+fn bearer_token<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    tokens::bearer(value).map(str::to_string)
+}
+
 /// Resolves at `at`; never without one (a stream with no SVID to renew).
 async fn renewal(at: Option<SystemTime>) {
     match at {
@@ -284,10 +322,12 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
+        let mut token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
         let ca = self.ca.clone();
+        let xds = self.clone();
         tokio::spawn(async move {
             let mut stream = Sotw::default();
             let mut guard = None;
@@ -300,6 +340,10 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
+                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
                                 let peer = Peer::new(&registry, ca.clone(), node, addr, false);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
@@ -344,10 +388,12 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
+        let mut token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
         let ca = self.ca.clone();
+        let xds = self.clone();
         tokio::spawn(async move {
             let mut stream = Delta::default();
             let mut guard = None;
@@ -360,6 +406,10 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
+                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
                                 let peer = Peer::new(&registry, ca.clone(), node, addr, true);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
