@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod error;
 pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod service_model;
 pub mod store;
+pub mod tokens;
 pub mod xds;
 
 pub use error::{ApiError, ErrorKind};

@@ -145,6 +145,14 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
         sigv4::verify(&request, credentials, SystemTime::now()).map_err(|e| (None, e))?;
     }
     if raw_path.starts_with("/trellis/v1/") {
+        if raw_path == "/trellis/v1/tokens" {
+            let store = state.appmesh.store().clone();
+            let method = parts.method.clone();
+            return tokio::task::spawn_blocking(move || token_endpoint(&store, &method, &body))
+                .await
+                .map_err(|_| (None, ApiError::internal("the token operation panicked")))?
+                .map_err(|e| (None, e));
+        }
         return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));
     }
     let model = ServiceModel::get();
@@ -168,6 +176,81 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
         .map_err(|e| (Some(op.clone()), e))?;
     let (status, body) = render_output(model, &op, output);
     Ok((Some(op), status, body))
+}
+
+/// `{"meshName", "virtualNodeName" | "virtualGatewayName"}`: whose token.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenInput {
+    mesh_name: String,
+    virtual_node_name: Option<String>,
+    virtual_gateway_name: Option<String>,
+}
+
+/// `/trellis/v1/tokens`: `POST` issues a node's token (replacing any
+/// earlier one) and returns it, the only time it is ever shown; `DELETE`
+/// revokes it; `GET` lists the nodes holding one.
+fn token_endpoint(
+    store: &crate::store::Store,
+    method: &Method,
+    body: &[u8],
+) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
+    let internal = |e: rusqlite::Error| ApiError::internal(format!("token store: {e}"));
+    if method == Method::GET {
+        let list: Vec<serde_json::Value> = crate::tokens::list(store)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(node, at)| json!({"nodeId": node, "createdAt": at}))
+            .collect();
+        return Ok((None, 200, json!({ "tokens": list })));
+    }
+    let input: TokenInput = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid token request: {e}")))?;
+    let (gateway, name) = match (input.virtual_node_name, input.virtual_gateway_name) {
+        (Some(n), None) => (false, n),
+        (None, Some(g)) => (true, g),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of virtualNodeName and virtualGatewayName",
+            ))
+        }
+    };
+    if input.mesh_name.is_empty()
+        || name.is_empty()
+        || name.contains('/')
+        || input.mesh_name.contains('/')
+    {
+        return Err(ApiError::bad_request(
+            "meshName and the node name must be non-empty names",
+        ));
+    }
+    let id = crate::xds::translate::NodeId {
+        mesh: input.mesh_name,
+        gateway,
+        name,
+    };
+    match *method {
+        Method::POST => {
+            let token = crate::tokens::issue(store, &id).map_err(internal)?;
+            tracing::info!(node = %id.render(), "issued a node token");
+            Ok((None, 200, json!({"nodeId": id.render(), "token": token})))
+        }
+        Method::DELETE => {
+            if crate::tokens::revoke(store, &id).map_err(internal)? {
+                tracing::info!(node = %id.render(), "revoked a node token");
+                Ok((None, 200, json!({"nodeId": id.render()})))
+            } else {
+                Err(ApiError::new(
+                    crate::error::ErrorKind::NotFound,
+                    format!("No token for {}", id.render()),
+                ))
+            }
+        }
+        _ => Err(ApiError::new(
+            crate::error::ErrorKind::UnknownOperation,
+            format!("No trellis endpoint {method} /trellis/v1/tokens"),
+        )),
+    }
 }
 
 /// `{"meshName", "virtualNodeName", "address", "port"}`: an instance of a

@@ -20,7 +20,9 @@ fn split_addr(addr: &str) -> Result<(String, u16), ConfigError> {
     Ok((host.to_string(), port))
 }
 
-pub fn render(args: &BootstrapArgs) -> Result<String, ConfigError> {
+/// The bootstrap; `token` goes into the ADS gRPC service's
+/// `initial_metadata`, which Envoy sends on every stream it opens.
+pub fn render(args: &BootstrapArgs, token: Option<&str>) -> Result<String, ConfigError> {
     let (host, port) = split_addr(&args.xds_addr)?;
     let (gateway, name) = match (&args.virtual_node, &args.virtual_gateway) {
         (Some(n), None) => (false, n.clone()),
@@ -51,6 +53,11 @@ pub fn render(args: &BootstrapArgs) -> Result<String, ConfigError> {
         META_LISTENER_ADDRESS.into(),
         json!(args.listener_address.to_string()),
     );
+    let mut grpc = json!({"envoy_grpc": {"cluster_name": "xds_cluster"}});
+    if let Some(t) = token {
+        grpc["initial_metadata"] =
+            json!([{"key": "authorization", "value": format!("Bearer {t}")}]);
+    }
     let doc = json!({
         "node": {"id": id.render(), "cluster": name, "metadata": Value::Object(metadata)},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": args.admin_port}}},
@@ -58,7 +65,7 @@ pub fn render(args: &BootstrapArgs) -> Result<String, ConfigError> {
             "ads_config": {
                 "api_type": api_type,
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                "grpc_services": [grpc],
             },
             "lds_config": ads,
             "cds_config": ads,
@@ -83,6 +90,25 @@ pub fn render(args: &BootstrapArgs) -> Result<String, ConfigError> {
 }
 
 pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
-    print!("{}", render(&args)?);
+    let token = match (&args.token, args.issue_token) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => {
+            let (runtime, client) = super::status::client(&args.api)?;
+            let body = super::status::token_body(
+                &args.mesh,
+                args.virtual_node.as_deref(),
+                args.virtual_gateway.as_deref(),
+            );
+            let reply = runtime
+                .block_on(client.trellis(http::Method::POST, "/trellis/v1/tokens", body))
+                .map_err(|e| anyhow::anyhow!("cannot issue a node token: {e}"))?;
+            let token = reply["token"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("the API returned no token"))?;
+            Some(token.to_string())
+        }
+        (None, false) => None,
+    };
+    print!("{}", render(&args, token.as_deref())?);
     Ok(())
 }

@@ -30,6 +30,24 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum TokenPolicy {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<TokenPolicy> for trellis_control::tokens::Policy {
+    fn from(p: TokenPolicy) -> Self {
+        use trellis_control::tokens::Policy;
+        match p {
+            TokenPolicy::Auto => Policy::Auto,
+            TokenPolicy::Always => Policy::Always,
+            TokenPolicy::Never => Policy::Never,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -48,6 +66,37 @@ enum Command {
     /// Register (or with --deregister, remove) an instance of a virtual node
     /// whose app runs without a connected proxy: EDS serves it to clients.
     RegisterInstance(RegisterArgs),
+    /// Issue, revoke or list the per-node tokens ADS streams present.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Issue a node's token (replacing any earlier one) and print it.
+    Issue(TokenArgs),
+    /// Revoke a node's token: its proxy can no longer open a stream.
+    Revoke(TokenArgs),
+    /// List the nodes holding a token.
+    List(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub mesh: String,
+    #[arg(
+        long,
+        conflicts_with = "virtual_gateway",
+        required_unless_present = "virtual_gateway"
+    )]
+    pub virtual_node: Option<String>,
+    #[arg(long)]
+    pub virtual_gateway: Option<String>,
+    #[command(flatten)]
+    pub api: StatusArgs,
 }
 
 /// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
@@ -98,6 +147,44 @@ pub struct ServeArgs {
     /// Account id in resource ARNs and owners.
     #[arg(long, default_value = "000000000000", value_parser = account_id)]
     pub account_id: String,
+    /// PEM certificate of an operator-supplied CA [default: DATA_DIR/ca/ca.pem, created on first start].
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of the --ca-cert CA.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Trust domain of the SPIFFE IDs the CA issues.
+    #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// When ADS streams must carry their node's token: `auto` once any token
+    /// has been issued, `always`, or `never`.
+    #[arg(long, value_enum, default_value_t = TokenPolicy::Auto)]
+    pub require_node_tokens: TokenPolicy,
+    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub svid_ttl: std::time::Duration,
+}
+
+/// `24h`, `90m`, `30s` or a bare number of seconds; at least a minute, since
+/// renewal at half life must leave proxies time to fetch the new SVID.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text}: expected a duration such as 24h, 90m or 3600s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text}: the unit must be s, m or h")),
+    };
+    if secs < 60 {
+        return Err(format!("{text}: an SVID must live at least 60s"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Args)]
@@ -156,6 +243,16 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// Ask the API (--api-addr, signed with --credentials or
+    /// DATA_DIR/credentials) for a new token for this node and put it in the
+    /// bootstrap; the node's earlier token stops working.
+    #[arg(long, conflicts_with = "token")]
+    pub issue_token: bool,
+    /// Put this node token in the bootstrap.
+    #[arg(long)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub api: StatusArgs,
 }
 
 #[derive(Args)]
@@ -225,6 +322,7 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Status(args) => status::run(args),
         Command::RegisterInstance(args) => status::register(args),
+        Command::Token { action } => status::token(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState};
+use trellis_control::ca::Ca;
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
@@ -47,6 +48,31 @@ fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     Ok(Some(creds))
 }
 
+/// The operator's CA when given, else the data dir's, created on first start.
+fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
+    let ca = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => {
+            let ca = Ca::load(cert, key, &args.trust_domain, args.svid_ttl)
+                .map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(cert = %cert.display(), "issuing SVIDs from the given CA");
+            ca
+        }
+        _ => {
+            let dir = args.data_dir.join("ca");
+            let (ca, created) = Ca::load_or_create(&dir, &args.trust_domain, args.svid_ttl)
+                .map_err(|e| ConfigError(e.to_string()))?;
+            let cert = dir.join("ca.pem");
+            if created {
+                tracing::info!(cert = %cert.display(), "created the mesh CA");
+            } else {
+                tracing::info!(cert = %cert.display(), "issuing SVIDs from the mesh CA");
+            }
+            ca
+        }
+    };
+    Ok(Arc::new(ca))
+}
+
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     if args.load.is_empty() {
         return Ok(());
@@ -85,6 +111,7 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<Store>> {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
+    let ca = ca(&args)?;
     let appmesh = AppMesh::new(
         store.clone(),
         Identity {
@@ -104,7 +131,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
         tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
         let registry = Arc::new(Registry::default());
-        let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?;
+        let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
+            .with_ca(ca)
+            .with_token_policy(args.require_node_tokens.into());
         let state = Arc::new(ApiState::new(appmesh, credentials, registry));
         // Both servers stop on the same signal.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

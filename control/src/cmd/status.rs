@@ -8,7 +8,7 @@ use trellis_control::api::client::Client;
 use trellis_control::api::credentials::Credentials;
 use xds_protos::type_url;
 
-use super::{ConfigError, RegisterArgs, StatusArgs};
+use super::{ConfigError, RegisterArgs, StatusArgs, TokenAction, TokenArgs};
 
 const COLUMNS: [(&str, &str); 4] = [
     ("CDS", type_url::CLUSTER),
@@ -76,7 +76,7 @@ pub fn render_table(proxies: &Value) -> String {
     out
 }
 
-fn client(args: &StatusArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
+pub(super) fn client(args: &StatusArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
     let path = args
         .credentials
         .clone()
@@ -129,5 +129,43 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
             body.to_string().into_bytes(),
         ))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// The body naming a node for `/trellis/v1/tokens`.
+pub(super) fn token_body(mesh: &str, node: Option<&str>, gateway: Option<&str>) -> Vec<u8> {
+    let mut body = serde_json::json!({"meshName": mesh});
+    if let Some(n) = node {
+        body["virtualNodeName"] = n.into();
+    }
+    if let Some(g) = gateway {
+        body["virtualGatewayName"] = g.into();
+    }
+    body.to_string().into_bytes()
+}
+
+/// `trellis-control token issue|revoke|list` over `/trellis/v1/tokens`.
+pub fn token(action: TokenAction) -> anyhow::Result<()> {
+    let (method, api, body) = match &action {
+        TokenAction::Issue(a) => (Method::POST, &a.api, Some(a)),
+        TokenAction::Revoke(a) => (Method::DELETE, &a.api, Some(a)),
+        TokenAction::List(api) => (Method::GET, api, None),
+    };
+    let body = body.map_or_else(Vec::new, |a: &TokenArgs| {
+        token_body(
+            &a.mesh,
+            a.virtual_node.as_deref(),
+            a.virtual_gateway.as_deref(),
+        )
+    });
+    let (runtime, client) = client(api)?;
+    let reply = runtime
+        .block_on(client.trellis(method, "/trellis/v1/tokens", body))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match action {
+        TokenAction::Issue(_) => println!("{}", reply["token"].as_str().unwrap_or_default()),
+        TokenAction::Revoke(_) => {}
+        TokenAction::List(_) => println!("{}", serde_json::to_string_pretty(&reply)?),
+    }
     Ok(())
 }

@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS revision (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS node_tokens (
+    node_id TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 ";
 
 /// Bumped whenever the schema changes, so an older binary refuses a

@@ -215,4 +215,53 @@ impl<'a> Tx<'a> {
         )?;
         Ok(())
     }
+
+    /// Records the hash of `node_id`'s token, replacing (revoking) any
+    /// earlier one. Tokens never change resources: no revision bump.
+    pub fn put_node_token(&mut self, node_id: &str, sha256: &str, at: f64) -> rusqlite::Result<()> {
+        self.txn.execute(
+            "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![node_id, sha256, at],
+        )?;
+        Ok(())
+    }
+
+    /// Whether there was a live token to revoke. The row stays, with an
+    /// empty hash that no token matches, so that revoking the last token
+    /// does not make token checks optional again.
+    pub fn revoke_node_token(&mut self, node_id: &str) -> rusqlite::Result<bool> {
+        let n = self.txn.execute(
+            "UPDATE node_tokens SET sha256 = '' WHERE node_id = ?1 AND sha256 != ''",
+            [node_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Whether a token was ever issued (revoked ones included).
+    pub fn node_tokens_issued(&self) -> rusqlite::Result<bool> {
+        self.txn
+            .query_row("SELECT EXISTS (SELECT 1 FROM node_tokens)", [], |r| {
+                r.get(0)
+            })
+    }
+
+    pub fn node_token_hash(&self, node_id: &str) -> rusqlite::Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.txn
+            .query_row(
+                "SELECT sha256 FROM node_tokens WHERE node_id = ?1 AND sha256 != ''",
+                [node_id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// `(node id, created at)` of every live token; never the hashes.
+    pub fn node_tokens(&self) -> rusqlite::Result<Vec<(String, f64)>> {
+        let mut stmt = self.txn.prepare(
+            "SELECT node_id, created_at FROM node_tokens WHERE sha256 != '' ORDER BY node_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures::Stream;
 use prost_types::Any;
@@ -27,8 +28,12 @@ use xds_protos::envoy::service::discovery::v3::{
 use xds_protos::type_url;
 
 use super::registry::{now, Nack, Registry};
-use super::translate::{encode, translate, Encoded, Instances, Model, NodeId, Ports};
+use super::translate::{
+    encode, encode_one, translate, EncodeError, Encoded, Instances, Model, NodeId, Ports,
+};
+use crate::ca::{Ca, Svid, BUNDLE_SECRET, SVID_SECRET};
 use crate::store::Store;
+use crate::tokens::{self, Policy};
 
 /// The translation input at one moment: a parsed snapshot and the instances.
 pub struct State {
@@ -38,8 +43,10 @@ pub struct State {
 }
 
 /// The types this server answers, in the order updates are pushed:
-/// clusters before their endpoints, listeners before their routes.
-const TYPES: [&str; 4] = [
+/// secrets before what refers to them, clusters before their endpoints,
+/// listeners before their routes.
+const TYPES: [&str; 5] = [
+    type_url::SECRET,
     type_url::CLUSTER,
     type_url::CLUSTER_LOAD_ASSIGNMENT,
     type_url::LISTENER,
@@ -55,6 +62,11 @@ fn wildcard_type(t: &str) -> bool {
 pub struct Xds {
     registry: Arc<Registry>,
     state: watch::Receiver<Arc<State>>,
+    /// Issues each proxy its SVID; without it no Secret is served.
+    ca: Option<Arc<Ca>>,
+    /// Where node tokens are checked, and when they are required.
+    store: Arc<Store>,
+    policy: Policy,
 }
 
 fn load_state(store: &Store, registry: &Registry) -> Result<State, rusqlite::Error> {
@@ -74,6 +86,7 @@ impl Xds {
         let mut revisions = store.subscribe();
         let mut instances = registry.subscribe();
         let reg = registry.clone();
+        let tokens_store = store.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -92,7 +105,43 @@ impl Xds {
                 }
             }
         });
-        Ok(Xds { registry, state })
+        Ok(Xds {
+            registry,
+            state,
+            ca: None,
+            store: tokens_store,
+            policy: Policy::Auto,
+        })
+    }
+
+    /// When streams must present their node's token (default [`Policy::Auto`]).
+    pub fn with_token_policy(mut self, policy: Policy) -> Xds {
+        self.policy = policy;
+        self
+    }
+
+    /// Refuses a stream whose bearer token is not its node's.
+    async fn authorize(&self, node_id: &str, token: Option<String>) -> Result<(), Status> {
+        let (store, policy, id) = (self.store.clone(), self.policy, node_id.to_string());
+        let verdict = tokio::task::spawn_blocking(move || {
+            tokens::check(&store, policy, &id, token.as_deref())
+        })
+        .await
+        .map_err(|_| Status::internal("the token check failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read node tokens");
+            Status::unavailable("cannot read node tokens")
+        })?;
+        verdict.map_err(|refusal| {
+            tracing::warn!(node = %node_id, reason = %refusal, "refused an ADS stream");
+            Status::unauthenticated(refusal.to_string())
+        })
+    }
+
+    /// Serves SDS: each proxy gets its own SVID and the CA's trust bundle.
+    pub fn with_ca(mut self, ca: Arc<Ca>) -> Xds {
+        self.ca = Some(ca);
+        self
     }
 
     pub fn service(self) -> AggregatedDiscoveryServiceServer<Xds> {
@@ -136,18 +185,80 @@ struct Peer {
     conn: u64,
     node: Option<NodeId>,
     ports: Ports,
+    ca: Option<Arc<Ca>>,
+    /// This proxy's identity, issued when it connects and renewed at half
+    /// life; it lives only in this stream, never in a shared structure.
+    svid: Option<Svid>,
 }
 
 impl Peer {
-    fn new(registry: &Registry, node: &Node, addr: Option<SocketAddr>, delta: bool) -> Peer {
+    fn new(
+        registry: &Registry,
+        ca: Option<Arc<Ca>>,
+        node: &Node,
+        addr: Option<SocketAddr>,
+        delta: bool,
+    ) -> Peer {
         let ports = Ports::from_metadata(&metadata_json(node));
         let conn = registry.connect(&node.id, addr.map(|a| a.ip().to_string()), &ports, delta);
         tracing::info!(node = %node.id, peer = ?addr, delta, "proxy connected");
-        Peer {
+        let mut peer = Peer {
             conn,
             node: NodeId::parse(&node.id),
             ports,
+            ca,
+            svid: None,
+        };
+        peer.renew();
+        peer
+    }
+
+    /// Issues a new SVID; on failure the proxy keeps the one it has, and the
+    /// next attempt comes a minute later.
+    fn renew(&mut self) {
+        let (Some(ca), Some(id)) = (&self.ca, &self.node) else {
+            return;
+        };
+        match ca.issue(id) {
+            Ok(svid) => {
+                tracing::info!(spiffe_id = %svid.spiffe_id, "issued an SVID");
+                self.svid = Some(svid);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, node = %id.render(), "cannot issue an SVID");
+                if let Some(s) = &mut self.svid {
+                    s.renew_at = SystemTime::now() + std::time::Duration::from_secs(60);
+                }
+            }
         }
+    }
+
+    /// When this stream's SVID is due for renewal, if it has one.
+    fn renew_at(&self) -> Option<SystemTime> {
+        self.svid.as_ref().map(|s| s.renew_at)
+    }
+
+    /// The SDS resources: this proxy's SVID and the trust bundle.
+    fn secrets(&self) -> Result<BTreeMap<String, Any>, EncodeError> {
+        let (Some(ca), Some(svid)) = (&self.ca, &self.svid) else {
+            return Ok(BTreeMap::new());
+        };
+        let certificate = serde_json::json!({
+            "name": SVID_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": svid.cert_pem},
+                "private_key": {"inline_string": svid.key_pem},
+            },
+        });
+        let bundle = serde_json::json!({
+            "name": BUNDLE_SECRET,
+            "validation_context": {"trusted_ca": {"inline_string": ca.bundle_pem()}},
+        });
+        let mut out = BTreeMap::new();
+        for (name, json) in [(SVID_SECRET, certificate), (BUNDLE_SECRET, bundle)] {
+            out.insert(name.to_string(), encode_one(type_url::SECRET, name, &json)?);
+        }
+        Ok(out)
     }
 
     fn resources(&self, state: &State) -> Encoded {
@@ -155,8 +266,13 @@ impl Peer {
             .node
             .as_ref()
             .and_then(|id| translate(&state.model, id, &self.ports, &state.instances));
-        match set.as_ref().map(encode).transpose() {
-            Ok(encoded) => encoded.unwrap_or_default(),
+        let encoded = set.as_ref().map(encode).transpose().and_then(|encoded| {
+            let mut encoded = encoded.unwrap_or_default();
+            encoded.insert(type_url::SECRET, self.secrets()?);
+            Ok(encoded)
+        });
+        match encoded {
+            Ok(encoded) => encoded,
             Err(e) => {
                 // A translation bug must not take the proxy down: it keeps
                 // the last configuration it accepted.
@@ -164,6 +280,24 @@ impl Peer {
                 Encoded::default()
             }
         }
+    }
+}
+
+/// The `authorization: Bearer TOKEN` of a stream, from the bootstrap's
+/// `initial_metadata`.
+fn bearer_token<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    tokens::bearer(value).map(str::to_string)
+}
+
+/// Resolves at `at`; never without one (a stream with no SVID to renew).
+async fn renewal(at: Option<SystemTime>) {
+    match at {
+        Some(at) => {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -188,9 +322,12 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
+        let mut token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
+        let ca = self.ca.clone();
+        let xds = self.clone();
         tokio::spawn(async move {
             let mut stream = Sotw::default();
             let mut guard = None;
@@ -203,7 +340,11 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
-                                let peer = Peer::new(&registry, node, addr, false);
+                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                                let peer = Peer::new(&registry, ca.clone(), node, addr, false);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
                                 stream.peer = Some(peer);
@@ -224,6 +365,12 @@ impl AggregatedDiscoveryService for Xds {
                         stream.current = peer.resources(&state.borrow_and_update());
                         stream.push_changed(&registry)
                     }
+                    () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
+                        let Some(peer) = &mut stream.peer else { continue };
+                        peer.renew();
+                        stream.current = peer.resources(&state.borrow());
+                        stream.push_changed(&registry)
+                    }
                 };
                 for resp in out {
                     if tx.send(Ok(resp)).await.is_err() {
@@ -241,9 +388,12 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
+        let mut token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
+        let ca = self.ca.clone();
+        let xds = self.clone();
         tokio::spawn(async move {
             let mut stream = Delta::default();
             let mut guard = None;
@@ -256,7 +406,11 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
-                                let peer = Peer::new(&registry, node, addr, true);
+                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                                let peer = Peer::new(&registry, ca.clone(), node, addr, true);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
                                 stream.peer = Some(peer);
@@ -275,6 +429,12 @@ impl AggregatedDiscoveryService for Xds {
                         }
                         let Some(peer) = &stream.peer else { continue };
                         stream.current = peer.resources(&state.borrow_and_update());
+                        stream.push_changed(&registry)
+                    }
+                    () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
+                        let Some(peer) = &mut stream.peer else { continue };
+                        peer.renew();
+                        stream.current = peer.resources(&state.borrow());
                         stream.push_changed(&registry)
                     }
                 };
@@ -374,8 +534,8 @@ impl Sotw {
         };
         let ty = req.type_url.clone();
         if !TYPES.contains(&ty.as_str()) {
-            // Secrets and unknown types: nothing to serve yet, and an empty
-            // answer would wipe what the proxy has.
+            // Unknown types: nothing to serve, and an empty answer would
+            // wipe what the proxy has.
             return Vec::new();
         }
         let first = !self.types.contains_key(&ty);

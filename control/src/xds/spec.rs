@@ -65,6 +65,7 @@ pub struct PortMapping {
 pub struct VirtualNodeSpec {
     pub listeners: Vec<NodeListener>,
     pub backends: Vec<Backend>,
+    pub backend_defaults: Option<BackendDefaults>,
     pub service_discovery: Option<ServiceDiscovery>,
     pub logging: Option<Logging>,
 }
@@ -77,6 +78,7 @@ pub struct NodeListener {
     pub connection_pool: Option<ConnectionPool>,
     pub outlier_detection: Option<OutlierDetection>,
     pub health_check: Option<HealthCheck>,
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,6 +170,93 @@ pub struct Backend {
 #[serde(rename_all = "camelCase", default)]
 pub struct BackendService {
     pub virtual_service_name: String,
+    pub client_policy: Option<ClientPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BackendDefaults {
+    pub client_policy: Option<ClientPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientPolicy {
+    pub tls: Option<ClientTls>,
+}
+
+/// `clientPolicy.tls`: TLS to a backend, on all its ports or on `ports`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientTls {
+    /// App Mesh's default is `true`.
+    pub enforce: Option<bool>,
+    pub ports: Vec<u32>,
+    pub certificate: Option<TlsCertificate>,
+    pub validation: TlsValidation,
+}
+
+/// A listener's `tls`: `STRICT`, `PERMISSIVE` or `DISABLED`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerTls {
+    pub mode: String,
+    pub certificate: TlsCertificate,
+    pub validation: Option<TlsValidation>,
+}
+
+/// A certificate source; `acm` is refused at the API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsCertificate {
+    pub file: Option<FileCertificate>,
+    pub sds: Option<SdsSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileCertificate {
+    pub certificate_chain: String,
+    pub private_key: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SdsSource {
+    pub secret_name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsValidation {
+    pub trust: TlsTrust,
+    pub subject_alternative_names: Option<SubjectAlternativeNames>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TlsTrust {
+    pub file: Option<FileTrust>,
+    pub sds: Option<SdsSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileTrust {
+    pub certificate_chain: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SubjectAlternativeNames {
+    #[serde(rename = "match")]
+    pub matcher: SanMatch,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SanMatch {
+    pub exact: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

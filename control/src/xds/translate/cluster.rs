@@ -25,6 +25,15 @@ fn egress_cluster_name(mesh: &str, node: &str, protocol: &str, port: u32) -> Str
     format!("cds_egress_{mesh}_{node}_{protocol}_{port}")
 }
 
+/// The backend port of a cluster named by [`egress_cluster_name`].
+pub(super) fn egress_port(name: &str) -> Option<u32> {
+    name.strip_prefix("cds_egress_")?
+        .rsplit('_')
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn ingress_cluster_name(mesh: &str, node: &str, protocol: &str, port: u32) -> String {
     format!("cds_ingress_{mesh}_{node}_{protocol}_{port}")
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{cluster, hcm, listener, routes, Chain, Ctx, ResourceSet};
+use super::{cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
 use crate::xds::spec::{
     GatewayAction, GatewayRouteSpec, HostnameMatch, RouteSpec, VirtualGatewaySpec,
 };
@@ -87,6 +87,7 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
                 port,
                 "INBOUND",
                 vec![Chain {
+                    tls: tls::Inbound::Plain,
                     name: format!("gateway_{protocol}_{port}"),
                     destination_port: None,
                     filter: hcm(

@@ -13,15 +13,17 @@
 //! - `connectionPool` and `healthCheck` shape the local (ingress) cluster,
 //!   `outlierDetection` the clusters that *clients* use to reach the node,
 //!   since only clients can eject a misbehaving host;
-//! - TLS, the mesh `egressFilter` passthrough and Cloud Map attributes are not
-//!   emitted yet: see `control/README.md`.
+//! - virtual node TLS (listener `tls`, client policies) becomes transport
+//!   sockets ([`tls`]); gateway TLS, the mesh `egressFilter` passthrough and
+//!   Cloud Map attributes are not emitted yet: see `control/README.md`.
 
 mod cluster;
 mod gateway;
 mod node;
 mod routes;
+mod tls;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -172,32 +174,33 @@ pub type Encoded = BTreeMap<&'static str, BTreeMap<String, prost_types::Any>>;
 
 /// Turns the JSON resources into protobuf `Any`s through the descriptor pool.
 pub fn encode(set: &ResourceSet) -> Result<Encoded, EncodeError> {
-    let pool = xds_protos::descriptor_pool();
     let mut out = Encoded::new();
     for (url, resources) in set.by_type() {
-        let message = url.rsplit('/').next().unwrap_or(url);
-        let err = |name: &str, message: String| EncodeError {
-            type_url: url.to_string(),
-            name: name.to_string(),
-            message,
-        };
-        let desc = pool
-            .get_message_by_name(message)
-            .ok_or_else(|| err("", "no such message in the pool".into()))?;
         let slot = out.entry(url).or_default();
         for (name, json) in resources {
-            let msg = prost_reflect::DynamicMessage::deserialize(desc.clone(), json)
-                .map_err(|e| err(name, e.to_string()))?;
-            slot.insert(
-                name.clone(),
-                prost_types::Any {
-                    type_url: url.to_string(),
-                    value: prost::Message::encode_to_vec(&msg),
-                },
-            );
+            slot.insert(name.clone(), encode_one(url, name, json)?);
         }
     }
     Ok(out)
+}
+
+/// One resource of type `url` from proto3 JSON, through the descriptor pool.
+pub fn encode_one(url: &str, name: &str, json: &Value) -> Result<prost_types::Any, EncodeError> {
+    let err = |message: String| EncodeError {
+        type_url: url.to_string(),
+        name: name.to_string(),
+        message,
+    };
+    let message = url.rsplit('/').next().unwrap_or(url);
+    let desc = xds_protos::descriptor_pool()
+        .get_message_by_name(message)
+        .ok_or_else(|| err("no such message in the pool".into()))?;
+    let msg =
+        prost_reflect::DynamicMessage::deserialize(desc, json).map_err(|e| err(e.to_string()))?;
+    Ok(prost_types::Any {
+        type_url: url.to_string(),
+        value: prost::Message::encode_to_vec(&msg),
+    })
 }
 
 /// The App Mesh resources of a snapshot, parsed and indexed by mesh and name.
@@ -452,46 +455,67 @@ fn tcp_proxy(
 /// single chain matches everything.
 fn listener(name: &str, address: &str, port: u32, direction: &str, chains: Vec<Chain>) -> Value {
     let several = chains.len() > 1;
-    let chains: Vec<Value> = chains
-        .into_iter()
-        .map(|c| {
-            let mut chain = json!({"name": c.name, "filters": [c.filter]});
-            if let (true, Some(p)) = (several, c.destination_port) {
-                chain["filter_chain_match"] = json!({"destination_port": p});
+    let mut inspect_tls = false;
+    let mut out_chains: Vec<Value> = Vec::new();
+    for c in chains {
+        let mut chain = json!({"name": c.name, "filters": [c.filter]});
+        if let (true, Some(p)) = (several, c.destination_port) {
+            chain["filter_chain_match"] = json!({"destination_port": p});
+        }
+        match c.tls {
+            tls::Inbound::Plain => out_chains.push(chain),
+            tls::Inbound::Strict(socket) => {
+                chain["transport_socket"] = socket;
+                out_chains.push(chain);
             }
-            chain
-        })
-        .collect();
+            // Envoy picks the chain by the protocol the TLS inspector saw.
+            tls::Inbound::Permissive(socket) => {
+                inspect_tls = true;
+                let mut secure = chain.clone();
+                secure["name"] = json!(format!("{}_tls", c.name));
+                secure["filter_chain_match"]["transport_protocol"] = json!("tls");
+                secure["transport_socket"] = socket;
+                chain["filter_chain_match"]["transport_protocol"] = json!("raw_buffer");
+                out_chains.push(secure);
+                out_chains.push(chain);
+            }
+        }
+    }
+    let chains = out_chains;
     let mut out = json!({
         "name": name,
         "address": socket_address(address, port),
         "traffic_direction": direction,
         "filter_chains": chains,
     });
+    if inspect_tls {
+        out["listener_filters"] = json!([{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+        }]);
+    }
     // Without interception every connection arrives on the listener's own
     // port: the first App Mesh listener takes whatever no chain matched.
     if several && chains.iter().all(|c| c.get("filter_chain_match").is_some()) {
         if let Some(first) = chains.first() {
-            out["default_filter_chain"] =
-                json!({"name": "default", "filters": first["filters"].clone()});
+            let mut default = json!({"name": "default", "filters": first["filters"].clone()});
+            // A STRICT first listener stays TLS-only on the default chain;
+            // a PERMISSIVE one (whose first chain is TLS) too, as the
+            // inspector cannot pick a default.
+            if let Some(socket) = first.get("transport_socket") {
+                default["transport_socket"] = socket.clone();
+            }
+            out["default_filter_chain"] = default;
         }
     }
     out
 }
 
 struct Chain {
+    tls: tls::Inbound,
     name: String,
     destination_port: Option<u32>,
     filter: Value,
-}
-
-/// Distinct names, in first-seen order.
-fn dedup(items: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    items
-        .into_iter()
-        .filter(|i| seen.insert(i.clone()))
-        .collect()
 }
 
 #[cfg(test)]

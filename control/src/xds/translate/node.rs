@@ -1,12 +1,12 @@
 //! A virtual node's sidecar: inbound listener to the local app, outbound
 //! listener to its backends.
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Value};
 
-use super::{
-    cluster, dedup, duration_ms, hcm, listener, routes, tcp_proxy, Chain, Ctx, ResourceSet,
-};
-use crate::xds::spec::VirtualNodeSpec;
+use super::{cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx, ResourceSet};
+use crate::xds::spec::{ClientTls, VirtualNodeSpec};
 
 pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> ResourceSet {
     let mut set = ResourceSet::default();
@@ -65,6 +65,7 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
             )
         };
         chains.push(Chain {
+            tls: tls::inbound(ctx, name, l.tls.as_ref()),
             name: format!("ingress_{}_{}", pm.protocol, pm.port),
             destination_port: Some(pm.port),
             filter,
@@ -92,14 +93,27 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     let rc = format!("rds_egress_http_{}", ports.egress);
     let mut vhosts: Vec<Value> = Vec::new();
     let mut chains: Vec<Chain> = Vec::new();
-    let backends = dedup(
-        spec.backends
-            .iter()
-            .filter_map(|b| b.virtual_service.as_ref())
-            .map(|b| b.virtual_service_name.clone()),
-    );
-    for service in backends {
-        for target in routes::service_targets(ctx, set, &service) {
+    let defaults = spec
+        .backend_defaults
+        .as_ref()
+        .and_then(|d| d.client_policy.as_ref())
+        .and_then(|p| p.tls.as_ref());
+    let mut seen = BTreeSet::new();
+    let backends: Vec<(String, Option<ClientTls>)> = spec
+        .backends
+        .iter()
+        .filter_map(|b| b.virtual_service.as_ref())
+        .filter(|b| seen.insert(b.virtual_service_name.clone()))
+        .map(|b| {
+            let own = b.client_policy.as_ref().and_then(|p| p.tls.as_ref());
+            (b.virtual_service_name.clone(), own.or(defaults).cloned())
+        })
+        .collect();
+    for (service, policy) in backends {
+        let before: BTreeSet<String> = set.clusters.keys().cloned().collect();
+        let targets = routes::service_targets(ctx, set, &service);
+        secure_new_clusters(set, &before, policy.as_ref());
+        for target in targets {
             match target.tcp {
                 // One chain per port: Envoy refuses two chains that match
                 // alike, so the first backend on a TCP port takes it.
@@ -115,6 +129,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                     );
                 }
                 Some(tcp) => chains.push(Chain {
+                    tls: tls::Inbound::Plain,
                     name: format!("egress_tcp_{}_{}", service, target.port),
                     destination_port: Some(target.port),
                     filter: tcp_proxy(
@@ -144,6 +159,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
         chains.insert(
             0,
             Chain {
+                tls: tls::Inbound::Plain,
                 name: "egress_http".into(),
                 destination_port: None,
                 filter: hcm(
@@ -168,4 +184,24 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
             chains,
         ),
     );
+}
+
+/// Puts a backend's client policy on the clusters its targets created. A
+/// cluster shared with an earlier backend keeps that backend's policy, as one
+/// cluster cannot carry two (the first backend wins, as for TCP ports).
+fn secure_new_clusters(
+    set: &mut ResourceSet,
+    before: &BTreeSet<String>,
+    policy: Option<&ClientTls>,
+) {
+    let Some(policy) = policy else { return };
+    for (name, cluster) in set.clusters.iter_mut() {
+        if before.contains(name) {
+            continue;
+        }
+        let socket = cluster::egress_port(name).and_then(|port| tls::upstream(policy, port));
+        if let Some(socket) = socket {
+            cluster["transport_socket"] = socket;
+        }
+    }
 }

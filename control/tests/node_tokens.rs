@@ -1,0 +1,91 @@
+//! Node tokens on ADS: once a token exists, a stream must carry its own
+//! node's token; another node's token or a revoked one is refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use trellis_control::store::Store;
+use trellis_control::tokens::{self, Policy};
+use trellis_control::xds::registry::Registry;
+use trellis_control::xds::server::{serve, Xds};
+use trellis_control::xds::translate::NodeId;
+use xds_protos::envoy::config::core::v3::Node;
+use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds_protos::envoy::service::discovery::v3::DiscoveryRequest;
+use xds_protos::type_url::CLUSTER;
+
+fn id(name: &str) -> NodeId {
+    NodeId {
+        mesh: "m".into(),
+        gateway: false,
+        name: name.into(),
+    }
+}
+
+/// Opens a stream as `node` with `token`; the gRPC status code of the first
+/// reply (`Ok` when the stream is served).
+async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: format!("mesh/m/virtualNode/{node}"),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    let mut stream = match client.stream_aggregated_resources(request).await {
+        Ok(s) => s.into_inner(),
+        Err(status) => return status.code(),
+    };
+    match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+        Ok(Ok(_)) => tonic::Code::Ok,
+        Ok(Err(status)) => status.code(),
+        Err(_) => panic!("no reply within 3 s"),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_needs_its_own_nodes_token_once_tokens_exist() {
+    let store = Arc::new(Store::open_in_memory().expect("store"));
+    let xds = Xds::start(store.clone(), Arc::new(Registry::default()))
+        .expect("xds")
+        .with_token_policy(Policy::Auto);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(serve(listener, xds, std::future::pending()));
+
+    // No token issued yet: streams are served (an upgrade keeps working).
+    assert_eq!(open(&url, "a", None).await, tonic::Code::Ok);
+    let token = tokens::issue(&store, &id("a")).expect("issue");
+    assert_eq!(open(&url, "a", Some(&token)).await, tonic::Code::Ok);
+    assert_eq!(open(&url, "a", None).await, tonic::Code::Unauthenticated);
+    // A stolen token opens only its own node.
+    assert_eq!(
+        open(&url, "b", Some(&token)).await,
+        tonic::Code::Unauthenticated
+    );
+    // Revoking the last token does not reopen the mesh to token-less streams.
+    assert!(tokens::revoke(&store, &id("a")).expect("revoke"));
+    assert_eq!(open(&url, "a", None).await, tonic::Code::Unauthenticated);
+    assert_eq!(
+        open(&url, "a", Some(&token)).await,
+        tonic::Code::Unauthenticated
+    );
+}

@@ -1,0 +1,330 @@
+//! mTLS across the mesh end to end: trellis-control's CA issues each sidecar
+//! its SVID over SDS, listeners are STRICT, and client policies verify the
+//! server's SPIFFE ID.
+//!
+//! Node `client` (sidecar A) calls virtual service `color`, provided by node
+//! `blue` (sidecar B in front of app blue, STRICT TLS with mesh-issued
+//! identities). Node `intruder` (sidecar C) reaches sidecar B's ingress
+//! through a service `shadow` whose node's only instance is that ingress,
+//! also over TLS with its own valid SVID; B accepts only the nodes that list
+//! its services as backends, so C's requests fail.
+//!
+//! A second test bootstraps a sidecar with `--issue-token` and checks that
+//! another node's token opens no stream.
+//!
+//! Both are skipped unless enabled: `TRELLIS_MTLS_E2E=1` needs a trellis-proxy
+//! with downstream/upstream TLS and SDS over ADS; `TRELLIS_NODE_TOKENS_E2E=1`
+//! needs a proxy that sends the bootstrap's gRPC `initial_metadata`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use trellis_tests::process::{workspace_bin, ProxyProcess};
+use trellis_tests::upstream::Echo;
+use trellis_tests::{client, eventually, free_port};
+
+const CREDENTIALS: &str =
+    "[default]\naws_access_key_id = AKIDMTLSE2E\naws_secret_access_key = mtls-e2e-secret\n";
+
+struct Control {
+    /// Held so that the server is killed when the test ends.
+    _child: Child,
+    api: String,
+    xds: String,
+    dir: tempfile::TempDir,
+}
+
+impl Control {
+    async fn start() -> Control {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
+        let api = format!("127.0.0.1:{}", free_port());
+        let xds = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(workspace_bin("trellis-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--credentials")
+            .arg(dir.path().join("credentials"))
+            .args(["--api-addr", &api, "--xds-addr", &xds])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn trellis-control");
+        let url = format!("http://{api}/");
+        eventually(Duration::from_secs(20), "the API to answer", || {
+            let url = url.clone();
+            async move { client::get(&url).await.ok().map(|_| ()) }
+        })
+        .await;
+        Control {
+            _child: child,
+            api,
+            xds,
+            dir,
+        }
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
+    /// `trellis-control ARGS` against this server, its stdout on success.
+    async fn cli(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(workspace_bin("trellis-control"))
+                .args(args)
+                .args(["--api-addr", &self.api])
+                .arg("--credentials")
+                .arg(self.credentials())
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("trellis-control exits in time")
+        .expect("trellis-control runs");
+        assert!(
+            out.status.success(),
+            "trellis-control {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn apply(&self, docs: &[Value]) {
+        let dir = tempfile::tempdir_in(self.dir.path()).expect("temp dir");
+        for (i, doc) in docs.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{i:02}.json")), doc.to_string())
+                .expect("write spec");
+        }
+        let path = dir.path().to_string_lossy().into_owned();
+        self.cli(&["apply", "-f", &path]).await;
+    }
+
+    /// A bootstrap for `node`, carrying a freshly issued token if `token`.
+    async fn bootstrap(&self, node: &str, (ingress, egress): (u16, u16), token: bool) -> String {
+        let (i, e) = (ingress.to_string(), egress.to_string());
+        let mut args = vec![
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            node,
+            "--xds-addr",
+            &self.xds,
+            "--admin-port",
+            "0",
+            "--listener-address",
+            "127.0.0.1",
+            "--ingress-port",
+            &i,
+            "--egress-port",
+            &e,
+        ];
+        if token {
+            args.push("--issue-token");
+        }
+        self.cli(&args).await
+    }
+}
+
+/// Whether the environment variable `var` is `1`; says how to run the test
+/// when it is not.
+fn enabled(var: &str, needs: &str) -> bool {
+    if std::env::var(var).as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped: set {var}=1 with {needs}");
+    false
+}
+
+/// The app that answered a request for `host` through the egress port.
+async fn upstream(egress: u16, host: &str) -> Option<String> {
+    let r = client::request(
+        Method::GET,
+        &format!("http://127.0.0.1:{egress}/hello"),
+        &[("host", host)],
+        "",
+    )
+    .await
+    .ok()?;
+    (r.status == 200).then(|| r.echoed()["upstream"].as_str().unwrap_or("").to_string())
+}
+
+/// Mesh-issued identities (`sds`) on both sides.
+fn mesh_tls() -> Value {
+    json!({
+        "certificate": {"sds": {"secretName": "trellis-svid"}},
+        "validation": {"trust": {"sds": {"secretName": "trellis-ca"}}},
+    })
+}
+
+fn node(name: &str, port: u16, backends: &[&str], strict: bool) -> Value {
+    let mut listener = json!({"portMapping": {"port": port, "protocol": "http"}});
+    if strict {
+        let mut tls = mesh_tls();
+        tls["mode"] = json!("STRICT");
+        listener["tls"] = tls;
+    }
+    let mut policy = mesh_tls();
+    policy["enforce"] = json!(true);
+    json!({"meshName": "m", "virtualNodeName": name, "spec": {
+        "listeners": [listener],
+        "backends": backends.iter()
+            .map(|b| json!({"virtualService": {"virtualServiceName": b}}))
+            .collect::<Vec<_>>(),
+        "backendDefaults": {"clientPolicy": {"tls": policy}},
+    }})
+}
+
+fn service(name: &str, provider: &str) -> Value {
+    json!({"meshName": "m", "virtualServiceName": name, "spec": {
+        "provider": {"virtualNode": {"virtualNodeName": provider}}}})
+}
+
+async fn sidecar(proxy: &Path, bootstrap: &str) -> ProxyProcess {
+    ProxyProcess::start_with(proxy, bootstrap, &[]).await
+}
+
+#[tokio::test]
+async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
+    if !enabled(
+        "TRELLIS_MTLS_E2E",
+        "a trellis-proxy with TLS and SDS over ADS",
+    ) {
+        return;
+    }
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let blue_port = blue.addr.port();
+    let (a, b, c) = (
+        (free_port(), free_port()),
+        (free_port(), free_port()),
+        (free_port(), free_port()),
+    );
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue_port, &[], true),
+            node("client", 9, &["color"], false),
+            node("intruder", 9, &["shadow"], false),
+            node("blue-shadow", blue_port, &[], false),
+            service("color", "blue"),
+            service("shadow", "blue-shadow"),
+        ])
+        .await;
+    // blue-shadow's only instance is sidecar B's ingress.
+    let ingress_b = b.0.to_string();
+    control
+        .cli(&[
+            "register-instance",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "blue-shadow",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &ingress_b,
+        ])
+        .await;
+    let sidecar_b = sidecar(&proxy, &control.bootstrap("blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &control.bootstrap("client", a, false).await).await;
+    let sidecar_c = sidecar(&proxy, &control.bootstrap("intruder", c, false).await).await;
+
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+    let before = blue.count();
+    // Plain text into B's STRICT ingress is refused.
+    let plain = client::get(&format!("http://127.0.0.1:{}/direct", b.0)).await;
+    assert!(
+        plain.map_or(true, |r| r.status != 200),
+        "plain text must not pass a STRICT listener"
+    );
+    // The intruder has a valid SVID, but not one B accepts.
+    for _ in 0..5 {
+        assert_eq!(upstream(c.1, "shadow").await, None);
+    }
+    assert_eq!(
+        blue.count(),
+        before,
+        "no request of the intruder reached blue"
+    );
+
+    drop((sidecar_a, sidecar_b, sidecar_c, control));
+}
+
+/// Needs a proxy that sends the bootstrap's gRPC `initial_metadata` on its
+/// ADS stream (stock Envoy does): `TRELLIS_NODE_TOKENS_E2E=1`.
+#[tokio::test]
+async fn a_stolen_node_token_opens_no_other_node() {
+    if !enabled(
+        "TRELLIS_NODE_TOKENS_E2E",
+        "a proxy that sends the ADS service's initial_metadata",
+    ) {
+        return;
+    }
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], false),
+            node("intruder", 9, &[], false),
+        ])
+        .await;
+    let own = control
+        .bootstrap("intruder", (free_port(), free_port()), true)
+        .await;
+    let sidecar_c = sidecar(&proxy, &own).await;
+    // A stolen token: the intruder's bootstrap with blue's token is refused.
+    let token = control
+        .cli(&["token", "issue", "--mesh", "m", "--virtual-node", "blue"])
+        .await;
+    let stolen = control
+        .bootstrap("intruder", (free_port(), free_port()), true)
+        .await;
+    let stolen = stolen
+        .lines()
+        .map(|l| match l.split_once("Bearer ") {
+            Some((head, _)) => format!("{head}Bearer {}", token.trim()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The proxy starts but never gets its configuration (so it is never
+    // ready), and the control plane lists no second intruder stream.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(3),
+        ProxyProcess::try_start_with(&proxy, &stolen, &[]),
+    )
+    .await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a proxy with another node's token became ready"
+    );
+    let proxies: Value =
+        serde_json::from_str(&control.cli(&["status", "--json"]).await).expect("status JSON");
+    let intruders = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["node_id"] == "mesh/m/virtualNode/intruder")
+        .count();
+    assert!(
+        intruders <= 1,
+        "a stolen token opened a second stream: {proxies}"
+    );
+    drop((sidecar_c, control));
+}
