@@ -107,6 +107,14 @@ impl Client {
         }
     }
 
+    fn with_metadata<T>(&self, stream: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(stream);
+        for (k, v) in &self.ads.metadata {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        req
+    }
+
     fn kinds(&self) -> Vec<Kind> {
         let mut k = Vec::new();
         if self.ads.cds {
@@ -236,7 +244,7 @@ impl Client {
             }
         }
         let mut stream = grpc
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .stream_aggregated_resources(self.with_metadata(ReceiverStream::new(rx)))
             .await
             .map_err(|e| (false, e.to_string()))?
             .into_inner();
@@ -360,7 +368,7 @@ impl Client {
             }
         }
         let mut stream = grpc
-            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .delta_aggregated_resources(self.with_metadata(ReceiverStream::new(rx)))
             .await
             .map_err(|e| (false, e.to_string()))?
             .into_inner();

@@ -22,6 +22,12 @@ pub struct AdsConfig {
     pub cds: bool,
     /// How long a resource may warm before it is used without what it waits for.
     pub initial_fetch_timeout: Option<Duration>,
+    /// `grpc_services[0].initial_metadata`: sent on every stream (a node
+    /// token for trellis-control, for instance).
+    pub metadata: Vec<(
+        tonic::metadata::AsciiMetadataKey,
+        tonic::metadata::AsciiMetadataValue,
+    )>,
 }
 
 impl AdsConfig {
@@ -42,6 +48,19 @@ impl AdsConfig {
                 ))
             }
         };
+        let mut metadata = Vec::new();
+        if let Some(service) = ads.grpc_services.first() {
+            for (i, h) in service.initial_metadata.iter().enumerate() {
+                let path = format!("ads_config.grpc_services[0].initial_metadata[{i}]");
+                let key = h.key.to_ascii_lowercase().parse().map_err(|_| {
+                    ConfigError::new(format!("{path}.key"), "not a valid gRPC metadata key")
+                })?;
+                let value = h.value.parse().map_err(|_| {
+                    ConfigError::new(format!("{path}.value"), "not a valid gRPC metadata value")
+                })?;
+                metadata.push((key, value));
+            }
+        }
         let cluster = match ads.grpc_services.as_slice() {
             [one] => match &one.target_specifier {
                 Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) if !g.cluster_name.is_empty() => {
@@ -82,6 +101,7 @@ impl AdsConfig {
                 "lds_config.initial_fetch_timeout",
             )?);
         Ok(AdsConfig {
+            metadata,
             cluster,
             delta,
             lds,
