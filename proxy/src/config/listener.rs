@@ -11,6 +11,7 @@ use xds_protos::type_url;
 
 use super::address::bind_address;
 use super::hcm::HcmConfig;
+use super::listener_filters::ListenerFilters;
 use super::tcp_proxy::TcpProxyConfig;
 use super::ConfigError;
 
@@ -20,6 +21,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub filter_chains: Vec<ChainConfig>,
     pub default_chain: Option<ChainConfig>,
+    /// Listener filters (original_dst, http_inspector); see `listener_filters`.
+    pub filters: ListenerFilters,
     pub proto: Listener,
     pub fingerprint: Vec<u8>,
 }
@@ -153,12 +156,7 @@ impl ListenerConfig {
             return Err(ConfigError::new("name", "a listener needs a name"));
         }
         let address = bind_address(l.address.as_ref(), "address")?;
-        if !l.listener_filters.is_empty() {
-            return Err(ConfigError::new(
-                "listener_filters",
-                "listener filters are not supported by trellis yet",
-            ));
-        }
+        let filters = ListenerFilters::compile(l)?;
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err(ConfigError::new(
                 "filter_chains",
@@ -180,6 +178,7 @@ impl ListenerConfig {
             address,
             filter_chains,
             default_chain,
+            filters,
             proto: l.clone(),
             fingerprint: l.encode_to_vec(),
         })

@@ -21,6 +21,8 @@ use crate::io::{Activity, Tracked};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Where iptables redirected the connection from (listener `original_dst`).
+    pub original_dst: Option<SocketAddr>,
     /// Set while the connection drains: HTTP/1.1 answers close it.
     pub closing: Arc<std::sync::atomic::AtomicBool>,
     pub scheme: &'static str,
@@ -32,6 +34,7 @@ impl Hcm {
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
+        original_dst: Option<SocketAddr>,
         mut drain: Watch,
     ) {
         let cfg = &self.config;
@@ -41,6 +44,7 @@ impl Hcm {
         let info = Arc::new(ConnInfo {
             peer,
             local,
+            original_dst,
             closing: closing.clone(),
             scheme: "http",
         });

@@ -16,7 +16,7 @@ use super::local_reply::{self, reply};
 use super::retry::RetryRules;
 use crate::body::{self, Body};
 use crate::router::RetryPolicy;
-use crate::upstream::{Cluster, Endpoint};
+use crate::upstream::{Cluster, Endpoint, OriginalDestination};
 
 /// Bodies up to this size are kept so a retry can replay them; larger ones
 /// stream and are not retried once sent, as with Envoy's buffer limit.
@@ -146,11 +146,12 @@ pub async fn forward(
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     let proto = cluster.protocol(parts.version);
+    let destination = parts.extensions.get::<OriginalDestination>().copied();
     let mut parts = Some(parts);
 
     loop {
         attempt += 1;
-        let Some(endpoint) = pick(cluster, last_failed.as_ref()) else {
+        let Some(endpoint) = pick(cluster, destination, last_failed.as_ref()) else {
             flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
             return Outcome {
                 response: reply(
@@ -275,12 +276,16 @@ pub async fn forward(
 }
 
 /// A retry prefers an endpoint other than the one that just failed.
-fn pick(cluster: &Cluster, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
-    let first = cluster.pick(rand::random())?;
+fn pick(
+    cluster: &Cluster,
+    destination: Option<OriginalDestination>,
+    avoid: Option<&Arc<Endpoint>>,
+) -> Option<Arc<Endpoint>> {
+    let first = cluster.pick_for(destination, rand::random())?;
     match avoid {
         Some(bad) if Arc::ptr_eq(bad, &first) => {
             for _ in 0..3 {
-                if let Some(other) = cluster.pick(rand::random()) {
+                if let Some(other) = cluster.pick_for(destination, rand::random()) {
                     if !Arc::ptr_eq(bad, &other) {
                         return Some(other);
                     }

@@ -178,6 +178,10 @@ impl Hcm {
             matched.apply_response_headers(resp.headers_mut());
             return (resp, flags);
         };
+        // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
+        if let Some(d) = super::explicit::destination(info, parts).await {
+            parts.extensions.insert(d);
+        }
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {

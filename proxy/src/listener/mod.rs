@@ -1,7 +1,9 @@
 //! Listeners: bind, accept, choose a filter chain, hand the connection to its
 //! terminal filter (HTTP connection manager or TCP proxy).
 
+mod inspect;
 mod manager;
+mod original_dst;
 mod tcp_proxy;
 
 use std::net::SocketAddr;
@@ -116,22 +118,33 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     };
     let _ = stream.set_nodelay(true);
     listener.stats.downstream_cx_total.inc();
-    let facts = ConnectionFacts {
-        destination_port: local.port(),
-        server_name: None,
-        transport_protocol: "raw_buffer",
-        application_protocols: &[],
-    };
-    let Some(chain) = listener.select(&facts) else {
-        listener.stats.no_filter_chain_match.inc();
-        return;
-    };
     let drain = listener.drain.watch();
     tokio::spawn(async move {
+        // Listener filters (original_dst, http_inspector) run before chain choice.
+        let filters = listener.config.filters;
+        let original = filters
+            .original_dst
+            .then(|| original_dst::original_destination(&stream, local))
+            .flatten();
+        let protocols = if filters.http_inspector {
+            inspect::application_protocols(&stream).await
+        } else {
+            &[]
+        };
+        let facts = ConnectionFacts {
+            destination_port: original.unwrap_or(local).port(),
+            server_name: None,
+            transport_protocol: "raw_buffer",
+            application_protocols: protocols,
+        };
+        let Some(chain) = listener.select(&facts) else {
+            listener.stats.no_filter_chain_match.inc();
+            return;
+        };
         listener.stats.downstream_cx_active.inc();
         match chain {
-            Chain::Http(hcm) => hcm.serve(stream, peer, local, drain).await,
-            Chain::Tcp(tcp) => tcp.serve(stream, drain).await,
+            Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain).await,
+            Chain::Tcp(tcp) => tcp.serve(stream, original, drain).await,
         }
         listener.stats.downstream_cx_active.dec();
     });

@@ -1,5 +1,6 @@
 //! `envoy.filters.network.tcp_proxy`: bytes both ways to a cluster endpoint.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -9,6 +10,7 @@ use crate::drain::Watch;
 use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
 use crate::stats::TcpStats;
+use crate::upstream::OriginalDestination;
 
 pub struct TcpProxy {
     config: Arc<TcpProxyConfig>,
@@ -25,7 +27,13 @@ impl TcpProxy {
         }
     }
 
-    pub async fn serve(&self, mut downstream: TcpStream, _drain: Watch) {
+    /// `original` is the redirected-from destination, for `ORIGINAL_DST` clusters.
+    pub async fn serve(
+        &self,
+        mut downstream: TcpStream,
+        original: Option<SocketAddr>,
+        _drain: Watch,
+    ) {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
         let name = self.config.pick_cluster(rand::random());
@@ -35,7 +43,8 @@ impl TcpProxy {
         };
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
-            let Some(ep) = cluster.pick(rand::random()) else {
+            let Some(ep) = cluster.pick_for(original.map(OriginalDestination), rand::random())
+            else {
                 break;
             };
             let connect = TcpStream::connect(ep.addr);

@@ -18,6 +18,8 @@ pub struct Cluster {
     endpoints: ArcSwap<EndpointSet>,
     rr: AtomicUsize,
     pub stats: Arc<ClusterStats>,
+    /// Hosts made on demand when the cluster is `ORIGINAL_DST`.
+    pub(super) original_dst: super::original_dst::OriginalDstHosts,
 }
 
 impl Cluster {
@@ -27,6 +29,7 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             rr: AtomicUsize::new(0),
             stats,
+            original_dst: Default::default(),
         }
     }
 

@@ -60,7 +60,7 @@ impl ClusterMap {
                     cluster.set_endpoints(&resolved);
                     dns::spawn_refresh(Arc::downgrade(&cluster), eps.clone(), first_only);
                 }
-                Discovery::Eds(_) => {}
+                Discovery::Eds(_) | Discovery::OriginalDst => {}
             }
             clusters.insert(config.name.clone(), cluster);
         }
