@@ -182,6 +182,10 @@ impl Hcm {
         if let Some(d) = super::explicit::destination(info, parts).await {
             parts.extensions.insert(d);
         }
+        if parts.method == http::Method::CONNECT {
+            let resp = super::explicit::connect(self.config.connect, cluster, parts).await;
+            return (resp, ResponseFlags::default());
+        }
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {
