@@ -412,6 +412,56 @@ fn sidecars_intercept_between_two_pods() {
         let again = pods.exec(ns, &[&bin, "init", "--clean"]);
         assert!(again.status.success(), "--clean twice is fine");
     }
+    // IPv6 got the same chains while installed (ip6tables is present here).
+    // The legacy backend, chosen explicitly, installs and cleans the same way.
+    let legacy = |args: &[&str]| {
+        let mut all = vec![bin.as_str(), "init", "--backend", "legacy"];
+        all.extend_from_slice(args);
+        pods.exec(&client, &all)
+    };
+    let out = legacy(&[]);
+    assert!(out.status.success(), "init --backend legacy: {out:?}");
+    let rules = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    assert!(
+        rules.contains("-A OUTPUT -p tcp -j TRELLIS_EGRESS"),
+        "{rules}"
+    );
+    let rules6 = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "ip6tables-legacy",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    assert!(
+        rules6.contains("-A TRELLIS_EGRESS -d ::1/128 -j RETURN"),
+        "{rules6}"
+    );
+    assert!(legacy(&["--clean"]).status.success());
+    let rules = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-S",
+    ]);
+    assert!(!rules.contains("TRELLIS"), "legacy rules left: {rules}");
+
     // Without rules the client now reaches the app directly.
     let out = pods.curl(&client, &app_url, &[]);
     assert!(

@@ -99,6 +99,9 @@ fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((ip, len))
 }
 
+/// The iptables `multiport` match's limit on ports per rule.
+const MULTIPORT_MAX: usize = 15;
+
 fn nat(rest: &[&str]) -> Vec<String> {
     ["-t", "nat"]
         .iter()
@@ -117,8 +120,9 @@ pub fn install(s: &Settings, family: Family) -> Vec<Vec<String>> {
         Family::V6 => "::1/128",
     };
     let mut out = vec![nat(&["-F", INGRESS_CHAIN]), nat(&["-F", EGRESS_CHAIN])];
-    if !s.app_ports.is_empty() {
-        let ports = join(&s.app_ports);
+    // multiport takes at most 15 ports per rule.
+    for chunk in s.app_ports.chunks(MULTIPORT_MAX) {
+        let ports = join(chunk);
         out.push(nat(&[
             "-A",
             INGRESS_CHAIN,
@@ -145,8 +149,8 @@ pub fn install(s: &Settings, family: Family) -> Vec<Vec<String>> {
         "RETURN",
     ]));
     out.push(nat(&["-A", EGRESS_CHAIN, "-d", loopback, "-j", "RETURN"]));
-    if !s.egress_ignored_ports.is_empty() {
-        let ports = join(&s.egress_ignored_ports);
+    for chunk in s.egress_ignored_ports.chunks(MULTIPORT_MAX) {
+        let ports = join(chunk);
         out.push(nat(&[
             "-A",
             EGRESS_CHAIN,
@@ -232,6 +236,18 @@ mod tests {
             e.to_string().starts_with("APPMESH_EGRESS_IGNORED_IP"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn many_ports_split_into_multiport_sized_rules() {
+        let many: Vec<String> = (8000..8020).map(|p| p.to_string()).collect();
+        let s = settings(&[("APPMESH_APP_PORTS", &many.join(","))]).expect("settings");
+        let rules = install(&s, Family::V4);
+        let ingress: Vec<_> = rules
+            .iter()
+            .filter(|r| r.contains(&INGRESS_CHAIN.to_string()) && r.contains(&"-A".to_string()))
+            .collect();
+        assert_eq!(ingress.len(), 2);
     }
 
     #[test]
