@@ -15,6 +15,8 @@ use trellis_tests::process::workspace_bin;
 const SIDECAR_UID: &str = "1337";
 const APP_PORT: u16 = 8080;
 const IGNORED_PORT: u16 = 8081;
+/// An opaque TCP echo (not HTTP) in the server pod.
+const TCP_PORT: u16 = 8082;
 
 /// The echo "application": answers every GET with the pod name and path.
 const ECHO_APP: &str = r#"
@@ -32,7 +34,14 @@ class H(http.server.BaseHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     daemon_threads = True
-servers = [S(("0.0.0.0", int(p)), H) for p in sys.argv[2:]]
+class E(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"echo " + self.rfile.readline())
+class T(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+servers = [T(("0.0.0.0", int(p[4:])), E) if p.startswith("tcp:") else S(("0.0.0.0", int(p)), H)
+           for p in sys.argv[2:]]
 for s in servers[1:]:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 servers[0].serve_forever()
@@ -333,11 +342,17 @@ fn sidecars_intercept_between_two_pods() {
         pods.spawn(ns, &args, &[]);
     }
     let echo = ECHO_APP.to_string();
-    pods.spawn(
-        &server,
-        &["python3", "-c", &echo, "server-pod", &app, &ignored],
-        &[],
-    );
+    let tcp_arg = format!("tcp:{TCP_PORT}");
+    let app_args = [
+        "python3",
+        "-c",
+        &echo,
+        "server-pod",
+        &app,
+        &ignored,
+        &tcp_arg,
+    ];
+    pods.spawn(&server, &app_args, &[]);
 
     // wait-ready: the app entrypoint's way to wait for its sidecar.
     for ns in [&client, &server] {
@@ -399,6 +414,18 @@ fn sidecars_intercept_between_two_pods() {
         pods.stat(&client, "http.egress.downstream_rq_total"),
         egress_rq
     );
+
+    // Opaque TCP (no HTTP in the first bytes) takes the egress default chain:
+    // tcp_proxy to the ORIGINAL_DST cluster.
+    let script =
+        format!("exec 3<>/dev/tcp/{server_ip}/{TCP_PORT}; printf 'hello tcp\\n' >&3; head -n1 <&3");
+    let out = pods.exec(&client, &["timeout", "5", "bash", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "echo hello tcp\n",
+        "{out:?}"
+    );
+    assert_eq!(pods.stat(&client, "tcp.egress_tcp.downstream_cx_total"), 1);
 
     // --clean removes every rule and both chains.
     for ns in [&client, &server] {
