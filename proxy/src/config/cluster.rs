@@ -293,3 +293,32 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod original_dst_tests {
+    use super::*;
+
+    fn cluster(kind: cluster::DiscoveryType, lb: cluster::LbPolicy) -> Cluster {
+        Cluster {
+            name: "c".to_string(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
+            lb_policy: lb as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn original_dst_requires_cluster_provided_and_only_it() {
+        use cluster::{DiscoveryType as D, LbPolicy as L};
+        let ok = ClusterConfig::compile(&cluster(D::OriginalDst, L::ClusterProvided))
+            .expect("ORIGINAL_DST + CLUSTER_PROVIDED");
+        assert!(matches!(ok.discovery, Discovery::OriginalDst));
+        for (d, l) in [
+            (D::OriginalDst, L::RoundRobin),
+            (D::Static, L::ClusterProvided),
+        ] {
+            let e = ClusterConfig::compile(&cluster(d, l)).expect_err("mismatch");
+            assert!(e.to_string().contains("CLUSTER_PROVIDED"), "{e}");
+        }
+    }
+}

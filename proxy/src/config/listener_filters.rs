@@ -61,3 +61,44 @@ impl ListenerFilters {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_protos::envoy::config::listener::v3::ListenerFilter;
+
+    fn by_name(name: &str) -> ListenerFilter {
+        ListenerFilter {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn original_dst_and_http_inspector_compile() {
+        let l = Listener {
+            listener_filters: vec![
+                by_name("envoy.filters.listener.original_dst"),
+                by_name("envoy.filters.listener.http_inspector"),
+            ],
+            ..Default::default()
+        };
+        let f = ListenerFilters::compile(&l).expect("supported filters");
+        assert!(f.original_dst && f.http_inspector);
+        let l = Listener {
+            use_original_dst: Some(true),
+            ..Default::default()
+        };
+        assert!(ListenerFilters::compile(&l).expect("flag").original_dst);
+    }
+
+    #[test]
+    fn other_listener_filters_are_named() {
+        let l = Listener {
+            listener_filters: vec![by_name("envoy.filters.listener.proxy_protocol")],
+            ..Default::default()
+        };
+        let e = ListenerFilters::compile(&l).expect_err("unsupported");
+        assert!(e.to_string().contains("proxy_protocol"), "{e}");
+    }
+}
