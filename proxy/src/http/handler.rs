@@ -179,8 +179,10 @@ impl Hcm {
             return (resp, flags);
         };
         // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
-        if let Some(d) = super::explicit::destination(info, parts).await {
-            parts.extensions.insert(d);
+        if cluster.is_original_dst() {
+            if let Some(d) = super::explicit::destination(info, parts).await {
+                parts.extensions.insert(d);
+            }
         }
         if parts.method == http::Method::CONNECT {
             let resp = super::explicit::connect(self.config.connect, cluster, parts).await;

@@ -45,6 +45,12 @@ impl OriginalDstHosts {
 }
 
 impl Cluster {
+    /// Whether requests must say where they go (see [`OriginalDestination`]);
+    /// the connection manager resolves explicit-proxy targets only then.
+    pub fn is_original_dst(&self) -> bool {
+        matches!(self.config.discovery, Discovery::OriginalDst)
+    }
+
     /// The endpoint for a request: an `ORIGINAL_DST` cluster connects to the
     /// destination (none known: no host, so no loop back into the proxy);
     /// every other cluster asks its load balancer.
@@ -53,7 +59,7 @@ impl Cluster {
         destination: Option<OriginalDestination>,
         random: u64,
     ) -> Option<Arc<Endpoint>> {
-        if matches!(self.config.discovery, Discovery::OriginalDst) {
+        if self.is_original_dst() {
             return destination.map(|d| self.original_dst.get(d.0));
         }
         self.pick(random)
