@@ -1,5 +1,5 @@
-//! trellis-control: the App Mesh API over durable state, and (in later
-//! slices) the xDS server that turns that state into proxy configuration.
+//! trellis-control: the App Mesh API over durable state, and the xDS server
+//! that turns that state into proxy configuration.
 //!
 //! The seam for xDS: [`store::Store::snapshot`] yields every resource at one
 //! revision, and [`store::Store::subscribe`] wakes on every committed write.
@@ -13,5 +13,6 @@ pub mod model;
 pub mod ops;
 pub mod service_model;
 pub mod store;
+pub mod xds;
 
 pub use error::{ApiError, ErrorKind};

@@ -86,3 +86,61 @@ impl http_body::Body for IdleBody {
         self.inner.size_hint()
     }
 }
+
+/// Fails a request body still arriving at `deadline` (Envoy's
+/// `request_timeout`), and records that it did so the caller answers 408.
+pub fn with_deadline(
+    inner: Body,
+    deadline: tokio::time::Instant,
+    expired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Body {
+    DeadlineBody {
+        inner,
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        expired,
+    }
+    .boxed_unsync()
+}
+
+struct DeadlineBody {
+    inner: Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    expired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request timeout")]
+pub struct RequestTimeout;
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.expired
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    Poll::Ready(Some(Err(Box::new(RequestTimeout))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -4,11 +4,14 @@
 //! `upstream` (cluster → endpoint).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod bootstrap;
 pub mod config;
 pub mod drain;
+pub mod filters;
+pub mod format;
 pub mod http;
 pub mod init;
 pub mod io;
@@ -18,6 +21,7 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod upstream;
 pub mod wait_ready;
 pub mod xds;

@@ -34,12 +34,9 @@ impl StaticConfig {
         let mut listeners = Vec::new();
         let mut clusters = Vec::new();
         if let Some(sr) = &b.static_resources {
-            if !sr.secrets.is_empty() {
-                return Err(ConfigError::new(
-                    "static_resources.secrets",
-                    "secrets are not supported by trellis yet",
-                ));
-            }
+            // Before listeners and clusters, which may name these secrets.
+            crate::tls::secrets::set_static(&sr.secrets)
+                .map_err(|e| e.at("static_resources.secrets"))?;
             let mut names = std::collections::HashSet::new();
             for (i, l) in sr.listeners.iter().enumerate() {
                 let path = format!("static_resources.listeners[{i}]");
@@ -133,6 +130,7 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         .listeners
         .reconcile(&shared, &config.listeners)
         .map_err(|e| anyhow::anyhow!(e))?;
+    crate::access_log::reopen_on_sigusr1();
     let drainer = shared.clone();
     tokio::spawn(async move {
         drainer.drain.watch().signaled().await;

@@ -41,7 +41,7 @@ impl Shared {
     pub fn new(node: NodeInfo, concurrency: usize, drain_time: std::time::Duration) -> Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            store: Store::default(),
+            store: Store::for_node(&node.id),
             drain: Drain::default(),
             listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),

@@ -46,6 +46,9 @@ pub struct Case {
     /// Aspects compared for presence only (e.g. `response.header.grpc-message`
     /// of a connect failure, whose text names implementation details).
     pub presence_only: Vec<String>,
+    /// Aspects where trellis differs from Envoy on purpose (README lists
+    /// them): left out of the comparison.
+    pub deliberate: Vec<String>,
 }
 
 impl Case {
@@ -62,7 +65,14 @@ impl Case {
             expect_status: 200,
             expect_upstream: None,
             presence_only: Vec::new(),
+            deliberate: Vec::new(),
         }
+    }
+
+    /// Leave `aspect` out: a documented, deliberate difference from Envoy.
+    pub fn deliberate(mut self, aspect: &str) -> Case {
+        self.deliberate.push(aspect.to_string());
+        self
     }
 
     /// Compare `aspect` for presence only.
@@ -193,6 +203,9 @@ pub async fn observe(addr: SocketAddr, case: &Case) -> Observation {
         if let Some(v) = obs.get_mut(aspect) {
             *v = PRESENT.to_string();
         }
+    }
+    for aspect in &case.deliberate {
+        obs.remove(aspect);
     }
     obs
 }

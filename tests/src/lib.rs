@@ -6,6 +6,7 @@ pub mod config;
 pub mod diff;
 pub mod grpc;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 pub mod xds_server;
 

@@ -137,6 +137,29 @@ impl ProxyProcess {
         config: &str,
         extra: &[&str],
     ) -> Result<ProxyProcess, StartError> {
+        Self::try_spawn(bin, config, extra, false).await
+    }
+
+    /// Starts the proxy under test with its log in a file that
+    /// [`ProxyProcess::log`] reads, for tests of what it logs.
+    pub async fn start_logged(config: &str) -> ProxyProcess {
+        match Self::try_spawn(&proxy_under_test(), config, &[], true).await {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The log so far of a proxy started with [`ProxyProcess::start_logged`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    async fn try_spawn(
+        bin: &Path,
+        config: &str,
+        extra: &[&str],
+        logged: bool,
+    ) -> Result<ProxyProcess, StartError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&config_path, config).expect("write bootstrap");
@@ -150,7 +173,11 @@ impl ProxyProcess {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if logged {
+                Stdio::from(std::fs::File::create(dir.path().join("proxy.log")).expect("log file"))
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true);
         cmd.args(["--log-level", "warn"]);
         // Envoy (however its binary is named) needs a base id of its own so

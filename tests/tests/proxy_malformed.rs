@@ -180,3 +180,21 @@ async fn no_request_is_read_after_an_upgrade_that_did_not_happen() {
     assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
     assert_eq!(app.count(), 1);
 }
+
+#[tokio::test]
+async fn slow_request_body_gets_408_after_request_timeout() {
+    let (p, _app, addr) = setup("          request_timeout: 0.3s\n").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the proxy answers and closes")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&buf);
+    assert_eq!(status_of(&reply), Some(408), "{reply}");
+    assert_eq!(p.stat("http.ingress_http.downstream_rq_timeout").await, 1);
+}

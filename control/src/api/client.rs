@@ -104,23 +104,59 @@ impl Client {
     pub async fn call(&self, op: &str, input: &Value) -> Result<Value, ApiError> {
         let model = ServiceModel::get();
         let wire = to_wire(model, op, input)?;
-        let uri = if wire.query.is_empty() {
-            format!("http://{}{}", self.authority, wire.path)
+        let body = self
+            .send(&wire.method, &wire.path, &wire.query, wire.body.clone(), op)
+            .await?;
+        let payload = model
+            .operation(op)
+            .and_then(|o| model.output_shape(o))
+            .and_then(|s| s.payload.clone());
+        Ok(match payload {
+            Some(member) => {
+                let mut out = Map::new();
+                out.insert(member, body);
+                Value::Object(out)
+            }
+            None => body,
+        })
+    }
+
+    /// A signed call of one of trellis's own endpoints under `/trellis/v1/`.
+    pub async fn trellis(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, ApiError> {
+        self.send(&method, path, "", body, path).await
+    }
+
+    /// Signs, sends, and reads a JSON reply or the error it carries.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Value, ApiError> {
+        let uri = if query.is_empty() {
+            format!("http://{}{}", self.authority, path)
         } else {
-            format!("http://{}{}?{}", self.authority, wire.path, wire.query)
+            format!("http://{}{}?{}", self.authority, path, query)
         };
         let mut req = Request::builder()
-            .method(wire.method.clone())
+            .method(method.clone())
             .uri(&uri)
             .header("host", &self.authority)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(wire.body.clone())))
+            .body(Full::new(Bytes::from(body.clone())))
             .map_err(|e| ApiError::bad_request(format!("cannot build request {uri}: {e}")))?;
         let unsigned = Unsigned {
-            method: wire.method.as_str(),
-            raw_path: &wire.path,
-            raw_query: &wire.query,
-            body: &wire.body,
+            method: method.as_str(),
+            raw_path: path,
+            raw_query: query,
+            body: &body,
         };
         sigv4::sign(
             &unsigned,
@@ -150,7 +186,7 @@ impl Client {
             Value::Object(Map::new())
         } else {
             serde_json::from_slice(&bytes)
-                .map_err(|_| ApiError::internal(format!("the reply to {op} is not JSON")))?
+                .map_err(|_| ApiError::internal(format!("the reply to {what} is not JSON")))?
         };
         if !status.is_success() {
             let kind = error_type
@@ -160,18 +196,7 @@ impl Client {
             let message = body["message"].as_str().unwrap_or("no message").to_string();
             return Err(ApiError::new(kind, message));
         }
-        let payload = model
-            .operation(op)
-            .and_then(|o| model.output_shape(o))
-            .and_then(|s| s.payload.clone());
-        Ok(match payload {
-            Some(member) => {
-                let mut out = Map::new();
-                out.insert(member, body);
-                Value::Object(out)
-            }
-            None => body,
-        })
+        Ok(body)
     }
 }
 

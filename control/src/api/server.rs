@@ -22,6 +22,8 @@ use super::sigv4::{self, RequestParts};
 use crate::error::ApiError;
 use crate::ops::AppMesh;
 use crate::service_model::ServiceModel;
+use crate::xds::registry::Registry;
+use crate::xds::translate::Instance;
 
 /// App Mesh specs are small; this bounds memory per request.
 const MAX_BODY: usize = 1 << 20;
@@ -31,14 +33,21 @@ pub struct ApiState {
     /// `None` only with `--no-auth`.
     credentials: Option<Credentials>,
     router: Router,
+    /// The xDS server's proxies and instances, for `/trellis/v1/`.
+    registry: Arc<Registry>,
 }
 
 impl ApiState {
-    pub fn new(appmesh: AppMesh, credentials: Option<Credentials>) -> ApiState {
+    pub fn new(
+        appmesh: AppMesh,
+        credentials: Option<Credentials>,
+        registry: Arc<Registry>,
+    ) -> ApiState {
         ApiState {
             appmesh,
             credentials,
             router: Router::from_model(ServiceModel::get()),
+            registry,
         }
     }
 }
@@ -136,7 +145,7 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
         sigv4::verify(&request, credentials, SystemTime::now()).map_err(|e| (None, e))?;
     }
     if raw_path.starts_with("/trellis/v1/") {
-        return extension(&parts.method, raw_path).map_err(|e| (None, e));
+        return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));
     }
     let model = ServiceModel::get();
     let matched = state
@@ -161,14 +170,85 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
     Ok((Some(op), status, body))
 }
 
-/// trellis's own endpoints under `/trellis/v1/`.
+/// `{"meshName", "virtualNodeName", "address", "port"}`: an instance of a
+/// virtual node registered by hand, for apps without a connected proxy.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceInput {
+    mesh_name: String,
+    virtual_node_name: String,
+    address: String,
+    port: u32,
+}
+
+fn instance_input(body: &[u8]) -> Result<InstanceInput, ApiError> {
+    let input: InstanceInput = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid instance: {e}")))?;
+    if input.address.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiError::bad_request(format!(
+            "address {} is not an IP address",
+            input.address
+        )));
+    }
+    if !(1..=65535).contains(&input.port) {
+        return Err(ApiError::bad_request("port must be between 1 and 65535"));
+    }
+    Ok(input)
+}
+
+/// trellis's own endpoints under `/trellis/v1/`: the proxies connected to
+/// the xDS server (`trellis-control status`), and the instance registry.
 fn extension(
+    registry: &Registry,
     method: &Method,
     path: &str,
+    body: &[u8],
 ) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
     match (method, path) {
-        // The xDS server that knows about proxies arrives in a later slice.
-        (&Method::GET, "/trellis/v1/proxies") => Ok((None, 200, json!([]))),
+        (&Method::GET, "/trellis/v1/proxies") => Ok((None, 200, json!(registry.proxies()))),
+        (&Method::GET, "/trellis/v1/instances") => {
+            let list: Vec<serde_json::Value> = registry
+                .manual_instances()
+                .into_iter()
+                .flat_map(|((mesh, node), set)| {
+                    set.into_iter().map(move |i| {
+                        json!({"meshName": mesh, "virtualNodeName": node, "address": i.address, "port": i.port})
+                    })
+                })
+                .collect();
+            Ok((None, 200, json!({ "instances": list })))
+        }
+        (&Method::POST, "/trellis/v1/instances") => {
+            let i = instance_input(body)?;
+            registry.register(
+                &i.mesh_name,
+                &i.virtual_node_name,
+                Instance {
+                    address: i.address,
+                    port: i.port,
+                },
+            );
+            Ok((None, 200, json!({})))
+        }
+        (&Method::DELETE, "/trellis/v1/instances") => {
+            let i = instance_input(body)?;
+            let found = registry.deregister(
+                &i.mesh_name,
+                &i.virtual_node_name,
+                &Instance {
+                    address: i.address,
+                    port: i.port,
+                },
+            );
+            if found {
+                Ok((None, 200, json!({})))
+            } else {
+                Err(ApiError::new(
+                    crate::error::ErrorKind::NotFound,
+                    "No such registered instance",
+                ))
+            }
+        }
         _ => Err(ApiError::new(
             crate::error::ErrorKind::UnknownOperation,
             format!("No trellis endpoint {method} {path}"),

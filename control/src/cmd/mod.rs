@@ -2,8 +2,10 @@
 //! on stderr; usage and configuration errors exit 2, runtime failures 1.
 
 mod apply;
+mod bootstrap;
 mod logging;
 mod serve;
+mod status;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -35,10 +37,17 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the App Mesh API (and, later, xDS) from durable state.
+    /// Serve the App Mesh API and xDS (ADS) from durable state.
     Serve(ServeArgs),
     /// Apply App Mesh Kubernetes manifests or CLI input JSON through the API.
     Apply(ApplyArgs),
+    /// Print an Envoy bootstrap (YAML) for a proxy of a virtual node or gateway.
+    Bootstrap(BootstrapArgs),
+    /// Show the connected proxies and the versions they ACKed or NACKed.
+    Status(StatusArgs),
+    /// Register (or with --deregister, remove) an instance of a virtual node
+    /// whose app runs without a connected proxy: EDS serves it to clients.
+    RegisterInstance(RegisterArgs),
 }
 
 /// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
@@ -113,6 +122,79 @@ pub struct ApplyArgs {
     pub mesh: Option<String>,
 }
 
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// The mesh of the virtual node or gateway.
+    #[arg(long)]
+    pub mesh: String,
+    /// The virtual node this proxy is the sidecar of.
+    #[arg(
+        long,
+        conflicts_with = "virtual_gateway",
+        required_unless_present = "virtual_gateway"
+    )]
+    pub virtual_node: Option<String>,
+    /// The virtual gateway this proxy is.
+    #[arg(long)]
+    pub virtual_gateway: Option<String>,
+    /// Address of trellis-control's xDS server, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds_addr: String,
+    /// Port of the proxy's admin API on 127.0.0.1.
+    #[arg(long, default_value_t = 9901)]
+    pub admin_port: u16,
+    /// Port of the inbound listener (App Mesh's APPMESH_ENVOY_INGRESS_PORT).
+    #[arg(long, default_value_t = 15000, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ingress_port: u16,
+    /// Port of the outbound listener (App Mesh's APPMESH_ENVOY_EGRESS_PORT).
+    #[arg(long, default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub egress_port: u16,
+    /// Address the pushed listeners bind: 0.0.0.0 for a sidecar reached from
+    /// other hosts, 127.0.0.1 when everything runs on one machine.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listener_address: std::net::IpAddr,
+    /// Use delta (incremental) xDS instead of state of the world.
+    #[arg(long)]
+    pub delta: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Address of the App Mesh API.
+    #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
+    pub api_addr: SocketAddr,
+    /// Data dir whose credentials file to sign with, when --credentials is not given.
+    #[arg(long, default_value = "./trellis-data")]
+    pub data_dir: PathBuf,
+    /// AWS shared-credentials file to sign with [default: DATA_DIR/credentials].
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Region in the signature scope.
+    #[arg(long, default_value = "us-west-2")]
+    pub region: String,
+    /// Print the raw JSON of GET /trellis/v1/proxies.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub mesh: String,
+    #[arg(long)]
+    pub virtual_node: String,
+    /// The instance's IP address.
+    #[arg(long)]
+    pub address: std::net::IpAddr,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Remove the instance instead.
+    #[arg(long)]
+    pub deregister: bool,
+    #[command(flatten)]
+    pub api: StatusArgs,
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -123,7 +205,15 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             let rendered = e.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names
+            // them on the next line; keep the message to one line.
+            if line.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    line = format!("{line} {next}");
+                }
+            }
             eprintln!("trellis-control: {}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
@@ -132,6 +222,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Status(args) => status::run(args),
+        Command::RegisterInstance(args) => status::register(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

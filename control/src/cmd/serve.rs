@@ -9,6 +9,9 @@ use trellis_control::api::server::{serve, ApiState};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
+use trellis_control::xds;
+use trellis_control::xds::registry::Registry;
+use trellis_control::xds::server::Xds;
 
 use super::{ConfigError, ServeArgs};
 
@@ -83,7 +86,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let appmesh = AppMesh::new(
-        store,
+        store.clone(),
         Identity {
             region: args.region.clone(),
             account: args.account_id.clone(),
@@ -95,10 +98,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.api_addr)
             .await
             .with_context(|| format!("cannot listen on --api-addr {}", args.api_addr))?;
+        let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
+            .await
+            .with_context(|| format!("cannot listen on --xds-addr {}", args.xds_addr))?;
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
-        tracing::info!(addr = %args.xds_addr, "xDS address reserved; the xDS server is not in this build yet");
-        let state = Arc::new(ApiState::new(appmesh, credentials));
-        serve(listener, state, shutdown_signal()).await?;
+        tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
+        let registry = Arc::new(Registry::default());
+        let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?;
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry));
+        // Both servers stop on the same signal.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut xds_stop = stop_rx.clone();
+        let xds_task = tokio::spawn(xds::server::serve(xds_listener, xds, async move {
+            let _ = xds_stop.wait_for(|s| *s).await;
+        }));
+        let api = serve(listener, state, async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        api.await?;
+        match xds_task.await {
+            Ok(r) => r.context("the xDS server failed")?,
+            Err(e) => return Err(anyhow::anyhow!("the xDS server task failed: {e}")),
+        }
+        drop(stop_rx);
         Ok(())
     })
 }

@@ -98,5 +98,40 @@ pub fn render(s: &Shared) -> Value {
         "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
         "dynamic_route_configs": dynamic(xds_protos::type_url::ROUTE_CONFIGURATION, "route_config"),
     }));
-    json!({ "configs": configs })
+    let static_secrets: Vec<Value> = snap
+        .bootstrap
+        .iter()
+        .flat_map(|b| b.static_resources.iter())
+        .flat_map(|sr| sr.secrets.iter())
+        .map(|secret| json!({ "name": secret.name, "secret": to_json(secret) }))
+        .collect();
+    configs.push(json!({
+        "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+        "static_secrets": static_secrets,
+        "dynamic_active_secrets": dynamic(xds_protos::type_url::SECRET, "secret"),
+    }));
+    let mut dump = json!({ "configs": configs });
+    redact(&mut dump, false);
+    dump
+}
+
+/// Envoy's redaction of sensitive fields: everything under a `private_key`
+/// (or `password`) is replaced, strings by `[redacted]` and bytes by its
+/// base64, so key material never leaves through the admin API.
+fn redact(v: &mut Value, sensitive: bool) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let inside = sensitive || k == "private_key" || k == "password";
+                if inside && k == "inline_bytes" && child.is_string() {
+                    *child = Value::String("W3JlZGFjdGVkXQ==".into());
+                } else {
+                    redact(child, inside);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| redact(c, sensitive)),
+        Value::String(s) if sensitive => *s = "[redacted]".into(),
+        _ => {}
+    }
 }

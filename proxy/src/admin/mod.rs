@@ -63,6 +63,10 @@ impl Admin {
             }
             ("/stats", _) => pages::stats(s, &query),
             ("/stats/prometheus", _) => pages::prometheus(s),
+            ("/reopen_logs", true) => {
+                crate::access_log::reopen_all();
+                text(StatusCode::OK, "OK\n")
+            }
             ("/config_dump", _) => json(config_dump::render(s)),
             ("/clusters", _) => pages::clusters(s, &query),
             ("/listeners", _) => pages::listeners(s, &query),
@@ -123,6 +127,7 @@ const HELP: &str = "admin commands are:
   /server_info: print server version/status information
   /stats: print server stats, ?filter=REGEX, ?format=json
   /stats/prometheus: print server stats in prometheus format
+  /reopen_logs (POST): reopen access log files, as after log rotation
 ";
 
 pub fn text(status: StatusCode, body_text: &str) -> Response<Body> {

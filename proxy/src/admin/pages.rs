@@ -29,7 +29,18 @@ fn server_stats(s: &Shared) -> impl Fn(&mut dyn Visitor) + '_ {
             "state",
             if s.live.load(Ordering::Relaxed) { 0 } else { 2 },
         );
+        v.gauge(&scope, "memory_allocated", resident_bytes());
+        crate::access_log::visit_stats(v);
     }
+}
+
+/// Resident memory from `/proc/self/statm`: trellis uses the system
+/// allocator, which keeps no allocated-bytes figure like Envoy's tcmalloc.
+fn resident_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .map_or(0, |pages| pages * 4096)
 }
 
 pub fn stats(s: &Shared, query: &str) -> Response<Body> {
@@ -40,16 +51,8 @@ pub fn stats(s: &Shared, query: &str) -> Response<Body> {
         },
         None => None,
     };
-    let out = stats::render_text(&s.store, &server_stats(s), filter.as_ref());
     if query_param(query, "format") == Some("json") {
-        let list: Vec<serde_json::Value> = out
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .map(|(name, value)| {
-                serde_json::json!({"name": name, "value": value.parse::<i64>().unwrap_or_default()})
-            })
-            .collect();
-        let body = serde_json::json!({ "stats": list }).to_string();
+        let body = stats::render_json(&s.store, &server_stats(s), filter.as_ref()).to_string();
         let mut r = Response::new(body::full(body));
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -57,6 +60,7 @@ pub fn stats(s: &Shared, query: &str) -> Response<Body> {
         );
         return r;
     }
+    let out = stats::render_text(&s.store, &server_stats(s), filter.as_ref());
     text(StatusCode::OK, &out)
 }
 
@@ -88,7 +92,11 @@ pub fn clusters(s: &Shared, query: &str) -> Response<Body> {
                         serde_json::json!({
                             "address": {"socket_address": {"address": e.addr.ip().to_string(), "port_value": e.addr.port()}},
                             "weight": e.weight,
-                            "health_status": {"eds_health_status": "HEALTHY"},
+                            "health_status": {
+                                "eds_health_status": "HEALTHY",
+                                "failed_active_health_check": e.health_flags() & crate::upstream::endpoint::FAILED_ACTIVE_HC != 0,
+                                "failed_outlier_check": e.health_flags() & crate::upstream::endpoint::FAILED_OUTLIER_CHECK != 0,
+                            },
                             "stats": [{"name": "rq_active", "value": e.active_requests().to_string(), "type": "GAUGE"}],
                         })
                     })
@@ -107,7 +115,7 @@ pub fn clusters(s: &Shared, query: &str) -> Response<Body> {
             let a = e.addr;
             let _ = writeln!(out, "{n}::{a}::rq_active::{}", e.active_requests());
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
-            let _ = writeln!(out, "{n}::{a}::health_flags::healthy");
+            let _ = writeln!(out, "{n}::{a}::health_flags::{}", e.health_flags_text());
         }
     }
     text(StatusCode::OK, &out)

@@ -39,9 +39,33 @@ pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
 
 /// Parses bootstrap text and rejects anything outside the subset trellis implements.
 pub fn parse(text: &str, format: Format) -> Result<Bootstrap, ConfigError> {
+    let message = read_message(text, format, &Bootstrap::full_name())?;
+    supported::check(&message)?;
+    message
+        .transcode_to::<Bootstrap>()
+        .map_err(|e| ConfigError::new("", format!("cannot convert to Bootstrap: {e}")))
+}
+
+/// Reads YAML or JSON text as any message of the pool, in proto3-JSON with
+/// Envoy's spellings: for files other than the bootstrap (SDS files) that
+/// hold xDS messages. The caller checks the contents.
+pub fn parse_message<M: prost::Message + Name + Default>(
+    text: &str,
+    format: Format,
+) -> Result<M, ConfigError> {
+    let name = M::full_name();
+    read_message(text, format, &name)?
+        .transcode_to::<M>()
+        .map_err(|e| ConfigError::new("", format!("cannot convert to {name}: {e}")))
+}
+
+fn read_message(
+    text: &str,
+    format: Format,
+    name: &str,
+) -> Result<prost_reflect::DynamicMessage, ConfigError> {
     let pool = xds_protos::descriptor_pool();
-    let name = Bootstrap::full_name();
-    let desc = pool.get_message_by_name(&name).ok_or_else(|| {
+    let desc = pool.get_message_by_name(name).ok_or_else(|| {
         ConfigError::new(
             "",
             format!("message {name} missing from the descriptor pool"),
@@ -49,9 +73,5 @@ pub fn parse(text: &str, format: Format) -> Result<Bootstrap, ConfigError> {
     })?;
     let mut tree = tree::read(text, format)?;
     dialect::apply(&mut tree, &desc)?;
-    let message = decode::message(tree, desc)?;
-    supported::check(&message)?;
-    message
-        .transcode_to::<Bootstrap>()
-        .map_err(|e| ConfigError::new("", format!("cannot convert to Bootstrap: {e}")))
+    decode::message(tree, desc)
 }

@@ -29,6 +29,12 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     pub dns_refresh_rate: Duration,
     pub dns_family: DnsFamily,
+    /// The cluster's `UpstreamTlsContext`, if its connections use TLS.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    pub breakers: super::resilience::Breakers,
+    pub outlier: Option<super::resilience::Outlier>,
+    pub health_check: Option<super::resilience::HealthCheckConfig>,
+    pub lb: super::resilience::LbOptions,
     pub proto: Cluster,
     pub fingerprint: Vec<u8>,
 }
@@ -58,6 +64,8 @@ pub enum LbPolicy {
     RoundRobin,
     LeastRequest,
     Random,
+    RingHash,
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +169,8 @@ impl ClusterConfig {
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(cluster::LbPolicy::RingHash) => LbPolicy::RingHash,
+            Ok(cluster::LbPolicy::Maglev) => LbPolicy::Maglev,
             Ok(other) => {
                 return Err(ConfigError::new(
                     "lb_policy",
@@ -203,6 +213,12 @@ impl ClusterConfig {
             protocol: protocol(proto)?,
             dns_refresh_rate,
             dns_family,
+            tls: crate::tls::upstream_transport_socket(proto.transport_socket.as_ref())
+                .map_err(|e| e.at("transport_socket"))?,
+            breakers: super::resilience::breakers(proto)?,
+            outlier: super::resilience::outlier(proto)?,
+            health_check: super::resilience::health_checks(proto)?,
+            lb: super::resilience::lb_options(proto)?,
             proto: proto.clone(),
             fingerprint: proto.encode_to_vec(),
         })

@@ -50,6 +50,10 @@ pub struct HcmConfig {
     pub normalize_path: bool,
     /// `internal_address_config.cidr_ranges`: the clients trusted as internal.
     pub internal_ranges: Vec<super::address::Cidr>,
+    /// `access_log`: written when each request's response has been sent.
+    pub access_logs: Arc<crate::access_log::AccessLogs>,
+    /// The HTTP filters before the router, in chain order.
+    pub filters: Vec<crate::filters::HttpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +129,7 @@ impl HcmConfig {
                 ))
             }
         };
-        http_filters(h)?;
+        let filters = http_filters(h)?;
         let mut websocket = false;
         let mut connect = false;
         for (i, u) in h.upgrade_configs.iter().enumerate() {
@@ -179,7 +183,12 @@ impl HcmConfig {
             http::HeaderValue::from_str(v)
                 .map_err(|_| ConfigError::new(path, "not a valid header value"))
         };
+        let access_logs = Arc::new(crate::access_log::AccessLogs::compile(
+            &h.access_log,
+            "access_log",
+        )?);
         Ok(HcmConfig {
+            access_logs,
             stat_prefix: Arc::from(h.stat_prefix.as_str()),
             codec,
             routes,
@@ -248,12 +257,15 @@ impl HcmConfig {
                     .collect::<Result<_, _>>()?,
                 None => Vec::new(),
             },
+            filters,
         })
     }
 }
 
-/// Only the router filter is implemented so far, and Envoy requires it last.
-fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
+/// The router, last as Envoy requires, after any fault and local rate limit
+/// filters.
+fn http_filters(h: &HttpConnectionManager) -> Result<Vec<crate::filters::HttpFilter>, ConfigError> {
+    let mut out = Vec::new();
     if h.http_filters.is_empty() {
         return Err(ConfigError::new(
             "http_filters",
@@ -279,6 +291,24 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
                 ))
             }
         };
+        if let (true, Some(http_filter::ConfigType::TypedConfig(any))) =
+            (type_url != ROUTER_FILTER, &f.config_type)
+        {
+            match crate::filters::HttpFilter::compile(&f.name, any) {
+                Some(Ok(filter)) if i != last => {
+                    out.push(filter);
+                    continue;
+                }
+                Some(Ok(_)) => {
+                    return Err(ConfigError::new(
+                        path,
+                        "the router filter must be the last HTTP filter",
+                    ))
+                }
+                Some(Err(e)) => return Err(e.at(format!("{path}.typed_config"))),
+                None => {}
+            }
+        }
         if type_url != ROUTER_FILTER {
             return Err(ConfigError::new(
                 format!("{path}.typed_config"),
@@ -292,5 +322,5 @@ fn http_filters(h: &HttpConnectionManager) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    Ok(out)
 }

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
-use xds_protos::envoy::config::listener::v3::{filter, FilterChain, FilterChainMatch, Listener};
+use xds_protos::envoy::config::listener::v3::{
+    filter, listener_filter, FilterChain, FilterChainMatch, Listener,
+};
 use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use xds_protos::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use xds_protos::type_url;
@@ -13,7 +16,13 @@ use super::address::bind_address;
 use super::hcm::HcmConfig;
 use super::listener_filters::ListenerFilters;
 use super::tcp_proxy::TcpProxyConfig;
-use super::ConfigError;
+use super::{duration, ConfigError};
+use crate::tls::ServerTls;
+
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct ListenerConfig {
@@ -23,6 +32,8 @@ pub struct ListenerConfig {
     pub default_chain: Option<ChainConfig>,
     /// Listener filters (original_dst, http_inspector); see `listener_filters`.
     pub filters: ListenerFilters,
+    /// Set when the listener runs `envoy.filters.listener.tls_inspector`.
+    pub tls_inspector: Option<InspectorConfig>,
     pub proto: Listener,
     pub fingerprint: Vec<u8>,
 }
@@ -31,6 +42,18 @@ pub struct ListenerConfig {
 pub struct ChainConfig {
     pub matcher: ChainMatch,
     pub terminal: Terminal,
+    /// The chain's `DownstreamTlsContext`: TLS is terminated before the terminal filter.
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+/// How long the TLS inspector waits for a ClientHello, and what happens then.
+#[derive(Debug, Clone, Copy)]
+pub struct InspectorConfig {
+    /// `None`: `listener_filters_timeout: 0s`, wait as long as the peer.
+    pub timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: on timeout, carry on as
+    /// `raw_buffer` instead of closing.
+    pub continue_on_timeout: bool,
 }
 
 /// What a connection that picked this chain is handed to.
@@ -157,6 +180,7 @@ impl ListenerConfig {
         }
         let address = bind_address(l.address.as_ref(), "address")?;
         let filters = ListenerFilters::compile(l)?;
+        let tls_inspector = compile_listener_filters(l)?;
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err(ConfigError::new(
                 "filter_chains",
@@ -179,6 +203,7 @@ impl ListenerConfig {
             filter_chains,
             default_chain,
             filters,
+            tls_inspector,
             proto: l.clone(),
             fingerprint: l.encode_to_vec(),
         })
@@ -195,15 +220,59 @@ impl ListenerConfig {
     }
 }
 
+/// Only `tls_inspector` is implemented; it is what SNI, ALPN and
+/// transport protocol matching need.
+fn compile_listener_filters(l: &Listener) -> Result<Option<InspectorConfig>, ConfigError> {
+    let mut inspector = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let path = format!("listener_filters[{i}]");
+        let url = match &f.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{path}.typed_config"),
+                    "typed_config is required",
+                ))
+            }
+        };
+        // original_dst and http_inspector: see `listener_filters`.
+        if url == super::listener_filters::ORIGINAL_DST
+            || url == super::listener_filters::HTTP_INSPECTOR
+        {
+            continue;
+        }
+        if url != TLS_INSPECTOR {
+            return Err(ConfigError::new(
+                format!("{path}.typed_config"),
+                format!("listener filter {url} is not supported by trellis yet"),
+            ));
+        }
+        if f.filter_disabled.is_some() {
+            return Err(ConfigError::new(
+                format!("{path}.filter_disabled"),
+                "not supported by trellis",
+            ));
+        }
+        inspector = true;
+    }
+    if !inspector {
+        return Ok(None);
+    }
+    Ok(Some(InspectorConfig {
+        timeout: duration::timeout(
+            l.listener_filters_timeout.as_ref(),
+            Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            "listener_filters_timeout",
+        )?,
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+    }))
+}
+
 fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
     let matcher = ChainMatch::compile(fc.filter_chain_match.as_ref())
         .map_err(|e| e.at("filter_chain_match"))?;
-    if fc.transport_socket.is_some() {
-        return Err(ConfigError::new(
-            "transport_socket",
-            "TLS on listeners is not supported by trellis yet",
-        ));
-    }
+    let tls = crate::tls::downstream_transport_socket(fc.transport_socket.as_ref())
+        .map_err(|e| e.at("transport_socket"))?;
     let Some((last, rest)) = fc.filters.split_last() else {
         return Err(ConfigError::new(
             "filters",
@@ -242,5 +311,9 @@ fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
             ))
         }
     };
-    Ok(ChainConfig { matcher, terminal })
+    Ok(ChainConfig {
+        matcher,
+        terminal,
+        tls,
+    })
 }

@@ -5,10 +5,13 @@ use xds_protos::envoy::config::listener::v3::{listener_filter, Listener};
 
 use super::ConfigError;
 
-const ORIGINAL_DST: &str =
+pub(super) const ORIGINAL_DST: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
-const HTTP_INSPECTOR: &str =
+pub(super) const HTTP_INSPECTOR: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+/// Compiled by `listener::compile_listener_filters` with the TLS engine.
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 
 /// What runs on a connection before its filter chain is chosen.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,7 @@ impl ListenerFilters {
                 _ => match f.name.as_str() {
                     "envoy.filters.listener.original_dst" => ORIGINAL_DST,
                     "envoy.filters.listener.http_inspector" => HTTP_INSPECTOR,
+                    "envoy.filters.listener.tls_inspector" => TLS_INSPECTOR,
                     other => other,
                 },
             };
@@ -50,6 +54,7 @@ impl ListenerFilters {
             match url {
                 ORIGINAL_DST => out.original_dst = true,
                 HTTP_INSPECTOR => out.http_inspector = true,
+                TLS_INSPECTOR => {}
                 other => {
                     return Err(ConfigError::new(
                         path,

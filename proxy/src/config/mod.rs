@@ -8,6 +8,7 @@ mod error;
 pub mod hcm;
 pub mod listener;
 pub mod listener_filters;
+pub mod resilience;
 pub mod supported;
 pub mod tcp_proxy;
 

@@ -124,6 +124,10 @@ pub static SUPPORTED: &[Entry] = &[
     },
     // xDS sources
     Entry {
+        message: "envoy.config.core.v3.PathConfigSource",
+        fields: &[("path", Walk), ("poll_interval", Walk)],
+    },
+    Entry {
         message: "envoy.config.core.v3.ApiConfigSource",
         fields: &[
             ("api_type", Values(&["GRPC", "DELTA_GRPC"])),
@@ -135,6 +139,7 @@ pub static SUPPORTED: &[Entry] = &[
         message: "envoy.config.core.v3.ConfigSource",
         fields: &[
             ("ads", Walk),
+            ("path_config_source", Walk),
             ("resource_api_version", API_VERSIONS),
             ("initial_fetch_timeout", Walk),
         ],
@@ -178,6 +183,8 @@ pub static SUPPORTED: &[Entry] = &[
             ("filter_chains", Walk),
             ("default_filter_chain", Walk),
             ("listener_filters", Walk),
+            ("listener_filters_timeout", Walk),
+            ("continue_on_listener_filters_timeout", Walk),
             ("use_original_dst", Walk),
             ("per_connection_buffer_limit_bytes", Walk),
             ("access_log", Walk),
@@ -504,7 +511,11 @@ pub static SUPPORTED: &[Entry] = &[
     },
     Entry {
         message: "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
-        fields: &[("choice_count", Walk)],
+        fields: &[("choice_count", Walk), ("active_request_bias", Walk)],
+    },
+    Entry {
+        message: "envoy.config.core.v3.RuntimeDouble",
+        fields: &[("default_value", Walk)],
     },
     Entry {
         message: "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
@@ -530,7 +541,12 @@ pub static SUPPORTED: &[Entry] = &[
             ("max_pending_requests", Walk),
             ("max_requests", Walk),
             ("max_retries", Walk),
+            ("retry_budget", Walk),
         ],
+    },
+    Entry {
+        message: "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+        fields: &[("budget_percent", Walk), ("min_retry_concurrency", Walk)],
     },
     Entry {
         message: "envoy.config.cluster.v3.OutlierDetection",

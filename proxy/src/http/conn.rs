@@ -8,7 +8,7 @@ use http::{header, HeaderValue, Method, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::h1_guard::H1Guard;
 use super::Hcm;
@@ -26,17 +26,23 @@ pub struct ConnInfo {
     /// Set while the connection drains: HTTP/1.1 answers close it.
     pub closing: Arc<std::sync::atomic::AtomicBool>,
     pub scheme: &'static str,
+    /// Set when the connection arrived over TLS: the verified peer identity
+    /// (URI SAN), SNI and ALPN.
+    pub tls: Option<Arc<crate::tls::PeerInfo>>,
 }
 
 impl Hcm {
-    pub async fn serve(
+    pub async fn serve<S>(
         self: Arc<Self>,
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         local: SocketAddr,
         original_dst: Option<SocketAddr>,
         mut drain: Watch,
-    ) {
+        tls: Option<Arc<crate::tls::PeerInfo>>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
@@ -46,7 +52,8 @@ impl Hcm {
             local,
             original_dst,
             closing: closing.clone(),
-            scheme: "http",
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
         });
         let activity = Activity::default();
         let h1 = cfg.codec != Codec::Http2;
@@ -82,6 +89,11 @@ impl Hcm {
             let hcm = hcm.clone();
             let info = info.clone();
             async move {
+                let mut req = req;
+                // Per request, for filters and logs that read the peer identity.
+                if let Some(tls) = &info.tls {
+                    req.extensions_mut().insert(tls.clone());
+                }
                 // The guard stops reading HTTP/1 framing after a request that
                 // may switch protocols; if it does not switch, no further
                 // request may be read on this connection.

@@ -29,6 +29,8 @@ flags! {
     DOWNSTREAM_PROTOCOL_ERROR = 11, "DPE";
     UPSTREAM_PROTOCOL_ERROR = 12, "UPE";
     DURATION_TIMEOUT = 13, "DT";
+    FAULT_INJECTED = 14, "FI";
+    RATE_LIMITED = 15, "RL";
 }
 
 impl ResponseFlags {

@@ -16,7 +16,7 @@ use super::local_reply::{self, reply};
 use super::retry::RetryRules;
 use crate::body::{self, Body};
 use crate::router::RetryPolicy;
-use crate::upstream::{Cluster, Endpoint, OriginalDestination};
+use crate::upstream::{Cluster, ConnectError, Endpoint, OriginalDestination, TryResult};
 
 /// Bodies up to this size are kept so a retry can replay them; larger ones
 /// stream and are not retried once sent, as with Envoy's buffer limit.
@@ -26,6 +26,8 @@ pub struct Outcome {
     pub response: Response<Body>,
     pub flags: ResponseFlags,
     pub upstream: Option<Arc<Endpoint>>,
+    /// Tries made, for `x-envoy-attempt-count` on the response.
+    pub attempts: u32,
 }
 
 /// The request body: replayable bytes, or a stream that can be sent once.
@@ -87,6 +89,8 @@ enum TryError {
     Connect,
     Reset,
     PerTryTimeout,
+    /// A circuit breaker (connections plus pending requests) refused the try.
+    Overflow,
 }
 
 /// How one request is to be tried upstream.
@@ -100,6 +104,10 @@ pub struct Attempt<'a> {
     pub peek_body: bool,
     /// The stream's maximum duration (`max_stream_duration`, `grpc-timeout`).
     pub max_duration: Option<Duration>,
+    /// The route's hash-policy value, for RING_HASH and MAGLEV clusters.
+    pub hash: Option<u64>,
+    /// `include_request_attempt_count`: tell the upstream which try this is.
+    pub request_attempt_count: bool,
 }
 
 pub async fn forward(
@@ -115,6 +123,8 @@ pub async fn forward(
         auto_host,
         peek_body,
         max_duration,
+        hash,
+        request_attempt_count,
     } = a;
     let stats = &cluster.stats;
     let retries = retry.is_some_and(|r| r.num_retries > 0);
@@ -132,9 +142,17 @@ pub async fn forward(
                 response,
                 flags,
                 upstream: None,
+                attempts: 0,
             };
         }
     };
+    // `max_requests`: held for as long as the request is upstream.
+    let Some(_request_slot) = cluster.breaker.request() else {
+        stats.upstream_rq_pending_overflow.inc();
+        return overflow(grpc, 0);
+    };
+    // The retry being made holds a `max_retries` (or budget) slot.
+    let mut held_retry = None;
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
     let now = Instant::now();
     let duration_deadline = max_duration.map(|d| now + d);
@@ -151,7 +169,7 @@ pub async fn forward(
 
     loop {
         attempt += 1;
-        let Some(endpoint) = pick(cluster, destination, last_failed.as_ref()) else {
+        let Some(endpoint) = pick(cluster, destination, last_failed.as_ref(), hash) else {
             flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
             return Outcome {
                 response: reply(
@@ -161,6 +179,7 @@ pub async fn forward(
                 ),
                 flags,
                 upstream: None,
+                attempts: attempt,
             };
         };
         stats.upstream_rq_total.inc();
@@ -178,12 +197,30 @@ pub async fn forward(
         } else {
             parts.as_ref().map(clone_parts)
         };
-        let result =
-            attempt_once(cluster, &endpoint, proto, head, &mut body, limit, auto_host).await;
+        let count = request_attempt_count.then_some(attempt);
+        let result = attempt_once(
+            cluster, &endpoint, proto, head, &mut body, limit, auto_host, count,
+        )
+        .await;
         stats.upstream_rq_active.dec();
+        // The retry is over: its slot is free for the next one.
+        drop(held_retry.take());
+        match &result {
+            Ok(r) => cluster.report(&endpoint, TryResult::Status(r.status().as_u16())),
+            Err(TryError::Overflow) => {}
+            Err(_) => cluster.report(&endpoint, TryResult::LocalFailure),
+        }
 
         let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
         let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
+        // A retry needs a slot under the cluster's retry breaker.
+        let retry_slot = || {
+            let slot = cluster.breaker.retry();
+            if slot.is_none() {
+                cluster.rstats.upstream_rq_retry_overflow.inc();
+            }
+            slot
+        };
         match result {
             Ok(resp) => {
                 let status = resp.status();
@@ -191,7 +228,13 @@ pub async fn forward(
                 stats.upstream_rq.record(status.as_u16());
                 let again =
                     retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
-                if again && retries_left {
+                let slot = if again && retries_left {
+                    retry_slot()
+                } else {
+                    None
+                };
+                if slot.is_some() {
+                    held_retry = slot;
                     last_failed = Some(endpoint);
                     backoff(retry, attempt, deadline).await;
                     stats.upstream_rq_retry.inc();
@@ -207,6 +250,7 @@ pub async fn forward(
                     response: resp,
                     flags,
                     upstream: Some(endpoint),
+                    attempts: attempt,
                 };
             }
             Err(e) => {
@@ -231,6 +275,7 @@ pub async fn forward(
                             response: local_reply::duration_timeout(grpc),
                             flags,
                             upstream: Some(endpoint),
+                            attempts: attempt,
                         };
                     }
                     TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
@@ -242,6 +287,7 @@ pub async fn forward(
                             false,
                         )
                     }
+                    TryError::Overflow => return overflow(grpc, attempt),
                     TryError::PerTryTimeout => {
                         stats.upstream_rq_per_try_timeout.inc();
                         (
@@ -252,7 +298,13 @@ pub async fn forward(
                         )
                     }
                 };
-                if retriable && retries_left {
+                let slot = if retriable && retries_left {
+                    retry_slot()
+                } else {
+                    None
+                };
+                if slot.is_some() {
+                    held_retry = slot;
                     last_failed = Some(endpoint);
                     backoff(retry, attempt, deadline).await;
                     stats.upstream_rq_retry.inc();
@@ -269,23 +321,47 @@ pub async fn forward(
                     response: reply(status, text, grpc),
                     flags,
                     upstream: Some(endpoint),
+                    attempts: attempt,
                 };
             }
         }
     }
 }
 
-/// A retry prefers an endpoint other than the one that just failed.
+/// A circuit breaker refused the request: 503 with `UO`, as Envoy answers.
+fn overflow(grpc: bool, attempts: u32) -> Outcome {
+    let mut flags = ResponseFlags::default();
+    flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+    let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, local_reply::OVERFLOW, grpc);
+    response.headers_mut().insert(
+        http::HeaderName::from_static("x-envoy-overloaded"),
+        http::HeaderValue::from_static("true"),
+    );
+    Outcome {
+        response,
+        flags,
+        upstream: None,
+        attempts,
+    }
+}
+
+/// A retry prefers an endpoint other than the one that just failed (with a
+/// hash policy too: Envoy's retry host predicate steps off the key's host).
 fn pick(
     cluster: &Cluster,
     destination: Option<OriginalDestination>,
     avoid: Option<&Arc<Endpoint>>,
+    hash: Option<u64>,
 ) -> Option<Arc<Endpoint>> {
-    let first = cluster.pick_for(destination, rand::random())?;
+    if cluster.is_original_dst() {
+        // One host per destination: nothing to balance or step off.
+        return cluster.pick_for(destination, 0);
+    }
+    let first = cluster.pick_hashed(rand::random(), hash)?;
     match avoid {
         Some(bad) if Arc::ptr_eq(bad, &first) => {
             for _ in 0..3 {
-                if let Some(other) = cluster.pick_for(destination, rand::random()) {
+                if let Some(other) = cluster.pick(rand::random()) {
                     if !Arc::ptr_eq(bad, &other) {
                         return Some(other);
                     }
@@ -297,6 +373,7 @@ fn pick(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
@@ -305,12 +382,16 @@ async fn attempt_once(
     body: &mut ReqBody,
     limit: Option<Duration>,
     auto_host: bool,
+    attempt_count: Option<u32>,
 ) -> Result<Response<Body>, TryError> {
     let work = async {
         let conn = endpoint
             .checkout(proto, &cluster.connect_params())
             .await
-            .map_err(|_| TryError::Connect)?;
+            .map_err(|e| match e {
+                ConnectError::Overflow => TryError::Overflow,
+                _ => TryError::Connect,
+            })?;
         let Some(b) = body.take() else {
             return Err(TryError::Reset);
         };
@@ -318,6 +399,10 @@ async fn attempt_once(
             return Err(TryError::Reset);
         };
         let mut req = Request::from_parts(head, b);
+        if let Some(n) = attempt_count {
+            req.headers_mut()
+                .insert(super::headers::X_ENVOY_ATTEMPT_COUNT.clone(), n.into());
+        }
         if auto_host {
             if let Some(name) = &endpoint.hostname {
                 rewrite_host(&mut req, name);

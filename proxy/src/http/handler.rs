@@ -18,8 +18,10 @@ use super::headers::{
 use super::local_reply::{self, reply};
 use super::normalize;
 use super::Hcm;
+use crate::access_log::{self, Finish, Record, RequestTally, SavedRequest};
 use crate::body::{self, Body};
 use crate::config::hcm::{RouteSource, ServerHeader};
+use crate::format::{Context, RequestHead, StreamInfo};
 use crate::router::{
     Action, ClusterSpecifier, ClusterWeight, Forward, HostRewrite, Matched, WeightedTarget,
 };
@@ -38,6 +40,12 @@ impl Hcm {
         }
         stats.downstream_rq_active.inc();
         let version = req.version();
+        let mut record = Record {
+            info: StreamInfo::new(info.peer, Some(info.local)),
+            saved: None,
+        };
+        record.info.protocol = Some(req.version());
+        record.info.downstream_peer_uri_san = info.tls.as_ref().and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
@@ -50,7 +58,33 @@ impl Hcm {
         }
         let grpc = is_grpc(&parts.headers);
         let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-        let (mut resp, _flags) = self.route(info, parts, body::incoming(body), grpc).await;
+        // Telemetry hook: access logs read the request after it has gone.
+        let logging = !self.config.access_logs.is_empty();
+        if logging {
+            record.saved = Some(SavedRequest::new(&parts, info.scheme));
+        }
+        let tally = logging.then(Arc::<RequestTally>::default);
+        let body = match &tally {
+            Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
+            None => body::incoming(body),
+        };
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = match self.config.request_timeout {
+            Some(t) if !body.is_end_stream() => {
+                let deadline = tokio::time::Instant::from_std(record.info.started) + t;
+                body::with_deadline(body, deadline, timed_out.clone())
+            }
+            _ => body,
+        };
+        let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            // The client was too slow sending its request: Envoy's 408.
+            resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            flags = ResponseFlags::default();
+            self.stats.downstream_rq_timeout.inc();
+        }
         self.finish_response(&mut resp, request_id);
         if info.closing.load(std::sync::atomic::Ordering::Relaxed)
             && version != http::Version::HTTP_2
@@ -60,12 +94,23 @@ impl Hcm {
         }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
-        resp
+        record.info.flags.set(flags);
+        record.info.response_code = Some(resp.status().as_u16());
+        access_log::finish_response(
+            resp,
+            Finish {
+                record,
+                tally,
+                logs: self.config.access_logs.clone(),
+                rq_time: stats.downstream_rq_time.clone(),
+            },
+        )
     }
 
     async fn route(
         &self,
         info: &ConnInfo,
+        record: &mut Record,
         mut parts: http::request::Parts,
         body: Body,
         grpc: bool,
@@ -96,6 +141,21 @@ impl Hcm {
         let Some(matched) = table.find(&host, &parts) else {
             return self.no_route(grpc);
         };
+        if !matched.route.name.is_empty() {
+            record.info.route_name = Some(Arc::from(matched.route.name.as_str()));
+        }
+        // The HTTP filters before the router: fault injection, rate limits.
+        if !self.config.filters.is_empty() {
+            let req = crate::filters::Request {
+                parts: &parts,
+                host: &host,
+                matched: &matched,
+            };
+            let stats = &self.filter_stats;
+            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+                return reply;
+            }
+        }
         match &matched.route.action {
             Action::DirectResponse(d) => {
                 self.stats.rq_direct_response.inc();
@@ -115,7 +175,7 @@ impl Hcm {
                 if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.apply_response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut(), &record.ctx());
                 (resp, ResponseFlags::default())
             }
             Action::Redirect(r) => {
@@ -132,7 +192,7 @@ impl Hcm {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                matched.apply_response_headers(resp.headers_mut());
+                matched.apply_response_headers(resp.headers_mut(), &record.ctx());
                 (resp, ResponseFlags::default())
             }
             Action::Forward(f) => {
@@ -145,7 +205,7 @@ impl Hcm {
                     );
                 }
                 self.forward(
-                    info, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
+                    info, record, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
                 )
                 .await
             }
@@ -163,6 +223,7 @@ impl Hcm {
     async fn forward(
         &self,
         info: &ConnInfo,
+        record: &mut Record,
         snapshot: &Snapshot,
         matched: &Matched<'_>,
         f: &Forward,
@@ -175,9 +236,10 @@ impl Hcm {
         let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
         let Some(cluster) = cluster.as_ref() else {
             let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
-            matched.apply_response_headers(resp.headers_mut());
+            matched.apply_response_headers(resp.headers_mut(), &record.ctx());
             return (resp, flags);
         };
+        record.info.upstream_cluster = Some(cluster.name().clone());
         // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
         if cluster.is_original_dst() {
             if let Some(d) = super::explicit::destination(info, parts).await {
@@ -238,10 +300,24 @@ impl Hcm {
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST.clone(), v);
             }
         }
-        if let Some(w) = weighted {
-            w.headers.request.apply(&mut parts.headers);
+        {
+            let no_headers = http::HeaderMap::new();
+            let ctx = Context {
+                request: Some(RequestHead {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    scheme: info.scheme,
+                    headers: &no_headers,
+                }),
+                ..Context::new(&record.info)
+            };
+            if let Some(w) = weighted {
+                w.headers
+                    .request
+                    .apply(&mut parts.headers, &ctx, crate::router::Phase::Request);
+            }
+            matched.apply_request_headers(&mut parts.headers, &ctx);
         }
-        matched.apply_request_headers(&mut parts.headers);
 
         let timeout = route_timeout(f, &parts.headers, internal);
         let max_duration = stream_duration(f, &parts.headers, grpc);
@@ -293,17 +369,28 @@ impl Hcm {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
+        // Access logs and response header values read the request as sent.
+        if record.saved.is_some() || matched.response_reads_request() {
+            record.saved = Some(SavedRequest::new(parts, info.scheme));
+        }
         let started = Instant::now();
         let retry = if upgrade {
             None
         } else {
             f.retry_policy.as_ref()
         };
+        // RING_HASH / MAGLEV key from the route's hash policy.
+        let hash = if f.hash_policy.is_empty() {
+            None
+        } else {
+            f.hash_policy
+                .hash(&parts.headers, parts.uri.query(), info.peer.ip())
+        };
         let Outcome {
             mut response,
             flags,
             upstream,
-            ..
+            attempts,
         } = forward(
             cluster,
             std::mem::replace(parts, Request::new(()).into_parts().0),
@@ -315,9 +402,21 @@ impl Hcm {
                 auto_host,
                 peek_body,
                 max_duration,
+                hash,
+                request_attempt_count: matched.virtual_host.request_attempt_count,
             },
         )
         .await;
+        record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
+        if upstream.is_some() {
+            cluster.stats.upstream_rq_time.record(started.elapsed());
+            record.info.first_upstream_byte = Some(record.info.started.elapsed());
+        }
+        if matched.virtual_host.response_attempt_count && attempts > 0 {
+            response
+                .headers_mut()
+                .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
+        }
         if upstream.is_some() && flags.is_empty() {
             let ms = started.elapsed().as_millis().to_string();
             if let Ok(v) = HeaderValue::from_str(&ms) {
@@ -334,10 +433,13 @@ impl Hcm {
         } else {
             headers::strip_hop_by_hop(response.headers_mut(), false);
         }
+        let ctx = record.ctx();
         if let Some(w) = weighted {
-            w.headers.response.apply(response.headers_mut());
+            w.headers
+                .response
+                .apply(response.headers_mut(), &ctx, crate::router::Phase::Response);
         }
-        matched.apply_response_headers(response.headers_mut());
+        matched.apply_response_headers(response.headers_mut(), &ctx);
         // A route's idle_timeout overrides the connection manager's; zero disables.
         let idle = match f.idle_timeout {
             Some(d) if d.is_zero() => None,

@@ -26,14 +26,24 @@ pub struct Hcm {
     pub config: Arc<HcmConfig>,
     pub stats: Arc<HttpStats>,
     pub shared: Arc<Shared>,
+    /// Fault and local rate limit stats, registered only when the chain
+    /// has such filters.
+    pub filter_stats: Arc<crate::filters::FilterStats>,
 }
 
 impl Hcm {
     pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>) -> Hcm {
+        let filter_stats = Arc::new(crate::filters::FilterStats::new(config.stat_prefix.clone()));
+        if !config.filters.is_empty() {
+            shared.store.register(
+                Arc::downgrade(&filter_stats) as std::sync::Weak<dyn crate::stats::StatSource>
+            );
+        }
         Hcm {
             stats: shared.http_stats(&config.stat_prefix),
             config,
             shared,
+            filter_stats,
         }
     }
 }

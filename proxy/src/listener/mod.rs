@@ -18,6 +18,7 @@ use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
+use crate::tls::ServerTls;
 
 pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;
@@ -63,17 +64,19 @@ impl ActiveListener {
         }
     }
 
-    fn select(&self, facts: &ConnectionFacts<'_>) -> Option<Chain> {
+    /// The chain for these facts, with its TLS context if it terminates TLS.
+    fn select(&self, facts: &ConnectionFacts<'_>) -> Option<(Chain, Option<Arc<ServerTls>>)> {
         let chosen = self.config.select(facts)?;
+        let tls = chosen.tls.clone();
         if let Some(i) = self
             .config
             .filter_chains
             .iter()
             .position(|c| std::ptr::eq(c, chosen))
         {
-            return self.chains.get(i).cloned();
+            return self.chains.get(i).cloned().map(|c| (c, tls));
         }
-        self.default_chain.clone()
+        self.default_chain.clone().map(|c| (c, tls))
     }
 }
 
@@ -120,31 +123,61 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     listener.stats.downstream_cx_total.inc();
     let drain = listener.drain.watch();
     tokio::spawn(async move {
-        // Listener filters (original_dst, http_inspector) run before chain choice.
+        // Listener filters: original_dst, then tls_inspector, then http_inspector
+        // (only for plaintext) run before chain choice.
         let filters = listener.config.filters;
         let original = filters
             .original_dst
             .then(|| original_dst::original_destination(&stream, local))
             .flatten();
-        let protocols = if filters.http_inspector {
-            inspect::application_protocols(&stream).await
-        } else {
-            &[]
+        let hello = match listener.config.tls_inspector {
+            Some(cfg) => match crate::tls::inspect(&stream, cfg.timeout).await {
+                crate::tls::Inspection::Tls(h) => Some(h),
+                crate::tls::Inspection::Plaintext => None,
+                crate::tls::Inspection::Closed => return,
+                crate::tls::Inspection::TimedOut if cfg.continue_on_timeout => None,
+                crate::tls::Inspection::TimedOut => {
+                    tracing::debug!(%peer, "closing: no ClientHello within listener_filters_timeout");
+                    return;
+                }
+            },
+            None => None,
         };
+        let mut alpn: Vec<&str> = hello
+            .iter()
+            .flat_map(|h| h.alpn.iter().map(String::as_str))
+            .collect();
+        if filters.http_inspector && hello.is_none() {
+            alpn.extend(inspect::application_protocols(&stream).await);
+        }
         let facts = ConnectionFacts {
             destination_port: original.unwrap_or(local).port(),
-            server_name: None,
-            transport_protocol: "raw_buffer",
-            application_protocols: protocols,
+            server_name: hello.as_ref().and_then(|h| h.server_name.as_deref()),
+            transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
+            application_protocols: &alpn,
         };
-        let Some(chain) = listener.select(&facts) else {
+        let Some((chain, tls)) = listener.select(&facts) else {
             listener.stats.no_filter_chain_match.inc();
             return;
         };
         listener.stats.downstream_cx_active.inc();
-        match chain {
-            Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain).await,
-            Chain::Tcp(tcp) => tcp.serve(stream, original, drain).await,
+        match tls {
+            Some(tls) => {
+                if let Some((stream, info)) = tls.accept(stream).await {
+                    let info = Arc::new(info);
+                    match chain {
+                        Chain::Http(hcm) => {
+                            hcm.serve(stream, peer, local, original, drain, Some(info))
+                                .await
+                        }
+                        Chain::Tcp(tcp) => tcp.serve(stream, original, drain).await,
+                    }
+                }
+            }
+            None => match chain {
+                Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
+                Chain::Tcp(tcp) => tcp.serve(stream, original, drain).await,
+            },
         }
         listener.stats.downstream_cx_active.dec();
     });

@@ -10,6 +10,7 @@ use crate::drain::Watch;
 use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
 use crate::stats::TcpStats;
+use crate::tls::{AlpnFor, ClientStream};
 use crate::upstream::OriginalDestination;
 
 pub struct TcpProxy {
@@ -28,12 +29,10 @@ impl TcpProxy {
     }
 
     /// `original` is the redirected-from destination, for `ORIGINAL_DST` clusters.
-    pub async fn serve(
-        &self,
-        mut downstream: TcpStream,
-        original: Option<SocketAddr>,
-        _drain: Watch,
-    ) {
+    pub async fn serve<S>(&self, mut downstream: S, original: Option<SocketAddr>, _drain: Watch)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
         let name = self.config.pick_cluster(rand::random());
@@ -50,15 +49,31 @@ impl TcpProxy {
             let connect = TcpStream::connect(ep.addr);
             match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
                 Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    let stream = match &cluster.config.tls {
+                        None => ClientStream::Plain(s),
+                        // The cluster's UpstreamTlsContext, bounded like the connect.
+                        Some(tls) => {
+                            let handshake = tls.connect(s, ep.addr, AlpnFor::Tcp);
+                            match tokio::time::timeout(cluster.config.connect_timeout, handshake)
+                                .await
+                            {
+                                Ok(Ok(t)) => t,
+                                Ok(Err(_)) | Err(_) => {
+                                    cluster.stats.upstream_cx_connect_fail.inc();
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     cluster.stats.upstream_cx_total.inc();
-                    upstream = Some(s);
+                    upstream = Some(stream);
                     break;
                 }
                 Ok(Err(_)) | Err(_) => cluster.stats.upstream_cx_connect_fail.inc(),
             }
         }
         let Some(mut upstream) = upstream else { return };
-        let _ = upstream.set_nodelay(true);
         cluster.stats.upstream_cx_active.inc();
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());

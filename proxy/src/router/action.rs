@@ -16,6 +16,7 @@ use xds_protos::envoy::config::route::v3::{
 };
 
 use super::convert::{opt_duration, reject_if, unsupported};
+use super::hash::HashPolicies;
 use super::matcher::MatchedSpan;
 use super::redirect::Redirect;
 use super::retry::RetryPolicy;
@@ -173,6 +174,8 @@ pub struct Forward {
     /// (`ZERO` means uncapped); when unset `grpc-timeout` is ignored.
     pub grpc_timeout_header_max: Option<Duration>,
     pub grpc_timeout_header_offset: Option<Duration>,
+    /// Keys for RING_HASH and MAGLEV clusters.
+    pub hash_policy: HashPolicies,
 }
 
 impl Forward {
@@ -302,6 +305,7 @@ impl Forward {
                 "grpc_timeout_header_offset",
                 msd.and_then(|m| m.grpc_timeout_header_offset.as_ref()),
             )?,
+            hash_policy: HashPolicies::compile(&a.hash_policy)?,
         })
     }
 

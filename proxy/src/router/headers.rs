@@ -7,12 +7,32 @@ use xds_protos::envoy::config::core::v3::{
 };
 
 use crate::config::ConfigError;
+use crate::format::{Context, Format};
+
+/// A header value: fixed text, or a format string evaluated per request.
+#[derive(Debug)]
+enum AddValue {
+    Static(HeaderValue),
+    Dynamic {
+        format: Format,
+        /// `keep_empty_value`: an empty rendering is still added.
+        keep_empty: bool,
+    },
+}
 
 #[derive(Debug)]
 struct Add {
     name: HeaderName,
-    value: HeaderValue,
+    value: AddValue,
     append: HeaderAppendAction,
+}
+
+/// Which map a mutation edits, so `%REQ(...)%` and `%RESP(...)%` read the
+/// headers as they stand at that point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Request,
+    Response,
 }
 
 /// One level's mutation of one header map, applied as Envoy's
@@ -53,9 +73,32 @@ impl HeaderMutation {
         Ok(HeaderMutation { remove, add })
     }
 
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Whether any value reads the request's headers, so a response-phase
+    /// caller knows to keep a copy of them.
+    pub fn reads_request(&self) -> bool {
+        self.add.iter().any(|a| match &a.value {
+            AddValue::Dynamic { format, .. } => format.reads_request(),
+            AddValue::Static(_) => false,
+        })
+    }
+
+    /// `ctx` describes the request; `headers` is the map being edited, which
+    /// operators of its own `phase` read in place of the context's copy.
+    pub fn apply(&self, headers: &mut HeaderMap, ctx: &Context<'_>, phase: Phase) {
+        if self.remove.is_empty() && self.add.is_empty() {
+            return;
+        }
         for name in &self.remove {
             headers.remove(name);
+        }
+        let mut ctx = *ctx;
+        match phase {
+            Phase::Request => {
+                if let Some(r) = &mut ctx.request {
+                    r.headers = headers;
+                }
+            }
+            Phase::Response => ctx.response = Some(headers),
         }
         let decide = |a: &Add| match a.append {
             HeaderAppendAction::AppendIfExistsOrAdd => Some(false),
@@ -63,18 +106,35 @@ impl HeaderMutation {
             HeaderAppendAction::OverwriteIfExistsOrAdd => Some(true),
             HeaderAppendAction::OverwriteIfExists => headers.contains_key(&a.name).then_some(true),
         };
-        let decided: Vec<(&Add, bool)> = self
+        // Every value is rendered before the map changes, as Envoy does.
+        let decided: Vec<(&Add, HeaderValue, bool)> = self
             .add
             .iter()
-            .filter_map(|a| decide(a).map(|o| (a, o)))
+            .filter_map(|a| {
+                let overwrite = decide(a)?;
+                let value = match &a.value {
+                    AddValue::Static(v) => v.clone(),
+                    AddValue::Dynamic { format, keep_empty } => {
+                        let s = format.to_string(&ctx, true);
+                        if s.is_empty() && !keep_empty {
+                            return None;
+                        }
+                        HeaderValue::from_str(&s).ok()?
+                    }
+                };
+                Some((a, value, overwrite))
+            })
             .collect();
         // A map already at `http`'s size limit keeps what it has rather
         // than panicking on the request path.
-        for (a, _) in decided.iter().filter(|(_, overwrite)| *overwrite) {
-            let _ = headers.try_insert(a.name.clone(), a.value.clone());
+        let (overwrites, appends): (Vec<_>, Vec<_>) = decided
+            .into_iter()
+            .partition(|(_, _, overwrite)| *overwrite);
+        for (a, v, _) in overwrites {
+            let _ = headers.try_insert(a.name.clone(), v);
         }
-        for (a, _) in decided.iter().filter(|(_, overwrite)| !*overwrite) {
-            let _ = headers.try_append(a.name.clone(), a.value.clone());
+        for (a, v, _) in appends {
+            let _ = headers.try_append(a.name.clone(), v);
         }
     }
 }
@@ -110,7 +170,15 @@ fn compile_add(o: &HeaderValueOption) -> Result<Option<Add>, ConfigError> {
             ))
         }
     };
-    let literal = unescape_literal(raw).map_err(|e| e.at(field))?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ConfigError::new(field, "header values with operators must be UTF-8"));
+    let format = match &text {
+        Ok(t) => Format::parse(t).map_err(|e| e.at(field))?,
+        // Not UTF-8, so not a format string: bytes are sent as they are,
+        // which Envoy allows only without a `%`.
+        Err(e) if raw.contains(&b'%') => return Err(e.clone()),
+        Err(_) => Format::parse("").map_err(|e| e.at(field))?,
+    };
     let append = match (o.append, HeaderAppendAction::try_from(o.append_action)) {
         (Some(_), Ok(a)) if a != HeaderAppendAction::AppendIfExistsOrAdd => {
             return Err(ConfigError::new(
@@ -128,11 +196,21 @@ fn compile_add(o: &HeaderValueOption) -> Result<Option<Add>, ConfigError> {
             ))
         }
     };
-    if literal.is_empty() && !o.keep_empty_value {
-        return Ok(None);
-    }
-    let value = HeaderValue::from_bytes(&literal)
-        .map_err(|e| ConfigError::new(field, format!("invalid header value: {e}")))?;
+    let value = match format.literal() {
+        Some(_) if text.is_err() => AddValue::Static(
+            HeaderValue::from_bytes(raw)
+                .map_err(|e| ConfigError::new(field, format!("invalid header value: {e}")))?,
+        ),
+        Some("") if !o.keep_empty_value => return Ok(None),
+        Some(lit) => AddValue::Static(
+            HeaderValue::from_str(lit)
+                .map_err(|e| ConfigError::new(field, format!("invalid header value: {e}")))?,
+        ),
+        None => AddValue::Dynamic {
+            format,
+            keep_empty: o.keep_empty_value,
+        },
+    };
     Ok(Some(Add {
         name,
         value,
@@ -140,34 +218,11 @@ fn compile_add(o: &HeaderValueOption) -> Result<Option<Add>, ConfigError> {
     }))
 }
 
-/// Header values are Envoy substitution-format strings. trellis takes only
-/// the literal subset: `%%` is a percent sign; any other `%` starts a
-/// command operator (`%REQ(x)%`, `%UPSTREAM_HOST%`, ...), which trellis does
-/// not evaluate and so refuses rather than send the template text upstream.
-/// A lone `%` is refused by Envoy too (verified: `100%` fails to load).
-fn unescape_literal(raw: &[u8]) -> Result<Vec<u8>, ConfigError> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        if b == b'%' {
-            if raw.get(i + 1) != Some(&b'%') {
-                return Err(ConfigError::new(
-                    "",
-                    format!("command operators (the % at byte {i}) are not supported by trellis; write %% for a literal %"),
-                ));
-            }
-            i += 1;
-        }
-        out.push(b);
-        i += 1;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 #[allow(deprecated)] // `append` is still valid input.
 mod tests {
     use super::*;
+    use crate::format::{RequestHead, StreamInfo};
     use xds_protos::envoy::config::core::v3::HeaderValue as HeaderValueProto;
 
     pub(crate) fn opt(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
@@ -222,7 +277,7 @@ mod tests {
         ] {
             h.append(k, HeaderValue::from_static(v));
         }
-        m.apply(&mut h);
+        m.apply(&mut h, &Context::new(&info()), Phase::Request);
         assert_eq!(values(&h, "x-append"), ["0", "1"]);
         assert_eq!(
             values(&h, "x-absent"),
@@ -247,7 +302,7 @@ mod tests {
         let m = HeaderMutation::compile(&[o, e], "a", &[], "r").unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("old"));
-        m.apply(&mut h);
+        m.apply(&mut h, &Context::new(&info()), Phase::Request);
         assert_eq!(values(&h, "x-a"), ["v"]);
         assert_eq!(values(&h, "x-e"), [""]);
     }
@@ -281,12 +336,63 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.path, "response_headers_to_remove[1]");
         let e = HeaderMutation::compile(
-            &[opt("x", "%REQ(a)%", HeaderAppendAction::AddIfAbsent)],
+            &[opt(
+                "x",
+                "%NOT_AN_OPERATOR%",
+                HeaderAppendAction::AddIfAbsent,
+            )],
             "a",
             &[],
             "r",
         )
         .unwrap_err();
         assert_eq!(e.path, "a[0].header.value");
+        assert!(e.reason.contains("NOT_AN_OPERATOR"), "{e}");
+    }
+
+    fn info() -> StreamInfo {
+        StreamInfo::new("10.1.2.3:4567".parse().unwrap(), None)
+    }
+
+    #[test]
+    fn operators_evaluate_per_request() {
+        use HeaderAppendAction as A;
+        let m = HeaderMutation::compile(
+            &[
+                opt(
+                    "x-client-ip",
+                    "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+                    A::OverwriteIfExistsOrAdd,
+                ),
+                opt("x-copy", "id=%REQ(x-id)%", A::AppendIfExistsOrAdd),
+                opt("x-missing", "%REQ(x-nope)%", A::AppendIfExistsOrAdd),
+            ],
+            "request_headers_to_add",
+            &[],
+            "r",
+        )
+        .unwrap();
+        assert!(m.reads_request());
+        let mut h = HeaderMap::new();
+        h.insert("x-id", HeaderValue::from_static("7"));
+        let method = http::Method::GET;
+        let uri = http::Uri::from_static("/");
+        let empty = HeaderMap::new();
+        let i = info();
+        let ctx = Context {
+            info: &i,
+            request: Some(RequestHead {
+                method: &method,
+                uri: &uri,
+                scheme: "http",
+                headers: &empty,
+            }),
+            response: None,
+            trailers: None,
+        };
+        m.apply(&mut h, &ctx, Phase::Request);
+        assert_eq!(values(&h, "x-client-ip"), ["10.1.2.3"]);
+        assert_eq!(values(&h, "x-copy"), ["id=7"], "reads the map being edited");
+        assert!(h.get("x-missing").is_none(), "an empty value is skipped");
     }
 }

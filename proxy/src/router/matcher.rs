@@ -228,7 +228,7 @@ enum HeaderTest {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
+pub(crate) struct HeaderMatcher {
     source: HeaderSource,
     test: HeaderTest,
     invert: bool,
@@ -247,7 +247,7 @@ impl HeaderMatcher {
     /// The deprecated `exact_match`, `prefix_match`, ... forms are still
     /// valid config and common in older control planes.
     #[allow(deprecated)]
-    fn compile(h: &HeaderMatcherProto) -> Result<HeaderMatcher, ConfigError> {
+    pub(crate) fn compile(h: &HeaderMatcherProto) -> Result<HeaderMatcher, ConfigError> {
         let name = h.name.to_ascii_lowercase();
         let source = match name.as_str() {
             "" => return Err(ConfigError::new("name", "must not be empty")),
@@ -305,7 +305,7 @@ impl HeaderMatcher {
     /// `treat_missing_header_as_empty`; `present_match: false` matches a
     /// missing header and `treat_missing_header_as_empty` makes a missing
     /// header count as present.
-    fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         if let HeaderTest::Present(want) = self.test {
             let present = self.any_value(req, |_| true).is_some() || self.treat_missing_as_empty;
             return (present == want) != self.invert;

@@ -13,7 +13,7 @@
 //! Fields accepted and ignored for now, because they do not change which
 //! route is taken and later work adds them: `name`, `metadata`, `decorator`,
 //! `typed_per_filter_config` (all levels), `request_mirror_policies`,
-//! `hash_policy`, `rate_limits`, `include_vh_rate_limits`,
+//! `rate_limits`, `include_vh_rate_limits`,
 //! `validate_clusters` (it only makes Envoy reject configs), the deprecated
 //! `weighted_clusters.total_weight` (Envoy ignores it), and runtime keys
 //! (`runtime_fraction.runtime_key`, `weighted_clusters.runtime_key_prefix`):
@@ -24,12 +24,13 @@
 mod action;
 mod convert;
 mod domains;
+mod hash;
 mod headers;
 mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
-mod string;
+pub(crate) mod string;
 
 use http::header::{HeaderMap, HeaderName};
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
@@ -37,20 +38,24 @@ use xds_protos::envoy::config::route::v3::{
     route, Route as RouteProto, RouteConfiguration, VirtualHost as VirtualHostProto,
 };
 
+use crate::format::Context;
 pub use action::{
     Action, ClusterSpecifier, ClusterWeight, DirectResponse, Forward, HostRewrite,
     WeightedClusters, WeightedTarget,
 };
-pub use headers::HeaderMutation;
+pub use hash::HashPolicies;
+pub use headers::{HeaderMutation, Phase};
 pub use redirect::Redirect;
 pub use retry::{RetryOn, RetryPolicy};
 pub use rewrite::{PathRewrite, RegexRewrite, RewriteKind};
 
 use convert::{reject_if, unsupported};
 use domains::DomainIndex;
-use matcher::{RequestView, RouteMatcher};
+use matcher::RouteMatcher;
+pub(crate) use matcher::{HeaderMatcher, RequestView};
 
 use crate::config::ConfigError;
+use crate::filters::{compile_overrides, FilterOverride};
 
 /// Request and response mutations of one level (route configuration,
 /// virtual host or route).
@@ -100,6 +105,12 @@ pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Route>,
     pub headers: HeaderMutations,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
+    pub request_attempt_count: bool,
+    /// `include_attempt_count_in_response`: the same on the response.
+    pub response_attempt_count: bool,
+    /// `typed_per_filter_config` of the filters trellis implements.
+    pub filter_overrides: Vec<(String, FilterOverride)>,
 }
 
 #[derive(Debug)]
@@ -108,6 +119,8 @@ pub struct Route {
     matcher: RouteMatcher,
     pub action: Action,
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config` of the filters trellis implements.
+    pub filter_overrides: Vec<(String, FilterOverride)>,
 }
 
 /// The result of a lookup.
@@ -142,16 +155,25 @@ impl<'a> Matched<'a> {
         }
     }
 
-    pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
+    /// `ctx` feeds command operators in header values (`%REQ(...)%`, ...).
+    pub fn apply_request_headers(&self, headers: &mut HeaderMap, ctx: &Context<'_>) {
         for level in self.header_mutations() {
-            level.request.apply(headers);
+            level.request.apply(headers, ctx, Phase::Request);
         }
     }
 
-    pub fn apply_response_headers(&self, headers: &mut HeaderMap) {
+    pub fn apply_response_headers(&self, headers: &mut HeaderMap, ctx: &Context<'_>) {
         for level in self.header_mutations() {
-            level.response.apply(headers);
+            level.response.apply(headers, ctx, Phase::Response);
         }
+    }
+
+    /// Whether a response header value reads the request, so the request's
+    /// headers must outlive the trip upstream.
+    pub fn response_reads_request(&self) -> bool {
+        self.header_mutations()
+            .iter()
+            .any(|l| l.response.reads_request())
     }
 }
 
@@ -284,14 +306,6 @@ fn compile_virtual_host(
     reject_if(!vh.virtual_clusters.is_empty(), "virtual_clusters")?;
     reject_if(vh.cors.is_some(), "cors")?;
     reject_if(
-        vh.include_request_attempt_count,
-        "include_request_attempt_count",
-    )?;
-    reject_if(
-        vh.include_attempt_count_in_response,
-        "include_attempt_count_in_response",
-    )?;
-    reject_if(
         vh.include_is_timeout_retry_header,
         "include_is_timeout_retry_header",
     )?;
@@ -331,6 +345,9 @@ fn compile_virtual_host(
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )?,
+        request_attempt_count: vh.include_request_attempt_count,
+        response_attempt_count: vh.include_attempt_count_in_response,
+        filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
     })
 }
 
@@ -388,6 +405,7 @@ fn compile_route(
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )?,
+        filter_overrides: compile_overrides(&r.typed_per_filter_config)?,
     })
 }
 

@@ -3,6 +3,7 @@
 #![allow(deprecated)]
 
 use super::*;
+use crate::format::Context;
 use xds_protos::envoy::config::core::v3::{
     data_source::Specifier, header_value_option::HeaderAppendAction, DataSource,
     HeaderValue as HeaderValueProto, HeaderValueOption, RuntimeFractionalPercent,
@@ -673,10 +674,10 @@ fn header_mutation_order() {
         let t = build(most_specific);
         let m = t.find_with_random("h", &request("/", &[]), 0).unwrap();
         let mut h = HeaderMap::new();
-        m.apply_response_headers(&mut h);
+        m.apply_response_headers(&mut h, &Context::new(&stream_info()));
         assert_eq!(h["x-order"], want);
         let mut h = HeaderMap::new();
-        m.apply_request_headers(&mut h);
+        m.apply_request_headers(&mut h, &Context::new(&stream_info()));
         assert!(h.is_empty());
     }
 }
@@ -718,7 +719,7 @@ fn header_mutations_across_levels_match_envoy() {
     .unwrap();
     let m = t.find_with_random("h", &request("/", &[]), 0).unwrap();
     let mut h = HeaderMap::new();
-    m.apply_response_headers(&mut h);
+    m.apply_response_headers(&mut h, &Context::new(&stream_info()));
     let all = |name: &str| {
         h.get_all(name)
             .iter()
@@ -1078,7 +1079,7 @@ fn odd_inputs_do_not_panic() {
                 };
                 seen += 1;
                 let mut h = HeaderMap::new();
-                m.apply_request_headers(&mut h);
+                m.apply_request_headers(&mut h, &Context::new(&stream_info()));
                 match &m.route.action {
                     Action::Forward(f) => drop(f.rewrite_path(path)),
                     Action::Redirect(r) => drop(r.location("http", host, path)),
@@ -1095,4 +1096,8 @@ fn route_table_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<RouteTable>();
     check::<Matched<'static>>();
+}
+
+fn stream_info() -> crate::format::StreamInfo {
+    crate::format::StreamInfo::new(std::net::SocketAddr::from(([127, 0, 0, 1], 1)), None)
 }

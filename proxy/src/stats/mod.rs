@@ -2,12 +2,14 @@
 //! lock on the request path. The store holds weak references to stat scopes so
 //! the admin API can render them; scopes die with their cluster or listener.
 
+mod help;
 mod render;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-pub use render::{render_prometheus, render_text};
+pub use render::{render_json, render_prometheus, render_text};
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -39,6 +41,82 @@ impl Gauge {
     }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Envoy's default histogram bucket bounds, in milliseconds.
+pub const BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A latency histogram in whole milliseconds, as Envoy records them. One
+/// relaxed atomic add per bucket hit, plus count and sum: no lock, no
+/// allocation, so recording costs the same on every worker.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket, not cumulative; the last slot is above every bound.
+    buckets: [AtomicU64; BUCKETS_MS.len() + 1],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+/// A histogram read at one instant: cumulative bucket counts, count, sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub cumulative: [u64; BUCKETS_MS.len()],
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        // Bounds are sorted; a linear scan over 19 floats beats a search here.
+        let i = BUCKETS_MS
+            .iter()
+            .position(|b| ms as f64 <= *b)
+            .unwrap_or(BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = [0; BUCKETS_MS.len()];
+        let mut total = 0;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            total += b.load(Ordering::Relaxed);
+            *c = total;
+        }
+        let rest = self.buckets[BUCKETS_MS.len()].load(Ordering::Relaxed);
+        HistogramSnapshot {
+            cumulative,
+            // Read from the buckets, so `+Inf` always equals the count.
+            count: total + rest,
+            sum_ms: self.sum_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// The `q` quantile, interpolated within its bucket; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut lower = 0.0;
+        let mut below = 0;
+        for (bound, &cum) in BUCKETS_MS.iter().zip(&self.cumulative) {
+            if cum as f64 >= rank && cum > below {
+                let within = (rank - below as f64) / (cum - below) as f64;
+                return Some(lower + (bound - lower) * within.clamp(0.0, 1.0));
+            }
+            lower = *bound;
+            below = cum;
+        }
+        Some(BUCKETS_MS[BUCKETS_MS.len() - 1])
     }
 }
 
@@ -96,6 +174,8 @@ impl Scope {
 pub trait Visitor {
     fn counter(&mut self, scope: &Scope, name: &str, value: u64);
     fn gauge(&mut self, scope: &Scope, name: &str, value: i64);
+    /// Visitors that only sum counters or gauges need not look at these.
+    fn histogram(&mut self, _scope: &Scope, _name: &str, _value: &HistogramSnapshot) {}
 }
 
 /// A block of stats that can list itself.
@@ -106,9 +186,46 @@ pub trait StatSource: Send + Sync {
 #[derive(Default)]
 pub struct Store {
     sources: Mutex<Vec<Weak<dyn StatSource>>>,
+    /// Labels on every Prometheus series, from the node's identity.
+    node_labels: Vec<(String, String)>,
 }
 
 impl Store {
+    /// App Mesh style tags: a node named `mesh/M/virtualNode/N` (or
+    /// `virtualGateway/G`, or an ARN ending so) labels every series with
+    /// `appmesh_mesh` and `appmesh_virtual_node` (`appmesh_virtual_gateway`),
+    /// as the App Mesh Envoy image's stats tags do, so one Prometheus can
+    /// tell the proxies of a mesh apart.
+    pub fn for_node(node_id: &str) -> Store {
+        let tail = node_id.rsplit_once(':').map_or(node_id, |(_, t)| t);
+        let parts: Vec<&str> = tail.split('/').collect();
+        let node_labels = match parts.as_slice() {
+            ["mesh", mesh, kind, name] if !mesh.is_empty() && !name.is_empty() => {
+                let key = match *kind {
+                    "virtualNode" => Some("appmesh_virtual_node"),
+                    "virtualGateway" => Some("appmesh_virtual_gateway"),
+                    _ => None,
+                };
+                key.map(|k| {
+                    vec![
+                        ("appmesh_mesh".to_string(), mesh.to_string()),
+                        (k.to_string(), name.to_string()),
+                    ]
+                })
+                .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        Store {
+            sources: Mutex::default(),
+            node_labels,
+        }
+    }
+
+    pub fn node_labels(&self) -> Vec<(String, String)> {
+        self.node_labels.clone()
+    }
+
     pub fn register(&self, source: Weak<dyn StatSource>) {
         if let Ok(mut s) = self.sources.lock() {
             s.retain(|w| w.strong_count() > 0);
@@ -149,6 +266,8 @@ pub struct ClusterStats {
     pub upstream_rq_reset: Counter,
     pub membership_healthy: Gauge,
     pub membership_total: Gauge,
+    pub outlier_detection_ejections_active: Gauge,
+    pub upstream_rq_time: Histogram,
 }
 
 impl ClusterStats {
@@ -172,6 +291,8 @@ impl ClusterStats {
             upstream_rq_reset: Counter::default(),
             membership_healthy: Gauge::default(),
             membership_total: Gauge::default(),
+            outlier_detection_ejections_active: Gauge::default(),
+            upstream_rq_time: Histogram::default(),
         }
     }
 }
@@ -220,6 +341,12 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_cx_destroy", self.upstream_cx_destroy.get());
         v.gauge(s, "membership_healthy", self.membership_healthy.get());
         v.gauge(s, "membership_total", self.membership_total.get());
+        v.gauge(
+            s,
+            "outlier_detection.ejections_active",
+            self.outlier_detection_ejections_active.get(),
+        );
+        v.histogram(s, "upstream_rq_time", &self.upstream_rq_time.snapshot());
     }
 }
 
@@ -242,6 +369,7 @@ pub struct HttpStats {
     pub no_cluster: Counter,
     pub rq_redirect: Counter,
     pub rq_direct_response: Counter,
+    pub downstream_rq_time: Arc<Histogram>,
 }
 
 impl HttpStats {
@@ -264,6 +392,7 @@ impl HttpStats {
             no_cluster: Counter::default(),
             rq_redirect: Counter::default(),
             rq_direct_response: Counter::default(),
+            downstream_rq_time: Arc::default(),
         }
     }
 }
@@ -311,6 +440,7 @@ impl StatSource for HttpStats {
         v.counter(s, "no_cluster", self.no_cluster.get());
         v.counter(s, "rq_redirect", self.rq_redirect.get());
         v.counter(s, "rq_direct_response", self.rq_direct_response.get());
+        v.histogram(s, "downstream_rq_time", &self.downstream_rq_time.snapshot());
     }
 }
 
@@ -375,5 +505,48 @@ impl StatSource for TcpStats {
             "downstream_cx_no_route",
             self.downstream_cx_no_route.get(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_mesh_node_ids_become_labels() {
+        let s = Store::for_node("mesh/shop/virtualNode/cart");
+        assert_eq!(
+            s.node_labels(),
+            [
+                ("appmesh_mesh".to_string(), "shop".to_string()),
+                ("appmesh_virtual_node".to_string(), "cart".to_string())
+            ]
+        );
+        let s = Store::for_node("arn:aws:appmesh:us-west-2:1:mesh/m/virtualGateway/gw");
+        assert_eq!(s.node_labels()[1].0, "appmesh_virtual_gateway");
+        assert!(Store::for_node("plain-node").node_labels().is_empty());
+    }
+
+    #[test]
+    fn histogram_buckets_follow_envoy() {
+        let h = Histogram::default();
+        for ms in [0, 1, 3, 7, 7000, 4_000_000] {
+            h.record(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 6);
+        assert_eq!(s.sum_ms, 4_007_011);
+        assert_eq!(s.cumulative[0], 1, "0 ms is at most 0.5");
+        assert_eq!(s.cumulative[1], 2, "1 ms is at most 1");
+        assert_eq!(s.cumulative[2], 3);
+        assert_eq!(s.cumulative[3], 4);
+        assert_eq!(s.cumulative[12], 5, "7000 ms is at most 10000");
+        assert_eq!(
+            s.cumulative[18], 5,
+            "above the last bound counts only in +Inf"
+        );
+        let p50 = s.quantile(0.5).unwrap();
+        assert!((1.0..=5.0).contains(&p50), "{p50}");
+        assert_eq!(Histogram::default().snapshot().quantile(0.5), None);
     }
 }

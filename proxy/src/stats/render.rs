@@ -1,25 +1,38 @@
-//! Envoy's two admin renderings: `name: value` text and Prometheus exposition.
+//! Envoy's admin renderings: `name: value` text, its JSON form, and
+//! Prometheus exposition with Envoy's tag extraction and a HELP line for
+//! every family.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{Scope, Store, Visitor};
+use super::{help::help, HistogramSnapshot, Scope, Store, Visitor, BUCKETS_MS};
 
 type Labels = Vec<(String, String)>;
 
-/// One stat as both renderings need it.
+#[derive(Debug, Clone)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Histogram(Box<HistogramSnapshot>),
+}
+
+/// One stat as every rendering needs it.
 struct Sample {
     text_name: String,
-    counter: bool,
-    value: i128,
+    value: Value,
     family: String,
     labels: Labels,
 }
 
-struct Collect(Vec<Sample>);
+/// Labels a scope adds to every series: its own tag, then the node's
+/// (App Mesh mesh and virtual node), set once at start.
+struct Collect<'a> {
+    samples: Vec<Sample>,
+    node_labels: &'a [(String, String)],
+}
 
-impl Collect {
-    fn push(&mut self, scope: &Scope, name: &str, counter: bool, value: i128) {
+impl Collect<'_> {
+    fn push(&mut self, scope: &Scope, name: &str, value: Value) {
         let text = match &scope.tag {
             Some((_, v)) => format!("{}.{}.{}", scope.kind, v, name),
             None => format!("{}.{}", scope.kind, name),
@@ -32,22 +45,25 @@ impl Collect {
         if let Some((k, v)) = &scope.tag {
             labels.push((k.to_string(), v.to_string()));
         }
-        self.0.push(Sample {
+        labels.extend(self.node_labels.iter().cloned());
+        self.samples.push(Sample {
             text_name: text,
-            counter,
             value,
-            family,
+            family: sanitize(&family),
             labels,
         });
     }
 }
 
-impl Visitor for Collect {
+impl Visitor for Collect<'_> {
     fn counter(&mut self, scope: &Scope, name: &str, value: u64) {
-        self.push(scope, name, true, i128::from(value));
+        self.push(scope, name, Value::Counter(value));
     }
     fn gauge(&mut self, scope: &Scope, name: &str, value: i64) {
-        self.push(scope, name, false, i128::from(value));
+        self.push(scope, name, Value::Gauge(value));
+    }
+    fn histogram(&mut self, scope: &Scope, name: &str, value: &HistogramSnapshot) {
+        self.push(scope, name, Value::Histogram(Box::new(value.clone())));
     }
 }
 
@@ -73,76 +89,222 @@ fn prometheus_family(kind: &str, name: &str) -> (String, Option<(String, String)
     (format!("envoy_{kind}_{name}"), None)
 }
 
-fn collect(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> Collect {
-    let mut c = Collect(Vec::new());
+fn collect(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> Vec<Sample> {
+    let node_labels = store.node_labels();
+    let mut c = Collect {
+        samples: Vec::new(),
+        node_labels: &node_labels,
+    };
     store.visit(&mut c);
     extra(&mut c);
-    c
+    c.samples
 }
 
-/// `/stats`: one `name: value` line per stat, sorted, optionally filtered by a regex.
+/// Envoy's quantiles in `/stats`, and their names in `supported_quantiles`.
+const QUANTILES: [(f64, &str); 10] = [
+    (0.0, "P0"),
+    (0.25, "P25"),
+    (0.5, "P50"),
+    (0.75, "P75"),
+    (0.9, "P90"),
+    (0.95, "P95"),
+    (0.99, "P99"),
+    (0.995, "P99.5"),
+    (0.999, "P99.9"),
+    (1.0, "P100"),
+];
+
+/// `P0(nan,nan) P25(...)` as Envoy prints a histogram: interval and
+/// cumulative values, which are the same here (no flush intervals).
+fn quantiles_text(h: &HistogramSnapshot) -> String {
+    let mut out = String::new();
+    for (i, (q, name)) in QUANTILES.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match h.quantile(*q) {
+            Some(v) => {
+                let _ = write!(out, "{name}({v},{v})");
+            }
+            None => {
+                let _ = write!(out, "{name}(nan,nan)");
+            }
+        }
+    }
+    out
+}
+
+fn sorted_filtered(
+    store: &Store,
+    extra: &dyn Fn(&mut dyn Visitor),
+    filter: Option<&regex::Regex>,
+) -> Vec<Sample> {
+    let mut samples = collect(store, extra);
+    samples.retain(|s| filter.is_none_or(|f| f.is_match(&s.text_name)));
+    samples.sort_by(|a, b| a.text_name.cmp(&b.text_name));
+    samples
+}
+
+/// `/stats`: one `name: value` line per stat, sorted, optionally filtered by
+/// a regex; histograms after the counters and gauges, as in Envoy.
 pub fn render_text(
     store: &Store,
     extra: &dyn Fn(&mut dyn Visitor),
     filter: Option<&regex::Regex>,
 ) -> String {
-    let mut c = collect(store, extra);
-    c.0.sort_by(|a, b| a.text_name.cmp(&b.text_name));
+    let samples = sorted_filtered(store, extra, filter);
     let mut out = String::new();
-    for Sample {
-        text_name: name,
-        value,
-        ..
-    } in c.0
-    {
-        if filter.is_none_or(|f| f.is_match(&name)) {
-            let _ = writeln!(out, "{name}: {value}");
+    for s in &samples {
+        match &s.value {
+            Value::Counter(v) => {
+                let _ = writeln!(out, "{}: {v}", s.text_name);
+            }
+            Value::Gauge(v) => {
+                let _ = writeln!(out, "{}: {v}", s.text_name);
+            }
+            Value::Histogram(_) => {}
+        }
+    }
+    for s in &samples {
+        if let Value::Histogram(h) = &s.value {
+            let _ = writeln!(out, "{}: {}", s.text_name, quantiles_text(h));
         }
     }
     out
 }
 
-/// `/stats/prometheus`: families grouped, with HELP and TYPE lines.
+/// `/stats?format=json`: Envoy's shape, `{"stats": [{"name", "value"}, ...,
+/// {"histograms": {"supported_quantiles", "computed_quantiles"}}]}`.
+pub fn render_json(
+    store: &Store,
+    extra: &dyn Fn(&mut dyn Visitor),
+    filter: Option<&regex::Regex>,
+) -> serde_json::Value {
+    let samples = sorted_filtered(store, extra, filter);
+    let mut stats = Vec::new();
+    let mut computed = Vec::new();
+    for s in samples {
+        match s.value {
+            Value::Counter(v) => stats.push(serde_json::json!({"name": s.text_name, "value": v})),
+            Value::Gauge(v) => stats.push(serde_json::json!({"name": s.text_name, "value": v})),
+            Value::Histogram(h) => {
+                let values: Vec<_> = QUANTILES
+                    .iter()
+                    .map(|(q, _)| {
+                        let v = h.quantile(*q);
+                        serde_json::json!({"interval": v, "cumulative": v})
+                    })
+                    .collect();
+                computed.push(serde_json::json!({"name": s.text_name, "values": values}));
+            }
+        }
+    }
+    if !computed.is_empty() {
+        let supported: Vec<f64> = QUANTILES.iter().map(|(q, _)| q * 100.0).collect();
+        stats.push(serde_json::json!({"histograms": {
+            "supported_quantiles": supported,
+            "computed_quantiles": computed,
+        }}));
+    }
+    serde_json::json!({ "stats": stats })
+}
+
+enum Family {
+    Scalar(&'static str, Vec<(Labels, i128)>),
+    Histogram(Vec<(Labels, HistogramSnapshot)>),
+}
+
+/// `/stats/prometheus`: families grouped, each with HELP and TYPE lines.
 pub fn render_prometheus(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> String {
-    let c = collect(store, extra);
-    let mut families: BTreeMap<String, (bool, Vec<(Labels, i128)>)> = BTreeMap::new();
-    for Sample {
-        counter,
-        value,
-        family,
-        labels,
-        ..
-    } in c.0
-    {
-        let family = sanitize(&family);
-        families
-            .entry(family)
-            .or_insert((counter, Vec::new()))
-            .1
-            .push((labels, value));
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for s in collect(store, extra) {
+        let entry = |kind| Family::Scalar(kind, Vec::new());
+        match s.value {
+            Value::Counter(v) => {
+                if let Family::Scalar(_, series) =
+                    families.entry(s.family).or_insert_with(|| entry("counter"))
+                {
+                    series.push((s.labels, i128::from(v)));
+                }
+            }
+            Value::Gauge(v) => {
+                if let Family::Scalar(_, series) =
+                    families.entry(s.family).or_insert_with(|| entry("gauge"))
+                {
+                    series.push((s.labels, i128::from(v)));
+                }
+            }
+            Value::Histogram(h) => {
+                if let Family::Histogram(series) = families
+                    .entry(s.family)
+                    .or_insert_with(|| Family::Histogram(Vec::new()))
+                {
+                    series.push((s.labels, *h));
+                }
+            }
+        }
     }
     let mut out = String::new();
-    for (family, (counter, mut series)) in families {
-        series.sort();
-        let kind = if counter { "counter" } else { "gauge" };
-        let _ = writeln!(out, "# HELP {family} Envoy stat {family}");
-        let _ = writeln!(out, "# TYPE {family} {kind}");
-        for (labels, value) in series {
-            out.push_str(&family);
-            if !labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+    for (family, f) in families {
+        let _ = writeln!(out, "# HELP {family} {}", help(&family));
+        match f {
+            Family::Scalar(kind, mut series) => {
+                series.sort();
+                let _ = writeln!(out, "# TYPE {family} {kind}");
+                for (labels, value) in series {
+                    line(&mut out, &family, "", &labels, None);
+                    let _ = writeln!(out, " {value}");
                 }
-                out.push('}');
             }
-            let _ = writeln!(out, " {value}");
+            Family::Histogram(mut series) => {
+                series.sort_by(|a, b| a.0.cmp(&b.0));
+                let _ = writeln!(out, "# TYPE {family} histogram");
+                for (labels, h) in series {
+                    for (bound, cum) in BUCKETS_MS.iter().zip(h.cumulative) {
+                        line(
+                            &mut out,
+                            &family,
+                            "_bucket",
+                            &labels,
+                            Some(&bound.to_string()),
+                        );
+                        let _ = writeln!(out, " {cum}");
+                    }
+                    line(&mut out, &family, "_bucket", &labels, Some("+Inf"));
+                    let _ = writeln!(out, " {}", h.count);
+                    line(&mut out, &family, "_sum", &labels, None);
+                    let _ = writeln!(out, " {}", h.sum_ms);
+                    line(&mut out, &family, "_count", &labels, None);
+                    let _ = writeln!(out, " {}", h.count);
+                }
+            }
         }
     }
     out
+}
+
+fn line(out: &mut String, family: &str, suffix: &str, labels: &Labels, le: Option<&str>) {
+    out.push_str(family);
+    out.push_str(suffix);
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (k, v) in labels {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+    }
+    if let Some(le) = le {
+        if !first {
+            out.push(',');
+        }
+        let _ = write!(out, "le=\"{le}\"");
+    }
+    out.push('}');
 }
 
 fn sanitize(name: &str) -> String {
@@ -187,5 +349,25 @@ mod tests {
             prometheus_family("cluster", "upstream_rq_total").0,
             "envoy_cluster_upstream_rq_total"
         );
+    }
+
+    #[test]
+    fn histograms_render_as_prometheus_histograms() {
+        use std::sync::Arc;
+        let store = Store::default();
+        let c = Arc::new(super::super::ClusterStats::new(Arc::from("web")));
+        store.register(Arc::downgrade(&c) as std::sync::Weak<dyn super::super::StatSource>);
+        c.upstream_rq_time
+            .record(std::time::Duration::from_millis(3));
+        let out = render_prometheus(&store, &|_| {});
+        assert!(out.contains("# TYPE envoy_cluster_upstream_rq_time histogram\n"));
+        assert!(out.contains(
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"web\",le=\"5\"} 1\n"
+        ));
+        assert!(
+            out.contains("envoy_cluster_upstream_rq_time_count{envoy_cluster_name=\"web\"} 1\n")
+        );
+        let text = render_text(&store, &|_| {}, None);
+        assert!(text.contains("cluster.web.upstream_rq_time: P0("), "{text}");
     }
 }

@@ -1,11 +1,13 @@
 //! Load balancing over an immutable endpoint set. Lock-free: a pick reads the
-//! set and bumps one atomic counter.
+//! set and at most bumps one atomic counter. Health changes build a new set
+//! off the request path (see `Cluster::rebuild`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::Endpoint;
 use crate::config::cluster::LbPolicy;
+use crate::config::resilience::LbOptions;
 
 /// The largest smooth weighted round-robin schedule kept; weights are scaled
 /// down to fit so a huge weight cannot cost unbounded memory.
@@ -13,32 +15,70 @@ const MAX_SCHEDULE: u64 = 4096;
 
 #[derive(Debug, Default)]
 pub struct EndpointSet {
+    /// Every host, whatever its health (for `/clusters` and health checks).
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Indices into `endpoints`, interleaved by weight (nginx's smooth WRR).
+    /// The hosts picks are made from: the healthy ones, or all of them when
+    /// too few are healthy (Envoy's panic mode).
+    eligible: Vec<Arc<Endpoint>>,
+    pub healthy: usize,
+    pub panic: bool,
+    /// Indices into `eligible`, interleaved by weight (nginx's smooth WRR).
     schedule: Vec<u32>,
+    /// RING_HASH: (point, index into `eligible`) sorted by point.
+    ring: Vec<(u64, u32)>,
+    /// MAGLEV: lookup table of indices into `eligible`.
+    maglev: Vec<u32>,
 }
 
 impl EndpointSet {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
-        let schedule = smooth_schedule(&endpoints);
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: LbPolicy, opts: &LbOptions) -> EndpointSet {
+        let healthy: Vec<Arc<Endpoint>> = endpoints
+            .iter()
+            .filter(|e| e.is_healthy())
+            .cloned()
+            .collect();
+        let total = endpoints.len();
+        let panic = total > 0
+            && opts.healthy_panic_threshold > 0.0
+            && (healthy.len() as f64 * 100.0) < opts.healthy_panic_threshold * total as f64;
+        let n_healthy = healthy.len();
+        let eligible = if panic { endpoints.clone() } else { healthy };
+        let schedule = smooth_schedule(&eligible);
+        let ring = match policy {
+            LbPolicy::RingHash => build_ring(&eligible, &endpoints, opts),
+            _ => Vec::new(),
+        };
+        let maglev = match policy {
+            LbPolicy::Maglev => build_maglev(&eligible, opts.maglev_table_size),
+            _ => Vec::new(),
+        };
         EndpointSet {
             endpoints,
+            eligible,
+            healthy: n_healthy,
+            panic,
             schedule,
+            ring,
+            maglev,
         }
     }
 
+    /// `hash` is the request's hash-policy value for RING_HASH and MAGLEV;
+    /// without one those policies use `random`, as Envoy does.
     pub fn pick(
         &self,
         policy: LbPolicy,
+        opts: &LbOptions,
         counter: &AtomicUsize,
         random: u64,
+        hash: Option<u64>,
     ) -> Option<&Arc<Endpoint>> {
-        let n = self.endpoints.len();
+        let n = self.eligible.len();
         if n == 0 {
             return None;
         }
         if n == 1 {
-            return self.endpoints.first();
+            return self.eligible.first();
         }
         let idx = match policy {
             LbPolicy::RoundRobin => {
@@ -48,24 +88,43 @@ impl EndpointSet {
             LbPolicy::Random => {
                 self.schedule[(random % self.schedule.len() as u64) as usize] as usize
             }
-            LbPolicy::LeastRequest => {
-                // Power of two choices, weighing active requests by endpoint weight.
-                let a = (random % n as u64) as usize;
-                let mut b = ((random >> 32) % (n as u64 - 1)) as usize;
-                if b >= a {
-                    b += 1;
-                }
-                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                let load_a = u64::from(ea.active_requests()) * u64::from(eb.weight);
-                let load_b = u64::from(eb.active_requests()) * u64::from(ea.weight);
-                if load_b < load_a {
-                    b
-                } else {
-                    a
-                }
+            LbPolicy::LeastRequest => self.least_request(opts, random),
+            LbPolicy::RingHash => {
+                let h = hash.unwrap_or(random);
+                let i = self.ring.partition_point(|(p, _)| *p < h);
+                let (_, e) = self.ring.get(i).or(self.ring.first())?;
+                *e as usize
+            }
+            LbPolicy::Maglev => {
+                let h = hash.unwrap_or(random);
+                *self
+                    .maglev
+                    .get((h % self.maglev.len().max(1) as u64) as usize)? as usize
             }
         };
-        self.endpoints.get(idx)
+        self.eligible.get(idx)
+    }
+
+    /// Envoy's least-request: `choice_count` random candidates, the least
+    /// loaded wins. Load is `(active + 1 + penalty)^bias / weight`, which is
+    /// plain least-active for equal weights and Envoy's weighted form
+    /// otherwise; the failure penalty keeps a fast-failing host (few requests
+    /// in flight because it answers at once) from attracting more traffic.
+    fn least_request(&self, opts: &LbOptions, random: u64) -> usize {
+        let n = self.eligible.len() as u64;
+        let mut state = random;
+        let mut best = (f64::INFINITY, 0usize);
+        for _ in 0..opts.choice_count.max(2) {
+            state = splitmix(state);
+            let i = (state % n) as usize;
+            let e = &self.eligible[i];
+            let load = f64::from(e.active_requests() + 1 + e.penalty());
+            let score = load.powf(opts.active_request_bias) / f64::from(e.weight.max(1));
+            if score < best.0 {
+                best = (score, i);
+            }
+        }
+        best.1
     }
 }
 
@@ -96,37 +155,134 @@ fn smooth_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
     out
 }
 
+/// Each host gets points in proportion to its weight, at least one; a point
+/// depends only on the host's address and ordinal, and the points per unit
+/// of weight on all hosts (`all`), healthy or not. So a host leaving the
+/// eligible set (failed check, ejection) moves only the keys on its points.
+fn build_ring(
+    endpoints: &[Arc<Endpoint>],
+    all: &[Arc<Endpoint>],
+    opts: &LbOptions,
+) -> Vec<(u64, u32)> {
+    let total: u64 = all.iter().map(|e| u64::from(e.weight.max(1))).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let size = opts.ring_min.clamp(1, opts.ring_max);
+    let mut ring = Vec::with_capacity(size as usize + endpoints.len());
+    for (i, e) in endpoints.iter().enumerate() {
+        let points = (size * u64::from(e.weight.max(1))).div_ceil(total).max(1);
+        let key = e.addr.to_string();
+        for j in 0..points {
+            ring.push((hash_bytes(format!("{key}_{j}").as_bytes()), i as u32));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// Google's Maglev table, weighted as Envoy does: in each round a host places
+/// entries in proportion to its weight relative to the heaviest host.
+fn build_maglev(endpoints: &[Arc<Endpoint>], size: u64) -> Vec<u32> {
+    if endpoints.is_empty() || size < 2 {
+        return Vec::new();
+    }
+    let m = size as usize;
+    let max_w = endpoints.iter().map(|e| e.weight.max(1)).max().unwrap_or(1);
+    let perms: Vec<(u64, u64)> = endpoints
+        .iter()
+        .map(|e| {
+            let key = e.addr.to_string();
+            let offset = hash_bytes(format!("{key}#offset").as_bytes()) % size;
+            let skip = hash_bytes(format!("{key}#skip").as_bytes()) % (size - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; endpoints.len()];
+    let mut credit = vec![0u32; endpoints.len()];
+    let mut table = vec![u32::MAX; m];
+    let mut filled = 0;
+    while filled < m {
+        for (i, e) in endpoints.iter().enumerate() {
+            credit[i] += e.weight.max(1);
+            while credit[i] >= max_w && filled < m {
+                credit[i] -= max_w;
+                let (offset, skip) = perms[i];
+                loop {
+                    let c = ((offset + next[i] * skip) % size) as usize;
+                    next[i] += 1;
+                    if table[c] == u32::MAX {
+                        table[c] = i as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    table
+}
+
+/// FNV-1a with a final avalanche: stable across runs and releases, so a
+/// key keeps its host across restarts.
+pub fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    fmix(h)
+}
+
+fn fmix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+fn splitmix(x: u64) -> u64 {
+    fmix(x.wrapping_add(0x9e37_79b9_7f4a_7c15))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::endpoint::Resolved;
+    use crate::upstream::endpoint::{Resolved, FAILED_ACTIVE_HC};
 
-    fn set(weights: &[u32]) -> EndpointSet {
-        EndpointSet::new(
-            weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    Arc::new(Endpoint::new(&Resolved {
+    fn hosts(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Endpoint::new(
+                    &Resolved {
                         addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
                         weight: *w,
                         hostname: None,
-                    }))
-                })
-                .collect(),
-        )
+                    },
+                    0,
+                ))
+            })
+            .collect()
+    }
+
+    fn set(weights: &[u32], policy: LbPolicy) -> EndpointSet {
+        EndpointSet::new(hosts(weights), policy, &LbOptions::default())
+    }
+
+    fn port(e: Option<&Arc<Endpoint>>) -> u16 {
+        e.map_or(99, |e| e.addr.port() - 1000)
     }
 
     #[test]
     fn round_robin_follows_weights_smoothly() {
-        let s = set(&[5, 1, 1]);
+        let s = set(&[5, 1, 1], LbPolicy::RoundRobin);
         let c = AtomicUsize::new(0);
+        let o = LbOptions::default();
         let picks: Vec<u16> = (0..7)
-            .map(|_| {
-                s.pick(LbPolicy::RoundRobin, &c, 0)
-                    .map(|e| e.addr.port() - 1000)
-                    .unwrap_or(99)
-            })
+            .map(|_| port(s.pick(LbPolicy::RoundRobin, &o, &c, 0, None)))
             .collect();
         assert_eq!(picks.iter().filter(|p| **p == 0).count(), 5);
         // Smooth: the heavy endpoint never takes all of the first three picks.
@@ -134,25 +290,96 @@ mod tests {
     }
 
     #[test]
-    fn least_request_prefers_idle_endpoint() {
-        let s = set(&[1, 1]);
+    fn least_request_prefers_idle_and_unpenalised_endpoints() {
+        let s = set(&[1, 1], LbPolicy::LeastRequest);
+        let o = LbOptions::default();
         let busy = s.endpoints[0].track();
         let c = AtomicUsize::new(0);
-        for r in 0..64u64 {
-            let random = r | (r << 32);
-            let e = s
-                .pick(LbPolicy::LeastRequest, &c, random)
-                .map(|e| e.addr.port());
-            assert_eq!(e, Some(1001));
-        }
+        let picks = (0..200u64)
+            .filter(|r| port(s.pick(LbPolicy::LeastRequest, &o, &c, *r, None)) == 1)
+            .count();
+        // Both candidates equal (same host drawn twice) is the only way to lose.
+        assert!(picks > 120, "{picks}");
         drop(busy);
+        s.endpoints[1].note_failure();
+        let picks = (0..200u64)
+            .filter(|r| port(s.pick(LbPolicy::LeastRequest, &o, &c, *r, None)) == 1)
+            .count();
+        assert!(picks < 80, "a failing host draws less: {picks}");
+    }
+
+    #[test]
+    fn unhealthy_hosts_are_skipped_until_panic() {
+        let h = hosts(&[1, 1, 1]);
+        h[0].set_flag(FAILED_ACTIVE_HC, true);
+        let s = EndpointSet::new(h.clone(), LbPolicy::RoundRobin, &LbOptions::default());
+        assert!(!s.panic);
+        let c = AtomicUsize::new(0);
+        let o = LbOptions::default();
+        for _ in 0..10 {
+            assert_ne!(port(s.pick(LbPolicy::RoundRobin, &o, &c, 0, None)), 0);
+        }
+        h[1].set_flag(FAILED_ACTIVE_HC, true);
+        let s = EndpointSet::new(h.clone(), LbPolicy::RoundRobin, &LbOptions::default());
+        assert!(s.panic, "1 of 3 healthy is below 50%");
+        let strict = LbOptions {
+            healthy_panic_threshold: 0.0,
+            ..LbOptions::default()
+        };
+        h[2].set_flag(FAILED_ACTIVE_HC, true);
+        let s = EndpointSet::new(h, LbPolicy::RoundRobin, &strict);
+        assert!(s.pick(LbPolicy::RoundRobin, &strict, &c, 0, None).is_none());
+    }
+
+    #[test]
+    fn ring_hash_moves_only_the_removed_hosts_keys() {
+        let h = hosts(&[1, 1, 1, 1]);
+        let o = LbOptions::default();
+        let c = AtomicUsize::new(0);
+        let all = EndpointSet::new(h.clone(), LbPolicy::RingHash, &o);
+        h[3].set_flag(FAILED_ACTIVE_HC, true);
+        let three = EndpointSet::new(h, LbPolicy::RingHash, &o);
+        let mut moved = 0;
+        let mut counts = [0u32; 4];
+        for k in 0..4000u64 {
+            let key = hash_bytes(&k.to_le_bytes());
+            let a = port(all.pick(LbPolicy::RingHash, &o, &c, 7, Some(key)));
+            let b = port(three.pick(LbPolicy::RingHash, &o, &c, 9, Some(key)));
+            counts[a as usize] += 1;
+            if a != 3 {
+                assert_eq!(a, b, "a key on a remaining host stays put");
+            } else {
+                moved += 1;
+            }
+        }
+        assert_eq!(counts.iter().sum::<u32>(), 4000);
+        assert!(counts.iter().all(|n| (700..1300).contains(n)), "{counts:?}");
+        assert_eq!(moved, counts[3]);
+    }
+
+    #[test]
+    fn maglev_spreads_by_weight_and_is_stable() {
+        let h = hosts(&[1, 2, 1]);
+        let o = LbOptions {
+            maglev_table_size: 65537,
+            ..LbOptions::default()
+        };
+        let s = EndpointSet::new(h.clone(), LbPolicy::Maglev, &o);
+        let mut counts = [0usize; 3];
+        for i in &s.maglev {
+            counts[*i as usize] += 1;
+        }
+        assert!(counts[1] > counts[0] * 3 / 2, "{counts:?}");
+        let again = EndpointSet::new(h, LbPolicy::Maglev, &o);
+        assert_eq!(s.maglev, again.maglev);
     }
 
     #[test]
     fn empty_set_picks_nothing() {
-        let s = set(&[]);
+        let s = set(&[], LbPolicy::RoundRobin);
+        let o = LbOptions::default();
         assert!(s
-            .pick(LbPolicy::RoundRobin, &AtomicUsize::new(0), 1)
+            .pick(LbPolicy::RoundRobin, &o, &AtomicUsize::new(0), 1, None)
             .is_none());
     }
 }

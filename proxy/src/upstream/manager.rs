@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{dns, Cluster};
+use super::stats::ResilienceStats;
+use super::{dns, health, outlier, Cluster};
 use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::stats::{ClusterStats, StatSource, Store};
 
@@ -42,16 +43,21 @@ impl ClusterMap {
                     continue;
                 }
             }
-            let stats = match self.clusters.get(&config.name) {
-                Some(old) => old.stats.clone(),
+            let (stats, rstats) = match self.clusters.get(&config.name) {
+                Some(old) => (old.stats.clone(), old.rstats.clone()),
                 None => {
                     let s = Arc::new(ClusterStats::new(config.name.clone()));
                     let weak: std::sync::Weak<dyn StatSource> = Arc::downgrade(&s) as _;
                     store.register(weak);
-                    s
+                    let r = Arc::new(ResilienceStats::new(config.name.clone()));
+                    let weak: std::sync::Weak<dyn StatSource> = Arc::downgrade(&r) as _;
+                    store.register(weak);
+                    (s, r)
                 }
             };
-            let cluster = Arc::new(Cluster::new(config.clone(), stats));
+            // A replaced cluster's ejections go with its hosts' flags.
+            rstats.ejections_active.set(0);
+            let cluster = Arc::new(Cluster::new(config.clone(), stats, rstats));
             match &config.discovery {
                 Discovery::Static(eps) => cluster.set_static_endpoints(eps),
                 Discovery::StrictDns(eps) | Discovery::LogicalDns(eps) => {
@@ -61,6 +67,12 @@ impl ClusterMap {
                     dns::spawn_refresh(Arc::downgrade(&cluster), eps.clone(), first_only);
                 }
                 Discovery::Eds(_) | Discovery::OriginalDst => {}
+            }
+            if let Some(od) = &config.outlier {
+                outlier::spawn(&cluster, od.clone());
+            }
+            if let Some(hc) = &config.health_check {
+                health::spawn(&cluster, hc.clone());
             }
             clusters.insert(config.name.clone(), cluster);
         }

@@ -34,11 +34,13 @@ impl OriginalDstHosts {
         if hosts.len() >= MAX_IDLE_HOSTS {
             hosts.retain(|_, ep| ep.active_requests() > 0 || Arc::strong_count(ep) > 1);
         }
-        let ep = Arc::new(Endpoint::new(&Resolved {
+        // Healthy from the start: an original destination is never health-checked.
+        let resolved = Resolved {
             addr,
             weight: 1,
             hostname: None,
-        }));
+        };
+        let ep = Arc::new(Endpoint::new(&resolved, 0));
         hosts.insert(addr, ep.clone());
         ep
     }

@@ -14,9 +14,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::Endpoint;
+use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
+use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_H1: usize = 1024;
@@ -35,6 +37,11 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("handshake failure: {0}")]
     Handshake(#[from] hyper::Error),
+    #[error("TLS handshake failure: {0}")]
+    Tls(std::io::Error),
+    /// `max_connections` reached and `max_pending_requests` full.
+    #[error("upstream overflow")]
+    Overflow,
 }
 
 #[derive(Debug)]
@@ -43,12 +50,18 @@ pub(super) struct Pool {
     idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// Signals a connection put back idle, to requests waiting under
+    /// `max_connections`.
+    idle_ready: tokio::sync::Notify,
 }
 
 /// What a connection needs from its cluster.
 pub struct ConnectParams<'a> {
     pub timeout: Duration,
     pub stats: &'a Arc<ClusterStats>,
+    pub cluster: &'a Cluster,
+    /// The cluster's `UpstreamTlsContext`, run on every new connection.
+    pub tls: Option<&'a Arc<UpstreamTls>>,
 }
 
 impl Pool {
@@ -58,7 +71,13 @@ impl Pool {
             idle_h1: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
             h2_connect: tokio::sync::Mutex::new(()),
+            idle_ready: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Closes one idle connection; its task ends and frees its permit.
+    pub(super) fn drop_one_idle(&self) -> bool {
+        self.pop_idle().is_some()
     }
 
     fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
@@ -72,11 +91,46 @@ impl Pool {
         if let Ok(mut idle) = self.idle_h1.lock() {
             if idle.len() < MAX_IDLE_H1 {
                 idle.push(sender);
+                self.idle_ready.notify_one();
             }
         }
     }
 
-    async fn tcp(&self, p: &ConnectParams<'_>) -> Result<TcpStream, ConnectError> {
+    /// A permit under the cluster's `max_connections`. When none is free the
+    /// request waits as pending (bounded by `max_pending_requests`) for a
+    /// permit, or — HTTP/1.1 — for a connection of this host going idle
+    /// (`Ok(None)`: try the idle stack again).
+    async fn permit(
+        &self,
+        p: &ConnectParams<'_>,
+        idle_wakes: bool,
+    ) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+        let sem = &p.cluster.breaker.connections;
+        if let Ok(permit) = sem.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        p.cluster.rstats.upstream_cx_overflow.inc();
+        let Some(_pending) = p.cluster.breaker.pending() else {
+            p.stats.upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        p.cluster.rstats.upstream_rq_pending_total.inc();
+        p.stats.upstream_rq_pending_active.inc();
+        p.cluster.evict_idle();
+        let got = tokio::select! {
+            permit = sem.clone().acquire_owned() => permit.ok(),
+            _ = self.idle_ready.notified(), if idle_wakes => None,
+        };
+        p.stats.upstream_rq_pending_active.dec();
+        Ok(got)
+    }
+
+    /// A new connection, TLS when the cluster says so.
+    async fn tcp(
+        &self,
+        p: &ConnectParams<'_>,
+        alpn: AlpnFor,
+    ) -> Result<ClientStream, ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -93,14 +147,22 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         p.stats.upstream_cx_total.inc();
         p.stats.upstream_cx_active.inc();
-        Ok(stream)
+        match p.tls {
+            None => Ok(ClientStream::Plain(stream)),
+            Some(tls) => tls.connect(stream, self.addr, alpn).await.map_err(|e| {
+                p.stats.upstream_cx_connect_fail.inc();
+                closed(p.stats);
+                ConnectError::Tls(e)
+            }),
+        }
     }
 
     async fn connect_h1(
         &self,
         p: &ConnectParams<'_>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p).await?;
+        let stream = self.tcp(p, AlpnFor::Http1).await?;
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -112,6 +174,7 @@ impl Pool {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
             closed(&stats);
+            drop(permit);
         });
         Ok(sender)
     }
@@ -131,7 +194,12 @@ impl Pool {
                 return Ok(s.clone());
             }
         }
-        let stream = self.tcp(p).await?;
+        let permit = loop {
+            if let Some(permit) = self.permit(p, false).await? {
+                break permit;
+            }
+        };
+        let stream = self.tcp(p, AlpnFor::Http2).await?;
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -149,6 +217,7 @@ impl Pool {
         tokio::spawn(async move {
             let _ = conn.await;
             closed(&stats);
+            drop(permit);
         });
         self.h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
@@ -175,7 +244,7 @@ impl Endpoint {
     ) -> Result<Pooled, ConnectError> {
         match proto {
             Protocol::Http2 => Ok(Pooled::H2(self.pool.shared_h2(p).await?)),
-            Protocol::Http1 => {
+            Protocol::Http1 => loop {
                 while let Some(mut s) = self.pool.pop_idle() {
                     if s.is_closed() {
                         continue;
@@ -184,8 +253,13 @@ impl Endpoint {
                         return Ok(Pooled::H1(s, self.clone()));
                     }
                 }
-                Ok(Pooled::H1(self.pool.connect_h1(p).await?, self.clone()))
-            }
+                if let Some(permit) = self.pool.permit(p, true).await? {
+                    return Ok(Pooled::H1(
+                        self.pool.connect_h1(p, permit).await?,
+                        self.clone(),
+                    ));
+                }
+            },
         }
     }
 }

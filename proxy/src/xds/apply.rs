@@ -119,6 +119,7 @@ pub async fn apply(
     dump(&mut dynamic, Kind::Endpoint, &res.endpoints);
     dump(&mut dynamic, Kind::Listener, &res.listeners);
     dump(&mut dynamic, Kind::Route, &res.routes);
+    dump(&mut dynamic, Kind::Secret, &res.secrets);
 
     shared.snapshot.store(Arc::new(Snapshot {
         listeners: listeners.clone(),

@@ -115,6 +115,9 @@ impl Client {
         if self.ads.lds {
             k.extend([Kind::Listener, Kind::Route]);
         }
+        if self.ads.cds || self.ads.lds {
+            k.push(Kind::Secret);
+        }
         k
     }
 
@@ -162,6 +165,11 @@ impl Client {
             res.retain(Kind::Route, &names);
             subs.push((Kind::Route, names));
         }
+        if kind == Kind::Listener || kind == Kind::Cluster {
+            let names = res.secret_names();
+            res.retain(Kind::Secret, &names);
+            subs.push((Kind::Secret, names));
+        }
         let applied = apply(&self.shared, &self.statics, res, warming).await;
         drop(guard);
         match applied {
@@ -208,6 +216,7 @@ impl Client {
             let res = &guard.0;
             names.insert(Kind::Endpoint, res.eds_names());
             names.insert(Kind::Route, res.rds_names());
+            names.insert(Kind::Secret, res.secret_names());
             for kind in self.kinds() {
                 if !kind.is_wildcard() && names.get(&kind).is_none_or(BTreeSet::is_empty) {
                     continue;
@@ -329,6 +338,7 @@ impl Client {
             let res = &guard.0;
             names.insert(Kind::Endpoint, res.eds_names());
             names.insert(Kind::Route, res.rds_names());
+            names.insert(Kind::Secret, res.secret_names());
             for kind in self.kinds() {
                 let subscribe: Vec<String> = if kind.is_wildcard() {
                     Vec::new()

@@ -6,7 +6,7 @@
 mod apply;
 mod client;
 pub mod config;
-mod resources;
+pub(crate) mod resources;
 mod stats;
 
 pub use apply::Statics;

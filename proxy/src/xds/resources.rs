@@ -16,6 +16,7 @@ use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig
 use crate::config::hcm::RouteSource;
 use crate::config::listener::{ListenerConfig, Terminal};
 use crate::router::RouteTable;
+use crate::tls::secrets::{self, SecretValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -23,6 +24,7 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    Secret,
 }
 
 impl Kind {
@@ -32,13 +34,20 @@ impl Kind {
             Kind::Endpoint => type_url::CLUSTER_LOAD_ASSIGNMENT,
             Kind::Listener => type_url::LISTENER,
             Kind::Route => type_url::ROUTE_CONFIGURATION,
+            Kind::Secret => type_url::SECRET,
         }
     }
 
     pub fn from_type_url(url: &str) -> Option<Kind> {
-        [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route]
-            .into_iter()
-            .find(|k| k.type_url() == url)
+        [
+            Kind::Cluster,
+            Kind::Endpoint,
+            Kind::Listener,
+            Kind::Route,
+            Kind::Secret,
+        ]
+        .into_iter()
+        .find(|k| k.type_url() == url)
     }
 
     /// Listeners and clusters are wildcard subscriptions; routes and
@@ -53,6 +62,7 @@ impl Kind {
             Kind::Endpoint => "ClusterLoadAssignment",
             Kind::Listener => "Listener",
             Kind::Route => "RouteConfiguration",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -82,6 +92,7 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, Held<Vec<EndpointConfig>>>,
     pub listeners: BTreeMap<String, Held<ListenerConfig>>,
     pub routes: BTreeMap<String, Held<RouteTable>>,
+    pub secrets: BTreeMap<String, Held<SecretValue>>,
     /// The last accepted `version_info` per type (state of the world).
     pub versions: BTreeMap<Kind, String>,
 }
@@ -156,6 +167,13 @@ impl Resources {
             Kind::Endpoint => compile_all!(endpoints, decode_endpoints),
             Kind::Listener => compile_all!(listeners, decode_listener),
             Kind::Route => compile_all!(routes, decode_route),
+            Kind::Secret => compile_all!(secrets, secrets::decode),
+        }
+        if kind == Kind::Secret {
+            // Kept: the next handshake of every context naming one uses it.
+            for (name, held) in &self.secrets {
+                secrets::publish_ads(name, &held.value);
+            }
         }
         if !errors.is_empty() {
             return Err(errors.join("; "));
@@ -183,6 +201,25 @@ impl Resources {
             .collect()
     }
 
+    /// Secrets the held listeners and clusters expect over ADS.
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        let listeners = self.listeners.values().flat_map(|l| {
+            l.value
+                .filter_chains
+                .iter()
+                .chain(l.value.default_chain.iter())
+                .filter_map(|c| c.tls.as_ref())
+                .flat_map(|t| t.ads_secret_names().to_vec())
+                .collect::<Vec<_>>()
+        });
+        let clusters = self
+            .clusters
+            .values()
+            .filter_map(|c| c.value.tls.as_ref())
+            .flat_map(|t| t.ads_secret_names().to_vec());
+        listeners.chain(clusters).collect()
+    }
+
     /// `name → version` of what is held, for a delta stream's resubscription.
     pub fn held_versions(&self, kind: Kind) -> std::collections::HashMap<String, String> {
         fn versions<T>(m: &BTreeMap<String, Held<T>>) -> std::collections::HashMap<String, String> {
@@ -195,6 +232,7 @@ impl Resources {
             Kind::Endpoint => versions(&self.endpoints),
             Kind::Listener => versions(&self.listeners),
             Kind::Route => versions(&self.routes),
+            Kind::Secret => versions(&self.secrets),
         }
     }
 
@@ -203,6 +241,7 @@ impl Resources {
         match kind {
             Kind::Endpoint => self.endpoints.retain(|k, _| keep.contains(k)),
             Kind::Route => self.routes.retain(|k, _| keep.contains(k)),
+            Kind::Secret => self.secrets.retain(|k, _| keep.contains(k)),
             Kind::Cluster | Kind::Listener => {}
         }
     }

@@ -22,6 +22,7 @@ pub struct XdsStats {
     eds: TypeStats,
     lds: TypeStats,
     rds: TypeStats,
+    sds: TypeStats,
 }
 
 impl XdsStats {
@@ -31,6 +32,7 @@ impl XdsStats {
             Kind::Endpoint => &self.eds,
             Kind::Listener => &self.lds,
             Kind::Route => &self.rds,
+            Kind::Secret => &self.sds,
         }
     }
 }
@@ -54,6 +56,7 @@ impl StatSource for XdsStats {
             ("cluster_manager.eds", &self.eds),
             ("listener_manager.lds", &self.lds),
             ("http.rds", &self.rds),
+            ("sds", &self.sds),
         ] {
             let scope = Scope::new(kind, None);
             v.counter(&scope, "update_attempt", s.update_attempt.get());

@@ -1,0 +1,133 @@
+//! `trellis-control status`: the connected proxies and what they ACKed or
+//! NACKed, like `istioctl proxy-status`, from `GET /trellis/v1/proxies`.
+
+use anyhow::Context;
+use http::Method;
+use serde_json::Value;
+use trellis_control::api::client::Client;
+use trellis_control::api::credentials::Credentials;
+use xds_protos::type_url;
+
+use super::{ConfigError, RegisterArgs, StatusArgs};
+
+const COLUMNS: [(&str, &str); 4] = [
+    ("CDS", type_url::CLUSTER),
+    ("EDS", type_url::CLUSTER_LOAD_ASSIGNMENT),
+    ("LDS", type_url::LISTENER),
+    ("RDS", type_url::ROUTE_CONFIGURATION),
+];
+
+/// `SYNCED` when the proxy ACKed what was sent last, `NACKED` when it
+/// refused it, `STALE` while an update is in flight.
+fn cell(types: &Value, url: &str) -> String {
+    let t = &types[url];
+    if t.is_null() {
+        return "-".into();
+    }
+    let sent = t["sent"].as_str();
+    let acked = t["acked"].as_str();
+    let nacked = t["nack"]["version"].as_str();
+    let state = if sent.is_some() && nacked == sent {
+        "NACKED"
+    } else if sent == acked {
+        "SYNCED"
+    } else {
+        "STALE"
+    };
+    format!("{state} ({})", acked.unwrap_or("none"))
+}
+
+pub fn render_table(proxies: &Value) -> String {
+    let mut rows = vec![vec!["NODE".to_string(), "ADDRESS".into(), "STREAM".into()]];
+    rows[0].extend(COLUMNS.iter().map(|(c, _)| c.to_string()));
+    let mut errors = Vec::new();
+    for p in proxies.as_array().into_iter().flatten() {
+        let node = p["node_id"].as_str().unwrap_or("?").to_string();
+        let mut row = vec![
+            node.clone(),
+            p["address"].as_str().unwrap_or("").to_string(),
+            p["stream"].as_str().unwrap_or("").to_string(),
+        ];
+        row.extend(COLUMNS.iter().map(|(_, url)| cell(&p["types"], url)));
+        rows.push(row);
+        for (name, url) in COLUMNS {
+            if let Some(err) = p["types"][url]["nack"]["error"].as_str() {
+                errors.push(format!("{node} {name} NACK: {err}"));
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for e in errors {
+        out.push_str(&e);
+        out.push('\n');
+    }
+    out
+}
+
+fn client(args: &StatusArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
+    let path = args
+        .credentials
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("credentials"));
+    let creds = Credentials::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let client = Client::new(
+        args.api_addr.to_string(),
+        creds.preferred().clone(),
+        args.region.clone(),
+    );
+    Ok((runtime, client))
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let (runtime, client) = client(&args)?;
+    let proxies = runtime
+        .block_on(client.trellis(Method::GET, "/trellis/v1/proxies", Vec::new()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&proxies)?);
+    } else {
+        print!("{}", render_table(&proxies));
+    }
+    Ok(())
+}
+
+/// `trellis-control register-instance`: `POST` (or `DELETE`)
+/// `/trellis/v1/instances`.
+pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let (runtime, client) = client(&args.api)?;
+    let body = serde_json::json!({
+        "meshName": args.mesh,
+        "virtualNodeName": args.virtual_node,
+        "address": args.address.to_string(),
+        "port": args.port,
+    });
+    let method = if args.deregister {
+        Method::DELETE
+    } else {
+        Method::POST
+    };
+    runtime
+        .block_on(client.trellis(
+            method,
+            "/trellis/v1/instances",
+            body.to_string().into_bytes(),
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

@@ -1,0 +1,576 @@
+//! The Aggregated Discovery Service: state of the world and delta, with
+//! Envoy's ACK/NACK rules.
+//!
+//! One task watches the store and the instance registry and publishes a
+//! parsed [`Model`] on every change. Each stream translates that model for
+//! its own node and ports, and sends a type only when its content hash (the
+//! version) moved, so a write reaches exactly the proxies it changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost_types::Any;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use xds_protos::envoy::config::core::v3::Node;
+use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use xds_protos::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use xds_protos::type_url;
+
+use super::registry::{now, Nack, Registry};
+use super::translate::{encode, translate, Encoded, Instances, Model, NodeId, Ports};
+use crate::store::Store;
+
+/// The translation input at one moment: a parsed snapshot and the instances.
+pub struct State {
+    pub revision: u64,
+    pub model: Model,
+    pub instances: Instances,
+}
+
+/// The types this server answers, in the order updates are pushed:
+/// clusters before their endpoints, listeners before their routes.
+const TYPES: [&str; 4] = [
+    type_url::CLUSTER,
+    type_url::CLUSTER_LOAD_ASSIGNMENT,
+    type_url::LISTENER,
+    type_url::ROUTE_CONFIGURATION,
+];
+
+/// Types whose empty subscription means "everything" in state of the world.
+fn wildcard_type(t: &str) -> bool {
+    t == type_url::CLUSTER || t == type_url::LISTENER
+}
+
+#[derive(Clone)]
+pub struct Xds {
+    registry: Arc<Registry>,
+    state: watch::Receiver<Arc<State>>,
+}
+
+fn load_state(store: &Store, registry: &Registry) -> Result<State, rusqlite::Error> {
+    let snapshot = store.snapshot()?;
+    Ok(State {
+        revision: snapshot.revision,
+        model: Model::new(&snapshot),
+        instances: registry.instances(),
+    })
+}
+
+impl Xds {
+    /// Reads the first snapshot and starts the task that follows the store
+    /// and the registry.
+    pub fn start(store: Arc<Store>, registry: Arc<Registry>) -> Result<Xds, rusqlite::Error> {
+        let (tx, state) = watch::channel(Arc::new(load_state(&store, &registry)?));
+        let mut revisions = store.subscribe();
+        let mut instances = registry.subscribe();
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = revisions.changed() => if r.is_err() { break },
+                    r = instances.changed() => if r.is_err() { break },
+                    () = tx.closed() => break,
+                }
+                let (store, reg2) = (store.clone(), reg.clone());
+                match tokio::task::spawn_blocking(move || load_state(&store, &reg2)).await {
+                    Ok(Ok(s)) => {
+                        tracing::debug!(revision = s.revision, "xDS model updated");
+                        tx.send_replace(Arc::new(s));
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot read the store for xDS"),
+                    Err(e) => tracing::error!(error = %e, "the xDS snapshot task failed"),
+                }
+            }
+        });
+        Ok(Xds { registry, state })
+    }
+
+    pub fn service(self) -> AggregatedDiscoveryServiceServer<Xds> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+/// A short content hash: equal resources give equal versions, across
+/// restarts of the control plane too.
+fn hash<'a>(parts: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    for (name, bytes) in parts {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+fn resource_version(any: &Any) -> String {
+    hash([("", any.value.as_slice())])
+}
+
+fn metadata_json(node: &Node) -> serde_json::Map<String, serde_json::Value> {
+    use prost_types::value::Kind;
+    let mut out = serde_json::Map::new();
+    for (k, v) in node.metadata.iter().flat_map(|m| m.fields.iter()) {
+        let json = match &v.kind {
+            Some(Kind::NumberValue(n)) => serde_json::json!(n.round() as u64),
+            Some(Kind::StringValue(s)) => serde_json::json!(s),
+            _ => continue,
+        };
+        out.insert(k.clone(), json);
+    }
+    out
+}
+
+/// The identity of a stream, from the node in its first request.
+struct Peer {
+    conn: u64,
+    node: Option<NodeId>,
+    ports: Ports,
+}
+
+impl Peer {
+    fn new(registry: &Registry, node: &Node, addr: Option<SocketAddr>, delta: bool) -> Peer {
+        let ports = Ports::from_metadata(&metadata_json(node));
+        let conn = registry.connect(&node.id, addr.map(|a| a.ip().to_string()), &ports, delta);
+        tracing::info!(node = %node.id, peer = ?addr, delta, "proxy connected");
+        Peer {
+            conn,
+            node: NodeId::parse(&node.id),
+            ports,
+        }
+    }
+
+    fn resources(&self, state: &State) -> Encoded {
+        let set = self
+            .node
+            .as_ref()
+            .and_then(|id| translate(&state.model, id, &self.ports, &state.instances));
+        match set.as_ref().map(encode).transpose() {
+            Ok(encoded) => encoded.unwrap_or_default(),
+            Err(e) => {
+                // A translation bug must not take the proxy down: it keeps
+                // the last configuration it accepted.
+                tracing::error!(error = %e, "cannot encode xDS resources");
+                Encoded::default()
+            }
+        }
+    }
+}
+
+/// Unregisters the stream when its task ends, however it ends.
+struct Disconnect(Arc<Registry>, u64);
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        self.0.disconnect(self.1);
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Xds {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let addr = request.remote_addr();
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let (registry, mut state) = (self.registry.clone(), self.state.clone());
+        tokio::spawn(async move {
+            let mut stream = Sotw::default();
+            let mut guard = None;
+            loop {
+                let out = tokio::select! {
+                    msg = input.message() => match msg {
+                        Ok(Some(req)) => {
+                            if stream.peer.is_none() {
+                                let Some(node) = &req.node else {
+                                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
+                                    break;
+                                };
+                                let peer = Peer::new(&registry, node, addr, false);
+                                guard = Some(Disconnect(registry.clone(), peer.conn));
+                                stream.current = peer.resources(&state.borrow_and_update());
+                                stream.peer = Some(peer);
+                            }
+                            stream.request(&registry, req)
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "ADS stream ended");
+                            break;
+                        }
+                    },
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let Some(peer) = &stream.peer else { continue };
+                        stream.current = peer.resources(&state.borrow_and_update());
+                        stream.push_changed(&registry)
+                    }
+                };
+                for resp in out {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let addr = request.remote_addr();
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let (registry, mut state) = (self.registry.clone(), self.state.clone());
+        tokio::spawn(async move {
+            let mut stream = Delta::default();
+            let mut guard = None;
+            loop {
+                let out = tokio::select! {
+                    msg = input.message() => match msg {
+                        Ok(Some(req)) => {
+                            if stream.peer.is_none() {
+                                let Some(node) = &req.node else {
+                                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
+                                    break;
+                                };
+                                let peer = Peer::new(&registry, node, addr, true);
+                                guard = Some(Disconnect(registry.clone(), peer.conn));
+                                stream.current = peer.resources(&state.borrow_and_update());
+                                stream.peer = Some(peer);
+                            }
+                            stream.request(&registry, req)
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "delta ADS stream ended");
+                            break;
+                        }
+                    },
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let Some(peer) = &stream.peer else { continue };
+                        stream.current = peer.resources(&state.borrow_and_update());
+                        stream.push_changed(&registry)
+                    }
+                };
+                for resp in out {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn record_reply(
+    registry: &Registry,
+    conn: u64,
+    type_url: &str,
+    version: &str,
+    error: Option<&xds_protos::google::rpc::Status>,
+) {
+    registry.update(conn, type_url, |t| match error {
+        Some(e) => {
+            tracing::warn!(type_url, version, error = %e.message, "proxy NACKed an update");
+            t.nack = Some(Nack {
+                version: version.to_string(),
+                error: e.message.clone(),
+                at: now(),
+            });
+        }
+        None => t.acked = Some(version.to_string()),
+    });
+}
+
+// === state of the world ===
+
+#[derive(Default)]
+struct SotwType {
+    /// Requested names; empty with a wildcard type means all.
+    names: Vec<String>,
+    sent_version: Option<String>,
+    nonce: String,
+}
+
+#[derive(Default)]
+struct Sotw {
+    peer: Option<Peer>,
+    current: Encoded,
+    types: BTreeMap<String, SotwType>,
+    nonces: u64,
+}
+
+impl Sotw {
+    /// The resources a subscription selects and their version.
+    fn select(&self, type_url: &str, names: &[String]) -> (String, Vec<(String, Any)>) {
+        let all = self.current.get(type_url);
+        let wildcard =
+            names.iter().any(|n| n == "*") || (names.is_empty() && wildcard_type(type_url));
+        let selected: Vec<(String, Any)> = all
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| wildcard || names.contains(name))
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        let version = hash(
+            selected
+                .iter()
+                .map(|(n, a)| (n.as_str(), a.value.as_slice())),
+        );
+        (version, selected)
+    }
+
+    fn response(&mut self, registry: &Registry, type_url: &str) -> Option<DiscoveryResponse> {
+        let names = self.types.get(type_url)?.names.clone();
+        let (version, selected) = self.select(type_url, &names);
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let t = self.types.get_mut(type_url)?;
+        t.sent_version = Some(version.clone());
+        t.nonce = nonce.clone();
+        if let Some(p) = &self.peer {
+            registry.update(p.conn, type_url, |s| s.sent = Some(version.clone()));
+        }
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources: selected.into_iter().map(|(_, a)| a).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    fn request(&mut self, registry: &Registry, req: DiscoveryRequest) -> Vec<DiscoveryResponse> {
+        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
+            return Vec::new();
+        };
+        let ty = req.type_url.clone();
+        if !TYPES.contains(&ty.as_str()) {
+            // Secrets and unknown types: nothing to serve yet, and an empty
+            // answer would wipe what the proxy has.
+            return Vec::new();
+        }
+        let first = !self.types.contains_key(&ty);
+        let t = self.types.entry(ty.clone()).or_default();
+        if !req.response_nonce.is_empty() {
+            if req.response_nonce != t.nonce {
+                // A reply to an older response: superseded, per the xDS protocol.
+                return Vec::new();
+            }
+            let rejected = t.sent_version.clone().unwrap_or_default();
+            match &req.error_detail {
+                Some(e) => record_reply(registry, conn, &ty, &rejected, Some(e)),
+                None => record_reply(registry, conn, &ty, &req.version_info, None),
+            }
+        }
+        let names_changed = t.names != req.resource_names;
+        t.names = req.resource_names.clone();
+        let (version, _) = self.select(&ty, &req.resource_names);
+        let send = if first {
+            req.version_info != version
+        } else {
+            names_changed
+                || self.types.get(&ty).and_then(|t| t.sent_version.as_ref()) != Some(&version)
+        };
+        if first && !send {
+            // The proxy already holds exactly this (a reconnect).
+            if let Some(t) = self.types.get_mut(&ty) {
+                t.sent_version = Some(version.clone());
+            }
+            registry.update(conn, &ty, |s| {
+                s.sent = Some(version.clone());
+                s.acked = Some(version.clone());
+            });
+        }
+        if send {
+            self.response(registry, &ty).into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn push_changed(&mut self, registry: &Registry) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        for ty in TYPES {
+            let Some(t) = self.types.get(ty) else {
+                continue;
+            };
+            let (version, _) = self.select(ty, &t.names);
+            if t.sent_version.as_ref() != Some(&version) {
+                out.extend(self.response(registry, ty));
+            }
+        }
+        out
+    }
+}
+
+// === delta ===
+
+#[derive(Default)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds, by name: the version last sent.
+    sent: BTreeMap<String, String>,
+    nonce: String,
+    nonce_version: String,
+}
+
+#[derive(Default)]
+struct Delta {
+    peer: Option<Peer>,
+    current: Encoded,
+    types: BTreeMap<String, DeltaType>,
+    nonces: u64,
+}
+
+impl Delta {
+    fn request(
+        &mut self,
+        registry: &Registry,
+        req: DeltaDiscoveryRequest,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
+            return Vec::new();
+        };
+        let ty = req.type_url.clone();
+        if !TYPES.contains(&ty.as_str()) {
+            return Vec::new();
+        }
+        let first = !self.types.contains_key(&ty);
+        let t = self.types.entry(ty.clone()).or_default();
+        if first {
+            t.wildcard = wildcard_type(&ty) && req.resource_names_subscribe.is_empty();
+            t.sent = req.initial_resource_versions.clone().into_iter().collect();
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                t.wildcard = true;
+            } else {
+                t.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                t.wildcard = false;
+            } else {
+                t.names.remove(name);
+                t.sent.remove(name);
+            }
+        }
+        if !req.response_nonce.is_empty() && req.response_nonce == t.nonce {
+            let version = t.nonce_version.clone();
+            record_reply(registry, conn, &ty, &version, req.error_detail.as_ref());
+        }
+        self.response(registry, &ty, first).into_iter().collect()
+    }
+
+    /// The difference between what the proxy holds and what it should;
+    /// `None` when there is none (unless `always`, for a first request).
+    fn response(
+        &mut self,
+        registry: &Registry,
+        ty: &str,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let all = self.current.get(ty).cloned().unwrap_or_default();
+        let t = self.types.get_mut(ty)?;
+        let wanted: BTreeMap<&String, &Any> = all
+            .iter()
+            .filter(|(name, _)| t.wildcard || t.names.contains(*name))
+            .collect();
+        let mut resources = Vec::new();
+        for (name, any) in &wanted {
+            let version = resource_version(any);
+            if t.sent.get(*name) != Some(&version) {
+                t.sent.insert((*name).clone(), version.clone());
+                resources.push(Resource {
+                    name: (*name).clone(),
+                    version,
+                    resource: Some((*any).clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let removed: Vec<String> = t
+            .sent
+            .keys()
+            .filter(|n| !wanted.contains_key(n))
+            .cloned()
+            .collect();
+        for n in &removed {
+            t.sent.remove(n);
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        let version = hash(wanted.iter().map(|(n, a)| (n.as_str(), a.value.as_slice())));
+        self.nonces += 1;
+        t.nonce = self.nonces.to_string();
+        t.nonce_version = version.clone();
+        if let Some(p) = &self.peer {
+            registry.update(p.conn, ty, |s| s.sent = Some(version.clone()));
+        }
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: ty.to_string(),
+            removed_resources: removed,
+            nonce: t.nonce.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn push_changed(&mut self, registry: &Registry) -> Vec<DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        for ty in TYPES {
+            if self.types.contains_key(ty) {
+                out.extend(self.response(registry, ty, false));
+            }
+        }
+        out
+    }
+}
+
+/// Serves ADS on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    xds: Xds,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(xds.service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

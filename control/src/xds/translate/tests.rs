@@ -1,0 +1,180 @@
+//! Golden tests: every `tests/xds-golden/*.input.json` (App Mesh resources
+//! and registered instances) is translated, encoded to protobuf, decoded
+//! again and compared with `*.xds.json`. Set `UPDATE_GOLDEN=1` to rewrite
+//! the expectations after a deliberate change, and review the diff.
+
+use std::path::{Path, PathBuf};
+
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::model::{Metadata, Resource};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds-golden")
+}
+
+/// `{"resources": [{"kind", "mesh"?, "parent"?, "name", "spec"}], "instances": [...]}`.
+fn load_case(input: &Value) -> (Snapshot, Instances) {
+    let mut resources = Vec::new();
+    for r in input["resources"].as_array().into_iter().flatten() {
+        let kind = Kind::from_type_name(r["kind"].as_str().unwrap_or_default())
+            .unwrap_or_else(|| panic!("bad kind in {r}"));
+        let name = r["name"].as_str().unwrap_or_default().to_string();
+        let mesh = if kind == Kind::Mesh {
+            name.clone()
+        } else {
+            r["mesh"].as_str().unwrap_or("m").to_string()
+        };
+        resources.push(Resource {
+            key: ResourceKey {
+                kind,
+                mesh,
+                parent: r["parent"].as_str().map(str::to_string),
+                name,
+            },
+            metadata: Metadata {
+                arn: String::new(),
+                uid: String::new(),
+                version: 1,
+                created_at: 0.0,
+                last_updated_at: 0.0,
+                owner: String::new(),
+            },
+            spec: r["spec"].clone(),
+            tags: Vec::new(),
+        });
+    }
+    let mut instances = Instances::new();
+    for i in input["instances"].as_array().into_iter().flatten() {
+        instances
+            .entry((
+                i["mesh"].as_str().unwrap_or("m").to_string(),
+                i["node"].as_str().unwrap_or_default().to_string(),
+            ))
+            .or_default()
+            .insert(Instance {
+                address: i["address"].as_str().unwrap_or_default().to_string(),
+                port: i["port"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(0),
+            });
+    }
+    (
+        Snapshot {
+            revision: 1,
+            resources,
+        },
+        instances,
+    )
+}
+
+/// What goes on the wire, read back: proof that the JSON is valid Envoy
+/// config, in a stable rendering.
+fn wire_json(set: &ResourceSet) -> Value {
+    let encoded = encode(set).unwrap_or_else(|e| panic!("{e}"));
+    let pool = xds_protos::descriptor_pool();
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    let mut out = serde_json::Map::new();
+    for (url, resources) in encoded {
+        let name = url.rsplit('/').next().unwrap_or(url);
+        let desc = pool
+            .get_message_by_name(name)
+            .unwrap_or_else(|| panic!("{name}"));
+        let items: Vec<Value> = resources
+            .values()
+            .map(|any| {
+                let msg = DynamicMessage::decode(desc.clone(), any.value.as_slice())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                msg.serialize_with_options(serde_json::value::Serializer, &options)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        if !items.is_empty() {
+            out.insert(
+                name.rsplit('.').next().unwrap_or(name).to_string(),
+                json!(items),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+#[test]
+fn translation_matches_the_goldens() {
+    let update = std::env::var("UPDATE_GOLDEN").is_ok();
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(golden_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".input.json"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        cases += 1;
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        let input: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let (snapshot, instances) = load_case(&input);
+        let actual: serde_json::Map<String, Value> = translate_all(&snapshot, &instances)
+            .iter()
+            .map(|(id, set)| (id.clone(), wire_json(set)))
+            .collect();
+        let actual = Value::Object(actual);
+        let expected_path =
+            PathBuf::from(path.to_string_lossy().replace(".input.json", ".xds.json"));
+        let rendered = serde_json::to_string_pretty(&actual).unwrap_or_default() + "\n";
+        if update {
+            std::fs::write(&expected_path, &rendered).unwrap_or_else(|e| panic!("{e}"));
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != rendered {
+            failures.push(format!(
+                "{} drifted; rerun with UPDATE_GOLDEN=1 and review. Got:\n{rendered}",
+                expected_path.display()
+            ));
+        }
+    }
+    assert!(cases > 0, "no golden cases found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn node_ids_parse_from_paths_and_arns() {
+    let id = NodeId::parse("mesh/m/virtualNode/a").unwrap();
+    assert_eq!(
+        (id.mesh.as_str(), id.gateway, id.name.as_str()),
+        ("m", false, "a")
+    );
+    let id =
+        NodeId::parse("arn:aws:appmesh:us-west-2:000000000000:mesh/m/virtualGateway/g").unwrap();
+    assert!(id.gateway);
+    assert_eq!(id.render(), "mesh/m/virtualGateway/g");
+    for bad in [
+        "",
+        "mesh/m",
+        "mesh/m/virtualRouter/r",
+        "mesh//virtualNode/a",
+    ] {
+        assert_eq!(NodeId::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn ports_come_from_metadata_with_defaults() {
+    let meta = json!({META_INGRESS_PORT: 20000, META_EGRESS_PORT: "20001", META_LISTENER_ADDRESS: "127.0.0.1"});
+    let p = Ports::from_metadata(meta.as_object().unwrap());
+    assert_eq!(
+        (p.ingress, p.egress, p.listener_address.as_str()),
+        (20000, 20001, "127.0.0.1")
+    );
+    let bad = json!({META_INGRESS_PORT: 0, META_EGRESS_PORT: "x", META_LISTENER_ADDRESS: "nope"});
+    assert_eq!(
+        Ports::from_metadata(bad.as_object().unwrap()),
+        Ports::default()
+    );
+}

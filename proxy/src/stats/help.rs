@@ -1,0 +1,119 @@
+//! HELP text for every Prometheus family the proxy emits. Envoy prints none;
+//! dashboards and `promtool check metrics` are better with it.
+
+/// The HELP line of `family` (the sanitized Prometheus name). A unit test
+/// renders every stat block and fails on a family missing here.
+pub fn help(family: &str) -> &'static str {
+    match family.strip_prefix("envoy_").unwrap_or(family) {
+        // Clusters
+        "cluster_upstream_rq_total" => {
+            "Requests sent upstream by this cluster, counting each retry."
+        }
+        "cluster_upstream_rq_active" => "Requests to this cluster now waiting for their response.",
+        "cluster_upstream_rq_pending_active" => {
+            "Requests to this cluster waiting for a connection."
+        }
+        "cluster_upstream_rq_timeout" => "Requests to this cluster that hit the route timeout.",
+        "cluster_upstream_rq_per_try_timeout" => "Upstream attempts that hit the per-try timeout.",
+        "cluster_upstream_rq_retry" => "Retries sent to this cluster.",
+        "cluster_upstream_rq_retry_success" => "Retried requests that finally succeeded.",
+        "cluster_upstream_rq_pending_overflow" => {
+            "Requests refused because the cluster's circuit breaker was open."
+        }
+        "cluster_upstream_rq_rx_reset" => "Upstream requests reset by the upstream.",
+        "cluster_upstream_rq_xx" => {
+            "Upstream responses by status class (envoy_response_code_class)."
+        }
+        "cluster_upstream_rq" => "Upstream responses by status code (envoy_response_code).",
+        "cluster_upstream_rq_time" => {
+            "Upstream request time, headers sent to response headers, in milliseconds."
+        }
+        "cluster_upstream_cx_total" => "Connections opened to this cluster's endpoints.",
+        "cluster_upstream_cx_active" => "Open connections to this cluster's endpoints.",
+        "cluster_upstream_cx_connect_fail" => {
+            "Failed connection attempts to this cluster's endpoints."
+        }
+        "cluster_upstream_cx_connect_timeout" => {
+            "Connection attempts to this cluster that timed out."
+        }
+        "cluster_upstream_cx_destroy" => "Connections to this cluster that were closed.",
+        "cluster_membership_healthy" => "Healthy endpoints in this cluster.",
+        "cluster_membership_total" => "Endpoints in this cluster, healthy or not.",
+        "cluster_outlier_detection_ejections_active" => {
+            "Endpoints of this cluster now ejected by outlier detection."
+        }
+        // HTTP connection managers
+        "http_downstream_rq_total" => "Requests received by this connection manager.",
+        "http_downstream_rq_http1_total" => "HTTP/1.1 requests received.",
+        "http_downstream_rq_http2_total" => "HTTP/2 requests received.",
+        "http_downstream_rq_active" => "Requests in progress.",
+        "http_downstream_rq_xx" => {
+            "Responses sent downstream by status class (envoy_response_code_class)."
+        }
+        "http_downstream_rq" => "Responses sent downstream by status code (envoy_response_code).",
+        "http_downstream_rq_time" => {
+            "Request time, first byte received to last byte sent, in milliseconds."
+        }
+        "http_downstream_rq_timeout" => "Requests closed because the request timeout fired.",
+        "http_downstream_rq_ws_on_non_ws_route" => {
+            "Upgrade requests refused on routes without WebSocket."
+        }
+        "http_downstream_cx_total" => "Downstream connections served by this connection manager.",
+        "http_downstream_cx_active" => "Downstream connections open on this connection manager.",
+        "http_downstream_cx_http1_total" => "HTTP/1.1 downstream connections.",
+        "http_downstream_cx_http2_total" => "HTTP/2 downstream connections.",
+        "http_downstream_cx_upgrades_total" => "Connections upgraded (WebSocket).",
+        "http_no_route" => "Requests that matched no route (404).",
+        "http_no_cluster" => "Requests whose route named a cluster that does not exist.",
+        "http_rq_redirect" => "Requests answered with a route redirect.",
+        "http_rq_direct_response" => "Requests answered with a route's direct response.",
+        // Listeners and TCP proxies
+        "listener_downstream_cx_total" => "Connections accepted by this listener.",
+        "listener_downstream_cx_active" => "Connections open on this listener.",
+        "listener_no_filter_chain_match" => {
+            "Connections that matched no filter chain and were closed."
+        }
+        "tcp_downstream_cx_total" => "Connections handled by this TCP proxy.",
+        "tcp_downstream_cx_no_route" => "TCP proxy connections with no cluster to go to.",
+        // Access logs
+        "access_logs_file_write_buffered" => "Access log lines queued for writing.",
+        "access_logs_file_write_completed" => "Access log lines written.",
+        "access_logs_file_write_failed" => "Access log writes that failed.",
+        "access_logs_file_write_dropped" => {
+            "Access log lines dropped because the writer's queue was full."
+        }
+        "access_logs_file_reopen_failed" => {
+            "Access log files that could not be reopened after SIGUSR1."
+        }
+        // Tracing
+        "tracing_opentelemetry_spans_sent" => "Spans exported to the OTLP collector.",
+        "tracing_opentelemetry_spans_dropped" => {
+            "Spans dropped because the export queue was full or the collector failed."
+        }
+        // xDS
+        "control_plane_connected_state" => "1 while the ADS stream to the control plane is up.",
+        "cluster_manager_cds_update_attempt" => "CDS updates received.",
+        "cluster_manager_cds_update_success" => "CDS updates applied.",
+        "cluster_manager_cds_update_rejected" => "CDS updates rejected (NACKed).",
+        "cluster_manager_cds_version" => "Hash of the CDS version in force.",
+        "cluster_manager_eds_update_attempt" => "EDS updates received.",
+        "cluster_manager_eds_update_success" => "EDS updates applied.",
+        "cluster_manager_eds_update_rejected" => "EDS updates rejected (NACKed).",
+        "cluster_manager_eds_version" => "Hash of the EDS version in force.",
+        "listener_manager_lds_update_attempt" => "LDS updates received.",
+        "listener_manager_lds_update_success" => "LDS updates applied.",
+        "listener_manager_lds_update_rejected" => "LDS updates rejected (NACKed).",
+        "listener_manager_lds_version" => "Hash of the LDS version in force.",
+        "http_rds_update_attempt" => "RDS updates received.",
+        "http_rds_update_success" => "RDS updates applied.",
+        "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
+        "http_rds_version" => "Hash of the RDS version in force.",
+        // Server
+        "server_live" => "1 once the initial configuration is applied.",
+        "server_uptime" => "Seconds since the proxy started.",
+        "server_concurrency" => "Worker threads.",
+        "server_state" => "0 live, 1 draining, 2 pre-initializing, 3 initializing.",
+        "server_memory_allocated" => "Resident memory of the proxy process, in bytes.",
+        _ => "trellis stat without a description.",
+    }
+}

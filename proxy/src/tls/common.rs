@@ -1,0 +1,177 @@
+//! What `DownstreamTlsContext` and `UpstreamTlsContext` share: the
+//! `CommonTlsContext` (own certificates, trust, ALPN, protocol versions).
+
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use xds_protos::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CommonTlsContext,
+};
+
+use super::material::{certified_key, validation, SecretValue, Validation};
+use super::secrets::{resolve, Slot};
+use super::verify::Trust;
+use crate::config::ConfigError;
+
+/// A certificate the context presents: fixed at compile time, or the
+/// current value of a secret.
+pub enum CertSource {
+    Fixed(Arc<CertifiedKey>),
+    Sds(Arc<Slot>),
+}
+
+impl CertSource {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        match self {
+            CertSource::Fixed(k) => Some(k.clone()),
+            CertSource::Sds(slot) => match slot.load().as_deref() {
+                Some(SecretValue::Certificate(k)) => Some(k.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The certificates of one context, presented first-available-first: Envoy
+/// picks among several by key type, which rustls's one-key resolver cannot.
+pub struct Certs(pub Vec<CertSource>);
+
+impl Certs {
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        let found = self.0.iter().find_map(CertSource::current);
+        if found.is_none() {
+            let names: Vec<&str> = self
+                .0
+                .iter()
+                .filter_map(|s| match s {
+                    CertSource::Sds(slot) => Some(slot.name.as_str()),
+                    CertSource::Fixed(_) => None,
+                })
+                .collect();
+            tracing::warn!(secrets = ?names, "TLS certificate secret not available yet; refusing the handshake");
+        }
+        found
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Certs({})", self.0.len())
+    }
+}
+
+pub struct Common {
+    pub certs: Certs,
+    pub trust: Option<Trust>,
+    pub alpn: Vec<Vec<u8>>,
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// Secrets to subscribe to over ADS.
+    pub ads_names: Vec<String>,
+}
+
+impl Common {
+    pub fn compile(c: &CommonTlsContext) -> Result<Common, ConfigError> {
+        let unsupported = [
+            (
+                c.tls_certificate_provider_instance.is_some(),
+                "tls_certificate_provider_instance",
+            ),
+            (
+                c.custom_tls_certificate_selector.is_some(),
+                "custom_tls_certificate_selector",
+            ),
+            (c.custom_handshaker.is_some(), "custom_handshaker"),
+            (c.key_log.is_some(), "key_log"),
+        ];
+        if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
+            return Err(ConfigError::new(*field, "not supported by trellis"));
+        }
+        if let Some(p) = &c.tls_params {
+            if !p.cipher_suites.is_empty()
+                || !p.ecdh_curves.is_empty()
+                || !p.signature_algorithms.is_empty()
+            {
+                return Err(ConfigError::new(
+                    "tls_params",
+                    "cipher_suites, ecdh_curves and signature_algorithms are fixed to rustls's modern defaults",
+                ));
+            }
+        }
+        let versions = super::versions(c.tls_params.as_ref()).map_err(|e| e.at("tls_params"))?;
+        let mut ads_names = Vec::new();
+        let mut certs = Vec::new();
+        for (i, tc) in c.tls_certificates.iter().enumerate() {
+            let k = certified_key(tc).map_err(|e| e.at(format!("tls_certificates[{i}]")))?;
+            certs.push(CertSource::Fixed(k));
+        }
+        for (i, s) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+            let r =
+                resolve(s).map_err(|e| e.at(format!("tls_certificate_sds_secret_configs[{i}]")))?;
+            if r.ads {
+                ads_names.push(r.slot.name.clone());
+            }
+            certs.push(CertSource::Sds(r.slot));
+        }
+        let mut sds_trust = |s, path: &str| -> Result<Option<Arc<Slot>>, ConfigError> {
+            let r = resolve(s).map_err(|e| e.at(path))?;
+            if r.ads {
+                ads_names.push(r.slot.name.clone());
+            }
+            Ok(Some(r.slot))
+        };
+        let trust = match &c.validation_context_type {
+            None => None,
+            Some(ValidationContextType::ValidationContext(v)) => {
+                let fixed = validation(v).map_err(|e| e.at("validation_context"))?;
+                if fixed.roots.is_none() {
+                    return Err(ConfigError::new(
+                        "validation_context.trusted_ca",
+                        "is required to verify peers",
+                    ));
+                }
+                Some(Trust { fixed, sds: None })
+            }
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Some(Trust {
+                fixed: Validation::default(),
+                sds: sds_trust(s, "validation_context_sds_secret_config")?,
+            }),
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                let path = "combined_validation_context";
+                let fixed = match &cv.default_validation_context {
+                    Some(v) => validation(v)
+                        .map_err(|e| e.at(format!("{path}.default_validation_context")))?,
+                    None => Validation::default(),
+                };
+                let Some(s) = &cv.validation_context_sds_secret_config else {
+                    return Err(ConfigError::new(
+                        format!("{path}.validation_context_sds_secret_config"),
+                        "is required",
+                    ));
+                };
+                let sds = sds_trust(s, &format!("{path}.validation_context_sds_secret_config"))?;
+                Some(Trust { fixed, sds })
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "validation_context_certificate_provider",
+                    "certificate providers are not supported by trellis",
+                ))
+            }
+        };
+        Ok(Common {
+            certs: Certs(certs),
+            trust,
+            alpn: c
+                .alpn_protocols
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            versions,
+            ads_names,
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! Downstream TLS: a listener filter chain's `DownstreamTlsContext`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use xds_protos::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+
+use super::common::{Certs, Common};
+use super::verify::{sans, ClientVerifier, SanKind};
+use crate::config::ConfigError;
+
+/// A handshake that has not finished by then is dropped, so a stalled peer
+/// cannot hold a connection slot; Envoy bounds it with the listener's
+/// connection timeouts in the same way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A compiled `DownstreamTlsContext`. The rustls config is built once; the
+/// certificate and trust inside it follow their secrets.
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    ads_names: Vec<String>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("ads_secrets", &self.ads_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the handshake established about the downstream peer, for routing,
+/// authorization, access logs (`%DOWNSTREAM_PEER_URI_SAN%`) and stats.
+#[derive(Debug, Clone, Default)]
+pub struct PeerInfo {
+    /// The verified client certificate's first URI SAN (a SPIFFE id in a mesh).
+    pub uri_san: Option<Arc<str>>,
+    /// The client certificate was verified (and so `uri_san` can be trusted).
+    pub verified: bool,
+    pub server_name: Option<String>,
+    pub alpn: Option<String>,
+}
+
+#[derive(Debug)]
+struct Resolver(Certs);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current()
+    }
+}
+
+impl ServerTls {
+    pub fn compile(ctx: &DownstreamTlsContext) -> Result<ServerTls, ConfigError> {
+        if ctx.require_sni == Some(true) {
+            return Err(ConfigError::new("require_sni", "not supported by trellis"));
+        }
+        if ctx.session_ticket_keys_type.is_some() {
+            return Err(ConfigError::new(
+                "session_ticket_keys",
+                "not supported by trellis",
+            ));
+        }
+        let common = ctx
+            .common_tls_context
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("common_tls_context", "is required"))?;
+        let c = Common::compile(common).map_err(|e| e.at("common_tls_context"))?;
+        if c.certs.is_empty() {
+            return Err(ConfigError::new(
+                "common_tls_context.tls_certificates",
+                "a TLS listener needs a certificate (tls_certificates or tls_certificate_sds_secret_configs)",
+            ));
+        }
+        let required = ctx.require_client_certificate.unwrap_or(false);
+        let builder = ServerConfig::builder_with_provider(super::provider())
+            .with_protocol_versions(&c.versions)
+            .map_err(|e| ConfigError::new("common_tls_context.tls_params", e))?;
+        let builder = match c.trust {
+            Some(trust) => {
+                builder.with_client_cert_verifier(Arc::new(ClientVerifier { trust, required }))
+            }
+            None if required => {
+                return Err(ConfigError::new(
+                    "require_client_certificate",
+                    "needs a validation context to verify client certificates against",
+                ))
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(Resolver(c.certs)));
+        config.alpn_protocols = c.alpn;
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            ads_names: c.ads_names,
+        })
+    }
+
+    /// Secrets this context expects over ADS.
+    pub fn ads_secret_names(&self) -> &[String] {
+        &self.ads_names
+    }
+
+    /// Runs the server handshake. A failure is logged with its reason (the
+    /// peer's certificate was expired, not yet valid, from an unknown CA, or
+    /// its SANs did not match) and the connection is dropped.
+    pub async fn accept(&self, stream: TcpStream) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
+        let peer = stream.peer_addr().ok();
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(peer = ?peer, error = %e, "downstream TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(peer = ?peer, "downstream TLS handshake timed out");
+                return None;
+            }
+        };
+        let conn = tls.get_ref().1;
+        let certs = conn.peer_certificates();
+        let info = PeerInfo {
+            uri_san: certs
+                .and_then(|c| c.first())
+                .and_then(|c| sans(c).into_iter().find(|(k, _)| *k == SanKind::Uri))
+                .map(|(_, v)| Arc::from(v)),
+            verified: certs.is_some_and(|c| !c.is_empty()),
+            server_name: conn.server_name().map(str::to_string),
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        };
+        Some((tls, info))
+    }
+}

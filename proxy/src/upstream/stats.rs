@@ -1,0 +1,104 @@
+//! The stats of circuit breaking, outlier detection and health checking, in
+//! a block of their own beside `ClusterStats` (same `cluster.NAME.` scope),
+//! so these features stay out of the shared stats module.
+
+use std::sync::Arc;
+
+use crate::stats::{Counter, Gauge, Scope, StatSource, Visitor};
+
+#[derive(Debug)]
+pub struct ResilienceStats {
+    pub scope: Scope,
+    pub upstream_cx_overflow: Counter,
+    pub upstream_rq_retry_overflow: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub ejections_active: Gauge,
+    pub ejections_enforced_total: Counter,
+    pub ejections_overflow: Counter,
+    pub ejections_enforced_consecutive_5xx: Counter,
+    pub ejections_detected_consecutive_5xx: Counter,
+    pub ejections_enforced_consecutive_gateway_failure: Counter,
+    pub ejections_detected_consecutive_gateway_failure: Counter,
+    pub hc_attempt: Counter,
+    pub hc_success: Counter,
+    pub hc_failure: Counter,
+    pub hc_network_failure: Counter,
+    pub hc_healthy: Gauge,
+}
+
+impl ResilienceStats {
+    pub fn new(name: Arc<str>) -> ResilienceStats {
+        ResilienceStats {
+            scope: Scope::new("cluster", Some(("envoy_cluster_name", name))),
+            upstream_cx_overflow: Counter::default(),
+            upstream_rq_retry_overflow: Counter::default(),
+            upstream_rq_pending_total: Counter::default(),
+            ejections_active: Gauge::default(),
+            ejections_enforced_total: Counter::default(),
+            ejections_overflow: Counter::default(),
+            ejections_enforced_consecutive_5xx: Counter::default(),
+            ejections_detected_consecutive_5xx: Counter::default(),
+            ejections_enforced_consecutive_gateway_failure: Counter::default(),
+            ejections_detected_consecutive_gateway_failure: Counter::default(),
+            hc_attempt: Counter::default(),
+            hc_success: Counter::default(),
+            hc_failure: Counter::default(),
+            hc_network_failure: Counter::default(),
+            hc_healthy: Gauge::default(),
+        }
+    }
+}
+
+impl StatSource for ResilienceStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.counter(s, "upstream_cx_overflow", self.upstream_cx_overflow.get());
+        v.counter(
+            s,
+            "upstream_rq_retry_overflow",
+            self.upstream_rq_retry_overflow.get(),
+        );
+        v.counter(
+            s,
+            "upstream_rq_pending_total",
+            self.upstream_rq_pending_total.get(),
+        );
+        let od = [
+            ("ejections_enforced_total", &self.ejections_enforced_total),
+            ("ejections_overflow", &self.ejections_overflow),
+            (
+                "ejections_enforced_consecutive_5xx",
+                &self.ejections_enforced_consecutive_5xx,
+            ),
+            (
+                "ejections_detected_consecutive_5xx",
+                &self.ejections_detected_consecutive_5xx,
+            ),
+            (
+                "ejections_enforced_consecutive_gateway_failure",
+                &self.ejections_enforced_consecutive_gateway_failure,
+            ),
+            (
+                "ejections_detected_consecutive_gateway_failure",
+                &self.ejections_detected_consecutive_gateway_failure,
+            ),
+        ];
+        v.gauge(
+            s,
+            "outlier_detection.ejections_active",
+            self.ejections_active.get(),
+        );
+        for (name, c) in od {
+            v.counter(s, &format!("outlier_detection.{name}"), c.get());
+        }
+        v.counter(s, "health_check.attempt", self.hc_attempt.get());
+        v.counter(s, "health_check.success", self.hc_success.get());
+        v.counter(s, "health_check.failure", self.hc_failure.get());
+        v.counter(
+            s,
+            "health_check.network_failure",
+            self.hc_network_failure.get(),
+        );
+        v.gauge(s, "health_check.healthy", self.hc_healthy.get());
+    }
+}

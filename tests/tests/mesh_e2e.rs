@@ -1,0 +1,689 @@
+//! The mesh end to end: trellis-control serving the App Mesh API and ADS,
+//! two sidecars bootstrapped by `trellis-control bootstrap`, two echo apps.
+//!
+//! Node `client` (sidecar A) calls virtual service `color`, a virtual router
+//! splitting between node `blue` (sidecar B in front of app blue, found
+//! through the instance sidecar B registered by connecting) and node `red`
+//! (app red, registered by hand through `/trellis/v1/instances`). Traffic:
+//! client → sidecar A egress → sidecar B ingress → app blue, or → app red.
+//! Changing the route's weights through the API must move traffic within
+//! two seconds. Run once with trellis-proxy and once with stock Envoy.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
+use trellis_tests::upstream::Echo;
+use trellis_tests::{client, eventually, free_port, within};
+
+const CREDENTIALS: &str =
+    "[default]\naws_access_key_id = AKIDMESHE2E\naws_secret_access_key = mesh-e2e-secret\n";
+
+struct Control {
+    /// Held so that the server is killed when the test ends.
+    _child: Child,
+    api: String,
+    xds: String,
+    dir: tempfile::TempDir,
+}
+
+impl Control {
+    async fn start() -> Control {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
+        let api = format!("127.0.0.1:{}", free_port());
+        let xds = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(workspace_bin("trellis-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--credentials")
+            .arg(dir.path().join("credentials"))
+            .args(["--api-addr", &api, "--xds-addr", &xds])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn trellis-control");
+        let url = format!("http://{api}/");
+        eventually(Duration::from_secs(20), "the API to answer", || {
+            let url = url.clone();
+            async move { client::get(&url).await.ok().map(|_| ()) }
+        })
+        .await;
+        Control {
+            _child: child,
+            api,
+            xds,
+            dir,
+        }
+    }
+
+    fn credentials(&self) -> PathBuf {
+        self.dir.path().join("credentials")
+    }
+
+    /// `trellis-control ARGS` against this server, its stdout on success.
+    async fn cli(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(workspace_bin("trellis-control"))
+                .args(args)
+                .args(["--api-addr", &self.api])
+                .arg("--credentials")
+                .arg(self.credentials())
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("trellis-control exits in time")
+        .expect("trellis-control runs");
+        assert!(
+            out.status.success(),
+            "trellis-control {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes CLI input JSON documents into a folder and applies it.
+    async fn apply(&self, docs: &[Value]) {
+        let dir = tempfile::tempdir_in(self.dir.path()).expect("temp dir");
+        for (i, doc) in docs.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{i:02}.json")), doc.to_string())
+                .expect("write spec");
+        }
+        let path = dir.path().to_string_lossy().into_owned();
+        self.cli(&["apply", "-f", &path]).await;
+    }
+
+    async fn proxies(&self) -> Value {
+        serde_json::from_str(&self.cli(&["status", "--json"]).await).expect("status JSON")
+    }
+}
+
+/// `kind` is `--virtual-node` or `--virtual-gateway`; `delta` asks for
+/// incremental xDS.
+fn bootstrap(
+    bin: &Path,
+    xds: &str,
+    (kind, node): (&str, &str),
+    (ingress, egress): (u16, u16),
+    delta: bool,
+) -> String {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["bootstrap", "--mesh", "m", kind, node, "--xds-addr", xds])
+        .args(["--admin-port", "0", "--listener-address", "127.0.0.1"])
+        .args(["--ingress-port", &ingress.to_string()])
+        .args(["--egress-port", &egress.to_string()]);
+    if delta {
+        cmd.arg("--delta");
+    }
+    let out = cmd.output().expect("run bootstrap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn route(blue: u32, red: u32, blue_port: u16, red_port: u16) -> Value {
+    json!({"meshName": "m", "virtualRouterName": "color-router", "routeName": "split", "spec": {
+        "httpRoute": {"match": {"prefix": "/"}, "action": {"weightedTargets": [
+            {"virtualNode": "blue", "weight": blue, "port": blue_port},
+            {"virtualNode": "red", "weight": red, "port": red_port}
+        ]}}
+    }})
+}
+
+/// Which app answered a request through sidecar A, if one did.
+async fn color(egress: u16) -> Option<String> {
+    let r = client::request(
+        Method::GET,
+        &format!("http://127.0.0.1:{egress}/hello"),
+        &[("host", "color")],
+        "",
+    )
+    .await
+    .ok()?;
+    (r.status == 200).then(|| r.echoed()["upstream"].as_str().unwrap_or("").to_string())
+}
+
+async fn scenario(proxy: PathBuf, delta: bool) {
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let red = Echo::start("red").await;
+    let (blue_port, red_port) = (blue.addr.port(), red.addr.port());
+    let node = |name: &str, port: u16, backends: Value| {
+        json!({"meshName": "m", "virtualNodeName": name, "spec": {
+            "listeners": [{"portMapping": {"port": port, "protocol": "http"}}],
+            "backends": backends,
+        }})
+    };
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {"egressFilter": {"type": "DROP_ALL"}}}),
+            node(
+                "client",
+                9,
+                json!([{"virtualService": {"virtualServiceName": "color"}}]),
+            ),
+            node("blue", blue_port, json!([])),
+            node("red", red_port, json!([])),
+            json!({"meshName": "m", "virtualRouterName": "color-router", "spec": {
+                "listeners": [{"portMapping": {"port": 80, "protocol": "http"}}]}}),
+            route(100, 0, blue_port, red_port),
+            json!({"meshName": "m", "virtualServiceName": "color", "spec": {
+                "provider": {"virtualRouter": {"virtualRouterName": "color-router"}}}}),
+        ])
+        .await;
+    // App red has no sidecar: registered by hand, signed like any API call.
+    let url = format!("http://{}/trellis/v1/instances", control.api);
+    let reply = client::request(
+        Method::POST,
+        &url,
+        &[],
+        &json!({"meshName": "m", "virtualNodeName": "red", "address": "127.0.0.1", "port": red_port})
+            .to_string(),
+    )
+    .await
+    .expect("API answers");
+    assert_eq!(
+        reply.status, 403,
+        "unsigned instance registration must be refused"
+    );
+    register_signed(&control, red_port).await;
+
+    let control_bin = workspace_bin("trellis-control");
+    let (a_in, a_out, b_in, b_out) = (free_port(), free_port(), free_port(), free_port());
+    let sidecar_b = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "blue"),
+            (b_in, b_out),
+            delta,
+        ),
+        &[],
+    )
+    .await;
+    let sidecar_a = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "client"),
+            (a_in, a_out),
+            delta,
+        ),
+        &[],
+    )
+    .await;
+
+    eventually(
+        Duration::from_secs(10),
+        "blue through both sidecars",
+        || async { (color(a_out).await.as_deref() == Some("blue")).then_some(()) },
+    )
+    .await;
+    assert!(blue.count() > 0);
+    // Straight into sidecar B's ingress too.
+    let r = client::get(&format!("http://127.0.0.1:{b_in}/direct"))
+        .await
+        .expect("sidecar B answers");
+    assert_eq!(r.echoed()["upstream"], "blue");
+
+    // Shift everything to red: must show within 2 seconds of the write.
+    control.apply(&[route(0, 100, blue_port, red_port)]).await;
+    let written = Instant::now();
+    eventually(Duration::from_secs(5), "traffic to move to red", || async {
+        for _ in 0..5 {
+            if color(a_out).await.as_deref() != Some("red") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let took = written.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the split moved after {took:?}"
+    );
+
+    // Half and half: both colors show up.
+    control.apply(&[route(50, 50, blue_port, red_port)]).await;
+    eventually(Duration::from_secs(5), "both colors", || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            seen.insert(color(a_out).await?);
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+
+    // Both proxies ACKed everything they were sent, and NACKed nothing.
+    let proxies = eventually(Duration::from_secs(5), "every update ACKed", || async {
+        let proxies = control.proxies().await;
+        let list = proxies.as_array()?.clone();
+        (list.len() == 2 && all_synced(&proxies)).then_some(proxies)
+    })
+    .await;
+    let nodes: Vec<&str> = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["node_id"].as_str())
+        .collect();
+    assert_eq!(
+        nodes,
+        ["mesh/m/virtualNode/blue", "mesh/m/virtualNode/client"]
+    );
+    let table = control.cli(&["status"]).await;
+    assert!(table.contains("SYNCED"), "{table}");
+    assert!(!table.contains("NACK"), "{table}");
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// Every proxy ACKed the last version of every type it was sent, and
+/// NACKed nothing.
+fn all_synced(proxies: &Value) -> bool {
+    proxies.as_array().is_some_and(|list| {
+        list.iter().all(|p| {
+            p["types"].as_object().is_some_and(|types| {
+                !types.is_empty()
+                    && types
+                        .values()
+                        .all(|t| t["nack"].is_null() && t["sent"] == t["acked"])
+            })
+        })
+    })
+}
+
+/// `POST /trellis/v1/instances`, signed, through the CLI.
+async fn register_signed(control: &Control, red_port: u16) {
+    let port = red_port.to_string();
+    control
+        .cli(&[
+            "register-instance",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "red",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn mesh_with_trellis_proxy_sidecars() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(90),
+        "the mesh scenario",
+        scenario(proxy, false),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mesh_with_trellis_proxy_sidecars_over_delta_xds() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(90),
+        "the delta mesh scenario",
+        scenario(proxy, true),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mesh_with_stock_envoy_sidecars() {
+    within(
+        Duration::from_secs(90),
+        "the mesh scenario on Envoy",
+        scenario(require_envoy(), false),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mesh_with_stock_envoy_sidecars_over_delta_xds() {
+    within(
+        Duration::from_secs(90),
+        "the delta mesh scenario on Envoy",
+        scenario(require_envoy(), true),
+    )
+    .await;
+}
+
+/// A virtual gateway in front of a sidecar: `/color/` is matched, the
+/// prefix rewritten to `/` and the Host to the target service's name.
+async fn gateway(proxy: PathBuf) {
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let gw_port = free_port();
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            json!({"meshName": "m", "virtualNodeName": "blue", "spec": {
+                "listeners": [{"portMapping": {"port": blue.addr.port(), "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "color", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "blue"}}}}),
+            json!({"meshName": "m", "virtualGatewayName": "gw", "spec": {
+                "listeners": [{"portMapping": {"port": gw_port, "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualGatewayName": "gw", "gatewayRouteName": "color", "spec": {
+                "httpRoute": {"match": {"prefix": "/color/"},
+                    "action": {"target": {"virtualService": {"virtualServiceName": "color"}}}}}}),
+        ])
+        .await;
+    let control_bin = workspace_bin("trellis-control");
+    let sidecar = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", "blue"),
+            (free_port(), free_port()),
+            false,
+        ),
+        &[],
+    )
+    .await;
+    let gw = ProxyProcess::start_with(
+        &proxy,
+        &bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-gateway", "gw"),
+            (free_port(), free_port()),
+            false,
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{gw_port}/color/paint?x=1");
+    let echoed = eventually(Duration::from_secs(10), "the gateway to route", || {
+        let url = url.clone();
+        async move {
+            let r = client::get(&url).await.ok()?;
+            (r.status == 200).then(|| r.echoed())
+        }
+    })
+    .await;
+    assert_eq!(echoed["upstream"], "blue");
+    assert_eq!(echoed["path"], "/paint?x=1");
+    let host = echoed["headers"]["host"].as_str().unwrap_or_default();
+    assert_eq!(host, "color");
+    let r = client::get(&format!("http://127.0.0.1:{gw_port}/other"))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(r.status, 404);
+    drop((gw, sidecar, control));
+}
+
+#[tokio::test]
+async fn gateway_with_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(60),
+        "the gateway scenario",
+        gateway(proxy),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn gateway_with_stock_envoy() {
+    within(
+        Duration::from_secs(60),
+        "the gateway scenario on Envoy",
+        gateway(require_envoy()),
+    )
+    .await;
+}
+
+/// An `http2` virtual node: sidecar A speaks HTTP/2 to sidecar B, which
+/// speaks HTTP/2 to the app, as `typed_extension_protocol_options` ask.
+async fn http2(proxy: PathBuf) {
+    let control = Control::start().await;
+    let app = Echo::start("h2").await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            json!({"meshName": "m", "virtualNodeName": "client", "spec": {
+                "backends": [{"virtualService": {"virtualServiceName": "h2"}}]}}),
+            json!({"meshName": "m", "virtualNodeName": "server", "spec": {
+                "listeners": [{"portMapping": {"port": app.addr.port(), "protocol": "http2"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "h2", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "server"}}}}),
+        ])
+        .await;
+    let control_bin = workspace_bin("trellis-control");
+    let egress = free_port();
+    let mut proxies = Vec::new();
+    for (node, ports) in [
+        ("server", (free_port(), free_port())),
+        ("client", (free_port(), egress)),
+    ] {
+        let config = bootstrap(
+            &control_bin,
+            &control.xds,
+            ("--virtual-node", node),
+            ports,
+            false,
+        );
+        proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
+    }
+    let url = format!("http://127.0.0.1:{egress}/h2");
+    let echoed = eventually(
+        Duration::from_secs(10),
+        "HTTP/2 through both sidecars",
+        || {
+            let url = url.clone();
+            async move {
+                let r = client::request(Method::GET, &url, &[("host", "h2")], "")
+                    .await
+                    .ok()?;
+                (r.status == 200).then(|| r.echoed())
+            }
+        },
+    )
+    .await;
+    assert_eq!(echoed["upstream"], "h2");
+    assert_eq!(echoed["version"], "HTTP/2.0");
+    drop((proxies, control));
+}
+
+#[tokio::test]
+async fn http2_upstreams_with_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(Duration::from_secs(60), "the HTTP/2 scenario", http2(proxy)).await;
+}
+
+#[tokio::test]
+async fn http2_upstreams_with_stock_envoy() {
+    within(
+        Duration::from_secs(60),
+        "the HTTP/2 scenario on Envoy",
+        http2(require_envoy()),
+    )
+    .await;
+}
+
+/// Every golden fixture of the translation, applied through the API and
+/// served to a proxy per node and gateway: the proxy must ACK all of it.
+async fn goldens_accepted(proxy: PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/xds-golden");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("golden dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".input.json"))
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty());
+    let control_bin = workspace_bin("trellis-control");
+    for input in inputs {
+        let fixture: Value =
+            serde_json::from_str(&std::fs::read_to_string(&input).expect("read fixture"))
+                .expect("fixture JSON");
+        let control = Control::start().await;
+        let mut docs = Vec::new();
+        let mut ids = Vec::new();
+        for r in fixture["resources"].as_array().into_iter().flatten() {
+            let kind = r["kind"].as_str().unwrap_or_default();
+            let name = r["name"].clone();
+            let mut doc = json!({"meshName": "m", "spec": r["spec"]});
+            match kind {
+                "Mesh" => {}
+                "Route" => {
+                    doc["virtualRouterName"] = r["parent"].clone();
+                    doc["routeName"] = name;
+                }
+                "GatewayRoute" => {
+                    doc["virtualGatewayName"] = r["parent"].clone();
+                    doc["gatewayRouteName"] = name;
+                }
+                other => {
+                    let field = format!("{}{}Name", other[..1].to_lowercase(), &other[1..]);
+                    doc[field] = name.clone();
+                    if other == "VirtualNode" {
+                        ids.push(("--virtual-node", name.as_str().unwrap_or("").to_string()));
+                    } else if other == "VirtualGateway" {
+                        ids.push(("--virtual-gateway", name.as_str().unwrap_or("").to_string()));
+                    }
+                }
+            }
+            docs.push(doc);
+        }
+        control.apply(&docs).await;
+        for i in fixture["instances"].as_array().into_iter().flatten() {
+            let port = i["port"].to_string();
+            control
+                .cli(&[
+                    "register-instance",
+                    "--mesh",
+                    "m",
+                    "--virtual-node",
+                    i["node"].as_str().unwrap_or(""),
+                    "--address",
+                    i["address"].as_str().unwrap_or(""),
+                    "--port",
+                    &port,
+                ])
+                .await;
+        }
+        let mut proxies = Vec::new();
+        for (kind, name) in &ids {
+            let config = bootstrap(
+                &control_bin,
+                &control.xds,
+                (kind, name.as_str()),
+                (free_port(), free_port()),
+                false,
+            );
+            proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
+        }
+        let what = format!("{} ACKed by every proxy", input.display());
+        eventually(Duration::from_secs(10), &what, || async {
+            let status = control.proxies().await;
+            let n = status.as_array().map_or(0, Vec::len);
+            (n == ids.len() && all_synced(&status)).then_some(())
+        })
+        .await;
+        drop(proxies);
+    }
+}
+
+#[tokio::test]
+async fn golden_configs_are_accepted_by_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(120),
+        "the goldens on trellis-proxy",
+        goldens_accepted(proxy),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn golden_configs_are_accepted_by_envoy() {
+    within(
+        Duration::from_secs(120),
+        "the goldens on Envoy",
+        goldens_accepted(require_envoy()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
+    let control = workspace_bin("trellis-control");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases: [&[&str]; 3] = [
+        &["--virtual-node", "a"],
+        &[
+            "--virtual-gateway",
+            "g",
+            "--xds-addr",
+            "localhost:18000",
+            "--admin-port",
+            "9902",
+        ],
+        &[
+            "--virtual-node",
+            "b",
+            "--delta",
+            "--ingress-port",
+            "20000",
+            "--egress-port",
+            "20001",
+        ],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let out = std::process::Command::new(&control)
+            .args(["bootstrap", "--mesh", "m"])
+            .args(*extra)
+            .output()
+            .expect("run bootstrap");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = dir.path().join(format!("b{i}.yaml"));
+        std::fs::write(&path, &out.stdout).expect("write bootstrap");
+        let path = path.to_string_lossy().into_owned();
+        for bin in [workspace_bin("trellis-proxy"), require_envoy()] {
+            let mut args = vec!["--mode", "validate", "-c", path.as_str()];
+            let base_id = free_port().to_string();
+            if bin.ends_with("envoy") {
+                args.extend(["--base-id", base_id.as_str()]);
+            }
+            let out = tokio::time::timeout(
+                Duration::from_secs(60),
+                Command::new(&bin).args(&args).stdin(Stdio::null()).output(),
+            )
+            .await
+            .expect("validation finishes")
+            .expect("validator runs");
+            assert!(
+                out.status.success(),
+                "{} refused {extra:?}: {}",
+                bin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! TLS and mTLS on listeners and clusters: two trellis-proxy processes
+//! talking mTLS, refusals with their reasons, SNI and transport-protocol
+//! chain selection, ALPN, a third-party client, and bad key material.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trellis_tests::process::{proxy_under_test, run_to_exit, testing_envoy, ProxyProcess};
+use trellis_tests::tls::{client_config, https_get, Ca, Issued, Leaf};
+use trellis_tests::upstream::Echo;
+use trellis_tests::{free_port, loopback, within};
+
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const DOWNSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+
+const FRONTEND: &str = "spiffe://trellis.test/ns/default/sa/frontend";
+const BACKEND: &str = "spiffe://trellis.test/ns/default/sa/backend";
+
+/// An HTTP connection manager whose one route does `action`.
+fn hcm(stat: &str, action: Value) -> Value {
+    let mut route = json!({ "match": { "prefix": "/" } });
+    if let (Some(r), Some(a)) = (route.as_object_mut(), action.as_object()) {
+        r.extend(a.clone());
+    }
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": stat,
+            "route_config": { "name": "r", "virtual_hosts": [
+                { "name": "all", "domains": ["*"], "routes": [route] }
+            ]},
+            "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+            }}]
+        }
+    })
+}
+
+fn to_cluster(name: &str) -> Value {
+    json!({ "route": { "cluster": name } })
+}
+
+fn reply(body: &str) -> Value {
+    json!({ "direct_response": { "status": 200, "body": { "inline_string": body } } })
+}
+
+fn cert_files(dir: &Path, name: &str, issued: &Issued) -> Value {
+    let (crt, key) = issued.write(dir, name);
+    json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } })
+}
+
+/// A `DownstreamTlsContext` transport socket.
+fn downstream_tls(common: Value, require_client_cert: bool) -> Value {
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": DOWNSTREAM_TLS,
+        "require_client_certificate": require_client_cert,
+        "common_tls_context": common,
+    }})
+}
+
+fn upstream_tls(common: Value, sni: &str) -> Value {
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": UPSTREAM_TLS, "sni": sni, "common_tls_context": common,
+    }})
+}
+
+fn uri_san(exact: &str) -> Value {
+    json!([{ "san_type": "URI", "matcher": { "exact": exact } }])
+}
+
+fn listener(port: u16, chains: Vec<Value>, extra: Value) -> Value {
+    let mut l = json!({
+        "name": format!("l{port}"),
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "filter_chains": chains,
+    });
+    if let (Some(l), Some(e)) = (l.as_object_mut(), extra.as_object()) {
+        l.extend(e.clone());
+    }
+    l
+}
+
+fn cluster(name: &str, addr: SocketAddr, tls: Option<Value>) -> Value {
+    let mut c = json!({
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [
+            { "endpoint": { "address": { "socket_address": {
+                "address": addr.ip().to_string(), "port_value": addr.port() } } } }
+        ]}]}
+    });
+    if let (Some(c), Some(t)) = (c.as_object_mut(), tls) {
+        c.insert("transport_socket".into(), t);
+    }
+    c
+}
+
+fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>, secrets: Vec<Value>) -> String {
+    json!({
+        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
+        "static_resources": { "listeners": listeners, "clusters": clusters, "secrets": secrets },
+    })
+    .to_string()
+}
+
+/// Proxy B: TLS in on `port`, client certificate required and its URI SAN
+/// must be `allowed`; forwards to `upstream`.
+async fn backend_proxy(
+    dir: &Path,
+    ca: &Ca,
+    port: u16,
+    allowed: &str,
+    upstream: SocketAddr,
+) -> ProxyProcess {
+    let server = ca.issue(&Leaf::new(&["backend.test"], &[BACKEND]));
+    let common = json!({
+        "alpn_protocols": ["h2", "http/1.1"],
+        "tls_certificates": [cert_files(dir, "backend", &server)],
+        "validation_context": {
+            "trusted_ca": { "filename": ca.write(dir, "ca") },
+            "match_typed_subject_alt_names": uri_san(allowed),
+        },
+    });
+    let mut filter = hcm("backend", to_cluster("app"));
+    // The verified client identity, as access logs see it.
+    filter["typed_config"]["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join("access.log"),
+            "log_format": { "text_format_source": {
+                "inline_string": "%REQ(:PATH)% %DOWNSTREAM_PEER_URI_SAN%\n" } },
+        },
+    }]);
+    let mut chain = json!({ "filters": [filter] });
+    chain["transport_socket"] = downstream_tls(common, true);
+    ProxyProcess::start_logged(&bootstrap(
+        vec![listener(port, vec![chain], json!({}))],
+        vec![cluster("app", upstream, None)],
+        vec![],
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn two_proxies_talk_mtls_end_to_end() {
+    within(Duration::from_secs(60), "mTLS end to end", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let app = Echo::start("app").await;
+        let b_port = free_port();
+        let b = backend_proxy(dir.path(), &ca, b_port, FRONTEND, app.addr).await;
+
+        // Proxy A: plaintext in, mTLS out with the frontend's identity,
+        // verifying that B is the backend.
+        let a_port = free_port();
+        let client = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+        let common = json!({
+            "tls_certificates": [cert_files(dir.path(), "frontend", &client)],
+            "validation_context": {
+                "trusted_ca": { "filename": ca.write(dir.path(), "ca") },
+                "match_typed_subject_alt_names": uri_san(BACKEND),
+            },
+        });
+        let a = ProxyProcess::start_logged(&bootstrap(
+            vec![listener(
+                a_port,
+                vec![json!({ "filters": [hcm("frontend", to_cluster("backend"))] })],
+                json!({}),
+            )],
+            vec![cluster(
+                "backend",
+                loopback(b_port),
+                Some(upstream_tls(common, "backend.test")),
+            )],
+            vec![],
+        ))
+        .await;
+
+        for i in 0..5 {
+            let r = trellis_tests::client::get(&format!("http://127.0.0.1:{a_port}/hello/{i}"))
+                .await
+                .expect("request through A and B");
+            assert_eq!(r.status, 200, "A log:\n{}\nB log:\n{}", a.log(), b.log());
+            let seen = r.echoed();
+            assert_eq!(seen["path"], format!("/hello/{i}"));
+        }
+        assert_eq!(app.count(), 5);
+        let log_path = dir.path().join("access.log");
+        // Envoy flushes access logs every 10 s.
+        trellis_tests::eventually(Duration::from_secs(15), "B's access log", || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move { log.contains(&format!("/hello/4 {FRONTEND}")).then_some(()) }
+        })
+        .await;
+        assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 0);
+
+        // An HTTP/2 cluster offers `h2` by ALPN (no alpn_protocols set), as
+        // Envoy does, and B serves it as HTTP/2.
+        let a2_port = free_port();
+        let common = json!({
+            "tls_certificates": [cert_files(dir.path(), "frontend", &client)],
+            "validation_context": { "trusted_ca": { "filename": ca.write(dir.path(), "ca") } },
+        });
+        let mut h2_cluster = cluster("backend", loopback(b_port), Some(upstream_tls(common, "backend.test")));
+        h2_cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} } } });
+        let _a2 = ProxyProcess::start(&bootstrap(
+            vec![listener(a2_port, vec![json!({ "filters": [hcm("frontend", to_cluster("backend"))] })], json!({}))],
+            vec![h2_cluster],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{a2_port}/over-h2"))
+            .await
+            .expect("request over an h2 mTLS hop");
+        assert_eq!(r.status, 200, "B log:\n{}", b.log());
+        assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 1);
+    })
+    .await;
+}
+
+/// Each bad client certificate is refused by B, which logs why.
+#[tokio::test]
+async fn bad_client_certificates_are_refused_with_the_reason() {
+    within(Duration::from_secs(60), "refusals", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let other_ca = Ca::new("some other CA");
+        let app = Echo::start("app").await;
+        let port = free_port();
+        let b = backend_proxy(dir.path(), &ca, port, FRONTEND, app.addr).await;
+        let hour = time::Duration::hours(1);
+        let cases: Vec<(&str, Issued, &str)> = vec![
+            (
+                "expired",
+                ca.issue(&Leaf::new(&[], &[FRONTEND]).valid(-hour * 48, -hour)),
+                "expired",
+            ),
+            (
+                "not yet valid",
+                ca.issue(&Leaf::new(&[], &[FRONTEND]).valid(hour, hour * 48)),
+                "not valid yet",
+            ),
+            (
+                "wrong CA",
+                other_ca.issue(&Leaf::new(&[], &[FRONTEND])),
+                "UnknownIssuer",
+            ),
+            (
+                "wrong SAN",
+                ca.issue(&Leaf::new(
+                    &[],
+                    &["spiffe://trellis.test/ns/default/sa/intruder"],
+                )),
+                "no subject alternative name matches",
+            ),
+        ];
+        for (what, cert, logged) in cases {
+            let cfg = client_config(&ca.pem, Some(&cert), &["http/1.1"]);
+            let r = https_get(loopback(port), "backend.test", cfg, "/").await;
+            assert!(
+                r.is_err() || r.as_ref().is_ok_and(|r| r.status != 200),
+                "{what}: accepted: {r:?}"
+            );
+            // The reasons are trellis's own log lines; Envoy words them differently.
+            if !testing_envoy() {
+                trellis_tests::eventually(
+                    Duration::from_secs(5),
+                    &format!("a log line for {what}"),
+                    || {
+                        let log = b.log();
+                        async move { log.contains(logged).then_some(()) }
+                    },
+                )
+                .await;
+            }
+        }
+        // No certificate at all is refused too; a good one still works.
+        let r = https_get(
+            loopback(port),
+            "backend.test",
+            client_config(&ca.pem, None, &[]),
+            "/",
+        )
+        .await;
+        assert!(
+            r.is_err() || r.as_ref().is_ok_and(|r| r.status != 200),
+            "no cert accepted"
+        );
+        let good = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+        let r = https_get(
+            loopback(port),
+            "backend.test",
+            client_config(&ca.pem, Some(&good), &[]),
+            "/",
+        )
+        .await
+        .expect("a good client certificate is accepted");
+        assert_eq!(r.status, 200);
+        assert_eq!(app.count(), 1);
+    })
+    .await;
+}
+
+/// Proxy A refuses an upstream whose certificate has the wrong SAN: 503.
+#[tokio::test]
+async fn upstream_with_the_wrong_identity_is_refused() {
+    within(Duration::from_secs(60), "upstream SAN", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let app = Echo::start("app").await;
+        let b_port = free_port();
+        let _b = backend_proxy(dir.path(), &ca, b_port, FRONTEND, app.addr).await;
+        let a_port = free_port();
+        let client = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+        let common = json!({
+            "tls_certificates": [cert_files(dir.path(), "frontend", &client)],
+            "validation_context": {
+                "trusted_ca": { "filename": ca.write(dir.path(), "ca") },
+                "match_typed_subject_alt_names": uri_san("spiffe://trellis.test/ns/default/sa/someone-else"),
+            },
+        });
+        let a = ProxyProcess::start_logged(&bootstrap(
+            vec![listener(a_port, vec![json!({ "filters": [hcm("frontend", to_cluster("backend"))] })], json!({}))],
+            vec![cluster("backend", loopback(b_port), Some(upstream_tls(common, "backend.test")))],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{a_port}/"))
+            .await
+            .expect("A answers");
+        assert_eq!(r.status, 503);
+        assert!(testing_envoy() || a.log().contains("no subject alternative name matches"), "{}", a.log());
+        assert_eq!(app.count(), 0);
+    })
+    .await;
+}
+
+/// One port, three certificates: SNI picks the chain (and so the
+/// certificate); an unknown name gets the default chain.
+#[tokio::test]
+async fn sni_selects_among_certificates_with_a_default() {
+    within(Duration::from_secs(60), "SNI", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let a = ca.issue(&Leaf::new(&["a.test"], &[]));
+        let b = ca.issue(&Leaf::new(&["b.test"], &[]));
+        // No chain names c.test: it gets the default chain's certificate.
+        let d = ca.issue(&Leaf::new(&["c.test"], &[]));
+        let chain = |name: &str, cert: &Issued, sni: Option<&str>| {
+            let mut c = json!({
+                "filters": [hcm(name, reply(name))],
+                "transport_socket": downstream_tls(
+                    json!({ "tls_certificates": [cert_files(dir.path(), name, cert)] }), false),
+            });
+            if let Some(sni) = sni {
+                c["filter_chain_match"] = json!({ "server_names": [sni] });
+            }
+            c
+        };
+        let port = free_port();
+        let mut l = listener(
+            port,
+            vec![
+                chain("a", &a, Some("a.test")),
+                chain("b", &b, Some("b.test")),
+            ],
+            json!({ "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }] }),
+        );
+        l["default_filter_chain"] = chain("default", &d, None);
+        let _p = ProxyProcess::start(&bootstrap(vec![l], vec![], vec![])).await;
+        for (sni, body, cert) in [
+            ("a.test", "a", &a),
+            ("b.test", "b", &b),
+            ("c.test", "default", &d),
+        ] {
+            let r = https_get(loopback(port), sni, client_config(&ca.pem, None, &[]), "/")
+                .await
+                .unwrap_or_else(|e| panic!("{sni}: {e}"));
+            assert_eq!(r.body, body, "{sni}");
+            assert_eq!(r.server_cert, cert.der, "{sni}: wrong certificate");
+        }
+    })
+    .await;
+}
+
+/// PERMISSIVE: TLS and plaintext clients on one port, by transport protocol.
+#[tokio::test]
+async fn tls_and_plaintext_share_a_port() {
+    within(Duration::from_secs(60), "permissive", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let port = free_port();
+        let tls_chain = json!({
+            "filter_chain_match": { "transport_protocol": "tls" },
+            "filters": [hcm("tls", reply("over tls"))],
+            "transport_socket": downstream_tls(json!({
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [cert_files(dir.path(), "svc", &cert)] }), false),
+        });
+        let plain_chain = json!({
+            "filter_chain_match": { "transport_protocol": "raw_buffer" },
+            "filters": [hcm("plain", reply("in plaintext"))],
+        });
+        let l = listener(
+            port,
+            vec![tls_chain, plain_chain],
+            json!({ "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }] }),
+        );
+        let _p = ProxyProcess::start(&bootstrap(vec![l], vec![], vec![])).await;
+        for _ in 0..3 {
+            let r = trellis_tests::client::get(&format!("http://127.0.0.1:{port}/"))
+                .await
+                .expect("plaintext");
+            assert_eq!(r.body_text(), "in plaintext");
+            let r = https_get(
+                loopback(port),
+                "svc.test",
+                client_config(&ca.pem, None, &["h2", "http/1.1"]),
+                "/",
+            )
+            .await
+            .expect("tls");
+            assert_eq!(r.body, "over tls");
+            // HTTP/2 by ALPN.
+            assert_eq!(r.alpn.as_deref(), Some("h2"));
+            assert_eq!(r.version, http::Version::HTTP_2);
+            let r = https_get(
+                loopback(port),
+                "svc.test",
+                client_config(&ca.pem, None, &["http/1.1"]),
+                "/",
+            )
+            .await
+            .expect("tls h1");
+            assert_eq!(r.alpn.as_deref(), Some("http/1.1"));
+            assert_eq!(r.version, http::Version::HTTP_11);
+        }
+    })
+    .await;
+}
+
+/// curl, with its own TLS stack, against an mTLS listener.
+#[tokio::test]
+async fn curl_speaks_mtls_to_a_listener() {
+    if which("curl").is_none() {
+        eprintln!("curl not installed; skipping");
+        return;
+    }
+    within(Duration::from_secs(60), "curl", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let app = Echo::start("app").await;
+        let port = free_port();
+        let _b = backend_proxy(dir.path(), &ca, port, FRONTEND, app.addr).await;
+        let client = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+        let (crt, key) = client.write(dir.path(), "curl-client");
+        let ca_file = ca.write(dir.path(), "curl-ca");
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .arg("--cacert")
+            .arg(&ca_file)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg("--resolve")
+            .arg(format!("backend.test:{port}:127.0.0.1"))
+            .arg(format!("https://backend.test:{port}/from-curl"))
+            .output()
+            .await
+            .expect("run curl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.trim_end().ends_with("200 2"), "{stdout}");
+        assert!(stdout.contains("/from-curl"), "{stdout}");
+        // Without a client certificate curl is refused.
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null"])
+            .arg("--cacert")
+            .arg(&ca_file)
+            .arg("--resolve")
+            .arg(format!("backend.test:{port}:127.0.0.1"))
+            .arg(format!("https://backend.test:{port}/"))
+            .output()
+            .await
+            .expect("run curl");
+        assert!(!out.status.success());
+    })
+    .await;
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Malformed key material is a config error naming the field (exit 2),
+/// and private keys never reach `/config_dump`.
+#[tokio::test]
+async fn bad_key_material_is_a_config_error_and_keys_are_redacted() {
+    if testing_envoy() {
+        // Exit code 2 and the field path in the message are trellis's contract.
+        return;
+    }
+    within(Duration::from_secs(60), "config errors", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let other = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let port = free_port();
+        let with_cert = |chain: &str, key: &str| {
+            let common = json!({ "tls_certificates": [{
+                "certificate_chain": { "inline_string": chain },
+                "private_key": { "inline_string": key } }] });
+            let mut c = json!({ "filters": [hcm("s", reply("ok"))] });
+            c["transport_socket"] = downstream_tls(common, false);
+            bootstrap(vec![listener(port, vec![c], json!({}))], vec![], vec![])
+        };
+        let cases = [
+            (
+                with_cert(
+                    "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                    &cert.key_pem,
+                ),
+                "certificate_chain",
+            ),
+            (with_cert(&cert.cert_pem, "garbage"), "private_key"),
+            (
+                with_cert(&cert.cert_pem, &other.key_pem),
+                "private_key: does not match",
+            ),
+        ];
+        for (i, (config, field)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("bad{i}.yaml"));
+            std::fs::write(&path, config).expect("write");
+            let (code, stderr) = run_to_exit(
+                &proxy_under_test(),
+                &["--mode", "validate", "-c", path.to_str().expect("utf-8")],
+            )
+            .await;
+            assert_eq!(code, Some(2), "{stderr}");
+            assert!(
+                stderr.contains(
+                    "transport_socket.typed_config.common_tls_context.tls_certificates[0]."
+                ),
+                "{stderr}"
+            );
+            assert!(stderr.contains(field), "{field}: {stderr}");
+            assert!(
+                !stderr.contains("PRIVATE KEY"),
+                "key material in the error: {stderr}"
+            );
+        }
+        let p = ProxyProcess::start(&with_cert(&cert.cert_pem, &cert.key_pem)).await;
+        let dump = p.admin_get("/config_dump").await.body_text();
+        assert!(!dump.contains("PRIVATE KEY"), "private key in /config_dump");
+        assert!(dump.contains("[redacted]"), "{dump}");
+        assert!(
+            dump.contains("BEGIN CERTIFICATE"),
+            "certificates are not secret"
+        );
+    })
+    .await;
+}
+
+/// `tcp_proxy` to a cluster with an `UpstreamTlsContext` originates TLS.
+#[tokio::test]
+async fn tcp_proxy_originates_tls_upstream() {
+    within(Duration::from_secs(60), "tcp_proxy TLS", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let server = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let tls_port = free_port();
+        let mut chain = json!({ "filters": [hcm("s", reply("via tcp_proxy and tls"))] });
+        chain["transport_socket"] = downstream_tls(
+            json!({ "tls_certificates": [cert_files(dir.path(), "svc", &server)] }),
+            false,
+        );
+        let tcp_port = free_port();
+        let tcp_chain = json!({ "filters": [{ "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": "tls_upstream" } }] });
+        let common = json!({ "validation_context": {
+            "trusted_ca": { "filename": ca.write(dir.path(), "ca") } } });
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![
+                listener(tls_port, vec![chain], json!({})),
+                listener(tcp_port, vec![tcp_chain], json!({})),
+            ],
+            vec![cluster("tls_upstream", loopback(tls_port), Some(upstream_tls(common, "svc.test")))],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{tcp_port}/"))
+            .await
+            .expect("through tcp_proxy");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_text(), "via tcp_proxy and tls");
+    })
+    .await;
+}
+
+/// Like Envoy, the TLS inspector waits for the client's first bytes: a
+/// server-first client is closed when `listener_filters_timeout` passes, or
+/// carried on as `raw_buffer` with `continue_on_listener_filters_timeout`.
+#[tokio::test]
+async fn inspector_timeout_closes_or_continues_as_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(Duration::from_secs(60), "inspector timeout", async {
+        // An upstream that speaks first.
+        let banner = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let banner_addr = banner.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = banner.accept().await {
+                let _ = s.write_all(b"220 hello\r\n").await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let tcp_chain = json!({ "filters": [{ "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tcp", "cluster": "banner" } }] });
+        let (closing, continuing) = (free_port(), free_port());
+        let inspector = |cont: bool| json!({
+            "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }],
+            "listener_filters_timeout": "0.3s",
+            "continue_on_listener_filters_timeout": cont,
+        });
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![
+                listener(closing, vec![tcp_chain.clone()], inspector(false)),
+                listener(continuing, vec![tcp_chain], inspector(true)),
+            ],
+            vec![cluster("banner", banner_addr, None)],
+            vec![],
+        ))
+        .await;
+        let mut buf = [0u8; 64];
+        let mut s = tokio::net::TcpStream::connect(loopback(continuing)).await.expect("connect");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the banner arrives after the timeout")
+            .expect("read");
+        assert_eq!(&buf[..n], b"220 hello\r\n");
+        let mut s = tokio::net::TcpStream::connect(loopback(closing)).await.expect("connect");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed after the timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without forwarding");
+    })
+    .await;
+}
