@@ -5,17 +5,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
-use trellis_proxy::{bootstrap, server, shared::NodeInfo};
+use trellis_proxy::{bootstrap, init, server, shared::NodeInfo, wait_ready};
 
 #[derive(Parser)]
 #[command(
     name = "trellis-proxy",
     version,
-    about = "An Envoy-compatible L7 proxy"
+    about = "An Envoy-compatible L7 proxy",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Envoy v3 bootstrap file (YAML or JSON).
     #[arg(short = 'c', long = "config-path", value_name = "FILE")]
     config_path: Option<PathBuf>,
@@ -50,6 +53,28 @@ struct Cli {
     mode: Mode,
 }
 
+/// Sidecar helpers; without one, the proxy runs.
+#[derive(Subcommand)]
+enum Sub {
+    /// Install (or with --clean remove) App Mesh's interception rules.
+    Init(init::InitArgs),
+    /// Wait until the admin /ready answers 200 (exit 1 on timeout).
+    WaitReady(wait_ready::WaitReadyArgs),
+}
+
+/// `trellis-init` (a link to this binary, as the injector names the init
+/// container's command) is `trellis-proxy init`.
+#[derive(Parser)]
+#[command(
+    name = "trellis-init",
+    version,
+    about = "Install App Mesh's interception rules"
+)]
+struct InitCli {
+    #[command(flatten)]
+    args: init::InitArgs,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -63,7 +88,16 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("trellis-init")) {
+        return init::run(&InitCli::parse().args);
+    }
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Sub::Init(a)) => return init::run(a),
+        Some(Sub::WaitReady(a)) => return wait_ready::run(a),
+        None => {}
+    }
     let Some(path) = cli.config_path.clone() else {
         eprintln!("trellis-proxy: a bootstrap is required: -c FILE");
         return ExitCode::from(2);

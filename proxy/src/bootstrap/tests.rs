@@ -168,12 +168,13 @@ static_resources:
 #[test]
 fn an_unsupported_lb_policy_lists_the_supported_ones() {
     let e = yaml_error(
-        "static_resources:\n  clusters:\n  - name: a\n    lb_policy: CLUSTER_PROVIDED\n",
+        "static_resources:\n  clusters:\n  - name: a\n    lb_policy: LOAD_BALANCING_POLICY_CONFIG\n",
     );
     assert_eq!(
         e,
-        "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED is not supported by trellis \
-         (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)"
+        "static_resources.clusters[0].lb_policy: LOAD_BALANCING_POLICY_CONFIG is not supported \
+         by trellis (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV, \
+         CLUSTER_PROVIDED)"
     );
 }
 

@@ -46,6 +46,9 @@ pub enum Discovery {
     LogicalDns(Vec<EndpointConfig>),
     /// Endpoints arrive over EDS under this service name.
     Eds(String),
+    /// `ORIGINAL_DST`: one host per original destination of the downstream
+    /// connection (or of an explicit-proxy request), created on first use.
+    OriginalDst,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,13 +144,28 @@ impl ClusterConfig {
                 Discovery::Eds(service)
             }
             cluster::DiscoveryType::OriginalDst => {
-                return Err(ConfigError::new(
-                    "type",
-                    "ORIGINAL_DST clusters are not supported by trellis yet",
-                ))
+                if proto.load_assignment.is_some() {
+                    return Err(ConfigError::new(
+                        "load_assignment",
+                        "an ORIGINAL_DST cluster takes its hosts from connections, not from endpoints",
+                    ));
+                }
+                Discovery::OriginalDst
             }
         };
-        let lb_policy = match cluster::LbPolicy::try_from(proto.lb_policy) {
+        let lb = cluster::LbPolicy::try_from(proto.lb_policy);
+        // As Envoy: ORIGINAL_DST picks its host itself, so CLUSTER_PROVIDED is the
+        // only policy it takes, and no other cluster type takes CLUSTER_PROVIDED.
+        let original_dst = matches!(discovery, Discovery::OriginalDst);
+        if original_dst != (lb == Ok(cluster::LbPolicy::ClusterProvided)) {
+            return Err(ConfigError::new(
+                "lb_policy",
+                "CLUSTER_PROVIDED is required by, and only valid for, type ORIGINAL_DST",
+            ));
+        }
+        let lb_policy = match lb {
+            // Never consulted: the original-destination host is picked directly.
+            Ok(cluster::LbPolicy::ClusterProvided) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
@@ -290,4 +308,33 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod original_dst_tests {
+    use super::*;
+
+    fn cluster(kind: cluster::DiscoveryType, lb: cluster::LbPolicy) -> Cluster {
+        Cluster {
+            name: "c".to_string(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
+            lb_policy: lb as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn original_dst_requires_cluster_provided_and_only_it() {
+        use cluster::{DiscoveryType as D, LbPolicy as L};
+        let ok = ClusterConfig::compile(&cluster(D::OriginalDst, L::ClusterProvided))
+            .expect("ORIGINAL_DST + CLUSTER_PROVIDED");
+        assert!(matches!(ok.discovery, Discovery::OriginalDst));
+        for (d, l) in [
+            (D::OriginalDst, L::RoundRobin),
+            (D::Static, L::ClusterProvided),
+        ] {
+            let e = ClusterConfig::compile(&cluster(d, l)).expect_err("mismatch");
+            assert!(e.to_string().contains("CLUSTER_PROVIDED"), "{e}");
+        }
+    }
 }

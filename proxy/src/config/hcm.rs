@@ -26,6 +26,9 @@ pub struct HcmConfig {
     pub codec: Codec,
     pub routes: RouteSource,
     pub websocket: bool,
+    /// `upgrade_configs: [{upgrade_type: CONNECT}]`: CONNECT requests may be
+    /// terminated and tunnelled (explicit-proxy egress).
+    pub connect: bool,
     pub idle_timeout: Option<Duration>,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
@@ -130,7 +133,12 @@ impl HcmConfig {
         };
         let filters = http_filters(h)?;
         let mut websocket = false;
+        let mut connect = false;
         for (i, u) in h.upgrade_configs.iter().enumerate() {
+            if u.upgrade_type.eq_ignore_ascii_case("CONNECT") && u.filters.is_empty() {
+                connect = u.enabled.unwrap_or(true);
+                continue;
+            }
             if !u.upgrade_type.eq_ignore_ascii_case("websocket") {
                 return Err(ConfigError::new(
                     format!("upgrade_configs[{i}].upgrade_type"),
@@ -194,6 +202,7 @@ impl HcmConfig {
             codec,
             routes,
             websocket,
+            connect,
             idle_timeout,
             stream_idle_timeout: duration::timeout(
                 h.stream_idle_timeout.as_ref(),

@@ -14,6 +14,7 @@ use xds_protos::type_url;
 
 use super::address::bind_address;
 use super::hcm::HcmConfig;
+use super::listener_filters::ListenerFilters;
 use super::tcp_proxy::TcpProxyConfig;
 use super::{duration, ConfigError};
 use crate::tls::ServerTls;
@@ -29,6 +30,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub filter_chains: Vec<ChainConfig>,
     pub default_chain: Option<ChainConfig>,
+    /// Listener filters (original_dst, http_inspector); see `listener_filters`.
+    pub filters: ListenerFilters,
     /// Set when the listener runs `envoy.filters.listener.tls_inspector`.
     pub tls_inspector: Option<InspectorConfig>,
     pub proto: Listener,
@@ -176,6 +179,7 @@ impl ListenerConfig {
             return Err(ConfigError::new("name", "a listener needs a name"));
         }
         let address = bind_address(l.address.as_ref(), "address")?;
+        let filters = ListenerFilters::compile(l)?;
         let tls_inspector = compile_listener_filters(l)?;
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
             return Err(ConfigError::new(
@@ -198,6 +202,7 @@ impl ListenerConfig {
             address,
             filter_chains,
             default_chain,
+            filters,
             tls_inspector,
             proto: l.clone(),
             fingerprint: l.encode_to_vec(),
@@ -230,6 +235,12 @@ fn compile_listener_filters(l: &Listener) -> Result<Option<InspectorConfig>, Con
                 ))
             }
         };
+        // original_dst and http_inspector: see `listener_filters`.
+        if url == super::listener_filters::ORIGINAL_DST
+            || url == super::listener_filters::HTTP_INSPECTOR
+        {
+            continue;
+        }
         if url != TLS_INSPECTOR {
             return Err(ConfigError::new(
                 format!("{path}.typed_config"),

@@ -7,6 +7,7 @@ pub mod duration;
 mod error;
 pub mod hcm;
 pub mod listener;
+pub mod listener_filters;
 pub mod resilience;
 pub mod supported;
 pub mod tcp_proxy;

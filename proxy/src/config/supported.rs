@@ -477,7 +477,14 @@ pub static SUPPORTED: &[Entry] = &[
             ("connect_timeout", Walk),
             (
                 "lb_policy",
-                Values(&["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]),
+                Values(&[
+                    "ROUND_ROBIN",
+                    "LEAST_REQUEST",
+                    "RANDOM",
+                    "RING_HASH",
+                    "MAGLEV",
+                    "CLUSTER_PROVIDED",
+                ]),
             ),
             ("load_assignment", Walk),
             ("typed_extension_protocol_options", Extension(PROTOCOL_OPTIONS)),

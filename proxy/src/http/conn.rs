@@ -21,6 +21,8 @@ use crate::io::{Activity, Tracked};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Where iptables redirected the connection from (listener `original_dst`).
+    pub original_dst: Option<SocketAddr>,
     /// Set while the connection drains: HTTP/1.1 answers close it.
     pub closing: Arc<std::sync::atomic::AtomicBool>,
     pub scheme: &'static str,
@@ -35,6 +37,7 @@ impl Hcm {
         stream: S,
         peer: SocketAddr,
         local: SocketAddr,
+        original_dst: Option<SocketAddr>,
         mut drain: Watch,
         tls: Option<Arc<crate::tls::PeerInfo>>,
     ) where
@@ -47,6 +50,7 @@ impl Hcm {
         let info = Arc::new(ConnInfo {
             peer,
             local,
+            original_dst,
             closing: closing.clone(),
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,

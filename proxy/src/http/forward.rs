@@ -16,7 +16,7 @@ use super::local_reply::{self, reply};
 use super::retry::RetryRules;
 use crate::body::{self, Body};
 use crate::router::RetryPolicy;
-use crate::upstream::{Cluster, ConnectError, Endpoint, TryResult};
+use crate::upstream::{Cluster, ConnectError, Endpoint, OriginalDestination, TryResult};
 
 /// Bodies up to this size are kept so a retry can replay them; larger ones
 /// stream and are not retried once sent, as with Envoy's buffer limit.
@@ -164,11 +164,12 @@ pub async fn forward(
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
     let proto = cluster.protocol(parts.version);
+    let destination = parts.extensions.get::<OriginalDestination>().copied();
     let mut parts = Some(parts);
 
     loop {
         attempt += 1;
-        let Some(endpoint) = pick(cluster, last_failed.as_ref(), hash) else {
+        let Some(endpoint) = pick(cluster, destination, last_failed.as_ref(), hash) else {
             flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
             return Outcome {
                 response: reply(
@@ -351,9 +352,14 @@ fn overflow(grpc: bool, attempts: u32) -> Outcome {
 /// hash policy too: Envoy's retry host predicate steps off the key's host).
 fn pick(
     cluster: &Cluster,
+    destination: Option<OriginalDestination>,
     avoid: Option<&Arc<Endpoint>>,
     hash: Option<u64>,
 ) -> Option<Arc<Endpoint>> {
+    if cluster.is_original_dst() {
+        // One host per destination: nothing to balance or step off.
+        return cluster.pick_for(destination, 0);
+    }
     let first = cluster.pick_hashed(rand::random(), hash)?;
     match avoid {
         Some(bad) if Arc::ptr_eq(bad, &first) => {

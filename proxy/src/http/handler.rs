@@ -247,6 +247,16 @@ impl Hcm {
             return (resp, flags);
         };
         record.info.upstream_cluster = Some(cluster.name().clone());
+        // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
+        if cluster.is_original_dst() {
+            if let Some(d) = super::explicit::destination(info, parts).await {
+                parts.extensions.insert(d);
+            }
+        }
+        if parts.method == http::Method::CONNECT {
+            let resp = super::explicit::connect(self.config.connect, cluster, parts).await;
+            return (resp, ResponseFlags::default());
+        }
         let downstream_upgrade = if upgrade {
             parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
         } else {

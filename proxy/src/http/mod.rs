@@ -2,6 +2,7 @@
 //! walks each request through routing to an upstream.
 
 mod conn;
+mod explicit;
 mod flags;
 mod forward;
 mod h1_guard;

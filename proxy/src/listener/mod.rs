@@ -1,7 +1,9 @@
 //! Listeners: bind, accept, choose a filter chain, hand the connection to its
 //! terminal filter (HTTP connection manager or TCP proxy).
 
+mod inspect;
 mod manager;
+mod original_dst;
 mod tcp_proxy;
 
 use std::net::SocketAddr;
@@ -121,6 +123,13 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
     listener.stats.downstream_cx_total.inc();
     let drain = listener.drain.watch();
     tokio::spawn(async move {
+        // Listener filters: original_dst, then tls_inspector, then http_inspector
+        // (only for plaintext) run before chain choice.
+        let filters = listener.config.filters;
+        let original = filters
+            .original_dst
+            .then(|| original_dst::original_destination(&stream, local))
+            .flatten();
         let hello = match listener.config.tls_inspector {
             Some(cfg) => match crate::tls::inspect(&stream, cfg.timeout).await {
                 crate::tls::Inspection::Tls(h) => Some(h),
@@ -134,12 +143,15 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             },
             None => None,
         };
-        let alpn: Vec<&str> = hello
+        let mut alpn: Vec<&str> = hello
             .iter()
             .flat_map(|h| h.alpn.iter().map(String::as_str))
             .collect();
+        if filters.http_inspector && hello.is_none() {
+            alpn.extend(inspect::application_protocols(&stream).await);
+        }
         let facts = ConnectionFacts {
-            destination_port: local.port(),
+            destination_port: original.unwrap_or(local).port(),
             server_name: hello.as_ref().and_then(|h| h.server_name.as_deref()),
             transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
             application_protocols: &alpn,
@@ -154,14 +166,17 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
                 if let Some((stream, info)) = tls.accept(stream).await {
                     let info = Arc::new(info);
                     match chain {
-                        Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, Some(info)).await,
-                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
+                        Chain::Http(hcm) => {
+                            hcm.serve(stream, peer, local, original, drain, Some(info))
+                                .await
+                        }
+                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
                     }
                 }
             }
             None => match chain {
-                Chain::Http(hcm) => hcm.serve(stream, peer, local, drain, None).await,
-                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, drain).await,
+                Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
+                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
             },
         }
         listener.stats.downstream_cx_active.dec();

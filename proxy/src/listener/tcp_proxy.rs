@@ -13,6 +13,7 @@ use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
 use crate::stats::TcpStats;
 use crate::tls::{AlpnFor, ClientStream};
+use crate::upstream::OriginalDestination;
 
 pub struct TcpProxy {
     config: Arc<TcpProxyConfig>,
@@ -29,22 +30,34 @@ impl TcpProxy {
         }
     }
 
-    /// `downstream` is the accepted socket, or its TLS session.
-    pub async fn serve<S>(&self, downstream: S, peer: SocketAddr, local: SocketAddr, drain: Watch)
-    where
+    /// `downstream` is the accepted socket, or its TLS session; `original`
+    /// the redirected-from destination, for `ORIGINAL_DST` clusters.
+    pub async fn serve<S>(
+        &self,
+        downstream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        original: Option<SocketAddr>,
+        drain: Watch,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         // Telemetry hook: the connection's facts feed its access log line.
         let mut info = StreamInfo::new(peer, Some(local));
-        self.proxy(downstream, drain, &mut info).await;
+        self.proxy(downstream, original, drain, &mut info).await;
         if !self.config.access_logs.is_empty() {
             info.done = Some(info.started.elapsed());
             self.config.access_logs.log(&Context::new(&info));
         }
     }
 
-    async fn proxy<S>(&self, mut downstream: S, _drain: Watch, info: &mut StreamInfo)
-    where
+    async fn proxy<S>(
+        &self,
+        mut downstream: S,
+        original: Option<SocketAddr>,
+        _drain: Watch,
+        info: &mut StreamInfo,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         self.stats.downstream_cx_total.inc();
@@ -58,7 +71,8 @@ impl TcpProxy {
         info.upstream_cluster = Some(cluster.name().clone());
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
-            let Some(ep) = cluster.pick(rand::random()) else {
+            let Some(ep) = cluster.pick_for(original.map(OriginalDestination), rand::random())
+            else {
                 break;
             };
             let connect = TcpStream::connect(ep.addr);

@@ -209,7 +209,14 @@ impl Forward {
         reject_if(a.cors.is_some(), "cors")?;
         reject_if(a.max_grpc_timeout.is_some(), "max_grpc_timeout")?;
         reject_if(a.grpc_timeout_offset.is_some(), "grpc_timeout_offset")?;
-        reject_if(!a.upgrade_configs.is_empty(), "upgrade_configs")?;
+        // Only the explicit-proxy shape: terminate CONNECT and tunnel TCP.
+        for (i, u) in a.upgrade_configs.iter().enumerate() {
+            let plain_connect = u.upgrade_type.eq_ignore_ascii_case("CONNECT")
+                && u.connect_config
+                    .as_ref()
+                    .is_none_or(|c| c.proxy_protocol_config.is_none() && !c.allow_post);
+            reject_if(!plain_connect, &format!("upgrade_configs[{i}]"))?;
+        }
         reject_if(
             a.internal_redirect_policy.is_some(),
             "internal_redirect_policy",

@@ -38,6 +38,8 @@ enum PathMatch {
     Exact(String),
     SeparatedPrefix(String),
     Regex(regex::bytes::Regex),
+    /// `connect_matcher`: CONNECT requests (which have no path), and only them.
+    Connect,
 }
 
 #[derive(Debug)]
@@ -80,7 +82,7 @@ impl RouteMatcher {
             Some(PathSpecifier::SafeRegex(r)) => {
                 PathMatch::Regex(full_match_regex(r).map_err(|e| e.at("safe_regex"))?)
             }
-            Some(PathSpecifier::ConnectMatcher(_)) => return Err(unsupported("connect_matcher")),
+            Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
             Some(PathSpecifier::PathMatchPolicy(_)) => {
                 return Err(unsupported("path_match_policy"))
             }
@@ -142,12 +144,16 @@ impl RouteMatcher {
                 MatchedSpan::Len(p.len())
             }
             PathMatch::Regex(_) => MatchedSpan::PathWithoutQuery,
+            PathMatch::Connect => MatchedSpan::Len(0),
         }
     }
 
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
-        // Without a path only CONNECT matchers apply, and trellis has none.
-        let Some(path) = req.path else { return false };
+        // Without a path only CONNECT matchers apply.
+        let Some(path) = req.path else {
+            return matches!(self.path, PathMatch::Connect)
+                && self.headers.iter().all(|h| h.matches(req));
+        };
         if !self.path_matches(path_without_query(path)) {
             return false;
         }
@@ -183,6 +189,7 @@ impl RouteMatcher {
                 starts(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
             }
             PathMatch::Regex(r) => r.is_match(path.as_bytes()),
+            PathMatch::Connect => false,
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Cluster {
     rebuild: Mutex<()>,
     /// Wakes the outlier detector when a host crosses a failure threshold.
     pub(super) outlier_wake: Arc<Notify>,
+    /// Hosts made on demand when the cluster is `ORIGINAL_DST`.
+    pub(super) original_dst: super::original_dst::OriginalDstHosts,
 }
 
 /// How one try went, for outlier detection and the LB's failure penalty.
@@ -52,6 +54,7 @@ impl Cluster {
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             rr: AtomicUsize::new(0),
             stats,
+            original_dst: Default::default(),
             rstats,
             rebuild: Mutex::new(()),
             outlier_wake: Arc::new(Notify::new()),

@@ -66,7 +66,7 @@ impl ClusterMap {
                     cluster.set_endpoints(&resolved);
                     dns::spawn_refresh(Arc::downgrade(&cluster), eps.clone(), first_only);
                 }
-                Discovery::Eds(_) => {}
+                Discovery::Eds(_) | Discovery::OriginalDst => {}
             }
             if let Some(od) = &config.outlier {
                 outlier::spawn(&cluster, od.clone());
