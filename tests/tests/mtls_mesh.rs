@@ -12,9 +12,6 @@
 //! A second test bootstraps a sidecar with `--issue-token` and checks that
 //! another node's token opens no stream.
 //!
-//! Both are skipped unless enabled: `TRELLIS_MTLS_E2E=1` needs a trellis-proxy
-//! with downstream/upstream TLS and SDS over ADS; `TRELLIS_NODE_TOKENS_E2E=1`
-//! needs a proxy that sends the bootstrap's gRPC `initial_metadata`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -135,16 +132,6 @@ impl Control {
     }
 }
 
-/// Whether the environment variable `var` is `1`; says how to run the test
-/// when it is not.
-fn enabled(var: &str, needs: &str) -> bool {
-    if std::env::var(var).as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: set {var}=1 with {needs}");
-    false
-}
-
 /// The app that answered a request for `host` through the egress port.
 async fn upstream(egress: u16, host: &str) -> Option<String> {
     let r = client::request(
@@ -195,12 +182,6 @@ async fn sidecar(proxy: &Path, bootstrap: &str) -> ProxyProcess {
 
 #[tokio::test]
 async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
-    if !enabled(
-        "TRELLIS_MTLS_E2E",
-        "a trellis-proxy with TLS and SDS over ADS",
-    ) {
-        return;
-    }
     let proxy = workspace_bin("trellis-proxy");
     let control = Control::start().await;
     let blue = Echo::start("blue").await;
@@ -264,16 +245,10 @@ async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
     drop((sidecar_a, sidecar_b, sidecar_c, control));
 }
 
-/// Needs a proxy that sends the bootstrap's gRPC `initial_metadata` on its
-/// ADS stream (stock Envoy does): `TRELLIS_NODE_TOKENS_E2E=1`.
+/// The proxy sends the bootstrap's gRPC `initial_metadata` on its ADS stream,
+/// as stock Envoy does.
 #[tokio::test]
 async fn a_stolen_node_token_opens_no_other_node() {
-    if !enabled(
-        "TRELLIS_NODE_TOKENS_E2E",
-        "a proxy that sends the ADS service's initial_metadata",
-    ) {
-        return;
-    }
     let proxy = workspace_bin("trellis-proxy");
     let control = Control::start().await;
     let blue = Echo::start("blue").await;
