@@ -81,17 +81,30 @@ pub struct NodeListener {
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// App Mesh keys listener timeouts and connection pools by protocol; one
+/// shape serves both.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct ListenerTimeout {
-    pub http: Option<Timeout>,
-    pub http2: Option<Timeout>,
-    pub grpc: Option<Timeout>,
-    pub tcp: Option<Timeout>,
+pub struct PerProtocol<T> {
+    pub http: Option<T>,
+    pub http2: Option<T>,
+    pub grpc: Option<T>,
+    pub tcp: Option<T>,
 }
 
-impl ListenerTimeout {
-    pub fn for_protocol(&self, protocol: &str) -> Option<&Timeout> {
+impl<T> Default for PerProtocol<T> {
+    fn default() -> Self {
+        PerProtocol {
+            http: None,
+            http2: None,
+            grpc: None,
+            tcp: None,
+        }
+    }
+}
+
+impl<T> PerProtocol<T> {
+    pub fn for_protocol(&self, protocol: &str) -> Option<&T> {
         match protocol {
             "http" => self.http.as_ref(),
             "http2" => self.http2.as_ref(),
@@ -101,6 +114,9 @@ impl ListenerTimeout {
         }
     }
 }
+
+pub type ListenerTimeout = PerProtocol<Timeout>;
+pub type ConnectionPool = PerProtocol<PoolLimits>;
 
 /// Route and listener timeouts share this shape (tcp only has `idle`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -108,27 +124,6 @@ impl ListenerTimeout {
 pub struct Timeout {
     pub per_request: Option<Duration>,
     pub idle: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct ConnectionPool {
-    pub http: Option<PoolLimits>,
-    pub http2: Option<PoolLimits>,
-    pub grpc: Option<PoolLimits>,
-    pub tcp: Option<PoolLimits>,
-}
-
-impl ConnectionPool {
-    pub fn for_protocol(&self, protocol: &str) -> Option<&PoolLimits> {
-        match protocol {
-            "http" => self.http.as_ref(),
-            "http2" => self.http2.as_ref(),
-            "grpc" => self.grpc.as_ref(),
-            "tcp" => self.tcp.as_ref(),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
