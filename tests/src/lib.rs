@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod diff;
 pub mod grpc;
 pub mod process;

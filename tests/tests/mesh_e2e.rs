@@ -15,97 +15,11 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use trellis_tests::control::Control;
 use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, within};
-
-const CREDENTIALS: &str =
-    "[default]\naws_access_key_id = AKIDMESHE2E\naws_secret_access_key = mesh-e2e-secret\n";
-
-struct Control {
-    /// Held so that the server is killed when the test ends.
-    _child: Child,
-    api: String,
-    xds: String,
-    dir: tempfile::TempDir,
-}
-
-impl Control {
-    async fn start() -> Control {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
-        let api = format!("127.0.0.1:{}", free_port());
-        let xds = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(workspace_bin("trellis-control"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--credentials")
-            .arg(dir.path().join("credentials"))
-            .args(["--api-addr", &api, "--xds-addr", &xds])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn trellis-control");
-        let url = format!("http://{api}/");
-        eventually(Duration::from_secs(20), "the API to answer", || {
-            let url = url.clone();
-            async move { client::get(&url).await.ok().map(|_| ()) }
-        })
-        .await;
-        Control {
-            _child: child,
-            api,
-            xds,
-            dir,
-        }
-    }
-
-    fn credentials(&self) -> PathBuf {
-        self.dir.path().join("credentials")
-    }
-
-    /// `trellis-control ARGS` against this server, its stdout on success.
-    async fn cli(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            Command::new(workspace_bin("trellis-control"))
-                .args(args)
-                .args(["--api-addr", &self.api])
-                .arg("--credentials")
-                .arg(self.credentials())
-                .stdin(Stdio::null())
-                .output(),
-        )
-        .await
-        .expect("trellis-control exits in time")
-        .expect("trellis-control runs");
-        assert!(
-            out.status.success(),
-            "trellis-control {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Writes CLI input JSON documents into a folder and applies it.
-    async fn apply(&self, docs: &[Value]) {
-        let dir = tempfile::tempdir_in(self.dir.path()).expect("temp dir");
-        for (i, doc) in docs.iter().enumerate() {
-            std::fs::write(dir.path().join(format!("{i:02}.json")), doc.to_string())
-                .expect("write spec");
-        }
-        let path = dir.path().to_string_lossy().into_owned();
-        self.cli(&["apply", "-f", &path]).await;
-    }
-
-    async fn proxies(&self) -> Value {
-        serde_json::from_str(&self.cli(&["status", "--json"]).await).expect("status JSON")
-    }
-}
 
 /// `kind` is `--virtual-node` or `--virtual-gateway`; `delta` asks for
 /// incremental xDS.

@@ -13,123 +13,45 @@
 //! another node's token opens no stream.
 //!
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use trellis_tests::control::Control;
 use trellis_tests::process::{workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port};
 
-const CREDENTIALS: &str =
-    "[default]\naws_access_key_id = AKIDMTLSE2E\naws_secret_access_key = mtls-e2e-secret\n";
-
-struct Control {
-    /// Held so that the server is killed when the test ends.
-    _child: Child,
-    api: String,
-    xds: String,
-    dir: tempfile::TempDir,
-}
-
-impl Control {
-    async fn start() -> Control {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
-        let api = format!("127.0.0.1:{}", free_port());
-        let xds = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(workspace_bin("trellis-control"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--credentials")
-            .arg(dir.path().join("credentials"))
-            .args(["--api-addr", &api, "--xds-addr", &xds])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn trellis-control");
-        let url = format!("http://{api}/");
-        eventually(Duration::from_secs(20), "the API to answer", || {
-            let url = url.clone();
-            async move { client::get(&url).await.ok().map(|_| ()) }
-        })
-        .await;
-        Control {
-            _child: child,
-            api,
-            xds,
-            dir,
-        }
+/// A bootstrap for `node`, carrying a freshly issued token if `token`.
+async fn bootstrap(
+    control: &Control,
+    node: &str,
+    (ingress, egress): (u16, u16),
+    token: bool,
+) -> String {
+    let (i, e) = (ingress.to_string(), egress.to_string());
+    let mut args = vec![
+        "bootstrap",
+        "--mesh",
+        "m",
+        "--virtual-node",
+        node,
+        "--xds-addr",
+        &control.xds,
+        "--admin-port",
+        "0",
+        "--listener-address",
+        "127.0.0.1",
+        "--ingress-port",
+        &i,
+        "--egress-port",
+        &e,
+    ];
+    if token {
+        args.push("--issue-token");
     }
-
-    fn credentials(&self) -> PathBuf {
-        self.dir.path().join("credentials")
-    }
-
-    /// `trellis-control ARGS` against this server, its stdout on success.
-    async fn cli(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(
-            Duration::from_secs(30),
-            Command::new(workspace_bin("trellis-control"))
-                .args(args)
-                .args(["--api-addr", &self.api])
-                .arg("--credentials")
-                .arg(self.credentials())
-                .stdin(Stdio::null())
-                .output(),
-        )
-        .await
-        .expect("trellis-control exits in time")
-        .expect("trellis-control runs");
-        assert!(
-            out.status.success(),
-            "trellis-control {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    async fn apply(&self, docs: &[Value]) {
-        let dir = tempfile::tempdir_in(self.dir.path()).expect("temp dir");
-        for (i, doc) in docs.iter().enumerate() {
-            std::fs::write(dir.path().join(format!("{i:02}.json")), doc.to_string())
-                .expect("write spec");
-        }
-        let path = dir.path().to_string_lossy().into_owned();
-        self.cli(&["apply", "-f", &path]).await;
-    }
-
-    /// A bootstrap for `node`, carrying a freshly issued token if `token`.
-    async fn bootstrap(&self, node: &str, (ingress, egress): (u16, u16), token: bool) -> String {
-        let (i, e) = (ingress.to_string(), egress.to_string());
-        let mut args = vec![
-            "bootstrap",
-            "--mesh",
-            "m",
-            "--virtual-node",
-            node,
-            "--xds-addr",
-            &self.xds,
-            "--admin-port",
-            "0",
-            "--listener-address",
-            "127.0.0.1",
-            "--ingress-port",
-            &i,
-            "--egress-port",
-            &e,
-        ];
-        if token {
-            args.push("--issue-token");
-        }
-        self.cli(&args).await
-    }
+    control.cli(&args).await
 }
 
 /// The app that answered a request for `host` through the egress port.
@@ -217,9 +139,9 @@ async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
             &ingress_b,
         ])
         .await;
-    let sidecar_b = sidecar(&proxy, &control.bootstrap("blue", b, false).await).await;
-    let sidecar_a = sidecar(&proxy, &control.bootstrap("client", a, false).await).await;
-    let sidecar_c = sidecar(&proxy, &control.bootstrap("intruder", c, false).await).await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    let sidecar_c = sidecar(&proxy, &bootstrap(&control, "intruder", c, false).await).await;
 
     eventually(Duration::from_secs(15), "blue over mTLS", || async {
         (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
@@ -259,17 +181,13 @@ async fn a_stolen_node_token_opens_no_other_node() {
             node("intruder", 9, &[], false),
         ])
         .await;
-    let own = control
-        .bootstrap("intruder", (free_port(), free_port()), true)
-        .await;
+    let own = bootstrap(&control, "intruder", (free_port(), free_port()), true).await;
     let sidecar_c = sidecar(&proxy, &own).await;
     // A stolen token: the intruder's bootstrap with blue's token is refused.
     let token = control
         .cli(&["token", "issue", "--mesh", "m", "--virtual-node", "blue"])
         .await;
-    let stolen = control
-        .bootstrap("intruder", (free_port(), free_port()), true)
-        .await;
+    let stolen = bootstrap(&control, "intruder", (free_port(), free_port()), true).await;
     let stolen = stolen
         .lines()
         .map(|l| match l.split_once("Bearer ") {
