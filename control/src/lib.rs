@@ -10,6 +10,7 @@ pub mod api;
 pub mod ca;
 pub mod error;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod service_model;

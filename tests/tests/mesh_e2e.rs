@@ -483,20 +483,31 @@ async fn goldens_accepted(proxy: PathBuf) {
         }
         control.apply(&docs).await;
         for i in fixture["instances"].as_array().into_iter().flatten() {
-            let port = i["port"].to_string();
-            control
-                .cli(&[
-                    "register-instance",
-                    "--mesh",
-                    "m",
-                    "--virtual-node",
-                    i["node"].as_str().unwrap_or(""),
-                    "--address",
-                    i["address"].as_str().unwrap_or(""),
-                    "--port",
-                    &port,
-                ])
-                .await;
+            let text = |k: &str| i[k].as_str().unwrap_or("").to_string();
+            let mut args: Vec<String> = match i["namespace"].as_str() {
+                Some(namespace) => vec![
+                    "--namespace".into(),
+                    namespace.into(),
+                    "--service".into(),
+                    text("service"),
+                ],
+                None => vec![
+                    "--mesh".into(),
+                    "m".into(),
+                    "--virtual-node".into(),
+                    text("node"),
+                ],
+            };
+            for (k, v) in i["attributes"].as_object().into_iter().flatten() {
+                args.push("--attribute".into());
+                args.push(format!("{k}={}", v.as_str().unwrap_or("")));
+            }
+            args.extend(["--address".into(), text("address")]);
+            args.extend(["--port".into(), i["port"].to_string()]);
+            let args: Vec<&str> = std::iter::once("register-instance")
+                .chain(args.iter().map(String::as_str))
+                .collect();
+            control.cli(&args).await;
         }
         let mut proxies = Vec::new();
         for (kind, name) in &ids {

@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::ops::AppMesh;
 use crate::service_model::ServiceModel;
 use crate::xds::registry::Registry;
-use crate::xds::translate::Instance;
+use crate::xds::translate::{Instance, Owner};
 
 /// App Mesh specs are small; this bounds memory per request.
 const MAX_BODY: usize = 1 << 20;
@@ -97,6 +97,10 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if path == "/metrics" && method == Method::GET {
+        // Unauthenticated, as Prometheus scrapes: counts only, no state.
+        return metrics_response(state.registry.metrics().render());
+    }
     let (op, result) = match dispatch(state, req).await {
         Ok((op, status, body)) => (op, Ok((status, body))),
         Err((op, e)) => (op, Err(e)),
@@ -105,6 +109,13 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes
         Ok((status, body)) => json_response(*status, body, &request_id),
         Err(e) => error_response(e, &request_id),
     };
+    let label = op
+        .clone()
+        .unwrap_or_else(|| operation_label(state, &method, &path));
+    state
+        .registry
+        .metrics()
+        .api_request(&label, resp.status().as_u16());
     tracing::info!(
         %method,
         %path,
@@ -114,6 +125,32 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes
         ms = started.elapsed().as_millis() as u64,
         request_id,
         "api request"
+    );
+    resp
+}
+
+/// The operation a request asked for, for metrics, when dispatch did not get
+/// as far as naming it (a refused signature, a bad path): the App Mesh
+/// operation its method and path resolve to, a `/trellis/v1/` endpoint, or
+/// `unknown`, so that made-up paths cannot grow the label set.
+fn operation_label(state: &ApiState, method: &Method, path: &str) -> String {
+    if let Ok(matched) = state.router.resolve(method, path) {
+        return matched.op.to_string();
+    }
+    let known_method = [Method::GET, Method::POST, Method::DELETE].contains(method);
+    match path {
+        "/trellis/v1/proxies" | "/trellis/v1/instances" | "/trellis/v1/tokens" if known_method => {
+            format!("{method} {path}")
+        }
+        _ => "unknown".into(),
+    }
+}
+
+fn metrics_response(body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
 }
@@ -254,17 +291,23 @@ fn token_endpoint(
 }
 
 /// `{"meshName", "virtualNodeName", "address", "port"}`: an instance of a
-/// virtual node registered by hand, for apps without a connected proxy.
+/// virtual node registered by hand, for apps without a connected proxy; or
+/// `{"namespaceName", "serviceName", "address", "port", "attributes"}`: an
+/// instance of a Cloud Map service, for `awsCloudMap` virtual nodes.
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct InstanceInput {
-    mesh_name: String,
-    virtual_node_name: String,
+    mesh_name: Option<String>,
+    virtual_node_name: Option<String>,
+    namespace_name: Option<String>,
+    service_name: Option<String>,
     address: String,
     port: u32,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
-fn instance_input(body: &[u8]) -> Result<InstanceInput, ApiError> {
+fn instance_input(body: &[u8]) -> Result<(Owner, Instance), ApiError> {
     let input: InstanceInput = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid instance: {e}")))?;
     if input.address.parse::<std::net::IpAddr>().is_err() {
@@ -276,7 +319,45 @@ fn instance_input(body: &[u8]) -> Result<InstanceInput, ApiError> {
     if !(1..=65535).contains(&input.port) {
         return Err(ApiError::bad_request("port must be between 1 and 65535"));
     }
-    Ok(input)
+    let owner =
+        match (
+            &input.mesh_name,
+            &input.virtual_node_name,
+            &input.namespace_name,
+            &input.service_name,
+        ) {
+            (Some(mesh), Some(node), None, None) if input.attributes.is_empty() => {
+                Owner::node(mesh, node)
+            }
+            (Some(_), Some(_), None, None) => {
+                return Err(ApiError::bad_request(
+                    "attributes belong to Cloud Map instances (namespaceName and serviceName)",
+                ))
+            }
+            (None, None, Some(namespace), Some(service)) => Owner::cloud_map(namespace, service),
+            _ => return Err(ApiError::bad_request(
+                "an instance needs meshName and virtualNodeName, or namespaceName and serviceName",
+            )),
+        };
+    let instance = Instance {
+        address: input.address,
+        port: input.port,
+        attributes: input.attributes,
+    };
+    Ok((owner, instance))
+}
+
+/// An instance as `GET /trellis/v1/instances` lists it, in the input's shape.
+fn instance_json(owner: &Owner, i: &Instance) -> serde_json::Value {
+    let mut out = match owner {
+        Owner::VirtualNode { mesh, node } => json!({"meshName": mesh, "virtualNodeName": node}),
+        Owner::CloudMap { namespace, service } => {
+            json!({"namespaceName": namespace, "serviceName": service, "attributes": i.attributes})
+        }
+    };
+    out["address"] = json!(i.address);
+    out["port"] = json!(i.port);
+    out
 }
 
 /// trellis's own endpoints under `/trellis/v1/`: the proxies connected to
@@ -292,37 +373,19 @@ fn extension(
         (&Method::GET, "/trellis/v1/instances") => {
             let list: Vec<serde_json::Value> = registry
                 .manual_instances()
-                .into_iter()
-                .flat_map(|((mesh, node), set)| {
-                    set.into_iter().map(move |i| {
-                        json!({"meshName": mesh, "virtualNodeName": node, "address": i.address, "port": i.port})
-                    })
-                })
+                .iter()
+                .flat_map(|(owner, set)| set.iter().map(move |i| instance_json(owner, i)))
                 .collect();
             Ok((None, 200, json!({ "instances": list })))
         }
         (&Method::POST, "/trellis/v1/instances") => {
-            let i = instance_input(body)?;
-            registry.register(
-                &i.mesh_name,
-                &i.virtual_node_name,
-                Instance {
-                    address: i.address,
-                    port: i.port,
-                },
-            );
+            let (owner, instance) = instance_input(body)?;
+            registry.register(owner, instance);
             Ok((None, 200, json!({})))
         }
         (&Method::DELETE, "/trellis/v1/instances") => {
-            let i = instance_input(body)?;
-            let found = registry.deregister(
-                &i.mesh_name,
-                &i.virtual_node_name,
-                &Instance {
-                    address: i.address,
-                    port: i.port,
-                },
-            );
+            let (owner, instance) = instance_input(body)?;
+            let found = registry.deregister(&owner, &instance);
             if found {
                 Ok((None, 200, json!({})))
             } else {

@@ -64,7 +64,9 @@ enum Command {
     /// Show the connected proxies and the versions they ACKed or NACKed.
     Status(StatusArgs),
     /// Register (or with --deregister, remove) an instance of a virtual node
-    /// whose app runs without a connected proxy: EDS serves it to clients.
+    /// whose app runs without a connected proxy, or of a Cloud Map service
+    /// (--namespace, --service, --attribute) for `awsCloudMap` virtual nodes:
+    /// EDS serves it to clients.
     RegisterInstance(RegisterArgs),
     /// Issue, revoke or list the per-node tokens ADS streams present.
     Token {
@@ -276,10 +278,20 @@ pub struct StatusArgs {
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    #[arg(long)]
-    pub mesh: String,
-    #[arg(long)]
-    pub virtual_node: String,
+    #[arg(long, requires = "virtual_node", required_unless_present = "namespace")]
+    pub mesh: Option<String>,
+    #[arg(long, requires = "mesh")]
+    pub virtual_node: Option<String>,
+    /// Cloud Map namespace of the instance (instead of --mesh/--virtual-node).
+    #[arg(long, requires = "service", conflicts_with = "mesh")]
+    pub namespace: Option<String>,
+    /// Cloud Map service of the instance.
+    #[arg(long, requires = "namespace")]
+    pub service: Option<String>,
+    /// A Cloud Map instance attribute, KEY=VALUE (repeatable); `awsCloudMap`
+    /// nodes select instances having all of theirs.
+    #[arg(long = "attribute", value_parser = key_value, requires = "namespace")]
+    pub attributes: Vec<(String, String)>,
     /// The instance's IP address.
     #[arg(long)]
     pub address: std::net::IpAddr,
@@ -290,6 +302,13 @@ pub struct RegisterArgs {
     pub deregister: bool,
     #[command(flatten)]
     pub api: StatusArgs,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 pub fn main() -> ExitCode {

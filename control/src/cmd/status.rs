@@ -108,15 +108,30 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// `trellis-control register-instance`: `POST` (or `DELETE`)
-/// `/trellis/v1/instances`.
+/// `/trellis/v1/instances`, for a virtual node or a Cloud Map service.
 pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
     let (runtime, client) = client(&args.api)?;
-    let body = serde_json::json!({
-        "meshName": args.mesh,
-        "virtualNodeName": args.virtual_node,
+    let mut body = serde_json::json!({
         "address": args.address.to_string(),
         "port": args.port,
     });
+    match (args.mesh, args.virtual_node, args.namespace, args.service) {
+        (Some(mesh), Some(node), _, _) => {
+            body["meshName"] = mesh.into();
+            body["virtualNodeName"] = node.into();
+        }
+        (_, _, Some(namespace), Some(service)) => {
+            body["namespaceName"] = namespace.into();
+            body["serviceName"] = service.into();
+            let attributes: serde_json::Map<String, serde_json::Value> = args
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k, v.into()))
+                .collect();
+            body["attributes"] = attributes.into();
+        }
+        _ => anyhow::bail!("name --mesh and --virtual-node, or --namespace and --service"),
+    }
     let method = if args.deregister {
         Method::DELETE
     } else {

@@ -68,16 +68,13 @@ pub fn references(key: &ResourceKey, spec: &Value) -> Vec<Reference> {
 
 /// Features that only exist inside AWS. Accepting them would store a spec
 /// that no trellis proxy can ever serve, so they are refused up front with
-/// the field that asks for them.
+/// the field that asks for them. (Cloud Map service discovery is served from
+/// trellis's own instance registry, so it is not among them.)
 pub fn unsupported_feature(spec: &Value, path: &str) -> Option<(String, &'static str)> {
     match spec {
         Value::Object(map) => map.iter().find_map(|(k, v)| {
             let here = format!("{path}.{k}");
             match k.as_str() {
-                "awsCloudMap" => Some((
-                    here,
-                    "AWS Cloud Map service discovery is not available outside AWS; use dns service discovery",
-                )),
                 "acm" => Some((
                     here,
                     "AWS Certificate Manager (ACM) certificates are not available outside AWS; use file or sds certificates",
@@ -129,5 +126,7 @@ mod tests {
             unsupported_feature(&json!({"serviceDiscovery": {"dns": {}}}), "spec"),
             None
         );
+        let cloud_map = json!({"serviceDiscovery": {"awsCloudMap": {"namespaceName": "n", "serviceName": "s"}}});
+        assert_eq!(unsupported_feature(&cloud_map, "spec"), None);
     }
 }

@@ -170,6 +170,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The revision of the last committed change.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
     /// A receiver whose value is the revision of the last committed change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()

@@ -11,7 +11,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::translate::{Instance, Instances, NodeId, Ports};
+use super::translate::{Instance, Instances, NodeId, Owner, Ports};
+use crate::metrics::Metrics;
 
 /// One type's state on one stream.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -51,13 +52,15 @@ struct Inner {
     /// Registered by hand through `/trellis/v1/instances`.
     manual: Instances,
     /// Registered by connected proxies of virtual nodes, by stream.
-    connected: BTreeMap<u64, ((String, String), Instance)>,
+    connected: BTreeMap<u64, (Owner, Instance)>,
 }
 
 pub struct Registry {
     inner: Mutex<Inner>,
     /// Bumped whenever the instances change.
     changed: watch::Sender<u64>,
+    /// The control plane's own metrics, shared by the API and xDS servers.
+    metrics: Metrics,
 }
 
 impl Default for Registry {
@@ -65,6 +68,7 @@ impl Default for Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             changed: watch::channel(0).0,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -86,6 +90,10 @@ impl Registry {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -93,6 +101,7 @@ impl Registry {
     /// A new stream from `node`; a virtual node's proxy registers its
     /// ingress (`peer_ip:ingress_port`) as an instance of its node.
     pub fn connect(&self, node: &str, peer_ip: Option<String>, ports: &Ports, delta: bool) -> u64 {
+        self.metrics.stream_opened(delta);
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
@@ -113,11 +122,8 @@ impl Registry {
                 inner.connected.insert(
                     id,
                     (
-                        (n.mesh, n.name),
-                        Instance {
-                            address: ip,
-                            port: ports.ingress,
-                        },
+                        Owner::node(&n.mesh, &n.name),
+                        Instance::new(ip, ports.ingress),
                     ),
                 );
                 true
@@ -133,7 +139,9 @@ impl Registry {
 
     pub fn disconnect(&self, id: u64) {
         let mut inner = self.lock();
-        inner.proxies.remove(&id);
+        if let Some(p) = inner.proxies.remove(&id) {
+            self.metrics.stream_closed(p.stream == "delta");
+        }
         let registered = inner.connected.remove(&id).is_some();
         drop(inner);
         if registered {
@@ -168,27 +176,33 @@ impl Registry {
         self.lock().manual.clone()
     }
 
-    pub fn register(&self, mesh: &str, node: &str, instance: Instance) {
-        let added = self
-            .lock()
-            .manual
-            .entry((mesh.to_string(), node.to_string()))
-            .or_default()
-            .insert(instance);
-        if added {
+    /// Adds an instance, or replaces the attributes of the one registered at
+    /// the same address and port (as re-registering a Cloud Map instance does).
+    pub fn register(&self, owner: Owner, instance: Instance) {
+        let mut inner = self.lock();
+        let set = inner.manual.entry(owner).or_default();
+        let changed = !set.contains(&instance);
+        if changed {
+            set.retain(|i| !i.same_address(&instance));
+            set.insert(instance);
+        }
+        drop(inner);
+        if changed {
             self.bump();
         }
     }
 
-    pub fn deregister(&self, mesh: &str, node: &str, instance: &Instance) -> bool {
+    /// Removes the instance at `instance`'s address and port, whatever its
+    /// attributes; false when there was none.
+    pub fn deregister(&self, owner: &Owner, instance: &Instance) -> bool {
         let mut inner = self.lock();
-        let key = (mesh.to_string(), node.to_string());
-        let removed = inner
-            .manual
-            .get_mut(&key)
-            .is_some_and(|set| set.remove(instance));
-        if inner.manual.get(&key).is_some_and(|s| s.is_empty()) {
-            inner.manual.remove(&key);
+        let removed = inner.manual.get_mut(owner).is_some_and(|set| {
+            let before = set.len();
+            set.retain(|i| !i.same_address(instance));
+            set.len() != before
+        });
+        if inner.manual.get(owner).is_some_and(|s| s.is_empty()) {
+            inner.manual.remove(owner);
         }
         drop(inner);
         if removed {

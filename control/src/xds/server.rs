@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use futures::Stream;
 use prost_types::Any;
@@ -29,7 +29,8 @@ use xds_protos::type_url;
 
 use super::registry::{now, Nack, Registry};
 use super::translate::{
-    encode, encode_one, translate, EncodeError, Encoded, Instances, Model, NodeId, Ports,
+    encode, encode_one, translate_tracked, Deps, EncodeError, Encoded, Instances, Model, NodeId,
+    Ports,
 };
 use crate::ca::{Ca, Svid, BUNDLE_SECRET, SVID_SECRET};
 use crate::store::Store;
@@ -38,7 +39,7 @@ use crate::tokens::{self, Policy};
 /// The translation input at one moment: a parsed snapshot and the instances.
 pub struct State {
     pub revision: u64,
-    pub model: Model,
+    pub model: Arc<Model>,
     pub instances: Instances,
 }
 
@@ -69,12 +70,26 @@ pub struct Xds {
     policy: Policy,
 }
 
-fn load_state(store: &Store, registry: &Registry) -> Result<State, rusqlite::Error> {
+/// The state after a change: the store parsed again only when its revision
+/// moved (an instance registering changes no spec).
+fn load_state(
+    store: &Store,
+    registry: &Registry,
+    previous: Option<&State>,
+) -> Result<State, rusqlite::Error> {
+    let instances = registry.instances();
+    if let Some(prev) = previous.filter(|p| p.revision == store.revision()) {
+        return Ok(State {
+            revision: prev.revision,
+            model: prev.model.clone(),
+            instances,
+        });
+    }
     let snapshot = store.snapshot()?;
     Ok(State {
         revision: snapshot.revision,
-        model: Model::new(&snapshot),
-        instances: registry.instances(),
+        model: Arc::new(Model::new(&snapshot)),
+        instances,
     })
 }
 
@@ -82,7 +97,7 @@ impl Xds {
     /// Reads the first snapshot and starts the task that follows the store
     /// and the registry.
     pub fn start(store: Arc<Store>, registry: Arc<Registry>) -> Result<Xds, rusqlite::Error> {
-        let (tx, state) = watch::channel(Arc::new(load_state(&store, &registry)?));
+        let (tx, state) = watch::channel(Arc::new(load_state(&store, &registry, None)?));
         let mut revisions = store.subscribe();
         let mut instances = registry.subscribe();
         let reg = registry.clone();
@@ -94,8 +109,10 @@ impl Xds {
                     r = instances.changed() => if r.is_err() { break },
                     () = tx.closed() => break,
                 }
-                let (store, reg2) = (store.clone(), reg.clone());
-                match tokio::task::spawn_blocking(move || load_state(&store, &reg2)).await {
+                let (store, reg2, prev) = (store.clone(), reg.clone(), tx.borrow().clone());
+                match tokio::task::spawn_blocking(move || load_state(&store, &reg2, Some(&prev)))
+                    .await
+                {
                     Ok(Ok(s)) => {
                         tracing::debug!(revision = s.revision, "xDS model updated");
                         tx.send_replace(Arc::new(s));
@@ -261,23 +278,24 @@ impl Peer {
         Ok(out)
     }
 
-    fn resources(&self, state: &State) -> Encoded {
-        let set = self
-            .node
-            .as_ref()
-            .and_then(|id| translate(&state.model, id, &self.ports, &state.instances));
+    /// This proxy's resources in `state`, and what they were made from.
+    fn resources(&self, state: &State) -> (Encoded, Deps) {
+        let (set, deps) = match &self.node {
+            Some(id) => translate_tracked(&state.model, id, &self.ports, &state.instances),
+            None => (None, Deps::default()),
+        };
         let encoded = set.as_ref().map(encode).transpose().and_then(|encoded| {
             let mut encoded = encoded.unwrap_or_default();
             encoded.insert(type_url::SECRET, self.secrets()?);
             Ok(encoded)
         });
         match encoded {
-            Ok(encoded) => encoded,
+            Ok(encoded) => (encoded, deps),
             Err(e) => {
                 // A translation bug must not take the proxy down: it keeps
                 // the last configuration it accepted.
                 tracing::error!(error = %e, "cannot encode xDS resources");
-                Encoded::default()
+                (Encoded::default(), deps)
             }
         }
     }
@@ -312,6 +330,192 @@ impl Drop for Disconnect {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What state of the world and delta streams share once the proxy has said
+/// who it is: its identity, its current resources, and the bookkeeping of
+/// pushes and their answers (status, metrics).
+struct Conn {
+    peer: Peer,
+    registry: Arc<Registry>,
+    current: Encoded,
+    /// What `current` was translated from; `None` forces a translation.
+    deps: Option<Deps>,
+    nonces: u64,
+    /// By type: the nonce last sent and when, to time its answer.
+    in_flight: BTreeMap<String, (String, Instant)>,
+}
+
+impl Conn {
+    fn new(peer: Peer, registry: Arc<Registry>, state: &State) -> Conn {
+        let mut conn = Conn {
+            peer,
+            registry,
+            current: Encoded::default(),
+            deps: None,
+            nonces: 0,
+            in_flight: BTreeMap::new(),
+        };
+        conn.refresh(state);
+        conn
+    }
+
+    /// Translates `state` for this proxy unless nothing its resources were
+    /// made from has changed; false when it skipped.
+    fn refresh(&mut self, state: &State) -> bool {
+        let metrics = self.registry.metrics();
+        if let Some(deps) = &self.deps {
+            if deps.unchanged(&state.model, &state.instances) {
+                metrics.skipped();
+                return false;
+            }
+        }
+        metrics.translated();
+        let (current, deps) = self.peer.resources(state);
+        self.current = current;
+        self.deps = Some(deps);
+        true
+    }
+
+    /// Books a response of `type_url` at `version`: a fresh nonce, the
+    /// version sent in the status, a push in the metrics.
+    fn sent(&mut self, type_url: &str, version: &str) -> String {
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        self.registry.update(self.peer.conn, type_url, |s| {
+            s.sent = Some(version.to_string())
+        });
+        self.registry.metrics().pushed(type_url);
+        self.in_flight
+            .insert(type_url.to_string(), (nonce.clone(), Instant::now()));
+        nonce
+    }
+
+    /// The proxy's answer to the response with `nonce` (the last one of its
+    /// type): an ACK of `version`, or a NACK of it with `error`.
+    fn answered(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        version: &str,
+        error: Option<&xds_protos::google::rpc::Status>,
+    ) {
+        let latency = match self.in_flight.get(type_url) {
+            Some((n, at)) if n == nonce => Some(at.elapsed()),
+            _ => None,
+        };
+        if latency.is_some() {
+            self.in_flight.remove(type_url);
+        }
+        self.registry
+            .metrics()
+            .answered(type_url, error.is_some(), latency);
+        self.registry
+            .update(self.peer.conn, type_url, |t| match error {
+                Some(e) => {
+                    tracing::warn!(type_url, version, error = %e.message, "proxy NACKed an update");
+                    t.nack = Some(Nack {
+                        version: version.to_string(),
+                        error: e.message.clone(),
+                        at: now(),
+                    });
+                }
+                None => t.acked = Some(version.to_string()),
+            });
+    }
+}
+
+/// One of the two ADS protocol variants, over the [`Conn`] they share.
+trait Variant: Default + Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const DELTA: bool;
+
+    fn node(req: &Self::Request) -> Option<&Node>;
+    /// Answers a request (subscription, ACK or NACK).
+    fn request(&mut self, conn: &mut Conn, req: Self::Request) -> Vec<Self::Response>;
+    /// Pushes whatever changed in `conn.current` since it was last sent.
+    fn push_changed(&mut self, conn: &mut Conn) -> Vec<Self::Response>;
+}
+
+impl Xds {
+    /// Drives one ADS stream of either variant: authenticates its first
+    /// request, registers the proxy, then answers requests, follows the model
+    /// and renews the SVID until the proxy goes away.
+    fn stream<V: Variant>(&self, request: Request<Streaming<V::Request>>) -> BoxStream<V::Response>
+    where
+        Streaming<V::Request>: Send,
+    {
+        let addr = request.remote_addr();
+        let mut token = bearer_token(&request);
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let xds = self.clone();
+        tokio::spawn(async move {
+            let mut state = xds.state.clone();
+            let mut variant = V::default();
+            let mut conn: Option<Conn> = None;
+            let mut guard = None;
+            loop {
+                let out = tokio::select! {
+                    msg = input.message() => match msg {
+                        Ok(Some(req)) => {
+                            if conn.is_none() {
+                                let Some(node) = V::node(&req) else {
+                                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
+                                    break;
+                                };
+                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                    let _ = tx.send(Err(status)).await;
+                                    break;
+                                }
+                                let peer = Peer::new(&xds.registry, xds.ca.clone(), node, addr, V::DELTA);
+                                guard = Some(Disconnect(xds.registry.clone(), peer.conn));
+                                let current = state.borrow_and_update().clone();
+                                conn = Some(Conn::new(peer, xds.registry.clone(), &current));
+                            }
+                            match &mut conn {
+                                Some(c) => variant.request(c, req),
+                                None => Vec::new(),
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, delta = V::DELTA, "ADS stream ended");
+                            break;
+                        }
+                    },
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let Some(c) = &mut conn else { continue };
+                        let current = state.borrow_and_update().clone();
+                        if c.refresh(&current) {
+                            variant.push_changed(c)
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    () = renewal(conn.as_ref().and_then(|c| c.peer.renew_at())) => {
+                        let Some(c) = &mut conn else { continue };
+                        c.peer.renew();
+                        c.deps = None;
+                        let current = state.borrow().clone();
+                        c.refresh(&current);
+                        variant.push_changed(c)
+                    }
+                };
+                for resp in out {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(guard);
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Xds {
     type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
@@ -321,153 +525,15 @@ impl AggregatedDiscoveryService for Xds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let addr = request.remote_addr();
-        let mut token = bearer_token(&request);
-        let mut input = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let (registry, mut state) = (self.registry.clone(), self.state.clone());
-        let ca = self.ca.clone();
-        let xds = self.clone();
-        tokio::spawn(async move {
-            let mut stream = Sotw::default();
-            let mut guard = None;
-            loop {
-                let out = tokio::select! {
-                    msg = input.message() => match msg {
-                        Ok(Some(req)) => {
-                            if stream.peer.is_none() {
-                                let Some(node) = &req.node else {
-                                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
-                                    break;
-                                };
-                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
-                                    let _ = tx.send(Err(status)).await;
-                                    break;
-                                }
-                                let peer = Peer::new(&registry, ca.clone(), node, addr, false);
-                                guard = Some(Disconnect(registry.clone(), peer.conn));
-                                stream.current = peer.resources(&state.borrow_and_update());
-                                stream.peer = Some(peer);
-                            }
-                            stream.request(&registry, req)
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "ADS stream ended");
-                            break;
-                        }
-                    },
-                    changed = state.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let Some(peer) = &stream.peer else { continue };
-                        stream.current = peer.resources(&state.borrow_and_update());
-                        stream.push_changed(&registry)
-                    }
-                    () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
-                        let Some(peer) = &mut stream.peer else { continue };
-                        peer.renew();
-                        stream.current = peer.resources(&state.borrow());
-                        stream.push_changed(&registry)
-                    }
-                };
-                for resp in out {
-                    if tx.send(Ok(resp)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            drop(guard);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.stream::<Sotw>(request)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let addr = request.remote_addr();
-        let mut token = bearer_token(&request);
-        let mut input = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let (registry, mut state) = (self.registry.clone(), self.state.clone());
-        let ca = self.ca.clone();
-        let xds = self.clone();
-        tokio::spawn(async move {
-            let mut stream = Delta::default();
-            let mut guard = None;
-            loop {
-                let out = tokio::select! {
-                    msg = input.message() => match msg {
-                        Ok(Some(req)) => {
-                            if stream.peer.is_none() {
-                                let Some(node) = &req.node else {
-                                    let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
-                                    break;
-                                };
-                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
-                                    let _ = tx.send(Err(status)).await;
-                                    break;
-                                }
-                                let peer = Peer::new(&registry, ca.clone(), node, addr, true);
-                                guard = Some(Disconnect(registry.clone(), peer.conn));
-                                stream.current = peer.resources(&state.borrow_and_update());
-                                stream.peer = Some(peer);
-                            }
-                            stream.request(&registry, req)
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "delta ADS stream ended");
-                            break;
-                        }
-                    },
-                    changed = state.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let Some(peer) = &stream.peer else { continue };
-                        stream.current = peer.resources(&state.borrow_and_update());
-                        stream.push_changed(&registry)
-                    }
-                    () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
-                        let Some(peer) = &mut stream.peer else { continue };
-                        peer.renew();
-                        stream.current = peer.resources(&state.borrow());
-                        stream.push_changed(&registry)
-                    }
-                };
-                for resp in out {
-                    if tx.send(Ok(resp)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            drop(guard);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.stream::<Delta>(request)))
     }
-}
-
-fn record_reply(
-    registry: &Registry,
-    conn: u64,
-    type_url: &str,
-    version: &str,
-    error: Option<&xds_protos::google::rpc::Status>,
-) {
-    registry.update(conn, type_url, |t| match error {
-        Some(e) => {
-            tracing::warn!(type_url, version, error = %e.message, "proxy NACKed an update");
-            t.nack = Some(Nack {
-                version: version.to_string(),
-                error: e.message.clone(),
-                at: now(),
-            });
-        }
-        None => t.acked = Some(version.to_string()),
-    });
 }
 
 // === state of the world ===
@@ -482,56 +548,56 @@ struct SotwType {
 
 #[derive(Default)]
 struct Sotw {
-    peer: Option<Peer>,
-    current: Encoded,
     types: BTreeMap<String, SotwType>,
-    nonces: u64,
+}
+
+/// The resources a subscription selects and their version.
+fn select(current: &Encoded, type_url: &str, names: &[String]) -> (String, Vec<Any>) {
+    let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && wildcard_type(type_url));
+    let selected: Vec<(&String, &Any)> = current
+        .get(type_url)
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| wildcard || names.contains(name))
+        .collect();
+    let version = hash(
+        selected
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.value.as_slice())),
+    );
+    (
+        version,
+        selected.into_iter().map(|(_, a)| a.clone()).collect(),
+    )
 }
 
 impl Sotw {
-    /// The resources a subscription selects and their version.
-    fn select(&self, type_url: &str, names: &[String]) -> (String, Vec<(String, Any)>) {
-        let all = self.current.get(type_url);
-        let wildcard =
-            names.iter().any(|n| n == "*") || (names.is_empty() && wildcard_type(type_url));
-        let selected: Vec<(String, Any)> = all
-            .into_iter()
-            .flatten()
-            .filter(|(name, _)| wildcard || names.contains(name))
-            .map(|(n, a)| (n.clone(), a.clone()))
-            .collect();
-        let version = hash(
-            selected
-                .iter()
-                .map(|(n, a)| (n.as_str(), a.value.as_slice())),
-        );
-        (version, selected)
-    }
-
-    fn response(&mut self, registry: &Registry, type_url: &str) -> Option<DiscoveryResponse> {
-        let names = self.types.get(type_url)?.names.clone();
-        let (version, selected) = self.select(type_url, &names);
-        self.nonces += 1;
-        let nonce = self.nonces.to_string();
+    fn response(&mut self, conn: &mut Conn, type_url: &str) -> Option<DiscoveryResponse> {
         let t = self.types.get_mut(type_url)?;
+        let (version, resources) = select(&conn.current, type_url, &t.names);
+        let nonce = conn.sent(type_url, &version);
         t.sent_version = Some(version.clone());
         t.nonce = nonce.clone();
-        if let Some(p) = &self.peer {
-            registry.update(p.conn, type_url, |s| s.sent = Some(version.clone()));
-        }
         Some(DiscoveryResponse {
             version_info: version,
-            resources: selected.into_iter().map(|(_, a)| a).collect(),
+            resources,
             type_url: type_url.to_string(),
             nonce,
             ..Default::default()
         })
     }
+}
 
-    fn request(&mut self, registry: &Registry, req: DiscoveryRequest) -> Vec<DiscoveryResponse> {
-        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
-            return Vec::new();
-        };
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const DELTA: bool = false;
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn request(&mut self, conn: &mut Conn, req: DiscoveryRequest) -> Vec<DiscoveryResponse> {
         let ty = req.type_url.clone();
         if !TYPES.contains(&ty.as_str()) {
             // Unknown types: nothing to serve, and an empty answer would
@@ -545,47 +611,51 @@ impl Sotw {
                 // A reply to an older response: superseded, per the xDS protocol.
                 return Vec::new();
             }
-            let rejected = t.sent_version.clone().unwrap_or_default();
-            match &req.error_detail {
-                Some(e) => record_reply(registry, conn, &ty, &rejected, Some(e)),
-                None => record_reply(registry, conn, &ty, &req.version_info, None),
-            }
+            let version = match &req.error_detail {
+                // A NACK names the version the proxy still runs; the
+                // refused one is the one last sent.
+                Some(_) => t.sent_version.clone().unwrap_or_default(),
+                None => req.version_info.clone(),
+            };
+            conn.answered(
+                &ty,
+                &req.response_nonce,
+                &version,
+                req.error_detail.as_ref(),
+            );
         }
         let names_changed = t.names != req.resource_names;
-        t.names = req.resource_names.clone();
-        let (version, _) = self.select(&ty, &req.resource_names);
+        t.names = req.resource_names;
+        let (version, _) = select(&conn.current, &ty, &t.names);
         let send = if first {
             req.version_info != version
         } else {
-            names_changed
-                || self.types.get(&ty).and_then(|t| t.sent_version.as_ref()) != Some(&version)
+            names_changed || t.sent_version.as_ref() != Some(&version)
         };
         if first && !send {
             // The proxy already holds exactly this (a reconnect).
-            if let Some(t) = self.types.get_mut(&ty) {
-                t.sent_version = Some(version.clone());
-            }
-            registry.update(conn, &ty, |s| {
+            t.sent_version = Some(version.clone());
+            conn.registry.update(conn.peer.conn, &ty, |s| {
                 s.sent = Some(version.clone());
                 s.acked = Some(version.clone());
             });
         }
         if send {
-            self.response(registry, &ty).into_iter().collect()
+            self.response(conn, &ty).into_iter().collect()
         } else {
             Vec::new()
         }
     }
 
-    fn push_changed(&mut self, registry: &Registry) -> Vec<DiscoveryResponse> {
+    fn push_changed(&mut self, conn: &mut Conn) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         for ty in TYPES {
             let Some(t) = self.types.get(ty) else {
                 continue;
             };
-            let (version, _) = self.select(ty, &t.names);
+            let (version, _) = select(&conn.current, ty, &t.names);
             if t.sent_version.as_ref() != Some(&version) {
-                out.extend(self.response(registry, ty));
+                out.extend(self.response(conn, ty));
             }
         }
         out
@@ -606,65 +676,23 @@ struct DeltaType {
 
 #[derive(Default)]
 struct Delta {
-    peer: Option<Peer>,
-    current: Encoded,
     types: BTreeMap<String, DeltaType>,
-    nonces: u64,
 }
 
 impl Delta {
-    fn request(
-        &mut self,
-        registry: &Registry,
-        req: DeltaDiscoveryRequest,
-    ) -> Vec<DeltaDiscoveryResponse> {
-        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
-            return Vec::new();
-        };
-        let ty = req.type_url.clone();
-        if !TYPES.contains(&ty.as_str()) {
-            return Vec::new();
-        }
-        let first = !self.types.contains_key(&ty);
-        let t = self.types.entry(ty.clone()).or_default();
-        if first {
-            t.wildcard = wildcard_type(&ty) && req.resource_names_subscribe.is_empty();
-            t.sent = req.initial_resource_versions.clone().into_iter().collect();
-        }
-        for name in &req.resource_names_subscribe {
-            if name == "*" {
-                t.wildcard = true;
-            } else {
-                t.names.insert(name.clone());
-            }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                t.wildcard = false;
-            } else {
-                t.names.remove(name);
-                t.sent.remove(name);
-            }
-        }
-        if !req.response_nonce.is_empty() && req.response_nonce == t.nonce {
-            let version = t.nonce_version.clone();
-            record_reply(registry, conn, &ty, &version, req.error_detail.as_ref());
-        }
-        self.response(registry, &ty, first).into_iter().collect()
-    }
-
     /// The difference between what the proxy holds and what it should;
     /// `None` when there is none (unless `always`, for a first request).
     fn response(
         &mut self,
-        registry: &Registry,
+        conn: &mut Conn,
         ty: &str,
         always: bool,
     ) -> Option<DeltaDiscoveryResponse> {
-        let all = self.current.get(ty).cloned().unwrap_or_default();
         let t = self.types.get_mut(ty)?;
+        let all = conn.current.get(ty);
         let wanted: BTreeMap<&String, &Any> = all
-            .iter()
+            .into_iter()
+            .flatten()
             .filter(|(name, _)| t.wildcard || t.names.contains(*name))
             .collect();
         let mut resources = Vec::new();
@@ -693,12 +721,8 @@ impl Delta {
             return None;
         }
         let version = hash(wanted.iter().map(|(n, a)| (n.as_str(), a.value.as_slice())));
-        self.nonces += 1;
-        t.nonce = self.nonces.to_string();
+        t.nonce = conn.sent(ty, &version);
         t.nonce_version = version.clone();
-        if let Some(p) = &self.peer {
-            registry.update(p.conn, ty, |s| s.sent = Some(version.clone()));
-        }
         Some(DeltaDiscoveryResponse {
             system_version_info: version,
             resources,
@@ -708,12 +732,64 @@ impl Delta {
             ..Default::default()
         })
     }
+}
 
-    fn push_changed(&mut self, registry: &Registry) -> Vec<DeltaDiscoveryResponse> {
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const DELTA: bool = true;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn request(
+        &mut self,
+        conn: &mut Conn,
+        req: DeltaDiscoveryRequest,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let ty = req.type_url.clone();
+        if !TYPES.contains(&ty.as_str()) {
+            return Vec::new();
+        }
+        let first = !self.types.contains_key(&ty);
+        let t = self.types.entry(ty.clone()).or_default();
+        if first {
+            t.wildcard = wildcard_type(&ty) && req.resource_names_subscribe.is_empty();
+            t.sent = req.initial_resource_versions.into_iter().collect();
+        }
+        for name in req.resource_names_subscribe {
+            if name == "*" {
+                t.wildcard = true;
+            } else {
+                t.names.insert(name);
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                t.wildcard = false;
+            } else {
+                t.names.remove(name);
+                t.sent.remove(name);
+            }
+        }
+        if !req.response_nonce.is_empty() && req.response_nonce == t.nonce {
+            let version = t.nonce_version.clone();
+            conn.answered(
+                &ty,
+                &req.response_nonce,
+                &version,
+                req.error_detail.as_ref(),
+            );
+        }
+        self.response(conn, &ty, first).into_iter().collect()
+    }
+
+    fn push_changed(&mut self, conn: &mut Conn) -> Vec<DeltaDiscoveryResponse> {
         let mut out = Vec::new();
         for ty in TYPES {
             if self.types.contains_key(ty) {
-                out.extend(self.response(registry, ty, false));
+                out.extend(self.response(conn, ty, false));
             }
         }
         out

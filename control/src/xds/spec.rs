@@ -258,7 +258,23 @@ pub struct SanMatch {
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceDiscovery {
     pub dns: Option<DnsDiscovery>,
-    pub aws_cloud_map: Option<serde_json::Value>,
+    pub aws_cloud_map: Option<CloudMapDiscovery>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CloudMapDiscovery {
+    pub namespace_name: String,
+    pub service_name: String,
+    pub attributes: Vec<CloudMapAttribute>,
+    pub ip_preference: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CloudMapAttribute {
+    pub key: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -22,6 +22,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The ADS address (`--xds-addr`).
+    pub xds: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -30,6 +32,7 @@ impl Server {
     /// Starts `serve` on a free port and waits until it accepts connections.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let addr = free_addr();
+        let xds = free_addr();
         let log = data_dir.with_extension(format!("{}.log", addr.port()));
         let child = Command::new(BIN)
             .arg("serve")
@@ -38,7 +41,7 @@ impl Server {
             .arg("--api-addr")
             .arg(addr.to_string())
             .arg("--xds-addr")
-            .arg(free_addr().to_string())
+            .arg(xds.to_string())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -47,6 +50,7 @@ impl Server {
         let server = Server {
             child: Some(child),
             addr,
+            xds,
             data_dir: data_dir.to_path_buf(),
             log,
         };

@@ -83,7 +83,11 @@ def test_model_constraints_are_enforced_by_the_server(lax, mesh):
         {"listeners": [{"portMapping": {"port": 80, "protocol": "udp"}}]},
         {"listeners": [{"portMapping": {"port": 80}}]},
         {"serviceDiscovery": {"dns": {"hostname": "a"}, "awsCloudMap": {"namespaceName": "n", "serviceName": "s"}}},
-        {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "n", "serviceName": "s"}}},
+        {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "n"}}},
+        {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "n", "serviceName": "s",
+                                              "attributes": [{"key": "k"}]}}},
+        {"serviceDiscovery": {"awsCloudMap": {"namespaceName": "n", "serviceName": "s",
+                                              "ipPreference": "IPv5_ONLY"}}},
         {"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
                         "tls": {"mode": "STRICT", "certificate": {"acm": {"certificateArn": "arn:x"}}}}]},
     ]
@@ -99,6 +103,21 @@ def test_model_constraints_are_enforced_by_the_server(lax, mesh):
             "listeners": [{"portMapping": {"port": 80, "protocol": "tcp"}}]}, tags=[{"key": ""}])
     assert lax.list_virtual_nodes(meshName=mesh)["virtualNodes"] == []
     assert lax.list_virtual_routers(meshName=mesh)["virtualRouters"] == []
+
+
+def test_cloud_map_service_discovery_is_accepted(appmesh, mesh):
+    """Served from trellis's instance registry (register-instance --namespace/--service)."""
+    discovery = {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "color",
+                                 "attributes": [{"key": "ECS_TASK_DEFINITION_FAMILY", "value": "color"}],
+                                 "ipPreference": "IPv4_PREFERRED"}}
+    created = appmesh.create_virtual_node(meshName=mesh, virtualNodeName="color", spec={
+        "listeners": LISTENER, "serviceDiscovery": discovery})
+    assert created["virtualNode"]["spec"]["serviceDiscovery"] == discovery
+    described = appmesh.describe_virtual_node(meshName=mesh, virtualNodeName="color")
+    assert described["virtualNode"]["spec"]["serviceDiscovery"] == discovery
+    updated = appmesh.update_virtual_node(meshName=mesh, virtualNodeName="color", spec={
+        "listeners": LISTENER, "serviceDiscovery": {"awsCloudMap": {"namespaceName": "n", "serviceName": "s"}}})
+    assert updated["virtualNode"]["metadata"]["version"] == 2
 
 
 def test_a_route_speaks_exactly_one_protocol(lax, mesh):

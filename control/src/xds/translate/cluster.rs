@@ -8,16 +8,58 @@ use serde_json::{json, Value};
 use super::{ads_source, duration_ms, socket_address, Ctx, ResourceSet};
 use crate::xds::spec::{NodeListener, PoolLimits, VirtualNodeSpec};
 
-/// One registered address of a virtual node: a connected proxy's ingress,
-/// or an instance registered by hand through `/trellis/v1/instances`.
+/// One registered address: a connected proxy's ingress, or an instance
+/// registered through `/trellis/v1/instances` for a virtual node or for a
+/// Cloud Map service (with the attributes Cloud Map filters on).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Instance {
     pub address: String,
     pub port: u32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
-/// The instance registry: (mesh, virtual node) → its instances.
-pub type Instances = BTreeMap<(String, String), BTreeSet<Instance>>;
+impl Instance {
+    pub fn new(address: impl Into<String>, port: u32) -> Instance {
+        Instance {
+            address: address.into(),
+            port,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub fn same_address(&self, other: &Instance) -> bool {
+        self.address == other.address && self.port == other.port
+    }
+}
+
+/// Whose instances: a virtual node's (its connected proxies and those
+/// registered for it), or a Cloud Map service's, which `awsCloudMap` nodes
+/// select by namespace, service and attributes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    VirtualNode { mesh: String, node: String },
+    CloudMap { namespace: String, service: String },
+}
+
+impl Owner {
+    pub fn node(mesh: &str, node: &str) -> Owner {
+        Owner::VirtualNode {
+            mesh: mesh.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    pub fn cloud_map(namespace: &str, service: &str) -> Owner {
+        Owner::CloudMap {
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+        }
+    }
+}
+
+/// The instance registry: owner → its instances.
+pub type Instances = BTreeMap<Owner, BTreeSet<Instance>>;
 
 const CONNECT_TIMEOUT: &str = "1s";
 
@@ -126,6 +168,23 @@ pub(super) fn ingress(
     name
 }
 
+/// The mesh `egressFilter` ALLOW_ALL's way out: an `ORIGINAL_DST` cluster,
+/// which connects to wherever the app dialled (the connection's original
+/// destination, or an explicit-proxy request's target).
+pub(super) fn passthrough(set: &mut ResourceSet, mesh: &str) -> String {
+    let name = format!("cds_egress_{mesh}_passthrough");
+    set.clusters.insert(
+        name.clone(),
+        json!({
+            "name": name,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": CONNECT_TIMEOUT,
+        }),
+    );
+    name
+}
+
 /// The cluster that reaches `target`'s listener on `port` (its only listener
 /// when `port` is `None`); `None` when the target has no such listener.
 pub(super) fn egress(
@@ -173,8 +232,36 @@ pub(super) fn egress(
     Some(name)
 }
 
+/// App Mesh's `ipPreference` → Envoy's `dns_lookup_family`.
+fn lookup_family(preference: Option<&str>) -> Option<&'static str> {
+    match preference? {
+        "IPv4_ONLY" => Some("V4_ONLY"),
+        "IPv6_ONLY" => Some("V6_ONLY"),
+        "IPv4_PREFERRED" => Some("V4_PREFERRED"),
+        "IPv6_PREFERRED" => Some("AUTO"),
+        _ => None,
+    }
+}
+
+/// Whether an instance address fits an `ipPreference`: the `*_ONLY` ones
+/// drop the other family; the preferred ones keep both, as each registered
+/// instance has one address and nothing to prefer it over.
+fn fits(preference: Option<&str>, address: &str) -> bool {
+    let v4 = address
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_ipv4());
+    match preference {
+        Some("IPv4_ONLY") => v4,
+        Some("IPv6_ONLY") => !v4,
+        _ => true,
+    }
+}
+
 /// DNS service discovery → a DNS cluster on the listener port; anything else
-/// (Cloud Map, or none) → EDS from the control plane's instance registry.
+/// → EDS from the control plane's instance registry: the node's own
+/// instances (its connected proxies, and those registered for it), and for
+/// `awsCloudMap` the instances registered for that namespace and service
+/// whose attributes include every attribute the spec asks for.
 fn discovery(
     ctx: &Ctx<'_>,
     set: &mut ResourceSet,
@@ -188,34 +275,37 @@ fn discovery(
         .mesh_spec
         .service_discovery
         .as_ref()
-        .and_then(|s| s.ip_preference.clone());
-    if let Some(dns) = spec.service_discovery.as_ref().and_then(|s| s.dns.as_ref()) {
+        .and_then(|s| s.ip_preference.as_deref());
+    let sd = spec.service_discovery.as_ref();
+    if let Some(dns) = sd.and_then(|s| s.dns.as_ref()) {
         let logical = dns.response_type.as_deref() != Some("ENDPOINTS");
         cluster["type"] = json!(if logical { "LOGICAL_DNS" } else { "STRICT_DNS" });
         cluster["load_assignment"] = json!({
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(&dns.hostname, port)}}]}],
         });
-        let family = match dns.ip_preference.clone().or(mesh_ip).as_deref() {
-            Some("IPv4_ONLY") => Some("V4_ONLY"),
-            Some("IPv6_ONLY") => Some("V6_ONLY"),
-            Some("IPv4_PREFERRED") => Some("V4_PREFERRED"),
-            Some("IPv6_PREFERRED") => Some("AUTO"),
-            _ => None,
-        };
-        if let Some(f) = family {
+        if let Some(f) = lookup_family(dns.ip_preference.as_deref().or(mesh_ip)) {
             cluster["dns_lookup_family"] = json!(f);
         }
         return;
     }
     cluster["type"] = json!("EDS");
     cluster["eds_cluster_config"] = json!({"eds_config": ads_source(), "service_name": name});
-    let instances = ctx
-        .instances
-        .get(&(ctx.mesh.to_string(), target.to_string()));
-    let endpoints: Vec<Value> = instances
+    let mut selected: BTreeSet<&Instance> = ctx.instances(Owner::node(ctx.mesh, target)).collect();
+    let cloud_map = sd.and_then(|s| s.aws_cloud_map.as_ref());
+    if let Some(cm) = cloud_map {
+        let owner = Owner::cloud_map(&cm.namespace_name, &cm.service_name);
+        let matching = ctx.instances(owner).filter(|i| {
+            cm.attributes
+                .iter()
+                .all(|a| i.attributes.get(&a.key) == Some(&a.value))
+        });
+        selected.extend(matching);
+    }
+    let preference = cloud_map.and_then(|cm| cm.ip_preference.as_deref().or(mesh_ip));
+    let endpoints: Vec<Value> = selected
         .into_iter()
-        .flatten()
+        .filter(|i| fits(preference, &i.address))
         .map(|i| json!({"endpoint": {"address": socket_address(&i.address, i.port)}}))
         .collect();
     let assignment = if endpoints.is_empty() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
+use super::{cluster, hcm, listener, routes, tls, Chain, Ctx, Fallback, ResourceSet};
 use crate::xds::spec::{
     GatewayAction, GatewayRouteSpec, HostnameMatch, RouteSpec, VirtualGatewaySpec,
 };
@@ -96,6 +96,7 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
                         spec.logging.as_ref(),
                     ),
                 }],
+                Fallback::FirstChain,
             ),
         );
     }

@@ -14,8 +14,8 @@
 //!   `outlierDetection` the clusters that *clients* use to reach the node,
 //!   since only clients can eject a misbehaving host;
 //! - virtual node TLS (listener `tls`, client policies) becomes transport
-//!   sockets ([`tls`]); gateway TLS, the mesh `egressFilter` passthrough and
-//!   Cloud Map attributes are not emitted yet: see `control/README.md`.
+//!   sockets ([`tls`]); gateway TLS is not emitted yet: see
+//!   `control/README.md`.
 
 mod cluster;
 mod gateway;
@@ -23,6 +23,7 @@ mod node;
 mod routes;
 mod tls;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
@@ -35,7 +36,7 @@ use super::spec::{
     VirtualRouterSpec, VirtualServiceSpec,
 };
 
-pub use cluster::{Instance, Instances};
+pub use cluster::{Instance, Instances, Owner};
 
 /// Where a proxy listens, from its node metadata (see [`Ports::from_node`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -203,9 +204,59 @@ pub fn encode_one(url: &str, name: &str, json: &Value) -> Result<prost_types::An
     })
 }
 
+/// What one proxy's translation read: a resource, a mesh's list of routes or
+/// nodes, or an owner's instances. A new model that gives every dependency
+/// the same fingerprint gives that proxy the same resources, so its stream
+/// need not translate again (see [`Deps::unchanged`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Dep {
+    Mesh(String),
+    Node(String, String),
+    Service(String, String),
+    Router(String, String),
+    /// A router's routes, all of them.
+    Routes(String, String),
+    Gateway(String, String),
+    GatewayRoutes(String, String),
+    /// Every virtual node of a mesh (who may call a TLS listener).
+    MeshNodes(String),
+    Instances(Owner),
+}
+
+/// A proxy's dependencies with their fingerprints when it was translated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deps(BTreeMap<Dep, u64>);
+
+impl Deps {
+    /// Whether translating again against `model` and `instances` would read
+    /// exactly what the last translation read (and so give the same result).
+    pub fn unchanged(&self, model: &Model, instances: &Instances) -> bool {
+        self.0
+            .iter()
+            .all(|(dep, print)| fingerprint(model, instances, dep) == *print)
+    }
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    // 0 stands for "absent".
+    h.finish().max(1)
+}
+
+fn fingerprint(model: &Model, instances: &Instances, dep: &Dep) -> u64 {
+    match dep {
+        Dep::Instances(owner) => instances.get(owner).map_or(0, hash_of),
+        other => model.prints.get(other).copied().unwrap_or(0),
+    }
+}
+
 /// The App Mesh resources of a snapshot, parsed and indexed by mesh and name.
 #[derive(Debug, Default)]
 pub struct Model {
+    /// Fingerprints of every resource dependency (all but instances).
+    prints: std::collections::HashMap<Dep, u64>,
     meshes: BTreeMap<String, MeshSpec>,
     nodes: BTreeMap<(String, String), VirtualNodeSpec>,
     services: BTreeMap<(String, String), VirtualServiceSpec>,
@@ -228,10 +279,33 @@ fn parse<T: serde::de::DeserializeOwned + Default>(key: &ResourceKey, spec: &Val
 impl Model {
     pub fn new(snapshot: &Snapshot) -> Model {
         let mut m = Model::default();
+        // Lists (a router's routes, a mesh's nodes) fold their members'
+        // fingerprints in snapshot order, which is stable.
+        let mut lists: BTreeMap<Dep, Vec<(String, u64)>> = BTreeMap::new();
         for r in &snapshot.resources {
             let k = &r.key;
             let id = (k.mesh.clone(), k.name.clone());
             let parent = (k.mesh.clone(), k.parent.clone().unwrap_or_default());
+            let print = hash_of(&r.spec.to_string());
+            let (m_, n_) = (k.mesh.clone(), k.name.clone());
+            let (own, list) = match k.kind {
+                Kind::Mesh => (Some(Dep::Mesh(n_)), None),
+                Kind::VirtualNode => (Some(Dep::Node(m_.clone(), n_)), Some(Dep::MeshNodes(m_))),
+                Kind::VirtualService => (Some(Dep::Service(m_, n_)), None),
+                Kind::VirtualRouter => (Some(Dep::Router(m_, n_)), None),
+                Kind::Route => (None, Some(Dep::Routes(parent.0.clone(), parent.1.clone()))),
+                Kind::VirtualGateway => (Some(Dep::Gateway(m_, n_)), None),
+                Kind::GatewayRoute => (
+                    None,
+                    Some(Dep::GatewayRoutes(parent.0.clone(), parent.1.clone())),
+                ),
+            };
+            if let Some(dep) = own {
+                m.prints.insert(dep, print);
+            }
+            if let Some(dep) = list {
+                lists.entry(dep).or_default().push((k.name.clone(), print));
+            }
             match k.kind {
                 Kind::Mesh => {
                     m.meshes.insert(k.name.clone(), parse(k, &r.spec));
@@ -260,6 +334,9 @@ impl Model {
                     .push((k.name.clone(), parse(k, &r.spec))),
             }
         }
+        for (dep, members) in lists {
+            m.prints.insert(dep, hash_of(&members));
+        }
         m
     }
 
@@ -287,21 +364,51 @@ pub fn translate(
     ports: &Ports,
     instances: &Instances,
 ) -> Option<ResourceSet> {
+    translate_tracked(model, id, ports, instances).0
+}
+
+/// [`translate`], and what it read, for [`Deps::unchanged`].
+pub fn translate_tracked(
+    model: &Model,
+    id: &NodeId,
+    ports: &Ports,
+    instances: &Instances,
+) -> (Option<ResourceSet>, Deps) {
     let key = (id.mesh.clone(), id.name.clone());
+    let deps = RefCell::new(Deps::default());
+    let track = |dep: Dep| {
+        let print = fingerprint(model, instances, &dep);
+        deps.borrow_mut().0.insert(dep, print);
+    };
+    track(Dep::Mesh(id.mesh.clone()));
+    let Some(mesh_spec) = model.meshes.get(&id.mesh) else {
+        return (None, deps.into_inner());
+    };
+    if id.gateway {
+        track(Dep::Gateway(key.0.clone(), key.1.clone()));
+    } else {
+        track(Dep::Node(key.0.clone(), key.1.clone()));
+    }
     let ctx = Ctx {
         model,
         mesh: &id.mesh,
-        mesh_spec: model.meshes.get(&id.mesh)?,
+        mesh_spec,
         instances,
         ports,
+        deps: &deps,
     };
-    if id.gateway {
-        let spec = model.gateways.get(&key)?;
-        Some(gateway::translate(&ctx, &id.name, spec))
+    let set = if id.gateway {
+        model
+            .gateways
+            .get(&key)
+            .map(|spec| gateway::translate(&ctx, &id.name, spec))
     } else {
-        let spec = model.nodes.get(&key)?;
-        Some(node::translate(&ctx, &id.name, spec))
-    }
+        model
+            .nodes
+            .get(&key)
+            .map(|spec| node::translate(&ctx, &id.name, spec))
+    };
+    (set, deps.into_inner())
 }
 
 /// Every node and gateway of a snapshot with default ports: the pure
@@ -316,46 +423,77 @@ pub fn translate_all(snapshot: &Snapshot, instances: &Instances) -> BTreeMap<Str
         .collect()
 }
 
-/// What every part of one proxy's translation needs.
+/// What every part of one proxy's translation needs. Every read of the
+/// model or the instances goes through its accessors, which record it.
 struct Ctx<'a> {
     model: &'a Model,
     mesh: &'a str,
     mesh_spec: &'a MeshSpec,
     instances: &'a Instances,
     ports: &'a Ports,
+    deps: &'a RefCell<Deps>,
 }
 
 impl Ctx<'_> {
+    fn track(&self, dep: Dep) {
+        let print = fingerprint(self.model, self.instances, &dep);
+        self.deps.borrow_mut().0.insert(dep, print);
+    }
+
+    fn key(&self, name: &str) -> (String, String) {
+        (self.mesh.to_string(), name.to_string())
+    }
+
     fn node(&self, name: &str) -> Option<&VirtualNodeSpec> {
+        let (mesh, name) = self.key(name);
+        self.track(Dep::Node(mesh.clone(), name.clone()));
+        self.model.nodes.get(&(mesh, name))
+    }
+
+    /// Every virtual node of this mesh.
+    fn nodes(&self) -> impl Iterator<Item = (&str, &VirtualNodeSpec)> {
+        self.track(Dep::MeshNodes(self.mesh.to_string()));
         self.model
             .nodes
-            .get(&(self.mesh.to_string(), name.to_string()))
+            .iter()
+            .filter(|((mesh, _), _)| mesh == self.mesh)
+            .map(|((_, name), spec)| (name.as_str(), spec))
     }
 
     fn service(&self, name: &str) -> Option<&VirtualServiceSpec> {
-        self.model
-            .services
-            .get(&(self.mesh.to_string(), name.to_string()))
+        let (mesh, name) = self.key(name);
+        self.track(Dep::Service(mesh.clone(), name.clone()));
+        self.model.services.get(&(mesh, name))
     }
 
     fn router(&self, name: &str) -> Option<&VirtualRouterSpec> {
-        self.model
-            .routers
-            .get(&(self.mesh.to_string(), name.to_string()))
+        let (mesh, name) = self.key(name);
+        self.track(Dep::Router(mesh.clone(), name.clone()));
+        self.model.routers.get(&(mesh, name))
     }
 
     fn routes(&self, router: &str) -> &[(String, RouteSpec)] {
+        let (mesh, router) = self.key(router);
+        self.track(Dep::Routes(mesh.clone(), router.clone()));
         self.model
             .routes
-            .get(&(self.mesh.to_string(), router.to_string()))
+            .get(&(mesh, router))
             .map_or(&[], Vec::as_slice)
     }
 
     fn gateway_routes(&self, gateway: &str) -> &[(String, GatewayRouteSpec)] {
+        let (mesh, gateway) = self.key(gateway);
+        self.track(Dep::GatewayRoutes(mesh.clone(), gateway.clone()));
         self.model
             .gateway_routes
-            .get(&(self.mesh.to_string(), gateway.to_string()))
+            .get(&(mesh, gateway))
             .map_or(&[], Vec::as_slice)
+    }
+
+    fn instances(&self, owner: Owner) -> impl Iterator<Item = &Instance> {
+        let set = self.instances.get(&owner);
+        self.track(Dep::Instances(owner));
+        set.into_iter().flatten()
     }
 }
 
@@ -450,11 +588,26 @@ fn tcp_proxy(
     json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": config})
 }
 
-/// A listener whose chains are matched by destination port when there are
-/// several (a proxy behind port interception sees the original port); a
-/// single chain matches everything.
-fn listener(name: &str, address: &str, port: u32, direction: &str, chains: Vec<Chain>) -> Value {
-    let several = chains.len() > 1;
+/// What a listener does with a connection no chain matches.
+enum Fallback {
+    /// With several chains, the first one takes it (a proxy without
+    /// interception sees only its own port); a single chain matches all.
+    FirstChain,
+    /// This chain takes it, and every other chain keeps its port match.
+    Chain(Value),
+}
+
+/// A listener whose chains are matched by destination port (a proxy behind
+/// port interception sees the original port, through `original_dst`).
+fn listener(
+    name: &str,
+    address: &str,
+    port: u32,
+    direction: &str,
+    chains: Vec<Chain>,
+    fallback: Fallback,
+) -> Value {
+    let several = chains.len() > 1 || matches!(fallback, Fallback::Chain(_));
     let mut inspect_tls = false;
     let mut out_chains: Vec<Value> = Vec::new();
     for c in chains {
@@ -493,6 +646,10 @@ fn listener(name: &str, address: &str, port: u32, direction: &str, chains: Vec<C
             "name": "envoy.filters.listener.tls_inspector",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
         }]);
+    }
+    if let Fallback::Chain(default) = fallback {
+        out["default_filter_chain"] = default;
+        return out;
     }
     // Without interception every connection arrives on the listener's own
     // port: the first App Mesh listener takes whatever no chain matched.

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx, ResourceSet};
+use super::{
+    cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx, Fallback, ResourceSet,
+};
 use crate::xds::spec::{ClientTls, VirtualNodeSpec};
 
 pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> ResourceSet {
@@ -81,6 +83,7 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
             ports.ingress,
             "INBOUND",
             chains,
+            Fallback::FirstChain,
         ),
     );
 }
@@ -93,6 +96,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     let rc = format!("rds_egress_http_{}", ports.egress);
     let mut vhosts: Vec<Value> = Vec::new();
     let mut chains: Vec<Chain> = Vec::new();
+    let mut http_ports = BTreeSet::new();
     let defaults = spec
         .backend_defaults
         .as_ref()
@@ -140,6 +144,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                     ),
                 }),
                 None => {
+                    http_ports.insert(target.port);
                     let mut domains = vec![format!("{service}:{}", target.port)];
                     if target.first {
                         domains.insert(0, service.clone());
@@ -153,37 +158,87 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
             }
         }
     }
+    let allow_all = ctx
+        .mesh_spec
+        .egress_filter
+        .as_ref()
+        .and_then(|f| f.kind.as_deref())
+        == Some("ALLOW_ALL");
+    let passthrough = allow_all.then(|| cluster::passthrough(set, ctx.mesh));
+    if let Some(cluster) = &passthrough {
+        // After every backend's hosts: a destination the mesh does not know.
+        vhosts.push(json!({
+            "name": "allow_all",
+            "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+        }));
+    }
     if !vhosts.is_empty() {
         set.routes
             .insert(rc.clone(), json!({"name": rc, "virtual_hosts": vhosts}));
-        chains.insert(
-            0,
-            Chain {
-                tls: tls::Inbound::Plain,
-                name: "egress_http".into(),
-                destination_port: None,
-                filter: hcm(
-                    &format!("egress_http_{}", ports.egress),
-                    &rc,
-                    spec.logging.as_ref(),
-                ),
-            },
+        let hcm = hcm(
+            &format!("egress_http_{}", ports.egress),
+            &rc,
+            spec.logging.as_ref(),
         );
+        let http_chains = match &passthrough {
+            // DROP_ALL: HTTP on any port no TCP backend claims.
+            None => vec![(None, "egress_http".to_string())],
+            // ALLOW_ALL: HTTP only on the HTTP backends' ports and on the
+            // egress port itself (clients that call the proxy directly);
+            // any other port passes through as TCP.
+            Some(_) => http_ports
+                .iter()
+                .chain(std::iter::once(&ports.egress))
+                .filter(|p| !chains.iter().any(|c| c.destination_port == Some(**p)))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|p| (Some(*p), format!("egress_http_{p}")))
+                .collect(),
+        };
+        for (i, (port, name)) in http_chains.into_iter().enumerate() {
+            chains.insert(
+                i,
+                Chain {
+                    tls: tls::Inbound::Plain,
+                    name,
+                    destination_port: port,
+                    filter: hcm.clone(),
+                },
+            );
+        }
     }
     if chains.is_empty() {
         return;
     }
+    let fallback = match &passthrough {
+        Some(cluster) => Fallback::Chain(json!({
+            "name": "egress_passthrough",
+            "filters": [tcp_proxy(
+                "egress_passthrough",
+                &[(cluster.clone(), 1)],
+                None,
+                spec.logging.as_ref(),
+            )],
+        })),
+        None => Fallback::FirstChain,
+    };
     let lname = format!("lds_egress_{}_{}", ports.listener_address, ports.egress);
-    set.listeners.insert(
-        lname.clone(),
-        listener(
-            &lname,
-            &ports.listener_address,
-            ports.egress,
-            "OUTBOUND",
-            chains,
-        ),
+    let mut egress = listener(
+        &lname,
+        &ports.listener_address,
+        ports.egress,
+        "OUTBOUND",
+        chains,
+        fallback,
     );
+    // Behind interception, chains match the port the app dialled and the
+    // passthrough cluster connects to the address it dialled.
+    egress["listener_filters"] = json!([{
+        "name": "envoy.filters.listener.original_dst",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
+    }]);
+    set.listeners.insert(lname, egress);
 }
 
 /// Puts a backend's client policy on the clusters its targets created. A

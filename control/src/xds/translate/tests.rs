@@ -15,7 +15,8 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xds-golden")
 }
 
-/// `{"resources": [{"kind", "mesh"?, "parent"?, "name", "spec"}], "instances": [...]}`.
+/// `{"resources": [{"kind", "mesh"?, "parent"?, "name", "spec"}], "instances":
+/// [{"mesh"?, "node", "address", "port"} | {"namespace", "service", "attributes"?, "address", "port"}]}`.
 fn load_case(input: &Value) -> (Snapshot, Instances) {
     let mut resources = Vec::new();
     for r in input["resources"].as_array().into_iter().flatten() {
@@ -48,19 +49,25 @@ fn load_case(input: &Value) -> (Snapshot, Instances) {
     }
     let mut instances = Instances::new();
     for i in input["instances"].as_array().into_iter().flatten() {
-        instances
-            .entry((
-                i["mesh"].as_str().unwrap_or("m").to_string(),
-                i["node"].as_str().unwrap_or_default().to_string(),
-            ))
-            .or_default()
-            .insert(Instance {
-                address: i["address"].as_str().unwrap_or_default().to_string(),
-                port: i["port"]
-                    .as_u64()
-                    .and_then(|p| u32::try_from(p).ok())
-                    .unwrap_or(0),
-            });
+        let text = |k: &str| i[k].as_str().unwrap_or_default().to_string();
+        let owner = match i["namespace"].as_str() {
+            Some(namespace) => Owner::cloud_map(namespace, &text("service")),
+            None => Owner::node(i["mesh"].as_str().unwrap_or("m"), &text("node")),
+        };
+        let attributes = i["attributes"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        instances.entry(owner).or_default().insert(Instance {
+            address: text("address"),
+            port: i["port"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
+            attributes,
+        });
     }
     (
         Snapshot {
@@ -176,5 +183,84 @@ fn ports_come_from_metadata_with_defaults() {
     assert_eq!(
         Ports::from_metadata(bad.as_object().unwrap()),
         Ports::default()
+    );
+}
+
+fn golden_inputs() -> Vec<Value> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".input.json"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        })
+        .collect()
+}
+
+/// A stream skips a model change when [`Deps::unchanged`] says so; that is
+/// only safe if translating again would give the same resources. For every
+/// golden fixture, every proxy, and every single change (a resource removed,
+/// an owner's instances removed, an instance added to an owner): whenever
+/// the check says unchanged, the translation must indeed be the same. And
+/// the check must not be trivially false: some changes are skipped.
+#[test]
+fn unchanged_dependencies_mean_unchanged_resources() {
+    let ports = Ports::default();
+    let (mut skipped, mut retranslated) = (0, 0);
+    for input in golden_inputs() {
+        let (snapshot, instances) = load_case(&input);
+        let model = Model::new(&snapshot);
+        let mut changes: Vec<(Snapshot, Instances)> = Vec::new();
+        for i in 0..snapshot.resources.len() {
+            let mut resources = snapshot.resources.clone();
+            resources.remove(i);
+            changes.push((
+                Snapshot {
+                    revision: 2,
+                    resources,
+                },
+                instances.clone(),
+            ));
+        }
+        let mut owners: Vec<Owner> = instances.keys().cloned().collect();
+        owners.push(Owner::node("m", "nobody"));
+        for owner in owners {
+            let mut fewer = instances.clone();
+            fewer.remove(&owner);
+            let mut more = instances.clone();
+            more.entry(owner)
+                .or_default()
+                .insert(Instance::new("192.0.2.1", 1234));
+            changes.push((snapshot.clone(), fewer));
+            changes.push((snapshot.clone(), more));
+        }
+        for id in model.node_ids() {
+            let (before, deps) = translate_tracked(&model, &id, &ports, &instances);
+            for (snap, inst) in &changes {
+                let changed_model = Model::new(snap);
+                if deps.unchanged(&changed_model, inst) {
+                    skipped += 1;
+                    let after = translate(&changed_model, &id, &ports, inst);
+                    assert_eq!(
+                        after,
+                        before,
+                        "{}: skipped a change that alters its resources",
+                        id.render()
+                    );
+                } else {
+                    retranslated += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        skipped > 0 && retranslated > 0,
+        "{skipped} skipped, {retranslated} retranslated"
     );
 }

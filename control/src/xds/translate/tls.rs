@@ -126,17 +126,14 @@ pub(super) fn inbound(ctx: &Ctx<'_>, node: &str, tls: Option<&ListenerTls>) -> I
 /// no SVID carries.
 fn allowed_clients(ctx: &Ctx<'_>, node: &str) -> Vec<String> {
     let mut out: Vec<String> = ctx
-        .model
-        .nodes
-        .iter()
-        .filter(|((mesh, _), _)| mesh == ctx.mesh)
+        .nodes()
         .filter(|(_, spec)| {
             spec.backends
                 .iter()
                 .filter_map(|b| b.virtual_service.as_ref())
                 .any(|b| served_by(ctx, &b.virtual_service_name, node))
         })
-        .map(|((mesh, name), _)| format!("/mesh/{mesh}/virtualNode/{name}"))
+        .map(|(name, _)| format!("/mesh/{}/virtualNode/{name}", ctx.mesh))
         .collect();
     if out.is_empty() {
         out.push(format!("/mesh/{}/no-client-of/{node}", ctx.mesh));
