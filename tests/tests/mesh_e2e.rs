@@ -435,6 +435,76 @@ async fn http2_upstreams_with_stock_envoy() {
     .await;
 }
 
+/// An explicit-proxy request (absolute-form) for an app that is not in the
+/// mesh, through the egress port: the status line.
+async fn outside(egress: u16, app: &Echo) -> String {
+    let addr = app.addr;
+    let request =
+        format!("GET http://{addr}/outside HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let reply = client::raw(
+        trellis_tests::loopback(egress),
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    reply.lines().next().unwrap_or("").to_string()
+}
+
+/// Mesh `egressFilter`: with ALLOW_ALL a destination the mesh does not know
+/// passes through the sidecar's egress listener (catch-all virtual host →
+/// ORIGINAL_DST passthrough); switching the mesh to DROP_ALL through the API
+/// closes it (404), and back to ALLOW_ALL opens it again.
+async fn egress_filter(proxy: PathBuf) {
+    let control = Control::start().await;
+    let app = Echo::start("outside").await;
+    let mesh = |filter: &str| json!({"meshName": "m", "spec": {"egressFilter": {"type": filter}}});
+    control
+        .apply(&[
+            mesh("ALLOW_ALL"),
+            json!({"meshName": "m", "virtualNodeName": "a", "spec": {
+                "listeners": [{"portMapping": {"port": free_port(), "protocol": "http"}}]}}),
+        ])
+        .await;
+    let (ingress, egress) = (free_port(), free_port());
+    let config = bootstrap(
+        &workspace_bin("trellis-control"),
+        &control.xds,
+        ("--virtual-node", "a"),
+        (ingress, egress),
+        false,
+    );
+    let _sidecar = ProxyProcess::start_with(&proxy, &config, &[]).await;
+    let passes = |want: &'static str| {
+        let app = &app;
+        move || async move { outside(egress, app).await.contains(want).then_some(()) }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "ALLOW_ALL passes through",
+        passes(" 200 "),
+    )
+    .await;
+    assert!(
+        app.count() > 0,
+        "the request reached the app outside the mesh"
+    );
+    control.apply(&[mesh("DROP_ALL")]).await;
+    eventually(Duration::from_secs(10), "DROP_ALL refuses", passes(" 404 ")).await;
+    control.apply(&[mesh("ALLOW_ALL")]).await;
+    eventually(Duration::from_secs(10), "ALLOW_ALL again", passes(" 200 ")).await;
+}
+
+#[tokio::test]
+async fn egress_filter_allow_all_with_trellis_proxy() {
+    let proxy = workspace_bin("trellis-proxy");
+    within(
+        Duration::from_secs(60),
+        "the egress filter scenario",
+        egress_filter(proxy),
+    )
+    .await;
+}
+
 /// Every golden fixture of the translation, applied through the API and
 /// served to a proxy per node and gateway: the proxy must ACK all of it.
 async fn goldens_accepted(proxy: PathBuf) {
