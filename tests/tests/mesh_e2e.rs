@@ -441,6 +441,13 @@ async fn outside(egress: u16, app: &Echo) -> String {
     let addr = app.addr;
     let request =
         format!("GET http://{addr}/outside HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // The listener comes with the first config: until then, no status.
+    if tokio::net::TcpStream::connect(trellis_tests::loopback(egress))
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
     let reply = client::raw(
         trellis_tests::loopback(egress),
         request.as_bytes(),
@@ -453,7 +460,8 @@ async fn outside(egress: u16, app: &Echo) -> String {
 /// Mesh `egressFilter`: with ALLOW_ALL a destination the mesh does not know
 /// passes through the sidecar's egress listener (catch-all virtual host →
 /// ORIGINAL_DST passthrough); switching the mesh to DROP_ALL through the API
-/// closes it (404), and back to ALLOW_ALL opens it again.
+/// closes it (404: only the backend's virtual host is left), and back to
+/// ALLOW_ALL opens it again.
 async fn egress_filter(proxy: PathBuf) {
     let control = Control::start().await;
     let app = Echo::start("outside").await;
@@ -461,8 +469,13 @@ async fn egress_filter(proxy: PathBuf) {
     control
         .apply(&[
             mesh("ALLOW_ALL"),
-            json!({"meshName": "m", "virtualNodeName": "a", "spec": {
+            json!({"meshName": "m", "virtualNodeName": "b", "spec": {
                 "listeners": [{"portMapping": {"port": free_port(), "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "b.m.local", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "b"}}}}),
+            json!({"meshName": "m", "virtualNodeName": "a", "spec": {
+                "listeners": [{"portMapping": {"port": free_port(), "protocol": "http"}}],
+                "backends": [{"virtualService": {"virtualServiceName": "b.m.local"}}]}}),
         ])
         .await;
     let (ingress, egress) = (free_port(), free_port());
@@ -490,6 +503,9 @@ async fn egress_filter(proxy: PathBuf) {
     );
     control.apply(&[mesh("DROP_ALL")]).await;
     eventually(Duration::from_secs(10), "DROP_ALL refuses", passes(" 404 ")).await;
+    let reached = app.count();
+    assert!(outside(egress, &app).await.contains(" 404 "));
+    assert_eq!(app.count(), reached, "nothing passes under DROP_ALL");
     control.apply(&[mesh("ALLOW_ALL")]).await;
     eventually(Duration::from_secs(10), "ALLOW_ALL again", passes(" 200 ")).await;
 }
