@@ -57,6 +57,9 @@ struct TypeCounters {
     latency: Histogram,
 }
 
+/// Picks one counter of a type's, for rendering.
+type Field = fn(&TypeCounters) -> &AtomicU64;
+
 #[derive(Default)]
 pub struct Metrics {
     /// (operation, HTTP status) → requests.
@@ -155,7 +158,7 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        let counters: [(&str, &str, fn(&TypeCounters) -> &AtomicU64); 3] = [
+        let counters: [(&str, &str, Field); 3] = [
             (
                 "trellis_control_xds_pushes_total",
                 "xDS responses sent to proxies, by type.",
