@@ -108,6 +108,20 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(Store::open(&dir.join("trellis.db"))?))
 }
 
+/// The xDS listener, with a backlog deep enough for every proxy of a large
+/// mesh reconnecting at once (a control plane restart); tokio's default of
+/// 1,024 overflows, and the kernel then resets handshakes it dropped.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
@@ -125,8 +139,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.api_addr)
             .await
             .with_context(|| format!("cannot listen on --api-addr {}", args.api_addr))?;
-        let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
-            .await
+        let xds_listener = listen(args.xds_addr)
             .with_context(|| format!("cannot listen on --xds-addr {}", args.xds_addr))?;
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
         tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");

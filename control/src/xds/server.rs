@@ -29,8 +29,8 @@ use xds_protos::type_url;
 
 use super::registry::{now, Nack, Registry};
 use super::translate::{
-    encode, encode_one, translate_tracked, Deps, EncodeError, Encoded, Instances, Model, NodeId,
-    Ports,
+    encode_changed, encode_one, translate_tracked, Deps, EncodeError, Encoded, Instances, Model,
+    NodeId, Ports, Prints,
 };
 use crate::ca::{Ca, Svid, BUNDLE_SECRET, SVID_SECRET};
 use crate::store::Store;
@@ -206,6 +206,8 @@ struct Peer {
     /// This proxy's identity, issued when it connects and renewed at half
     /// life; it lives only in this stream, never in a shared structure.
     svid: Option<Svid>,
+    /// The SVID and the trust bundle as SDS resources, encoded once per SVID.
+    secrets: BTreeMap<String, Any>,
 }
 
 impl Peer {
@@ -225,6 +227,7 @@ impl Peer {
             ports,
             ca,
             svid: None,
+            secrets: BTreeMap::new(),
         };
         peer.renew();
         peer
@@ -240,6 +243,10 @@ impl Peer {
             Ok(svid) => {
                 tracing::info!(spiffe_id = %svid.spiffe_id, "issued an SVID");
                 self.svid = Some(svid);
+                match self.encode_secrets() {
+                    Ok(secrets) => self.secrets = secrets,
+                    Err(e) => tracing::error!(error = %e, "cannot encode the SDS secrets"),
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, node = %id.render(), "cannot issue an SVID");
@@ -256,7 +263,7 @@ impl Peer {
     }
 
     /// The SDS resources: this proxy's SVID and the trust bundle.
-    fn secrets(&self) -> Result<BTreeMap<String, Any>, EncodeError> {
+    fn encode_secrets(&self) -> Result<BTreeMap<String, Any>, EncodeError> {
         let (Some(ca), Some(svid)) = (&self.ca, &self.svid) else {
             return Ok(BTreeMap::new());
         };
@@ -278,26 +285,24 @@ impl Peer {
         Ok(out)
     }
 
-    /// This proxy's resources in `state`, and what they were made from.
-    fn resources(&self, state: &State) -> (Encoded, Deps) {
+    /// This proxy's resources in `state` and what they were made from,
+    /// re-encoding only the resources whose JSON changed since `previous`.
+    fn resources(
+        &self,
+        state: &State,
+        previous: &Encoded,
+        prints: &mut Prints,
+    ) -> (Result<Encoded, EncodeError>, Deps) {
         let (set, deps) = match &self.node {
             Some(id) => translate_tracked(&state.model, id, &self.ports, &state.instances),
             None => (None, Deps::default()),
         };
-        let encoded = set.as_ref().map(encode).transpose().and_then(|encoded| {
-            let mut encoded = encoded.unwrap_or_default();
-            encoded.insert(type_url::SECRET, self.secrets()?);
-            Ok(encoded)
+        let set = set.unwrap_or_default();
+        let encoded = encode_changed(&set, previous, prints).map(|mut encoded| {
+            encoded.insert(type_url::SECRET, self.secrets.clone());
+            encoded
         });
-        match encoded {
-            Ok(encoded) => (encoded, deps),
-            Err(e) => {
-                // A translation bug must not take the proxy down: it keeps
-                // the last configuration it accepted.
-                tracing::error!(error = %e, "cannot encode xDS resources");
-                (Encoded::default(), deps)
-            }
-        }
+        (encoded, deps)
     }
 }
 
@@ -339,6 +344,8 @@ struct Conn {
     current: Encoded,
     /// What `current` was translated from; `None` forces a translation.
     deps: Option<Deps>,
+    /// Fingerprints of the JSON behind `current`, to re-encode only changes.
+    prints: Prints,
     nonces: u64,
     /// By type: the nonce last sent and when, to time its answer.
     in_flight: BTreeMap<String, (String, Instant)>,
@@ -351,6 +358,7 @@ impl Conn {
             registry,
             current: Encoded::default(),
             deps: None,
+            prints: Prints::new(),
             nonces: 0,
             in_flight: BTreeMap::new(),
         };
@@ -369,10 +377,20 @@ impl Conn {
             }
         }
         metrics.translated();
-        let (current, deps) = self.peer.resources(state);
-        self.current = current;
+        let (encoded, deps) = self.peer.resources(state, &self.current, &mut self.prints);
         self.deps = Some(deps);
-        true
+        match encoded {
+            Ok(current) => {
+                self.current = current;
+                true
+            }
+            Err(e) => {
+                // A translation bug must not take the proxy down: it keeps
+                // what it has until something it depends on changes again.
+                tracing::error!(error = %e, "cannot encode xDS resources");
+                false
+            }
+        }
     }
 
     /// Books a response of `type_url` at `version`: a fresh nonce, the
@@ -467,7 +485,15 @@ impl Xds {
                                     let _ = tx.send(Err(status)).await;
                                     break;
                                 }
-                                let peer = Peer::new(&xds.registry, xds.ca.clone(), node, addr, V::DELTA);
+                                // Key generation and signing are CPU work: off the
+                                // async threads, so a crowd of reconnecting proxies
+                                // does not starve the accept loop.
+                                let (registry, ca, node) = (xds.registry.clone(), xds.ca.clone(), node.clone());
+                                let issued = tokio::task::spawn_blocking(move || Peer::new(&registry, ca, &node, addr, V::DELTA)).await;
+                                let Ok(peer) = issued else {
+                                    let _ = tx.send(Err(Status::internal("cannot set up the stream"))).await;
+                                    break;
+                                };
                                 guard = Some(Disconnect(xds.registry.clone(), peer.conn));
                                 let current = state.borrow_and_update().clone();
                                 conn = Some(Conn::new(peer, xds.registry.clone(), &current));

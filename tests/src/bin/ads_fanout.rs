@@ -32,6 +32,10 @@ use xds_protos::type_url;
 
 const MESH: &str = "bench";
 
+/// Set once the figures are in: clients then see the control plane go away,
+/// which is no error.
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Args {
     control: PathBuf,
     nodes: usize,
@@ -122,8 +126,12 @@ struct Seen {
     last_rds_ack: AtomicU64,
 }
 
-/// One proxy: subscribes to the four types (EDS and RDS by wildcard, as a
-/// stand-in for the names Envoy would ask for) and ACKs every response.
+/// Connection attempts that failed before a client was configured.
+static RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// One proxy, retrying as Envoy does (jittered back-off) until its first
+/// configuration: a crowd of connecting proxies may overflow the control
+/// plane's accept queue, and Envoy simply tries again.
 async fn proxy(
     url: String,
     node: String,
@@ -131,7 +139,33 @@ async fn proxy(
     epoch: Instant,
     ready: mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(url).await?;
+    let mut ready = Some(ready);
+    for attempt in 0u64.. {
+        match stream(&url, &node, &seen, epoch, &mut ready).await {
+            Err(e) if ready.is_some() && attempt < 20 => {
+                RETRIES.fetch_add(1, Relaxed);
+                let jitter = u64::from(node.bytes().map(u32::from).sum::<u32>()) % 400;
+                tokio::time::sleep(Duration::from_millis(100 + jitter)).await;
+                if attempt == 19 {
+                    return Err(e);
+                }
+            }
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+/// One stream: subscribes to the four types (EDS and RDS by wildcard, as a
+/// stand-in for the names Envoy would ask for) and ACKs every response.
+async fn stream(
+    url: &str,
+    node: &str,
+    seen: &Seen,
+    epoch: Instant,
+    ready: &mut Option<mpsc::Sender<()>>,
+) -> anyhow::Result<()> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string()).await?;
     let (tx, rx) = mpsc::channel(16);
     let subscriptions = [
         (type_url::CLUSTER, vec![]),
@@ -156,7 +190,6 @@ async fn proxy(
         .await?
         .into_inner();
     let mut first = [false; 4];
-    let mut ready = Some(ready);
     while let Some(resp) = stream.message().await? {
         seen.responses.fetch_add(1, Relaxed);
         let slot = subscriptions
@@ -288,24 +321,45 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let dir = tempfile::tempdir()?;
-    let specs = dir.path().join("specs");
+    let log = dir.path().join("control.log");
+    let result = run(&a, dir.path(), &log).await;
+    if result.is_err() {
+        let kept = std::env::temp_dir().join("ads_fanout-control.log");
+        if std::fs::copy(&log, &kept).is_ok() {
+            eprintln!("[fanout] trellis-control's log: {}", kept.display());
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("[fanout] trellis-control's last log lines:");
+        for line in tail.into_iter().rev() {
+            eprintln!("  {line}");
+        }
+    }
+    result
+}
+
+async fn run(a: &Args, dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<()> {
+    let specs = dir.join("specs");
     std::fs::create_dir(&specs)?;
-    let nodes = write_mesh(&specs, &a)?;
+    let nodes = write_mesh(&specs, a)?;
     let api = format!("127.0.0.1:{}", free_port());
     let xds = format!("127.0.0.1:{}", free_port());
     let load_started = Instant::now();
     let mut control = tokio::process::Command::new(&a.control)
         .arg("serve")
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .args(["--api-addr", &api, "--xds-addr", &xds, "--no-auth"])
         .arg("--load")
         .arg(&specs)
         .args(["--require-node-tokens", "never", "--log-format", "json"])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("FANOUT_CONTROL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {}", a.control.display()))?;
@@ -339,7 +393,9 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::spawn(async move {
             if let Err(e) = proxy(url, node.clone(), s, epoch, ready).await {
-                eprintln!("[fanout] client {node}: {e}");
+                if !DONE.load(Relaxed) {
+                    eprintln!("[fanout] client {node}: {e}");
+                }
             }
         });
     }
@@ -413,10 +469,12 @@ async fn main() -> anyhow::Result<()> {
         "pushes_during_updates": pushes,
         "every_client": summary("every client"),
         "one_share": summary("one share"),
+        "connect_retries": RETRIES.load(Relaxed),
         "translations": metric(&api, "trellis_control_xds_translations_total").await,
         "translations_skipped": metric(&api, "trellis_control_xds_translations_skipped_total").await,
     });
     println!("{out}");
+    DONE.store(true, Relaxed);
     control.kill().await.ok();
     Ok(())
 }

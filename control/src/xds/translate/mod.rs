@@ -185,6 +185,45 @@ pub fn encode(set: &ResourceSet) -> Result<Encoded, EncodeError> {
     Ok(out)
 }
 
+/// What each encoded resource was made from: a digest of its JSON.
+pub type Prints = BTreeMap<(&'static str, String), [u8; 16]>;
+
+/// [`encode`], reusing from `previous` every resource whose JSON digest is
+/// the one in `prints` (which is updated): a stream whose route changed
+/// re-encodes its route configuration, not its listeners and clusters.
+/// Encoding through the descriptor pool is most of a translation's cost.
+pub fn encode_changed(
+    set: &ResourceSet,
+    previous: &Encoded,
+    prints: &mut Prints,
+) -> Result<Encoded, EncodeError> {
+    use sha2::{Digest, Sha256};
+    let mut out = Encoded::new();
+    let mut next = Prints::new();
+    for (url, resources) in set.by_type() {
+        let slot = out.entry(url).or_default();
+        let old = previous.get(url);
+        for (name, json) in resources {
+            let digest = Sha256::digest(json.to_string().as_bytes());
+            let mut print = [0u8; 16];
+            print.copy_from_slice(&digest[..16]);
+            let key = (url, name.clone());
+            let reused = match prints.get(&key) {
+                Some(p) if *p == print => old.and_then(|o| o.get(name)).cloned(),
+                _ => None,
+            };
+            let any = match reused {
+                Some(any) => any,
+                None => encode_one(url, name, json)?,
+            };
+            slot.insert(name.clone(), any);
+            next.insert(key, print);
+        }
+    }
+    *prints = next;
+    Ok(out)
+}
+
 /// One resource of type `url` from proto3 JSON, through the descriptor pool.
 pub fn encode_one(url: &str, name: &str, json: &Value) -> Result<prost_types::Any, EncodeError> {
     let err = |message: String| EncodeError {

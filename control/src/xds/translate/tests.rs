@@ -264,3 +264,41 @@ fn unchanged_dependencies_mean_unchanged_resources() {
         "{skipped} skipped, {retranslated} retranslated"
     );
 }
+
+/// `encode_changed` re-encodes only resources whose JSON changed: an
+/// unchanged one keeps its previous bytes (here a marker no encoder would
+/// produce), a changed one is encoded afresh, a removed one is gone.
+#[test]
+fn encode_changed_reuses_unchanged_resources() {
+    use xds_protos::type_url::CLUSTER;
+    let cluster = |name: &str, timeout: &str| json!({"name": name, "type": "STATIC", "connect_timeout": timeout});
+    let mut set = ResourceSet::default();
+    for name in ["a", "b", "c"] {
+        set.clusters.insert(name.into(), cluster(name, "1s"));
+    }
+    let mut prints = Prints::new();
+    let mut first = encode_changed(&set, &Encoded::new(), &mut prints).expect("encode");
+    assert_eq!(first, encode(&set).expect("encode"));
+    let marker = prost_types::Any {
+        type_url: CLUSTER.into(),
+        value: b"marker".to_vec(),
+    };
+    first
+        .get_mut(CLUSTER)
+        .expect("clusters")
+        .insert("a".into(), marker.clone());
+    set.clusters.insert("b".into(), cluster("b", "2s"));
+    set.clusters.remove("c");
+    let second = encode_changed(&set, &first, &mut prints).expect("encode");
+    let clusters = &second[CLUSTER];
+    assert_eq!(
+        clusters["a"], marker,
+        "unchanged: reused, not encoded again"
+    );
+    assert_eq!(
+        clusters["b"],
+        encode_one(CLUSTER, "b", &cluster("b", "2s")).expect("encode")
+    );
+    assert!(!clusters.contains_key("c"));
+    assert_eq!(prints.len(), 2);
+}
