@@ -407,8 +407,18 @@ async fn run(a: &Args, dir: &std::path::Path, log: &std::path::Path) -> anyhow::
             .context("a client failed")?;
     }
     let connect_s = connect_started.elapsed().as_secs_f64();
-    // Settle: the targets' own registrations reach the clients' EDS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Settle: the targets' own registrations reach the clients' EDS; wait
+    // until no client has received anything for a second.
+    let total = || seen.iter().map(|s| s.responses.load(Relaxed)).sum::<u64>();
+    let mut last = total();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = total();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let rss_connected = rss_kib(pid);
     eprintln!(
         "[fanout] all {} clients configured in {connect_s:.1} s; RSS {} MiB",
