@@ -429,7 +429,7 @@ async fn run(a: &Args, dir: &std::path::Path, log: &std::path::Path) -> anyhow::
     let targets = 2 * a.services;
     let all_clients: Vec<usize> = (targets..nodes.len()).collect();
     let share: Vec<usize> = (targets..nodes.len())
-        .filter(|i| (i - targets) % (a.services - 1) == 0)
+        .filter(|i| (i - targets).is_multiple_of(a.services - 1))
         .collect();
     let pushes_before = metric(&api, "trellis_control_xds_pushes_total").await;
     let mut rounds: Vec<(String, Round)> = Vec::new();
