@@ -77,13 +77,14 @@ pub fn start(http: Http, url: String, rate: u32, tally: Arc<Tally>) -> tokio::ta
                         let doc: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or_default();
                         match doc["backend"]["version"].as_str() {
-                            Some("v1") => tally.v1.fetch_add(1, Ordering::Relaxed),
-                            Some("v2") => tally.v2.fetch_add(1, Ordering::Relaxed),
-                            _ => {
-                                tally.fail(format!("unexpected answer: {doc}"));
-                                return;
+                            Some("v1") => {
+                                tally.v1.fetch_add(1, Ordering::Relaxed);
                             }
-                        };
+                            Some("v2") => {
+                                tally.v2.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => tally.fail(format!("unexpected answer: {doc}")),
+                        }
                     }
                     Ok((status, body)) => tally.fail(format!(
                         "{status}: {}",
