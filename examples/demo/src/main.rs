@@ -127,6 +127,7 @@ async fn start(
             "--xds-addr",
             &xds,
         ]),
+        &[],
         &mesh.work,
     )?);
     wait_port(layout.api, Duration::from_secs(20)).await?;
@@ -156,72 +157,40 @@ async fn start(
     apps::frontend(layout.frontend.app, layout.frontend.egress, http.clone()).await?;
 
     let nodes = [
-        ("frontend", layout.frontend),
-        ("backend-v1", layout.backend_v1),
-        ("backend-v2", layout.backend_v2),
-    ];
-    for (node, ports) in nodes {
-        let (i, e, a) = (
-            ports.ingress.to_string(),
-            ports.egress.to_string(),
-            ports.admin.to_string(),
-        );
-        let bootstrap = procs::run(
-            &control_bin,
-            &s(&[
-                "bootstrap",
-                "--mesh",
-                "demo",
-                "--virtual-node",
-                node,
-                "--xds-addr",
-                &xds,
-                "--admin-port",
-                &a,
-                "--listener-address",
-                "127.0.0.1",
-                "--ingress-port",
-                &i,
-                "--egress-port",
-                &e,
-            ]),
-        )
-        .await?;
-        mesh.proxies.push((
-            sidecar(&proxy_bin, node, &bootstrap, &mesh.work)?,
-            ports.admin,
-        ));
-    }
-    let (gi, ge, ga) = (
-        (args.base_port + 80).to_string(),
-        (args.base_port + 81).to_string(),
-        layout.gateway_admin.to_string(),
-    );
-    let bootstrap = procs::run(
-        &control_bin,
-        &s(&[
-            "bootstrap",
-            "--mesh",
-            "demo",
-            "--virtual-gateway",
+        ("virtualNode", "frontend", layout.frontend),
+        ("virtualNode", "backend-v1", layout.backend_v1),
+        ("virtualNode", "backend-v2", layout.backend_v2),
+        (
+            "virtualGateway",
             "gateway",
-            "--xds-addr",
-            &xds,
-            "--admin-port",
-            &ga,
-            "--listener-address",
-            "127.0.0.1",
-            "--ingress-port",
-            &gi,
-            "--egress-port",
-            &ge,
-        ]),
-    )
-    .await?;
-    mesh.proxies.push((
-        sidecar(&proxy_bin, "gateway", &bootstrap, &mesh.work)?,
-        layout.gateway_admin,
-    ));
+            layout::Sidecar {
+                app: layout.gateway,
+                ingress: args.base_port + 80,
+                egress: args.base_port + 81,
+                admin: layout.gateway_admin,
+            },
+        ),
+    ];
+    for (kind, name, ports) in nodes {
+        // App Mesh mode: the variables App Mesh's Envoy image read, no file.
+        let env = [
+            ("APPMESH_RESOURCE_ARN", format!("mesh/demo/{kind}/{name}")),
+            ("TRELLIS_XDS_ADDR", xds.clone()),
+            ("ENVOY_ADMIN_ACCESS_PORT", ports.admin.to_string()),
+            ("APPMESH_ENVOY_INGRESS_PORT", ports.ingress.to_string()),
+            ("APPMESH_ENVOY_EGRESS_PORT", ports.egress.to_string()),
+            ("TRELLIS_LISTENER_ADDRESS", "127.0.0.1".to_string()),
+        ];
+        let args = s(&["--concurrency", "1", "--drain-time-s", "1"]);
+        let proc = Proc::spawn(
+            &format!("proxy-{name}"),
+            &proxy_bin,
+            &args,
+            &env,
+            &mesh.work,
+        )?;
+        mesh.proxies.push((proc, ports.admin));
+    }
 
     for (p, admin) in &mesh.proxies {
         procs::wait_ok(
@@ -242,20 +211,6 @@ async fn start(
     .await
     .context("the gateway never routed a request through the mesh")?;
     Ok(())
-}
-
-fn sidecar(bin: &Path, node: &str, bootstrap: &str, work: &Path) -> anyhow::Result<Proc> {
-    let file = work.join(format!("{node}.yaml"));
-    std::fs::write(&file, bootstrap)?;
-    let args = [
-        "-c".to_string(),
-        file.to_string_lossy().into_owned(),
-        "--concurrency".into(),
-        "1".into(),
-        "--drain-time-s".into(),
-        "1".into(),
-    ];
-    Proc::spawn(&format!("proxy-{node}"), bin, &args, work)
 }
 
 async fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {

@@ -20,7 +20,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, bin: &Path, args: &[String], work: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        work: &Path,
+    ) -> anyhow::Result<Proc> {
         let log = work.join(format!("{name}.log"));
         let file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -35,6 +41,7 @@ impl Proc {
         }
         let child = cmd
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
