@@ -237,7 +237,11 @@ impl Ca {
     /// A server certificate for `names` (DNS names, or IP addresses), valid
     /// for `lifetime`: what the sidecar injector serves when the operator
     /// gives none, trusted through the CA in the webhook's `caBundle`.
-    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<ServingCert, CaError> {
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCert, CaError> {
         let key_pair = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();

@@ -73,7 +73,11 @@ impl Answer {
     fn warnings(&self) -> Vec<String> {
         self.response["warnings"]
             .as_array()
-            .map(|w| w.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|w| {
+                w.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -136,7 +140,10 @@ fn env(c: &Value) -> BTreeMap<String, String> {
     for e in c["env"].as_array().expect("env") {
         let name = e["name"].as_str().expect("env name").to_string();
         let value = e["value"].as_str().expect("env value").to_string();
-        assert!(out.insert(name.clone(), value).is_none(), "{name} is set twice");
+        assert!(
+            out.insert(name.clone(), value).is_none(),
+            "{name} is set twice"
+        );
     }
     out
 }
@@ -157,7 +164,10 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
     let pod = answer.pod();
 
     // Appended: the app's own init container runs before interception.
-    assert_eq!(names(&pod["spec"]["initContainers"]), ["migrate", "trellis-init"]);
+    assert_eq!(
+        names(&pod["spec"]["initContainers"]),
+        ["migrate", "trellis-init"]
+    );
     assert_eq!(names(&pod["spec"]["containers"]), ["cart", "trellis-proxy"]);
 
     let init = container(pod, "initContainers", "trellis-init");
@@ -189,7 +199,10 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
     expect_env(
         proxy,
         &[
-            ("APPMESH_RESOURCE_ARN", "mesh/shop-mesh/virtualNode/cart_shop"),
+            (
+                "APPMESH_RESOURCE_ARN",
+                "mesh/shop-mesh/virtualNode/cart_shop",
+            ),
             ("TRELLIS_XDS_ADDR", XDS),
             ("ENVOY_ADMIN_ACCESS_PORT", "9901"),
             ("ENVOY_LOG_LEVEL", "info"),
@@ -207,7 +220,12 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
         json!([{"name": "stats", "containerPort": 9901, "protocol": "TCP"}])
     );
     let ready_check = json!([
-        "trellis-proxy", "wait-ready", "--admin", "127.0.0.1:9901", "--timeout", "1"
+        "trellis-proxy",
+        "wait-ready",
+        "--admin",
+        "127.0.0.1:9901",
+        "--timeout",
+        "1"
     ]);
     let readiness = &proxy["readinessProbe"];
     assert_eq!(readiness["exec"]["command"], ready_check);
@@ -262,7 +280,10 @@ fn annotations_override_what_app_mesh_let_pods_override() {
     expect_env(
         proxy,
         &[
-            ("APPMESH_RESOURCE_ARN", "mesh/shop-mesh/virtualNode/payments_shop"),
+            (
+                "APPMESH_RESOURCE_ARN",
+                "mesh/shop-mesh/virtualNode/payments_shop",
+            ),
             ("DD_ENV", "prod"),
             // sidecarEnv cannot override what the injector sets.
             ("TRELLIS_XDS_ADDR", XDS),
@@ -315,8 +336,10 @@ fn opted_out_and_unselected_pods_are_untouched() {
     assert!(job.pod.is_none());
     assert_eq!(
         job.warnings(),
-        ["trellis sidecar injector: not injected: no VirtualNode in namespace shop has a \
-          podSelector matching this pod's labels (or name one with appmesh.k8s.aws/virtualNode)"]
+        [
+            "trellis sidecar injector: not injected: no VirtualNode in namespace shop has a \
+          podSelector matching this pod's labels (or name one with appmesh.k8s.aws/virtualNode)"
+        ]
     );
 }
 
@@ -334,7 +357,10 @@ fn an_opt_in_namespace_injects_only_annotated_pods() {
     let injected = run_with(&review, &view, &settings(), NamespaceDefault::Disabled);
     expect_env(
         container(injected.pod(), "containers", "trellis-proxy"),
-        &[("APPMESH_RESOURCE_ARN", "mesh/shop-mesh/virtualNode/cart_shop")],
+        &[(
+            "APPMESH_RESOURCE_ARN",
+            "mesh/shop-mesh/virtualNode/cart_shop",
+        )],
     );
 
     review["request"]["object"]["metadata"]["annotations"] =
@@ -343,8 +369,10 @@ fn an_opt_in_namespace_injects_only_annotated_pods() {
     assert!(unclear.pod.is_none());
     assert_eq!(
         unclear.warnings(),
-        ["trellis sidecar injector: not injected: appmesh.k8s.aws/sidecarInjectorWebhook: \
-          'yes' is neither enabled nor disabled"]
+        [
+            "trellis sidecar injector: not injected: appmesh.k8s.aws/sidecarInjectorWebhook: \
+          'yes' is neither enabled nor disabled"
+        ]
     );
 }
 
@@ -356,10 +384,12 @@ fn ambiguous_and_unknown_nodes_are_warnings_not_refusals() {
     assert!(two.pod.is_none());
     assert_eq!(
         two.warnings(),
-        ["trellis sidecar injector: not injected: the podSelectors of several virtual nodes \
+        [
+            "trellis sidecar injector: not injected: the podSelectors of several virtual nodes \
           match this pod (mesh/shop-mesh/virtualNode/cart_shop, \
           mesh/shop-mesh/virtualNode/legacy_shop); narrow them or name one with \
-          appmesh.k8s.aws/virtualNode"]
+          appmesh.k8s.aws/virtualNode"
+        ]
     );
 
     let mut review = fixture("reporter-ambiguous.json");
@@ -377,7 +407,10 @@ fn ambiguous_and_unknown_nodes_are_warnings_not_refusals() {
     let proxy = container(by_path.pod(), "containers", "trellis-proxy");
     expect_env(
         proxy,
-        &[("APPMESH_RESOURCE_ARN", "mesh/audit-mesh/virtualNode/reporter")],
+        &[(
+            "APPMESH_RESOURCE_ARN",
+            "mesh/audit-mesh/virtualNode/reporter",
+        )],
     );
     expect_env(
         container(by_path.pod(), "initContainers", "trellis-init"),
@@ -390,7 +423,10 @@ fn ambiguous_and_unknown_nodes_are_warnings_not_refusals() {
     let by_arn = run(&review, &view);
     expect_env(
         container(by_arn.pod(), "containers", "trellis-proxy"),
-        &[("APPMESH_RESOURCE_ARN", "mesh/shop-mesh/virtualNode/reporter")],
+        &[(
+            "APPMESH_RESOURCE_ARN",
+            "mesh/shop-mesh/virtualNode/reporter",
+        )],
     );
 
     review["request"]["object"]["metadata"]["annotations"]["appmesh.k8s.aws/virtualNode"] =
@@ -411,15 +447,37 @@ fn bad_annotations_name_themselves() {
     assert!(bad.pod.is_none());
     assert_eq!(
         bad.warnings(),
-        ["trellis sidecar injector: not injected: appmesh.k8s.aws/cpuRequest: 'lots' is not a \
-          Kubernetes quantity (such as 100m, 0.5, 64Mi)"]
+        [
+            "trellis sidecar injector: not injected: appmesh.k8s.aws/cpuRequest: 'lots' is not a \
+          Kubernetes quantity (such as 100m, 0.5, 64Mi)"
+        ]
     );
     let cases = [
-        ("appmesh.k8s.aws/ports", "80,http", "'http' is not a port (1-65535)"),
-        ("appmesh.k8s.aws/egressIgnoredIPs", "10.0.0.0/40", "'10.0.0.0/40' is not an IP address or CIDR"),
-        ("appmesh.k8s.aws/volumeMounts", "config:/etc/x", "the pod has no volume 'config'"),
-        ("appmesh.k8s.aws/secretMounts", "tls-certs", "'tls-certs' is not name:mountPath"),
-        ("appmesh.k8s.aws/sidecarEnv", "DD_ENV", "'DD_ENV' is not NAME=value"),
+        (
+            "appmesh.k8s.aws/ports",
+            "80,http",
+            "'http' is not a port (1-65535)",
+        ),
+        (
+            "appmesh.k8s.aws/egressIgnoredIPs",
+            "10.0.0.0/40",
+            "'10.0.0.0/40' is not an IP address or CIDR",
+        ),
+        (
+            "appmesh.k8s.aws/volumeMounts",
+            "config:/etc/x",
+            "the pod has no volume 'config'",
+        ),
+        (
+            "appmesh.k8s.aws/secretMounts",
+            "tls-certs",
+            "'tls-certs' is not name:mountPath",
+        ),
+        (
+            "appmesh.k8s.aws/sidecarEnv",
+            "DD_ENV",
+            "'DD_ENV' is not NAME=value",
+        ),
     ];
     for (key, value, why) in cases {
         let mut review = fixture("cart-pod.json");
@@ -428,7 +486,9 @@ fn bad_annotations_name_themselves() {
         assert!(out.pod.is_none(), "{key}");
         assert_eq!(
             out.warnings(),
-            [format!("trellis sidecar injector: not injected: {key}: {why}")]
+            [format!(
+                "trellis sidecar injector: not injected: {key}: {why}"
+            )]
         );
     }
 }
@@ -574,7 +634,9 @@ fn wait_until_proxy_ready_starts_the_sidecar_first() {
 fn selectors_follow_applies_and_deletes() {
     let mesh = Mesh::load();
     // The cart-and-legacy pod is claimed twice until legacy goes.
-    assert!(run(&fixture("cart-two-nodes.json"), &mesh.view()).pod.is_none());
+    assert!(run(&fixture("cart-two-nodes.json"), &mesh.view())
+        .pod
+        .is_none());
     mesh.appmesh
         .call(
             "DeleteVirtualNode",
@@ -584,7 +646,10 @@ fn selectors_follow_applies_and_deletes() {
     let now = run(&fixture("cart-two-nodes.json"), &mesh.view());
     expect_env(
         container(now.pod(), "containers", "trellis-proxy"),
-        &[("APPMESH_RESOURCE_ARN", "mesh/shop-mesh/virtualNode/cart_shop")],
+        &[(
+            "APPMESH_RESOURCE_ARN",
+            "mesh/shop-mesh/virtualNode/cart_shop",
+        )],
     );
 
     // A new podSelector alone is an update, and the old labels stop matching.
@@ -604,4 +669,42 @@ fn selectors_follow_applies_and_deletes() {
         "{outcomes:?}"
     );
     assert!(run(&fixture("cart-pod.json"), &mesh.view()).pod.is_none());
+}
+
+#[test]
+fn the_shipped_webhook_configuration_matches_the_server() {
+    use trellis_control::inject::server::PATHS;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/injector.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/injector.yaml");
+    let config: Value = serde_yaml::from_str(&text).expect("YAML");
+    assert_eq!(config["kind"], "MutatingWebhookConfiguration");
+    let hooks = config["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), PATHS.len());
+    for hook in hooks {
+        let path = hook["clientConfig"]["service"]["path"]
+            .as_str()
+            .expect("path");
+        let (_, default) = PATHS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .unwrap_or_else(|| panic!("the server does not serve {path}"));
+        let label = match default {
+            NamespaceDefault::Enabled => "enabled",
+            NamespaceDefault::Disabled => "disabled",
+        };
+        assert_eq!(
+            hook["namespaceSelector"],
+            json!({"matchLabels": {"appmesh.k8s.aws/sidecarInjectorWebhook": label}}),
+            "{path}"
+        );
+        assert_eq!(hook["failurePolicy"], "Ignore", "{path}");
+        assert_eq!(hook["sideEffects"], "None", "{path}");
+        assert_eq!(hook["admissionReviewVersions"], json!(["v1"]), "{path}");
+        assert_eq!(
+            hook["rules"],
+            json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                    "resources": ["pods"], "scope": "Namespaced"}]),
+            "{path}"
+        );
+    }
 }

@@ -113,14 +113,22 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
         let control = Control::start_with(
             dir,
             &[
-                "--webhook-addr", &addr_s,
-                "--webhook-cert", &crt_s,
-                "--webhook-key", &key_s,
-                "--load", &mesh,
-                "--sidecar-xds-addr", "10.0.0.5:18000",
-                "--sidecar-image-repository", "registry.example.com/trellis-proxy",
-                "--sidecar-image-tag", "e2e",
-                "--sidecar-memory-limits", "128Mi",
+                "--webhook-addr",
+                &addr_s,
+                "--webhook-cert",
+                &crt_s,
+                "--webhook-key",
+                &key_s,
+                "--load",
+                &mesh,
+                "--sidecar-xds-addr",
+                "10.0.0.5:18000",
+                "--sidecar-image-repository",
+                "registry.example.com/trellis-proxy",
+                "--sidecar-image-tag",
+                "e2e",
+                "--sidecar-memory-limits",
+                "128Mi",
             ],
         )
         .await;
@@ -133,7 +141,9 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
         assert_eq!(probe.server_cert, leaf.der);
         assert_eq!(probe.status, 405);
 
-        let (response, pod) = hook.review("/mutate-v1-pod", &fixture("cart-pod.json")).await;
+        let (response, pod) = hook
+            .review("/mutate-v1-pod", &fixture("cart-pod.json"))
+            .await;
         assert!(response.get("warnings").is_none(), "{response}");
         let pod = pod.expect("the cart pod is injected");
         let proxy = sidecar(&pod);
@@ -178,24 +188,43 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
             env_of(sidecar(&pod), "APPMESH_RESOURCE_ARN"),
             Some("mesh/shop-mesh/virtualNode/basket_shop")
         );
-        let init = &pod["spec"]["initContainers"].as_array().unwrap().last().unwrap().clone();
+        let init = &pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
         assert_eq!(env_of(init, "APPMESH_APP_PORTS"), Some("8088"));
 
         // A malformed review is still a clear, allowed answer.
-        let reply = https_post(addr, "localhost", hook.tls.clone(), "/mutate-v1-pod", b"{oops".to_vec())
-            .await
-            .unwrap();
+        let reply = https_post(
+            addr,
+            "localhost",
+            hook.tls.clone(),
+            "/mutate-v1-pod",
+            b"{oops".to_vec(),
+        )
+        .await
+        .unwrap();
         assert_eq!(reply.status, 200);
         let out: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(out["response"]["allowed"], true);
         let warning = out["response"]["warnings"][0].as_str().unwrap();
         assert!(
-            warning.starts_with("trellis sidecar injector: malformed admission review: the body is not JSON"),
+            warning.starts_with(
+                "trellis sidecar injector: malformed admission review: the body is not JSON"
+            ),
             "{warning}"
         );
-        let lost = https_post(addr, "localhost", hook.tls.clone(), "/mutate", b"{}".to_vec())
-            .await
-            .unwrap();
+        let lost = https_post(
+            addr,
+            "localhost",
+            hook.tls.clone(),
+            "/mutate",
+            b"{}".to_vec(),
+        )
+        .await
+        .unwrap();
         assert_eq!(lost.status, 404);
     })
     .await;
@@ -225,7 +254,13 @@ async fn without_a_certificate_the_webhook_serves_one_from_the_mesh_ca() {
 
         // A client that trusts another CA refuses the certificate.
         let stranger = Ca::new("someone else");
-        let refused = https_get(addr, "localhost", client_config(&stranger.pem, None, &[]), "/").await;
+        let refused = https_get(
+            addr,
+            "localhost",
+            client_config(&stranger.pem, None, &[]),
+            "/",
+        )
+        .await;
         assert!(refused.is_err());
     })
     .await;

@@ -158,7 +158,12 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
             let method = parts.method.clone();
             return tokio::task::spawn_blocking(move || pod_selectors(&appmesh, &method, &body))
                 .await
-                .map_err(|_| (None, ApiError::internal("the pod selector operation panicked")))?
+                .map_err(|_| {
+                    (
+                        None,
+                        ApiError::internal("the pod selector operation panicked"),
+                    )
+                })?
                 .map_err(|e| (None, e));
         }
         return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));

@@ -44,7 +44,8 @@ impl Target for Api {
             "/trellis/v1/pod-selectors",
             body,
         ));
-        self.note(reply).map(|v| v["changed"].as_bool().unwrap_or(true))
+        self.note(reply)
+            .map(|v| v["changed"].as_bool().unwrap_or(true))
     }
 }
 

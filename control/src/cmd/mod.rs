@@ -56,7 +56,7 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the App Mesh API and xDS (ADS) from durable state.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply App Mesh Kubernetes manifests or CLI input JSON through the API.
     Apply(ApplyArgs),
     /// Print an Envoy bootstrap (YAML) for a proxy of a virtual node or gateway.
@@ -395,7 +395,7 @@ pub fn main() -> ExitCode {
     };
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Apply(args) => apply::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Status(args) => status::run(args),

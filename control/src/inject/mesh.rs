@@ -52,9 +52,9 @@ impl MeshView {
                     .iter()
                     .filter_map(|l| u16::try_from(l.port_mapping.port).ok())
                     .collect();
-                let at = bindings.iter().position(|b| {
-                    b.mesh_name == r.key.mesh && b.virtual_node_name == r.key.name
-                });
+                let at = bindings
+                    .iter()
+                    .position(|b| b.mesh_name == r.key.mesh && b.virtual_node_name == r.key.name);
                 Node {
                     mesh: r.key.mesh,
                     name: r.key.name,
@@ -77,7 +77,9 @@ impl MeshView {
             .filter(|n| {
                 n.binding.as_ref().is_some_and(|b| {
                     b.namespace == namespace
-                        && b.pod_selector.as_ref().is_some_and(|s| s.matches(&pod.labels))
+                        && b.pod_selector
+                            .as_ref()
+                            .is_some_and(|s| s.matches(&pod.labels))
                 })
             })
             .collect();
@@ -124,7 +126,10 @@ impl MeshView {
             many => Err(format!(
                 "{VIRTUAL_NODE}: '{wanted}' names a virtual node in several meshes ({}); \
                  write mesh/M/virtualNode/N",
-                many.iter().map(|n| n.mesh.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|n| n.mesh.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }

@@ -76,7 +76,11 @@ impl Plan<'_> {
     /// Runs as root with NET_ADMIN and NET_RAW: iptables needs both, and
     /// nothing else in the pod gets them.
     pub fn init_container(&self) -> Value {
-        let app_ports = self.options.app_ports.as_deref().unwrap_or(&self.node.ports);
+        let app_ports = self
+            .options
+            .app_ports
+            .as_deref()
+            .unwrap_or(&self.node.ports);
         let ignored_ports = self
             .options
             .egress_ignored_ports
@@ -211,7 +215,9 @@ impl Plan<'_> {
             }
             if exists {
                 for item in items {
-                    ops.push(json!({"op": "add", "path": format!("/spec/{list}/-"), "value": item}));
+                    ops.push(
+                        json!({"op": "add", "path": format!("/spec/{list}/-"), "value": item}),
+                    );
                 }
             } else {
                 ops.push(json!({"op": "add", "path": format!("/spec/{list}"), "value": items}));

@@ -126,9 +126,7 @@ pub fn opt(pod: &Pod) -> Result<Opt, String> {
         None => Ok(Opt::Default),
         Some(v) if v.eq_ignore_ascii_case("enabled") => Ok(Opt::In),
         Some(v) if v.eq_ignore_ascii_case("disabled") => Ok(Opt::Out),
-        Some(v) => Err(format!(
-            "{INJECT}: '{v}' is neither enabled nor disabled"
-        )),
+        Some(v) => Err(format!("{INJECT}: '{v}' is neither enabled nor disabled")),
     }
 }
 
@@ -169,11 +167,7 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn pairs(
-    text: &str,
-    separator: char,
-    format: &str,
-) -> Result<Vec<(String, String)>, String> {
+fn pairs(text: &str, separator: char, format: &str) -> Result<Vec<(String, String)>, String> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|item| {
@@ -206,9 +200,7 @@ fn mounts(text: &str, volume_names: bool) -> Result<Vec<Mount>, String> {
 impl Options {
     pub fn parse(pod: &Pod) -> Result<Options, String> {
         let get = |key: &'static str| pod.annotation(key);
-        let with = |key: &'static str, e: String| {
-            format!("{key}: {e}")
-        };
+        let with = |key: &'static str, e: String| format!("{key}: {e}");
         let quantity = |key: &'static str| {
             get(key)
                 .map(|v| Quantity::parse(v.trim()).map_err(|e| with(key, e)))

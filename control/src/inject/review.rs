@@ -78,12 +78,7 @@ fn parse_request(body: &[u8]) -> Result<Request, Malformed> {
     out.api_version = match review["apiVersion"].as_str() {
         Some(V1) => V1,
         Some(V1BETA1) => V1BETA1,
-        Some(other) => {
-            return fail(
-                out,
-                format!("apiVersion '{other}' is not {V1}"),
-            )
-        }
+        Some(other) => return fail(out, format!("apiVersion '{other}' is not {V1}")),
         None => return fail(out, format!("apiVersion is missing (expected {V1})")),
     };
     if review["kind"] != "AdmissionReview" {
@@ -96,7 +91,10 @@ fn parse_request(body: &[u8]) -> Result<Request, Malformed> {
         return fail(out, "request.uid is missing".into());
     }
     let kind = &request["kind"];
-    if kind["kind"] != "Pod" || kind["version"] != "v1" || kind["group"].as_str().unwrap_or("") != "" {
+    if kind["kind"] != "Pod"
+        || kind["version"] != "v1"
+        || !kind["group"].as_str().unwrap_or("").is_empty()
+    {
         return fail(
             out,
             format!("request.kind is {kind}, not a v1 Pod; the webhook should only get pods"),
@@ -162,8 +160,8 @@ pub fn admit(
             };
         }
     };
-    let answer = |pod: String, patch: Option<(&[Value], String)>, warnings: Vec<String>| {
-        Admission {
+    let answer =
+        |pod: String, patch: Option<(&[Value], String)>, warnings: Vec<String>| Admission {
             review: review(
                 request.api_version,
                 &request.uid,
@@ -173,8 +171,7 @@ pub fn admit(
             pod,
             injected: patch.map(|(_, node)| node),
             warnings,
-        }
-    };
+        };
     let pod = match Pod::parse(&request.object) {
         Ok(p) => p,
         Err(e) => return answer(String::new(), None, vec![format!("not injected: {e}")]),

@@ -66,9 +66,9 @@ impl LabelSelector {
                         .as_object()
                         .ok_or_else(|| fail("matchLabels", "expected an object"))?;
                     for (k, lv) in labels {
-                        let text = lv.as_str().ok_or_else(|| {
-                            fail(format!("matchLabels.{k}"), "expected a string")
-                        })?;
+                        let text = lv
+                            .as_str()
+                            .ok_or_else(|| fail(format!("matchLabels.{k}"), "expected a string"))?;
                         selector.match_labels.insert(k.clone(), text.to_string());
                     }
                 }
@@ -212,7 +212,11 @@ mod tests {
         let mut zone_b = pod.clone();
         zone_b.insert("zone".into(), "b".into());
         assert!(!s.matches(&zone_b));
-        assert!(!s.matches(&labels(&[("app", "cart"), ("tier", "db"), ("version", "1")])));
+        assert!(!s.matches(&labels(&[
+            ("app", "cart"),
+            ("tier", "db"),
+            ("version", "1")
+        ])));
         assert!(!s.matches(&labels(&[("app", "cart"), ("tier", "web")])));
     }
 

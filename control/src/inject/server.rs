@@ -25,6 +25,14 @@ use super::review::{admit, NamespaceDefault};
 use super::settings::Settings;
 use crate::store::Store;
 
+/// The paths served, and the namespace default each stands for; the
+/// webhook configuration (`deploy/injector.yaml`) sends each namespace
+/// label value to its own.
+pub const PATHS: [(&str, NamespaceDefault); 2] = [
+    ("/mutate-v1-pod", NamespaceDefault::Enabled),
+    ("/mutate-v1-pod/opt-in", NamespaceDefault::Disabled),
+];
+
 /// A pod and its old copy fit well inside; Kubernetes objects are at most
 /// about 1.5 MB.
 const MAX_BODY: usize = 4 << 20;
@@ -69,7 +77,10 @@ pub fn tls_config(
 }
 
 /// [`tls_config`] from the `--webhook-cert` and `--webhook-key` files.
-pub fn tls_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn tls_config_from_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| TlsError::File {
             path: p.display().to_string(),
@@ -155,19 +166,20 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full
 }
 
 fn plain(status: StatusCode, message: String) -> Response<Full<Bytes>> {
-    reply(status, "text/plain; charset=utf-8", format!("{message}\n").into_bytes())
+    reply(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{message}\n").into_bytes(),
+    )
 }
 
 async fn handle(webhook: &Webhook, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let namespace_default = match req.uri().path() {
-        "/mutate-v1-pod" => NamespaceDefault::Enabled,
-        "/mutate-v1-pod/opt-in" => NamespaceDefault::Disabled,
-        other => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!("no such path {other}; the injector serves POST /mutate-v1-pod and /mutate-v1-pod/opt-in"),
-            )
-        }
+    let path = req.uri().path();
+    let Some(&(_, namespace_default)) = PATHS.iter().find(|(p, _)| *p == path) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path}; the injector serves POST /mutate-v1-pod and /mutate-v1-pod/opt-in"),
+        );
     };
     if req.method() != Method::POST {
         return plain(

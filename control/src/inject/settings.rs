@@ -34,8 +34,21 @@ impl Quantity {
         }
         let suffix_ok = matches!(
             suffix,
-            "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E"
-                | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+            "" | "n"
+                | "u"
+                | "m"
+                | "k"
+                | "M"
+                | "G"
+                | "T"
+                | "P"
+                | "E"
+                | "Ki"
+                | "Mi"
+                | "Gi"
+                | "Ti"
+                | "Pi"
+                | "Ei"
         ) || suffix
             .strip_prefix(['e', 'E'])
             .map(|exp| exp.strip_prefix(['+', '-']).unwrap_or(exp))
@@ -176,10 +189,14 @@ mod tests {
 
     #[test]
     fn quantities_as_kubernetes_writes_them() {
-        for ok in ["10m", "32Mi", "1", "0.5", ".5", "1.5Gi", "2e3", "1E-2", "+1k", "100n"] {
+        for ok in [
+            "10m", "32Mi", "1", "0.5", ".5", "1.5Gi", "2e3", "1E-2", "+1k", "100n",
+        ] {
             assert!(Quantity::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "m", "10 m", "1.2.3", "10mb", "1e", "abc", "32MI", "1..0"] {
+        for bad in [
+            "", "m", "10 m", "1.2.3", "10mb", "1e", "abc", "32MI", "1..0",
+        ] {
             assert!(Quantity::parse(bad).is_err(), "{bad}");
         }
     }

@@ -527,14 +527,23 @@ metadata: {name: cart}
             ]
         );
         let vn = &docs[1].input;
-        let pods = docs[1].pods.as_ref().expect("a VirtualNode keeps its pod binding");
+        let pods = docs[1]
+            .pods
+            .as_ref()
+            .expect("a VirtualNode keeps its pod binding");
         assert_eq!(
             (pods.mesh_name.as_str(), pods.virtual_node_name.as_str()),
             ("shop-mesh", "cart_shop")
         );
-        assert_eq!((pods.namespace.as_str(), pods.name.as_str()), ("shop", "cart"));
+        assert_eq!(
+            (pods.namespace.as_str(), pods.name.as_str()),
+            ("shop", "cart")
+        );
         let selector = pods.pod_selector.as_ref().expect("podSelector");
-        assert_eq!(selector.match_labels.get("app").map(String::as_str), Some("cart"));
+        assert_eq!(
+            selector.match_labels.get("app").map(String::as_str),
+            Some("cart")
+        );
         assert!(docs[2].pods.is_none());
         assert_eq!(vn["meshName"], "shop-mesh");
         assert_eq!(vn["virtualNodeName"], "cart_shop");
