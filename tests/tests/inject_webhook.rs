@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 use trellis_tests::control::Control;
+use trellis_tests::process::workspace_bin;
 use trellis_tests::tls::{client_config, https_get, https_post, Ca, Leaf};
 use trellis_tests::{eventually, free_port, loopback, within};
 
@@ -226,8 +227,72 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
         .await
         .unwrap();
         assert_eq!(lost.status, 404);
+
+        // A rotated pair (cert-manager renewing the Secret) is served from
+        // the next handshake on, without a restart.
+        let renewed = ca.issue(&Leaf::new(&["localhost"], &[]));
+        renewed.write(control.dir.path(), "webhook");
+        eventually(
+            Duration::from_secs(20),
+            "the renewed certificate",
+            || async {
+                let r = https_get(addr, "localhost", hook.tls.clone(), "/")
+                    .await
+                    .ok()?;
+                (r.server_cert == renewed.der).then_some(())
+            },
+        )
+        .await;
+        let (_, pod) = hook
+            .review("/mutate-v1-pod", &fixture("cart-pod.json"))
+            .await;
+        assert!(pod.is_some());
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_certificate_and_key_that_do_not_match_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("webhook test CA");
+    let (crt, _) = ca
+        .issue(&Leaf::new(&["localhost"], &[]))
+        .write(dir.path(), "a");
+    let (_, key) = ca
+        .issue(&Leaf::new(&["localhost"], &[]))
+        .write(dir.path(), "b");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(workspace_bin("trellis-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--no-auth",
+                "--api-addr",
+                &loopback(free_port()).to_string(),
+            ])
+            .args(["--xds-addr", &loopback(free_port()).to_string()])
+            .args(["--webhook-addr", &loopback(free_port()).to_string()])
+            .arg("--webhook-cert")
+            .arg(&crt)
+            .arg("--webhook-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("trellis-control exits")
+    .expect("trellis-control runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    let want = format!(
+        "trellis-control: {} and {}: the certificate and the key do not belong together",
+        crt.display(),
+        key.display()
+    );
+    assert!(line.starts_with(&want), "{stderr}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState};
 use trellis_control::ca::Ca;
+use trellis_control::inject::server::WebhookCert;
 use trellis_control::inject::{self, Resources, Settings};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
@@ -103,24 +104,22 @@ fn injector_settings(args: &InjectorArgs) -> Settings {
 /// new one is issued at every start.
 const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
-/// The injector's TLS: the operator's files, else a certificate from the mesh CA.
-fn webhook_tls(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    match (&args.webhook_cert, &args.webhook_key) {
-        (Some(cert), Some(key)) => inject::server::tls_config_from_files(cert, key)
-            .map_err(|e| ConfigError(e.to_string()).into()),
+/// The injector's certificate: the operator's files, else one from the mesh CA.
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+    let cert = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+        }
         _ => {
             let issued = ca
                 .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
                 .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
             tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
-            inject::server::tls_config(
-                issued.cert_pem.as_bytes(),
-                issued.key_pem.as_bytes(),
-                ("issued certificate", "issued key"),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
-    }
+    };
+    Ok(Arc::new(cert))
 }
 
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
@@ -169,8 +168,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     load(&appmesh, &args)?;
-    let webhook_tls = match args.injector.webhook_addr {
-        Some(_) => Some(webhook_tls(&args.injector, &ca)?),
+    let webhook_cert = match args.injector.webhook_addr {
+        Some(_) => Some(webhook_cert(&args.injector, &ca)?),
         None => None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -208,10 +207,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let xds_task = tokio::spawn(xds::server::serve(xds_listener, xds, async move {
             let _ = xds_stop.wait_for(|s| *s).await;
         }));
-        let webhook_task = match (webhook_listener, webhook_tls) {
-            (Some(l), Some(tls)) => {
+        let webhook_task = match (webhook_listener, webhook_cert) {
+            (Some(l), Some(cert)) => {
                 let mut stop = stop_rx.clone();
-                Some(tokio::spawn(inject::server::serve(l, tls, webhook, async move {
+                Some(tokio::spawn(inject::server::serve(l, cert, webhook, async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })))
             }

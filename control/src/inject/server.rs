@@ -5,8 +5,8 @@
 //! answer must see the latest apply) and hands it to [`super::admit`].
 
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,8 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
 use super::mesh::MeshView;
@@ -43,17 +45,21 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: String, message: String },
-    #[error("the webhook certificate and key do not form a usable TLS config: {0}")]
-    Config(#[from] rustls::Error),
+    #[error("{0}: the certificate and the key do not belong together or cannot be used: {1}")]
+    Pair(String, rustls::Error),
 }
 
-/// A TLS server config for one certificate chain and key, PEM. `origin`
-/// names where they came from in errors.
-pub fn tls_config(
+/// How often the certificate files are read again for a rotation
+/// (cert-manager renewing the Secret, the kubelet swapping the files).
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// A chain and key, PEM, checked to belong together. `origin` names the
+/// files in errors.
+fn certified_key(
     chain_pem: &[u8],
     key_pem: &[u8],
     origin: (&str, &str),
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let bad = |path: &str, message: String| TlsError::File {
         path: path.to_string(),
         message,
@@ -66,29 +72,120 @@ pub fn tls_config(
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| bad(origin.1, format!("not a PEM private key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| TlsError::Pair(format!("{} and {}", origin.0, origin.1), e))
 }
 
-/// [`tls_config`] from the `--webhook-cert` and `--webhook-key` files.
-pub fn tls_config_from_files(
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| TlsError::File {
-            path: p.display().to_string(),
-            message: e.to_string(),
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The certificate the injector serves: issued once by the mesh CA, or the
+/// operator's files, read again every second so that a rotated pair is
+/// served from the next handshake on, without a restart.
+#[derive(Debug)]
+pub struct WebhookCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    files: Option<Files>,
+}
+
+#[derive(Debug)]
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The contents `current` was made from.
+    loaded: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl WebhookCert {
+    /// A fixed certificate (the one the mesh CA issued).
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<WebhookCert, TlsError> {
+        Ok(WebhookCert {
+            current: RwLock::new(certified_key(
+                chain_pem,
+                key_pem,
+                ("issued certificate", "issued key"),
+            )?),
+            files: None,
         })
-    };
-    let (c, k) = (cert.display().to_string(), key.display().to_string());
-    tls_config(&read(cert)?, &read(key)?, (&c, &k))
+    }
+
+    /// `--webhook-cert` and `--webhook-key`, watched for rotation.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<WebhookCert, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| TlsError::File {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let (c, k) = (read(cert)?, read(key)?);
+        let current = certified_key(
+            &c,
+            &k,
+            (&cert.display().to_string(), &key.display().to_string()),
+        )?;
+        Ok(WebhookCert {
+            current: RwLock::new(current),
+            files: Some(Files {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                loaded: Mutex::new((c, k)),
+            }),
+        })
+    }
+
+    fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// Serves the files' pair if they changed and are good; a bad pair is
+    /// logged and the last good one kept (a half-written rotation is
+    /// picked up on a later read).
+    async fn reload(&self) {
+        let Some(files) = &self.files else { return };
+        let (Ok(c), Ok(k)) = (
+            tokio::fs::read(&files.cert).await,
+            tokio::fs::read(&files.key).await,
+        ) else {
+            return;
+        };
+        let mut loaded = files.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 == c && loaded.1 == k {
+            return;
+        }
+        let origin = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+        );
+        match certified_key(&c, &k, (&origin.0, &origin.1)) {
+            Ok(pair) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+                *loaded = (c, k);
+                tracing::info!(cert = %origin.0, "the injector serves a new certificate");
+            }
+            Err(e) => {
+                *loaded = (c, k);
+                tracing::warn!(error = %e, "kept the injector's last good certificate");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for WebhookCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
 }
 
 pub struct Webhook {
@@ -105,15 +202,19 @@ impl Webhook {
 /// Serves until `shutdown` resolves, then lets in-flight reviews finish.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    cert: Arc<WebhookCert>,
     webhook: Arc<Webhook>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = cert.server_config().map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            _ = reload.tick(), if cert.files.is_some() => cert.reload().await,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(conn) => conn,
