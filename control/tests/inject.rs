@@ -215,10 +215,8 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
         proxy["resources"],
         json!({"requests": {"cpu": "10m", "memory": "32Mi"}})
     );
-    assert_eq!(
-        proxy["ports"],
-        json!([{"name": "stats", "containerPort": 9901, "protocol": "TCP"}])
-    );
+    // The admin API stays on 127.0.0.1: no port is declared for it.
+    assert!(proxy.get("ports").is_none());
     let ready_check = json!([
         "trellis-proxy",
         "wait-ready",

@@ -159,7 +159,6 @@ impl Plan<'_> {
             "image": s.sidecar_image,
             "command": ["trellis-proxy"],
             "env": env_vars,
-            "ports": [{"name": "stats", "containerPort": s.admin_port, "protocol": "TCP"}],
             "resources": self.resources(),
             "securityContext": {"runAsUser": self.uid()},
             "readinessProbe": self.ready_probe(
