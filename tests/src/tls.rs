@@ -189,7 +189,27 @@ pub async fn https_get(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> anyhow::Result<HttpsReply> {
-    https_request(addr, sni, cfg, http::Method::GET, path, Bytes::new()).await
+    https_get_with(addr, sni, cfg, path, &[]).await
+}
+
+/// [`https_get`] with extra request headers.
+pub async fn https_get_with(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpsReply> {
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::GET,
+        path,
+        headers,
+        Bytes::new(),
+    )
+    .await
 }
 
 /// One POST of a JSON `body` over a new TLS connection, as [`https_get`].
@@ -200,7 +220,17 @@ pub async fn https_post(
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<HttpsReply> {
-    https_request(addr, sni, cfg, http::Method::POST, path, Bytes::from(body)).await
+    let json = [("content-type", "application/json")];
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::POST,
+        path,
+        &json,
+        Bytes::from(body),
+    )
+    .await
 }
 
 async fn https_request(
@@ -209,6 +239,7 @@ async fn https_request(
     cfg: Arc<rustls::ClientConfig>,
     method: http::Method,
     path: &str,
+    headers: &[(&str, &str)],
     body: Bytes,
 ) -> anyhow::Result<HttpsReply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -225,14 +256,14 @@ async fn https_request(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
-    let mut builder = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(format!("https://{sni}{path}"))
         .header("host", sni);
-    if !body.is_empty() {
-        builder = builder.header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
-    let req = builder.body(Full::new(body))?;
+    let req = req.body(Full::new(body))?;
     let fut = async {
         let resp = if alpn.as_deref() == Some("h2") {
             let (mut send, conn) =
