@@ -87,6 +87,8 @@ impl ReqBody {
 
 enum TryError {
     Connect,
+    /// No connection within the cluster's `connect_timeout`.
+    ConnectTimeout,
     Reset,
     PerTryTimeout,
     /// A circuit breaker (connections plus pending requests) refused the try.
@@ -264,6 +266,12 @@ pub async fn forward(
                         local_reply::CONNECT_FAILURE,
                         retry.is_some_and(RetryPolicy::retriable_connect_failure),
                     ),
+                    TryError::ConnectTimeout => (
+                        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        local_reply::CONNECT_TIMEOUT,
+                        retry.is_some_and(RetryPolicy::retriable_connect_failure),
+                    ),
                     TryError::Reset => (
                         ResponseFlags::UPSTREAM_REMOTE_RESET,
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -393,6 +401,7 @@ async fn attempt_once(
             .await
             .map_err(|e| match e {
                 ConnectError::Overflow => TryError::Overflow,
+                ConnectError::Timeout => TryError::ConnectTimeout,
                 _ => TryError::Connect,
             })?;
         let Some(b) = body.take() else {

@@ -411,27 +411,42 @@ impl Hcm {
                 .hash_policy
                 .hash(&parts.headers, parts.uri.query(), info.peer.ip())
         };
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        let head = std::mem::replace(parts, Request::new(()).into_parts().0);
+        let attempt = Attempt {
+            retry,
+            timeout,
+            grpc,
+            auto_host,
+            peek_body,
+            max_duration,
+            hash,
+            request_attempt_count: matched.virtual_host.request_attempt_count,
+        };
+        let sent =
+            super::stream_idle::run(idle, body, |body| forward(cluster, head, body, attempt)).await;
         let Outcome {
             mut response,
             flags,
             upstream,
             attempts,
-        } = forward(
-            cluster,
-            std::mem::replace(parts, Request::new(()).into_parts().0),
-            body,
-            Attempt {
-                retry,
-                timeout,
-                grpc,
-                auto_host,
-                peek_body,
-                max_duration,
-                hash,
-                request_attempt_count: matched.virtual_host.request_attempt_count,
-            },
-        )
-        .await;
+        } = match sent {
+            Ok(outcome) => outcome,
+            Err(t) => {
+                self.stats.downstream_rq_idle_timeout.inc();
+                let mut flags = ResponseFlags::default();
+                flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                return (
+                    reply(t.status(), super::stream_idle::STREAM_TIMEOUT, grpc),
+                    flags,
+                );
+            }
+        };
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
@@ -467,15 +482,10 @@ impl Hcm {
                 .apply(response.headers_mut(), &ctx, crate::router::Phase::Response);
         }
         matched.apply_response_headers(response.headers_mut(), &ctx);
-        // A route's idle_timeout overrides the connection manager's; zero disables.
-        let idle = match f.idle_timeout {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None => self.config.stream_idle_timeout,
-        };
         if let Some(idle) = idle {
             if !response.body().is_end_stream() {
-                response = response.map(|b| body::with_idle_timeout(b, idle));
+                let stats = self.stats.clone();
+                response = response.map(|b| body::with_idle_timeout(b, idle, stats));
             }
         }
         (response, flags)

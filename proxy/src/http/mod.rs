@@ -11,6 +11,7 @@ mod headers;
 mod local_reply;
 mod normalize;
 mod retry;
+mod stream_idle;
 mod validate;
 
 use std::sync::Arc;

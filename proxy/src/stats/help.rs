@@ -101,6 +101,12 @@ pub fn help(family: &str) -> &'static str {
             "Request time, first byte received to last byte sent, in milliseconds."
         }
         "http_downstream_rq_timeout" => "Requests closed because the request timeout fired.",
+        "http_downstream_rq_idle_timeout" => {
+            "Requests closed because nothing moved on them for the stream idle timeout."
+        }
+        "http_downstream_cx_idle_timeout" => {
+            "Downstream connections closed after the connection idle timeout."
+        }
         "http_downstream_rq_ws_on_non_ws_route" => {
             "Upgrade requests refused on routes without WebSocket."
         }

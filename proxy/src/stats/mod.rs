@@ -360,8 +360,12 @@ pub struct HttpStats {
     pub downstream_rq_active: Gauge,
     pub downstream_rq: CodeCounters,
     pub downstream_rq_timeout: Counter,
+    /// `stream_idle_timeout` (or a route's `idle_timeout`) fired.
+    pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_cx_total: Counter,
+    /// The connection's `idle_timeout` closed it.
+    pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
@@ -383,8 +387,10 @@ impl HttpStats {
             downstream_rq_active: Gauge::default(),
             downstream_rq: CodeCounters::default(),
             downstream_rq_timeout: Counter::default(),
+            downstream_rq_idle_timeout: Counter::default(),
             downstream_rq_ws_on_non_ws_route: Counter::default(),
             downstream_cx_total: Counter::default(),
+            downstream_cx_idle_timeout: Counter::default(),
             downstream_cx_active: Gauge::default(),
             downstream_cx_http1_total: Counter::default(),
             downstream_cx_http2_total: Counter::default(),
@@ -415,6 +421,16 @@ impl StatSource for HttpStats {
         v.gauge(s, "downstream_rq_active", self.downstream_rq_active.get());
         self.downstream_rq.visit("downstream_rq", s, v);
         v.counter(s, "downstream_rq_timeout", self.downstream_rq_timeout.get());
+        v.counter(
+            s,
+            "downstream_rq_idle_timeout",
+            self.downstream_rq_idle_timeout.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_idle_timeout",
+            self.downstream_cx_idle_timeout.get(),
+        );
         v.counter(
             s,
             "downstream_rq_ws_on_non_ws_route",
