@@ -32,6 +32,8 @@ pub fn help(family: &str) -> &'static str {
             "Upstream request time, headers sent to response headers, in milliseconds."
         }
         "cluster_upstream_cx_total" => "Connections opened to this cluster's endpoints.",
+        "cluster_upstream_cx_http1_total" => "HTTP/1.1 connections opened to this cluster.",
+        "cluster_upstream_cx_http2_total" => "HTTP/2 connections opened to this cluster.",
         "cluster_upstream_cx_active" => "Open connections to this cluster's endpoints.",
         "cluster_upstream_cx_connect_fail" => {
             "Failed connection attempts to this cluster's endpoints."

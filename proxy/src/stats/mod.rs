@@ -261,6 +261,8 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq: CodeCounters,
     pub upstream_cx_total: Counter,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
@@ -286,6 +288,8 @@ impl ClusterStats {
             upstream_rq_pending_overflow: Counter::default(),
             upstream_rq: CodeCounters::default(),
             upstream_cx_total: Counter::default(),
+            upstream_cx_http1_total: Counter::default(),
+            upstream_cx_http2_total: Counter::default(),
             upstream_cx_active: Gauge::default(),
             upstream_cx_connect_fail: Counter::default(),
             upstream_cx_connect_timeout: Counter::default(),
@@ -333,6 +337,16 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_rq_rx_reset", self.upstream_rq_reset.get());
         self.upstream_rq.visit("upstream_rq", s, v);
         v.counter(s, "upstream_cx_total", self.upstream_cx_total.get());
+        v.counter(
+            s,
+            "upstream_cx_http1_total",
+            self.upstream_cx_http1_total.get(),
+        );
+        v.counter(
+            s,
+            "upstream_cx_http2_total",
+            self.upstream_cx_http2_total.get(),
+        );
         v.gauge(s, "upstream_cx_active", self.upstream_cx_active.get());
         v.counter(
             s,

@@ -154,6 +154,7 @@ impl Pool {
         permit: OwnedSemaphorePermit,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
         let stream = self.tcp(p, AlpnFor::Http1).await?;
+        p.stats.upstream_cx_http1_total.inc();
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -191,6 +192,7 @@ impl Pool {
             }
         };
         let stream = self.tcp(p, AlpnFor::Http2).await?;
+        p.stats.upstream_cx_http2_total.inc();
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
