@@ -95,6 +95,20 @@ enum TryError {
     Overflow,
 }
 
+impl TryError {
+    /// The response flag a failed try is known by, for its span.
+    fn flag(&self) -> ResponseFlags {
+        match self {
+            TryError::Connect | TryError::ConnectTimeout => {
+                ResponseFlags::UPSTREAM_CONNECTION_FAILURE
+            }
+            TryError::Reset => ResponseFlags::UPSTREAM_REMOTE_RESET,
+            TryError::PerTryTimeout => ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            TryError::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
+        }
+    }
+}
+
 /// How one request is to be tried upstream.
 pub struct Attempt<'a> {
     pub retry: Option<&'a RetryPolicy>,
@@ -110,6 +124,8 @@ pub struct Attempt<'a> {
     pub hash: Option<u64>,
     /// `include_request_attempt_count`: tell the upstream which try this is.
     pub request_attempt_count: bool,
+    /// The request's trace: each try gets a client span of its own.
+    pub trace: Option<&'a mut crate::tracing_ctx::Trace>,
 }
 
 pub async fn forward(
@@ -127,6 +143,7 @@ pub async fn forward(
         max_duration,
         hash,
         request_attempt_count,
+        mut trace,
     } = a;
     let stats = &cluster.stats;
     let retries = retry.is_some_and(|r| r.num_retries > 0);
@@ -194,11 +211,14 @@ pub async fn forward(
             (a, b) => a.or(b),
         };
         // The last possible attempt takes the head; earlier ones copy it.
-        let head = if attempt >= max_attempts {
+        let mut head = if attempt >= max_attempts {
             parts.take()
         } else {
             parts.as_ref().map(clone_parts)
         };
+        if let (Some(t), Some(h)) = (trace.as_deref_mut(), head.as_mut()) {
+            t.begin_attempt(&mut h.headers);
+        }
         let count = request_attempt_count.then_some(attempt);
         let attempt_started = Instant::now();
         let result = attempt_once(
@@ -206,6 +226,13 @@ pub async fn forward(
         )
         .await;
         stats.upstream_rq_active.dec();
+        if let Some(t) = trace.as_deref_mut() {
+            let (status, failure) = match &result {
+                Ok(r) => (Some(r.status().as_u16()), ResponseFlags::default()),
+                Err(e) => (None, e.flag()),
+            };
+            t.end_attempt(Some(endpoint.addr), status, failure);
+        }
         // The retry is over: its slot is free for the next one.
         drop(held_retry.take());
         match &result {

@@ -44,7 +44,7 @@ impl Hcm {
         let mut record = Record {
             info: StreamInfo::new(info.peer, Some(info.local)),
             saved: None,
-            trace: self.tracer.is_some().then(|| Trace::start(req.headers())),
+            trace: None,
         };
         record.info.protocol = Some(req.version());
         record.info.downstream_peer_uri_san = info
@@ -53,6 +53,9 @@ impl Hcm {
             .filter(|t| t.verified)
             .and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
+        if let (Some(_), Some(t)) = (&self.tracer, &self.config.tracing) {
+            record.trace = Some(Trace::start(&parts, info.scheme, &t.sampling));
+        }
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
             let mut resp = reply(status, "", false);
@@ -376,10 +379,6 @@ impl Hcm {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
-        if let Some(t) = &mut record.trace {
-            t.inject(&mut parts.headers);
-            t.client_start = Some(std::time::SystemTime::now());
-        }
         // Access logs and response header values read the request as sent.
         if record.saved.is_some() || matched.response_reads_request() {
             record.saved = Some(SavedRequest::new(parts, info.scheme));
@@ -427,6 +426,7 @@ impl Hcm {
             max_duration,
             hash,
             request_attempt_count: matched.virtual_host.request_attempt_count,
+            trace: record.trace.as_mut(),
         };
         let sent =
             super::stream_idle::run(idle, body, |body| forward(cluster, head, body, attempt)).await;
@@ -450,9 +450,6 @@ impl Hcm {
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
-        }
-        if let Some(t) = &mut record.trace {
-            t.client_end = Some(std::time::SystemTime::now());
         }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response

@@ -47,7 +47,7 @@ impl Hcm {
             tracer: config
                 .tracing
                 .as_ref()
-                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(t, &shared)),
+                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(&t.target, &shared)),
             config,
             shared,
             filter_stats,
