@@ -484,7 +484,8 @@ async fn every_propagation_format_links_both_hops() {
         let _b = ProxyProcess::start(&proxy(pb, echo.addr, "hop-b", receiver.addr)).await;
         let _a = ProxyProcess::start(&proxy(pa, loopback(pb), "hop-a", receiver.addr)).await;
 
-        let cases: [(&str, &str, &[(&str, &str)]); 3] = [
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case; 3] = [
             (
                 "b3 single",
                 "80f198ee56343ba864fe8b2a57d3eff7",
