@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::Method;
 use trellis_tests::config::{cluster, http_proxy, indent};
+use trellis_tests::metrics::{promtool_findings, sample};
 use trellis_tests::process::ProxyProcess;
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, loopback, within};
@@ -79,45 +80,6 @@ async fn lines(path: &Path, n: usize) -> Vec<String> {
         (lines.len() >= n).then_some(lines)
     })
     .await
-}
-
-/// `promtool check metrics` findings other than the ones Envoy's names
-/// force: counters without `_total`, and the gauge `membership_total`.
-fn promtool_findings(exposition: &str) -> Vec<String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (apt-get install prometheus)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool finishes");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.contains("counter metrics should have \"_total\" suffix"))
-        // Envoy's own gauge name, which Envoy and App Mesh dashboards query:
-        // the one `_total` gauge, kept for the same reason as the counters.
-        .filter(|l| !l.starts_with("envoy_cluster_membership_total non-counter metrics"))
-        .map(str::to_string)
-        .collect()
-}
-
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,13 @@ impl Hcm {
         }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
+        if let (Some(mesh), true) = (&self.mesh, self.inbound) {
+            mesh.downstream(
+                record.info.downstream_peer_uri_san.as_deref(),
+                resp.status().as_u16(),
+                record.info.started.elapsed(),
+            );
+        }
         record.info.flags.set(flags);
         record.info.response_code = Some(resp.status().as_u16());
         access_log::finish_response(
@@ -447,6 +454,13 @@ impl Hcm {
                 );
             }
         };
+        if let (Some(mesh), Some(service), Some(node)) = (
+            &self.mesh,
+            matched.appmesh_service(),
+            cluster.config.appmesh_virtual_node.as_ref(),
+        ) {
+            mesh.upstream(service, node, response.status().as_u16(), started.elapsed());
+        }
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());

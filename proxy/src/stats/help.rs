@@ -162,6 +162,23 @@ pub fn help(family: &str) -> &'static str {
         "http_rds_update_success" => "RDS updates applied.",
         "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
         "http_rds_version" => "Hash of the RDS version in force.",
+        // App Mesh peers
+        "appmesh_downstream_rq_total" => {
+            "Requests answered to each calling virtual node (appmesh_downstream_*)."
+        }
+        "appmesh_downstream_rq_xx" => "Answers to each calling virtual node, by status class.",
+        "appmesh_downstream_rq" => "Answers to each calling virtual node, by status code.",
+        "appmesh_downstream_rq_time" => {
+            "Time to response headers for each calling virtual node, in milliseconds."
+        }
+        "appmesh_upstream_rq_total" => {
+            "Requests sent to each target virtual service and node (appmesh_target_*)."
+        }
+        "appmesh_upstream_rq_xx" => "Answers from each target, by status class.",
+        "appmesh_upstream_rq" => "Answers from each target, by status code.",
+        "appmesh_upstream_rq_time" => {
+            "Time upstream, retries included, for each target, in milliseconds."
+        }
         // Server
         "server_live" => "1 once the initial configuration is applied.",
         "server_uptime" => "Seconds since the proxy started.",

@@ -2,6 +2,7 @@
 //! lock on the request path. The store holds weak references to stat scopes so
 //! the admin API can render them; scopes die with their cluster or listener.
 
+pub mod appmesh;
 mod help;
 mod render;
 
@@ -163,11 +164,26 @@ pub struct Scope {
     pub kind: &'static str,
     /// The Prometheus label Envoy's tag extraction gives the scope's name.
     pub tag: Option<(&'static str, Arc<str>)>,
+    /// More labels, for scopes named by several values (an App Mesh peer);
+    /// their values join the text name in order.
+    pub labels: Vec<(&'static str, Arc<str>)>,
 }
 
 impl Scope {
     pub fn new(kind: &'static str, tag: Option<(&'static str, Arc<str>)>) -> Scope {
-        Scope { kind, tag }
+        Scope {
+            kind,
+            tag,
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn labelled(kind: &'static str, labels: Vec<(&'static str, Arc<str>)>) -> Scope {
+        Scope {
+            kind,
+            tag: None,
+            labels,
+        }
     }
 }
 
@@ -197,29 +213,29 @@ impl Store {
     /// as the App Mesh Envoy image's stats tags do, so one Prometheus can
     /// tell the proxies of a mesh apart.
     pub fn for_node(node_id: &str) -> Store {
-        let tail = node_id.rsplit_once(':').map_or(node_id, |(_, t)| t);
-        let parts: Vec<&str> = tail.split('/').collect();
-        let node_labels = match parts.as_slice() {
-            ["mesh", mesh, kind, name] if !mesh.is_empty() && !name.is_empty() => {
-                let key = match *kind {
-                    "virtualNode" => Some("appmesh_virtual_node"),
-                    "virtualGateway" => Some("appmesh_virtual_gateway"),
-                    _ => None,
+        let node_labels = match appmesh::MeshObject::parse(node_id) {
+            Some(o) => {
+                let key = if o.gateway {
+                    "appmesh_virtual_gateway"
+                } else {
+                    "appmesh_virtual_node"
                 };
-                key.map(|k| {
-                    vec![
-                        ("appmesh_mesh".to_string(), mesh.to_string()),
-                        (k.to_string(), name.to_string()),
-                    ]
-                })
-                .unwrap_or_default()
+                vec![
+                    ("appmesh_mesh".to_string(), o.mesh),
+                    (key.to_string(), o.name),
+                ]
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         Store {
             sources: Mutex::default(),
             node_labels,
         }
+    }
+
+    /// Whether the node has an App Mesh identity, so per-peer stats apply.
+    pub fn is_mesh_node(&self) -> bool {
+        !self.node_labels.is_empty()
     }
 
     pub fn node_labels(&self) -> Vec<(String, String)> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
+use super::{appmesh_metadata, cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
 use crate::xds::spec::{
     GatewayAction, GatewayRouteSpec, HostnameMatch, RouteSpec, VirtualGatewaySpec,
 };
@@ -148,7 +148,11 @@ fn gateway_route(
     if host != Some("DISABLED") {
         a["host_rewrite_literal"] = json!(service);
     }
-    Some(json!({"match": matcher, "route": a}))
+    Some(json!({
+        "match": matcher,
+        "route": a,
+        "metadata": appmesh_metadata("virtual_service", service),
+    }))
 }
 
 fn service_clusters(
