@@ -205,6 +205,17 @@ impl Exporter {
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
+
+    /// An exporter whose queue the test reads.
+    #[cfg(test)]
+    pub(crate) fn to_channel(node_id: &str) -> (Exporter, mpsc::Receiver<Span>) {
+        let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+        let e = Exporter {
+            tx,
+            node_id: Arc::from(node_id),
+        };
+        (e, rx)
+    }
 }
 
 type HttpClient = hyper_util::client::legacy::Client<

@@ -137,3 +137,66 @@ fn unsampled_traces_propagate_but_record_no_spans() {
     );
     assert!(t.attempts.is_empty());
 }
+
+#[test]
+fn spans_carry_the_request_the_peer_and_each_try() {
+    let (exporter, mut rx) = otlp::Exporter::to_channel("mesh/m/virtualNode/blue");
+    let mut t = start(&[(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )]);
+    let upstream: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    t.begin_attempt(&mut HeaderMap::new());
+    t.end_attempt(
+        Some(upstream),
+        None,
+        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+    );
+    t.begin_attempt(&mut HeaderMap::new());
+    t.end_attempt(Some(upstream), Some(200), ResponseFlags::default());
+    let mut info = crate::format::StreamInfo::new("10.0.0.7:5000".parse().unwrap(), None);
+    info.protocol = Some(http::Version::HTTP_11);
+    info.response_code = Some(200);
+    info.route_name = Some("r1".into());
+    info.upstream_cluster = Some("backend".into());
+    info.upstream_host = Some(upstream);
+    info.downstream_peer_uri_san = Some("spiffe://td/mesh/m/virtualNode/client".into());
+    export(&exporter, &t, &info);
+    let attr = |s: &otlp::Span, k: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+            .map(|v| match v {
+                otlp::any_value::Value::StringValue(s) => s,
+                otlp::any_value::Value::IntValue(i) => i.to_string(),
+            })
+    };
+    let tries = [rx.try_recv().unwrap(), rx.try_recv().unwrap()];
+    let server = rx.try_recv().unwrap();
+    assert!(rx.try_recv().is_err());
+    assert_eq!(server.kind, otlp::SPAN_KIND_SERVER);
+    for (k, v) in [
+        ("peer.identity", "spiffe://td/mesh/m/virtualNode/client"),
+        ("peer.address", "10.0.0.7"),
+        ("node_id", "mesh/m/virtualNode/blue"),
+        ("http.method", "GET"),
+        ("http.url", "http://shop/orders?id=7"),
+        ("http.protocol", "HTTP/1.1"),
+        ("route_name", "r1"),
+        ("http.status_code", "200"),
+        ("upstream_cluster", "backend"),
+        ("upstream_address", "127.0.0.1:9000"),
+    ] {
+        assert_eq!(attr(&server, k).as_deref(), Some(v), "{k}");
+    }
+    assert_eq!(attr(&tries[0], "response_flags").as_deref(), Some("UF"));
+    assert_eq!(tries[0].status.as_ref().map(|s| s.code), Some(2));
+    assert_eq!(attr(&tries[1], "http.status_code").as_deref(), Some("200"));
+    assert_eq!(attr(&tries[1], "upstream.attempt").as_deref(), Some("2"));
+    for s in &tries {
+        assert_eq!(s.kind, otlp::SPAN_KIND_CLIENT);
+        assert_eq!(s.parent_span_id, t.server.to_vec());
+    }
+}
