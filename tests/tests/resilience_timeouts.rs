@@ -90,6 +90,7 @@ async fn connect_timeout_is_uf_and_counted_as_such() {
         assert_eq!(p.stat("cluster.app.upstream_cx_connect_timeout").await, 1);
         assert_eq!(p.stat("cluster.app.upstream_cx_connect_fail").await, 1);
         assert_eq!(p.stat("cluster.app.upstream_rq_timeout").await, 0);
+        assert_eq!(p.stat("cluster.app.upstream_rq_503").await, 1);
     })
     .await;
 }
@@ -112,6 +113,11 @@ async fn retried_connect_timeouts_are_each_counted() {
         assert_eq!(logged(&log).await, "503 URX,UF");
         assert_eq!(p.stat("cluster.app.upstream_cx_connect_timeout").await, 2);
         assert_eq!(p.stat("cluster.app.upstream_rq_retry").await, 1);
+        assert_eq!(p.stat("cluster.app.upstream_rq_503").await, 1);
+        assert_eq!(
+            p.stat("cluster.app.upstream_rq_retry_limit_exceeded").await,
+            1
+        );
     })
     .await;
 }
@@ -139,6 +145,7 @@ async fn route_timeout_is_ut_and_upstream_rq_timeout() {
         assert_eq!(p.stat("cluster.app.upstream_rq_timeout").await, 1);
         assert_eq!(p.stat("cluster.app.upstream_rq_per_try_timeout").await, 0);
         assert_eq!(p.stat("http.ingress_http.downstream_rq_5xx").await, 1);
+        assert_eq!(p.stat("cluster.app.upstream_rq_504").await, 1);
     })
     .await;
 }
@@ -161,6 +168,7 @@ async fn per_try_timeouts_are_counted_per_try_and_retried() {
         assert_eq!(p.stat("cluster.app.upstream_rq_per_try_timeout").await, 2);
         assert_eq!(p.stat("cluster.app.upstream_rq_retry").await, 1);
         assert_eq!(p.stat("cluster.app.upstream_rq_timeout").await, 0);
+        assert_eq!(p.stat("cluster.app.upstream_rq_504").await, 1);
         assert_eq!(echo.count(), 2, "two tries reached the upstream");
     })
     .await;

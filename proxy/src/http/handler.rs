@@ -441,6 +441,7 @@ impl Hcm {
             mut response,
             flags,
             upstream,
+            upstream_local,
             attempts,
         } = match sent {
             Ok(outcome) => outcome,
@@ -462,6 +463,7 @@ impl Hcm {
             mesh.upstream(service, node, response.status().as_u16(), started.elapsed());
         }
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
+        record.info.upstream_local = upstream_local;
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
         }

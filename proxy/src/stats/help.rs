@@ -50,6 +50,9 @@ pub fn help(family: &str) -> &'static str {
         "cluster_upstream_cx_overflow" => {
             "Connections refused because the cluster's max_connections breaker was open."
         }
+        "cluster_upstream_rq_retry_limit_exceeded" => {
+            "Requests whose last allowed try still asked for a retry."
+        }
         "cluster_upstream_rq_retry_overflow" => {
             "Retries not sent because the cluster's max_retries breaker was open."
         }
