@@ -256,8 +256,11 @@ mod tests {
         assert_eq!(MeshObject::parse("mesh//virtualNode/x"), None);
     }
 
+    type Labels = Vec<(&'static str, String)>;
+
+    /// Every counter visited: name, labels, value.
     #[derive(Default)]
-    struct Seen(Vec<(String, Vec<(&'static str, String)>, u64)>);
+    struct Seen(Vec<(String, Labels, u64)>);
 
     impl Visitor for Seen {
         fn counter(&mut self, scope: &Scope, name: &str, value: u64) {
