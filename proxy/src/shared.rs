@@ -28,6 +28,8 @@ pub struct Shared {
     /// Set once the first complete config is applied.
     pub live: AtomicBool,
     pub node: NodeInfo,
+    /// Per-peer stats, when the node has an App Mesh identity.
+    pub mesh: Option<Arc<crate::stats::appmesh::MeshStats>>,
     pub started: Instant,
     pub concurrency: usize,
     pub drain_time: std::time::Duration,
@@ -39,9 +41,16 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(node: NodeInfo, concurrency: usize, drain_time: std::time::Duration) -> Shared {
+        let store = Store::for_node(&node.id);
+        let mesh = store.is_mesh_node().then(|| {
+            let m = Arc::new(crate::stats::appmesh::MeshStats::default());
+            store.register(Arc::downgrade(&m) as std::sync::Weak<dyn StatSource>);
+            m
+        });
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            store: Store::for_node(&node.id),
+            store,
+            mesh,
             drain: Drain::default(),
             listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),

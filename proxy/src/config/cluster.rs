@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub outlier: Option<super::resilience::Outlier>,
     pub health_check: Option<super::resilience::HealthCheckConfig>,
     pub lb: super::resilience::LbOptions,
+    /// The App Mesh virtual node behind this cluster (`trellis.appmesh`
+    /// metadata), for per-peer stats.
+    pub appmesh_virtual_node: Option<Arc<str>>,
     pub proto: Cluster,
     pub fingerprint: Vec<u8>,
 }
@@ -206,6 +209,10 @@ impl ClusterConfig {
             }
         };
         Ok(ClusterConfig {
+            appmesh_virtual_node: crate::stats::appmesh::metadata_name(
+                proto.metadata.as_ref(),
+                "virtual_node",
+            ),
             name: Arc::from(proto.name.as_str()),
             discovery,
             connect_timeout,

@@ -504,6 +504,7 @@ pub static SUPPORTED: &[Entry] = &[
             ("upstream_connection_options", Walk),
             ("ignore_health_on_host_removal", Walk),
             ("close_connections_on_host_health_failure", Walk),
+            ("metadata", Opaque),
         ],
     },
     Entry {

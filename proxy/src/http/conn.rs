@@ -141,6 +141,7 @@ impl Hcm {
         match idle {
             Some(idle) => {
                 if activity.run(served, idle).await.is_none() {
+                    self.stats.downstream_cx_idle_timeout.inc();
                     tracing::debug!(%peer, "closing idle downstream connection");
                 }
             }

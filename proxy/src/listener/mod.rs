@@ -43,8 +43,12 @@ enum Chain {
 
 impl ActiveListener {
     pub fn new(config: Arc<ListenerConfig>, shared: &Arc<Shared>) -> ActiveListener {
+        let inbound = config.proto.traffic_direction
+            == xds_protos::envoy::config::core::v3::TrafficDirection::Inbound as i32;
         let chain = |t: &Terminal| match t {
-            Terminal::Http(h) => Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
+            Terminal::Http(h) => {
+                Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone(), inbound)))
+            }
             Terminal::Tcp(t) => Chain::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone()))),
         };
         let stats = Arc::new(ListenerStats::new(config.address));

@@ -32,6 +32,8 @@ pub fn help(family: &str) -> &'static str {
             "Upstream request time, headers sent to response headers, in milliseconds."
         }
         "cluster_upstream_cx_total" => "Connections opened to this cluster's endpoints.",
+        "cluster_upstream_cx_http1_total" => "HTTP/1.1 connections opened to this cluster.",
+        "cluster_upstream_cx_http2_total" => "HTTP/2 connections opened to this cluster.",
         "cluster_upstream_cx_active" => "Open connections to this cluster's endpoints.",
         "cluster_upstream_cx_connect_fail" => {
             "Failed connection attempts to this cluster's endpoints."
@@ -47,6 +49,9 @@ pub fn help(family: &str) -> &'static str {
         }
         "cluster_upstream_cx_overflow" => {
             "Connections refused because the cluster's max_connections breaker was open."
+        }
+        "cluster_upstream_rq_retry_limit_exceeded" => {
+            "Requests whose last allowed try still asked for a retry."
         }
         "cluster_upstream_rq_retry_overflow" => {
             "Retries not sent because the cluster's max_retries breaker was open."
@@ -101,6 +106,12 @@ pub fn help(family: &str) -> &'static str {
             "Request time, first byte received to last byte sent, in milliseconds."
         }
         "http_downstream_rq_timeout" => "Requests closed because the request timeout fired.",
+        "http_downstream_rq_idle_timeout" => {
+            "Requests closed because nothing moved on them for the stream idle timeout."
+        }
+        "http_downstream_cx_idle_timeout" => {
+            "Downstream connections closed after the connection idle timeout."
+        }
         "http_downstream_rq_ws_on_non_ws_route" => {
             "Upgrade requests refused on routes without WebSocket."
         }
@@ -154,6 +165,23 @@ pub fn help(family: &str) -> &'static str {
         "http_rds_update_success" => "RDS updates applied.",
         "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
         "http_rds_version" => "Hash of the RDS version in force.",
+        // App Mesh peers
+        "appmesh_downstream_rq_total" => {
+            "Requests answered to each calling virtual node (appmesh_downstream_*)."
+        }
+        "appmesh_downstream_rq_xx" => "Answers to each calling virtual node, by status class.",
+        "appmesh_downstream_rq" => "Answers to each calling virtual node, by status code.",
+        "appmesh_downstream_rq_time" => {
+            "Time to response headers for each calling virtual node, in milliseconds."
+        }
+        "appmesh_upstream_rq_total" => {
+            "Requests sent to each target virtual service and node (appmesh_target_*)."
+        }
+        "appmesh_upstream_rq_xx" => "Answers from each target, by status class.",
+        "appmesh_upstream_rq" => "Answers from each target, by status code.",
+        "appmesh_upstream_rq_time" => {
+            "Time upstream, retries included, for each target, in milliseconds."
+        }
         // Server
         "server_live" => "1 once the initial configuration is applied.",
         "server_uptime" => "Seconds since the proxy started.",

@@ -2,6 +2,7 @@
 //! lock on the request path. The store holds weak references to stat scopes so
 //! the admin API can render them; scopes die with their cluster or listener.
 
+pub mod appmesh;
 mod help;
 mod render;
 
@@ -163,11 +164,26 @@ pub struct Scope {
     pub kind: &'static str,
     /// The Prometheus label Envoy's tag extraction gives the scope's name.
     pub tag: Option<(&'static str, Arc<str>)>,
+    /// More labels, for scopes named by several values (an App Mesh peer);
+    /// their values join the text name in order.
+    pub labels: Vec<(&'static str, Arc<str>)>,
 }
 
 impl Scope {
     pub fn new(kind: &'static str, tag: Option<(&'static str, Arc<str>)>) -> Scope {
-        Scope { kind, tag }
+        Scope {
+            kind,
+            tag,
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn labelled(kind: &'static str, labels: Vec<(&'static str, Arc<str>)>) -> Scope {
+        Scope {
+            kind,
+            tag: None,
+            labels,
+        }
     }
 }
 
@@ -197,29 +213,29 @@ impl Store {
     /// as the App Mesh Envoy image's stats tags do, so one Prometheus can
     /// tell the proxies of a mesh apart.
     pub fn for_node(node_id: &str) -> Store {
-        let tail = node_id.rsplit_once(':').map_or(node_id, |(_, t)| t);
-        let parts: Vec<&str> = tail.split('/').collect();
-        let node_labels = match parts.as_slice() {
-            ["mesh", mesh, kind, name] if !mesh.is_empty() && !name.is_empty() => {
-                let key = match *kind {
-                    "virtualNode" => Some("appmesh_virtual_node"),
-                    "virtualGateway" => Some("appmesh_virtual_gateway"),
-                    _ => None,
+        let node_labels = match appmesh::MeshObject::parse(node_id) {
+            Some(o) => {
+                let key = if o.gateway {
+                    "appmesh_virtual_gateway"
+                } else {
+                    "appmesh_virtual_node"
                 };
-                key.map(|k| {
-                    vec![
-                        ("appmesh_mesh".to_string(), mesh.to_string()),
-                        (k.to_string(), name.to_string()),
-                    ]
-                })
-                .unwrap_or_default()
+                vec![
+                    ("appmesh_mesh".to_string(), o.mesh),
+                    (key.to_string(), o.name),
+                ]
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         Store {
             sources: Mutex::default(),
             node_labels,
         }
+    }
+
+    /// Whether the node has an App Mesh identity, so per-peer stats apply.
+    pub fn is_mesh_node(&self) -> bool {
+        !self.node_labels.is_empty()
     }
 
     pub fn node_labels(&self) -> Vec<(String, String)> {
@@ -261,6 +277,8 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq: CodeCounters,
     pub upstream_cx_total: Counter,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
@@ -286,6 +304,8 @@ impl ClusterStats {
             upstream_rq_pending_overflow: Counter::default(),
             upstream_rq: CodeCounters::default(),
             upstream_cx_total: Counter::default(),
+            upstream_cx_http1_total: Counter::default(),
+            upstream_cx_http2_total: Counter::default(),
             upstream_cx_active: Gauge::default(),
             upstream_cx_connect_fail: Counter::default(),
             upstream_cx_connect_timeout: Counter::default(),
@@ -333,6 +353,16 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_rq_rx_reset", self.upstream_rq_reset.get());
         self.upstream_rq.visit("upstream_rq", s, v);
         v.counter(s, "upstream_cx_total", self.upstream_cx_total.get());
+        v.counter(
+            s,
+            "upstream_cx_http1_total",
+            self.upstream_cx_http1_total.get(),
+        );
+        v.counter(
+            s,
+            "upstream_cx_http2_total",
+            self.upstream_cx_http2_total.get(),
+        );
         v.gauge(s, "upstream_cx_active", self.upstream_cx_active.get());
         v.counter(
             s,
@@ -360,8 +390,12 @@ pub struct HttpStats {
     pub downstream_rq_active: Gauge,
     pub downstream_rq: CodeCounters,
     pub downstream_rq_timeout: Counter,
+    /// `stream_idle_timeout` (or a route's `idle_timeout`) fired.
+    pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_cx_total: Counter,
+    /// The connection's `idle_timeout` closed it.
+    pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
@@ -383,8 +417,10 @@ impl HttpStats {
             downstream_rq_active: Gauge::default(),
             downstream_rq: CodeCounters::default(),
             downstream_rq_timeout: Counter::default(),
+            downstream_rq_idle_timeout: Counter::default(),
             downstream_rq_ws_on_non_ws_route: Counter::default(),
             downstream_cx_total: Counter::default(),
+            downstream_cx_idle_timeout: Counter::default(),
             downstream_cx_active: Gauge::default(),
             downstream_cx_http1_total: Counter::default(),
             downstream_cx_http2_total: Counter::default(),
@@ -415,6 +451,16 @@ impl StatSource for HttpStats {
         v.gauge(s, "downstream_rq_active", self.downstream_rq_active.get());
         self.downstream_rq.visit("downstream_rq", s, v);
         v.counter(s, "downstream_rq_timeout", self.downstream_rq_timeout.get());
+        v.counter(
+            s,
+            "downstream_rq_idle_timeout",
+            self.downstream_rq_idle_timeout.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_idle_timeout",
+            self.downstream_cx_idle_timeout.get(),
+        );
         v.counter(
             s,
             "downstream_rq_ws_on_non_ws_route",
