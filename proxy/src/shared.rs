@@ -9,8 +9,9 @@ use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
 use crate::listener::ListenerManager;
+use crate::overload::{Overload, OverloadConfig};
 use crate::snapshot::Snapshot;
-use crate::stats::{HttpStats, StatSource, Store, TcpStats};
+use crate::stats::{Http2Stats, HttpStats, StatSource, Store, TcpStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
@@ -31,6 +32,10 @@ pub struct Shared {
     pub started: Instant,
     pub concurrency: usize,
     pub drain_time: std::time::Duration,
+    /// `http2.*` codec stats of every downstream HTTP/2 connection.
+    pub http2: Arc<Http2Stats>,
+    /// The bootstrap's `overload_manager`: flags read on accept and per request.
+    pub overload: Arc<Overload>,
     http_stats: Mutex<HashMap<Arc<str>, Arc<HttpStats>>>,
     tcp_stats: Mutex<HashMap<Arc<str>, Arc<TcpStats>>>,
     /// Asked to exit (`/quitquitquit` or a signal).
@@ -38,10 +43,22 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(node: NodeInfo, concurrency: usize, drain_time: std::time::Duration) -> Shared {
+    pub fn new(
+        node: NodeInfo,
+        concurrency: usize,
+        drain_time: std::time::Duration,
+        overload: OverloadConfig,
+    ) -> Shared {
+        let store = Store::for_node(&node.id);
+        let http2 = Arc::new(Http2Stats::default());
+        store.register(Arc::downgrade(&http2) as std::sync::Weak<dyn StatSource>);
+        let overload = Arc::new(Overload::new(overload));
+        store.register(Arc::downgrade(&overload) as std::sync::Weak<dyn StatSource>);
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            store: Store::for_node(&node.id),
+            store,
+            http2,
+            overload,
             drain: Drain::default(),
             listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),

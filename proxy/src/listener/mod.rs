@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
 use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
+use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
 use crate::tls::ServerTls;
@@ -93,10 +94,22 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until `stop` is signalled, then closes the socket.
-fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Watch) {
+/// Accepts until `stop` is signalled, then closes the socket. The overload
+/// manager may pause accepting, or have new connections closed at once.
+fn spawn(
+    socket: TcpListener,
+    active: Arc<ArcSwap<ActiveListener>>,
+    mut stop: Watch,
+    overload: Arc<Overload>,
+) {
     tokio::spawn(async move {
         loop {
+            if overload.is_active(Action::StopAcceptingConnections) {
+                tokio::select! {
+                    _ = overload.until_inactive(Action::StopAcceptingConnections) => continue,
+                    _ = stop.signaled() => return,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 r = socket.accept() => match r {
                     Ok(x) => x,
@@ -109,12 +122,25 @@ fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Wa
                 _ = stop.signaled() => return,
             };
             let listener = active.load_full();
-            handle(listener, stream, peer);
+            if overload.is_active(Action::RejectIncomingConnections) {
+                listener.stats.downstream_cx_overload_reject.inc();
+                continue;
+            }
+            let Some(permit) = overload.admit_connection() else {
+                listener.stats.downstream_global_cx_overflow.inc();
+                continue;
+            };
+            handle(listener, stream, peer, permit);
         }
     });
 }
 
-fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
+fn handle(
+    listener: Arc<ActiveListener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -180,5 +206,6 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             },
         }
         listener.stats.downstream_cx_active.dec();
+        drop(permit);
     });
 }
