@@ -76,9 +76,10 @@ pub struct Http2Limits {
 
 impl Http2Limits {
     /// Envoy allows 2^31-1 streams and 256 MiB windows per stream and
-    /// connection; trellis bounds what one client can make it hold.
+    /// connection; trellis bounds what one client can make it hold (each
+    /// open stream may pin a header list of up to `max_request_headers_kb`).
     pub const DEFAULT: Http2Limits = Http2Limits {
-        max_concurrent_streams: 1024,
+        max_concurrent_streams: 100,
         initial_stream_window_size: 1 << 20,
         initial_connection_window_size: 4 << 20,
         max_control_frames: 1000,

@@ -1,6 +1,7 @@
 //! Per-connection request limits checked before a request is handled:
-//! `max_requests_per_connection`, `max_headers_count` on HTTP/2 (hyper
-//! enforces it on HTTP/1), and the `stop_accepting_requests` overload action.
+//! `max_requests_per_connection`, `max_headers_count` and
+//! `max_request_headers_kb` on HTTP/2 (hyper enforces both on HTTP/1), and
+//! the `stop_accepting_requests` overload action.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -33,10 +34,17 @@ pub enum Admission {
 impl Hcm {
     pub(super) fn admit<B>(&self, info: &ConnInfo, req: &Request<B>) -> Admission {
         let cfg = &self.config;
-        if req.version() == Version::HTTP_2 && req.headers().len() > cfg.max_headers_count as usize
-        {
-            self.shared.http2.header_overflow.inc();
-            return Admission::Reset(h2::Reason::PROTOCOL_ERROR);
+        // Envoy's HTTP/2 codec resets such streams (INTERNAL_ERROR).
+        if req.version() == Version::HTTP_2 {
+            if req.headers().len() > cfg.max_headers_count as usize {
+                self.shared.http2.header_overflow.inc();
+                return Admission::Reset(h2::Reason::INTERNAL_ERROR);
+            }
+            let limit = cfg.max_request_headers_kb as usize * 1024;
+            if super::validate::header_bytes(req.headers()) > limit {
+                self.shared.http2.header_list_size_too_large.inc();
+                return Admission::Reset(h2::Reason::INTERNAL_ERROR);
+            }
         }
         if let Some(max) = cfg.max_requests_per_connection {
             let n = info.requests.served.fetch_add(1, Ordering::Relaxed) + 1;

@@ -99,7 +99,9 @@ impl Hcm {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(cfg.max_request_headers_kb * 1024)
+            // Twice the limit: h2 answers 431 itself above it, and `admit`
+            // resets streams between the two as Envoy's codec does.
+            .max_header_list_size(cfg.max_request_headers_kb * 2048)
             .max_concurrent_streams(cfg.http2.max_concurrent_streams)
             .initial_stream_window_size(cfg.http2.initial_stream_window_size)
             .initial_connection_window_size(cfg.http2.initial_connection_window_size)
@@ -170,16 +172,35 @@ impl Hcm {
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
         };
-        match idle {
+        let outcome = match idle {
             Some(idle) => {
-                if activity.run(served, idle).await.is_none() {
+                let r = activity.run(served, idle).await;
+                if r.is_none() {
                     tracing::debug!(%peer, "closing idle downstream connection");
                 }
+                r
             }
-            None => {
-                let _ = served.await;
-            }
+            None => Some(served.await),
+        };
+        if let Some(Err(e)) = outcome {
+            self.count_codec_error(e.as_ref());
         }
         self.stats.downstream_cx_active.dec();
+    }
+
+    /// hyper answers malformed and oversized HTTP/1 heads (400, 431) itself;
+    /// Envoy counts those as protocol errors and 4xx responses.
+    fn count_codec_error(&self, e: &(dyn std::error::Error + 'static)) {
+        let Some(e) = e.downcast_ref::<hyper::Error>() else {
+            return;
+        };
+        if e.is_parse_too_large() {
+            self.stats.downstream_rq.record(431);
+        } else if e.is_parse() {
+            self.stats.downstream_rq.record(400);
+        } else {
+            return;
+        }
+        self.stats.downstream_cx_protocol_error.inc();
     }
 }

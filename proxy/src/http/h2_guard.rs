@@ -11,9 +11,10 @@
 //! - sends more PING or SETTINGS frames than `max_outbound_control_frames`
 //!   within one second (a control-frame flood).
 //!
-//! Outbound, every RST_STREAM is `http2.tx_reset`, and a GOAWAY with an error
-//! (h2 giving up on a CONTINUATION flood or an HPACK bomb, say) is the
-//! connection manager's `downstream_cx_protocol_error`.
+//! Outbound, every RST_STREAM is `http2.tx_reset`; a GOAWAY with an error
+//! is the connection manager's `downstream_cx_protocol_error` (h2 giving up
+//! on a CONTINUATION flood or an HPACK bomb), or, when h2's own rapid-reset
+//! check sent it, `downstream_rq_too_many_premature_resets`.
 
 use std::io;
 use std::pin::Pin;
@@ -32,6 +33,8 @@ const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
+/// The debug data h2 puts in the GOAWAY of its own rapid-reset check.
+const H2_TOO_MANY_RESETS: &[u8] = b"too_many_resets";
 /// Envoy's `overload.premature_reset_total_stream_count` default.
 pub const PREMATURE_RESET_STREAMS: u64 = 500;
 const CONTROL_WINDOW: Duration = Duration::from_secs(1);
@@ -259,6 +262,11 @@ impl Policy {
     fn outbound(&mut self, f: Frame) -> bool {
         match f.kind {
             RST_STREAM => self.limits.http2.tx_reset.inc(),
+            GOAWAY if f.rapid_reset => self
+                .limits
+                .http
+                .downstream_rq_too_many_premature_resets
+                .inc(),
             GOAWAY if f.code.is_some_and(|c| c != 0) => {
                 self.limits.http.downstream_cx_protocol_error.inc()
             }
@@ -296,6 +304,8 @@ struct Frame {
     flags: u8,
     stream: u32,
     code: Option<u32>,
+    /// A GOAWAY whose debug data is h2's rapid-reset verdict.
+    rapid_reset: bool,
 }
 
 /// Frame boundaries in one direction of the connection, across reads.
@@ -305,8 +315,9 @@ struct Frames {
     have: usize,
     /// Payload bytes of the current frame still to come.
     left: usize,
-    /// The first payload bytes of RST_STREAM (code) and GOAWAY (last stream, code).
-    capture: [u8; 8],
+    /// The first payload bytes of RST_STREAM (code) and GOAWAY (last
+    /// stream, code, the start of the debug data).
+    capture: [u8; 8 + H2_TOO_MANY_RESETS.len()],
     captured: usize,
     want: usize,
 }
@@ -328,7 +339,7 @@ impl Frames {
                 self.left = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.want = match h[3] {
                     RST_STREAM => 4,
-                    GOAWAY => 8,
+                    GOAWAY => self.capture.len(),
                     _ => 0,
                 }
                 .min(self.left);
@@ -343,12 +354,8 @@ impl Frames {
                 self.captured += n;
                 self.left -= n;
                 bytes = &bytes[n..];
-                if self.captured == self.want {
-                    let c = &self.capture[self.want.saturating_sub(4)..self.want];
-                    let code = (c.len() == 4).then(|| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                    if !on(self.frame(code)) {
-                        return;
-                    }
+                if self.captured == self.want && !on(self.captured_frame()) {
+                    return;
                 }
             }
             let n = self.left.min(bytes.len());
@@ -367,6 +374,20 @@ impl Frames {
             flags: h[4],
             stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
             code,
+            rapid_reset: false,
+        }
+    }
+
+    /// The frame once its error code (and GOAWAY debug data) is in.
+    fn captured_frame(&self) -> Frame {
+        let at = if self.head[3] == RST_STREAM { 0 } else { 4 };
+        let c = &self.capture[..self.captured];
+        let code = c
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        Frame {
+            rapid_reset: self.head[3] == GOAWAY && c.get(8..) == Some(H2_TOO_MANY_RESETS),
+            ..self.frame(code)
         }
     }
 }

@@ -121,6 +121,14 @@ fn spawn(
                 },
                 _ = stop.signaled() => return,
             };
+            if overload.is_active(Action::StopAcceptingConnections) {
+                // Taken from the backlog just as the action fired: it waits
+                // with the ones still there.
+                tokio::select! {
+                    _ = overload.until_inactive(Action::StopAcceptingConnections) => {}
+                    _ = stop.signaled() => return,
+                }
+            }
             let listener = active.load_full();
             if overload.is_active(Action::RejectIncomingConnections) {
                 listener.stats.downstream_cx_overload_reject.inc();

@@ -148,6 +148,9 @@ pub fn help(family: &str) -> &'static str {
         "http2_header_overflow" => {
             "HTTP/2 requests reset for carrying more than max_headers_count headers."
         }
+        "http2_header_list_size_too_large" => {
+            "HTTP/2 requests reset for headers over max_request_headers_kb."
+        }
         "http2_outbound_control_flood" => {
             "HTTP/2 connections closed for a flood of PING or SETTINGS frames."
         }

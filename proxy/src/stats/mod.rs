@@ -543,6 +543,8 @@ pub struct Http2Stats {
     pub tx_reset: Counter,
     /// Requests reset for carrying more than `max_headers_count` headers.
     pub header_overflow: Counter,
+    /// Requests reset for headers over `max_request_headers_kb`.
+    pub header_list_size_too_large: Counter,
     /// Connections closed for sending more PING and SETTINGS frames than
     /// `max_outbound_control_frames` in one second.
     pub outbound_control_flood: Counter,
@@ -555,6 +557,7 @@ impl Default for Http2Stats {
             rx_reset: Counter::default(),
             tx_reset: Counter::default(),
             header_overflow: Counter::default(),
+            header_list_size_too_large: Counter::default(),
             outbound_control_flood: Counter::default(),
         }
     }
@@ -566,6 +569,11 @@ impl StatSource for Http2Stats {
         v.counter(s, "rx_reset", self.rx_reset.get());
         v.counter(s, "tx_reset", self.tx_reset.get());
         v.counter(s, "header_overflow", self.header_overflow.get());
+        v.counter(
+            s,
+            "header_list_size_too_large",
+            self.header_list_size_too_large.get(),
+        );
         v.counter(
             s,
             "outbound_control_flood",
