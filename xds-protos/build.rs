@@ -33,6 +33,7 @@ const ROOTS: &[&str] = &[
     "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
     "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
+    "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
 ];
 
 fn main() {

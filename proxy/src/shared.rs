@@ -11,7 +11,7 @@ use crate::drain::Drain;
 use crate::listener::ListenerManager;
 use crate::overload::{Overload, OverloadConfig};
 use crate::snapshot::Snapshot;
-use crate::stats::{Http2Stats, HttpStats, StatSource, Store, TcpStats};
+use crate::stats::{ConnectionLimitStats, Http2Stats, HttpStats, StatSource, Store, TcpStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
@@ -38,6 +38,7 @@ pub struct Shared {
     pub overload: Arc<Overload>,
     http_stats: Mutex<HashMap<Arc<str>, Arc<HttpStats>>>,
     tcp_stats: Mutex<HashMap<Arc<str>, Arc<TcpStats>>>,
+    connection_limit_stats: Mutex<HashMap<Arc<str>, Arc<ConnectionLimitStats>>>,
     /// Asked to exit (`/quitquitquit` or a signal).
     pub shutdown: tokio::sync::Notify,
 }
@@ -69,6 +70,7 @@ impl Shared {
             drain_time,
             http_stats: Mutex::default(),
             tcp_stats: Mutex::default(),
+            connection_limit_stats: Mutex::default(),
             shutdown: tokio::sync::Notify::new(),
         }
     }
@@ -91,6 +93,21 @@ impl Shared {
         map.entry(prefix.clone())
             .or_insert_with(|| {
                 let s = Arc::new(TcpStats::new(prefix.clone()));
+                self.store
+                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+                s
+            })
+            .clone()
+    }
+
+    pub fn connection_limit_stats(&self, prefix: &Arc<str>) -> Arc<ConnectionLimitStats> {
+        let mut map = self
+            .connection_limit_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(prefix.clone())
+            .or_insert_with(|| {
+                let s = Arc::new(ConnectionLimitStats::new(prefix.clone()));
                 self.store
                     .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
                 s

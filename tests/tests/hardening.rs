@@ -42,6 +42,15 @@ impl Proxy {
 
     /// `top` is spliced before the bootstrap (an `overload_manager`).
     async fn start_with(top: &str, hcm_extra: &str, bin: &std::path::Path) -> Proxy {
+        Proxy::start_edited(bin, hcm_extra, |yaml| format!("{top}{yaml}")).await
+    }
+
+    /// The bootstrap as `edit` rewrites it.
+    async fn start_edited(
+        bin: &std::path::Path,
+        hcm_extra: &str,
+        edit: impl Fn(String) -> String,
+    ) -> Proxy {
         let app = Echo::start("app").await;
         let (hole, task) = blackhole().await;
         let clusters = [
@@ -50,7 +59,7 @@ impl Proxy {
         ];
         let (p, port) = ProxyProcess::start_on_free_port(
             bin,
-            |port| format!("{top}{}", http_proxy(port, ROUTES, &clusters, hcm_extra)),
+            |port| edit(http_proxy(port, ROUTES, &clusters, hcm_extra)),
             &[],
         )
         .await;
@@ -188,6 +197,71 @@ async fn connections_beyond_the_global_limit_are_closed_and_counted() {
                 .filter(|r| r.status == 200)
         })
         .await;
+    })
+    .await;
+}
+
+/// The HCM's chain with `envoy.filters.network.connection_limit` ahead of it.
+fn with_connection_limit(yaml: String) -> String {
+    let hcm = "    - filters:\n      - name: envoy.filters.network.http_connection_manager";
+    assert!(yaml.contains(hcm), "{yaml}");
+    yaml.replace(
+        hcm,
+        r#"    - filters:
+      - name: envoy.filters.network.connection_limit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit
+          stat_prefix: edge
+          max_connections: 3
+      - name: envoy.filters.network.http_connection_manager"#,
+    )
+}
+
+#[tokio::test]
+async fn a_filter_chains_connection_limit_counts_as_envoys() {
+    within(LIMIT, "connection_limit filter", async {
+        for bin in [workspace_bin("trellis-proxy"), require_envoy()] {
+            let proxy = Proxy::start_edited(&bin, "", with_connection_limit).await;
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+                s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut buf = [0u8; 12];
+                s.read_exact(&mut buf).await.expect("answered");
+                held.push(s);
+            }
+            for _ in 0..10 {
+                let reply = client::raw(
+                    proxy.addr,
+                    b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n",
+                    Duration::from_secs(3),
+                )
+                .await;
+                assert_eq!(reply, "", "{}: served over the limit", bin.display());
+            }
+            println!("connection_limit checked on {}", bin.display());
+            let stats = |n: &'static str| proxy.p.stat(n);
+            assert_eq!(stats("connection_limit.edge.limited_connections").await, 10);
+            assert_eq!(stats("connection_limit.edge.active_connections").await, 3);
+            let prom = proxy.p.admin_get("/stats/prometheus").await.body_text();
+            assert!(
+                prom.contains(
+                    "envoy_connection_limit_limited_connections{envoy_connection_limit_prefix=\"edge\""
+                ),
+                "{}",
+                bin.display()
+            );
+            drop(held);
+            eventually(Duration::from_secs(5), "a place frees up", || async {
+                client::get(&format!("http://{}/ok", proxy.addr))
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200)
+            })
+            .await;
+        }
     })
     .await;
 }

@@ -57,7 +57,11 @@ pub struct Ignored {
     pub reason: &'static str,
 }
 
-const NETWORK_FILTERS: &[&str] = &[type_url::HTTP_CONNECTION_MANAGER, type_url::TCP_PROXY];
+const NETWORK_FILTERS: &[&str] = &[
+    type_url::HTTP_CONNECTION_MANAGER,
+    type_url::TCP_PROXY,
+    super::connection_limit::TYPE_URL,
+];
 const HTTP_FILTERS: &[&str] = &[
     type_url::ROUTER,
     "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
@@ -262,6 +266,10 @@ pub static SUPPORTED: &[Entry] = &[
     Entry {
         message: "envoy.config.core.v3.TransportSocket",
         fields: &[("name", Walk), ("typed_config", Extension(TRANSPORT_SOCKETS))],
+    },
+    Entry {
+        message: "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        fields: &[("stat_prefix", Walk), ("max_connections", Walk), ("delay", Walk)],
     },
     // Access logs
     Entry {

@@ -1,6 +1,7 @@
 //! Listeners: bind, accept, choose a filter chain, hand the connection to its
 //! terminal filter (HTTP connection manager or TCP proxy).
 
+mod connection_limit;
 mod inspect;
 mod manager;
 mod original_dst;
@@ -13,7 +14,7 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
+use crate::config::listener::{ChainConfig, ConnectionFacts, ListenerConfig, Terminal};
 use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::overload::{Action, ConnectionPermit, Overload};
@@ -21,6 +22,7 @@ use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
 use crate::tls::ServerTls;
 
+use connection_limit::ConnectionLimit;
 pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;
 
@@ -37,28 +39,38 @@ pub struct ActiveListener {
 }
 
 #[derive(Clone)]
-enum Chain {
+struct Chain {
+    terminal: Terminus,
+    limit: Option<Arc<ConnectionLimit>>,
+}
+
+#[derive(Clone)]
+enum Terminus {
     Http(Arc<Hcm>),
     Tcp(Arc<TcpProxy>),
 }
 
 impl ActiveListener {
     pub fn new(config: Arc<ListenerConfig>, shared: &Arc<Shared>) -> ActiveListener {
-        let chain = |t: &Terminal| match t {
-            Terminal::Http(h) => Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
-            Terminal::Tcp(t) => Chain::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone()))),
+        let chain = |c: &ChainConfig| Chain {
+            terminal: match &c.terminal {
+                Terminal::Http(h) => Terminus::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
+                Terminal::Tcp(t) => {
+                    Terminus::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone())))
+                }
+            },
+            limit: c
+                .connection_limit
+                .clone()
+                .map(|l| Arc::new(ConnectionLimit::new(l, shared))),
         };
         let stats = Arc::new(ListenerStats::new(config.address));
         shared
             .store
             .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
         ActiveListener {
-            chains: config
-                .filter_chains
-                .iter()
-                .map(|c| chain(&c.terminal))
-                .collect(),
-            default_chain: config.default_chain.as_ref().map(|c| chain(&c.terminal)),
+            chains: config.filter_chains.iter().map(chain).collect(),
+            default_chain: config.default_chain.as_ref().map(chain),
             config,
             stats,
             drain: Drain::default(),
@@ -194,23 +206,33 @@ fn handle(
             listener.stats.no_filter_chain_match.inc();
             return;
         };
+        let _limited = match &chain.limit {
+            Some(limit) => match limit.admit() {
+                Some(permit) => Some(permit),
+                None => {
+                    limit.refuse().await;
+                    return;
+                }
+            },
+            None => None,
+        };
         listener.stats.downstream_cx_active.inc();
         match tls {
             Some(tls) => {
                 if let Some((stream, info)) = tls.accept(stream).await {
                     let info = Arc::new(info);
-                    match chain {
-                        Chain::Http(hcm) => {
+                    match chain.terminal {
+                        Terminus::Http(hcm) => {
                             hcm.serve(stream, peer, local, original, drain, Some(info))
                                 .await
                         }
-                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                        Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
                     }
                 }
             }
-            None => match chain {
-                Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
-                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+            None => match chain.terminal {
+                Terminus::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
+                Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
             },
         }
         listener.stats.downstream_cx_active.dec();

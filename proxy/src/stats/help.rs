@@ -140,6 +140,12 @@ pub fn help(family: &str) -> &'static str {
         "listener_downstream_cx_overload_reject" => {
             "Connections closed at once by the reject_incoming_connections overload action."
         }
+        "connection_limit_active_connections" => {
+            "Connections open on filter chains with this connection_limit prefix."
+        }
+        "connection_limit_limited_connections" => {
+            "Connections closed because the filter chain's connection_limit was reached."
+        }
         "tcp_downstream_cx_total" => "Connections handled by this TCP proxy.",
         "tcp_downstream_cx_no_route" => "TCP proxy connections with no cluster to go to.",
         // HTTP/2 codec, downstream

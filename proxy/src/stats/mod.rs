@@ -533,6 +533,35 @@ impl StatSource for ListenerStats {
     }
 }
 
+/// `connection_limit.PREFIX.*`, shared by the filters with that prefix.
+#[derive(Debug)]
+pub struct ConnectionLimitStats {
+    pub scope: Scope,
+    pub active_connections: Gauge,
+    pub limited_connections: Counter,
+}
+
+impl ConnectionLimitStats {
+    pub fn new(prefix: Arc<str>) -> ConnectionLimitStats {
+        ConnectionLimitStats {
+            scope: Scope::new(
+                "connection_limit",
+                Some(("envoy_connection_limit_prefix", prefix)),
+            ),
+            active_connections: Gauge::default(),
+            limited_connections: Counter::default(),
+        }
+    }
+}
+
+impl StatSource for ConnectionLimitStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.gauge(s, "active_connections", self.active_connections.get());
+        v.counter(s, "limited_connections", self.limited_connections.get());
+    }
+}
+
 /// Envoy's process-wide `http2.` codec stats of downstream connections.
 #[derive(Debug)]
 pub struct Http2Stats {
