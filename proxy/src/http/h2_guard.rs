@@ -425,36 +425,11 @@ mod tests {
         bytes.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 11]));
         bytes.extend(frame(PING, ACK, 0, &[0; 8]));
         let expected = vec![
-            Frame {
-                kind: HEADERS,
-                flags: 0x5,
-                stream: 1,
-                code: None,
-            },
-            Frame {
-                kind: 0,
-                flags: 1,
-                stream: 1,
-                code: None,
-            },
-            Frame {
-                kind: RST_STREAM,
-                flags: 0,
-                stream: 3,
-                code: Some(8),
-            },
-            Frame {
-                kind: GOAWAY,
-                flags: 0,
-                stream: 0,
-                code: Some(11),
-            },
-            Frame {
-                kind: PING,
-                flags: ACK,
-                stream: 0,
-                code: None,
-            },
+            f(HEADERS, 0x5, 1, None),
+            f(0, 1, 1, None),
+            f(RST_STREAM, 0, 3, Some(8)),
+            f(GOAWAY, 0, 0, Some(11)),
+            f(PING, ACK, 0, None),
         ];
         for chunk in [1, 2, 5, 9, 10, 1000] {
             assert_eq!(frames_of(&bytes, chunk), expected, "chunk {chunk}");
@@ -492,7 +467,27 @@ mod tests {
             flags,
             stream,
             code,
+            rapid_reset: false,
         }
+    }
+
+    #[test]
+    fn h2s_own_rapid_reset_goaway_is_recognised() {
+        let mut payload = vec![0, 0, 0, 41, 0, 0, 0, 11];
+        payload.extend(H2_TOO_MANY_RESETS);
+        let mut bytes = frame(GOAWAY, 0, 0, &payload);
+        bytes.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 11, b'x']));
+        let got = frames_of(&bytes, 4);
+        assert!(got[0].rapid_reset);
+        assert_eq!((got[1].code, got[1].rapid_reset), (Some(11), false));
+        let mut p = policy(10);
+        p.outbound(got[0]);
+        p.outbound(got[1]);
+        assert_eq!(
+            p.limits.http.downstream_rq_too_many_premature_resets.get(),
+            1
+        );
+        assert_eq!(p.limits.http.downstream_cx_protocol_error.get(), 1);
     }
 
     #[test]
