@@ -189,6 +189,17 @@ pub async fn https_get(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> anyhow::Result<HttpsReply> {
+    https_get_with(addr, sni, cfg, path, &[]).await
+}
+
+/// [`https_get`] with extra request headers.
+pub async fn https_get_with(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpsReply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
@@ -203,10 +214,13 @@ pub async fn https_get(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .uri(format!("https://{sni}{path}"))
-        .header("host", sni)
-        .body(Empty::<Bytes>::new())?;
+        .header("host", sni);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let fut = async {
         let resp = if alpn.as_deref() == Some("h2") {
             let (mut send, conn) =

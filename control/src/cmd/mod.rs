@@ -2,6 +2,7 @@
 //! on stderr; usage and configuration errors exit 2, runtime failures 1.
 
 mod apply;
+mod backup;
 mod bootstrap;
 mod logging;
 mod serve;
@@ -66,6 +67,9 @@ enum Command {
     /// Register (or with --deregister, remove) an instance of a virtual node
     /// whose app runs without a connected proxy: EDS serves it to clients.
     RegisterInstance(RegisterArgs),
+    /// Copy the data dir (database, CA, credentials) into a new folder,
+    /// consistently, while the server runs.
+    Backup(BackupArgs),
     /// Issue, revoke or list the per-node tokens ADS streams present.
     Token {
         #[command(subcommand)]
@@ -275,6 +279,16 @@ pub struct StatusArgs {
 }
 
 #[derive(Args)]
+pub struct BackupArgs {
+    /// The data dir to back up.
+    #[arg(long, default_value = "./trellis-data")]
+    pub data_dir: PathBuf,
+    /// A folder to create (it must not exist yet); `serve --data-dir` on it restores.
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+#[derive(Args)]
 pub struct RegisterArgs {
     #[arg(long)]
     pub mesh: String,
@@ -322,6 +336,7 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Status(args) => status::run(args),
         Command::RegisterInstance(args) => status::register(args),
+        Command::Backup(args) => backup::run(args),
         Command::Token { action } => status::token(action),
     };
     match result {

@@ -101,6 +101,23 @@ impl Store {
         Store::init(conn).map_err(open_err)
     }
 
+    /// Writes a consistent copy of the database at `src` to `dst` (a new
+    /// file) with `VACUUM INTO`, which reads one snapshot: the server may
+    /// keep writing meanwhile.
+    pub fn backup(src: &Path, dst: &Path) -> Result<(), StoreError> {
+        let err = |source| StoreError::Open {
+            path: src.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute("VACUUM INTO ?1", [dst.to_string_lossy()])
+            .map_err(err)?;
+        Ok(())
+    }
+
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: ":memory:".into(),

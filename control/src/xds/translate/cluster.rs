@@ -54,7 +54,7 @@ fn http2_options(cluster: &mut Value) {
 
 /// `connectionPool` → circuit breakers: http1 limits connections and
 /// pending requests, http2/grpc limit concurrent requests, tcp connections.
-fn circuit_breakers(cluster: &mut Value, limits: &PoolLimits) {
+pub(super) fn circuit_breakers(cluster: &mut Value, limits: &PoolLimits) {
     let mut t = serde_json::Map::new();
     if let Some(n) = limits.max_connections {
         t.insert("max_connections".into(), json!(n));

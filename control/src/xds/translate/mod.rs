@@ -13,9 +13,10 @@
 //! - `connectionPool` and `healthCheck` shape the local (ingress) cluster,
 //!   `outlierDetection` the clusters that *clients* use to reach the node,
 //!   since only clients can eject a misbehaving host;
-//! - virtual node TLS (listener `tls`, client policies) becomes transport
-//!   sockets ([`tls`]); gateway TLS, the mesh `egressFilter` passthrough and
-//!   Cloud Map attributes are not emitted yet: see `control/README.md`.
+//! - virtual node and virtual gateway TLS (listener `tls`, client policies)
+//!   becomes transport sockets ([`tls`]); the mesh `egressFilter`
+//!   passthrough and Cloud Map attributes are not emitted yet: see
+//!   `control/README.md`.
 
 mod cluster;
 mod gateway;
