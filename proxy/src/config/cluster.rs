@@ -234,6 +234,16 @@ impl ClusterConfig {
 
 #[allow(deprecated)]
 fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
+    if proto
+        .http2_protocol_options
+        .as_ref()
+        .is_some_and(|h2| h2.max_outbound_control_frames.is_some())
+    {
+        return Err(ConfigError::new(
+            "http2_protocol_options.max_outbound_control_frames",
+            "not supported by trellis for upstream connections",
+        ));
+    }
     let mut protocol = if proto.http2_protocol_options.is_some() {
         UpstreamProtocol::Http2
     } else {
@@ -251,6 +261,29 @@ fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
         }
         let opts: HttpProtocolOptions =
             xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+        // Downstream limits that share these messages with the HCM.
+        if opts
+            .common_http_protocol_options
+            .as_ref()
+            .is_some_and(|c| c.max_requests_per_connection.is_some())
+        {
+            return Err(ConfigError::new(
+                format!("{path}.common_http_protocol_options.max_requests_per_connection"),
+                "not supported by trellis for upstream connections",
+            ));
+        }
+        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) =
+            &opts.upstream_protocol_options
+        {
+            if let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = &cfg.protocol_config {
+                if h2.max_outbound_control_frames.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.explicit_http_config.http2_protocol_options.max_outbound_control_frames"),
+                        "not supported by trellis for upstream connections",
+                    ));
+                }
+            }
+        }
         protocol = match opts.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) => match cfg.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,

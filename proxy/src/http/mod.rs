@@ -1,12 +1,15 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 connections and
 //! walks each request through routing to an upstream.
 
+mod admit;
 mod conn;
 mod explicit;
 mod flags;
 mod forward;
 mod h1_guard;
+mod h2_guard;
 mod handler;
+mod head_timer;
 mod headers;
 mod local_reply;
 mod normalize;

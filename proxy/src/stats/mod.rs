@@ -393,6 +393,16 @@ pub struct HttpStats {
     /// `stream_idle_timeout` (or a route's `idle_timeout`) fired.
     pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
+    /// Heads not complete within `request_headers_timeout` (408).
+    pub downstream_rq_header_timeout: Counter,
+    /// Connections closed after `max_requests_per_connection` requests.
+    pub downstream_cx_max_requests_reached: Counter,
+    /// HTTP/2 connections closed for resetting too many of their streams.
+    pub downstream_rq_too_many_premature_resets: Counter,
+    /// Connections closed for a codec protocol error (a GOAWAY with an error).
+    pub downstream_cx_protocol_error: Counter,
+    /// Requests answered 503 by the `stop_accepting_requests` overload action.
+    pub downstream_rq_overload_close: Counter,
     pub downstream_cx_total: Counter,
     /// The connection's `idle_timeout` closed it.
     pub downstream_cx_idle_timeout: Counter,
@@ -419,6 +429,11 @@ impl HttpStats {
             downstream_rq_timeout: Counter::default(),
             downstream_rq_idle_timeout: Counter::default(),
             downstream_rq_ws_on_non_ws_route: Counter::default(),
+            downstream_rq_header_timeout: Counter::default(),
+            downstream_cx_max_requests_reached: Counter::default(),
+            downstream_rq_too_many_premature_resets: Counter::default(),
+            downstream_cx_protocol_error: Counter::default(),
+            downstream_rq_overload_close: Counter::default(),
             downstream_cx_total: Counter::default(),
             downstream_cx_idle_timeout: Counter::default(),
             downstream_cx_active: Gauge::default(),
@@ -466,6 +481,30 @@ impl StatSource for HttpStats {
             "downstream_rq_ws_on_non_ws_route",
             self.downstream_rq_ws_on_non_ws_route.get(),
         );
+        for (name, c) in [
+            (
+                "downstream_rq_header_timeout",
+                &self.downstream_rq_header_timeout,
+            ),
+            (
+                "downstream_cx_max_requests_reached",
+                &self.downstream_cx_max_requests_reached,
+            ),
+            (
+                "downstream_rq_too_many_premature_resets",
+                &self.downstream_rq_too_many_premature_resets,
+            ),
+            (
+                "downstream_cx_protocol_error",
+                &self.downstream_cx_protocol_error,
+            ),
+            (
+                "downstream_rq_overload_close",
+                &self.downstream_rq_overload_close,
+            ),
+        ] {
+            v.counter(s, name, c.get());
+        }
         v.counter(s, "downstream_cx_total", self.downstream_cx_total.get());
         v.gauge(s, "downstream_cx_active", self.downstream_cx_active.get());
         v.counter(
@@ -497,6 +536,10 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub no_filter_chain_match: Counter,
+    /// Connections closed at once: the global connection limit was reached.
+    pub downstream_global_cx_overflow: Counter,
+    /// Connections closed at once by `reject_incoming_connections`.
+    pub downstream_cx_overload_reject: Counter,
 }
 
 impl ListenerStats {
@@ -511,6 +554,8 @@ impl ListenerStats {
             downstream_cx_total: Counter::default(),
             downstream_cx_active: Gauge::default(),
             no_filter_chain_match: Counter::default(),
+            downstream_global_cx_overflow: Counter::default(),
+            downstream_cx_overload_reject: Counter::default(),
         }
     }
 }
@@ -521,6 +566,94 @@ impl StatSource for ListenerStats {
         v.counter(s, "downstream_cx_total", self.downstream_cx_total.get());
         v.gauge(s, "downstream_cx_active", self.downstream_cx_active.get());
         v.counter(s, "no_filter_chain_match", self.no_filter_chain_match.get());
+        v.counter(
+            s,
+            "downstream_global_cx_overflow",
+            self.downstream_global_cx_overflow.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_overload_reject",
+            self.downstream_cx_overload_reject.get(),
+        );
+    }
+}
+
+/// `connection_limit.PREFIX.*`, shared by the filters with that prefix.
+#[derive(Debug)]
+pub struct ConnectionLimitStats {
+    pub scope: Scope,
+    pub active_connections: Gauge,
+    pub limited_connections: Counter,
+}
+
+impl ConnectionLimitStats {
+    pub fn new(prefix: Arc<str>) -> ConnectionLimitStats {
+        ConnectionLimitStats {
+            scope: Scope::new(
+                "connection_limit",
+                Some(("envoy_connection_limit_prefix", prefix)),
+            ),
+            active_connections: Gauge::default(),
+            limited_connections: Counter::default(),
+        }
+    }
+}
+
+impl StatSource for ConnectionLimitStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.gauge(s, "active_connections", self.active_connections.get());
+        v.counter(s, "limited_connections", self.limited_connections.get());
+    }
+}
+
+/// Envoy's process-wide `http2.` codec stats of downstream connections.
+#[derive(Debug)]
+pub struct Http2Stats {
+    pub scope: Scope,
+    /// RST_STREAM frames received.
+    pub rx_reset: Counter,
+    /// RST_STREAM frames sent.
+    pub tx_reset: Counter,
+    /// Requests reset for carrying more than `max_headers_count` headers.
+    pub header_overflow: Counter,
+    /// Requests reset for headers over `max_request_headers_kb`.
+    pub header_list_size_too_large: Counter,
+    /// Connections closed for sending more PING and SETTINGS frames than
+    /// `max_outbound_control_frames` in one second.
+    pub outbound_control_flood: Counter,
+}
+
+impl Default for Http2Stats {
+    fn default() -> Self {
+        Http2Stats {
+            scope: Scope::new("http2", None),
+            rx_reset: Counter::default(),
+            tx_reset: Counter::default(),
+            header_overflow: Counter::default(),
+            header_list_size_too_large: Counter::default(),
+            outbound_control_flood: Counter::default(),
+        }
+    }
+}
+
+impl StatSource for Http2Stats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.counter(s, "rx_reset", self.rx_reset.get());
+        v.counter(s, "tx_reset", self.tx_reset.get());
+        v.counter(s, "header_overflow", self.header_overflow.get());
+        v.counter(
+            s,
+            "header_list_size_too_large",
+            self.header_list_size_too_large.get(),
+        );
+        v.counter(
+            s,
+            "outbound_control_flood",
+            self.outbound_control_flood.get(),
+        );
     }
 }
 
