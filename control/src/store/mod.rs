@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS revision (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS pod_bindings (
+    mesh TEXT NOT NULL,
+    virtual_node TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pod_selector TEXT,
+    PRIMARY KEY (mesh, virtual_node)
+);
 CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -54,7 +62,7 @@ CREATE TABLE IF NOT EXISTS node_tokens (
 
 /// Bumped whenever the schema changes, so an older binary refuses a
 /// database it would misread instead of corrupting it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -282,7 +282,7 @@ async fn report(
         "        hops: gateway in {} -> frontend sidecar in {} (mTLS) out {} -> backend-v1 sidecar in {} / backend-v2 sidecar in {} (mTLS)",
         n(&gw, &|s| s.requests_in("")),
         n(&fe, &|s| s.requests_in("ingress")),
-        n(&fe, &|s| s.requests_to("cds_egress_")),
+        n(&fe, &|s| s.requests_in("egress")),
         n(&v1, &|s| s.requests_in("ingress")),
         n(&v2, &|s| s.requests_in("ingress")),
     );
