@@ -13,8 +13,8 @@
 //! - `connectionPool` and `healthCheck` shape the local (ingress) cluster,
 //!   `outlierDetection` the clusters that *clients* use to reach the node,
 //!   since only clients can eject a misbehaving host;
-//! - virtual node TLS (listener `tls`, client policies) becomes transport
-//!   sockets ([`tls`]); gateway TLS is not emitted yet: see
+//! - virtual node and virtual gateway TLS (listener `tls`, client policies)
+//!   becomes transport sockets ([`tls`]); see
 //!   `control/README.md`.
 
 mod cluster;
@@ -259,6 +259,8 @@ enum Dep {
     GatewayRoutes(String, String),
     /// Every virtual node of a mesh (who may call a TLS listener).
     MeshNodes(String),
+    /// Every gateway route of a mesh (which gateways may call one).
+    MeshGatewayRoutes(String),
     Instances(Owner),
 }
 
@@ -334,10 +336,17 @@ impl Model {
                 Kind::VirtualRouter => (Some(Dep::Router(m_, n_)), None),
                 Kind::Route => (None, Some(Dep::Routes(parent.0.clone(), parent.1.clone()))),
                 Kind::VirtualGateway => (Some(Dep::Gateway(m_, n_)), None),
-                Kind::GatewayRoute => (
-                    None,
-                    Some(Dep::GatewayRoutes(parent.0.clone(), parent.1.clone())),
-                ),
+                Kind::GatewayRoute => {
+                    let name = format!("{}/{}", parent.1, k.name);
+                    lists
+                        .entry(Dep::MeshGatewayRoutes(m_))
+                        .or_default()
+                        .push((name, print));
+                    (
+                        None,
+                        Some(Dep::GatewayRoutes(parent.0.clone(), parent.1.clone())),
+                    )
+                }
             };
             if let Some(dep) = own {
                 m.prints.insert(dep, print);
@@ -499,6 +508,16 @@ impl Ctx<'_> {
             .map(|((_, name), spec)| (name.as_str(), spec))
     }
 
+    /// Every gateway's routes in this mesh, by gateway name.
+    fn all_gateway_routes(&self) -> impl Iterator<Item = (&str, &[(String, GatewayRouteSpec)])> {
+        self.track(Dep::MeshGatewayRoutes(self.mesh.to_string()));
+        self.model
+            .gateway_routes
+            .iter()
+            .filter(|((mesh, _), _)| mesh == self.mesh)
+            .map(|((_, gateway), routes)| (gateway.as_str(), routes.as_slice()))
+    }
+
     fn service(&self, name: &str) -> Option<&VirtualServiceSpec> {
         let (mesh, name) = self.key(name);
         self.track(Dep::Service(mesh.clone(), name.clone()));
@@ -534,6 +553,16 @@ impl Ctx<'_> {
         self.track(Dep::Instances(owner));
         set.into_iter().flatten()
     }
+}
+
+/// The filter-metadata namespace in which resources name the App Mesh
+/// object they stand for, so a proxy's per-peer stats can name it.
+const APPMESH_METADATA: &str = "trellis.appmesh";
+
+/// `metadata` naming an App Mesh object: `{"virtual_service": "color"}` on
+/// routes and virtual hosts, `{"virtual_node": "blue"}` on clusters.
+fn appmesh_metadata(field: &str, name: &str) -> Value {
+    json!({"filter_metadata": {APPMESH_METADATA: {field: name}}})
 }
 
 /// A protobuf `Duration` in proto3 JSON.
