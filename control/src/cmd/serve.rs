@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
-use trellis_control::api::server::{serve, ApiState};
+use trellis_control::api::server::{serve, ApiState, CaInfo, XdsTlsKind};
 use trellis_control::ca::Ca;
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
@@ -13,6 +13,7 @@ use trellis_control::store::Store;
 use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
+use trellis_control::xds::tls::XdsTls;
 
 use super::{ConfigError, ServeArgs};
 
@@ -70,7 +71,83 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
             ca
         }
     };
+    let ca = args.ca_trust.iter().try_fold(ca, |ca, path| {
+        let ca = ca
+            .trust_also(path)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        tracing::info!(bundle = %path.display(), "trusting another CA alongside the issuing one");
+        Ok::<_, ConfigError>(ca)
+    })?;
     Ok(Arc::new(ca))
+}
+
+/// The names the mesh CA puts in the xDS server certificate: the bound IP,
+/// or every local address when it is unspecified; `localhost` when the
+/// port is reachable on loopback; then the operator's `--xds-san`s.
+fn xds_names(args: &ServeArgs) -> Vec<String> {
+    let ip = args.xds_addr.ip();
+    let mut names = Vec::new();
+    if ip.is_unspecified() {
+        match if_addrs::get_if_addrs() {
+            Ok(ifs) => names.extend(
+                ifs.into_iter()
+                    .map(|i| i.ip())
+                    .filter(|a| a.is_ipv4() == ip.is_ipv4() || ip.is_ipv6())
+                    .map(|a| a.to_string()),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list local addresses for the xDS certificate")
+            }
+        }
+    } else {
+        names.push(ip.to_string());
+    }
+    if ip.is_loopback() || ip.is_unspecified() {
+        names.push("localhost".into());
+    }
+    for n in &args.xds_san {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+/// Clear-text xDS exposes node tokens and SVID keys to the network, so it
+/// is refused unless nothing but this host can reach the port.
+fn check_plaintext(args: &ServeArgs) -> Result<(), ConfigError> {
+    if args.xds_plaintext && !args.xds_addr.ip().is_loopback() {
+        return Err(ConfigError(format!(
+            "--xds-plaintext is refused: --xds-addr {} is not a loopback address",
+            args.xds_addr
+        )));
+    }
+    Ok(())
+}
+
+/// TLS for the xDS port, or `None` with `--xds-plaintext` (on loopback).
+fn xds_tls(args: &ServeArgs, ca: &Arc<Ca>) -> anyhow::Result<Option<XdsTls>> {
+    if args.xds_plaintext {
+        tracing::warn!(
+            "xDS is in clear text (--xds-plaintext): node tokens and SVID keys are not encrypted"
+        );
+        return Ok(None);
+    }
+    let tls = match (&args.xds_tls_cert, &args.xds_tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = XdsTls::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(cert = %cert.display(), "xDS over TLS with the given certificate");
+            tls
+        }
+        _ => {
+            let names = xds_names(args);
+            let tls = XdsTls::from_ca(ca.clone(), names.clone())
+                .map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(names = ?names, "xDS over TLS with a certificate from the mesh CA");
+            tls
+        }
+    };
+    Ok(Some(tls))
 }
 
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
@@ -109,9 +186,11 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<Store>> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    check_plaintext(&args)?;
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
+    let tls = xds_tls(&args, &ca)?;
     let appmesh = AppMesh::new(
         store.clone(),
         Identity {
@@ -129,18 +208,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on --xds-addr {}", args.xds_addr))?;
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
-        tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
+        tracing::info!(addr = %args.xds_addr, tls = tls.is_some(), "xDS (ADS) listening");
         let registry = Arc::new(Registry::default());
         let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
-            .with_ca(ca)
+            .with_ca(ca.clone())
             .with_token_policy(args.require_node_tokens.into());
-        let state = Arc::new(ApiState::new(appmesh, credentials, registry));
+        let xds_tls = match (&tls, &args.xds_tls_cert) {
+            (None, _) => XdsTlsKind::Off,
+            (Some(_), Some(_)) => XdsTlsKind::Operator,
+            (Some(_), None) => XdsTlsKind::Mesh,
+        };
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
+            trust_domain: args.trust_domain.clone(),
+            bundle: ca.bundle_pem().to_string(),
+            xds_tls,
+        }));
         // Both servers stop on the same signal.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut xds_stop = stop_rx.clone();
-        let xds_task = tokio::spawn(xds::server::serve(xds_listener, xds, async move {
+        let stopped = async move {
             let _ = xds_stop.wait_for(|s| *s).await;
-        }));
+        };
+        let xds_task = match tls {
+            Some(tls) => tokio::spawn(xds::server::serve_tls(xds_listener, xds, tls, stopped)),
+            None => tokio::spawn(xds::server::serve(xds_listener, xds, stopped)),
+        };
         let api = serve(listener, state, async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
