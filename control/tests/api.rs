@@ -442,3 +442,58 @@ async fn no_auth_on_loopback_accepts_unsigned_requests() {
         "no key pair is minted when nobody needs one"
     );
 }
+
+/// Listener TLS in a spec: a `file` certificate names paths (read by the
+/// proxy, which NACKs bad files naming the field), so the API checks its
+/// shape: a missing field is a 400 naming it, and `acm` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_tls_specs_are_checked_by_the_api() {
+    use trellis_control::error::ErrorKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = server.client();
+    c.call("CreateMesh", &json!({"meshName": "m"}))
+        .await
+        .expect("mesh");
+    let node = |name: &str, certificate: Value| {
+        json!({"meshName": "m", "virtualNodeName": name, "spec": {"listeners": [{
+            "portMapping": {"port": 80, "protocol": "http"},
+            "tls": {"mode": "STRICT", "certificate": certificate}}]}})
+    };
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node("a", json!({"file": {"certificateChain": "/certs/a.pem"}})),
+        )
+        .await
+        .expect_err("no private key");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(e.message.contains("privateKey"), "{}", e.message);
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node("a", json!({"acm": {"certificateArn": "arn:aws:acm:x"}})),
+        )
+        .await
+        .expect_err("acm");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(
+        e.message.contains("not available outside AWS"),
+        "{}",
+        e.message
+    );
+    let ok = c
+        .call(
+            "CreateVirtualNode",
+            &node(
+                "a",
+                json!({"file": {"certificateChain": "/certs/a.pem", "privateKey": "/certs/a.key"}}),
+            ),
+        )
+        .await
+        .expect("a file certificate");
+    assert_eq!(
+        ok["virtualNode"]["spec"]["listeners"][0]["tls"]["certificate"]["file"]["privateKey"],
+        "/certs/a.key"
+    );
+}
