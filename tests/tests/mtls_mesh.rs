@@ -145,6 +145,9 @@ async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
         before,
         "no request of the intruder reached blue"
     );
+    // ... and B counted the refusals (Envoy's listener `ssl.fail_verify_san`).
+    let refused = format!("listener.127.0.0.1_{}.ssl.fail_verify_san", b.0);
+    assert!(sidecar_b.stat(&refused).await >= 5, "{refused}");
     // SVID keys travel only inside the xDS stream: never in the proxy's
     // config dump, the control plane's log or its API.
     let dump = sidecar_b.admin_get("/config_dump").await.body_text();
