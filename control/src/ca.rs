@@ -267,15 +267,20 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         Ok(Svid {
-            cert: self.sign(&id.render(), sans, eku)?,
+            cert: self.sign(&id.render(), sans, eku, self.ttl)?,
             spiffe_id: spiffe,
         })
     }
 
-    /// A server certificate for the xDS port: DNS names and IP addresses as
-    /// SANs (`names` entries that parse as IPs become IP SANs), the SVID
-    /// lifetime, renewed by the caller at `renew_at`.
-    pub fn issue_server(&self, names: &[String]) -> Result<KeyedCert, CaError> {
+    /// How long SVIDs live.
+    pub fn svid_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A server certificate for `names` (DNS names, or IP addresses), valid
+    /// for `lifetime`: the xDS port's (renewed by its holder at `renew_at`),
+    /// or the sidecar injector's when the operator gives none.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<KeyedCert, CaError> {
         let sans = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -284,14 +289,22 @@ impl Ca {
             })
             .collect::<Result<Vec<_>, CaError>>()?;
         let cn = names.first().map_or("trellis-control", String::as_str);
-        self.sign(cn, sans, vec![ExtendedKeyUsagePurpose::ServerAuth])
+        self.sign(
+            cn,
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            lifetime,
+        )
     }
 
+    /// A fresh key pair and a certificate living `lifetime`, backdated a
+    /// minute for clock skew between hosts.
     fn sign(
         &self,
         common_name: &str,
         sans: Vec<SanType>,
         eku: Vec<ExtendedKeyUsagePurpose>,
+        lifetime: Duration,
     ) -> Result<KeyedCert, CaError> {
         let key_pair = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -306,7 +319,7 @@ impl Ca {
         params.extended_key_usages = eku;
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
-        let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::days(1));
+        let ttl = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
         let issued = time::OffsetDateTime::now_utc();
         params.not_before = issued - time::Duration::minutes(1);
         params.not_after = issued + ttl;
@@ -314,7 +327,7 @@ impl Ca {
         Ok(KeyedCert {
             cert_pem: cert.pem(),
             key_pem: key_pair.serialize_pem(),
-            renew_at: now + self.ttl / 2,
+            renew_at: now + lifetime / 2,
         })
     }
 }

@@ -392,7 +392,9 @@ async fn operator_ca_and_extra_trust() {
     let leaf = dir.path().join("leaf.pem");
     std::fs::write(
         &leaf,
-        ops.issue_server(&["x.test".into()]).expect("leaf").cert_pem,
+        ops.issue_server(&["x.test".into()], ttl)
+            .expect("leaf")
+            .cert_pem,
     )
     .expect("write");
     let next_key = arg(dir.path().join("next/ca-key.pem"));

@@ -26,12 +26,12 @@ pub struct Control {
 impl Control {
     /// `serve` with its defaults: xDS over TLS with a mesh-issued certificate.
     pub async fn start() -> Control {
-        Control::start_with(&[]).await
+        Control::start_with(tempfile::tempdir().expect("temp dir"), &[]).await
     }
 
-    /// `serve` with more flags.
-    pub async fn start_with(extra: &[&str]) -> Control {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// Starts `serve` with `extra` flags, in `dir` (files the flags name
+    /// can be written there first).
+    pub async fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Control {
         std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
         let mut control = Control {
             child: None,

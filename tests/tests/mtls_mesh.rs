@@ -14,7 +14,10 @@
 //! tests: what a stolen, a revoked token and a proxy not trusting the CA get;
 //! the operator's xDS certificate; clear-text xDS only when asked on both
 //! sides; and a CA rotation with an overlap, checked with `openssl s_client`
-//! presenting a client certificate to a STRICT listener.
+//! presenting a client certificate to a STRICT listener. Another reads both
+//! sidecars' metrics: each hop's per-peer series name the other (the
+//! caller's verified identity on B, the target service and node on A), so
+//! one scrape per proxy draws the service graph.
 
 use std::path::Path;
 use std::time::Duration;
@@ -423,7 +426,11 @@ async fn operator_xds_certificate() {
     let (crt, key) = server.write(dir.path(), "xds");
     let pki_file = pki.write(dir.path(), "pki");
     let (crt, key) = (crt.to_string_lossy(), key.to_string_lossy());
-    let control = Control::start_with(&["--xds-tls-cert", &crt, "--xds-tls-key", &key]).await;
+    let control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &["--xds-tls-cert", &crt, "--xds-tls-key", &key],
+    )
+    .await;
     control
         .apply(&[
             json!({"meshName": "m", "spec": {}}),
@@ -459,7 +466,8 @@ async fn operator_xds_certificate() {
 #[tokio::test]
 async fn plaintext_xds_only_when_asked() {
     let proxy = workspace_bin("trellis-proxy");
-    let control = Control::start_with(&["--xds-plaintext"]).await;
+    let control =
+        Control::start_with(tempfile::tempdir().expect("temp dir"), &["--xds-plaintext"]).await;
     control
         .apply(&[
             json!({"meshName": "m", "spec": {}}),
@@ -514,14 +522,17 @@ async fn ca_rotation_with_an_overlap() {
     );
     let blue = Echo::start("blue").await;
     // Step 1: the old CA issues; the new one is trusted too.
-    let mut control = Control::start_with(&[
-        "--ca-cert",
-        &old_crt,
-        "--ca-key",
-        &old_key,
-        "--ca-trust",
-        &new_crt,
-    ])
+    let mut control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &[
+            "--ca-cert",
+            &old_crt,
+            "--ca-key",
+            &old_key,
+            "--ca-trust",
+            &new_crt,
+        ],
+    )
     .await;
     control
         .apply(&[
@@ -614,5 +625,96 @@ async fn ca_rotation_with_an_overlap() {
         || async { through().await.then_some(()) },
     )
     .await;
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// Per-hop App Mesh series of a sidecar, by family and peer labels.
+async fn peer_count(p: &ProxyProcess, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = p.admin_get("/stats/prometheus").await.body_text();
+    trellis_tests::metrics::series(&text, family, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn both_hops_name_each_other_in_their_metrics() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], true),
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+
+    let own_a = [("appmesh_mesh", "m"), ("appmesh_virtual_node", "client")];
+    let target = [
+        own_a[0],
+        own_a[1],
+        ("appmesh_target_virtual_service", "color"),
+        ("appmesh_target_virtual_node", "blue"),
+    ];
+    let caller = [
+        ("appmesh_mesh", "m"),
+        ("appmesh_virtual_node", "blue"),
+        ("appmesh_downstream_mesh", "m"),
+        ("appmesh_downstream_virtual_node", "client"),
+    ];
+    let five = |l: &[(&'static str, &'static str)]| {
+        let mut l = l.to_vec();
+        l.push(("envoy_response_code_class", "5"));
+        l
+    };
+    let count = || async {
+        (
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_total", &target).await,
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_xx", &five(&target)).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_total", &caller).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_xx", &five(&caller)).await,
+        )
+    };
+    let before = count().await;
+    for path in ["/a", "/b", "/c", "/d", "/e", "/status/503", "/status/503"] {
+        let r = client::request(
+            Method::GET,
+            &format!("http://127.0.0.1:{}{path}", a.1),
+            &[("host", "color")],
+            "",
+        )
+        .await
+        .expect("request through both sidecars");
+        assert_eq!(
+            r.status,
+            if path.starts_with("/status") {
+                503
+            } else {
+                200
+            }
+        );
+    }
+    let after = count().await;
+    assert_eq!(
+        (
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+            after.3 - before.3
+        ),
+        (7.0, 2.0, 7.0, 2.0),
+        "A counts 7 requests to color/blue, B 7 from client; 2 of them 5xx"
+    );
+    for p in [&sidecar_a, &sidecar_b] {
+        let text = p.admin_get("/stats/prometheus").await.body_text();
+        let findings = trellis_tests::metrics::promtool_findings(&text);
+        assert!(findings.is_empty(), "promtool: {findings:#?}");
+    }
     drop((sidecar_a, sidecar_b, control));
 }

@@ -124,9 +124,9 @@ pub fn render(
 }
 
 /// A PEM file with at least one certificate, as text.
-fn read_bundle(path: &std::path::Path) -> Result<String, ConfigError> {
+pub(super) fn read_bundle(path: &std::path::Path, flag: &str) -> Result<String, ConfigError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let bad = |m: String| ConfigError(format!("--xds-ca {}: {m}", path.display()));
+    let bad = |m: String| ConfigError(format!("{flag} {}: {m}", path.display()));
     let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -193,7 +193,7 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
     };
     let bundle = match (&args.xds_ca, args.xds_plaintext) {
         (_, true) => None,
-        (Some(path), false) => Some(read_bundle(path)?),
+        (Some(path), false) => Some(read_bundle(path, "--xds-ca")?),
         (None, false) => {
             let reply = call(http::Method::GET, "/trellis/v1/ca", Vec::new())
                 .context("cannot fetch the CA bundle for TLS to xDS (or give --xds-ca FILE)")?;

@@ -72,7 +72,7 @@ fn issue(ca: &Ca, names: &[String]) -> Result<(Arc<CertifiedKey>, SystemTime), X
         cert_pem,
         key_pem,
         renew_at,
-    } = ca.issue_server(names)?;
+    } = ca.issue_server(names, ca.svid_ttl())?;
     Ok((
         Arc::new(certified(cert_pem.as_bytes(), key_pem.as_bytes())?),
         renew_at,
