@@ -389,23 +389,30 @@ async fn operator_ca_and_extra_trust() {
     assert_eq!(status, 403, "unsigned");
     drop(server);
     // A key that is not the certificate's, and a trust file that is not a CA.
-    let leaf = dir.path().join("leaf.pem");
-    std::fs::write(
-        &leaf,
-        ops.issue_server(&["x.test".into()], ttl)
-            .expect("leaf")
-            .cert_pem,
-    )
-    .expect("write");
+    let issued = ops.issue_server(&["127.0.0.1".into()], ttl).expect("leaf");
+    let (leaf, leaf_key) = (dir.path().join("leaf.pem"), dir.path().join("leaf-key.pem"));
+    std::fs::write(&leaf, &issued.cert_pem).expect("write");
+    std::fs::write(&leaf_key, &issued.key_pem).expect("write");
+    let (leaf, leaf_key) = (arg(leaf), arg(leaf_key));
     let next_key = arg(dir.path().join("next/ca-key.pem"));
     for (flags, named) in [
         (
             vec!["--ca-cert", &cert, "--ca-key", &next_key],
             "ca-key.pem",
         ),
+        (vec!["--ca-trust", &leaf], "leaf.pem"),
+        // The injector cannot tell sidecars which CA an operator's xDS
+        // certificate chains to.
         (
-            vec!["--ca-trust", leaf.to_str().expect("utf-8")],
-            "leaf.pem",
+            vec![
+                "--xds-tls-cert",
+                &leaf,
+                "--xds-tls-key",
+                &leaf_key,
+                "--webhook-addr",
+                "127.0.0.1:0",
+            ],
+            "--sidecar-xds-ca",
         ),
     ] {
         // A server that accepted them would run on: time out instead.
