@@ -26,5 +26,6 @@ pub struct DynamicResource {
     pub type_url: &'static str,
     pub name: String,
     pub version: String,
-    pub raw: prost_types::Any,
+    /// The resource as received, of type `type_url`.
+    pub raw: bytes::Bytes,
 }

@@ -26,6 +26,7 @@
 mod action;
 mod convert;
 mod domains;
+mod encoded;
 mod hash;
 mod headers;
 mod matcher;
@@ -34,7 +35,11 @@ mod retry;
 mod rewrite;
 pub(crate) mod string;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
+use prost::Message;
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
 use xds_protos::envoy::config::route::v3::{
     route, Route as RouteProto, RouteConfiguration, VirtualHost as VirtualHostProto,
@@ -45,6 +50,7 @@ pub use action::{
     Action, ClusterSpecifier, ClusterWeight, DirectResponse, Forward, HostRewrite,
     WeightedClusters, WeightedTarget,
 };
+pub use encoded::EncodedRouteConfig;
 pub use hash::HashPolicies;
 pub use headers::{HeaderMutation, Phase};
 pub use redirect::Redirect;
@@ -94,7 +100,13 @@ impl HeaderMutations {
 #[derive(Debug)]
 pub struct RouteTable {
     name: String,
-    virtual_hosts: Vec<VirtualHost>,
+    /// Shared with the previous version of the table where unchanged.
+    virtual_hosts: Vec<Arc<VirtualHost>>,
+    /// Each virtual host's encoding, for the next version to compare with.
+    sources: Vec<Bytes>,
+    /// `max_direct_response_body_size_bytes`, which every route compiled
+    /// under; a change recompiles them all.
+    max_body: usize,
     domains: DomainIndex,
     ignore_port_in_host_matching: bool,
     vhost_header: Option<HeaderName>,
@@ -105,7 +117,9 @@ pub struct RouteTable {
 #[derive(Debug)]
 pub struct VirtualHost {
     pub name: String,
-    pub routes: Vec<Route>,
+    pub domains: Vec<String>,
+    /// Shared with the previous version of the virtual host where unchanged.
+    pub routes: Vec<Arc<Route>>,
     pub headers: HeaderMutations,
     /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
     pub request_attempt_count: bool,
@@ -180,56 +194,76 @@ impl<'a> Matched<'a> {
 }
 
 impl RouteTable {
+    /// Compiles a RouteConfiguration given whole (bootstrap, HCM `route_config`).
     pub fn compile(rc: &RouteConfiguration) -> Result<RouteTable, ConfigError> {
-        reject_if(rc.vhds.is_some(), "vhds")?;
+        let encoded = EncodedRouteConfig::decode(Bytes::from(rc.encode_to_vec()))
+            .map_err(|e| ConfigError::new("", format!("cannot decode: {e}")))?;
+        RouteTable::compile_encoded(&encoded, None)
+    }
+
+    /// Compiles a RouteConfiguration as received over RDS. Virtual hosts and
+    /// routes whose encoding equals `previous`'s are shared with it instead
+    /// of being decoded and compiled again.
+    pub fn compile_encoded(
+        rc: &EncodedRouteConfig,
+        previous: Option<&RouteTable>,
+    ) -> Result<RouteTable, ConfigError> {
+        let top = rc.fields();
+        reject_if(top.vhds.is_some(), "vhds")?;
         reject_if(
-            !rc.internal_only_headers.is_empty(),
+            !top.internal_only_headers.is_empty(),
             "internal_only_headers",
         )?;
         reject_if(
-            !rc.cluster_specifier_plugins.is_empty(),
+            !top.cluster_specifier_plugins.is_empty(),
             "cluster_specifier_plugins",
         )?;
         reject_if(
-            rc.ignore_path_parameters_in_path_matching,
+            top.ignore_path_parameters_in_path_matching,
             "ignore_path_parameters_in_path_matching",
         )?;
-        reject_if(!rc.route_specifiers.is_empty(), "route_specifiers")?;
-        let vhost_header = match rc.vhost_header.as_str() {
+        reject_if(!top.route_specifiers.is_empty(), "route_specifiers")?;
+        let vhost_header = match top.vhost_header.as_str() {
             "" => None,
             h => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
                 ConfigError::new("vhost_header", format!("invalid header name: {e}"))
             })?),
         };
-        let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
+        let max_body = top.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
+        let previous = encoded::Previous::new(previous, max_body);
         let mut domains = DomainIndex::default();
-        let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
-        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let sources = rc.virtual_hosts().to_vec();
+        let mut virtual_hosts = Vec::with_capacity(sources.len());
+        for (i, source) in sources.iter().enumerate() {
             let at = |e: ConfigError| e.at(format!("virtual_hosts[{i}]"));
-            if vh.domains.is_empty() {
+            let candidate = previous.virtual_host(i, source).map_err(at)?;
+            let vh_domains = candidate.domains();
+            if vh_domains.is_empty() {
                 return Err(at(ConfigError::new(
                     "domains",
                     "at least one domain is required",
                 )));
             }
-            for (j, d) in vh.domains.iter().enumerate() {
+            for (j, d) in vh_domains.iter().enumerate() {
                 domains.insert(d, j, i).map_err(at)?;
             }
-            virtual_hosts.push(compile_virtual_host(vh, max_body).map_err(at)?);
+            virtual_hosts.push(candidate.compile(max_body).map_err(at)?);
         }
         Ok(RouteTable {
-            name: rc.name.clone(),
+            name: top.name.clone(),
             virtual_hosts,
+            sources,
+            max_body,
             domains,
-            ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+            ignore_port_in_host_matching: top.ignore_port_in_host_matching,
             vhost_header,
             headers: HeaderMutations::compile(
-                &rc.request_headers_to_add,
-                &rc.request_headers_to_remove,
-                &rc.response_headers_to_add,
-                &rc.response_headers_to_remove,
+                &top.request_headers_to_add,
+                &top.request_headers_to_remove,
+                &top.response_headers_to_add,
+                &top.response_headers_to_remove,
             )?,
-            most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
+            most_specific_header_mutations_wins: top.most_specific_header_mutations_wins,
         })
     }
 
@@ -237,7 +271,7 @@ impl RouteTable {
         &self.name
     }
 
-    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+    pub fn virtual_hosts(&self) -> &[Arc<VirtualHost>] {
         &self.virtual_hosts
     }
 
@@ -278,7 +312,7 @@ impl RouteTable {
             .find(|r| r.matcher.matches(&view))?;
         Some(Matched {
             virtual_host,
-            route,
+            route: route.as_ref(),
             random,
             table: self,
         })
@@ -295,10 +329,12 @@ fn request_path(req: &http::request::Parts) -> Option<&str> {
     }
 }
 
+/// Compiles `vh`'s own fields; `routes` compiles its routes, given the
+/// virtual host's retry policy, which routes without one inherit.
 #[allow(deprecated)]
 fn compile_virtual_host(
-    vh: &VirtualHostProto,
-    max_body: usize,
+    vh: VirtualHostProto,
+    routes: impl FnOnce(Option<&RetryPolicy>) -> Result<Vec<Arc<Route>>, ConfigError>,
 ) -> Result<VirtualHost, ConfigError> {
     if vh.name.is_empty() {
         return Err(ConfigError::new("name", "must not be empty"));
@@ -330,17 +366,8 @@ fn compile_virtual_host(
         .as_ref()
         .map(|p| RetryPolicy::compile(p).map_err(|e| e.at("retry_policy")))
         .transpose()?;
-    let routes = vh
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            compile_route(r, retry.as_ref(), max_body).map_err(|e| e.at(format!("routes[{i}]")))
-        })
-        .collect::<Result<_, _>>()?;
+    let routes = routes(retry.as_ref())?;
     Ok(VirtualHost {
-        name: vh.name.clone(),
-        routes,
         headers: HeaderMutations::compile(
             &vh.request_headers_to_add,
             &vh.request_headers_to_remove,
@@ -350,6 +377,9 @@ fn compile_virtual_host(
         request_attempt_count: vh.include_request_attempt_count,
         response_attempt_count: vh.include_attempt_count_in_response,
         filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
+        name: vh.name,
+        domains: vh.domains,
+        routes,
     })
 }
 

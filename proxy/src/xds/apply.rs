@@ -13,7 +13,6 @@ use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::listener::ListenerConfig;
 use crate::shared::Shared;
 use crate::snapshot::{DynamicResource, Snapshot};
-use crate::upstream::endpoint::Resolved;
 
 /// What warming remembers between applies.
 pub struct Warming {
@@ -77,18 +76,7 @@ pub async fn apply(
     for cluster in map.iter() {
         if let Discovery::Eds(service) = &cluster.config.discovery {
             if let Some(eps) = res.endpoints.get(service) {
-                let resolved: Vec<_> = eps
-                    .value
-                    .iter()
-                    .filter_map(|e| {
-                        e.address.ip().map(|addr| Resolved {
-                            addr,
-                            weight: e.weight,
-                            hostname: e.hostname.as_deref().map(Arc::from),
-                        })
-                    })
-                    .collect();
-                cluster.set_endpoints(&resolved);
+                cluster.set_assignment(&eps.value);
             }
         }
     }

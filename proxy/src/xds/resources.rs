@@ -1,22 +1,30 @@
 //! The xDS resources a proxy holds, by type and name, each compiled when it
 //! arrives. An update is validated whole before any of it is kept: a rejected
-//! response leaves the held set exactly as it was.
+//! response leaves the held set exactly as it was. A resource that arrives
+//! with the very bytes of the one held under its name keeps its compiled
+//! form (Envoy skips such resources too), so a state-of-the-world response
+//! of 1,000 clusters where one changed compiles one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prost::Message;
 use xds_protos::envoy::config::cluster::v3::Cluster;
 use xds_protos::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_protos::envoy::config::listener::v3::Listener;
-use xds_protos::envoy::config::route::v3::RouteConfiguration;
 use xds_protos::type_url;
 
 use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig};
 use crate::config::hcm::RouteSource;
 use crate::config::listener::{ListenerConfig, Terminal};
-use crate::router::RouteTable;
+use crate::router::{EncodedRouteConfig, RouteTable};
 use crate::tls::secrets::{self, SecretValue};
+use crate::wire;
+
+/// The field number of the name of every resource type held here
+/// (`cluster_name` of a ClusterLoadAssignment).
+const NAME_FIELD: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -68,12 +76,12 @@ impl Kind {
 }
 
 /// One held resource: the version that put it there, its compiled form, and
-/// the wire form for `/config_dump`.
+/// its encoding, to recognise it unchanged and for `/config_dump`.
 #[derive(Debug)]
 pub struct Held<T> {
     pub version: String,
     pub value: Arc<T>,
-    pub raw: prost_types::Any,
+    pub raw: Bytes,
 }
 
 impl<T> Clone for Held<T> {
@@ -122,7 +130,7 @@ impl Resources {
                 for name in &u.removed {
                     next.remove(name);
                 }
-                for (version, any) in &u.resources {
+                for (version, any) in u.resources {
                     if any.type_url != kind.type_url() {
                         errors.push(format!(
                             "resource of type {} in a {} response",
@@ -131,19 +139,28 @@ impl Resources {
                         ));
                         continue;
                     }
-                    match $decode(any) {
+                    let raw = Bytes::from(any.value);
+                    let unchanged = wire::string_field(&raw, NAME_FIELD)
+                        .and_then(|name| self.$map.get_key_value(name))
+                        .filter(|(_, held)| held.raw == raw)
+                        .map(|(name, held)| (name.clone(), held.value.clone()));
+                    let decoded = match unchanged {
+                        Some(kept) => Ok(kept),
+                        None => $decode(&raw).map(|(name, value)| (name, Arc::new(value))),
+                    };
+                    match decoded {
                         Ok((name, value)) => {
                             let version = if version.is_empty() {
                                 u.version_info.clone()
                             } else {
-                                version.clone()
+                                version
                             };
                             next.insert(
                                 name,
                                 Held {
                                     version,
-                                    value: Arc::new(value),
-                                    raw: any.clone(),
+                                    value,
+                                    raw,
                                 },
                             );
                         }
@@ -166,7 +183,10 @@ impl Resources {
             Kind::Cluster => compile_all!(clusters, decode_cluster),
             Kind::Endpoint => compile_all!(endpoints, decode_endpoints),
             Kind::Listener => compile_all!(listeners, decode_listener),
-            Kind::Route => compile_all!(routes, decode_route),
+            Kind::Route => {
+                let held = &self.routes;
+                compile_all!(routes, |raw: &Bytes| decode_route(raw, held))
+            }
             Kind::Secret => compile_all!(secrets, secrets::decode),
         }
         if kind == Kind::Secret {
@@ -264,8 +284,8 @@ pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
 /// A decode failure, with the resource's name when it could be read.
 type Rejected = (Option<String>, String);
 
-fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), Rejected> {
-    let c = Cluster::decode(any.value.as_slice())
+fn decode_cluster(raw: &Bytes) -> Result<(String, ClusterConfig), Rejected> {
+    let c = Cluster::decode(raw.as_ref())
         .map_err(|e| (None, format!("Cluster: cannot decode: {e}")))?;
     match ClusterConfig::compile(&c) {
         Ok(compiled) => Ok((c.name, compiled)),
@@ -273,8 +293,8 @@ fn decode_cluster(any: &prost_types::Any) -> Result<(String, ClusterConfig), Rej
     }
 }
 
-fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfig>), Rejected> {
-    let la = ClusterLoadAssignment::decode(any.value.as_slice())
+fn decode_endpoints(raw: &Bytes) -> Result<(String, Vec<EndpointConfig>), Rejected> {
+    let la = ClusterLoadAssignment::decode(raw.as_ref())
         .map_err(|e| (None, format!("ClusterLoadAssignment: cannot decode: {e}")))?;
     let name = la.cluster_name.clone();
     let reject = |e: String| {
@@ -293,8 +313,8 @@ fn decode_endpoints(any: &prost_types::Any) -> Result<(String, Vec<EndpointConfi
     Ok((la.cluster_name, eps))
 }
 
-fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), Rejected> {
-    let l = Listener::decode(any.value.as_slice())
+fn decode_listener(raw: &Bytes) -> Result<(String, ListenerConfig), Rejected> {
+    let l = Listener::decode(raw.as_ref())
         .map_err(|e| (None, format!("Listener: cannot decode: {e}")))?;
     match ListenerConfig::compile(&l) {
         Ok(compiled) => Ok((l.name, compiled)),
@@ -302,14 +322,20 @@ fn decode_listener(any: &prost_types::Any) -> Result<(String, ListenerConfig), R
     }
 }
 
-fn decode_route(any: &prost_types::Any) -> Result<(String, RouteTable), Rejected> {
-    let rc = RouteConfiguration::decode(any.value.as_slice())
+/// Compiles a route configuration, sharing with the version held under its
+/// name every virtual host and route whose bytes did not change.
+fn decode_route(
+    raw: &Bytes,
+    held: &BTreeMap<String, Held<RouteTable>>,
+) -> Result<(String, RouteTable), Rejected> {
+    let rc = EncodedRouteConfig::decode(raw.clone())
         .map_err(|e| (None, format!("RouteConfiguration: cannot decode: {e}")))?;
-    match RouteTable::compile(&rc) {
-        Ok(table) => Ok((rc.name, table)),
+    let previous = held.get(rc.name()).map(|h| h.value.as_ref());
+    match RouteTable::compile_encoded(&rc, previous) {
+        Ok(table) => Ok((rc.name().to_owned(), table)),
         Err(e) => Err((
-            Some(rc.name.clone()),
-            format!("RouteConfiguration '{}': {e}", rc.name),
+            Some(rc.name().to_owned()),
+            format!("RouteConfiguration '{}': {e}", rc.name()),
         )),
     }
 }
