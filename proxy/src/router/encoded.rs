@@ -215,3 +215,197 @@ impl<'p> PreviousRoutes<'p> {
         self.routes.get(i).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::{Action, ClusterSpecifier};
+    use xds_protos::envoy::config::route::v3::{
+        route, route_action, route_match::PathSpecifier, RetryPolicy as RetryPolicyProto,
+        RouteAction, RouteMatch,
+    };
+
+    fn to(path: &str, cluster: &str) -> RouteProto {
+        RouteProto {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(path.into())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// Virtual host `v{i}` for `h{i}.example`, routes `/r{j}` to `c{i}-{j}`.
+    fn vhost(i: usize, routes: usize) -> VirtualHostProto {
+        VirtualHostProto {
+            name: format!("v{i}"),
+            domains: vec![format!("h{i}.example")],
+            routes: (0..routes)
+                .map(|j| to(&format!("/r{j}"), &format!("c{i}-{j}")))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn config(vhosts: Vec<VirtualHostProto>) -> RouteConfiguration {
+        RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: vhosts,
+            ..Default::default()
+        }
+    }
+
+    fn compile(rc: &RouteConfiguration, previous: Option<&RouteTable>) -> RouteTable {
+        let encoded = EncodedRouteConfig::decode(Bytes::from(rc.encode_to_vec())).unwrap();
+        RouteTable::compile_encoded(&encoded, previous).unwrap()
+    }
+
+    /// `(virtual host, cluster)` a request for `host` and `path` goes to.
+    fn routed(t: &RouteTable, host: &str, path: &str) -> Option<(String, String)> {
+        let req = http::Request::builder().uri(path).body(()).unwrap();
+        let m = t.find_with_random(host, &req.into_parts().0, 0)?;
+        let Action::Forward(f) = &m.route.action else {
+            return None;
+        };
+        let ClusterSpecifier::Cluster(c) = &f.cluster else {
+            return None;
+        };
+        Some((m.virtual_host.name.clone(), c.clone()))
+    }
+
+    /// Every request a table of `vhosts × routes` answers, plus misses.
+    fn same_routing(a: &RouteTable, b: &RouteTable, vhosts: usize, routes: usize) {
+        for i in 0..vhosts + 1 {
+            for j in 0..routes + 1 {
+                let (host, path) = (format!("h{i}.example"), format!("/r{j}"));
+                assert_eq!(
+                    routed(a, &host, &path),
+                    routed(b, &host, &path),
+                    "{host}{path}"
+                );
+            }
+        }
+    }
+
+    fn shared(a: &RouteTable, b: &RouteTable) -> Vec<bool> {
+        a.virtual_hosts()
+            .iter()
+            .zip(b.virtual_hosts())
+            .map(|(x, y)| Arc::ptr_eq(x, y))
+            .collect()
+    }
+
+    #[test]
+    fn one_changed_route_recompiles_only_it() {
+        let mut rc = config((0..4).map(|i| vhost(i, 5)).collect());
+        let v1 = compile(&rc, None);
+        rc.virtual_hosts[2].routes[3] = to("/r3", "moved");
+        let v2 = compile(&rc, Some(&v1));
+
+        assert_eq!(shared(&v1, &v2), [true, true, false, true]);
+        let (old, new) = (&v1.virtual_hosts()[2], &v2.virtual_hosts()[2]);
+        let routes: Vec<bool> = old
+            .routes
+            .iter()
+            .zip(&new.routes)
+            .map(|(x, y)| Arc::ptr_eq(x, y))
+            .collect();
+        assert_eq!(routes, [true, true, true, false, true]);
+
+        assert_eq!(
+            routed(&v2, "h2.example", "/r3"),
+            Some(("v2".into(), "moved".into()))
+        );
+        assert_eq!(
+            routed(&v1, "h2.example", "/r3"),
+            Some(("v2".into(), "c2-3".into())),
+            "the previous table is untouched"
+        );
+        same_routing(&v2, &compile(&rc, None), 4, 5);
+    }
+
+    #[test]
+    fn inserted_hosts_and_routes_leave_the_others_shared() {
+        let mut rc = config((0..3).map(|i| vhost(i, 4)).collect());
+        let v1 = compile(&rc, None);
+        rc.virtual_hosts.insert(0, vhost(9, 2));
+        rc.virtual_hosts[2].routes.insert(0, to("/r2", "first"));
+        rc.virtual_hosts[3].routes.pop();
+        let v2 = compile(&rc, Some(&v1));
+
+        let by_name = |t: &RouteTable, n: &str| {
+            t.virtual_hosts()
+                .iter()
+                .find(|v| v.name == n)
+                .cloned()
+                .unwrap()
+        };
+        assert!(Arc::ptr_eq(&by_name(&v1, "v0"), &by_name(&v2, "v0")));
+        let (old, new) = (by_name(&v1, "v1"), by_name(&v2, "v1"));
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert!(new.routes[1..]
+            .iter()
+            .zip(&old.routes)
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
+        let (old, new) = (by_name(&v1, "v2"), by_name(&v2, "v2"));
+        assert!(new
+            .routes
+            .iter()
+            .zip(&old.routes)
+            .all(|(x, y)| Arc::ptr_eq(x, y)));
+        assert_eq!(new.routes.len(), 3);
+
+        assert_eq!(
+            routed(&v2, "h1.example", "/r2"),
+            Some(("v1".into(), "first".into()))
+        );
+        assert_eq!(routed(&v2, "h2.example", "/r3"), None);
+        same_routing(&v2, &compile(&rc, None), 10, 4);
+    }
+
+    /// Routes inherit the virtual host's retry policy, and direct responses
+    /// are bounded by the configuration's body limit: changing either
+    /// compiles the routes again.
+    #[test]
+    fn what_routes_inherit_invalidates_them() {
+        let mut rc = config(vec![vhost(0, 2), vhost(1, 2)]);
+        let v1 = compile(&rc, None);
+        rc.virtual_hosts[0].retry_policy = Some(RetryPolicyProto {
+            retry_on: "5xx".into(),
+            num_retries: Some(7),
+            ..Default::default()
+        });
+        let v2 = compile(&rc, Some(&v1));
+        assert_eq!(shared(&v1, &v2), [false, true]);
+        let retries = |t: &RouteTable| {
+            let Action::Forward(f) = &t.virtual_hosts()[0].routes[0].action else {
+                panic!("forward");
+            };
+            f.retry_policy.as_ref().map(|r| r.num_retries)
+        };
+        assert_eq!(retries(&v2), Some(7));
+        assert_eq!(retries(&v1), None);
+
+        rc.max_direct_response_body_size_bytes = Some(100);
+        let v3 = compile(&rc, Some(&v2));
+        assert_eq!(shared(&v2, &v3), [false, false]);
+        same_routing(&v3, &compile(&rc, None), 2, 2);
+    }
+
+    #[test]
+    fn a_bad_changed_route_names_its_place() {
+        let mut rc = config(vec![vhost(0, 2), vhost(1, 3)]);
+        let v1 = compile(&rc, None);
+        rc.virtual_hosts[1].routes[2].r#match = None;
+        let encoded = EncodedRouteConfig::decode(Bytes::from(rc.encode_to_vec())).unwrap();
+        let e = RouteTable::compile_encoded(&encoded, Some(&v1)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virtual_hosts[1].routes[2].match: is required"
+        );
+    }
+}

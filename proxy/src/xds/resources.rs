@@ -339,3 +339,117 @@ fn decode_route(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_protos::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    use xds_protos::envoy::config::route::v3::{
+        route, route_action, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration,
+        RouteMatch, VirtualHost,
+    };
+
+    fn any<M: Message>(kind: Kind, m: &M) -> prost_types::Any {
+        prost_types::Any {
+            type_url: kind.type_url().into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn cluster(name: &str, timeout_s: i64) -> prost_types::Any {
+        any(
+            Kind::Cluster,
+            &Cluster {
+                name: name.into(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                connect_timeout: Some(prost_types::Duration {
+                    seconds: timeout_s,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn routes(clusters: &[&str]) -> prost_types::Any {
+        let vhost = |i: usize, c: &str| VirtualHost {
+            name: format!("v{i}"),
+            domains: vec![format!("h{i}")],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(c.into())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        any(
+            Kind::Route,
+            &RouteConfiguration {
+                name: "rc".into(),
+                virtual_hosts: clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| vhost(i, c))
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn sotw(kind: Kind, version: &str, resources: Vec<prost_types::Any>) -> Update {
+        Update {
+            kind,
+            version_info: version.into(),
+            resources: resources.into_iter().map(|a| (String::new(), a)).collect(),
+            removed: Vec::new(),
+            replace_all: kind.is_wildcard(),
+        }
+    }
+
+    #[test]
+    fn resources_sent_again_unchanged_keep_their_compiled_form() {
+        let mut res = Resources::default();
+        let v1 = vec![cluster("a", 1), cluster("b", 1), cluster("c", 1)];
+        res.apply(sotw(Kind::Cluster, "1", v1)).unwrap();
+        let before = res.clusters.clone();
+        let v2 = vec![cluster("a", 1), cluster("b", 2), cluster("c", 1)];
+        res.apply(sotw(Kind::Cluster, "2", v2)).unwrap();
+
+        let kept = |n: &str| Arc::ptr_eq(&before[n].value, &res.clusters[n].value);
+        assert!(kept("a") && kept("c"));
+        assert!(!kept("b"));
+        assert_eq!(
+            res.clusters["b"].value.connect_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert!(res.clusters.values().all(|h| h.version == "2"));
+    }
+
+    #[test]
+    fn a_changed_route_configuration_shares_its_unchanged_virtual_hosts() {
+        let mut res = Resources::default();
+        res.apply(sotw(Kind::Route, "1", vec![routes(&["a", "b"])]))
+            .unwrap();
+        let before = res.routes["rc"].value.clone();
+        res.apply(sotw(Kind::Route, "2", vec![routes(&["a", "moved"])]))
+            .unwrap();
+        let after = &res.routes["rc"].value;
+        let (old, new) = (before.virtual_hosts(), after.virtual_hosts());
+        assert!(Arc::ptr_eq(&old[0], &new[0]));
+        assert!(!Arc::ptr_eq(&old[1], &new[1]));
+        let req = http::Request::builder().uri("/").body(()).unwrap();
+        let m = after
+            .find_with_random("h1", &req.into_parts().0, 0)
+            .unwrap();
+        let crate::router::Action::Forward(f) = &m.route.action else {
+            panic!("forward");
+        };
+        assert!(matches!(&f.cluster, crate::router::ClusterSpecifier::Cluster(c) if c == "moved"));
+    }
+}
