@@ -112,7 +112,7 @@ impl<'p> Previous<'p> {
             }
         }
         Ok(Candidate::Fresh {
-            proto,
+            proto: Box::new(proto),
             routes: split.entries,
             previous,
         })
@@ -124,7 +124,7 @@ pub(super) enum Candidate<'p> {
     Reused(Arc<VirtualHost>),
     Fresh {
         /// Every field but `routes`.
-        proto: VirtualHostProto,
+        proto: Box<VirtualHostProto>,
         routes: Vec<Bytes>,
         previous: Option<PreviousRoutes<'p>>,
     },
@@ -147,7 +147,7 @@ impl Candidate<'_> {
                 previous,
             } => (proto, routes, previous),
         };
-        let vh = compile_virtual_host(proto, |retry| {
+        let vh = compile_virtual_host(*proto, |retry| {
             routes
                 .iter()
                 .enumerate()

@@ -54,6 +54,16 @@ pub(crate) struct RouteMatcher {
     runtime_fraction: Option<(u64, u64)>,
 }
 
+/// The literal a route's path condition needs, for the route index.
+pub(crate) enum PathKey<'a> {
+    /// The path without its query must be exactly this.
+    Exact(&'a str),
+    /// The path must start with this.
+    Prefix(&'a str),
+    /// No case-sensitive literal: the route is a candidate for every path.
+    None,
+}
+
 /// Strips `?query` and `#fragment` the way Envoy's `removeQueryAndFragment` does.
 pub(crate) fn path_without_query(path: &str) -> &str {
     path.find(['?', '#']).map_or(path, |i| &path[..i])
@@ -145,6 +155,17 @@ impl RouteMatcher {
             }
             PathMatch::Regex(_) => MatchedSpan::PathWithoutQuery,
             PathMatch::Connect => MatchedSpan::Len(0),
+        }
+    }
+
+    pub(crate) fn path_key(&self) -> PathKey<'_> {
+        if !self.case_sensitive {
+            return PathKey::None;
+        }
+        match &self.path {
+            PathMatch::Exact(p) => PathKey::Exact(p),
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => PathKey::Prefix(p),
+            PathMatch::Regex(_) | PathMatch::Connect => PathKey::None,
         }
     }
 

@@ -33,6 +33,7 @@ mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
+mod route_index;
 pub(crate) mod string;
 
 use std::sync::Arc;
@@ -61,6 +62,7 @@ use convert::{reject_if, unsupported};
 use domains::DomainIndex;
 use matcher::RouteMatcher;
 pub(crate) use matcher::{HeaderMatcher, RequestView};
+use route_index::RouteIndex;
 
 use crate::config::ConfigError;
 use crate::filters::{compile_overrides, FilterOverride};
@@ -120,6 +122,8 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// Shared with the previous version of the virtual host where unchanged.
     pub routes: Vec<Arc<Route>>,
+    /// Narrows the routes to try when there are many.
+    index: Option<RouteIndex>,
     pub headers: HeaderMutations,
     /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
     pub request_attempt_count: bool,
@@ -306,10 +310,13 @@ impl RouteTable {
             path: request_path(req),
             random,
         };
-        let route = virtual_host
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(&view))?;
+        let route = match &virtual_host.index {
+            Some(index) => index.find(&virtual_host.routes, &view)?,
+            None => virtual_host
+                .routes
+                .iter()
+                .find(|r| r.matcher.matches(&view))?,
+        };
         Some(Matched {
             virtual_host,
             route: route.as_ref(),
@@ -321,7 +328,7 @@ impl RouteTable {
 
 /// `:path`. Only CONNECT requests lack one (authority-form); an absolute-form
 /// URI with an empty path means `/`.
-fn request_path(req: &http::request::Parts) -> Option<&str> {
+pub(crate) fn request_path(req: &http::request::Parts) -> Option<&str> {
     match req.uri.path_and_query() {
         Some(pq) => Some(pq.as_str()),
         None if req.method == http::Method::CONNECT => None,
@@ -379,6 +386,7 @@ fn compile_virtual_host(
         filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
         name: vh.name,
         domains: vh.domains,
+        index: RouteIndex::build(&routes),
         routes,
     })
 }

@@ -1,0 +1,226 @@
+//! Candidate routes for a path, so that a virtual host with thousands of
+//! routes (a virtual gateway puts all of its routes in one) is not tried
+//! route by route. Envoy's first-match order is kept: the index only rules
+//! out routes whose literal path condition cannot hold, and the rest are
+//! still tried in configuration order, the first full match winning.
+//!
+//! Routes with a case-sensitive literal (`prefix`, `path`,
+//! `path_separated_prefix`) are found by hash lookups: exact paths by the
+//! request path, prefixes by each distinct prefix length, as the domain
+//! index does. Every other route (regex, case-insensitive, CONNECT) is a
+//! candidate for every request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::matcher::{path_without_query, PathKey, RequestView};
+use super::Route;
+
+/// Below this many routes a plain scan is as fast as the lookups.
+const MIN_ROUTES: usize = 32;
+
+#[derive(Debug, Default)]
+pub(crate) struct RouteIndex {
+    exact: HashMap<Box<str>, Vec<u32>>,
+    /// By prefix length, then prefix.
+    prefixes: BTreeMap<usize, HashMap<Box<str>, Vec<u32>>>,
+    other: Vec<u32>,
+}
+
+impl RouteIndex {
+    /// `None` when the routes are too few to be worth an index.
+    pub(crate) fn build(routes: &[Arc<Route>]) -> Option<RouteIndex> {
+        if routes.len() < MIN_ROUTES {
+            return None;
+        }
+        let mut index = RouteIndex::default();
+        for (i, r) in routes.iter().enumerate() {
+            let i = u32::try_from(i).ok()?;
+            match r.matcher.path_key() {
+                PathKey::Exact(p) => index.exact.entry(p.into()).or_default().push(i),
+                PathKey::Prefix(p) => index
+                    .prefixes
+                    .entry(p.len())
+                    .or_default()
+                    .entry(p.into())
+                    .or_default()
+                    .push(i),
+                PathKey::None => index.other.push(i),
+            }
+        }
+        Some(index)
+    }
+
+    /// The first route, in configuration order, that matches.
+    pub(crate) fn find<'r>(
+        &self,
+        routes: &'r [Arc<Route>],
+        view: &RequestView<'_>,
+    ) -> Option<&'r Arc<Route>> {
+        let mut best = usize::MAX;
+        let mut try_list = |list: &[u32]| {
+            for &i in list {
+                let i = i as usize;
+                if i >= best {
+                    return;
+                }
+                if routes.get(i).is_some_and(|r| r.matcher.matches(view)) {
+                    best = i;
+                    return;
+                }
+            }
+        };
+        try_list(&self.other);
+        if let Some(path) = view.path.map(path_without_query) {
+            if let Some(list) = self.exact.get(path) {
+                try_list(list);
+            }
+            for (&len, by_prefix) in self.prefixes.range(..=path.len()) {
+                if let Some(list) = path.get(..len).and_then(|p| by_prefix.get(p)) {
+                    try_list(list);
+                }
+            }
+        }
+        routes.get(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::{request_path, RouteTable};
+    use xds_protos::envoy::config::route::v3::{
+        header_matcher::HeaderMatchSpecifier, route, route_match::PathSpecifier,
+        DirectResponseAction, HeaderMatcher, Route as RouteProto, RouteConfiguration, RouteMatch,
+        VirtualHost,
+    };
+    use xds_protos::envoy::r#type::matcher::v3::StringMatcher;
+    use xds_protos::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, RegexMatcher};
+
+    fn route(path: PathSpecifier, case_sensitive: bool, canary: bool) -> RouteProto {
+        let headers = canary.then(|| HeaderMatcher {
+            name: "x-canary".into(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact("true".into())),
+                ignore_case: false,
+            })),
+            ..Default::default()
+        });
+        RouteProto {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(path),
+                case_sensitive: Some(case_sensitive),
+                headers: headers.into_iter().collect(),
+                ..Default::default()
+            }),
+            action: Some(route::Action::DirectResponse(DirectResponseAction {
+                status: 200,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// Every kind of path condition, at many lengths, in an order where
+    /// earlier routes shadow later ones for some paths and not others.
+    fn routes() -> Vec<RouteProto> {
+        let mut out: Vec<RouteProto> = (0..210)
+            .map(|k| match k % 7 {
+                0 => route(
+                    PathSpecifier::Prefix(format!("/a/{}/", k % 13)),
+                    true,
+                    false,
+                ),
+                1 => route(PathSpecifier::Path(format!("/a/{}/x", k % 13)), true, false),
+                2 => route(
+                    PathSpecifier::PathSeparatedPrefix(format!("/a/{}", k % 5)),
+                    true,
+                    false,
+                ),
+                3 => route(
+                    PathSpecifier::SafeRegex(RegexMatcher {
+                        regex: format!("/a/[0-9]+/y{}", k % 3),
+                        ..Default::default()
+                    }),
+                    true,
+                    false,
+                ),
+                4 => route(PathSpecifier::Prefix(format!("/A/{}", k % 3)), false, false),
+                5 => route(PathSpecifier::Prefix("/a".into()), true, true),
+                _ => route(PathSpecifier::Prefix(format!("/{}", k % 4)), true, false),
+            })
+            .collect();
+        out.push(route(PathSpecifier::Prefix(String::new()), true, false));
+        out
+    }
+
+    #[test]
+    fn the_index_picks_what_a_scan_picks() {
+        let t = RouteTable::compile(&RouteConfiguration {
+            virtual_hosts: vec![VirtualHost {
+                name: "v".into(),
+                domains: vec!["*".into()],
+                routes: routes(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let vh = &t.virtual_hosts()[0];
+        let index = vh.index.as_ref().expect("indexed");
+        let fixed = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/1/",
+            "/a/1/x?q=1",
+            "/a/12/y2",
+            "/a/7/y1#f",
+            "/a/3/more",
+            "/a/34",
+            "/A/2",
+            "/a/2/zz",
+            "/3",
+            "/3/a",
+            "/zzz",
+            "/ä/1",
+        ];
+        let generated = (0..14).flat_map(|n| [format!("/a/{n}"), format!("/a/{n}/x")]);
+        let paths: Vec<String> = fixed
+            .iter()
+            .map(|p| p.to_string())
+            .chain(generated)
+            .collect();
+        let mut found = std::collections::BTreeSet::new();
+        for path in &paths {
+            for canary in [false, true] {
+                let mut b = http::Request::builder().uri(path);
+                if canary {
+                    b = b.header("x-canary", "true");
+                }
+                let parts = b.body(()).unwrap().into_parts().0;
+                let view = RequestView {
+                    host: "h",
+                    parts: &parts,
+                    path: request_path(&parts),
+                    random: 0,
+                };
+                let scanned = vh.routes.iter().position(|r| r.matcher.matches(&view));
+                let indexed = index
+                    .find(&vh.routes, &view)
+                    .and_then(|r| vh.routes.iter().position(|x| Arc::ptr_eq(x, r)));
+                assert_eq!(indexed, scanned, "{path} canary={canary}");
+                found.insert(scanned);
+            }
+        }
+        assert!(found.len() > 12, "the paths reach many routes: {found:?}");
+        let connect = http::Request::builder()
+            .method("CONNECT")
+            .uri("h:443")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert!(t.find("h", &connect).is_none());
+    }
+}
