@@ -304,12 +304,7 @@ impl RouteTable {
             .domains
             .find(vhost_key, self.ignore_port_in_host_matching)
             .and_then(|i| self.virtual_hosts.get(i))?;
-        let view = RequestView {
-            host,
-            parts: req,
-            path: request_path(req),
-            random,
-        };
+        let view = RequestView::new(host, req, request_path(req), random);
         let route = match &virtual_host.index {
             Some(index) => index.find(&virtual_host.routes, &view)?,
             None => virtual_host

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::matcher::{path_without_query, PathKey, RequestView};
+use super::matcher::{PathKey, RequestView};
 use super::Route;
 
 /// Below this many routes a plain scan is as fast as the lookups.
@@ -71,7 +71,7 @@ impl RouteIndex {
             }
         };
         try_list(&self.other);
-        if let Some(path) = view.path.map(path_without_query) {
+        if let Some(path) = view.path_only {
             if let Some(list) = self.exact.get(path) {
                 try_list(list);
             }
@@ -199,12 +199,7 @@ mod tests {
                     b = b.header("x-canary", "true");
                 }
                 let parts = b.body(()).unwrap().into_parts().0;
-                let view = RequestView {
-                    host: "h",
-                    parts: &parts,
-                    path: request_path(&parts),
-                    random: 0,
-                };
+                let view = RequestView::new("h", &parts, request_path(&parts), 0);
                 let scanned = vh.routes.iter().position(|r| r.matcher.matches(&view));
                 let indexed = index
                     .find(&vh.routes, &view)
