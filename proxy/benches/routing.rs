@@ -2,8 +2,9 @@
 //! loaded CI box): the time to pick a route with 10 and with 10,000 routes,
 //! and the time to compile a RouteConfiguration as RDS delivers it, whole
 //! and with one route changed against the previous version. Run with
-//! `cargo bench -p trellis-proxy --bench routing`; `bench/run --scenarios
-//! config` runs it too and puts its output in the report.
+//! `cargo bench -p trellis-proxy --bench routing [-- lookup|compile]`;
+//! `bench/run --scenarios config` runs it too and puts its output in the
+//! report.
 //!
 //! Tables have the shape App Mesh gives them: one virtual host per virtual
 //! service (with and without the port), ten routes each with a prefix,
@@ -163,7 +164,22 @@ fn lookup(label: &str, t: &RouteTable, authority: &str, path: &str) {
 }
 
 fn main() {
-    let budget = Duration::from_millis(1500);
+    // Cargo passes `--bench`; any other argument picks sections by name.
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want =
+        |section: &str| picked.is_empty() || picked.iter().any(|p| section.contains(p.as_str()));
+    if want("lookup") {
+        lookups();
+    }
+    if want("compile") {
+        compiles();
+    }
+}
+
+fn lookups() {
     println!("# route lookup (App Mesh shape: 10 routes per virtual host)");
     for routes in [10, 1_000, 10_000] {
         let hosts = routes / ROUTES_PER_HOST;
@@ -193,7 +209,10 @@ fn main() {
             &format!("/svc0/api{last}/items"),
         );
     }
+}
 
+fn compiles() {
+    let budget = Duration::from_millis(1500);
     println!("# compile (decode + compile, as an RDS update)");
     for routes in [10, 1_000, 10_000] {
         let bytes = encode(&config(routes / ROUTES_PER_HOST, ROUTES_PER_HOST));

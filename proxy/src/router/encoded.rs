@@ -152,7 +152,7 @@ impl Candidate<'_> {
                 .iter()
                 .enumerate()
                 .map(|(j, source)| {
-                    if let Some(r) = previous.as_ref().and_then(|p| p.find(j, source)) {
+                    if let Some(r) = previous.as_ref().and_then(|p| p.find(j, &routes)) {
                         return Ok(r);
                     }
                     RouteProto::decode(source.as_ref())
@@ -194,12 +194,15 @@ impl<'p> PreviousRoutes<'p> {
         })
     }
 
-    /// The previous route encoded as `source`, looked for at the same place
-    /// first (a route changed in place), then anywhere (routes inserted or
-    /// removed before it).
-    fn find(&self, j: usize, source: &Bytes) -> Option<Arc<Route>> {
+    /// The previous route encoded as `next[j]`: at the same place, or,
+    /// when routes were inserted or removed before it, anywhere. A route
+    /// changed in place (its successor is where it was) is not looked for.
+    fn find(&self, j: usize, next: &[Bytes]) -> Option<Arc<Route>> {
+        let source = next.get(j)?;
         let i = if self.sources.get(j) == Some(source) {
             j
+        } else if self.sources.len() == next.len() && self.sources.get(j + 1) == next.get(j + 1) {
+            return None;
         } else {
             *self
                 .by_source

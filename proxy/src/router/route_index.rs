@@ -5,12 +5,12 @@
 //! still tried in configuration order, the first full match winning.
 //!
 //! Routes with a case-sensitive literal (`prefix`, `path`,
-//! `path_separated_prefix`) are found by hash lookups: exact paths by the
-//! request path, prefixes by each distinct prefix length, as the domain
-//! index does. Every other route (regex, case-insensitive, CONNECT) is a
-//! candidate for every request.
+//! `path_separated_prefix`) are found by the hash of their literal: exact
+//! paths by the request path's, prefixes by the hash of the path's prefix
+//! of each configured length, all hashed in one pass over the path. Every
+//! other route (regex, case-insensitive, CONNECT) is a candidate for every
+//! request.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::matcher::{PathKey, RequestView};
@@ -19,12 +19,41 @@ use super::Route;
 /// Below this many routes a plain scan is as fast as the lookups.
 const MIN_ROUTES: usize = 32;
 
+/// `(hash of the literal, route)`, sorted: a lookup is a binary search,
+/// and building one for 10,000 routes is one allocation and a sort. Routes
+/// whose literals collide are all tried, and the matcher decides.
+type Keyed = Vec<(u64, u32)>;
+
 #[derive(Debug, Default)]
 pub(crate) struct RouteIndex {
-    exact: HashMap<Box<str>, Vec<u32>>,
-    /// By prefix length, then prefix.
-    prefixes: BTreeMap<usize, HashMap<Box<str>, Vec<u32>>>,
+    exact: Keyed,
+    prefixes: Keyed,
+    /// The distinct prefix lengths, ascending.
+    prefix_lens: Vec<usize>,
     other: Vec<u32>,
+}
+
+/// FNV-1a, byte by byte, so that the hashes of all prefixes of a path come
+/// out of one pass over it. Keys come from the config, never from requests,
+/// so a keyed hash buys nothing here.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(FNV_OFFSET, fnv_step)
+}
+
+/// The routes keyed `h`, in configuration order.
+fn keyed(list: &Keyed, h: u64) -> impl Iterator<Item = u32> + '_ {
+    let start = list.partition_point(|&(k, _)| k < h);
+    list[start..]
+        .iter()
+        .take_while(move |&&(k, _)| k == h)
+        .map(|&(_, i)| i)
 }
 
 impl RouteIndex {
@@ -37,17 +66,18 @@ impl RouteIndex {
         for (i, r) in routes.iter().enumerate() {
             let i = u32::try_from(i).ok()?;
             match r.matcher.path_key() {
-                PathKey::Exact(p) => index.exact.entry(p.into()).or_default().push(i),
-                PathKey::Prefix(p) => index
-                    .prefixes
-                    .entry(p.len())
-                    .or_default()
-                    .entry(p.into())
-                    .or_default()
-                    .push(i),
+                PathKey::Exact(p) => index.exact.push((fnv(p), i)),
+                PathKey::Prefix(p) => {
+                    index.prefixes.push((fnv(p), i));
+                    index.prefix_lens.push(p.len());
+                }
                 PathKey::None => index.other.push(i),
             }
         }
+        index.exact.sort_unstable();
+        index.prefixes.sort_unstable();
+        index.prefix_lens.sort_unstable();
+        index.prefix_lens.dedup();
         Some(index)
     }
 
@@ -58,8 +88,10 @@ impl RouteIndex {
         view: &RequestView<'_>,
     ) -> Option<&'r Arc<Route>> {
         let mut best = usize::MAX;
-        let mut try_list = |list: &[u32]| {
-            for &i in list {
+        // Each list is in configuration order: its first match is the only
+        // one that can beat `best`.
+        let mut try_list = |list: &mut dyn Iterator<Item = u32>| {
+            for i in list {
                 let i = i as usize;
                 if i >= best {
                     return;
@@ -70,14 +102,18 @@ impl RouteIndex {
                 }
             }
         };
-        try_list(&self.other);
+        try_list(&mut self.other.iter().copied());
         if let Some(path) = view.path_only {
-            if let Some(list) = self.exact.get(path) {
-                try_list(list);
-            }
-            for (&len, by_prefix) in self.prefixes.range(..=path.len()) {
-                if let Some(list) = path.get(..len).and_then(|p| by_prefix.get(p)) {
-                    try_list(list);
+            try_list(&mut keyed(&self.exact, fnv(path)));
+            let mut lens = self.prefix_lens.iter().peekable();
+            let mut h = FNV_OFFSET;
+            for (n, b) in path.bytes().map(Some).chain([None]).enumerate() {
+                if lens.next_if_eq(&&n).is_some() {
+                    try_list(&mut keyed(&self.prefixes, h));
+                }
+                match b {
+                    Some(b) if lens.peek().is_some() => h = fnv_step(h, b),
+                    _ => break,
                 }
             }
         }
