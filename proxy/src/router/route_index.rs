@@ -11,6 +11,8 @@
 //! other route (regex, case-insensitive, CONNECT) is a candidate for every
 //! request.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::matcher::{PathKey, RequestView};
@@ -19,10 +21,60 @@ use super::Route;
 /// Below this many routes a plain scan is as fast as the lookups.
 const MIN_ROUTES: usize = 32;
 
-/// `(hash of the literal, route)`, sorted: a lookup is a binary search,
-/// and building one for 10,000 routes is one allocation and a sort. Routes
-/// whose literals collide are all tried, and the matcher decides.
-type Keyed = Vec<(u64, u32)>;
+/// Routes by the hash of their literal. Routes whose literals collide are
+/// all tried, and the matcher decides. Built with one sort and no
+/// allocation per route, so rebuilding it for 10,000 routes is cheap.
+#[derive(Debug, Default)]
+struct Keyed {
+    /// Route numbers, grouped by hash, each group in configuration order.
+    routes: Vec<u32>,
+    /// Hash → its group's span in `routes`.
+    spans: HashMap<u64, (u32, u32), BuildHasherDefault<Prehashed>>,
+}
+
+impl Keyed {
+    fn new(mut pairs: Vec<(u64, u32)>) -> Keyed {
+        pairs.sort_unstable();
+        let mut spans = HashMap::default();
+        let mut start = 0;
+        for (n, &(h, _)) in pairs.iter().enumerate() {
+            if pairs.get(n + 1).is_none_or(|&(next, _)| next != h) {
+                // Route numbers are u32, so are their positions.
+                spans.insert(h, (start as u32, n as u32 + 1));
+                start = n + 1;
+            }
+        }
+        Keyed {
+            routes: pairs.into_iter().map(|(_, i)| i).collect(),
+            spans,
+        }
+    }
+
+    fn get(&self, h: u64) -> &[u32] {
+        self.spans
+            .get(&h)
+            .and_then(|&(s, e)| self.routes.get(s as usize..e as usize))
+            .unwrap_or_default()
+    }
+}
+
+/// The keys are FNV-1a hashes already.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| fnv_step(h, b));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct RouteIndex {
@@ -47,38 +99,33 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(FNV_OFFSET, fnv_step)
 }
 
-/// The routes keyed `h`, in configuration order.
-fn keyed(list: &Keyed, h: u64) -> impl Iterator<Item = u32> + '_ {
-    let start = list.partition_point(|&(k, _)| k < h);
-    list[start..]
-        .iter()
-        .take_while(move |&&(k, _)| k == h)
-        .map(|&(_, i)| i)
-}
-
 impl RouteIndex {
     /// `None` when the routes are too few to be worth an index.
     pub(crate) fn build(routes: &[Arc<Route>]) -> Option<RouteIndex> {
         if routes.len() < MIN_ROUTES {
             return None;
         }
-        let mut index = RouteIndex::default();
+        let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
+        let (mut prefix_lens, mut other) = (Vec::new(), Vec::new());
         for (i, r) in routes.iter().enumerate() {
             let i = u32::try_from(i).ok()?;
             match r.matcher.path_key() {
-                PathKey::Exact(p) => index.exact.push((fnv(p), i)),
+                PathKey::Exact(p) => exact.push((fnv(p), i)),
                 PathKey::Prefix(p) => {
-                    index.prefixes.push((fnv(p), i));
-                    index.prefix_lens.push(p.len());
+                    prefixes.push((fnv(p), i));
+                    prefix_lens.push(p.len());
                 }
-                PathKey::None => index.other.push(i),
+                PathKey::None => other.push(i),
             }
         }
-        index.exact.sort_unstable();
-        index.prefixes.sort_unstable();
-        index.prefix_lens.sort_unstable();
-        index.prefix_lens.dedup();
-        Some(index)
+        prefix_lens.sort_unstable();
+        prefix_lens.dedup();
+        Some(RouteIndex {
+            exact: Keyed::new(exact),
+            prefixes: Keyed::new(prefixes),
+            prefix_lens,
+            other,
+        })
     }
 
     /// The first route, in configuration order, that matches.
@@ -90,8 +137,8 @@ impl RouteIndex {
         let mut best = usize::MAX;
         // Each list is in configuration order: its first match is the only
         // one that can beat `best`.
-        let mut try_list = |list: &mut dyn Iterator<Item = u32>| {
-            for i in list {
+        let mut try_list = |list: &[u32]| {
+            for &i in list {
                 let i = i as usize;
                 if i >= best {
                     return;
@@ -102,14 +149,14 @@ impl RouteIndex {
                 }
             }
         };
-        try_list(&mut self.other.iter().copied());
+        try_list(&self.other);
         if let Some(path) = view.path_only {
-            try_list(&mut keyed(&self.exact, fnv(path)));
+            try_list(self.exact.get(fnv(path)));
             let mut lens = self.prefix_lens.iter().peekable();
             let mut h = FNV_OFFSET;
             for (n, b) in path.bytes().map(Some).chain([None]).enumerate() {
                 if lens.next_if_eq(&&n).is_some() {
-                    try_list(&mut keyed(&self.prefixes, h));
+                    try_list(self.prefixes.get(h));
                 }
                 match b {
                     Some(b) if lens.peek().is_some() => h = fnv_step(h, b),
