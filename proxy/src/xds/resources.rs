@@ -19,6 +19,7 @@ use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig
 use crate::config::hcm::RouteSource;
 use crate::config::listener::{ListenerConfig, Terminal};
 use crate::router::{EncodedRouteConfig, RouteTable};
+use crate::snapshot::DynamicResource;
 use crate::tls::secrets::{self, SecretValue};
 use crate::wire;
 
@@ -75,21 +76,26 @@ impl Kind {
     }
 }
 
-/// One held resource: the version that put it there, its compiled form, and
-/// its encoding, to recognise it unchanged and for `/config_dump`.
+/// One held resource: its compiled form, and the name, version and
+/// encoding `/config_dump` shows (the encoding also recognises the resource
+/// when it is sent again unchanged).
 #[derive(Debug)]
 pub struct Held<T> {
-    pub version: String,
     pub value: Arc<T>,
-    pub raw: Bytes,
+    pub dump: Arc<DynamicResource>,
+}
+
+impl<T> Held<T> {
+    pub fn version(&self) -> &str {
+        &self.dump.version
+    }
 }
 
 impl<T> Clone for Held<T> {
     fn clone(&self) -> Self {
         Held {
-            version: self.version.clone(),
             value: self.value.clone(),
-            raw: self.raw.clone(),
+            dump: self.dump.clone(),
         }
     }
 }
@@ -103,6 +109,9 @@ pub struct Resources {
     pub secrets: BTreeMap<String, Held<SecretValue>>,
     /// The last accepted `version_info` per type (state of the world).
     pub versions: BTreeMap<Kind, String>,
+    /// Counts the changes to each type's held set, so that what is built
+    /// from a set can be kept while it stays the same.
+    generations: BTreeMap<Kind, u64>,
 }
 
 /// One response's worth of changes, in either protocol variant.
@@ -142,7 +151,7 @@ impl Resources {
                     let raw = Bytes::from(any.value);
                     let unchanged = wire::string_field(&raw, NAME_FIELD)
                         .and_then(|name| self.$map.get_key_value(name))
-                        .filter(|(_, held)| held.raw == raw)
+                        .filter(|(_, held)| held.dump.raw == raw)
                         .map(|(name, held)| (name.clone(), held.value.clone()));
                     let decoded = match unchanged {
                         Some(kept) => Ok(kept),
@@ -155,14 +164,13 @@ impl Resources {
                             } else {
                                 version
                             };
-                            next.insert(
-                                name,
-                                Held {
-                                    version,
-                                    value,
-                                    raw,
-                                },
-                            );
+                            let dump = Arc::new(DynamicResource {
+                                type_url: kind.type_url(),
+                                name: name.clone(),
+                                version,
+                                raw,
+                            });
+                            next.insert(name, Held { value, dump });
                         }
                         Err((name, e)) => {
                             // The rejected resource keeps its last good
@@ -195,11 +203,17 @@ impl Resources {
                 secrets::publish_ads(name, &held.value);
             }
         }
+        *self.generations.entry(kind).or_default() += 1;
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
         self.versions.insert(kind, u.version_info);
         Ok(())
+    }
+
+    /// Changes as soon as the held set of `kind` may have.
+    pub fn generation(&self, kind: Kind) -> u64 {
+        self.generations.get(&kind).copied().unwrap_or_default()
     }
 
     /// Names this proxy must ask for: EDS service names of its clusters.
@@ -244,7 +258,7 @@ impl Resources {
     pub fn held_versions(&self, kind: Kind) -> std::collections::HashMap<String, String> {
         fn versions<T>(m: &BTreeMap<String, Held<T>>) -> std::collections::HashMap<String, String> {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.version.clone()))
+                .map(|(k, v)| (k.clone(), v.version().to_owned()))
                 .collect()
         }
         match kind {
@@ -258,6 +272,7 @@ impl Resources {
 
     /// Drops named resources nobody subscribes to any more.
     pub fn retain(&mut self, kind: Kind, keep: &BTreeSet<String>) {
+        *self.generations.entry(kind).or_default() += 1;
         match kind {
             Kind::Endpoint => self.endpoints.retain(|k, _| keep.contains(k)),
             Kind::Route => self.routes.retain(|k, _| keep.contains(k)),
@@ -428,7 +443,7 @@ mod tests {
             res.clusters["b"].value.connect_timeout,
             std::time::Duration::from_secs(2)
         );
-        assert!(res.clusters.values().all(|h| h.version == "2"));
+        assert!(res.clusters.values().all(|h| h.version() == "2"));
     }
 
     #[test]
