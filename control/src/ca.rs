@@ -220,6 +220,61 @@ impl Ca {
     }
 }
 
+/// A serving certificate and its key, PEM; `Debug` leaves the key out.
+#[derive(Clone)]
+pub struct ServingCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// A server certificate for `names` (DNS names, or IP addresses), valid
+    /// for `lifetime`: what the sidecar injector serves when the operator
+    /// gives none, trusted through the CA in the webhook's `caBundle`.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<ServingCert, CaError> {
+        let key_pair = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("trellis-control", String::as_str),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let issued = time::OffsetDateTime::now_utc();
+        params.not_before = issued - time::Duration::minutes(1);
+        params.not_after =
+            issued + time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(365));
+        let cert = params.signed_by(&key_pair, &self.issuer)?;
+        Ok(ServingCert {
+            cert_pem: cert.pem(),
+            key_pem: key_pair.serialize_pem(),
+        })
+    }
+}
+
 /// The SPIFFE ID of a proxy identity in a trust domain.
 pub fn spiffe_id(trust_domain: &str, id: &NodeId) -> String {
     format!("spiffe://{trust_domain}/{}", id.render())

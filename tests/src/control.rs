@@ -24,7 +24,12 @@ pub struct Control {
 
 impl Control {
     pub async fn start() -> Control {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Control::start_with(tempfile::tempdir().expect("temp dir"), &[]).await
+    }
+
+    /// Starts `serve` with `extra` flags, in `dir` (files the flags name
+    /// can be written there first).
+    pub async fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Control {
         std::fs::write(dir.path().join("credentials"), CREDENTIALS).expect("credentials");
         let api = format!("127.0.0.1:{}", free_port());
         let xds = format!("127.0.0.1:{}", free_port());
@@ -35,6 +40,7 @@ impl Control {
             .arg("--credentials")
             .arg(dir.path().join("credentials"))
             .args(["--api-addr", &api, "--xds-addr", &xds])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

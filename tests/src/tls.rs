@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -189,6 +189,59 @@ pub async fn https_get(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> anyhow::Result<HttpsReply> {
+    https_get_with(addr, sni, cfg, path, &[]).await
+}
+
+/// [`https_get`] with extra request headers.
+pub async fn https_get_with(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpsReply> {
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::GET,
+        path,
+        headers,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// One POST of a JSON `body` over a new TLS connection, as [`https_get`].
+pub async fn https_post(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<HttpsReply> {
+    let json = [("content-type", "application/json")];
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::POST,
+        path,
+        &json,
+        Bytes::from(body),
+    )
+    .await
+}
+
+async fn https_request(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<HttpsReply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
@@ -203,10 +256,14 @@ pub async fn https_get(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
+        .method(method)
         .uri(format!("https://{sni}{path}"))
-        .header("host", sni)
-        .body(Empty::<Bytes>::new())?;
+        .header("host", sni);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(body))?;
     let fut = async {
         let resp = if alpn.as_deref() == Some("h2") {
             let (mut send, conn) =

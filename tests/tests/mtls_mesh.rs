@@ -10,7 +10,10 @@
 //! its services as backends, so C's requests fail.
 //!
 //! A second test bootstraps a sidecar with `--issue-token` and checks that
-//! another node's token opens no stream.
+//! another node's token opens no stream. A third reads both sidecars'
+//! metrics: each hop's per-peer series name the other (the caller's
+//! verified identity on B, the target service and node on A), so one scrape
+//! per proxy draws the service graph.
 //!
 
 use std::path::Path;
@@ -220,4 +223,95 @@ async fn a_stolen_node_token_opens_no_other_node() {
         "a stolen token opened a second stream: {proxies}"
     );
     drop((sidecar_c, control));
+}
+
+/// Per-hop App Mesh series of a sidecar, by family and peer labels.
+async fn peer_count(p: &ProxyProcess, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = p.admin_get("/stats/prometheus").await.body_text();
+    trellis_tests::metrics::series(&text, family, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn both_hops_name_each_other_in_their_metrics() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], true),
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+
+    let own_a = [("appmesh_mesh", "m"), ("appmesh_virtual_node", "client")];
+    let target = [
+        own_a[0],
+        own_a[1],
+        ("appmesh_target_virtual_service", "color"),
+        ("appmesh_target_virtual_node", "blue"),
+    ];
+    let caller = [
+        ("appmesh_mesh", "m"),
+        ("appmesh_virtual_node", "blue"),
+        ("appmesh_downstream_mesh", "m"),
+        ("appmesh_downstream_virtual_node", "client"),
+    ];
+    let five = |l: &[(&'static str, &'static str)]| {
+        let mut l = l.to_vec();
+        l.push(("envoy_response_code_class", "5"));
+        l
+    };
+    let count = || async {
+        (
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_total", &target).await,
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_xx", &five(&target)).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_total", &caller).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_xx", &five(&caller)).await,
+        )
+    };
+    let before = count().await;
+    for path in ["/a", "/b", "/c", "/d", "/e", "/status/503", "/status/503"] {
+        let r = client::request(
+            Method::GET,
+            &format!("http://127.0.0.1:{}{path}", a.1),
+            &[("host", "color")],
+            "",
+        )
+        .await
+        .expect("request through both sidecars");
+        assert_eq!(
+            r.status,
+            if path.starts_with("/status") {
+                503
+            } else {
+                200
+            }
+        );
+    }
+    let after = count().await;
+    assert_eq!(
+        (
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+            after.3 - before.3
+        ),
+        (7.0, 2.0, 7.0, 2.0),
+        "A counts 7 requests to color/blue, B 7 from client; 2 of them 5xx"
+    );
+    for p in [&sidecar_a, &sidecar_b] {
+        let text = p.admin_get("/stats/prometheus").await.body_text();
+        let findings = trellis_tests::metrics::promtool_findings(&text);
+        assert!(findings.is_empty(), "promtool: {findings:#?}");
+    }
+    drop((sidecar_a, sidecar_b, control));
 }

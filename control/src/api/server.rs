@@ -153,6 +153,19 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
                 .map_err(|_| (None, ApiError::internal("the token operation panicked")))?
                 .map_err(|e| (None, e));
         }
+        if raw_path == "/trellis/v1/pod-selectors" {
+            let appmesh = state.appmesh.clone();
+            let method = parts.method.clone();
+            return tokio::task::spawn_blocking(move || pod_selectors(&appmesh, &method, &body))
+                .await
+                .map_err(|_| {
+                    (
+                        None,
+                        ApiError::internal("the pod selector operation panicked"),
+                    )
+                })?
+                .map_err(|e| (None, e));
+        }
         return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));
     }
     let model = ServiceModel::get();
@@ -251,6 +264,28 @@ fn token_endpoint(
             format!("No trellis endpoint {method} /trellis/v1/tokens"),
         )),
     }
+}
+
+/// `PUT /trellis/v1/pod-selectors`: a VirtualNode manifest's namespace,
+/// name and `podSelector` (sent by `trellis-control apply`), which the
+/// sidecar injector matches pods against.
+fn pod_selectors(
+    appmesh: &AppMesh,
+    method: &Method,
+    body: &[u8],
+) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
+    if method != Method::PUT {
+        return Err(ApiError::new(
+            crate::error::ErrorKind::UnknownOperation,
+            format!("No trellis endpoint {method} /trellis/v1/pod-selectors"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid pod selector: {e}")))?;
+    let binding = crate::inject::PodBinding::parse(&value)
+        .map_err(|e| ApiError::bad_request(format!("Invalid pod selector: {e}")))?;
+    let changed = appmesh.put_pod_binding(&binding)?;
+    Ok((None, 200, json!({ "changed": changed })))
 }
 
 /// `{"meshName", "virtualNodeName", "address", "port"}`: an instance of a

@@ -7,6 +7,8 @@ use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState};
 use trellis_control::ca::Ca;
+use trellis_control::inject::server::WebhookCert;
+use trellis_control::inject::{self, Resources, Settings};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
@@ -14,7 +16,7 @@ use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
 
-use super::{ConfigError, ServeArgs};
+use super::{ConfigError, InjectorArgs, ServeArgs};
 
 fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     if args.no_auth {
@@ -73,14 +75,60 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
     Ok(Arc::new(ca))
 }
 
+fn injector_settings(args: &InjectorArgs) -> Settings {
+    let image = format!(
+        "{}:{}",
+        args.sidecar_image_repository, args.sidecar_image_tag
+    );
+    let mut settings = Settings::new(image, args.sidecar_xds_addr.clone());
+    if let Some(init) = &args.init_image {
+        settings.init_image = init.clone();
+    }
+    settings.admin_port = args.envoy_admin_access_port;
+    settings.log_level = args.sidecar_log_level.clone();
+    settings.resources = Resources {
+        cpu_request: Some(args.sidecar_cpu_requests.clone()),
+        memory_request: Some(args.sidecar_memory_requests.clone()),
+        cpu_limit: args.sidecar_cpu_limits.clone(),
+        memory_limit: args.sidecar_memory_limits.clone(),
+    };
+    settings.egress_ignored_ips = args.ignored_ips.clone();
+    settings.prestop_delay_s = args.prestop_delay;
+    settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
+    settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
+    settings.readiness_probe_period_s = args.readiness_probe_period;
+    settings
+}
+
+/// How long the certificate the mesh CA issues for the injector lives; a
+/// new one is issued at every start.
+const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The injector's certificate: the operator's files, else one from the mesh CA.
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+    let cert = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+        }
+        _ => {
+            let issued = ca
+                .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
+                .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
+            tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
+            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    Ok(Arc::new(cert))
+}
+
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     if args.load.is_empty() {
         return Ok(());
     }
     let docs =
         manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let applied = manifest::apply(&docs, |op, input| appmesh.call(op, input))
-        .map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.to_string()))?;
     tracing::info!(documents = applied.len(), "loaded specs");
     Ok(())
 }
@@ -120,6 +168,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     load(&appmesh, &args)?;
+    let webhook_cert = match args.injector.webhook_addr {
+        Some(_) => Some(webhook_cert(&args.injector, &ca)?),
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.api_addr)
@@ -130,7 +182,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on --xds-addr {}", args.xds_addr))?;
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
         tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
+        let webhook_listener = match args.injector.webhook_addr {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on --webhook-addr {addr}"))?;
+                tracing::info!(%addr, "sidecar injector (HTTPS) listening");
+                Some(l)
+            }
+            None => None,
+        };
         let registry = Arc::new(Registry::default());
+        let webhook = Arc::new(inject::server::Webhook::new(
+            store.clone(),
+            injector_settings(&args.injector),
+        ));
         let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
             .with_ca(ca)
             .with_token_policy(args.require_node_tokens.into());
@@ -141,6 +207,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let xds_task = tokio::spawn(xds::server::serve(xds_listener, xds, async move {
             let _ = xds_stop.wait_for(|s| *s).await;
         }));
+        let webhook_task = match (webhook_listener, webhook_cert) {
+            (Some(l), Some(cert)) => {
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(inject::server::serve(l, cert, webhook, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })))
+            }
+            _ => None,
+        };
         let api = serve(listener, state, async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
@@ -149,6 +224,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         match xds_task.await {
             Ok(r) => r.context("the xDS server failed")?,
             Err(e) => return Err(anyhow::anyhow!("the xDS server task failed: {e}")),
+        }
+        if let Some(task) = webhook_task {
+            match task.await {
+                Ok(r) => r.context("the sidecar injector failed")?,
+                Err(e) => return Err(anyhow::anyhow!("the sidecar injector task failed: {e}")),
+            }
         }
         drop(stop_rx);
         Ok(())

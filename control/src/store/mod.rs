@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS revision (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS pod_bindings (
+    mesh TEXT NOT NULL,
+    virtual_node TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pod_selector TEXT,
+    PRIMARY KEY (mesh, virtual_node)
+);
 CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -54,7 +62,7 @@ CREATE TABLE IF NOT EXISTS node_tokens (
 
 /// Bumped whenever the schema changes, so an older binary refuses a
 /// database it would misread instead of corrupting it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -99,6 +107,23 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         Store::init(conn).map_err(open_err)
+    }
+
+    /// Writes a consistent copy of the database at `src` to `dst` (a new
+    /// file) with `VACUUM INTO`, which reads one snapshot: the server may
+    /// keep writing meanwhile.
+    pub fn backup(src: &Path, dst: &Path) -> Result<(), StoreError> {
+        let err = |source| StoreError::Open {
+            path: src.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute("VACUUM INTO ?1", [dst.to_string_lossy()])
+            .map_err(err)?;
+        Ok(())
     }
 
     pub fn open_in_memory() -> Result<Store, StoreError> {

@@ -3,6 +3,7 @@
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde_json::Value;
 
+use crate::inject::{LabelSelector, PodBinding};
 use crate::model::{Kind, Metadata, Resource, ResourceKey, Tag};
 
 const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
@@ -173,6 +174,57 @@ impl<'a> Tx<'a> {
         )?;
         self.changed = true;
         Ok(())
+    }
+
+    /// Records which pods select a virtual node; whether anything changed.
+    /// Bindings never change what proxies get: no revision bump.
+    pub fn put_pod_binding(&mut self, b: &PodBinding) -> rusqlite::Result<bool> {
+        let selector = b
+            .pod_selector
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|_| corrupt("pod_selector"))?;
+        let n = self.txn.execute(
+            "INSERT INTO pod_bindings (mesh, virtual_node, namespace, name, pod_selector) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (mesh, virtual_node) DO UPDATE SET \
+             namespace = excluded.namespace, name = excluded.name, pod_selector = excluded.pod_selector \
+             WHERE namespace IS NOT excluded.namespace OR name IS NOT excluded.name \
+             OR pod_selector IS NOT excluded.pod_selector",
+            params![b.mesh_name, b.virtual_node_name, b.namespace, b.name, selector],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_pod_binding(&mut self, mesh: &str, virtual_node: &str) -> rusqlite::Result<()> {
+        self.txn.execute(
+            "DELETE FROM pod_bindings WHERE mesh = ?1 AND virtual_node = ?2",
+            params![mesh, virtual_node],
+        )?;
+        Ok(())
+    }
+
+    pub fn pod_bindings(&self) -> rusqlite::Result<Vec<PodBinding>> {
+        let mut stmt = self.txn.prepare(
+            "SELECT mesh, virtual_node, namespace, name, pod_selector FROM pod_bindings \
+             ORDER BY mesh, virtual_node",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let selector: Option<String> = r.get(4)?;
+            let pod_selector = selector
+                .map(|s| serde_json::from_str::<LabelSelector>(&s))
+                .transpose()
+                .map_err(|_| corrupt("pod_selector"))?;
+            Ok(PodBinding {
+                mesh_name: r.get(0)?,
+                virtual_node_name: r.get(1)?,
+                namespace: r.get(2)?,
+                name: r.get(3)?,
+                pod_selector,
+            })
+        })?;
+        rows.collect()
     }
 
     /// The digest and response recorded for a client token, if any.
