@@ -14,7 +14,8 @@ alike, one worker each, same ADS server, same config):
 
 Runs on the ADS server of the interop tests (tests/python/xds/ads_server.py,
 PyPI `xds-protos` + `grpcio`). Prints one JSON object per (proxy, size) on
-stdout; `bench/run --scenarios config` renders them. See bench/README.md.
+stdout (and exits 1 if any failed); `bench/run --scenarios config`
+renders them. See bench/README.md.
 """
 import argparse
 import http.client
@@ -313,6 +314,7 @@ def main():
     if not kinds:
         sys.exit("give --trellis-bin and/or --envoy-bin")
     upstream = Upstream()
+    failed = 0
     try:
         for routes in [int(x) for x in args.routes.split(",") if x]:
             for kind in kinds:
@@ -320,10 +322,12 @@ def main():
                     res = run_one(args, kind, routes, upstream)
                 except Exception as e:  # noqa: BLE001
                     res = {"proxy": kind, "routes": routes, "failed": str(e)}
+                    failed += 1
                 log(json.dumps({k: v for k, v in res.items() if k not in ("push_ack_ms", "update_ms")}))
                 print(json.dumps(res), flush=True)
     finally:
         upstream.stop()
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

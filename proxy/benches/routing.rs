@@ -2,7 +2,7 @@
 //! loaded CI box): the time to pick a route with 10 and with 10,000 routes,
 //! and the time to compile a RouteConfiguration as RDS delivers it, whole
 //! and with one route changed against the previous version. Run with
-//! `cargo bench -p trellis-proxy --bench routing [-- lookup|compile]`;
+//! `cargo bench -p trellis-proxy --bench routing [-- lookup|compile|smoke]`;
 //! `bench/run --scenarios config` runs it too and puts its output in the
 //! report.
 //!
@@ -152,40 +152,75 @@ fn request(path: &str) -> http::request::Parts {
     req.into_parts().0
 }
 
-fn lookup(label: &str, t: &RouteTable, authority: &str, path: &str) {
+fn lookup(scale: &Scale, label: &str, t: &RouteTable, authority: &str, path: &str) {
     let req = request(path);
     assert!(t.find_with_random(authority, &req, 0).is_some(), "{label}");
     report(
         label,
-        measure(Duration::from_millis(300), || {
+        measure(scale.budget.min(Duration::from_millis(300)), || {
             black_box(t.find_with_random(black_box(authority), &req, 0));
         }),
     );
 }
 
+/// Table sizes and time per case: the benchmark's, or a smoke check's
+/// (`-- smoke`: small tables, a few milliseconds per case; `scripts/test`
+/// runs it so the benchmark keeps working).
+struct Scale {
+    sizes: [usize; 3],
+    budget: Duration,
+}
+
+/// 10000 → "10,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn main() {
-    // Cargo passes `--bench`; any other argument picks sections by name.
-    let picked: Vec<String> = std::env::args()
+    // Cargo passes `--bench`; `smoke` shrinks the run; any other argument
+    // picks sections by name.
+    let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    let scale = if args.iter().any(|a| a == "smoke") {
+        Scale {
+            sizes: [10, 100, 1_000],
+            budget: Duration::from_millis(5),
+        }
+    } else {
+        Scale {
+            sizes: [10, 1_000, 10_000],
+            budget: Duration::from_millis(1500),
+        }
+    };
+    let picked: Vec<&String> = args.iter().filter(|a| *a != "smoke").collect();
     let want =
         |section: &str| picked.is_empty() || picked.iter().any(|p| section.contains(p.as_str()));
     if want("lookup") {
-        lookups();
+        lookups(&scale);
     }
     if want("compile") {
-        compiles();
+        compiles(&scale);
     }
 }
 
-fn lookups() {
+fn lookups(scale: &Scale) {
     println!("# route lookup (App Mesh shape: 10 routes per virtual host)");
-    for routes in [10, 1_000, 10_000] {
+    for routes in scale.sizes {
         let hosts = routes / ROUTES_PER_HOST;
         let t = compile(&encode(&config(hosts, ROUTES_PER_HOST)), None);
         let last = hosts - 1;
         lookup(
+            scale,
             &format!("lookup, {routes} routes, last host, its last route"),
             &t,
             &format!("{}:8080", host(last)),
@@ -193,16 +228,18 @@ fn lookups() {
         );
     }
     println!("# route lookup (one virtual host, as a virtual gateway)");
-    for routes in [10, 1_000, 10_000] {
+    for routes in scale.sizes {
         let t = compile(&encode(&config(1, routes)), None);
         let last = routes - 2;
         lookup(
+            scale,
             &format!("lookup, {routes} routes in one host, first route"),
             &t,
             &host(0),
             "/svc0/api0/items",
         );
         lookup(
+            scale,
             &format!("lookup, {routes} routes in one host, route {last}"),
             &t,
             &host(0),
@@ -211,34 +248,34 @@ fn lookups() {
     }
 }
 
-fn compiles() {
-    let budget = Duration::from_millis(1500);
+fn compiles(scale: &Scale) {
     println!("# compile (decode + compile, as an RDS update)");
-    for routes in [10, 1_000, 10_000] {
+    for routes in scale.sizes {
         let bytes = encode(&config(routes / ROUTES_PER_HOST, ROUTES_PER_HOST));
         report(
             &format!("full compile, {routes} routes ({} KiB)", bytes.len() / 1024),
-            measure(budget, || drop(black_box(compile(&bytes, None)))),
+            measure(scale.budget, || drop(black_box(compile(&bytes, None)))),
         );
     }
-    for (hosts, per_host) in [(1000, ROUTES_PER_HOST), (1, 10_000)] {
+    let largest = scale.sizes[2];
+    for (hosts, per_host) in [(largest / ROUTES_PER_HOST, ROUTES_PER_HOST), (1, largest)] {
         let mut rc = config(hosts, per_host);
         let previous = compile(&encode(&rc), None);
         let (i, j) = (hosts / 2, per_host / 2);
         rc.virtual_hosts[i].routes[j] = route(i, j, "-v2");
         let changed = encode(&rc);
         let shape = if hosts == 1 {
-            "10,000 routes in one host".to_string()
+            format!("{} routes in one host", thousands(per_host))
         } else {
             format!("{hosts} hosts × {per_host} routes")
         };
         report(
             &format!("full compile, {shape}"),
-            measure(budget, || drop(black_box(compile(&changed, None)))),
+            measure(scale.budget, || drop(black_box(compile(&changed, None)))),
         );
         report(
             &format!("one changed route, {shape}, against the previous"),
-            measure(budget, || {
+            measure(scale.budget, || {
                 drop(black_box(compile(&changed, Some(&previous))));
             }),
         );
