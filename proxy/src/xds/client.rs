@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
@@ -144,9 +144,11 @@ impl Client {
     ) -> (Vec<(Kind, BTreeSet<String>)>, Result<(), String>) {
         let kind = update.kind;
         let version = update.version_info.clone();
+        let count = update.resources.len();
         let stats = self.stats.of(kind);
         stats.update_attempt.inc();
         let mut guard = self.state.lock().await;
+        let started = Instant::now();
         let (res, warming) = &mut *guard;
         let outcome = res.apply(update);
         match &outcome {
@@ -185,6 +187,19 @@ impl Client {
         }
         let applied = apply(&self.shared, &self.statics, res, warming).await;
         drop(guard);
+        if outcome.is_ok() {
+            // Envoy's `update_duration`: from the decoded response to the
+            // new config in force, for accepted updates.
+            let took = started.elapsed();
+            stats.update_duration.record(took);
+            tracing::info!(
+                type_url = kind.type_url(),
+                %version,
+                resources = count,
+                duration_us = took.as_micros() as u64,
+                "xDS update applied"
+            );
+        }
         match applied {
             Ok(true) => self.schedule_reapply(),
             Ok(false) => {}
