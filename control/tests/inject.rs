@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use trellis_control::inject::{admit, MeshView, NamespaceDefault, Settings};
+use trellis_control::inject::{admit, MeshView, NamespaceDefault, Settings, XdsTrust};
 use trellis_control::manifest::{self, Outcome};
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
 
 const IMAGE: &str = "registry.example.com/trellis/trellis-proxy:0.1.0";
 const XDS: &str = "trellis-control.trellis-system.svc:18000";
+/// Stands for the mesh CA bundle injected sidecars trust for xDS.
+const XDS_CA: &str = "-----BEGIN CERTIFICATE-----\nbundle\n-----END CERTIFICATE-----\n";
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject")
@@ -58,7 +60,7 @@ impl Mesh {
 }
 
 fn settings() -> Settings {
-    Settings::new(IMAGE.into(), XDS.into())
+    Settings::new(IMAGE.into(), XDS.into(), XdsTrust::Bundle(XDS_CA.into()))
 }
 
 /// The answer to `review`, checked for what every answer must be: the
@@ -204,6 +206,7 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
                 "mesh/shop-mesh/virtualNode/cart_shop",
             ),
             ("TRELLIS_XDS_ADDR", XDS),
+            ("TRELLIS_XDS_CA", XDS_CA),
             ("ENVOY_ADMIN_ACCESS_PORT", "9901"),
             ("ENVOY_LOG_LEVEL", "info"),
             ("APPMESH_ENVOY_INGRESS_PORT", "15000"),

@@ -75,7 +75,7 @@ async fn next(rx: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_api_requests_streams_pushes_and_answers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &[]);
+    let server = Server::start(&dir.path().join("data"), &["--xds-plaintext"]);
     let c = server.client();
     c.call("CreateMesh", &json!({"meshName": "a"}))
         .await

@@ -26,4 +26,5 @@ pub mod tls;
 pub mod tracing_ctx;
 pub mod upstream;
 pub mod wait_ready;
+pub(crate) mod wire;
 pub mod xds;

@@ -118,7 +118,7 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         .await;
     shared.snapshot.store(Arc::new(Snapshot {
         listeners: config.listeners.clone(),
-        clusters,
+        clusters: Arc::new(clusters),
         routes: Default::default(),
         bootstrap: Some(Arc::new(bootstrap.clone())),
         dynamic: Vec::new(),

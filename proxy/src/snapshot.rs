@@ -12,19 +12,21 @@ use crate::upstream::ClusterMap;
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerConfig>>,
-    pub clusters: ClusterMap,
+    /// Shared with the previous snapshot when no cluster or endpoint changed.
+    pub clusters: Arc<ClusterMap>,
     /// Route configurations delivered over RDS, by name.
     pub routes: HashMap<Arc<str>, Arc<RouteTable>>,
     /// The bootstrap as loaded, for `/config_dump`.
     pub bootstrap: Option<Arc<xds_protos::envoy::config::bootstrap::v3::Bootstrap>>,
     /// Resources that arrived over xDS, with the version that put each there.
-    pub dynamic: Vec<DynamicResource>,
+    pub dynamic: Vec<Arc<DynamicResource>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DynamicResource {
     pub type_url: &'static str,
     pub name: String,
     pub version: String,
-    pub raw: prost_types::Any,
+    /// The resource as received, of type `type_url`.
+    pub raw: bytes::Bytes,
 }

@@ -29,6 +29,7 @@ pub struct Ca {
 pub struct Leaf {
     pub dns: Vec<String>,
     pub uri: Vec<String>,
+    pub ip: Vec<std::net::IpAddr>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -40,9 +41,16 @@ impl Leaf {
         Leaf {
             dns: dns.iter().map(|s| s.to_string()).collect(),
             uri: uri.iter().map(|s| s.to_string()).collect(),
+            ip: Vec::new(),
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(1),
         }
+    }
+
+    /// Adds IP address SANs.
+    pub fn ips(mut self, ips: &[std::net::IpAddr]) -> Leaf {
+        self.ip.extend_from_slice(ips);
+        self
     }
 
     pub fn valid(mut self, from: time::Duration, to: time::Duration) -> Leaf {
@@ -98,6 +106,14 @@ impl Ca {
         p
     }
 
+    /// Writes the CA's private key as `NAME.key` under `dir`, for a server
+    /// that issues from this CA (`trellis-control serve --ca-key`).
+    pub fn write_key(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(format!("{name}.key"));
+        std::fs::write(&p, self.issuer.key().serialize_pem()).expect("write ca key");
+        p
+    }
+
     /// Issues a leaf usable both as a server and as a client certificate.
     pub fn issue(&self, leaf: &Leaf) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
@@ -118,6 +134,9 @@ impl Ca {
                 .subject_alt_names
                 .push(SanType::URI(u.clone().try_into().expect("uri san")));
         }
+        params
+            .subject_alt_names
+            .extend(leaf.ip.iter().map(|ip| SanType::IpAddress(*ip)));
         params.not_before = leaf.not_before;
         params.not_after = leaf.not_after;
         params.extended_key_usages = vec![

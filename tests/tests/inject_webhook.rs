@@ -154,6 +154,23 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
             Some("mesh/shop-mesh/virtualNode/cart_shop")
         );
         assert_eq!(env_of(proxy, "TRELLIS_XDS_ADDR"), Some("10.0.0.5:18000"));
+        // The sidecar reaches xDS over TLS, trusting the mesh CA.
+        let bundle = std::fs::read_to_string(control.ca_path()).expect("the mesh CA");
+        assert_eq!(env_of(proxy, "TRELLIS_XDS_CA"), Some(bundle.as_str()));
+        // ... and the xDS certificate names the address sidecars dial.
+        let out = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &control.xds, "-CAfile"])
+            .arg(control.ca_path())
+            .args(["-verify_return_error", "-verify_ip", "10.0.0.5"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .expect("openssl s_client runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert_eq!(
             proxy["resources"],
             json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})

@@ -291,6 +291,38 @@ async fn adds_changes_and_removals(proxy: Proxy, delta: bool) {
     assert_eq!(p.stat("control_plane.connected_state").await, 1);
     let nacks: Vec<_> = xds.requests().into_iter().filter(|r| r.is_nack()).collect();
     assert!(nacks.is_empty(), "no NACKs: {nacks:?}");
+    // Envoy shows histograms only after its 5 s stats flush; trellis at once.
+    if proxy == Proxy::Trellis {
+        every_update_is_timed(&p).await;
+    }
+}
+
+/// `update_duration` (Envoy's name) has one sample per accepted update.
+async fn every_update_is_timed(p: &ProxyProcess) {
+    let prom = p.admin_get("/stats/prometheus").await.body_text();
+    for (scope, family) in [
+        (
+            "cluster_manager.cds",
+            "envoy_cluster_manager_cds_update_duration_count",
+        ),
+        (
+            "listener_manager.lds",
+            "envoy_listener_manager_lds_update_duration_count",
+        ),
+        ("http.rds", "envoy_http_rds_update_duration_count"),
+        (
+            "cluster_manager.eds",
+            "envoy_cluster_manager_eds_update_duration_count",
+        ),
+    ] {
+        let count = prom
+            .lines()
+            .filter(|l| l.starts_with(family))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok());
+        let accepted = p.stat(&format!("{scope}.update_success")).await;
+        assert!(accepted >= 3, "{scope}: {accepted} updates");
+        assert_eq!(count, Some(accepted), "{family} in:\n{prom}");
+    }
 }
 
 /// Asserts a NACK is an error status carrying the last version accepted

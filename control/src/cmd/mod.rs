@@ -159,9 +159,29 @@ pub struct ServeArgs {
     /// PEM private key of the --ca-cert CA.
     #[arg(long, requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// PEM CA certificates trusted alongside the issuing CA (their SVIDs are
+    /// accepted by every proxy) while a CA rotation overlaps.
+    #[arg(long)]
+    pub ca_trust: Vec<PathBuf>,
     /// Trust domain of the SPIFFE IDs the CA issues.
     #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Serve xDS in clear text (only on a loopback --xds-addr): node tokens
+    /// and SVID keys then cross the connection unencrypted.
+    #[arg(long, conflicts_with_all = ["xds_tls_cert", "xds_san"])]
+    pub xds_plaintext: bool,
+    /// PEM certificate chain for the xDS port [default: issued by the mesh
+    /// CA for the --xds-addr IP (every local address when unspecified),
+    /// `localhost` and each --xds-san].
+    #[arg(long, requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// Another DNS name or IP address proxies use to reach the xDS port, for
+    /// the certificate the mesh CA issues it.
+    #[arg(long, conflicts_with = "xds_tls_cert")]
+    pub xds_san: Vec<String>,
     /// When ADS streams must carry their node's token: `auto` once any token
     /// has been issued, `always`, or `never`.
     #[arg(long, value_enum, default_value_t = TokenPolicy::Auto)]
@@ -202,9 +222,14 @@ pub struct InjectorArgs {
         "localhost".to_string(),
     ])]
     pub webhook_dns_names: Vec<String>,
-    /// `TRELLIS_XDS_ADDR` of injected sidecars: how pods reach this server's xDS.
+    /// `TRELLIS_XDS_ADDR` of injected sidecars: how pods reach this server's
+    /// xDS (its host is also a name in the xDS certificate the mesh CA issues).
     #[arg(long, default_value = "trellis-control.trellis-system.svc:18000")]
     pub sidecar_xds_addr: String,
+    /// PEM CA bundle injected sidecars trust for xDS (`TRELLIS_XDS_CA`):
+    /// needed with --xds-tls-cert [default: the mesh CA bundle].
+    #[arg(long)]
+    pub sidecar_xds_ca: Option<PathBuf>,
     /// Image repository of the injected sidecar.
     #[arg(long, default_value = "ghcr.io/trellis-mesh/trellis-proxy")]
     pub sidecar_image_repository: String,
@@ -335,6 +360,14 @@ pub struct BootstrapArgs {
     /// Put this node token in the bootstrap.
     #[arg(long)]
     pub token: Option<String>,
+    /// PEM CA bundle the proxy trusts for the xDS server's certificate,
+    /// written inline into the bootstrap [default: the mesh CA bundle, from
+    /// the API's GET /trellis/v1/ca].
+    #[arg(long, conflicts_with = "xds_plaintext")]
+    pub xds_ca: Option<PathBuf>,
+    /// Connect to xDS in clear text, for a server started with --xds-plaintext.
+    #[arg(long)]
+    pub xds_plaintext: bool,
     #[command(flatten)]
     pub api: StatusArgs,
 }

@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use super::mesh::Node;
 use super::pod::{Options, Pod};
 use super::settings::{
-    Quantity, Settings, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME, SIDECAR_NAME,
+    Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME,
+    SIDECAR_NAME,
 };
 
 fn env(name: &str, value: impl Into<String>) -> Value {
@@ -141,6 +142,10 @@ impl Plan<'_> {
             env("ENVOY_LOG_LEVEL", s.log_level.as_str()),
             env("APPMESH_ENVOY_INGRESS_PORT", INGRESS_PORT.to_string()),
             env("APPMESH_ENVOY_EGRESS_PORT", EGRESS_PORT.to_string()),
+            match &s.xds_trust {
+                XdsTrust::Bundle(pem) => env("TRELLIS_XDS_CA", pem.as_str()),
+                XdsTrust::Plaintext => env("TRELLIS_XDS_PLAINTEXT", "1"),
+            },
         ];
         let managed: Vec<String> = env_vars
             .iter()

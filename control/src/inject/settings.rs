@@ -137,6 +137,8 @@ pub struct Settings {
     pub init_image: String,
     /// `TRELLIS_XDS_ADDR` of injected proxies: how pods reach trellis-control.
     pub xds_addr: String,
+    /// How injected proxies trust the xDS port.
+    pub xds_trust: XdsTrust,
     /// `ENVOY_ADMIN_ACCESS_PORT`: the admin API (on 127.0.0.1) that the
     /// probes ask `/ready`.
     pub admin_port: u16,
@@ -158,13 +160,23 @@ pub struct Settings {
     pub readiness_probe_period_s: u32,
 }
 
+/// What injected proxies are told about xDS TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XdsTrust {
+    /// `TRELLIS_XDS_CA`: the PEM bundle the xDS certificate chains to.
+    Bundle(String),
+    /// `TRELLIS_XDS_PLAINTEXT=1`: a control plane serving clear text.
+    Plaintext,
+}
+
 impl Settings {
-    /// Defaults for the given images and xDS address.
-    pub fn new(sidecar_image: String, xds_addr: String) -> Settings {
+    /// Defaults for the given images and xDS address and trust.
+    pub fn new(sidecar_image: String, xds_addr: String, xds_trust: XdsTrust) -> Settings {
         Settings {
             init_image: sidecar_image.clone(),
             sidecar_image,
             xds_addr,
+            xds_trust,
             admin_port: 9901,
             log_level: "info".into(),
             resources: Resources {

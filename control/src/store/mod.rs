@@ -86,6 +86,9 @@ pub struct Snapshot {
 pub struct Store {
     conn: Mutex<Connection>,
     revision: watch::Sender<u64>,
+    /// Bumped when node tokens change, so that open ADS streams check
+    /// theirs again.
+    tokens: watch::Sender<u64>,
 }
 
 impl Store {
@@ -147,6 +150,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             revision,
+            tokens: watch::Sender::new(0),
         })
     }
 
@@ -180,6 +184,7 @@ impl Store {
         let mut tx = Tx::new(&txn);
         let out = f(&mut tx)?;
         let changed = tx.changed();
+        let tokens_changed = tx.tokens_changed();
         let revision = if changed {
             txn.execute("UPDATE revision SET value = value + 1 WHERE id = 0", [])?;
             let v: i64 =
@@ -192,12 +197,21 @@ impl Store {
         if let Some(v) = revision {
             self.revision.send_replace(u64::try_from(v).unwrap_or(0));
         }
+        if tokens_changed {
+            self.tokens.send_modify(|n| *n += 1);
+        }
         Ok(out)
     }
 
     /// The revision of the last committed change.
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
+    }
+
+    /// A receiver that changes whenever a node token is issued, replaced or
+    /// revoked.
+    pub fn subscribe_tokens(&self) -> watch::Receiver<u64> {
+        self.tokens.subscribe()
     }
 
     /// A receiver whose value is the revision of the last committed change.

@@ -14,6 +14,7 @@ const COLUMNS: &str =
 pub struct Tx<'a> {
     txn: &'a Transaction<'a>,
     changed: bool,
+    tokens_changed: bool,
 }
 
 fn corrupt(what: &str) -> rusqlite::Error {
@@ -51,11 +52,17 @@ impl<'a> Tx<'a> {
         Tx {
             txn,
             changed: false,
+            tokens_changed: false,
         }
     }
 
     pub(super) fn changed(&self) -> bool {
         self.changed
+    }
+
+    /// Whether a node token was issued, replaced or revoked.
+    pub(super) fn tokens_changed(&self) -> bool {
+        self.tokens_changed
     }
 
     pub fn revision(&self) -> rusqlite::Result<u64> {
@@ -275,6 +282,7 @@ impl<'a> Tx<'a> {
             "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at) VALUES (?1, ?2, ?3)",
             rusqlite::params![node_id, sha256, at],
         )?;
+        self.tokens_changed = true;
         Ok(())
     }
 
@@ -286,6 +294,7 @@ impl<'a> Tx<'a> {
             "UPDATE node_tokens SET sha256 = '' WHERE node_id = ?1 AND sha256 != ''",
             [node_id],
         )?;
+        self.tokens_changed |= n > 0;
         Ok(n > 0)
     }
 

@@ -50,7 +50,7 @@ pub fn render(s: &Shared) -> Value {
                 let mut v = serde_json::Map::new();
                 v.insert("name".into(), Value::String(d.name.clone()));
                 v.insert("version_info".into(), Value::String(d.version.clone()));
-                v.insert(key.into(), any_to_json(&d.raw.type_url, &d.raw.value));
+                v.insert(key.into(), any_to_json(d.type_url, &d.raw));
                 Value::Object(v)
             })
             .collect()

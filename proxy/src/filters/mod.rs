@@ -224,12 +224,12 @@ async fn inject(f: &fault::Fault, req: &Request<'_>, stats: &FilterStats) -> Opt
             return None;
         }
     }
-    let view = crate::router::RequestView {
-        host: req.host,
-        parts: req.parts,
-        path: req.parts.uri.path_and_query().map(|p| p.as_str()),
-        random: 0,
-    };
+    let view = crate::router::RequestView::new(
+        req.host,
+        req.parts,
+        req.parts.uri.path_and_query().map(|p| p.as_str()),
+        0,
+    );
     if !f.headers.iter().all(|m| m.matches(&view)) {
         return None;
     }

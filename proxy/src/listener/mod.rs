@@ -68,7 +68,12 @@ impl ActiveListener {
                 .clone()
                 .map(|l| Arc::new(ConnectionLimit::new(l, shared))),
         };
-        let stats = Arc::new(ListenerStats::new(config.address));
+        let tls = config
+            .filter_chains
+            .iter()
+            .chain(config.default_chain.as_ref())
+            .any(|c| c.tls.is_some());
+        let stats = Arc::new(ListenerStats::new(config.address, tls));
         shared
             .store
             .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
@@ -223,7 +228,8 @@ fn handle(
         listener.stats.downstream_cx_active.inc();
         match tls {
             Some(tls) => {
-                if let Some((stream, info)) = tls.accept(stream).await {
+                if let Some((stream, info)) = tls.accept(stream, listener.stats.ssl.as_ref()).await
+                {
                     let info = Arc::new(info);
                     match chain.terminal {
                         Terminus::Http(hcm) => {

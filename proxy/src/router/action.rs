@@ -290,7 +290,7 @@ impl Forward {
         };
         let msd = a.max_stream_duration.as_ref();
         let msd_field = |name: &str, d: Option<&prost_types::Duration>| {
-            opt_duration(&format!("max_stream_duration.{name}"), d)
+            opt_duration(name, d).map_err(|e| e.at("max_stream_duration"))
         };
         Ok(Forward {
             cluster,

@@ -20,7 +20,26 @@ pub(crate) struct RequestView<'r> {
     pub(crate) parts: &'r http::request::Parts,
     /// `:path` including the query; `None` for path-less (CONNECT) requests.
     pub(crate) path: Option<&'r str>,
+    /// `path` without its query and fragment, which path conditions test.
+    pub(crate) path_only: Option<&'r str>,
     pub(crate) random: u64,
+}
+
+impl<'r> RequestView<'r> {
+    pub(crate) fn new(
+        host: &'r str,
+        parts: &'r http::request::Parts,
+        path: Option<&'r str>,
+        random: u64,
+    ) -> RequestView<'r> {
+        RequestView {
+            host,
+            parts,
+            path,
+            path_only: path.map(path_without_query),
+            random,
+        }
+    }
 }
 
 /// Which part of the request path a `prefix_rewrite` replaces. Envoy replaces
@@ -52,6 +71,16 @@ pub(crate) struct RouteMatcher {
     /// Matches when `random % denominator < numerator`, as Envoy's
     /// `featureEnabled` does with the runtime key's default value.
     runtime_fraction: Option<(u64, u64)>,
+}
+
+/// The literal a route's path condition needs, for the route index.
+pub(crate) enum PathKey<'a> {
+    /// The path without its query must be exactly this.
+    Exact(&'a str),
+    /// The path must start with this.
+    Prefix(&'a str),
+    /// No case-sensitive literal: the route is a candidate for every path.
+    None,
 }
 
 /// Strips `?query` and `#fragment` the way Envoy's `removeQueryAndFragment` does.
@@ -148,13 +177,24 @@ impl RouteMatcher {
         }
     }
 
+    pub(crate) fn path_key(&self) -> PathKey<'_> {
+        if !self.case_sensitive {
+            return PathKey::None;
+        }
+        match &self.path {
+            PathMatch::Exact(p) => PathKey::Exact(p),
+            PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => PathKey::Prefix(p),
+            PathMatch::Regex(_) | PathMatch::Connect => PathKey::None,
+        }
+    }
+
     pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         // Without a path only CONNECT matchers apply.
-        let Some(path) = req.path else {
+        let (Some(path), Some(path_only)) = (req.path, req.path_only) else {
             return matches!(self.path, PathMatch::Connect)
                 && self.headers.iter().all(|h| h.matches(req));
         };
-        if !self.path_matches(path_without_query(path)) {
+        if !self.path_matches(path_only) {
             return false;
         }
         if let Some((numerator, denominator)) = self.runtime_fraction {

@@ -27,17 +27,21 @@
 mod action;
 mod convert;
 mod domains;
+mod encoded;
 mod hash;
 mod headers;
 mod matcher;
 mod redirect;
 mod retry;
 mod rewrite;
+mod route_index;
 pub(crate) mod string;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
+use prost::Message;
 
 use crate::stats::appmesh::metadata_name;
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
@@ -50,6 +54,7 @@ pub use action::{
     Action, ClusterSpecifier, ClusterWeight, DirectResponse, Forward, HostRewrite,
     WeightedClusters, WeightedTarget,
 };
+pub use encoded::EncodedRouteConfig;
 pub use hash::HashPolicies;
 pub use headers::{HeaderMutation, Phase};
 pub use redirect::Redirect;
@@ -60,6 +65,7 @@ use convert::{reject_if, unsupported};
 use domains::DomainIndex;
 use matcher::RouteMatcher;
 pub(crate) use matcher::{HeaderMatcher, RequestView};
+use route_index::RouteIndex;
 
 use crate::config::ConfigError;
 use crate::filters::{compile_overrides, FilterOverride};
@@ -99,7 +105,13 @@ impl HeaderMutations {
 #[derive(Debug)]
 pub struct RouteTable {
     name: String,
-    virtual_hosts: Vec<VirtualHost>,
+    /// Shared with the previous version of the table where unchanged.
+    virtual_hosts: Vec<Arc<VirtualHost>>,
+    /// Each virtual host's encoding, for the next version to compare with.
+    sources: Vec<Bytes>,
+    /// `max_direct_response_body_size_bytes`, which every route compiled
+    /// under; a change recompiles them all.
+    max_body: usize,
     domains: DomainIndex,
     ignore_port_in_host_matching: bool,
     vhost_header: Option<HeaderName>,
@@ -110,7 +122,11 @@ pub struct RouteTable {
 #[derive(Debug)]
 pub struct VirtualHost {
     pub name: String,
-    pub routes: Vec<Route>,
+    pub domains: Vec<String>,
+    /// Shared with the previous version of the virtual host where unchanged.
+    pub routes: Vec<Arc<Route>>,
+    /// Narrows the routes to try when there are many.
+    index: Option<RouteIndex>,
     pub headers: HeaderMutations,
     /// `include_request_attempt_count`: `x-envoy-attempt-count` upstream.
     pub request_attempt_count: bool,
@@ -198,56 +214,76 @@ impl<'a> Matched<'a> {
 }
 
 impl RouteTable {
+    /// Compiles a RouteConfiguration given whole (bootstrap, HCM `route_config`).
     pub fn compile(rc: &RouteConfiguration) -> Result<RouteTable, ConfigError> {
-        reject_if(rc.vhds.is_some(), "vhds")?;
+        let encoded = EncodedRouteConfig::decode(Bytes::from(rc.encode_to_vec()))
+            .map_err(|e| ConfigError::new("", format!("cannot decode: {e}")))?;
+        RouteTable::compile_encoded(&encoded, None)
+    }
+
+    /// Compiles a RouteConfiguration as received over RDS. Virtual hosts and
+    /// routes whose encoding equals `previous`'s are shared with it instead
+    /// of being decoded and compiled again.
+    pub fn compile_encoded(
+        rc: &EncodedRouteConfig,
+        previous: Option<&RouteTable>,
+    ) -> Result<RouteTable, ConfigError> {
+        let top = rc.fields();
+        reject_if(top.vhds.is_some(), "vhds")?;
         reject_if(
-            !rc.internal_only_headers.is_empty(),
+            !top.internal_only_headers.is_empty(),
             "internal_only_headers",
         )?;
         reject_if(
-            !rc.cluster_specifier_plugins.is_empty(),
+            !top.cluster_specifier_plugins.is_empty(),
             "cluster_specifier_plugins",
         )?;
         reject_if(
-            rc.ignore_path_parameters_in_path_matching,
+            top.ignore_path_parameters_in_path_matching,
             "ignore_path_parameters_in_path_matching",
         )?;
-        reject_if(!rc.route_specifiers.is_empty(), "route_specifiers")?;
-        let vhost_header = match rc.vhost_header.as_str() {
+        reject_if(!top.route_specifiers.is_empty(), "route_specifiers")?;
+        let vhost_header = match top.vhost_header.as_str() {
             "" => None,
             h => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|e| {
                 ConfigError::new("vhost_header", format!("invalid header name: {e}"))
             })?),
         };
-        let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
+        let max_body = top.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
+        let previous = encoded::Previous::new(previous, max_body);
         let mut domains = DomainIndex::default();
-        let mut virtual_hosts = Vec::with_capacity(rc.virtual_hosts.len());
-        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let sources = rc.virtual_hosts().to_vec();
+        let mut virtual_hosts = Vec::with_capacity(sources.len());
+        for (i, source) in sources.iter().enumerate() {
             let at = |e: ConfigError| e.at(format!("virtual_hosts[{i}]"));
-            if vh.domains.is_empty() {
+            let candidate = previous.virtual_host(i, source).map_err(at)?;
+            let vh_domains = candidate.domains();
+            if vh_domains.is_empty() {
                 return Err(at(ConfigError::new(
                     "domains",
                     "at least one domain is required",
                 )));
             }
-            for (j, d) in vh.domains.iter().enumerate() {
+            for (j, d) in vh_domains.iter().enumerate() {
                 domains.insert(d, j, i).map_err(at)?;
             }
-            virtual_hosts.push(compile_virtual_host(vh, max_body).map_err(at)?);
+            virtual_hosts.push(candidate.compile(max_body).map_err(at)?);
         }
         Ok(RouteTable {
-            name: rc.name.clone(),
+            name: top.name.clone(),
             virtual_hosts,
+            sources,
+            max_body,
             domains,
-            ignore_port_in_host_matching: rc.ignore_port_in_host_matching,
+            ignore_port_in_host_matching: top.ignore_port_in_host_matching,
             vhost_header,
             headers: HeaderMutations::compile(
-                &rc.request_headers_to_add,
-                &rc.request_headers_to_remove,
-                &rc.response_headers_to_add,
-                &rc.response_headers_to_remove,
+                &top.request_headers_to_add,
+                &top.request_headers_to_remove,
+                &top.response_headers_to_add,
+                &top.response_headers_to_remove,
             )?,
-            most_specific_header_mutations_wins: rc.most_specific_header_mutations_wins,
+            most_specific_header_mutations_wins: top.most_specific_header_mutations_wins,
         })
     }
 
@@ -255,7 +291,7 @@ impl RouteTable {
         &self.name
     }
 
-    pub fn virtual_hosts(&self) -> &[VirtualHost] {
+    pub fn virtual_hosts(&self) -> &[Arc<VirtualHost>] {
         &self.virtual_hosts
     }
 
@@ -284,19 +320,17 @@ impl RouteTable {
             .domains
             .find(vhost_key, self.ignore_port_in_host_matching)
             .and_then(|i| self.virtual_hosts.get(i))?;
-        let view = RequestView {
-            host,
-            parts: req,
-            path: request_path(req),
-            random,
+        let view = RequestView::new(host, req, request_path(req), random);
+        let route = match &virtual_host.index {
+            Some(index) => index.find(&virtual_host.routes, &view)?,
+            None => virtual_host
+                .routes
+                .iter()
+                .find(|r| r.matcher.matches(&view))?,
         };
-        let route = virtual_host
-            .routes
-            .iter()
-            .find(|r| r.matcher.matches(&view))?;
         Some(Matched {
             virtual_host,
-            route,
+            route: route.as_ref(),
             random,
             table: self,
         })
@@ -305,7 +339,7 @@ impl RouteTable {
 
 /// `:path`. Only CONNECT requests lack one (authority-form); an absolute-form
 /// URI with an empty path means `/`.
-fn request_path(req: &http::request::Parts) -> Option<&str> {
+pub(crate) fn request_path(req: &http::request::Parts) -> Option<&str> {
     match req.uri.path_and_query() {
         Some(pq) => Some(pq.as_str()),
         None if req.method == http::Method::CONNECT => None,
@@ -313,10 +347,12 @@ fn request_path(req: &http::request::Parts) -> Option<&str> {
     }
 }
 
+/// Compiles `vh`'s own fields; `routes` compiles its routes, given the
+/// virtual host's retry policy, which routes without one inherit.
 #[allow(deprecated)]
 fn compile_virtual_host(
-    vh: &VirtualHostProto,
-    max_body: usize,
+    vh: VirtualHostProto,
+    routes: impl FnOnce(Option<&RetryPolicy>) -> Result<Vec<Arc<Route>>, ConfigError>,
 ) -> Result<VirtualHost, ConfigError> {
     if vh.name.is_empty() {
         return Err(ConfigError::new("name", "must not be empty"));
@@ -348,17 +384,8 @@ fn compile_virtual_host(
         .as_ref()
         .map(|p| RetryPolicy::compile(p).map_err(|e| e.at("retry_policy")))
         .transpose()?;
-    let routes = vh
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            compile_route(r, retry.as_ref(), max_body).map_err(|e| e.at(format!("routes[{i}]")))
-        })
-        .collect::<Result<_, _>>()?;
+    let routes = routes(retry.as_ref())?;
     Ok(VirtualHost {
-        name: vh.name.clone(),
-        routes,
         headers: HeaderMutations::compile(
             &vh.request_headers_to_add,
             &vh.request_headers_to_remove,
@@ -369,6 +396,10 @@ fn compile_virtual_host(
         response_attempt_count: vh.include_attempt_count_in_response,
         filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
         appmesh_service: metadata_name(vh.metadata.as_ref(), "virtual_service"),
+        name: vh.name,
+        domains: vh.domains,
+        index: RouteIndex::build(&routes),
+        routes,
     })
 }
 

@@ -145,6 +145,19 @@ pub fn help(family: &str) -> &'static str {
         "listener_no_filter_chain_match" => {
             "Connections that matched no filter chain and were closed."
         }
+        "listener_ssl_handshake" => "TLS handshakes completed on this listener.",
+        "listener_ssl_connection_error" => {
+            "TLS handshakes that failed on this listener, other than certificate refusals."
+        }
+        "listener_ssl_fail_verify_no_cert" => {
+            "Clients refused for presenting no certificate where one is required."
+        }
+        "listener_ssl_fail_verify_error" => {
+            "Client certificates refused as expired, not yet valid or from an unknown CA."
+        }
+        "listener_ssl_fail_verify_san" => {
+            "Client certificates refused because no subject alternative name matched."
+        }
         "listener_downstream_global_cx_overflow" => {
             "Connections closed at once because the global downstream connection limit was reached."
         }
@@ -217,18 +230,30 @@ pub fn help(family: &str) -> &'static str {
         "cluster_manager_cds_update_success" => "CDS updates applied.",
         "cluster_manager_cds_update_rejected" => "CDS updates rejected (NACKed).",
         "cluster_manager_cds_version" => "Hash of the CDS version in force.",
+        "cluster_manager_cds_update_duration" => {
+            "Milliseconds to validate, compile and swap in an accepted CDS update."
+        }
         "cluster_manager_eds_update_attempt" => "EDS updates received.",
         "cluster_manager_eds_update_success" => "EDS updates applied.",
         "cluster_manager_eds_update_rejected" => "EDS updates rejected (NACKed).",
         "cluster_manager_eds_version" => "Hash of the EDS version in force.",
+        "cluster_manager_eds_update_duration" => {
+            "Milliseconds to validate, compile and swap in an accepted EDS update."
+        }
         "listener_manager_lds_update_attempt" => "LDS updates received.",
         "listener_manager_lds_update_success" => "LDS updates applied.",
         "listener_manager_lds_update_rejected" => "LDS updates rejected (NACKed).",
         "listener_manager_lds_version" => "Hash of the LDS version in force.",
+        "listener_manager_lds_update_duration" => {
+            "Milliseconds to validate, compile and swap in an accepted LDS update."
+        }
         "http_rds_update_attempt" => "RDS updates received.",
         "http_rds_update_success" => "RDS updates applied.",
         "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
         "http_rds_version" => "Hash of the RDS version in force.",
+        "http_rds_update_duration" => {
+            "Milliseconds to validate, compile and swap in an accepted RDS update."
+        }
         // App Mesh peers
         "appmesh_downstream_rq_total" => {
             "Requests answered to each calling virtual node (appmesh_downstream_*)."

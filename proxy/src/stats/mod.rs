@@ -530,12 +530,41 @@ impl StatSource for HttpStats {
     }
 }
 
+/// Envoy's `ssl.*` stats of a listener whose chains terminate TLS: each
+/// refused peer is counted by why, as well as logged.
+#[derive(Debug, Default)]
+pub struct SslStats {
+    /// Handshakes completed.
+    pub handshake: Counter,
+    /// Handshakes that failed for another reason than the peer's certificate.
+    pub connection_error: Counter,
+    /// Refused: a client certificate was required and none was presented.
+    pub fail_verify_no_cert: Counter,
+    /// Refused: the certificate did not verify (expired, not yet valid,
+    /// unknown CA, bad signature).
+    pub fail_verify_error: Counter,
+    /// Refused: no subject alternative name matched.
+    pub fail_verify_san: Counter,
+}
+
+impl SslStats {
+    fn visit(&self, s: &Scope, v: &mut dyn Visitor) {
+        v.counter(s, "ssl.handshake", self.handshake.get());
+        v.counter(s, "ssl.connection_error", self.connection_error.get());
+        v.counter(s, "ssl.fail_verify_no_cert", self.fail_verify_no_cert.get());
+        v.counter(s, "ssl.fail_verify_error", self.fail_verify_error.get());
+        v.counter(s, "ssl.fail_verify_san", self.fail_verify_san.get());
+    }
+}
+
 #[derive(Debug)]
 pub struct ListenerStats {
     pub scope: Scope,
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub no_filter_chain_match: Counter,
+    /// Present when a chain of the listener terminates TLS.
+    pub ssl: Option<SslStats>,
     /// Connections closed at once: the global connection limit was reached.
     pub downstream_global_cx_overflow: Counter,
     /// Connections closed at once by `reject_incoming_connections`.
@@ -543,7 +572,7 @@ pub struct ListenerStats {
 }
 
 impl ListenerStats {
-    pub fn new(addr: std::net::SocketAddr) -> ListenerStats {
+    pub fn new(addr: std::net::SocketAddr, tls: bool) -> ListenerStats {
         // Envoy names listener scopes by address with ':' folded to '_'.
         let name = addr.to_string().replace([':'], "_").replace(['[', ']'], "");
         ListenerStats {
@@ -554,6 +583,7 @@ impl ListenerStats {
             downstream_cx_total: Counter::default(),
             downstream_cx_active: Gauge::default(),
             no_filter_chain_match: Counter::default(),
+            ssl: tls.then(SslStats::default),
             downstream_global_cx_overflow: Counter::default(),
             downstream_cx_overload_reject: Counter::default(),
         }
@@ -576,6 +606,9 @@ impl StatSource for ListenerStats {
             "downstream_cx_overload_reject",
             self.downstream_cx_overload_reject.get(),
         );
+        if let Some(ssl) = &self.ssl {
+            ssl.visit(s, v);
+        }
     }
 }
 

@@ -152,9 +152,8 @@ pub fn set_static(secrets: &[Secret]) -> Result<(), ConfigError> {
 
 /// Decodes and compiles one `Secret` from xDS, for validation before it is
 /// kept; a refusal carries the secret's name when it could be read.
-pub fn decode(any: &prost_types::Any) -> Result<(String, SecretValue), (Option<String>, String)> {
-    let s = Secret::decode(any.value.as_slice())
-        .map_err(|e| (None, format!("Secret: cannot decode: {e}")))?;
+pub fn decode(raw: &[u8]) -> Result<(String, SecretValue), (Option<String>, String)> {
+    let s = Secret::decode(raw).map_err(|e| (None, format!("Secret: cannot decode: {e}")))?;
     match compile_secret(&s) {
         Ok(v) => Ok((s.name, v)),
         Err(e) => {

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 use super::breaker::Breaker;
@@ -31,6 +31,9 @@ pub struct Cluster {
     pub(super) outlier_wake: Arc<Notify>,
     /// Hosts made on demand when the cluster is `ORIGINAL_DST`.
     pub(super) original_dst: super::original_dst::OriginalDstHosts,
+    /// The EDS assignment installed last, so that every other xDS update,
+    /// which hands the same one again, leaves the endpoint set alone.
+    assignment: ArcSwapOption<Vec<EndpointConfig>>,
 }
 
 /// How one try went, for outlier detection and the LB's failure penalty.
@@ -55,6 +58,7 @@ impl Cluster {
             rr: AtomicUsize::new(0),
             stats,
             original_dst: Default::default(),
+            assignment: ArcSwapOption::empty(),
             rstats,
             rebuild: Mutex::new(()),
             outlier_wake: Arc::new(Notify::new()),
@@ -134,6 +138,15 @@ impl Cluster {
         self.endpoints.store(Arc::new(set));
         self.stats.membership_total.set(n);
         self.stats.membership_healthy.set(healthy);
+    }
+
+    /// Installs an EDS assignment, unless it is the one already installed.
+    pub fn set_assignment(&self, eps: &Arc<Vec<EndpointConfig>>) {
+        let previous = self.assignment.swap(Some(eps.clone()));
+        if previous.is_some_and(|p| Arc::ptr_eq(&p, eps)) {
+            return;
+        }
+        self.set_static_endpoints(eps);
     }
 
     /// Static endpoints (IP literals) need no resolution.

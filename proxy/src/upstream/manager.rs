@@ -38,7 +38,9 @@ impl ClusterMap {
         let mut clusters = HashMap::with_capacity(configs.len());
         for config in configs {
             if let Some(old) = self.clusters.get(&config.name) {
-                if old.config.fingerprint == config.fingerprint {
+                // The same `Arc` when xDS kept the compiled resource.
+                if Arc::ptr_eq(&old.config, &config) || old.config.fingerprint == config.fingerprint
+                {
                     clusters.insert(config.name.clone(), old.clone());
                     continue;
                 }

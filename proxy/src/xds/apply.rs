@@ -3,7 +3,7 @@
 //! routes, until they arrive or the initial fetch timeout passes (Envoy's
 //! warming); what is not warm yet keeps its previous version in force.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::config::listener::ListenerConfig;
 use crate::shared::Shared;
 use crate::snapshot::{DynamicResource, Snapshot};
-use crate::upstream::endpoint::Resolved;
+use crate::upstream::ClusterMap;
 
 /// What warming remembers between applies.
 pub struct Warming {
@@ -21,6 +21,10 @@ pub struct Warming {
     timeout: Option<Duration>,
     /// Set once every wildcard type answered once, or the fetch timed out.
     pub initial_done: bool,
+    /// The generations of the held clusters and endpoints that the cluster
+    /// map in force was built from, if none of them was warming then: while
+    /// both stay the same (a route or listener update), the map is reused.
+    clusters_built: Option<(u64, u64)>,
 }
 
 impl Warming {
@@ -29,6 +33,7 @@ impl Warming {
             first_seen: HashMap::new(),
             timeout,
             initial_done: false,
+            clusters_built: None,
         }
     }
 
@@ -53,45 +58,18 @@ pub async fn apply(
     let previous = shared.snapshot.load_full();
     let mut still_warming = false;
 
-    let mut clusters: Vec<Arc<ClusterConfig>> = statics.clusters.clone();
-    for (name, held) in &res.clusters {
-        if statics.clusters.iter().any(|c| c.name.as_ref() == name) {
-            continue;
-        }
-        let warm = match &held.value.discovery {
-            Discovery::Eds(service) => {
-                res.endpoints.contains_key(service) || warming.expired(Kind::Cluster, name)
-            }
-            _ => true,
-        };
-        if warm {
-            clusters.push(held.value.clone());
-        } else if let Some(old) = previous.clusters.get(name) {
-            still_warming = true;
-            clusters.push(old.config.clone());
-        } else {
-            still_warming = true;
-        }
-    }
-    let map = previous.clusters.update(clusters, &shared.store).await;
-    for cluster in map.iter() {
-        if let Discovery::Eds(service) = &cluster.config.discovery {
-            if let Some(eps) = res.endpoints.get(service) {
-                let resolved: Vec<_> = eps
-                    .value
-                    .iter()
-                    .filter_map(|e| {
-                        e.address.ip().map(|addr| Resolved {
-                            addr,
-                            weight: e.weight,
-                            hostname: e.hostname.as_deref().map(Arc::from),
-                        })
-                    })
-                    .collect();
-                cluster.set_endpoints(&resolved);
-            }
-        }
-    }
+    let generations = (
+        res.generation(Kind::Cluster),
+        res.generation(Kind::Endpoint),
+    );
+    let clusters = if warming.clusters_built == Some(generations) {
+        previous.clusters.clone()
+    } else {
+        let (map, warm) = clusters(shared, statics, res, warming, &previous).await;
+        warming.clusters_built = warm.then_some(generations);
+        still_warming |= !warm;
+        Arc::new(map)
+    };
 
     let mut listeners: Vec<Arc<ListenerConfig>> = statics.listeners.clone();
     for (name, held) in &res.listeners {
@@ -115,15 +93,15 @@ pub async fn apply(
         .map(|(k, v)| (Arc::from(k.as_str()), v.value.clone()))
         .collect();
     let mut dynamic = Vec::new();
-    dump(&mut dynamic, Kind::Cluster, &res.clusters);
-    dump(&mut dynamic, Kind::Endpoint, &res.endpoints);
-    dump(&mut dynamic, Kind::Listener, &res.listeners);
-    dump(&mut dynamic, Kind::Route, &res.routes);
-    dump(&mut dynamic, Kind::Secret, &res.secrets);
+    dump(&mut dynamic, &res.clusters);
+    dump(&mut dynamic, &res.endpoints);
+    dump(&mut dynamic, &res.listeners);
+    dump(&mut dynamic, &res.routes);
+    dump(&mut dynamic, &res.secrets);
 
     shared.snapshot.store(Arc::new(Snapshot {
         listeners: listeners.clone(),
-        clusters: map,
+        clusters,
         routes,
         bootstrap: previous.bootstrap.clone(),
         dynamic,
@@ -135,19 +113,49 @@ pub async fn apply(
     Ok(still_warming)
 }
 
-fn dump<T>(
-    out: &mut Vec<DynamicResource>,
-    kind: Kind,
-    m: &std::collections::BTreeMap<String, Held<T>>,
-) {
-    for (name, held) in m {
-        out.push(DynamicResource {
-            type_url: kind.type_url(),
-            name: name.clone(),
-            version: held.version.clone(),
-            raw: held.raw.clone(),
-        });
+fn dump<T>(out: &mut Vec<Arc<DynamicResource>>, m: &BTreeMap<String, Held<T>>) {
+    out.extend(m.values().map(|h| h.dump.clone()));
+}
+
+/// The next cluster map: unchanged clusters carried over, EDS clusters
+/// given their endpoints. Returns whether every cluster is warm.
+async fn clusters(
+    shared: &Arc<Shared>,
+    statics: &Statics,
+    res: &Resources,
+    warming: &mut Warming,
+    previous: &Snapshot,
+) -> (ClusterMap, bool) {
+    let mut warm = true;
+    let mut clusters: Vec<Arc<ClusterConfig>> = statics.clusters.clone();
+    for (name, held) in &res.clusters {
+        if statics.clusters.iter().any(|c| c.name.as_ref() == name) {
+            continue;
+        }
+        let ready = match &held.value.discovery {
+            Discovery::Eds(service) => {
+                res.endpoints.contains_key(service) || warming.expired(Kind::Cluster, name)
+            }
+            _ => true,
+        };
+        if ready {
+            clusters.push(held.value.clone());
+        } else if let Some(old) = previous.clusters.get(name) {
+            warm = false;
+            clusters.push(old.config.clone());
+        } else {
+            warm = false;
+        }
     }
+    let map = previous.clusters.update(clusters, &shared.store).await;
+    for cluster in map.iter() {
+        if let Discovery::Eds(service) = &cluster.config.discovery {
+            if let Some(eps) = res.endpoints.get(service) {
+                cluster.set_assignment(&eps.value);
+            }
+        }
+    }
+    (map, warm)
 }
 
 /// The bootstrap's static resources, which xDS adds to but never replaces.

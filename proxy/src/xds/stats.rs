@@ -1,10 +1,11 @@
 //! Envoy's xDS stats: `control_plane.connected_state` and, per type,
-//! `update_attempt`, `update_success`, `update_rejected` and `version`.
+//! `update_attempt`, `update_success`, `update_rejected`, `version` and the
+//! `update_duration` histogram.
 
 use std::sync::Arc;
 
 use super::resources::Kind;
-use crate::stats::{Counter, Gauge, Scope, StatSource, Visitor};
+use crate::stats::{Counter, Gauge, Histogram, Scope, StatSource, Visitor};
 
 #[derive(Debug, Default)]
 pub struct TypeStats {
@@ -13,6 +14,8 @@ pub struct TypeStats {
     pub update_rejected: Counter,
     /// A hash of the accepted `version_info`, as Envoy reports it.
     pub version: Gauge,
+    /// Time to validate, compile and swap in an accepted update, in ms.
+    pub update_duration: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +66,7 @@ impl StatSource for XdsStats {
             v.counter(&scope, "update_success", s.update_success.get());
             v.counter(&scope, "update_rejected", s.update_rejected.get());
             v.gauge(&scope, "version", s.version.get());
+            v.histogram(&scope, "update_duration", &s.update_duration.snapshot());
         }
     }
 }

@@ -349,7 +349,14 @@ async fn run(a: &Args, dir: &std::path::Path, log: &std::path::Path) -> anyhow::
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--api-addr", &api, "--xds-addr", &xds, "--no-auth"])
+        .args([
+            "--api-addr",
+            &api,
+            "--xds-addr",
+            &xds,
+            "--no-auth",
+            "--xds-plaintext",
+        ])
         .arg("--load")
         .arg(&specs)
         .args(["--require-node-tokens", "never", "--log-format", "json"])
