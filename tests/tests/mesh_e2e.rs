@@ -447,13 +447,7 @@ async fn egress_filter(proxy: PathBuf) {
         ])
         .await;
     let (ingress, egress) = (free_port(), free_port());
-    let config = bootstrap(
-        &workspace_bin("trellis-control"),
-        &control.xds,
-        ("--virtual-node", "a"),
-        (ingress, egress),
-        false,
-    );
+    let config = bootstrap(&control, ("--virtual-node", "a"), (ingress, egress), false).await;
     let _sidecar = ProxyProcess::start_with(&proxy, &config, &[]).await;
     let passes = |want: &'static str| {
         let app = &app;
