@@ -165,7 +165,11 @@ impl Hcm {
                 matched: &matched,
             };
             let stats = &self.filter_stats;
-            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+            // Boxed, like the other rare paths below, to keep them out of
+            // every request's future.
+            if let Some(reply) =
+                Box::pin(crate::filters::run(&self.config.filters, &req, stats)).await
+            {
                 return reply;
             }
         }
@@ -255,12 +259,17 @@ impl Hcm {
         record.info.upstream_cluster = Some(cluster.name().clone());
         // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
         if cluster.is_original_dst() {
-            if let Some(d) = super::explicit::destination(info, parts).await {
+            if let Some(d) = Box::pin(super::explicit::destination(info, parts)).await {
                 parts.extensions.insert(d);
             }
         }
         if parts.method == http::Method::CONNECT {
-            let resp = super::explicit::connect(self.config.connect, cluster, parts).await;
+            let resp = Box::pin(super::explicit::connect(
+                self.config.connect,
+                cluster,
+                parts,
+            ))
+            .await;
             return (resp, ResponseFlags::default());
         }
         let downstream_upgrade = if upgrade {
@@ -408,13 +417,13 @@ impl Hcm {
         let body = if f.resilience.mirrors.is_empty() {
             body
         } else {
-            crate::filters::mirror::tee(
+            Box::pin(crate::filters::mirror::tee(
                 &f.resilience.mirrors,
                 &snapshot.clusters,
                 parts,
                 &upstream_host,
                 body,
-            )
+            ))
             .await
         };
         // RING_HASH / MAGLEV key from the route's hash policy.

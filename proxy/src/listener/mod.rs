@@ -131,7 +131,9 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             .then(|| original_dst::original_destination(&stream, local))
             .flatten();
         let hello = match listener.config.tls_inspector {
-            Some(cfg) => match crate::tls::inspect(&stream, cfg.timeout).await {
+            // Boxed, as the TLS handshake below: a connection's task is only
+            // as large as the path it is on.
+            Some(cfg) => match Box::pin(crate::tls::inspect(&stream, cfg.timeout)).await {
                 crate::tls::Inspection::Tls(h) => Some(h),
                 crate::tls::Inspection::Plaintext => None,
                 crate::tls::Inspection::Closed => return,
@@ -148,7 +150,7 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             .flat_map(|h| h.alpn.iter().map(String::as_str))
             .collect();
         if filters.http_inspector && hello.is_none() {
-            alpn.extend(inspect::application_protocols(&stream).await);
+            alpn.extend(Box::pin(inspect::application_protocols(&stream)).await);
         }
         let facts = ConnectionFacts {
             destination_port: original.unwrap_or(local).port(),
@@ -161,22 +163,28 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             return;
         };
         listener.stats.downstream_cx_active.inc();
+        // Each way of serving is boxed: inline, every connection's task would
+        // be as large as the largest of them (HTTP over TLS), whichever it runs.
         match tls {
             Some(tls) => {
-                if let Some((stream, info)) = tls.accept(stream).await {
+                if let Some((stream, info)) = Box::pin(tls.accept(stream)).await {
                     let info = Arc::new(info);
                     match chain {
                         Chain::Http(hcm) => {
-                            hcm.serve(stream, peer, local, original, drain, Some(info))
+                            Box::pin(hcm.serve(stream, peer, local, original, drain, Some(info)))
                                 .await
                         }
-                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                        Chain::Tcp(tcp) => {
+                            Box::pin(tcp.serve(stream, peer, local, original, drain)).await
+                        }
                     }
                 }
             }
             None => match chain {
-                Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
-                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                Chain::Http(hcm) => {
+                    Box::pin(hcm.serve(stream, peer, local, original, drain, None)).await
+                }
+                Chain::Tcp(tcp) => Box::pin(tcp.serve(stream, peer, local, original, drain)).await,
             },
         }
         listener.stats.downstream_cx_active.dec();

@@ -170,20 +170,22 @@ impl Pool {
         Ok(sender)
     }
 
+    /// The shared HTTP/2 connection, when there is one still open.
+    fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
+        self.h2
+            .load()
+            .as_deref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
     async fn shared_h2(
         &self,
         p: &ConnectParams<'_>,
     ) -> Result<http2::SendRequest<Body>, ConnectError> {
-        if let Some(s) = self.h2.load().as_deref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
-        }
         let _guard = self.h2_connect.lock().await;
-        if let Some(s) = self.h2.load().as_deref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = self.live_h2() {
+            return Ok(s);
         }
         let permit = loop {
             if let Some(permit) = self.permit(p, false).await {
@@ -243,7 +245,13 @@ impl Endpoint {
         p: &ConnectParams<'_>,
     ) -> Result<Pooled, ConnectError> {
         match proto {
-            Protocol::Http2 => Ok(Pooled::H2(self.pool.shared_h2(p).await?)),
+            // The connect paths are boxed: their futures (TCP, TLS and HTTP
+            // handshakes) would otherwise sit inline in every request's
+            // future, though most requests reuse a pooled connection.
+            Protocol::Http2 => match self.pool.live_h2() {
+                Some(s) => Ok(Pooled::H2(s)),
+                None => Ok(Pooled::H2(Box::pin(self.pool.shared_h2(p)).await?)),
+            },
             Protocol::Http1 => loop {
                 while let Some(mut s) = self.pool.pop_idle() {
                     if s.is_closed() {
@@ -263,9 +271,9 @@ impl Endpoint {
                 p.cluster.rstats.upstream_rq_pending_total.inc();
                 p.stats.upstream_rq_pending_active.inc();
                 let _active = PendingGauge(p.stats);
-                if let Some(permit) = self.pool.permit(p, true).await {
+                if let Some(permit) = Box::pin(self.pool.permit(p, true)).await {
                     return Ok(Pooled::H1(
-                        self.pool.connect_h1(p, permit).await?,
+                        Box::pin(self.pool.connect_h1(p, permit)).await?,
                         self.clone(),
                     ));
                 }
