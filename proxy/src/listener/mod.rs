@@ -188,5 +188,6 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             },
         }
         listener.stats.downstream_cx_active.dec();
+        crate::memory::connection_closed();
     });
 }
