@@ -6,6 +6,12 @@
 //! second whether many connections closed since its last look and, if so,
 //! calls the release hook (the binary's `malloc_trim`; this crate forbids
 //! `unsafe`).
+//!
+//! The tick has a second use: with a timer always due within a second,
+//! a request's timeout (15 s by default) is never the earliest one in tokio's
+//! timer wheel, so registering it does not wake the I/O driver through its
+//! eventfd. Without the tick that was a `write` syscall every few requests
+//! (0.42 per request measured under wrk; 0.005 with it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
