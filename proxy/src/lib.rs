@@ -17,6 +17,7 @@ pub mod init;
 pub mod io;
 pub mod listener;
 pub mod memory;
+pub mod overload;
 pub mod router;
 pub mod server;
 pub mod shared;

@@ -98,11 +98,31 @@ fn main() -> ExitCode {
         Some(Sub::WaitReady(a)) => return wait_ready::run(a),
         None => {}
     }
-    let Some(path) = cli.config_path.clone() else {
-        eprintln!("trellis-proxy: a bootstrap is required: -c FILE");
-        return ExitCode::from(2);
+    let (source, loaded) = match &cli.config_path {
+        Some(path) => (
+            path.display().to_string(),
+            bootstrap::load(path).map_err(|e| e.to_string()),
+        ),
+        // App Mesh mode: the environment of App Mesh's Envoy image.
+        None => match bootstrap::appmesh::bootstrap_json(&|k| std::env::var(k).ok()) {
+            Ok(Some(text)) => (
+                "APPMESH_RESOURCE_ARN".to_string(),
+                bootstrap::parse(&text, bootstrap::Format::Json)
+                    .map_err(|e| format!("App Mesh mode: {e}")),
+            ),
+            Ok(None) => {
+                eprintln!(
+                    "trellis-proxy: a bootstrap is required: -c FILE, or APPMESH_RESOURCE_ARN and TRELLIS_XDS_ADDR"
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("trellis-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
-    let mut bootstrap = match bootstrap::load(&path) {
+    let mut bootstrap = match loaded {
         Ok(b) => b,
         Err(e) => {
             eprintln!("trellis-proxy: {e}");
@@ -123,12 +143,12 @@ fn main() -> ExitCode {
     let config = match server::StaticConfig::compile(&bootstrap) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("trellis-proxy: {}: {e}", path.display());
+            eprintln!("trellis-proxy: {source}: {e}");
             return ExitCode::from(2);
         }
     };
     if cli.mode == Mode::Validate {
-        println!("configuration '{}' OK", path.display());
+        println!("configuration '{source}' OK");
         return ExitCode::SUCCESS;
     }
 

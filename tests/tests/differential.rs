@@ -765,6 +765,31 @@ async fn connection_manager_options() {
                 .header("x-envoy-upstream-rq-timeout-ms", "1234")
                 .header("x-envoy-internal", "true")
                 .to("main"),
+            // At the edge, trace context from the client passes through,
+            // while x-envoy-* (force-trace included) is dropped.
+            Case::get("use_remote_address, client trace headers", M, "/std")
+                .header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .header("tracestate", "vendor=1")
+                .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
+                .header("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7")
+                .header(
+                    "x-amzn-trace-id",
+                    "Root=1-5759e988-bd862e3fe1be46a994272793",
+                )
+                .header("x-client-trace-id", "client-chosen")
+                .header("x-envoy-force-trace", "true")
+                .header("x-envoy-decorator-operation", "spoofed")
+                .header("x-envoy-downstream-service-cluster", "spoofed")
+                .to("main"),
+            // An external client's request id is replaced (by a random one:
+            // only its presence compares).
+            Case::get("use_remote_address, client request id", M, "/std")
+                .header("x-request-id", "chosen-by-client")
+                .presence_only("upstream.header.x-request-id")
+                .to("main"),
             Case::get("strip_any_host_port", "exact.example:9090", "/").to("exact"),
             Case::get("strip_any_host_port, h2", "port.test:9000", "/")
                 .h2()
@@ -776,6 +801,46 @@ async fn connection_manager_options() {
             Case::get("normalized path picks the route", M, "/nothing/../std/x").to("main"),
             Case::get("server_name on local replies", M, "/nothing").expect(404, None),
             Case::get("via on redirects", M, "/redir/host").expect(301, None),
+        ],
+    )
+    .await;
+}
+
+/// `use_remote_address` with loopback declared internal: the other side of
+/// the trust boundary.
+const HCM_INTERNAL: &str = r#"          use_remote_address: true
+          internal_address_config:
+            cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }]
+"#;
+
+/// Envoy 1.40 with an internal client: x-envoy-internal is set, the
+/// client's x-envoy-* headers that do not steer the router stay, its
+/// x-request-id and trace context are kept; a relayed request (XFF sent)
+/// is external.
+#[tokio::test]
+async fn internal_clients_keep_their_envoy_headers() {
+    run_with(
+        HCM_INTERNAL,
+        vec![
+            Case::get("internal client", M, "/std").to("main"),
+            Case::get("internal client, envoy and trace headers", M, "/std")
+                .header("x-envoy-decorator-operation", "op")
+                .header("x-envoy-internal", "false")
+                .header("x-request-id", "chosen-by-client")
+                .header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
+                .to("main"),
+            // A peer that relays someone else's request (it sends XFF) is
+            // not itself the client: external, even from an internal address.
+            Case::get("internal peer relaying a client", M, "/std")
+                .header("x-envoy-decorator-operation", "op")
+                .header("x-envoy-force-trace", "true")
+                .header("x-request-id", "chosen-by-client")
+                .header("x-forwarded-for", "10.1.2.3")
+                .presence_only("upstream.header.x-request-id")
+                .to("main"),
         ],
     )
     .await;

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS revision (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS pod_bindings (
+    mesh TEXT NOT NULL,
+    virtual_node TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pod_selector TEXT,
+    PRIMARY KEY (mesh, virtual_node)
+);
 CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -54,7 +62,7 @@ CREATE TABLE IF NOT EXISTS node_tokens (
 
 /// Bumped whenever the schema changes, so an older binary refuses a
 /// database it would misread instead of corrupting it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +86,9 @@ pub struct Snapshot {
 pub struct Store {
     conn: Mutex<Connection>,
     revision: watch::Sender<u64>,
+    /// Bumped when node tokens change, so that open ADS streams check
+    /// theirs again.
+    tokens: watch::Sender<u64>,
 }
 
 impl Store {
@@ -101,6 +112,23 @@ impl Store {
         Store::init(conn).map_err(open_err)
     }
 
+    /// Writes a consistent copy of the database at `src` to `dst` (a new
+    /// file) with `VACUUM INTO`, which reads one snapshot: the server may
+    /// keep writing meanwhile.
+    pub fn backup(src: &Path, dst: &Path) -> Result<(), StoreError> {
+        let err = |source| StoreError::Open {
+            path: src.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute("VACUUM INTO ?1", [dst.to_string_lossy()])
+            .map_err(err)?;
+        Ok(())
+    }
+
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: ":memory:".into(),
@@ -122,6 +150,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             revision,
+            tokens: watch::Sender::new(0),
         })
     }
 
@@ -155,6 +184,7 @@ impl Store {
         let mut tx = Tx::new(&txn);
         let out = f(&mut tx)?;
         let changed = tx.changed();
+        let tokens_changed = tx.tokens_changed();
         let revision = if changed {
             txn.execute("UPDATE revision SET value = value + 1 WHERE id = 0", [])?;
             let v: i64 =
@@ -167,7 +197,16 @@ impl Store {
         if let Some(v) = revision {
             self.revision.send_replace(u64::try_from(v).unwrap_or(0));
         }
+        if tokens_changed {
+            self.tokens.send_modify(|n| *n += 1);
+        }
         Ok(out)
+    }
+
+    /// A receiver that changes whenever a node token is issued, replaced or
+    /// revoked.
+    pub fn subscribe_tokens(&self) -> watch::Receiver<u64> {
+        self.tokens.subscribe()
     }
 
     /// A receiver whose value is the revision of the last committed change.

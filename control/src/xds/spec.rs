@@ -491,6 +491,7 @@ pub struct TcpMatch {
 #[serde(rename_all = "camelCase", default)]
 pub struct VirtualGatewaySpec {
     pub listeners: Vec<GatewayListener>,
+    pub backend_defaults: Option<BackendDefaults>,
     pub logging: Option<Logging>,
 }
 
@@ -499,6 +500,8 @@ pub struct VirtualGatewaySpec {
 pub struct GatewayListener {
     pub port_mapping: PortMapping,
     pub connection_pool: Option<ConnectionPool>,
+    pub health_check: Option<HealthCheck>,
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -508,6 +511,19 @@ pub struct GatewayRouteSpec {
     pub http_route: Option<GatewayHttpRoute>,
     pub http2_route: Option<GatewayHttpRoute>,
     pub grpc_route: Option<GatewayGrpcRoute>,
+}
+
+impl GatewayRouteSpec {
+    /// The virtual service this gateway route sends traffic to.
+    pub fn target_service(&self) -> Option<&str> {
+        let action = self
+            .http_route
+            .as_ref()
+            .or(self.http2_route.as_ref())
+            .map(|h| &h.action)
+            .or(self.grpc_route.as_ref().map(|g| &g.action))?;
+        Some(&action.target.virtual_service.virtual_service_name)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

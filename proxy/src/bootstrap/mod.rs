@@ -4,6 +4,7 @@
 //! types, because only the pool knows proto3-JSON (lowerCamel names, `"5s"`
 //! durations, enum names, `@type` in `Any`) and can report the field path of an error.
 
+pub mod appmesh;
 mod decode;
 mod dialect;
 mod error;

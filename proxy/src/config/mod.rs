@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod cluster;
+pub mod connection_limit;
 pub mod duration;
 mod error;
 pub mod hcm;
@@ -10,6 +11,8 @@ pub mod listener;
 pub mod listener_filters;
 pub mod resilience;
 pub mod supported;
+#[cfg(test)]
+mod supported_doc;
 pub mod tcp_proxy;
 
 pub use error::ConfigError;

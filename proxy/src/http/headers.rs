@@ -22,6 +22,7 @@ pub static X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
 pub static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
+pub static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -97,7 +98,9 @@ pub fn forwarded(
 ) -> bool {
     let internal;
     if cfg.use_remote_address {
-        internal = is_internal(cfg, peer.ip());
+        // As in Envoy: a client that brings its own X-Forwarded-For speaks
+        // for someone else, so only a direct internal peer is internal.
+        internal = !h.contains_key(&X_FORWARDED_FOR) && is_internal(cfg, peer.ip());
         if !internal {
             strip_envoy_headers(h);
         }
@@ -132,6 +135,9 @@ pub fn forwarded(
         if !h.contains_key(&X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
         }
+    }
+    if internal {
+        h.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
     }
     let regenerate = !internal && cfg.use_remote_address && !cfg.preserve_external_request_id;
     if cfg.generate_request_id && (regenerate || !h.contains_key(&X_REQUEST_ID)) {

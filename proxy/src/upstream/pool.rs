@@ -47,12 +47,27 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub(super) struct Pool {
     addr: SocketAddr,
-    idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    idle_h1: Mutex<Vec<H1Conn>>,
+    h2: ArcSwapOption<H2Conn>,
     h2_connect: tokio::sync::Mutex<()>,
     /// Signals a connection put back idle, to requests waiting under
     /// `max_connections`.
     idle_ready: tokio::sync::Notify,
+}
+
+/// An HTTP/1.1 connection and the local address it was opened from
+/// (`%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Debug)]
+pub struct H1Conn {
+    sender: http1::SendRequest<Body>,
+    local: Option<SocketAddr>,
+}
+
+/// The shared HTTP/2 connection of an endpoint.
+#[derive(Debug)]
+pub struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    local: Option<SocketAddr>,
 }
 
 /// What a connection needs from its cluster.
@@ -80,17 +95,17 @@ impl Pool {
         self.pop_idle().is_some()
     }
 
-    fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
+    fn pop_idle(&self) -> Option<H1Conn> {
         self.idle_h1.lock().ok()?.pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
+    fn put_idle(&self, conn: H1Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle_h1.lock() {
             if idle.len() < MAX_IDLE_H1 {
-                idle.push(sender);
+                idle.push(conn);
                 self.idle_ready.notify_one();
             }
         }
@@ -116,12 +131,12 @@ impl Pool {
         }
     }
 
-    /// A new connection, TLS when the cluster says so.
+    /// A new connection, TLS when the cluster says so, and its local address.
     async fn tcp(
         &self,
         p: &ConnectParams<'_>,
         alpn: AlpnFor,
-    ) -> Result<ClientStream, ConnectError> {
+    ) -> Result<(ClientStream, Option<SocketAddr>), ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -136,15 +151,19 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         p.stats.upstream_cx_total.inc();
         p.stats.upstream_cx_active.inc();
         match p.tls {
-            None => Ok(ClientStream::Plain(stream)),
-            Some(tls) => tls.connect(stream, self.addr, alpn).await.map_err(|e| {
-                p.stats.upstream_cx_connect_fail.inc();
-                closed(p.stats);
-                ConnectError::Tls(e)
-            }),
+            None => Ok((ClientStream::Plain(stream), local)),
+            Some(tls) => match tls.connect(stream, self.addr, alpn).await {
+                Ok(s) => Ok((s, local)),
+                Err(e) => {
+                    p.stats.upstream_cx_connect_fail.inc();
+                    closed(p.stats);
+                    Err(ConnectError::Tls(e))
+                }
+            },
         }
     }
 
@@ -152,8 +171,9 @@ impl Pool {
         &self,
         p: &ConnectParams<'_>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p, AlpnFor::Http1).await?;
+    ) -> Result<H1Conn, ConnectError> {
+        let (stream, local) = self.tcp(p, AlpnFor::Http1).await?;
+        p.stats.upstream_cx_http1_total.inc();
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -167,32 +187,31 @@ impl Pool {
             closed(&stats);
             drop(permit);
         });
-        Ok(sender)
+        Ok(H1Conn { sender, local })
     }
 
     /// The shared HTTP/2 connection, when there is one still open.
-    fn live_h2(&self) -> Option<http2::SendRequest<Body>> {
-        self.h2
-            .load()
-            .as_deref()
-            .filter(|s| !s.is_closed())
-            .cloned()
+    fn live_h2(&self) -> Option<(http2::SendRequest<Body>, Option<SocketAddr>)> {
+        let c = self.h2.load();
+        let c = c.as_deref().filter(|c| !c.sender.is_closed())?;
+        Some((c.sender.clone(), c.local))
     }
 
     async fn shared_h2(
         &self,
         p: &ConnectParams<'_>,
-    ) -> Result<http2::SendRequest<Body>, ConnectError> {
+    ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), ConnectError> {
         let _guard = self.h2_connect.lock().await;
-        if let Some(s) = self.live_h2() {
-            return Ok(s);
+        if let Some(c) = self.live_h2() {
+            return Ok(c);
         }
         let permit = loop {
             if let Some(permit) = self.permit(p, false).await {
                 break permit;
             }
         };
-        let stream = self.tcp(p, AlpnFor::Http2).await?;
+        let (stream, local) = self.tcp(p, AlpnFor::Http2).await?;
+        p.stats.upstream_cx_http2_total.inc();
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -212,8 +231,11 @@ impl Pool {
             closed(&stats);
             drop(permit);
         });
-        self.h2.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        self.h2.store(Some(Arc::new(H2Conn {
+            sender: sender.clone(),
+            local,
+        })));
+        Ok((sender, local))
     }
 }
 
@@ -233,8 +255,8 @@ fn closed(stats: &ClusterStats) {
 
 /// A connection ready for one request.
 pub enum Pooled {
-    H1(http1::SendRequest<Body>, Arc<Endpoint>),
-    H2(http2::SendRequest<Body>),
+    H1(H1Conn, Arc<Endpoint>),
+    H2(http2::SendRequest<Body>, Option<SocketAddr>),
 }
 
 impl Endpoint {
@@ -248,16 +270,19 @@ impl Endpoint {
             // The connect paths are boxed: their futures (TCP, TLS and HTTP
             // handshakes) would otherwise sit inline in every request's
             // future, though most requests reuse a pooled connection.
-            Protocol::Http2 => match self.pool.live_h2() {
-                Some(s) => Ok(Pooled::H2(s)),
-                None => Ok(Pooled::H2(Box::pin(self.pool.shared_h2(p)).await?)),
-            },
+            Protocol::Http2 => {
+                let (sender, local) = match self.pool.live_h2() {
+                    Some(c) => c,
+                    None => Box::pin(self.pool.shared_h2(p)).await?,
+                };
+                Ok(Pooled::H2(sender, local))
+            }
             Protocol::Http1 => loop {
                 while let Some(mut s) = self.pool.pop_idle() {
-                    if s.is_closed() {
+                    if s.sender.is_closed() {
                         continue;
                     }
-                    if s.ready().await.is_ok() {
+                    if s.sender.ready().await.is_ok() {
                         return Ok(Pooled::H1(s, self.clone()));
                     }
                 }
@@ -283,17 +308,25 @@ impl Endpoint {
 }
 
 impl Pooled {
+    /// The local address of the connection, `%UPSTREAM_LOCAL_ADDRESS%`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Pooled::H1(c, _) => c.local,
+            Pooled::H2(_, local) => *local,
+        }
+    }
+
     pub async fn send(
         self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, hyper::Error> {
         match self {
-            Pooled::H2(mut s) => {
+            Pooled::H2(mut s, _) => {
                 s.ready().await?;
                 Ok(s.send_request(req).await?.map(body::incoming))
             }
             Pooled::H1(mut s, ep) => {
-                let resp = s.send_request(req).await?;
+                let resp = s.sender.send_request(req).await?;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     return Ok(resp.map(body::incoming));
                 }
@@ -317,7 +350,7 @@ impl Pooled {
 /// been read to its end; a body dropped early takes the connection with it.
 struct ReturnOnEnd {
     inner: hyper::body::Incoming,
-    sender: Option<(http1::SendRequest<Body>, Arc<Endpoint>)>,
+    sender: Option<(H1Conn, Arc<Endpoint>)>,
 }
 
 impl ReturnOnEnd {

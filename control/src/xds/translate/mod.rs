@@ -13,9 +13,10 @@
 //! - `connectionPool` and `healthCheck` shape the local (ingress) cluster,
 //!   `outlierDetection` the clusters that *clients* use to reach the node,
 //!   since only clients can eject a misbehaving host;
-//! - virtual node TLS (listener `tls`, client policies) becomes transport
-//!   sockets ([`tls`]); gateway TLS, the mesh `egressFilter` passthrough and
-//!   Cloud Map attributes are not emitted yet: see `control/README.md`.
+//! - virtual node and virtual gateway TLS (listener `tls`, client policies)
+//!   becomes transport sockets ([`tls`]); the mesh `egressFilter`
+//!   passthrough and Cloud Map attributes are not emitted yet: see
+//!   `control/README.md`.
 
 mod cluster;
 mod gateway;
@@ -357,6 +358,16 @@ impl Ctx<'_> {
             .get(&(self.mesh.to_string(), gateway.to_string()))
             .map_or(&[], Vec::as_slice)
     }
+}
+
+/// The filter-metadata namespace in which resources name the App Mesh
+/// object they stand for, so a proxy's per-peer stats can name it.
+const APPMESH_METADATA: &str = "trellis.appmesh";
+
+/// `metadata` naming an App Mesh object: `{"virtual_service": "color"}` on
+/// routes and virtual hosts, `{"virtual_node": "blue"}` on clusters.
+fn appmesh_metadata(field: &str, name: &str) -> Value {
+    json!({"filter_metadata": {APPMESH_METADATA: {field: name}}})
 }
 
 /// A protobuf `Duration` in proto3 JSON.

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx, ResourceSet};
+use super::{
+    appmesh_metadata, cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx,
+    ResourceSet,
+};
 use crate::xds::spec::{ClientTls, VirtualNodeSpec};
 
 pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> ResourceSet {
@@ -65,7 +68,7 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
             )
         };
         chains.push(Chain {
-            tls: tls::inbound(ctx, name, l.tls.as_ref()),
+            tls: tls::inbound(ctx, tls::Callers::ClientsOf(name), l.tls.as_ref(), &[]),
             name: format!("ingress_{}_{}", pm.protocol, pm.port),
             destination_port: Some(pm.port),
             filter,
@@ -112,7 +115,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     for (service, policy) in backends {
         let before: BTreeSet<String> = set.clusters.keys().cloned().collect();
         let targets = routes::service_targets(ctx, set, &service);
-        secure_new_clusters(set, &before, policy.as_ref());
+        tls::secure_new_clusters(set, &before, policy.as_ref());
         for target in targets {
             match target.tcp {
                 // One chain per port: Envoy refuses two chains that match
@@ -148,6 +151,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                         "name": format!("{service}:{}", target.port),
                         "domains": domains,
                         "routes": target.routes,
+                        "metadata": appmesh_metadata("virtual_service", &service),
                     }));
                 }
             }
@@ -184,24 +188,4 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
             chains,
         ),
     );
-}
-
-/// Puts a backend's client policy on the clusters its targets created. A
-/// cluster shared with an earlier backend keeps that backend's policy, as one
-/// cluster cannot carry two (the first backend wins, as for TCP ports).
-fn secure_new_clusters(
-    set: &mut ResourceSet,
-    before: &BTreeSet<String>,
-    policy: Option<&ClientTls>,
-) {
-    let Some(policy) = policy else { return };
-    for (name, cluster) in set.clusters.iter_mut() {
-        if before.contains(name) {
-            continue;
-        }
-        let socket = cluster::egress_port(name).and_then(|port| tls::upstream(policy, port));
-        if let Some(socket) = socket {
-            cluster["transport_socket"] = socket;
-        }
-    }
 }

@@ -25,7 +25,7 @@ pub(super) struct TcpTarget {
 
 /// App Mesh's order: lower `priority` first, unset last; then longer
 /// prefixes first, so a more specific route is not shadowed; then by name.
-fn route_order(a: &(String, RouteSpec), b: &(String, RouteSpec)) -> std::cmp::Ordering {
+pub(super) fn route_order(a: &(String, RouteSpec), b: &(String, RouteSpec)) -> std::cmp::Ordering {
     let prio = |r: &RouteSpec| r.priority.unwrap_or(u32::MAX);
     let prefix_len = |r: &RouteSpec| {
         r.http_route
@@ -200,7 +200,7 @@ pub(super) fn cluster_action(clusters: &[(String, u32)]) -> Option<Value> {
     }
 }
 
-fn route(
+pub(super) fn route(
     ctx: &Ctx<'_>,
     set: &mut ResourceSet,
     matcher: Value,

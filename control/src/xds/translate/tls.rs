@@ -6,9 +6,11 @@
 //! ([`SVID_SECRET`]) and an `sds` trust is the mesh CA ([`BUNDLE_SECRET`]),
 //! whatever secret name the spec gives (App Mesh specs name SPIRE secrets).
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Value};
 
-use super::Ctx;
+use super::{cluster, Ctx, ResourceSet};
 use crate::ca::{BUNDLE_SECRET, SVID_SECRET};
 use crate::xds::spec::{ClientTls, ListenerTls, TlsCertificate, TlsValidation};
 
@@ -83,15 +85,32 @@ pub(super) enum Inbound {
     Permissive(Value),
 }
 
-/// A listener's `tls`. With mesh-issued trust and no SAN list of its own,
-/// only the identities allowed to reach this node are accepted: the virtual
-/// nodes that list one of its virtual services as a backend.
-pub(super) fn inbound(ctx: &Ctx<'_>, node: &str, tls: Option<&ListenerTls>) -> Inbound {
+/// Whom a listener with mesh-issued trust and no SAN list of its own
+/// accepts.
+pub(super) enum Callers<'a> {
+    /// The virtual nodes and virtual gateways that send traffic to this
+    /// virtual node.
+    ClientsOf(&'a str),
+    /// Any identity the trust validates: a virtual gateway's clients come
+    /// from outside the mesh, so the mesh model does not name them.
+    AnyTrusted,
+}
+
+/// A listener's `tls`, offering `alpn` when it is not empty.
+pub(super) fn inbound(
+    ctx: &Ctx<'_>,
+    callers: Callers<'_>,
+    tls: Option<&ListenerTls>,
+    alpn: &[&str],
+) -> Inbound {
     let Some(tls) = tls else {
         return Inbound::Plain;
     };
     let mut common = json!({});
     certificate(&mut common, &tls.certificate);
+    if !alpn.is_empty() {
+        common["alpn_protocols"] = json!(alpn);
+    }
     let mut context = json!({
         "@type": xds_protos::type_url::DOWNSTREAM_TLS_CONTEXT,
     });
@@ -101,10 +120,11 @@ pub(super) fn inbound(ctx: &Ctx<'_>, node: &str, tls: Option<&ListenerTls>) -> I
             .as_ref()
             .map(|s| s.matcher.exact.clone())
             .unwrap_or_default();
-        let suffix = if exact.is_empty() && v.trust.sds.is_some() {
-            allowed_clients(ctx, node)
-        } else {
-            Vec::new()
+        let suffix = match callers {
+            Callers::ClientsOf(node) if exact.is_empty() && v.trust.sds.is_some() => {
+                allowed_clients(ctx, node)
+            }
+            _ => Vec::new(),
         };
         validation(&mut common, v, &exact, &suffix);
         context["require_client_certificate"] = json!(true);
@@ -118,8 +138,11 @@ pub(super) fn inbound(ctx: &Ctx<'_>, node: &str, tls: Option<&ListenerTls>) -> I
     }
 }
 
-/// The SPIFFE ID path of every virtual node with a backend served by `node`,
-/// as a URI suffix (`/mesh/M/virtualNode/N`): only the mesh CA is trusted
+/// The SPIFFE ID path of every virtual node with a backend served by `node`
+/// and of every virtual gateway with a gateway route to such a service, as a
+/// URI suffix (`/mesh/M/virtualNode/N`, `/mesh/M/virtualGateway/G`): App
+/// Mesh has no list of allowed callers, so these are derived from the
+/// model. Only the mesh CA is trusted
 /// here and it issues IDs in its own trust domain only, so the suffix names
 /// exactly one identity without the translation knowing the trust domain.
 /// An empty list would accept anyone, so a node nobody calls accepts a name
@@ -138,6 +161,19 @@ fn allowed_clients(ctx: &Ctx<'_>, node: &str) -> Vec<String> {
         })
         .map(|((mesh, name), _)| format!("/mesh/{mesh}/virtualNode/{name}"))
         .collect();
+    out.extend(
+        ctx.model
+            .gateway_routes
+            .iter()
+            .filter(|((mesh, _), _)| mesh == ctx.mesh)
+            .filter(|(_, routes)| {
+                routes
+                    .iter()
+                    .filter_map(|(_, r)| r.target_service())
+                    .any(|service| served_by(ctx, service, node))
+            })
+            .map(|((mesh, gateway), _)| format!("/mesh/{mesh}/virtualGateway/{gateway}")),
+    );
     if out.is_empty() {
         out.push(format!("/mesh/{}/no-client-of/{node}", ctx.mesh));
     }
@@ -194,4 +230,24 @@ pub(super) fn upstream(policy: &ClientTls, port: u32) -> Option<Value> {
             "common_tls_context": common,
         },
     }))
+}
+
+/// Puts a backend's client policy on the clusters its targets created. A
+/// cluster shared with an earlier backend keeps that backend's policy, as one
+/// cluster cannot carry two (the first backend wins, as for TCP ports).
+pub(super) fn secure_new_clusters(
+    set: &mut ResourceSet,
+    before: &BTreeSet<String>,
+    policy: Option<&ClientTls>,
+) {
+    let Some(policy) = policy else { return };
+    for (name, cluster) in set.clusters.iter_mut() {
+        if before.contains(name) {
+            continue;
+        }
+        let socket = cluster::egress_port(name).and_then(|port| upstream(policy, port));
+        if let Some(socket) = socket {
+            cluster["transport_socket"] = socket;
+        }
+    }
 }
