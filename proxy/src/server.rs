@@ -102,6 +102,8 @@ pub struct Options {
     pub drain_time: Duration,
     pub admin_address_path: Option<PathBuf>,
     pub set_log_level: SetLogLevel,
+    /// Returns freed heap memory to the system (see `memory`).
+    pub release_memory: Option<fn()>,
 }
 
 pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> anyhow::Result<()> {
@@ -145,6 +147,9 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         .reconcile(&shared, &config.listeners)
         .map_err(|e| anyhow::anyhow!(e))?;
     crate::access_log::reopen_on_sigusr1();
+    if let Some(release) = opts.release_memory {
+        crate::memory::spawn_release(release);
+    }
     let drainer = shared.clone();
     tokio::spawn(async move {
         drainer.drain.watch().signaled().await;

@@ -112,7 +112,10 @@ impl Hcm {
         let svc = service_fn(move |req| {
             let hcm = hcm.clone();
             let info = info.clone();
-            async move {
+            // Boxed per request: hyper keeps room for the service's future
+            // for the connection's whole life, and this one is kilobytes,
+            // which an idle keep-alive connection would hold for nothing.
+            let fut = async move {
                 let mut req = req;
                 // Per request, for filters and logs that read the peer identity.
                 if let Some(tls) = &info.tls {
@@ -139,7 +142,8 @@ impl Hcm {
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, h2::Error>(resp)
-            }
+            };
+            Box::pin(fut)
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);

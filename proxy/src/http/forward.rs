@@ -185,6 +185,8 @@ pub async fn forward(
     let mut flags = ResponseFlags::default();
     let mut last_failed: Option<Arc<Endpoint>> = None;
     let mut attempt = 0;
+    // Clock reads are shared where one will do: each costs on the hot path.
+    let mut attempt_started = now;
     let proto = cluster.protocol(parts.version);
     let destination = parts.extensions.get::<OriginalDestination>().copied();
     let mut parts = Some(parts);
@@ -209,10 +211,12 @@ pub async fn forward(
         stats.upstream_rq_total.inc();
         stats.upstream_rq_active.inc();
         let _active = endpoint.track();
+        if attempt > 1 {
+            attempt_started = Instant::now();
+        }
         let per_try = retry.and_then(|r| r.per_try_timeout);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let limit = match (per_try, remaining) {
-            (Some(p), Some(r)) => Some(p.min(r)),
+        let limit = match (per_try.map(|p| attempt_started + p), deadline) {
+            (Some(p), Some(d)) => Some(p.min(d)),
             (a, b) => a.or(b),
         };
         // The last possible attempt takes the head; earlier ones copy it.
@@ -225,7 +229,6 @@ pub async fn forward(
             t.begin_attempt(&mut h.headers);
         }
         let count = request_attempt_count.then_some(attempt);
-        let attempt_started = Instant::now();
         let result = attempt_once(
             cluster,
             &endpoint,
@@ -254,7 +257,8 @@ pub async fn forward(
             Err(_) => cluster.report(&endpoint, TryResult::LocalFailure),
         }
 
-        let overall_expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let ended = Instant::now();
+        let overall_expired = deadline.is_some_and(|d| ended >= d);
         let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
         // A retry needs a slot under the cluster's retry breaker.
         let retry_slot = || {
@@ -285,7 +289,7 @@ pub async fn forward(
                 // Envoy charges the code and time of the answer it returns
                 // only, not of the tries it retried (verified with 1.40).
                 stats.upstream_rq.record(status.as_u16());
-                stats.upstream_rq_time.record(attempt_started.elapsed());
+                stats.upstream_rq_time.record(ended - attempt_started);
                 if again {
                     flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                     if attempt >= max_attempts {
@@ -323,9 +327,7 @@ pub async fn forward(
                         local_reply::RESET_BEFORE_HEADERS,
                         retry.is_some_and(RetryPolicy::retriable_reset),
                     ),
-                    TryError::PerTryTimeout
-                        if duration_deadline.is_some_and(|d| Instant::now() >= d) =>
-                    {
+                    TryError::PerTryTimeout if duration_deadline.is_some_and(|d| ended >= d) => {
                         flags.set(ResponseFlags::DURATION_TIMEOUT);
                         return Outcome {
                             response: local_reply::duration_timeout(grpc),
@@ -440,7 +442,7 @@ async fn attempt_once(
     proto: crate::upstream::Protocol,
     head: Option<http::request::Parts>,
     body: &mut ReqBody,
-    limit: Option<Duration>,
+    limit: Option<Instant>,
     auto_host: bool,
     attempt_count: Option<u32>,
     local: &mut Option<std::net::SocketAddr>,
@@ -478,7 +480,7 @@ async fn attempt_once(
         conn.send(req).await.map_err(|_| TryError::Reset)
     };
     match limit {
-        Some(l) => tokio::time::timeout(l, work)
+        Some(l) => tokio::time::timeout_at(tokio::time::Instant::from_std(l), work)
             .await
             .unwrap_or(Err(TryError::PerTryTimeout)),
         None => work.await,

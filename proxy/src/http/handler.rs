@@ -1,6 +1,7 @@
 //! The life of one request: route lookup, the route's action, and the headers
 //! Envoy adds on the way up and down.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -77,16 +78,19 @@ impl Hcm {
             Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
             None => body::incoming(body),
         };
-        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Only a request whose body is still to come can time out reading it.
+        let mut timed_out = None;
         let body = match self.config.request_timeout {
             Some(t) if !body.is_end_stream() => {
                 let deadline = tokio::time::Instant::from_std(record.info.started) + t;
-                body::with_deadline(body, deadline, timed_out.clone())
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                timed_out = Some(flag.clone());
+                body::with_deadline(body, deadline, flag)
             }
             _ => body,
         };
         let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
-        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+        if timed_out.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
             // The client was too slow sending its request: Envoy's 408.
             resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
             resp.headers_mut()
@@ -140,12 +144,14 @@ impl Hcm {
                 None => return self.no_route(grpc),
             },
         };
-        let mut host = authority(&parts);
+        let request_host = RequestHost::of(&parts);
+        let mut host = Cow::Borrowed(request_host.as_str());
         if let Some(stripped) =
             normalize::strip_port(&host, self.config.strip_port, info.local.port())
         {
-            host = stripped.to_string();
-            set_authority(&mut parts, &host);
+            let stripped = stripped.to_string();
+            set_authority(&mut parts, &stripped);
+            host = Cow::Owned(stripped);
         }
         if self.config.normalize_path || self.config.merge_slashes {
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -169,7 +175,11 @@ impl Hcm {
                 matched: &matched,
             };
             let stats = &self.filter_stats;
-            if let Some(reply) = crate::filters::run(&self.config.filters, &req, stats).await {
+            // Boxed, like the other rare paths below, to keep them out of
+            // every request's future.
+            if let Some(reply) =
+                Box::pin(crate::filters::run(&self.config.filters, &req, stats)).await
+            {
                 return reply;
             }
         }
@@ -259,12 +269,17 @@ impl Hcm {
         record.info.upstream_cluster = Some(cluster.name().clone());
         // ORIGINAL_DST clusters read the destination from the request (sidecar hook).
         if cluster.is_original_dst() {
-            if let Some(d) = super::explicit::destination(info, parts).await {
+            if let Some(d) = Box::pin(super::explicit::destination(info, parts)).await {
                 parts.extensions.insert(d);
             }
         }
         if parts.method == http::Method::CONNECT {
-            let resp = super::explicit::connect(self.config.connect, cluster, parts).await;
+            let resp = Box::pin(super::explicit::connect(
+                self.config.connect,
+                cluster,
+                parts,
+            ))
+            .await;
             return (resp, ResponseFlags::default());
         }
         let downstream_upgrade = if upgrade {
@@ -280,36 +295,34 @@ impl Hcm {
         if let Some(via) = &self.config.via {
             parts.headers.append(header::VIA, via.clone());
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let path = match f.rewrite_path(&pq) {
-            Some(p) => {
-                if let Ok(v) = HeaderValue::from_str(&pq) {
+        // The path sent upstream when the route rewrites it; otherwise the
+        // request's own path goes up as it came, without a copy.
+        let rewritten = {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            f.rewrite_path(pq).inspect(|_| {
+                if let Ok(v) = HeaderValue::from_str(pq) {
                     parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
                 }
-                p
-            }
-            None => pq,
+            })
         };
-        let upstream_host = match (
+        let upstream_host: Cow<'_, str> = match (
             &f.host_rewrite,
             weighted.and_then(|w| w.host_rewrite.as_ref()),
         ) {
-            (_, Some(h)) => h.clone(),
-            (Some(HostRewrite::Literal(h)), _) => h.clone(),
-            (Some(HostRewrite::Header(name)), _) => parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(host)
-                .to_string(),
-            _ => host.to_string(),
+            (_, Some(h)) => Cow::Borrowed(h),
+            (Some(HostRewrite::Literal(h)), _) => Cow::Borrowed(h),
+            (Some(HostRewrite::Header(name)), _) => Cow::Owned(
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(host)
+                    .to_string(),
+            ),
+            _ => Cow::Borrowed(host),
         };
         let auto_host = matches!(f.host_rewrite, Some(HostRewrite::Auto));
-        if upstream_host != host {
+        if upstream_host != *host {
             if let Ok(v) = HeaderValue::from_str(host) {
                 if f.append_x_forwarded_host {
                     parts.headers.append(X_FORWARDED_HOST.clone(), v.clone());
@@ -340,11 +353,9 @@ impl Hcm {
         let max_duration = stream_duration(f, &parts.headers, grpc);
         headers::strip_envoy_controls(&mut parts.headers);
         if let Some(t) = timeout {
-            if let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string()) {
-                parts
-                    .headers
-                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), v);
-            }
+            parts
+                .headers
+                .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), headers::millis(t));
         }
         let proto = if upgrade {
             crate::upstream::Protocol::Http1
@@ -353,13 +364,25 @@ impl Hcm {
         };
         let uri = match proto {
             crate::upstream::Protocol::Http1 => {
-                if let Ok(v) = HeaderValue::from_str(&upstream_host) {
-                    parts.headers.insert(header::HOST, v);
+                let same_host = parts
+                    .headers
+                    .get(header::HOST)
+                    .is_some_and(|v| v.as_bytes() == upstream_host.as_bytes());
+                if !same_host {
+                    if let Ok(v) = HeaderValue::from_str(&upstream_host) {
+                        parts.headers.insert(header::HOST, v);
+                    }
                 }
-                Uri::try_from(path.as_str())
+                match &rewritten {
+                    Some(path) => Uri::try_from(path.as_str()),
+                    None => Ok(origin_form(&parts.uri)),
+                }
             }
             crate::upstream::Protocol::Http2 => {
                 parts.headers.remove(header::HOST);
+                let path = rewritten
+                    .as_deref()
+                    .unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
                 Uri::try_from(format!("http://{upstream_host}{path}"))
             }
         };
@@ -400,13 +423,13 @@ impl Hcm {
         let body = if f.resilience.mirrors.is_empty() {
             body
         } else {
-            crate::filters::mirror::tee(
+            Box::pin(crate::filters::mirror::tee(
                 &f.resilience.mirrors,
                 &snapshot.clusters,
                 parts,
                 &upstream_host,
                 body,
-            )
+            ))
             .await
         };
         // RING_HASH / MAGLEV key from the route's hash policy.
@@ -455,17 +478,23 @@ impl Hcm {
                 );
             }
         };
+        let answered = Instant::now();
         if let (Some(mesh), Some(service), Some(node)) = (
             &self.mesh,
             matched.appmesh_service(),
             cluster.config.appmesh_virtual_node.as_ref(),
         ) {
-            mesh.upstream(service, node, response.status().as_u16(), started.elapsed());
+            mesh.upstream(
+                service,
+                node,
+                response.status().as_u16(),
+                answered - started,
+            );
         }
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         record.info.upstream_local = upstream_local;
         if upstream.is_some() {
-            record.info.first_upstream_byte = Some(record.info.started.elapsed());
+            record.info.first_upstream_byte = Some(answered - record.info.started);
         }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response
@@ -473,12 +502,10 @@ impl Hcm {
                 .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
         }
         if upstream.is_some() && flags.is_empty() {
-            let ms = started.elapsed().as_millis().to_string();
-            if let Ok(v) = HeaderValue::from_str(&ms) {
-                response
-                    .headers_mut()
-                    .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-            }
+            response.headers_mut().insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                headers::millis(answered - started),
+            );
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(down) = downstream_upgrade {
@@ -637,16 +664,46 @@ fn set_path(parts: &mut http::request::Parts, path_and_query: &str) {
     }
 }
 
-fn authority(parts: &http::request::Parts) -> String {
-    if let Some(a) = parts.uri.authority() {
-        return a.as_str().to_string();
+/// The request's host (authority, else `Host`), sharing the request's bytes
+/// instead of copying them.
+enum RequestHost {
+    Authority(http::uri::Authority),
+    Header(HeaderValue),
+    Missing,
+}
+
+impl RequestHost {
+    fn of(parts: &http::request::Parts) -> RequestHost {
+        if let Some(a) = parts.uri.authority() {
+            return RequestHost::Authority(a.clone());
+        }
+        match parts.headers.get(header::HOST) {
+            Some(v) if v.to_str().is_ok() => RequestHost::Header(v.clone()),
+            _ => RequestHost::Missing,
+        }
     }
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+
+    fn as_str(&self) -> &str {
+        match self {
+            RequestHost::Authority(a) => a.as_str(),
+            RequestHost::Header(v) => v.to_str().unwrap_or_default(),
+            RequestHost::Missing => "",
+        }
+    }
+}
+
+/// The path and query alone, as an HTTP/1.1 request line carries them.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 fn is_grpc(h: &http::HeaderMap) -> bool {

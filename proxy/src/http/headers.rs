@@ -29,17 +29,25 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes connection-specific headers, including those the `Connection`
 /// header names. `te: trailers` survives: gRPC over HTTP/2 needs it.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names instead of a hashed lookup per hop-by-hop
+    // name: most requests and responses carry none, or only `Connection`.
+    if !h.keys().any(is_hop_by_hop) {
+        if keep_upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION).cloned() {
         if let Ok(s) = conn.to_str() {
             for name in s.split(',').map(str::trim) {
                 if name.eq_ignore_ascii_case("upgrade") && keep_upgrade {
                     continue;
                 }
-                if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                    if n != header::TE || !keep_upgrade {
-                        h.remove(n);
-                    }
+                if name.eq_ignore_ascii_case("te") && keep_upgrade {
+                    continue;
                 }
+                // A `&str` name is looked up without allocating a HeaderName.
+                h.remove(name);
             }
         }
     }
@@ -63,6 +71,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::UPGRADE
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::TE
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
 }
 
 /// Only addresses in `internal_address_config` are internal: Envoy 1.40
@@ -175,19 +192,49 @@ fn strip_envoy_headers(h: &mut HeaderMap) {
 }
 
 /// Headers that steer the router are consumed, never sent upstream.
-const ENVOY_CONTROLS: [&str; 6] = [
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-max-retries",
-    "x-envoy-retry-on",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-upstream-rq-timeout-alt-response",
+static ENVOY_CONTROLS: [HeaderName; 6] = [
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
 ];
 
 pub fn strip_envoy_controls(h: &mut HeaderMap) {
-    for name in ENVOY_CONTROLS {
+    // One pass over the names first: most requests carry no `x-envoy-*`.
+    if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return;
+    }
+    for name in &ENVOY_CONTROLS {
         h.remove(name);
     }
+}
+
+/// A duration in whole milliseconds as a header value
+/// (`x-envoy-upstream-service-time`, `x-envoy-expected-rq-timeout-ms`).
+/// Values under a second and whole seconds up to an hour (route timeouts)
+/// come from tables made once, so the common cases allocate nothing.
+pub fn millis(d: std::time::Duration) -> HeaderValue {
+    const MS: u64 = 1000;
+    const SECONDS: u64 = 3600;
+    fn table(values: impl Iterator<Item = u64>) -> Vec<HeaderValue> {
+        values
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    }
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| table(0..MS));
+    static WHOLE: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| table((0..=SECONDS).map(|s| s * MS)));
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let cached = if ms < MS {
+        SMALL.get(ms as usize)
+    } else if ms % MS == 0 && ms / MS <= SECONDS {
+        WHOLE.get((ms / MS) as usize)
+    } else {
+        None
+    };
+    cached.cloned().unwrap_or_else(|| HeaderValue::from(ms))
 }
 
 /// A random UUID v4, as Envoy's default request ID extension makes.
@@ -240,6 +287,61 @@ mod tests {
             Some(&b"trailers"[..])
         );
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn millis_from_the_table_and_beyond() {
+        use std::time::Duration;
+        assert_eq!(millis(Duration::ZERO), "0");
+        assert_eq!(millis(Duration::from_micros(7_900)), "7");
+        assert_eq!(millis(Duration::from_millis(999)), "999");
+        assert_eq!(millis(Duration::from_secs(15)), "15000");
+        assert_eq!(millis(Duration::from_millis(15_001)), "15001");
+        assert_eq!(millis(Duration::from_secs(7200)), "7200000");
+    }
+
+    #[test]
+    fn no_hop_by_hop_headers_leaves_the_map_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+
+    #[test]
+    fn connection_names_are_removed_in_any_case_and_te_kept_on_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Custom, TE, bad name"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get("x-custom").is_none());
+        assert!(h.get(header::UPGRADE).is_some());
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+    }
+
+    #[test]
+    fn envoy_controls_go_other_envoy_headers_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-max-retries", HeaderValue::from_static("3"));
+        h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
+        h.insert("x-envoy-original-path", HeaderValue::from_static("/a"));
+        strip_envoy_controls(&mut h);
+        assert!(h.get("x-envoy-max-retries").is_none());
+        assert!(h.get("x-envoy-retry-on").is_none());
+        assert!(h.get("x-envoy-original-path").is_some());
     }
 
     #[test]

@@ -186,7 +186,9 @@ fn handle(
             .then(|| original_dst::original_destination(&stream, local))
             .flatten();
         let hello = match listener.config.tls_inspector {
-            Some(cfg) => match crate::tls::inspect(&stream, cfg.timeout).await {
+            // Boxed, as the TLS handshake below: a connection's task is only
+            // as large as the path it is on.
+            Some(cfg) => match Box::pin(crate::tls::inspect(&stream, cfg.timeout)).await {
                 crate::tls::Inspection::Tls(h) => Some(h),
                 crate::tls::Inspection::Plaintext => None,
                 crate::tls::Inspection::Closed => return,
@@ -203,7 +205,7 @@ fn handle(
             .flat_map(|h| h.alpn.iter().map(String::as_str))
             .collect();
         if filters.http_inspector && hello.is_none() {
-            alpn.extend(inspect::application_protocols(&stream).await);
+            alpn.extend(Box::pin(inspect::application_protocols(&stream)).await);
         }
         let facts = ConnectionFacts {
             destination_port: original.unwrap_or(local).port(),
@@ -226,26 +228,35 @@ fn handle(
             None => None,
         };
         listener.stats.downstream_cx_active.inc();
+        // Each way of serving is boxed: inline, every connection's task would
+        // be as large as the largest of them (HTTP over TLS), whichever it runs.
         match tls {
             Some(tls) => {
-                if let Some((stream, info)) = tls.accept(stream, listener.stats.ssl.as_ref()).await
-                {
+                let accepted = Box::pin(tls.accept(stream, listener.stats.ssl.as_ref())).await;
+                if let Some((stream, info)) = accepted {
                     let info = Arc::new(info);
                     match chain.terminal {
                         Terminus::Http(hcm) => {
-                            hcm.serve(stream, peer, local, original, drain, Some(info))
+                            Box::pin(hcm.serve(stream, peer, local, original, drain, Some(info)))
                                 .await
                         }
-                        Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                        Terminus::Tcp(tcp) => {
+                            Box::pin(tcp.serve(stream, peer, local, original, drain)).await
+                        }
                     }
                 }
             }
             None => match chain.terminal {
-                Terminus::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
-                Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                Terminus::Http(hcm) => {
+                    Box::pin(hcm.serve(stream, peer, local, original, drain, None)).await
+                }
+                Terminus::Tcp(tcp) => {
+                    Box::pin(tcp.serve(stream, peer, local, original, drain)).await
+                }
             },
         }
         listener.stats.downstream_cx_active.dec();
         drop(permit);
+        crate::memory::connection_closed();
     });
 }

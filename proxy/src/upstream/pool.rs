@@ -190,20 +190,20 @@ impl Pool {
         Ok(H1Conn { sender, local })
     }
 
+    /// The shared HTTP/2 connection, when there is one still open.
+    fn live_h2(&self) -> Option<(http2::SendRequest<Body>, Option<SocketAddr>)> {
+        let c = self.h2.load();
+        let c = c.as_deref().filter(|c| !c.sender.is_closed())?;
+        Some((c.sender.clone(), c.local))
+    }
+
     async fn shared_h2(
         &self,
         p: &ConnectParams<'_>,
     ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), ConnectError> {
-        if let Some(c) = self.h2.load().as_deref() {
-            if !c.sender.is_closed() {
-                return Ok((c.sender.clone(), c.local));
-            }
-        }
         let _guard = self.h2_connect.lock().await;
-        if let Some(c) = self.h2.load().as_deref() {
-            if !c.sender.is_closed() {
-                return Ok((c.sender.clone(), c.local));
-            }
+        if let Some(c) = self.live_h2() {
+            return Ok(c);
         }
         let permit = loop {
             if let Some(permit) = self.permit(p, false).await {
@@ -267,8 +267,14 @@ impl Endpoint {
         p: &ConnectParams<'_>,
     ) -> Result<Pooled, ConnectError> {
         match proto {
+            // The connect paths are boxed: their futures (TCP, TLS and HTTP
+            // handshakes) would otherwise sit inline in every request's
+            // future, though most requests reuse a pooled connection.
             Protocol::Http2 => {
-                let (sender, local) = self.pool.shared_h2(p).await?;
+                let (sender, local) = match self.pool.live_h2() {
+                    Some(c) => c,
+                    None => Box::pin(self.pool.shared_h2(p)).await?,
+                };
                 Ok(Pooled::H2(sender, local))
             }
             Protocol::Http1 => loop {
@@ -290,9 +296,9 @@ impl Endpoint {
                 p.cluster.rstats.upstream_rq_pending_total.inc();
                 p.stats.upstream_rq_pending_active.inc();
                 let _active = PendingGauge(p.stats);
-                if let Some(permit) = self.pool.permit(p, true).await {
+                if let Some(permit) = Box::pin(self.pool.permit(p, true)).await {
                     return Ok(Pooled::H1(
-                        self.pool.connect_h1(p, permit).await?,
+                        Box::pin(self.pool.connect_h1(p, permit)).await?,
                         self.clone(),
                     ));
                 }
