@@ -309,6 +309,18 @@ async fn bad_client_certificates_are_refused_with_the_reason() {
         .expect("a good client certificate is accepted");
         assert_eq!(r.status, 200);
         assert_eq!(app.count(), 1);
+        // Each refusal is counted by why, under Envoy's names.
+        let ssl = |name: &str| format!("listener.127.0.0.1_{port}.ssl.{name}");
+        for (stat, n) in [
+            ("fail_verify_error", 3),
+            ("fail_verify_san", 1),
+            ("fail_verify_no_cert", 1),
+            // Envoy counts certificate refusals only as fail_verify_*.
+            ("connection_error", 0),
+        ] {
+            assert_eq!(b.stat(&ssl(stat)).await, n, "{stat}");
+        }
+        assert!(b.stat(&ssl("handshake")).await >= 1);
     })
     .await;
 }

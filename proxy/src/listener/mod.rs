@@ -47,7 +47,12 @@ impl ActiveListener {
             Terminal::Http(h) => Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
             Terminal::Tcp(t) => Chain::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone()))),
         };
-        let stats = Arc::new(ListenerStats::new(config.address));
+        let tls = config
+            .filter_chains
+            .iter()
+            .chain(config.default_chain.as_ref())
+            .any(|c| c.tls.is_some());
+        let stats = Arc::new(ListenerStats::new(config.address, tls));
         shared
             .store
             .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
@@ -163,7 +168,8 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
         listener.stats.downstream_cx_active.inc();
         match tls {
             Some(tls) => {
-                if let Some((stream, info)) = tls.accept(stream).await {
+                if let Some((stream, info)) = tls.accept(stream, listener.stats.ssl.as_ref()).await
+                {
                     let info = Arc::new(info);
                     match chain {
                         Chain::Http(hcm) => {

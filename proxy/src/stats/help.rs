@@ -119,6 +119,19 @@ pub fn help(family: &str) -> &'static str {
         "listener_no_filter_chain_match" => {
             "Connections that matched no filter chain and were closed."
         }
+        "listener_ssl_handshake" => "TLS handshakes completed on this listener.",
+        "listener_ssl_connection_error" => {
+            "TLS handshakes that failed on this listener, other than certificate refusals."
+        }
+        "listener_ssl_fail_verify_no_cert" => {
+            "Clients refused for presenting no certificate where one is required."
+        }
+        "listener_ssl_fail_verify_error" => {
+            "Client certificates refused as expired, not yet valid or from an unknown CA."
+        }
+        "listener_ssl_fail_verify_san" => {
+            "Client certificates refused because no subject alternative name matched."
+        }
         "tcp_downstream_cx_total" => "Connections handled by this TCP proxy.",
         "tcp_downstream_cx_no_route" => "TCP proxy connections with no cluster to go to.",
         // Access logs

@@ -445,16 +445,45 @@ impl StatSource for HttpStats {
     }
 }
 
+/// Envoy's `ssl.*` stats of a listener whose chains terminate TLS: each
+/// refused peer is counted by why, as well as logged.
+#[derive(Debug, Default)]
+pub struct SslStats {
+    /// Handshakes completed.
+    pub handshake: Counter,
+    /// Handshakes that failed for another reason than the peer's certificate.
+    pub connection_error: Counter,
+    /// Refused: a client certificate was required and none was presented.
+    pub fail_verify_no_cert: Counter,
+    /// Refused: the certificate did not verify (expired, not yet valid,
+    /// unknown CA, bad signature).
+    pub fail_verify_error: Counter,
+    /// Refused: no subject alternative name matched.
+    pub fail_verify_san: Counter,
+}
+
+impl SslStats {
+    fn visit(&self, s: &Scope, v: &mut dyn Visitor) {
+        v.counter(s, "ssl.handshake", self.handshake.get());
+        v.counter(s, "ssl.connection_error", self.connection_error.get());
+        v.counter(s, "ssl.fail_verify_no_cert", self.fail_verify_no_cert.get());
+        v.counter(s, "ssl.fail_verify_error", self.fail_verify_error.get());
+        v.counter(s, "ssl.fail_verify_san", self.fail_verify_san.get());
+    }
+}
+
 #[derive(Debug)]
 pub struct ListenerStats {
     pub scope: Scope,
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub no_filter_chain_match: Counter,
+    /// Present when a chain of the listener terminates TLS.
+    pub ssl: Option<SslStats>,
 }
 
 impl ListenerStats {
-    pub fn new(addr: std::net::SocketAddr) -> ListenerStats {
+    pub fn new(addr: std::net::SocketAddr, tls: bool) -> ListenerStats {
         // Envoy names listener scopes by address with ':' folded to '_'.
         let name = addr.to_string().replace([':'], "_").replace(['[', ']'], "");
         ListenerStats {
@@ -465,6 +494,7 @@ impl ListenerStats {
             downstream_cx_total: Counter::default(),
             downstream_cx_active: Gauge::default(),
             no_filter_chain_match: Counter::default(),
+            ssl: tls.then(SslStats::default),
         }
     }
 }
@@ -475,6 +505,9 @@ impl StatSource for ListenerStats {
         v.counter(s, "downstream_cx_total", self.downstream_cx_total.get());
         v.gauge(s, "downstream_cx_active", self.downstream_cx_active.get());
         v.counter(s, "no_filter_chain_match", self.no_filter_chain_match.get());
+        if let Some(ssl) = &self.ssl {
+            ssl.visit(s, v);
+        }
     }
 }
 

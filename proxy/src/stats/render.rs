@@ -358,7 +358,7 @@ mod tests {
         let store = Store::default();
         let c = Arc::new(ClusterStats::new(Arc::from("c")));
         let h = Arc::new(HttpStats::new(Arc::from("h")));
-        let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap()));
+        let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap(), true));
         let t = Arc::new(TcpStats::new(Arc::from("t")));
         c.upstream_rq.record(200);
         h.downstream_rq.record(503);

@@ -14,6 +14,7 @@ use xds_protos::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsCont
 use super::common::{Certs, Common};
 use super::verify::{sans, ClientVerifier, SanKind};
 use crate::config::ConfigError;
+use crate::stats::SslStats;
 
 /// A handshake that has not finished by then is dropped, so a stalled peer
 /// cannot hold a connection slot; Envoy bounds it with the listener's
@@ -109,18 +110,34 @@ impl ServerTls {
 
     /// Runs the server handshake. A failure is logged with its reason (the
     /// peer's certificate was expired, not yet valid, from an unknown CA, or
-    /// its SANs did not match) and the connection is dropped.
-    pub async fn accept(&self, stream: TcpStream) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
+    /// its SANs did not match), counted in `stats` by kind, and the
+    /// connection is dropped.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        stats: Option<&SslStats>,
+    ) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
         let peer = stream.peer_addr().ok();
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await
-        {
-            Ok(Ok(s)) => s,
+        let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
+        let tls = match result {
+            Ok(Ok(s)) => {
+                if let Some(st) = stats {
+                    st.handshake.inc();
+                }
+                s
+            }
             Ok(Err(e)) => {
                 tracing::warn!(peer = ?peer, error = %e, "downstream TLS handshake failed");
+                if let Some(st) = stats {
+                    count_failure(st, &e);
+                }
                 return None;
             }
             Err(_) => {
                 tracing::warn!(peer = ?peer, "downstream TLS handshake timed out");
+                if let Some(st) = stats {
+                    st.connection_error.inc();
+                }
                 return None;
             }
         };
@@ -138,5 +155,21 @@ impl ServerTls {
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
         };
         Some((tls, info))
+    }
+}
+
+/// Counts a failed handshake as Envoy does: a refused peer certificate by
+/// why (`ssl.fail_verify_*`), any other failure as `ssl.connection_error`.
+fn count_failure(stats: &SslStats, e: &std::io::Error) {
+    use rustls::{CertificateError, Error};
+    let reason = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>());
+    match reason {
+        Some(Error::NoCertificatesPresented) => stats.fail_verify_no_cert.inc(),
+        // The verifier's SAN check refuses with this one.
+        Some(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
+            stats.fail_verify_san.inc()
+        }
+        Some(Error::InvalidCertificate(_)) => stats.fail_verify_error.inc(),
+        _ => stats.connection_error.inc(),
     }
 }
