@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod grpc;
+pub mod metrics;
 pub mod process;
 pub mod tls;
 pub mod upstream;

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::coalesce::{Coalesce, PollCount};
 use super::h1_guard::H1Guard;
 use super::Hcm;
 use crate::config::hcm::Codec;
@@ -57,6 +58,8 @@ impl Hcm {
         });
         let activity = Activity::default();
         let h1 = cfg.codec != Codec::Http2;
+        let polls = PollCount::default();
+        let stream = Coalesce::new(stream, polls.clone());
         let io = TokioIo::new(H1Guard::new(Tracked::new(stream, activity.clone()), h1));
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -138,6 +141,7 @@ impl Hcm {
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
         };
+        let served = polls.count(served);
         match idle {
             Some(idle) => {
                 if activity.run(served, idle).await.is_none() {

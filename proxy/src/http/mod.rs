@@ -1,6 +1,7 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 connections and
 //! walks each request through routing to an upstream.
 
+mod coalesce;
 mod conn;
 mod explicit;
 mod flags;

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
-use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
+use crate::tls::{AlpnFor, ClientStream, SslStats, UpstreamTls};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -62,6 +62,8 @@ pub struct ConnectParams<'a> {
     pub cluster: &'a Cluster,
     /// The cluster's `UpstreamTlsContext`, run on every new connection.
     pub tls: Option<&'a Arc<UpstreamTls>>,
+    /// Where its handshakes are counted.
+    pub ssl: Option<&'a SslStats>,
 }
 
 impl Pool {
@@ -140,11 +142,14 @@ impl Pool {
         p.stats.upstream_cx_active.inc();
         match p.tls {
             None => Ok(ClientStream::Plain(stream)),
-            Some(tls) => tls.connect(stream, self.addr, alpn).await.map_err(|e| {
-                p.stats.upstream_cx_connect_fail.inc();
-                closed(p.stats);
-                ConnectError::Tls(e)
-            }),
+            Some(tls) => tls
+                .connect(stream, self.addr, alpn, p.ssl)
+                .await
+                .map_err(|e| {
+                    p.stats.upstream_cx_connect_fail.inc();
+                    closed(p.stats);
+                    ConnectError::Tls(e)
+                }),
         }
     }
 
