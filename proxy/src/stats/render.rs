@@ -106,7 +106,10 @@ fn ssl_family(kind: &str, name: &str) -> Option<(String, Option<(String, String)
         ("ssl.ciphers.", "cluster") => "cipher_suite",
         _ => "envoy_ssl_cipher",
     };
-    let family = format!("envoy_{kind}_{}", stem.trim_end_matches('.'));
+    let family = format!(
+        "envoy_{kind}_{}",
+        stem.trim_end_matches('.').replace('.', "_")
+    );
     Some((family, Some((label.to_string(), value.to_string()))))
 }
 

@@ -40,7 +40,9 @@ pub struct Certs(pub Vec<CertSource>);
 impl Certs {
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         let found = self.0.iter().find_map(CertSource::current);
-        if found.is_none() {
+        // A context without certificates is asked too (rustls's client asks
+        // whatever the server requests): nothing is missing then.
+        if found.is_none() && !self.0.is_empty() {
             let names: Vec<&str> = self
                 .0
                 .iter()
