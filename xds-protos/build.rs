@@ -31,6 +31,9 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/config/trace/v3/opentelemetry.proto",
+    "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
+    "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
+    "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
 ];
 
 fn main() {

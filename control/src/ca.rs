@@ -48,30 +48,38 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     }
 }
 
-/// A certificate and its private key, PEM. `Debug` leaves the key out so that
-/// it never reaches a log line.
+/// A certificate and its private key, PEM. `Debug` leaves the key out so
+/// that it never reaches a log line.
 #[derive(Clone)]
-pub struct Svid {
-    pub spiffe_id: String,
+pub struct KeyedCert {
     pub cert_pem: String,
     pub key_pem: String,
-    /// When the proxy should get a new one: half-way through its lifetime,
-    /// so a missed renewal still leaves hours to retry.
+    /// When to get a new one: half-way through its lifetime, so a missed
+    /// renewal still leaves hours to retry.
     pub renew_at: SystemTime,
 }
 
-impl std::fmt::Debug for Svid {
+impl std::fmt::Debug for KeyedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Svid")
-            .field("spiffe_id", &self.spiffe_id)
+        f.debug_struct("KeyedCert")
             .field("renew_at", &self.renew_at)
             .finish_non_exhaustive()
     }
 }
 
+/// A proxy's identity: its SPIFFE ID and the certificate carrying it.
+#[derive(Clone, Debug)]
+pub struct Svid {
+    pub spiffe_id: String,
+    pub cert: KeyedCert,
+}
+
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    /// The issuing CA's certificate, then any CA trusted alongside it while
+    /// a rotation overlaps (`--ca-trust`).
+    bundle_pem: String,
     trust_domain: String,
     ttl: Duration,
 }
@@ -96,6 +104,30 @@ fn check_trust_domain(td: &str) -> Result<(), CaError> {
     } else {
         Err(CaError::TrustDomain(td.to_string()))
     }
+}
+
+/// A CA certificate that is a CA, and whose public key is the key's: a
+/// mismatch would sign SVIDs that no proxy can verify.
+fn check_pair(cert: &Path, cert_pem: &str, key: &Path, pair: &KeyPair) -> Result<(), CaError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |path: &Path, message: String| CaError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| bad(cert, format!("not a PEM certificate: {e}")))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| bad(cert, e.to_string()))?;
+    if !parsed.is_ca() {
+        return Err(bad(cert, "not a CA certificate".into()));
+    }
+    if parsed.public_key().subject_public_key.data.as_ref() != pair.public_key_raw() {
+        return Err(bad(
+            key,
+            "is not the private key of the CA certificate".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
@@ -150,6 +182,7 @@ impl Ca {
             Ca {
                 issuer: Issuer::new(params, key_pair),
                 cert_pem: ca_cert.pem(),
+                bundle_pem: ca_cert.pem(),
                 trust_domain: trust_domain.to_string(),
                 ttl,
             },
@@ -167,17 +200,55 @@ impl Ca {
             message: e.to_string(),
         };
         let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| bad(key, e))?;
+        check_pair(cert, &cert_pem, key, &key_pair)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|e| bad(cert, e))?;
         Ok(Ca {
             issuer,
+            bundle_pem: cert_pem.clone(),
             cert_pem,
             trust_domain: trust_domain.to_string(),
             ttl,
         })
     }
 
-    /// The trust bundle: the CA certificate, PEM.
+    /// Adds the CA certificates of a PEM file to the trust bundle, so that
+    /// certificates of another CA (the one being rotated in or out) are
+    /// accepted while SVIDs are still issued by this one.
+    pub fn trust_also(mut self, path: &Path) -> Result<Ca, CaError> {
+        let pem = std::fs::read_to_string(path).map_err(io(path))?;
+        let bad = |message: String| CaError::BadFile {
+            path: path.to_path_buf(),
+            message,
+        };
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut found = 0;
+        for (i, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+            let der = der.map_err(|e| bad(format!("certificate {i}: not PEM: {e}")))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+                .map_err(|e| bad(format!("certificate {i}: {e}")))?;
+            if !cert.is_ca() {
+                return Err(bad(format!("certificate {i} is not a CA certificate")));
+            }
+            found += 1;
+        }
+        if found == 0 {
+            return Err(bad("no PEM certificate found".into()));
+        }
+        if !self.bundle_pem.ends_with('\n') {
+            self.bundle_pem.push('\n');
+        }
+        self.bundle_pem.push_str(&pem);
+        Ok(self)
+    }
+
+    /// The trust bundle, PEM: the issuing CA's certificate, then any CA
+    /// trusted alongside it.
     pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// The issuing CA's certificate alone, PEM.
+    pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
@@ -189,33 +260,74 @@ impl Ca {
     /// A fresh key pair and a certificate for `id`, valid for the SVID
     /// lifetime (backdated a minute for clock skew between hosts).
     pub fn issue(&self, id: &NodeId) -> Result<Svid, CaError> {
-        let key_pair = KeyPair::generate()?;
         let spiffe = self.spiffe_id(id);
+        let sans = vec![SanType::URI(spiffe.clone().try_into()?)];
+        let eku = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        Ok(Svid {
+            cert: self.sign(&id.render(), sans, eku, self.ttl)?,
+            spiffe_id: spiffe,
+        })
+    }
+
+    /// How long SVIDs live.
+    pub fn svid_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A server certificate for `names` (DNS names, or IP addresses), valid
+    /// for `lifetime`: the xDS port's (renewed by its holder at `renew_at`),
+    /// or the sidecar injector's when the operator gives none.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<KeyedCert, CaError> {
+        let sans = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let cn = names.first().map_or("trellis-control", String::as_str);
+        self.sign(
+            cn,
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            lifetime,
+        )
+    }
+
+    /// A fresh key pair and a certificate living `lifetime`, backdated a
+    /// minute for clock skew between hosts.
+    fn sign(
+        &self,
+        common_name: &str,
+        sans: Vec<SanType>,
+        eku: Vec<ExtendedKeyUsagePurpose>,
+        lifetime: Duration,
+    ) -> Result<KeyedCert, CaError> {
+        let key_pair = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id.render());
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(spiffe.clone().try_into()?)];
+        params.subject_alt_names = sans;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = eku;
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
-        let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::days(1));
+        let ttl = time::Duration::try_from(lifetime).unwrap_or(time::Duration::days(1));
         let issued = time::OffsetDateTime::now_utc();
         params.not_before = issued - time::Duration::minutes(1);
         params.not_after = issued + ttl;
         let cert = params.signed_by(&key_pair, &self.issuer)?;
-        Ok(Svid {
-            spiffe_id: spiffe,
+        Ok(KeyedCert {
             cert_pem: cert.pem(),
             key_pem: key_pair.serialize_pem(),
-            renew_at: now + self.ttl / 2,
+            renew_at: now + lifetime / 2,
         })
     }
 }
@@ -258,9 +370,13 @@ mod tests {
             svid.spiffe_id,
             "spiffe://trellis.local/mesh/m/virtualNode/a"
         );
-        assert!(svid.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(svid
+            .cert
+            .cert_pem
+            .starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(!format!("{svid:?}").contains("PRIVATE KEY"));
         let half = svid
+            .cert
             .renew_at
             .duration_since(SystemTime::now())
             .unwrap_or_default();

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod ca;
 pub mod error;
+pub mod inject;
 pub mod manifest;
 pub mod model;
 pub mod ops;

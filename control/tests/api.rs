@@ -328,6 +328,115 @@ fn bad_flags_and_unsafe_no_auth_exit_2_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--no-auth is refused"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Clear-text xDS, like unsigned API calls, only where no one else listens.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--xds-plaintext",
+            "--xds-addr",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--xds-plaintext is refused"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// The operator's CA: SVIDs chain to it, `GET /trellis/v1/ca` serves it as
+/// the bundle (with `--ca-trust` certificates after it); unusable files
+/// exit 2 naming the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_ca_and_extra_trust() {
+    use trellis_control::ca::Ca;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ttl = std::time::Duration::from_secs(3600);
+    let (ops, _) = Ca::load_or_create(&dir.path().join("ops"), "trellis.local", ttl).expect("ca");
+    let (next, _) = Ca::load_or_create(&dir.path().join("next"), "trellis.local", ttl).expect("ca");
+    let arg = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let (cert, key) = (
+        arg(dir.path().join("ops/ca.pem")),
+        arg(dir.path().join("ops/ca-key.pem")),
+    );
+    let next_cert = arg(dir.path().join("next/ca.pem"));
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+            "--ca-trust",
+            &next_cert,
+        ],
+    );
+    let (status, _, body) = raw_get(&server, "/trellis/v1/ca", true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["xdsTls"], "mesh");
+    assert_eq!(body["trustDomain"], "trellis.local");
+    let bundle = body["bundle"].as_str().expect("bundle");
+    assert!(bundle.starts_with(ops.bundle_pem()), "{bundle}");
+    assert!(bundle.ends_with(next.bundle_pem()), "{bundle}");
+    assert!(!bundle.contains("PRIVATE KEY"));
+    assert!(
+        !server.data_dir.join("ca").exists(),
+        "no CA of its own is made when the operator gives one"
+    );
+    let (status, _, _) = raw_get(&server, "/trellis/v1/ca", false).await;
+    assert_eq!(status, 403, "unsigned");
+    drop(server);
+    // A key that is not the certificate's, and a trust file that is not a CA.
+    let issued = ops.issue_server(&["127.0.0.1".into()], ttl).expect("leaf");
+    let (leaf, leaf_key) = (dir.path().join("leaf.pem"), dir.path().join("leaf-key.pem"));
+    std::fs::write(&leaf, &issued.cert_pem).expect("write");
+    std::fs::write(&leaf_key, &issued.key_pem).expect("write");
+    let (leaf, leaf_key) = (arg(leaf), arg(leaf_key));
+    let next_key = arg(dir.path().join("next/ca-key.pem"));
+    for (flags, named) in [
+        (
+            vec!["--ca-cert", &cert, "--ca-key", &next_key],
+            "ca-key.pem",
+        ),
+        (vec!["--ca-trust", &leaf], "leaf.pem"),
+        // The injector cannot tell sidecars which CA an operator's xDS
+        // certificate chains to.
+        (
+            vec![
+                "--xds-tls-cert",
+                &leaf,
+                "--xds-tls-key",
+                &leaf_key,
+                "--webhook-addr",
+                "127.0.0.1:0",
+            ],
+            "--sidecar-xds-ca",
+        ),
+    ] {
+        // A server that accepted them would run on: time out instead.
+        let run = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .args(&flags)
+            .args([
+                "--api-addr",
+                "127.0.0.1:0",
+                "--xds-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("bad"))
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .unwrap_or_else(|_| panic!("{flags:?} accepted"))
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -340,5 +449,60 @@ async fn no_auth_on_loopback_accepts_unsigned_requests() {
     assert!(
         !server.data_dir.join("credentials").exists(),
         "no key pair is minted when nobody needs one"
+    );
+}
+
+/// Listener TLS in a spec: a `file` certificate names paths (read by the
+/// proxy, which NACKs bad files naming the field), so the API checks its
+/// shape: a missing field is a 400 naming it, and `acm` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn listener_tls_specs_are_checked_by_the_api() {
+    use trellis_control::error::ErrorKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = server.client();
+    c.call("CreateMesh", &json!({"meshName": "m"}))
+        .await
+        .expect("mesh");
+    let node = |name: &str, certificate: Value| {
+        json!({"meshName": "m", "virtualNodeName": name, "spec": {"listeners": [{
+            "portMapping": {"port": 80, "protocol": "http"},
+            "tls": {"mode": "STRICT", "certificate": certificate}}]}})
+    };
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node("a", json!({"file": {"certificateChain": "/certs/a.pem"}})),
+        )
+        .await
+        .expect_err("no private key");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(e.message.contains("privateKey"), "{}", e.message);
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node("a", json!({"acm": {"certificateArn": "arn:aws:acm:x"}})),
+        )
+        .await
+        .expect_err("acm");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(
+        e.message.contains("not available outside AWS"),
+        "{}",
+        e.message
+    );
+    let ok = c
+        .call(
+            "CreateVirtualNode",
+            &node(
+                "a",
+                json!({"file": {"certificateChain": "/certs/a.pem", "privateKey": "/certs/a.key"}}),
+            ),
+        )
+        .await
+        .expect("a file certificate");
+    assert_eq!(
+        ok["virtualNode"]["spec"]["listeners"][0]["tls"]["certificate"]["file"]["privateKey"],
+        "/certs/a.key"
     );
 }

@@ -178,9 +178,7 @@ fn every_corpus_file_loads_or_fails_clearly() {
         }
         docs.sort_by_key(|(_, d)| d.kind);
         for (file, doc) in docs {
-            let result = manifest::apply(std::slice::from_ref(&doc), |op, input| {
-                appmesh.call(op, input)
-            });
+            let result = manifest::apply(std::slice::from_ref(&doc), &mut &appmesh);
             if let (Err(e), Some(slot)) = (result, outcomes.get_mut(&file)) {
                 if slot.is_ok() {
                     *slot = Err(e.to_string());

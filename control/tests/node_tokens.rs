@@ -89,3 +89,103 @@ async fn a_stream_needs_its_own_nodes_token_once_tokens_exist() {
         tonic::Code::Unauthenticated
     );
 }
+
+/// Opens a stream as `node` with `token` and reads its first reply; the
+/// stream stays open while the returned parts live.
+async fn hold(
+    url: &str,
+    node: &str,
+    token: Option<&str>,
+) -> (
+    tonic::Streaming<xds_protos::envoy::service::discovery::v3::DiscoveryResponse>,
+    mpsc::Sender<DiscoveryRequest>,
+) {
+    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: format!("mesh/m/virtualNode/{node}"),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    let mut stream = client
+        .stream_aggregated_resources(request)
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .expect("a first reply")
+        .expect("served");
+    (stream, tx)
+}
+
+/// Revoking (or replacing) a token ends the stream it opened, so a stolen
+/// token stops yielding renewed SVIDs; a stream admitted before any token
+/// existed is not cut off by the first token issued.
+#[tokio::test]
+async fn revoking_a_token_ends_the_stream_it_opened() {
+    let store = Arc::new(Store::open_in_memory().expect("store"));
+    let registry = Arc::new(Registry::default());
+    let xds = Xds::start(store.clone(), registry.clone())
+        .expect("xds")
+        .with_token_policy(Policy::Auto);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(serve(listener, xds, std::future::pending()));
+
+    let (_old, _old_tx) = hold(&url, "b", None).await;
+    let token = tokens::issue(&store, &id("a")).expect("issue");
+    let (mut stream, _tx) = hold(&url, "a", Some(&token)).await;
+    assert!(tokens::revoke(&store, &id("a")).expect("revoke"));
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends after the revocation");
+    assert_eq!(
+        ended.expect_err("an error status").code(),
+        tonic::Code::Unauthenticated
+    );
+    // The ended stream leaves the registry just after its status is sent.
+    let open = || -> Vec<String> {
+        registry
+            .proxies()
+            .iter()
+            .map(|p| p.node_id.clone())
+            .collect()
+    };
+    for _ in 0..100 {
+        if open().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open(),
+        ["mesh/m/virtualNode/b"],
+        "the token-less stream runs on"
+    );
+
+    // Replacing a token revokes the old one too.
+    let first = tokens::issue(&store, &id("c")).expect("issue");
+    let (mut stream, _tx) = hold(&url, "c", Some(&first)).await;
+    tokens::issue(&store, &id("c")).expect("reissue");
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends after the token is replaced");
+    assert!(ended.is_err());
+}

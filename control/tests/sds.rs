@@ -221,3 +221,62 @@ async fn delta_serves_only_the_requested_secret() {
         other => panic!("expected a validation context, got {other:?}"),
     }
 }
+
+/// The handshake with the TLS xDS port of `addr`, trusting `bundle` and
+/// checking IP SAN 127.0.0.1: the certificate the server presented.
+async fn xds_certificate(addr: std::net::SocketAddr, bundle: &str) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(c.expect("PEM")).expect("a CA");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("a verified handshake");
+    let (_, conn) = tls.get_ref();
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    conn.peer_certificates().expect("a certificate")[0]
+        .as_ref()
+        .to_vec()
+}
+
+/// The xDS port's certificate from the mesh CA verifies for the address
+/// proxies dial and is replaced at half its lifetime.
+#[tokio::test]
+async fn xds_server_certificate_is_issued_and_renewed() {
+    use trellis_control::xds::server::serve_tls;
+    use trellis_control::xds::tls::XdsTls;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, _) =
+        Ca::load_or_create(dir.path(), "example.org", Duration::from_secs(4)).expect("ca");
+    let ca = Arc::new(ca);
+    let bundle = ca.bundle_pem().to_string();
+    let store = Arc::new(Store::open_in_memory().expect("store"));
+    let xds = Xds::start(store, Arc::new(Registry::default())).expect("xds");
+    let tls = XdsTls::from_ca(ca, vec!["127.0.0.1".into()]).expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve_tls(listener, xds, tls, std::future::pending()));
+    let first = xds_certificate(addr, &bundle).await;
+    assert_eq!(
+        xds_certificate(addr, &bundle).await,
+        first,
+        "kept until half life"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_ne!(xds_certificate(addr, &bundle).await, first, "renewed");
+}

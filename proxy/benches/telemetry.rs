@@ -140,11 +140,17 @@ fn main() {
         ..Context::new(&info)
     };
     let mut line = String::with_capacity(256);
-    let mut traced = headers.clone();
-    traced.insert(
+    let mut traced = http::Request::get("/")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    traced.headers = headers.clone();
+    traced.headers.insert(
         "traceparent",
         http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     );
+    let sampling = trellis_proxy::tracing_ctx::Sampling::default();
     report(
         "render Envoy's default access log line",
         measure(|| {
@@ -160,10 +166,11 @@ fn main() {
     report(
         "trace context: parse traceparent, new span ids, inject",
         measure(|| {
-            let t = trellis_proxy::tracing_ctx::Trace::start(black_box(&traced));
-            let mut out = traced.clone();
-            t.inject(&mut out);
-            black_box(out);
+            let mut t =
+                trellis_proxy::tracing_ctx::Trace::start(black_box(&traced), "http", &sampling);
+            let mut out = traced.headers.clone();
+            t.begin_attempt(&mut out);
+            black_box((out, t));
         }),
     );
     report(

@@ -23,12 +23,18 @@ pub fn incoming(b: hyper::body::Incoming) -> Body {
 }
 
 /// Ends a body with an error when no frame moves for `idle`, which makes the
-/// HTTP codec reset the stream: Envoy's `stream_idle_timeout` after headers.
-pub fn with_idle_timeout(inner: Body, idle: std::time::Duration) -> Body {
+/// HTTP codec reset the stream: Envoy's `stream_idle_timeout` after headers,
+/// counted in `downstream_rq_idle_timeout` of `stats`.
+pub fn with_idle_timeout(
+    inner: Body,
+    idle: std::time::Duration,
+    stats: std::sync::Arc<crate::stats::HttpStats>,
+) -> Body {
     IdleBody {
         inner,
         idle,
         sleep: None,
+        stats,
     }
     .boxed_unsync()
 }
@@ -39,6 +45,7 @@ struct IdleBody {
     inner: Body,
     idle: std::time::Duration,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stats: std::sync::Arc<crate::stats::HttpStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +78,10 @@ impl http_body::Body for IdleBody {
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdleTimeout)))),
+                    Poll::Ready(()) => {
+                        this.stats.downstream_rq_idle_timeout.inc();
+                        Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -27,7 +27,7 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod init;
 pub mod io;
 pub mod listener;
+pub mod overload;
 pub mod router;
 pub mod server;
 pub mod shared;

@@ -23,6 +23,7 @@ pub struct StaticConfig {
     pub clusters: Vec<Arc<ClusterConfig>>,
     pub admin: Option<std::net::SocketAddr>,
     pub ads: Option<AdsConfig>,
+    pub overload: crate::overload::OverloadConfig,
 }
 
 impl StaticConfig {
@@ -79,11 +80,18 @@ impl StaticConfig {
                 ));
             }
         }
+        let overload = match &b.overload_manager {
+            Some(m) => {
+                crate::overload::OverloadConfig::compile(m).map_err(|e| e.at("overload_manager"))?
+            }
+            None => crate::overload::OverloadConfig::default(),
+        };
         Ok(StaticConfig {
             listeners,
             clusters,
             admin,
             ads,
+            overload,
         })
     }
 }
@@ -97,7 +105,13 @@ pub struct Options {
 }
 
 pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::new(opts.node, opts.concurrency, opts.drain_time));
+    let shared = Arc::new(Shared::new(
+        opts.node,
+        opts.concurrency,
+        opts.drain_time,
+        config.overload.clone(),
+    ));
+    shared.overload.spawn_monitor();
 
     let clusters = ClusterMap::default()
         .update(config.clusters.clone(), &shared.store)

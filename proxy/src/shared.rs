@@ -9,8 +9,9 @@ use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
 use crate::listener::ListenerManager;
+use crate::overload::{Overload, OverloadConfig};
 use crate::snapshot::Snapshot;
-use crate::stats::{HttpStats, StatSource, Store, TcpStats};
+use crate::stats::{ConnectionLimitStats, Http2Stats, HttpStats, StatSource, Store, TcpStats};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
@@ -28,20 +29,45 @@ pub struct Shared {
     /// Set once the first complete config is applied.
     pub live: AtomicBool,
     pub node: NodeInfo,
+    /// Per-peer stats, when the node has an App Mesh identity.
+    pub mesh: Option<Arc<crate::stats::appmesh::MeshStats>>,
     pub started: Instant,
     pub concurrency: usize,
     pub drain_time: std::time::Duration,
+    /// `http2.*` codec stats of every downstream HTTP/2 connection.
+    pub http2: Arc<Http2Stats>,
+    /// The bootstrap's `overload_manager`: flags read on accept and per request.
+    pub overload: Arc<Overload>,
     http_stats: Mutex<HashMap<Arc<str>, Arc<HttpStats>>>,
     tcp_stats: Mutex<HashMap<Arc<str>, Arc<TcpStats>>>,
+    connection_limit_stats: Mutex<HashMap<Arc<str>, Arc<ConnectionLimitStats>>>,
     /// Asked to exit (`/quitquitquit` or a signal).
     pub shutdown: tokio::sync::Notify,
 }
 
 impl Shared {
-    pub fn new(node: NodeInfo, concurrency: usize, drain_time: std::time::Duration) -> Shared {
+    pub fn new(
+        node: NodeInfo,
+        concurrency: usize,
+        drain_time: std::time::Duration,
+        overload: OverloadConfig,
+    ) -> Shared {
+        let store = Store::for_node(&node.id);
+        let mesh = store.is_mesh_node().then(|| {
+            let m = Arc::new(crate::stats::appmesh::MeshStats::default());
+            store.register(Arc::downgrade(&m) as std::sync::Weak<dyn StatSource>);
+            m
+        });
+        let http2 = Arc::new(Http2Stats::default());
+        store.register(Arc::downgrade(&http2) as std::sync::Weak<dyn StatSource>);
+        let overload = Arc::new(Overload::new(overload));
+        store.register(Arc::downgrade(&overload) as std::sync::Weak<dyn StatSource>);
         Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            store: Store::for_node(&node.id),
+            store,
+            mesh,
+            http2,
+            overload,
             drain: Drain::default(),
             listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),
@@ -52,6 +78,7 @@ impl Shared {
             drain_time,
             http_stats: Mutex::default(),
             tcp_stats: Mutex::default(),
+            connection_limit_stats: Mutex::default(),
             shutdown: tokio::sync::Notify::new(),
         }
     }
@@ -74,6 +101,21 @@ impl Shared {
         map.entry(prefix.clone())
             .or_insert_with(|| {
                 let s = Arc::new(TcpStats::new(prefix.clone()));
+                self.store
+                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+                s
+            })
+            .clone()
+    }
+
+    pub fn connection_limit_stats(&self, prefix: &Arc<str>) -> Arc<ConnectionLimitStats> {
+        let mut map = self
+            .connection_limit_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(prefix.clone())
+            .or_insert_with(|| {
+                let s = Arc::new(ConnectionLimitStats::new(prefix.clone()));
                 self.store
                     .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
                 s

@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod diff;
 pub mod grpc;
+pub mod h2raw;
 pub mod metrics;
 pub mod process;
 pub mod tls;
@@ -36,6 +37,25 @@ pub fn refused_address() -> (SocketAddr, socket2::Socket) {
         .and_then(|a| a.as_socket())
         .expect("bound address");
     (addr, s)
+}
+
+/// An address where connecting hangs until the client gives up, for
+/// connect timeouts on loopback: a listener with a backlog of zero that never
+/// accepts, its one queue place taken by a connection the guard holds, so the
+/// kernel drops every further SYN.
+pub fn blackhole_address() -> (SocketAddr, (socket2::Socket, std::net::TcpStream)) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    s.listen(0).expect("listen");
+    let addr = s
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    let filler = std::net::TcpStream::connect(addr).expect("the one queued connection");
+    (addr, (s, filler))
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -29,6 +29,7 @@ pub struct Ca {
 pub struct Leaf {
     pub dns: Vec<String>,
     pub uri: Vec<String>,
+    pub ip: Vec<std::net::IpAddr>,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -40,9 +41,16 @@ impl Leaf {
         Leaf {
             dns: dns.iter().map(|s| s.to_string()).collect(),
             uri: uri.iter().map(|s| s.to_string()).collect(),
+            ip: Vec::new(),
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(1),
         }
+    }
+
+    /// Adds IP address SANs.
+    pub fn ips(mut self, ips: &[std::net::IpAddr]) -> Leaf {
+        self.ip.extend_from_slice(ips);
+        self
     }
 
     pub fn valid(mut self, from: time::Duration, to: time::Duration) -> Leaf {
@@ -98,6 +106,14 @@ impl Ca {
         p
     }
 
+    /// Writes the CA's private key as `NAME.key` under `dir`, for a server
+    /// that issues from this CA (`trellis-control serve --ca-key`).
+    pub fn write_key(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(format!("{name}.key"));
+        std::fs::write(&p, self.issuer.key().serialize_pem()).expect("write ca key");
+        p
+    }
+
     /// Issues a leaf usable both as a server and as a client certificate.
     pub fn issue(&self, leaf: &Leaf) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
@@ -118,6 +134,9 @@ impl Ca {
                 .subject_alt_names
                 .push(SanType::URI(u.clone().try_into().expect("uri san")));
         }
+        params
+            .subject_alt_names
+            .extend(leaf.ip.iter().map(|ip| SanType::IpAddress(*ip)));
         params.not_before = leaf.not_before;
         params.not_after = leaf.not_after;
         params.extended_key_usages = vec![
@@ -200,6 +219,48 @@ pub async fn https_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<HttpsReply> {
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::GET,
+        path,
+        headers,
+        Bytes::new(),
+    )
+    .await
+}
+
+/// One POST of a JSON `body` over a new TLS connection, as [`https_get`].
+pub async fn https_post(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<HttpsReply> {
+    let json = [("content-type", "application/json")];
+    https_request(
+        addr,
+        sni,
+        cfg,
+        http::Method::POST,
+        path,
+        &json,
+        Bytes::from(body),
+    )
+    .await
+}
+
+async fn https_request(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<HttpsReply> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(sni.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(cfg)
@@ -215,12 +276,13 @@ pub async fn https_get_with(
         .map(|c| c.as_ref().to_vec())
         .unwrap_or_default();
     let mut req = http::Request::builder()
+        .method(method)
         .uri(format!("https://{sni}{path}"))
         .header("host", sni);
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let req = req.body(Empty::<Bytes>::new())?;
+    let req = req.body(Full::new(body))?;
     let fut = async {
         let resp = if alpn.as_deref() == Some("h2") {
             let (mut send, conn) =

@@ -22,29 +22,18 @@ use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, within};
 
 /// `kind` is `--virtual-node` or `--virtual-gateway`; `delta` asks for
-/// incremental xDS.
-fn bootstrap(
-    bin: &Path,
-    xds: &str,
-    (kind, node): (&str, &str),
-    (ingress, egress): (u16, u16),
+/// incremental xDS. The bootstrap connects to xDS over TLS, trusting the CA
+/// bundle `bootstrap` fetched from the API.
+async fn bootstrap(
+    control: &Control,
+    kind_node: (&str, &str),
+    ports: (u16, u16),
     delta: bool,
 ) -> String {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args(["bootstrap", "--mesh", "m", kind, node, "--xds-addr", xds])
-        .args(["--admin-port", "0", "--listener-address", "127.0.0.1"])
-        .args(["--ingress-port", &ingress.to_string()])
-        .args(["--egress-port", &egress.to_string()]);
-    if delta {
-        cmd.arg("--delta");
-    }
-    let out = cmd.output().expect("run bootstrap");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let extra: &[&str] = if delta { &["--delta"] } else { &[] };
+    let config = control.bootstrap(kind_node, ports, extra).await;
+    assert!(config.contains("UpstreamTlsContext"), "{config}");
+    config
 }
 
 fn route(blue: u32, red: u32, blue_port: u16, red_port: u16) -> Value {
@@ -114,29 +103,16 @@ async fn scenario(proxy: PathBuf, delta: bool) {
     );
     register_signed(&control, red_port).await;
 
-    let control_bin = workspace_bin("trellis-control");
     let (a_in, a_out, b_in, b_out) = (free_port(), free_port(), free_port(), free_port());
     let sidecar_b = ProxyProcess::start_with(
         &proxy,
-        &bootstrap(
-            &control_bin,
-            &control.xds,
-            ("--virtual-node", "blue"),
-            (b_in, b_out),
-            delta,
-        ),
+        &bootstrap(&control, ("--virtual-node", "blue"), (b_in, b_out), delta).await,
         &[],
     )
     .await;
     let sidecar_a = ProxyProcess::start_with(
         &proxy,
-        &bootstrap(
-            &control_bin,
-            &control.xds,
-            ("--virtual-node", "client"),
-            (a_in, a_out),
-            delta,
-        ),
+        &bootstrap(&control, ("--virtual-node", "client"), (a_in, a_out), delta).await,
         &[],
     )
     .await;
@@ -301,28 +277,27 @@ async fn gateway(proxy: PathBuf) {
                     "action": {"target": {"virtualService": {"virtualServiceName": "color"}}}}}}),
         ])
         .await;
-    let control_bin = workspace_bin("trellis-control");
     let sidecar = ProxyProcess::start_with(
         &proxy,
         &bootstrap(
-            &control_bin,
-            &control.xds,
+            &control,
             ("--virtual-node", "blue"),
             (free_port(), free_port()),
             false,
-        ),
+        )
+        .await,
         &[],
     )
     .await;
     let gw = ProxyProcess::start_with(
         &proxy,
         &bootstrap(
-            &control_bin,
-            &control.xds,
+            &control,
             ("--virtual-gateway", "gw"),
             (free_port(), free_port()),
             false,
-        ),
+        )
+        .await,
         &[],
     )
     .await;
@@ -383,20 +358,13 @@ async fn http2(proxy: PathBuf) {
                 "provider": {"virtualNode": {"virtualNodeName": "server"}}}}),
         ])
         .await;
-    let control_bin = workspace_bin("trellis-control");
     let egress = free_port();
     let mut proxies = Vec::new();
     for (node, ports) in [
         ("server", (free_port(), free_port())),
         ("client", (free_port(), egress)),
     ] {
-        let config = bootstrap(
-            &control_bin,
-            &control.xds,
-            ("--virtual-node", node),
-            ports,
-            false,
-        );
+        let config = bootstrap(&control, ("--virtual-node", node), ports, false).await;
         proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
     }
     let url = format!("http://127.0.0.1:{egress}/h2");
@@ -447,7 +415,6 @@ async fn goldens_accepted(proxy: PathBuf) {
         .collect();
     inputs.sort();
     assert!(!inputs.is_empty());
-    let control_bin = workspace_bin("trellis-control");
     for input in inputs {
         let fixture: Value =
             serde_json::from_str(&std::fs::read_to_string(&input).expect("read fixture"))
@@ -501,12 +468,12 @@ async fn goldens_accepted(proxy: PathBuf) {
         let mut proxies = Vec::new();
         for (kind, name) in &ids {
             let config = bootstrap(
-                &control_bin,
-                &control.xds,
+                &control,
                 (kind, name.as_str()),
                 (free_port(), free_port()),
                 false,
-            );
+            )
+            .await;
             proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
         }
         let what = format!("{} ACKed by every proxy", input.display());
@@ -545,8 +512,11 @@ async fn golden_configs_are_accepted_by_envoy() {
 async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
     let control = workspace_bin("trellis-control");
     let dir = tempfile::tempdir().expect("temp dir");
-    let cases: [&[&str]; 3] = [
-        &["--virtual-node", "a"],
+    let ca = trellis_tests::tls::Ca::new("xDS CA");
+    let ca_file = ca.write(dir.path(), "xds-ca");
+    let ca_file = ca_file.to_string_lossy();
+    let cases: [&[&str]; 4] = [
+        &["--virtual-node", "a", "--xds-ca", &ca_file],
         &[
             "--virtual-gateway",
             "g",
@@ -554,6 +524,8 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             "localhost:18000",
             "--admin-port",
             "9902",
+            "--xds-ca",
+            &ca_file,
         ],
         &[
             "--virtual-node",
@@ -563,7 +535,10 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             "20000",
             "--egress-port",
             "20001",
+            "--xds-ca",
+            &ca_file,
         ],
+        &["--virtual-node", "c", "--xds-plaintext"],
     ];
     for (i, extra) in cases.iter().enumerate() {
         let out = std::process::Command::new(&control)
@@ -575,6 +550,12 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.contains("UpstreamTlsContext"),
+            !extra.contains(&"--xds-plaintext"),
+            "{text}"
         );
         let path = dir.path().join(format!("b{i}.yaml"));
         std::fs::write(&path, &out.stdout).expect("write bootstrap");
@@ -600,4 +581,25 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             );
         }
     }
+    // A file without a certificate is refused, naming the flag and the file.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    let out = std::process::Command::new(&control)
+        .args([
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "a",
+            "--xds-ca",
+        ])
+        .arg(&empty)
+        .output()
+        .expect("run bootstrap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--xds-ca") && stderr.contains("empty.pem"),
+        "{stderr}"
+    );
 }

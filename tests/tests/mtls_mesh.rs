@@ -9,9 +9,15 @@
 //! also over TLS with its own valid SVID; B accepts only the nodes that list
 //! its services as backends, so C's requests fail.
 //!
-//! A second test bootstraps a sidecar with `--issue-token` and checks that
-//! another node's token opens no stream.
-//!
+//! Every bootstrap reaches xDS over TLS, trusting the CA bundle it got from
+//! the API, so node tokens and SVID keys never cross in clear text. Further
+//! tests: what a stolen, a revoked token and a proxy not trusting the CA get;
+//! the operator's xDS certificate; clear-text xDS only when asked on both
+//! sides; and a CA rotation with an overlap, checked with `openssl s_client`
+//! presenting a client certificate to a STRICT listener. Another reads both
+//! sidecars' metrics: each hop's per-peer series name the other (the
+//! caller's verified identity on B, the target service and node on A), so
+//! one scrape per proxy draws the service graph.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,38 +26,17 @@ use http::Method;
 use serde_json::{json, Value};
 use trellis_tests::control::Control;
 use trellis_tests::process::{workspace_bin, ProxyProcess};
+use trellis_tests::tls::Leaf;
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port};
 
-/// A bootstrap for `node`, carrying a freshly issued token if `token`.
-async fn bootstrap(
-    control: &Control,
-    node: &str,
-    (ingress, egress): (u16, u16),
-    token: bool,
-) -> String {
-    let (i, e) = (ingress.to_string(), egress.to_string());
-    let mut args = vec![
-        "bootstrap",
-        "--mesh",
-        "m",
-        "--virtual-node",
-        node,
-        "--xds-addr",
-        &control.xds,
-        "--admin-port",
-        "0",
-        "--listener-address",
-        "127.0.0.1",
-        "--ingress-port",
-        &i,
-        "--egress-port",
-        &e,
-    ];
-    if token {
-        args.push("--issue-token");
-    }
-    control.cli(&args).await
+/// A bootstrap for `node` (xDS over TLS), carrying a freshly issued token if
+/// `token`.
+async fn bootstrap(control: &Control, node: &str, ports: (u16, u16), token: bool) -> String {
+    let extra: &[&str] = if token { &["--issue-token"] } else { &[] };
+    control
+        .bootstrap(("--virtual-node", node), ports, extra)
+        .await
 }
 
 /// The app that answered a request for `host` through the egress port.
@@ -163,61 +148,573 @@ async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
         before,
         "no request of the intruder reached blue"
     );
+    // ... and B counted the refusals (Envoy's listener `ssl.fail_verify_san`).
+    let refused = format!("listener.127.0.0.1_{}.ssl.fail_verify_san", b.0);
+    assert!(sidecar_b.stat(&refused).await >= 5, "{refused}");
+    // SVID keys travel only inside the xDS stream: never in the proxy's
+    // config dump, the control plane's log or its API.
+    let dump = sidecar_b.admin_get("/config_dump").await.body_text();
+    assert!(
+        dump.contains("trellis-svid") && dump.contains("[redacted]"),
+        "{dump}"
+    );
+    assert!(!dump.contains("PRIVATE KEY"), "a key in /config_dump");
+    let status = control.cli(&["status", "--json"]).await;
+    assert!(!status.contains("PRIVATE KEY"), "a key in the API");
+    assert!(!control.log().contains("PRIVATE KEY"), "a key in the log");
 
     drop((sidecar_a, sidecar_b, sidecar_c, control));
 }
 
-/// The proxy sends the bootstrap's gRPC `initial_metadata` on its ADS stream,
-/// as stock Envoy does.
+/// A proxy started on `config` does not become ready within three seconds:
+/// the control plane refused its stream (or it could not connect at all).
+async fn never_ready(proxy: &Path, config: &str) -> bool {
+    let r = tokio::time::timeout(
+        Duration::from_secs(3),
+        ProxyProcess::try_start_with(proxy, config, &[]),
+    )
+    .await;
+    !matches!(r, Ok(Ok(_)))
+}
+
+/// The PEM of a dynamic secret in a proxy's `/config_dump`: the
+/// certificate chain of `trellis-svid`, or the trusted CAs of `trellis-ca`.
+async fn secret_pem(p: &ProxyProcess, name: &str) -> Option<String> {
+    let dump: Value = serde_json::from_str(&p.admin_get("/config_dump").await.body_text()).ok()?;
+    let secrets = dump["configs"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["dynamic_active_secrets"].as_array())?;
+    let s = &secrets.iter().find(|s| s["name"] == name)?["secret"];
+    let pem = s["tls_certificate"]["certificate_chain"]["inline_string"]
+        .as_str()
+        .or_else(|| s["validation_context"]["trusted_ca"]["inline_string"].as_str())?;
+    Some(pem.to_string())
+}
+
+/// The common name of the CA that issued a proxy's SVID.
+async fn svid_issuer(p: &ProxyProcess) -> Option<String> {
+    Some(identity(&secret_pem(p, "trellis-svid").await?).1)
+}
+
+/// The URI SANs and the issuer's common name of the first certificate of a PEM.
+fn identity(pem: &str) -> (Vec<String>, String) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate");
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+    let uris = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (uris, issuer)
+}
+
+/// How `openssl s_client` talks to a port.
+enum Probe<'a> {
+    /// Handshake only, the server certificate checked for IP SAN 127.0.0.1
+    /// (the xDS port).
+    Handshake,
+    /// Present this certificate and key (a sidecar's SVID has no IP SAN, so
+    /// only its chain is checked) and send `request`.
+    Request(&'a Path, &'a Path, &'a str),
+}
+
+/// `openssl s_client` against `127.0.0.1:port`, trusting `ca`: its exit
+/// status and stdout.
+async fn s_client(port: u16, ca: &Path, probe: Probe<'_>) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-verify_return_error");
+    let request = match probe {
+        Probe::Handshake => {
+            cmd.args(["-verify_ip", "127.0.0.1"]);
+            ""
+        }
+        Probe::Request(crt, key, request) => {
+            cmd.arg("-cert").arg(crt).arg("-key").arg(key);
+            request
+        }
+    };
+    if !request.is_empty() {
+        // Quiet: only the server's bytes on stdout, read until it closes.
+        cmd.arg("-quiet");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_client runs (apt-get install openssl)");
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(request.as_bytes()).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("s_client finishes")
+        .expect("s_client output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Node tokens travel over TLS xDS. A stolen token opens a stream only as
+/// its own node, and that proxy gets that node's identity and nothing more;
+/// a revoked token opens nothing; a proxy that does not trust the control
+/// plane's CA, or speaks clear text to its TLS port, never connects.
 #[tokio::test]
-async fn a_stolen_node_token_opens_no_other_node() {
+async fn node_tokens_over_tls_xds() {
     let proxy = workspace_bin("trellis-proxy");
     let control = Control::start().await;
     let blue = Echo::start("blue").await;
     control
         .apply(&[
             json!({"meshName": "m", "spec": {}}),
-            node("blue", blue.addr.port(), &[], false),
-            node("intruder", 9, &[], false),
+            // STRICT listeners, so that the sidecars ask for their SVIDs.
+            node("blue", blue.addr.port(), &[], true),
+            node("intruder", 9, &[], true),
         ])
         .await;
-    let own = bootstrap(&control, "intruder", (free_port(), free_port()), true).await;
+    let ports = || (free_port(), free_port());
+    let own = bootstrap(&control, "intruder", ports(), true).await;
+    assert!(own.contains("UpstreamTlsContext") && own.contains("Bearer "));
     let sidecar_c = sidecar(&proxy, &own).await;
-    // A stolen token: the intruder's bootstrap with blue's token is refused.
+    let (svid, _) = identity(
+        &secret_pem(&sidecar_c, "trellis-svid")
+            .await
+            .expect("the intruder's SVID"),
+    );
+    assert_eq!(svid, ["spiffe://trellis.local/mesh/m/virtualNode/intruder"]);
+
+    // Blue's token, stolen by the intruder.
     let token = control
         .cli(&["token", "issue", "--mesh", "m", "--virtual-node", "blue"])
         .await;
-    let stolen = bootstrap(&control, "intruder", (free_port(), free_port()), true).await;
-    let stolen = stolen
-        .lines()
-        .map(|l| match l.split_once("Bearer ") {
-            Some((head, _)) => format!("{head}Bearer {}", token.trim()),
-            None => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    // The proxy starts but never gets its configuration (so it is never
-    // ready), and the control plane lists no second intruder stream.
-    let refused = tokio::time::timeout(
-        Duration::from_secs(3),
-        ProxyProcess::try_start_with(&proxy, &stolen, &[]),
+    let token = token.trim();
+    let with = |node: &str, extra: Vec<String>| {
+        let control = &control;
+        let node = node.to_string();
+        async move {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            control
+                .bootstrap(("--virtual-node", &node), ports(), &extra)
+                .await
+        }
+    };
+    let token_flag = vec!["--token".to_string(), token.to_string()];
+    // Under the intruder's own node id it opens nothing.
+    let as_intruder = with("intruder", token_flag.clone()).await;
+    assert!(
+        never_ready(&proxy, &as_intruder).await,
+        "another node's token was accepted"
+    );
+    // Under blue's id it opens blue, and only blue's identity comes with it.
+    let as_blue = with("blue", token_flag).await;
+    let thief = sidecar(&proxy, &as_blue).await;
+    let (svid, _) = identity(&secret_pem(&thief, "trellis-svid").await.expect("an SVID"));
+    assert_eq!(svid, ["spiffe://trellis.local/mesh/m/virtualNode/blue"]);
+
+    // Revoked, the token loses the stream it opened, and opens no other.
+    control
+        .cli(&["token", "revoke", "--mesh", "m", "--virtual-node", "blue"])
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the thief's stream to end",
+        || async {
+            let proxies = control.proxies().await;
+            let blue = proxies
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["node_id"] == "mesh/m/virtualNode/blue");
+            (!blue).then_some(())
+        },
     )
     .await;
-    assert!(
-        !matches!(refused, Ok(Ok(_))),
-        "a proxy with another node's token became ready"
+    drop(thief);
+    // A proxy that does not trust the mesh CA; one speaking clear text to
+    // the TLS port. Both hold blue's new, valid token, so only TLS can stop
+    // them; the old one stays revoked.
+    let other_ca = trellis_tests::tls::Ca::new("not the mesh CA");
+    let other = other_ca.write(control.dir.path(), "other-ca");
+    let fresh = control
+        .cli(&["token", "issue", "--mesh", "m", "--virtual-node", "blue"])
+        .await;
+    let fresh = fresh.trim().to_string();
+    let untrusting = with(
+        "blue",
+        vec![
+            "--token".into(),
+            fresh.clone(),
+            "--xds-ca".into(),
+            other.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    let plain = with(
+        "blue",
+        vec!["--token".into(), fresh, "--xds-plaintext".into()],
+    )
+    .await;
+    let (revoked, untrusting, plain) = tokio::join!(
+        never_ready(&proxy, &as_blue),
+        never_ready(&proxy, &untrusting),
+        never_ready(&proxy, &plain),
     );
-    let proxies: Value =
-        serde_json::from_str(&control.cli(&["status", "--json"]).await).expect("status JSON");
+    assert!(revoked, "a revoked token opened a stream");
+    assert!(untrusting, "a proxy not trusting the mesh CA connected");
+    assert!(plain, "a clear-text proxy connected to the TLS port");
+    let log = control.log();
+    assert!(log.contains("refused an ADS stream"), "{log}");
+    assert!(log.contains("xDS TLS handshake failed"), "{log}");
+
+    // A third-party TLS client: the xDS port verifies against the mesh CA
+    // (IP SAN 127.0.0.1), and not against another CA.
+    let xds_port: u16 = control
+        .xds
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let (ok, out) = s_client(xds_port, &control.ca_path(), Probe::Handshake).await;
+    assert!(ok && out.contains("Verify return code: 0 (ok)"), "{out}");
+    let (ok, _) = s_client(xds_port, &other, Probe::Handshake).await;
+    assert!(!ok, "openssl accepted the xDS certificate with another CA");
+
+    let proxies = control.proxies().await;
     let intruders = proxies
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["node_id"] == "mesh/m/virtualNode/intruder")
         .count();
-    assert!(
-        intruders <= 1,
-        "a stolen token opened a second stream: {proxies}"
-    );
+    assert_eq!(intruders, 1, "only the intruder's own sidecar: {proxies}");
     drop((sidecar_c, control));
+}
+
+/// The operator's certificate on the xDS port: `bootstrap` cannot vouch for
+/// it and says to give `--xds-ca`; with it, proxies connect.
+#[tokio::test]
+async fn operator_xds_certificate() {
+    let proxy = workspace_bin("trellis-proxy");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = trellis_tests::tls::Ca::new("operator PKI");
+    let server = pki.issue(&Leaf::new(&[], &[]).ips(&["127.0.0.1".parse().expect("ip")]));
+    let (crt, key) = server.write(dir.path(), "xds");
+    let pki_file = pki.write(dir.path(), "pki");
+    let (crt, key) = (crt.to_string_lossy(), key.to_string_lossy());
+    let control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &["--xds-tls-cert", &crt, "--xds-tls-key", &key],
+    )
+    .await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("a", 9, &[], false),
+        ])
+        .await;
+    let ports = (free_port(), free_port());
+    let out = control
+        .try_cli(&[
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "a",
+            "--xds-addr",
+            &control.xds,
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--xds-ca"), "{stderr}");
+    let pki_path = pki_file.to_string_lossy();
+    let config = control
+        .bootstrap(("--virtual-node", "a"), ports, &["--xds-ca", &pki_path])
+        .await;
+    let sidecar = sidecar(&proxy, &config).await;
+    drop((sidecar, control));
+}
+
+/// Clear-text xDS must be asked for on both sides: a bootstrap for a
+/// `--xds-plaintext` server without `--xds-plaintext` is refused with the
+/// reason; with it, proxies connect.
+#[tokio::test]
+async fn plaintext_xds_only_when_asked() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control =
+        Control::start_with(tempfile::tempdir().expect("temp dir"), &["--xds-plaintext"]).await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("a", 9, &[], false),
+        ])
+        .await;
+    let out = control
+        .try_cli(&[
+            "bootstrap",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "a",
+            "--xds-addr",
+            &control.xds,
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--xds-plaintext"), "{stderr}");
+    let config = control
+        .bootstrap(
+            ("--virtual-node", "a"),
+            (free_port(), free_port()),
+            &["--xds-plaintext"],
+        )
+        .await;
+    assert!(!config.contains("UpstreamTlsContext"));
+    let sidecar = sidecar(&proxy, &config).await;
+    drop((sidecar, control));
+}
+
+/// A CA rotation with an overlap (control/README.md, "CA rotation"): issue from the old CA
+/// while trusting the new one, then issue from the new one while trusting
+/// the old one, then drop the old one. Traffic between sidecars never stops;
+/// during the overlap a peer still holding an old SVID is accepted, after it
+/// it is refused.
+#[tokio::test]
+async fn ca_rotation_with_an_overlap() {
+    let proxy = workspace_bin("trellis-proxy");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old = trellis_tests::tls::Ca::new("mesh CA old");
+    let new = trellis_tests::tls::Ca::new("mesh CA new");
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let (old_crt, old_key) = (
+        path(old.write(dir.path(), "old")),
+        path(old.write_key(dir.path(), "old")),
+    );
+    let (new_crt, new_key) = (
+        path(new.write(dir.path(), "new")),
+        path(new.write_key(dir.path(), "new")),
+    );
+    let blue = Echo::start("blue").await;
+    // Step 1: the old CA issues; the new one is trusted too.
+    let mut control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &[
+            "--ca-cert",
+            &old_crt,
+            "--ca-key",
+            &old_key,
+            "--ca-trust",
+            &new_crt,
+        ],
+    )
+    .await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], true),
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    // Bootstraps made now trust both CAs for xDS too.
+    let config_b = bootstrap(&control, "blue", b, false).await;
+    assert!(config_b.contains(old.pem.lines().nth(1).expect("pem")));
+    assert!(config_b.contains(new.pem.lines().nth(1).expect("pem")));
+    let sidecar_b = sidecar(&proxy, &config_b).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    let through = || async { upstream(a.1, "color").await.as_deref() == Some("blue") };
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        through().await.then_some(())
+    })
+    .await;
+    assert_eq!(
+        svid_issuer(&sidecar_b).await.as_deref(),
+        Some("mesh CA old")
+    );
+
+    // Step 2: the new CA issues; the old one is still trusted.
+    control
+        .restart(&[
+            "--ca-cert",
+            &new_crt,
+            "--ca-key",
+            &new_key,
+            "--ca-trust",
+            &old_crt,
+        ])
+        .await;
+    for (name, p) in [("B", &sidecar_b), ("A", &sidecar_a)] {
+        eventually(
+            Duration::from_secs(15),
+            &format!("{name} to hold a new SVID"),
+            || async { (svid_issuer(p).await.as_deref() == Some("mesh CA new")).then_some(()) },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(15), "blue after the switch", || async {
+        through().await.then_some(())
+    })
+    .await;
+    // A client sidecar that has not reconnected yet still holds an old SVID.
+    let straggler = old.issue(&Leaf::new(
+        &[],
+        &["spiffe://trellis.local/mesh/m/virtualNode/client"],
+    ));
+    let (s_crt, s_key) = straggler.write(dir.path(), "straggler");
+    let both = dir.path().join("both.pem");
+    std::fs::write(&both, format!("{}{}", old.pem, new.pem)).expect("bundle");
+    let request = "GET /hello HTTP/1.1\r\nHost: blue\r\nConnection: close\r\n\r\n";
+    let (_, out) = s_client(b.0, &both, Probe::Request(&s_crt, &s_key, request)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "an old SVID during the overlap: {out}"
+    );
+    // B's own certificate now chains to the new CA alone.
+    let new_only = dir.path().join("new.crt");
+    let (ok, _) = s_client(b.0, &new_only, Probe::Request(&s_crt, &s_key, request)).await;
+    assert!(ok, "B's SVID does not verify against the new CA");
+
+    // Step 3: the old CA is gone.
+    control
+        .restart(&["--ca-cert", &new_crt, "--ca-key", &new_key])
+        .await;
+    eventually(
+        Duration::from_secs(15),
+        "B to trust the new CA alone",
+        || async {
+            let bundle = secret_pem(&sidecar_b, "trellis-ca").await?;
+            (!bundle.contains(old.pem.lines().nth(1)?)).then_some(())
+        },
+    )
+    .await;
+    let (_, out) = s_client(b.0, &both, Probe::Request(&s_crt, &s_key, request)).await;
+    assert!(
+        !out.contains("200"),
+        "an old SVID after the rotation: {out}"
+    );
+    eventually(
+        Duration::from_secs(15),
+        "blue after the rotation",
+        || async { through().await.then_some(()) },
+    )
+    .await;
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// Per-hop App Mesh series of a sidecar, by family and peer labels.
+async fn peer_count(p: &ProxyProcess, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = p.admin_get("/stats/prometheus").await.body_text();
+    trellis_tests::metrics::series(&text, family, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn both_hops_name_each_other_in_their_metrics() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], true),
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+
+    let own_a = [("appmesh_mesh", "m"), ("appmesh_virtual_node", "client")];
+    let target = [
+        own_a[0],
+        own_a[1],
+        ("appmesh_target_virtual_service", "color"),
+        ("appmesh_target_virtual_node", "blue"),
+    ];
+    let caller = [
+        ("appmesh_mesh", "m"),
+        ("appmesh_virtual_node", "blue"),
+        ("appmesh_downstream_mesh", "m"),
+        ("appmesh_downstream_virtual_node", "client"),
+    ];
+    let five = |l: &[(&'static str, &'static str)]| {
+        let mut l = l.to_vec();
+        l.push(("envoy_response_code_class", "5"));
+        l
+    };
+    let count = || async {
+        (
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_total", &target).await,
+            peer_count(&sidecar_a, "envoy_appmesh_upstream_rq_xx", &five(&target)).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_total", &caller).await,
+            peer_count(&sidecar_b, "envoy_appmesh_downstream_rq_xx", &five(&caller)).await,
+        )
+    };
+    let before = count().await;
+    for path in ["/a", "/b", "/c", "/d", "/e", "/status/503", "/status/503"] {
+        let r = client::request(
+            Method::GET,
+            &format!("http://127.0.0.1:{}{path}", a.1),
+            &[("host", "color")],
+            "",
+        )
+        .await
+        .expect("request through both sidecars");
+        assert_eq!(
+            r.status,
+            if path.starts_with("/status") {
+                503
+            } else {
+                200
+            }
+        );
+    }
+    let after = count().await;
+    assert_eq!(
+        (
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+            after.3 - before.3
+        ),
+        (7.0, 2.0, 7.0, 2.0),
+        "A counts 7 requests to color/blue, B 7 from client; 2 of them 5xx"
+    );
+    for p in [&sidecar_a, &sidecar_b] {
+        let text = p.admin_get("/stats/prometheus").await.body_text();
+        let findings = trellis_tests::metrics::promtool_findings(&text);
+        assert!(findings.is_empty(), "promtool: {findings:#?}");
+    }
+    drop((sidecar_a, sidecar_b, control));
 }

@@ -145,3 +145,90 @@ async fn max_retries_overflow_stops_retrying_and_attempts_are_counted() {
     })
     .await;
 }
+
+/// Ten requests fail at once, each allowed one retry: the retry budget, not
+/// `max_retries`, decides how many retries may be outstanding.
+async fn retries_allowed_by_budget(budget: &str) -> (i64, i64) {
+    let a = Up::start("a").await;
+    a.set_delay(600);
+    let port = free_port();
+    let extra = format!(
+        "    circuit_breakers:\n      thresholds:\n      - max_retries: 100\n        retry_budget: {budget}\n"
+    );
+    let retry = r#"                retry_policy:
+                  retry_on: 5xx
+                  num_retries: 1
+                  retry_back_off: { base_interval: 0.01s, max_interval: 0.01s }
+"#;
+    let p = ProxyProcess::start(&bootstrap(
+        port,
+        &vhosts(retry),
+        &[cluster("app", &[&a], &extra)],
+        "",
+    ))
+    .await;
+    let seen = burst(&format!("http://127.0.0.1:{port}/fail"), 10).await;
+    assert_eq!(count(&seen, 503), 10, "{seen:?}");
+    let retries = p.stat("cluster.app.upstream_rq_retry").await;
+    let overflow = p.stat("cluster.app.upstream_rq_retry_overflow").await;
+    assert_eq!(retries + overflow, 10, "each request retried or overflowed");
+    assert_eq!(
+        a.hits() as i64,
+        10 + retries,
+        "the upstream saw the retries"
+    );
+    (retries, overflow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_percent_limits_retries_under_load() {
+    within(Duration::from_secs(30), "retry budget percent", async {
+        // 20% of about ten requests in flight: two retries, never ten.
+        let (retries, overflow) = retries_allowed_by_budget(
+            "{ budget_percent: { value: 20 }, min_retry_concurrency: 1 }",
+        )
+        .await;
+        assert!((1..=3).contains(&retries), "{retries} retries");
+        assert!(overflow >= 7, "{overflow} overflows");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_min_retry_concurrency_is_a_floor() {
+    within(Duration::from_secs(30), "retry budget floor", async {
+        // A zero budget still lets `min_retry_concurrency` retries through.
+        let (retries, overflow) =
+            retries_allowed_by_budget("{ budget_percent: { value: 0 }, min_retry_concurrency: 4 }")
+                .await;
+        assert_eq!((retries, overflow), (4, 6));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream_max_requests_overflows_with_503_uo() {
+    within(Duration::from_secs(30), "HTTP/2 max_requests", async {
+        let echo = trellis_tests::upstream::Echo::start("h2").await;
+        let port = free_port();
+        let extra = format!(
+            "{}    circuit_breakers:\n      thresholds:\n      - max_requests: 2\n",
+            trellis_tests::config::H2_UPSTREAM
+        );
+        let p = ProxyProcess::start(&trellis_tests::config::http_proxy(
+            port,
+            &vhosts(""),
+            &[trellis_tests::config::cluster("app", &[echo.addr], &extra)],
+            "",
+        ))
+        .await;
+        let seen = burst(&format!("http://127.0.0.1:{port}/delay/500"), 6).await;
+        assert_eq!(count(&seen, 200), 2, "{seen:?}");
+        assert_eq!(count(&seen, 503), 4, "{seen:?}");
+        assert_eq!(p.stat("cluster.app.upstream_rq_active_overflow").await, 4);
+        // Both admitted requests shared one HTTP/2 connection.
+        assert_eq!(p.stat("cluster.app.upstream_cx_total").await, 1);
+        assert_eq!(p.stat("cluster.app.upstream_cx_http2_total").await, 1);
+    })
+    .await;
+}

@@ -360,6 +360,113 @@ async fn upstream_with_the_wrong_identity_is_refused() {
     .await;
 }
 
+/// Each bad server certificate is refused by A (503, nothing reaches the
+/// app behind B), and A's log says why: expired, not yet valid, unknown CA,
+/// or which SANs it had.
+#[tokio::test]
+async fn bad_upstream_certificates_are_refused_with_the_reason() {
+    within(Duration::from_secs(60), "upstream refusals", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let other_ca = Ca::new("some other CA");
+        let hour = time::Duration::hours(1);
+        let cases: Vec<(&str, Issued, &str)> = vec![
+            (
+                "expired",
+                ca.issue(&Leaf::new(&[], &[BACKEND]).valid(-hour * 48, -hour)),
+                "expired",
+            ),
+            (
+                "not-yet-valid",
+                ca.issue(&Leaf::new(&[], &[BACKEND]).valid(hour, hour * 48)),
+                "not valid yet",
+            ),
+            (
+                "wrong-ca",
+                other_ca.issue(&Leaf::new(&[], &[BACKEND])),
+                "UnknownIssuer",
+            ),
+            (
+                "wrong-san",
+                ca.issue(&Leaf::new(
+                    &[],
+                    &["spiffe://trellis.test/ns/default/sa/impostor"],
+                )),
+                "no subject alternative name matches",
+            ),
+            ("good", ca.issue(&Leaf::new(&[], &[BACKEND])), ""),
+        ];
+        // B: one TLS listener per certificate, each answering 200 itself.
+        let ports: Vec<u16> = cases.iter().map(|_| free_port()).collect();
+        let b_listeners = cases
+            .iter()
+            .zip(&ports)
+            .map(|((name, cert, _), port)| {
+                let common = json!({ "tls_certificates": [cert_files(dir.path(), name, cert)] });
+                let mut chain = json!({ "filters": [hcm(name, reply("from B"))] });
+                chain["transport_socket"] = downstream_tls(common, false);
+                listener(*port, vec![chain], json!({}))
+            })
+            .collect();
+        let _b = ProxyProcess::start(&bootstrap(b_listeners, vec![], vec![])).await;
+        // A: a route per case, to a cluster verifying B's certificate.
+        let client = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+        let common = json!({
+            "tls_certificates": [cert_files(dir.path(), "frontend", &client)],
+            "validation_context": {
+                "trusted_ca": { "filename": ca.write(dir.path(), "ca") },
+                "match_typed_subject_alt_names": uri_san(BACKEND),
+            },
+        });
+        let routes: Vec<Value> = cases
+            .iter()
+            .map(|(name, _, _)| {
+                json!({ "match": { "prefix": format!("/{name}") },
+                "route": { "cluster": name } })
+            })
+            .collect();
+        let mut filter = hcm("frontend", to_cluster("good"));
+        filter["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = json!(routes);
+        let clusters = cases
+            .iter()
+            .zip(&ports)
+            .map(|((name, _, _), port)| {
+                cluster(
+                    name,
+                    loopback(*port),
+                    Some(upstream_tls(common.clone(), "backend.test")),
+                )
+            })
+            .collect();
+        let a_port = free_port();
+        let a = ProxyProcess::start_logged(&bootstrap(
+            vec![listener(
+                a_port,
+                vec![json!({ "filters": [filter] })],
+                json!({}),
+            )],
+            clusters,
+            vec![],
+        ))
+        .await;
+        for (name, _, logged) in &cases {
+            let r = trellis_tests::client::get(&format!("http://127.0.0.1:{a_port}/{name}"))
+                .await
+                .expect("A answers");
+            if logged.is_empty() {
+                assert_eq!(r.status, 200, "{name}");
+                assert_eq!(r.body_text(), "from B");
+                continue;
+            }
+            assert_eq!(r.status, 503, "{name}: accepted");
+            if !testing_envoy() {
+                assert!(a.log().contains(logged), "{name}: {}", a.log());
+            }
+        }
+    })
+    .await;
+}
+
 /// One port, three certificates: SNI picks the chain (and so the
 /// certificate); an unknown name gets the default chain.
 #[tokio::test]

@@ -1,6 +1,9 @@
-//! Tracing end to end: two trellis proxies export spans over OTLP/gRPC to a
-//! small receiver in the test; the spans of both hops must form one linked
-//! trace. A dead collector must not fail or slow requests.
+//! Tracing end to end: two trellis proxies export spans over OTLP (gRPC, or
+//! HTTP/protobuf) to a small receiver in the test; the spans of both hops
+//! must form one linked trace, with a client span per upstream attempt,
+//! whatever propagation format the request came with; sampling follows the
+//! configured percentage and the caller's decision. A dead collector must
+//! not fail or slow requests.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -50,6 +53,39 @@ struct Span {
     name: String,
     #[prost(int32, tag = "6")]
     kind: i32,
+    #[prost(message, repeated, tag = "9")]
+    attributes: Vec<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct KeyValue {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(message, optional, tag = "2")]
+    value: Option<AnyValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AnyValue {
+    #[prost(string, optional, tag = "1")]
+    string_value: Option<String>,
+    #[prost(int64, optional, tag = "3")]
+    int_value: Option<i64>,
+}
+
+impl Span {
+    /// An attribute's value as text (integers in decimal).
+    fn attr(&self, key: &str) -> Option<String> {
+        let v = self
+            .attributes
+            .iter()
+            .find(|a| a.key == key)?
+            .value
+            .as_ref()?;
+        v.string_value
+            .clone()
+            .or_else(|| v.int_value.map(|i| i.to_string()))
+    }
 }
 
 const SERVER: i32 = 2;
@@ -86,17 +122,26 @@ impl Receiver {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let kept = kept.clone();
                         async move {
-                            assert_eq!(
-                                req.uri().path(),
-                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                            );
+                            // OTLP/gRPC frames the message; OTLP/HTTP posts it bare.
+                            let grpc = match req.uri().path() {
+                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => {
+                                    true
+                                }
+                                "/v1/traces" => false,
+                                other => panic!("unexpected export path {other}"),
+                            };
+                            if !grpc {
+                                assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                                assert_eq!(req.headers()["x-api-key"], "secret");
+                            }
                             let body = req
                                 .into_body()
                                 .collect()
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            if let Some(msg) = body.get(5..) {
+                            let msg = if grpc { body.get(5..) } else { Some(&body[..]) };
+                            if let Some(msg) = msg {
                                 if let Ok(r) = ExportRequest::decode(msg) {
                                     let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
                                     for rs in r.resource_spans {
@@ -106,13 +151,18 @@ impl Receiver {
                                     }
                                 }
                             }
-                            // An empty ExportTraceServiceResponse, then OK.
-                            let resp = http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .header("grpc-status", "0")
-                                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-                                .expect("response");
-                            Ok::<_, std::convert::Infallible>(resp)
+                            let resp = if grpc {
+                                // An empty ExportTraceServiceResponse, then OK.
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "0")
+                                    .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+                            } else {
+                                http::Response::builder()
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(Full::new(Bytes::new()))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.expect("response"))
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -129,11 +179,13 @@ impl Receiver {
     }
 }
 
-fn tracing_hcm(service: &str) -> String {
+/// The HCM's `tracing` block: OTLP/gRPC to cluster `otel`, plus `extra`
+/// (sampling percentages, YAML at the block's indent).
+fn tracing_hcm(service: &str, extra: &str) -> String {
     indent(
         &format!(
             r#"tracing:
-  provider:
+{extra}  provider:
     name: envoy.tracers.opentelemetry
     typed_config:
       "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
@@ -146,22 +198,94 @@ fn tracing_hcm(service: &str) -> String {
     )
 }
 
-fn proxy(port: u16, next: SocketAddr, name: &str, collector: SocketAddr) -> String {
-    let vhosts = r#"- name: all
+/// Like [`tracing_hcm`], over OTLP/HTTP to `/v1/traces` with an API key.
+fn tracing_hcm_http(service: &str) -> String {
+    indent(
+        &format!(
+            r#"tracing:
+  provider:
+    name: envoy.tracers.opentelemetry
+    typed_config:
+      "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+      http_service:
+        http_uri: {{ uri: "http://collector:4318/v1/traces", cluster: otel, timeout: 2s }}
+        request_headers_to_add:
+        - header: {{ key: x-api-key, value: secret }}
+      service_name: {service}
+"#
+        ),
+        10,
+    )
+}
+
+/// A hop sending everything to `next`; `/status/` is retried twice on 5xx.
+fn traced_proxy(port: u16, next: SocketAddr, collector: SocketAddr, tracing: &str) -> String {
+    retrying_proxy(port, next, collector, tracing, "/status/")
+}
+
+/// Like [`traced_proxy`], retrying what starts with `retried`.
+fn retrying_proxy(
+    port: u16,
+    next: SocketAddr,
+    collector: SocketAddr,
+    tracing: &str,
+    retried: &str,
+) -> String {
+    let vhosts = format!(
+        r#"- name: all
   domains: ["*"]
   routes:
-  - match: { prefix: "/" }
-    route: { cluster: next }
-"#;
+  - match: {{ prefix: "{retried}" }}
+    name: retried
+    route:
+      cluster: next
+      retry_policy: {{ retry_on: 5xx, num_retries: 2 }}
+  - match: {{ prefix: "/" }}
+    name: plain
+    route: {{ cluster: next }}
+"#
+    );
     http_proxy(
         port,
-        &indent(vhosts, 10),
+        &indent(&vhosts, 10),
         &[
             cluster("next", &[next], ""),
             cluster("otel", &[collector], ""),
         ],
-        &tracing_hcm(name),
+        tracing,
     )
+}
+
+fn proxy(port: u16, next: SocketAddr, name: &str, collector: SocketAddr) -> String {
+    traced_proxy(port, next, collector, &tracing_hcm(name, ""))
+}
+
+/// Names the bootstrap's node, for the `node_id` span tag.
+fn with_node(id: &str, bootstrap: String) -> String {
+    format!("node: {{ id: {id}, cluster: test }}\n{bootstrap}")
+}
+
+/// The spans of trace `trace` (hex) once at least `n` have arrived.
+async fn trace_spans(receiver: &Receiver, trace: &str, n: usize) -> Vec<Span> {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{n} spans of trace {trace}"),
+        || async {
+            let s: Vec<Span> = receiver
+                .spans()
+                .into_iter()
+                .filter(|s| hex(&s.trace_id) == trace)
+                .collect();
+            (s.len() >= n).then_some(s)
+        },
+    )
+    .await
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -261,6 +385,281 @@ async fn a_dead_collector_does_not_fail_or_slow_requests() {
         })
         .await;
         assert_eq!(p.stat("tracing.opentelemetry.spans_sent").await, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retry_is_a_client_span_and_the_next_hop_hangs_under_it() {
+    within(LIMIT, "retries as spans", async {
+        let receiver = Receiver::start().await;
+        let echo = Echo::start("echo").await;
+        let (pa, pb) = (free_port(), free_port());
+        let b = retrying_proxy(
+            pb,
+            echo.addr,
+            receiver.addr,
+            &tracing_hcm("hop-b", ""),
+            "/none/",
+        );
+        let _b = ProxyProcess::start(&with_node("hop-b", b)).await;
+        let a = traced_proxy(pa, loopback(pb), receiver.addr, &tracing_hcm("hop-a", ""));
+        let _a = ProxyProcess::start(&with_node("hop-a", a)).await;
+
+        let trace = "0af7651916cd43dd8448eb211c80319c";
+        let r = client::request(
+            http::Method::GET,
+            &format!("http://127.0.0.1:{pa}/status/503"),
+            &[("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))],
+            "",
+        )
+        .await
+        .expect("request");
+        assert_eq!(r.status, 503);
+
+        // A: a server span and three tries; B: a server and a client span per try.
+        let spans = trace_spans(&receiver, trace, 10).await;
+        assert_eq!(spans.len(), 10, "{spans:#?}");
+        let a_server = spans
+            .iter()
+            .find(|s| s.kind == SERVER && s.parent_span_id == unhex("b7ad6b7169203331"))
+            .expect("A's server span");
+        for (k, v) in [
+            ("http.method", "GET".to_string()),
+            ("http.url", format!("http://127.0.0.1:{pa}/status/503")),
+            ("route_name", "retried".to_string()),
+            ("http.status_code", "503".to_string()),
+            ("response_flags", "URX".to_string()),
+            ("upstream_cluster", "next".to_string()),
+            ("node_id", "hop-a".to_string()),
+            ("peer.address", "127.0.0.1".to_string()),
+        ] {
+            assert_eq!(
+                a_server.attr(k).as_deref(),
+                Some(v.as_str()),
+                "A server {k}"
+            );
+        }
+        let mut tries: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.kind == CLIENT && s.parent_span_id == a_server.span_id)
+            .collect();
+        tries.sort_by_key(|s| s.attr("upstream.attempt"));
+        assert_eq!(tries.len(), 3, "one client span per try: {spans:#?}");
+        for (i, t) in tries.iter().enumerate() {
+            assert_eq!(t.attr("upstream.attempt"), Some((i + 1).to_string()));
+            assert_eq!(t.attr("http.status_code").as_deref(), Some("503"));
+            assert_eq!(t.attr("upstream_address"), Some(format!("127.0.0.1:{pb}")));
+            assert_eq!(t.attr("node_id").as_deref(), Some("hop-a"));
+            assert_eq!(t.name, "router next egress");
+        }
+        // Each of B's server spans is the child of a different try.
+        let b_servers: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.kind == SERVER && s.span_id != a_server.span_id)
+            .collect();
+        assert_eq!(b_servers.len(), 3);
+        for t in &tries {
+            let b = b_servers
+                .iter()
+                .find(|s| s.parent_span_id == t.span_id)
+                .unwrap_or_else(|| panic!("no B span under try {}", hex(&t.span_id)));
+            assert_eq!(b.attr("node_id").as_deref(), Some("hop-b"));
+            let below = spans
+                .iter()
+                .filter(|s| s.kind == CLIENT && s.parent_span_id == b.span_id)
+                .count();
+            assert_eq!(below, 1, "B tries once per request");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_propagation_format_links_both_hops() {
+    within(LIMIT, "propagation formats", async {
+        let receiver = Receiver::start().await;
+        let echo = Echo::start("echo").await;
+        let (pa, pb) = (free_port(), free_port());
+        let _b = ProxyProcess::start(&proxy(pb, echo.addr, "hop-b", receiver.addr)).await;
+        let _a = ProxyProcess::start(&proxy(pa, loopback(pb), "hop-a", receiver.addr)).await;
+
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case; 3] = [
+            (
+                "b3 single",
+                "80f198ee56343ba864fe8b2a57d3eff7",
+                &[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")],
+            ),
+            (
+                "b3 multi",
+                "463ac35c9f6413ad48485a3953bb6124",
+                &[
+                    ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+                    ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                    ("x-b3-sampled", "1"),
+                ],
+            ),
+            (
+                "x-amzn-trace-id",
+                "5759e988bd862e3fe1be46a994272793",
+                &[(
+                    "x-amzn-trace-id",
+                    "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=e457b5a2e4d86bd1;Sampled=1",
+                )],
+            ),
+        ];
+        for (format, trace, headers) in cases {
+            let r = client::request(
+                http::Method::GET,
+                &format!("http://127.0.0.1:{pa}/p"),
+                headers,
+                "",
+            )
+            .await
+            .expect("request");
+            assert_eq!(r.status, 200);
+            let seen = r.echoed()["headers"].clone();
+            let spans = trace_spans(&receiver, trace, 4).await;
+            assert_eq!(spans.len(), 4, "{format}: {spans:#?}");
+            let under = |kind: i32, parent: &[u8]| {
+                spans
+                    .iter()
+                    .find(|s| s.kind == kind && s.parent_span_id == parent)
+                    .unwrap_or_else(|| panic!("{format}: no kind {kind} under {}", hex(parent)))
+            };
+            let a_server = under(SERVER, &unhex("e457b5a2e4d86bd1"));
+            let a_client = under(CLIENT, &a_server.span_id);
+            let b_server = under(SERVER, &a_client.span_id);
+            let b_client = under(CLIENT, &b_server.span_id);
+            let (span, parent) = (hex(&b_client.span_id), hex(&b_server.span_id));
+            // The upstream sees the request's own format, naming B's try.
+            let header = |h: &str| seen[h].as_str().unwrap_or_default().to_string();
+            match format {
+                "b3 single" => assert_eq!(header("b3"), format!("{trace}-{span}-1-{parent}")),
+                "b3 multi" => {
+                    assert_eq!(header("x-b3-traceid"), trace);
+                    assert_eq!(header("x-b3-spanid"), span);
+                    assert_eq!(header("x-b3-parentspanid"), parent);
+                    assert_eq!(header("x-b3-sampled"), "1");
+                }
+                _ => assert_eq!(
+                    header("x-amzn-trace-id"),
+                    format!(
+                        "Root=1-{}-{};Parent={span};Sampled=1",
+                        &trace[..8],
+                        &trace[8..]
+                    )
+                ),
+            }
+            assert_eq!(header("traceparent"), format!("00-{trace}-{span}-01"));
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_percentage_and_the_callers_decision() {
+    within(LIMIT, "sampling", async {
+        let receiver = Receiver::start().await;
+        let echo = Echo::start("echo").await;
+        let (pa, pb, pc) = (free_port(), free_port(), free_port());
+        let _b = ProxyProcess::start(&proxy(pb, echo.addr, "hop-b", receiver.addr)).await;
+        let never = tracing_hcm("hop-a", "  random_sampling: { value: 0 }\n");
+        let _a = ProxyProcess::start(&traced_proxy(pa, loopback(pb), receiver.addr, &never)).await;
+        let half = tracing_hcm("half", "  random_sampling: { value: 50 }\n");
+        let _c = ProxyProcess::start(&traced_proxy(pc, echo.addr, receiver.addr, &half)).await;
+        let get = |port: u16, headers: Vec<(&'static str, String)>| async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = client::request(
+                http::Method::GET,
+                &format!("http://127.0.0.1:{port}/"),
+                &h,
+                "",
+            )
+            .await
+            .expect("request");
+            assert_eq!(r.status, 200);
+            r.echoed()["headers"].clone()
+        };
+
+        // 0%: a new trace is not sampled, and B follows A's decision.
+        let seen = get(pa, vec![]).await;
+        let tp = seen["traceparent"].as_str().unwrap_or_default().to_string();
+        assert!(tp.ends_with("-00"), "unsampled is propagated as such: {tp}");
+        // The caller said no: nobody records it, whatever the percentage.
+        let no = vec![
+            (
+                "x-b3-traceid",
+                "a3ce929d0e0e47364bf92f3577b34da6".to_string(),
+            ),
+            ("x-b3-spanid", "00f067aa0ba902b7".to_string()),
+            ("x-b3-sampled", "0".to_string()),
+        ];
+        get(pb, no).await;
+        // The caller said yes: both hops record it despite A's 0%.
+        let yes = "4bf92f3577b34da6a3ce929d0e0e4736";
+        get(
+            pa,
+            vec![("traceparent", format!("00-{yes}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+        // The exporters are queues: once this trace is in, no earlier span is pending.
+        trace_spans(&receiver, yes, 4).await;
+        let all = receiver.spans();
+        assert_eq!(all.len(), 4, "only the sampled trace: {all:#?}");
+
+        // 50%: within five standard deviations of half of 200 new traces.
+        for _ in 0..200 {
+            get(pc, vec![]).await;
+        }
+        let marker = "d4cda95b652f4a1592b449d5929fda1b";
+        get(
+            pc,
+            vec![("traceparent", format!("00-{marker}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+        trace_spans(&receiver, marker, 2).await;
+        let sampled = receiver
+            .spans()
+            .iter()
+            .filter(|s| s.kind == SERVER && hex(&s.trace_id) != marker && hex(&s.trace_id) != yes)
+            .count();
+        assert!(
+            (65..=135).contains(&sampled),
+            "{sampled} of 200 sampled at 50%"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_export_over_otlp_http_protobuf() {
+    within(LIMIT, "OTLP/HTTP", async {
+        let receiver = Receiver::start().await;
+        let echo = Echo::start("echo").await;
+        let port = free_port();
+        let p = ProxyProcess::start(&traced_proxy(
+            port,
+            echo.addr,
+            receiver.addr,
+            &tracing_hcm_http("over-http"),
+        ))
+        .await;
+        let trace = "9a3ce929d0e0e4736b4bf92f3577b34d";
+        let r = client::request(
+            http::Method::GET,
+            &format!("http://127.0.0.1:{port}/"),
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+            "",
+        )
+        .await
+        .expect("request");
+        assert_eq!(r.status, 200);
+        let spans = trace_spans(&receiver, trace, 2).await;
+        assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), 1);
+        assert_eq!(spans.iter().filter(|s| s.kind == CLIENT).count(), 1);
+        assert_eq!(p.stat("tracing.opentelemetry.spans_sent").await, 2);
     })
     .await;
 }

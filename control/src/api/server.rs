@@ -35,6 +35,31 @@ pub struct ApiState {
     router: Router,
     /// The xDS server's proxies and instances, for `/trellis/v1/`.
     registry: Arc<Registry>,
+    /// For `GET /trellis/v1/ca`.
+    ca: Option<CaInfo>,
+}
+
+/// What `GET /trellis/v1/ca` answers, for `trellis-control bootstrap`: the
+/// mesh's trust bundle (certificates only, nothing secret) and whether the
+/// xDS port's certificate chains to it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaInfo {
+    pub trust_domain: String,
+    pub bundle: String,
+    pub xds_tls: XdsTlsKind,
+}
+
+/// Where the xDS port's certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdsTlsKind {
+    /// Issued by the mesh CA: the bundle verifies it.
+    Mesh,
+    /// The operator's own: clients need the operator's CA.
+    Operator,
+    /// `--xds-plaintext`.
+    Off,
 }
 
 impl ApiState {
@@ -48,7 +73,13 @@ impl ApiState {
             credentials,
             router: Router::from_model(ServiceModel::get()),
             registry,
+            ca: None,
         }
+    }
+
+    pub fn with_ca(mut self, ca: CaInfo) -> ApiState {
+        self.ca = Some(ca);
+        self
     }
 }
 
@@ -153,6 +184,28 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
                 .map_err(|_| (None, ApiError::internal("the token operation panicked")))?
                 .map_err(|e| (None, e));
         }
+        if raw_path == "/trellis/v1/ca" && parts.method == Method::GET {
+            return match &state.ca {
+                Some(ca) => Ok((None, 200, json!(ca))),
+                None => Err((
+                    None,
+                    ApiError::new(crate::error::ErrorKind::NotFound, "This server has no CA"),
+                )),
+            };
+        }
+        if raw_path == "/trellis/v1/pod-selectors" {
+            let appmesh = state.appmesh.clone();
+            let method = parts.method.clone();
+            return tokio::task::spawn_blocking(move || pod_selectors(&appmesh, &method, &body))
+                .await
+                .map_err(|_| {
+                    (
+                        None,
+                        ApiError::internal("the pod selector operation panicked"),
+                    )
+                })?
+                .map_err(|e| (None, e));
+        }
         return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));
     }
     let model = ServiceModel::get();
@@ -251,6 +304,28 @@ fn token_endpoint(
             format!("No trellis endpoint {method} /trellis/v1/tokens"),
         )),
     }
+}
+
+/// `PUT /trellis/v1/pod-selectors`: a VirtualNode manifest's namespace,
+/// name and `podSelector` (sent by `trellis-control apply`), which the
+/// sidecar injector matches pods against.
+fn pod_selectors(
+    appmesh: &AppMesh,
+    method: &Method,
+    body: &[u8],
+) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
+    if method != Method::PUT {
+        return Err(ApiError::new(
+            crate::error::ErrorKind::UnknownOperation,
+            format!("No trellis endpoint {method} /trellis/v1/pod-selectors"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid pod selector: {e}")))?;
+    let binding = crate::inject::PodBinding::parse(&value)
+        .map_err(|e| ApiError::bad_request(format!("Invalid pod selector: {e}")))?;
+    let changed = appmesh.put_pod_binding(&binding)?;
+    Ok((None, 200, json!({ "changed": changed })))
 }
 
 /// `{"meshName", "virtualNodeName", "address", "port"}`: an instance of a

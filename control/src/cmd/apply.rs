@@ -3,12 +3,51 @@
 //! its watchers, exactly as for `aws appmesh` calls.
 
 use anyhow::Context;
+use serde_json::Value;
 use trellis_control::api::client::Client;
 use trellis_control::api::credentials::Credentials;
-use trellis_control::manifest::{self, Outcome};
-use trellis_control::ErrorKind;
+use trellis_control::inject::PodBinding;
+use trellis_control::manifest::{self, Outcome, Target};
+use trellis_control::{ApiError, ErrorKind};
 
 use super::{ApplyArgs, ConfigError};
+
+/// The running server, called over its signed API.
+struct Api {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    /// Whether the last failure was the server's (unreachable, 5xx) rather
+    /// than a document it refused.
+    unreachable: bool,
+}
+
+impl Api {
+    fn note<T>(&mut self, reply: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let Err(e) = &reply {
+            self.unreachable = e.kind == ErrorKind::InternalServerError;
+        }
+        reply
+    }
+}
+
+impl Target for Api {
+    fn call(&mut self, op: &str, input: &Value) -> Result<Value, ApiError> {
+        let reply = self.runtime.block_on(self.client.call(op, input));
+        self.note(reply)
+    }
+
+    fn put_pod_binding(&mut self, binding: &PodBinding) -> Result<bool, ApiError> {
+        let body = serde_json::to_vec(binding)
+            .map_err(|e| ApiError::internal(format!("cannot encode a pod binding: {e}")))?;
+        let reply = self.runtime.block_on(self.client.trellis(
+            http::Method::PUT,
+            "/trellis/v1/pod-selectors",
+            body,
+        ));
+        self.note(reply)
+            .map(|v| v["changed"].as_bool().unwrap_or(true))
+    }
+}
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let docs = manifest::load(&args.files, args.mesh.as_deref())
@@ -22,23 +61,19 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let client = Client::new(
-        args.api_addr.to_string(),
-        creds.preferred().clone(),
-        args.region.clone(),
-    );
-    let unreachable = std::cell::Cell::new(false);
-    let applied = manifest::apply(&docs, |op, input| {
-        let reply = runtime.block_on(client.call(op, input));
-        if let Err(e) = &reply {
-            unreachable.set(e.kind == ErrorKind::InternalServerError);
-        }
-        reply
-    })
-    .map_err(|e| -> anyhow::Error {
+    let mut api = Api {
+        runtime,
+        client: Client::new(
+            args.api_addr.to_string(),
+            creds.preferred().clone(),
+            args.region.clone(),
+        ),
+        unreachable: false,
+    };
+    let applied = manifest::apply(&docs, &mut api).map_err(|e| -> anyhow::Error {
         // A document the server refused is a bad file (exit 2); a server
         // that cannot be reached or failed is not.
-        if unreachable.get() {
+        if api.unreachable {
             e.into()
         } else {
             ConfigError(e.to_string()).into()

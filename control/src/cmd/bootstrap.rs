@@ -1,6 +1,7 @@
 //! `trellis-control bootstrap`: an Envoy v3 bootstrap that points a proxy
 //! (trellis-proxy or stock Envoy) at this control plane over ADS.
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use trellis_control::xds::translate::{
     NodeId, META_EGRESS_PORT, META_INGRESS_PORT, META_LISTENER_ADDRESS,
@@ -20,9 +21,38 @@ fn split_addr(addr: &str) -> Result<(String, u16), ConfigError> {
     Ok((host.to_string(), port))
 }
 
+/// The xDS cluster's `UpstreamTlsContext`: trust `bundle` only, and require
+/// the address the proxy dials among the server certificate's SANs (Envoy
+/// checks names only through SAN matchers).
+fn xds_tls(host: &str, bundle: &str) -> Value {
+    let (san_type, name) = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ("IP_ADDRESS", ip.to_string()),
+        Err(_) => ("DNS", host.to_string()),
+    };
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": {"inline_string": bundle},
+                "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+            },
+        },
+    });
+    if san_type == "DNS" {
+        ctx["sni"] = json!(name);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx})
+}
+
 /// The bootstrap; `token` goes into the ADS gRPC service's
-/// `initial_metadata`, which Envoy sends on every stream it opens.
-pub fn render(args: &BootstrapArgs, token: Option<&str>) -> Result<String, ConfigError> {
+/// `initial_metadata`, which Envoy sends on every stream it opens; with
+/// `xds_bundle` the xDS connection is TLS, verified against that bundle.
+pub fn render(
+    args: &BootstrapArgs,
+    token: Option<&str>,
+    xds_bundle: Option<&str>,
+) -> Result<String, ConfigError> {
     let (host, port) = split_addr(&args.xds_addr)?;
     let (gateway, name) = match (&args.virtual_node, &args.virtual_gateway) {
         (Some(n), None) => (false, n.clone()),
@@ -58,6 +88,24 @@ pub fn render(args: &BootstrapArgs, token: Option<&str>) -> Result<String, Confi
         grpc["initial_metadata"] =
             json!([{"key": "authorization", "value": format!("Bearer {t}")}]);
     }
+    let mut xds_cluster = json!({
+        "name": "xds_cluster",
+        "type": kind,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "xds_cluster",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+    });
+    if let Some(bundle) = xds_bundle {
+        xds_cluster["transport_socket"] = xds_tls(&host, bundle);
+    }
     let doc = json!({
         "node": {"id": id.render(), "cluster": name, "metadata": Value::Object(metadata)},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": args.admin_port}}},
@@ -70,38 +118,72 @@ pub fn render(args: &BootstrapArgs, token: Option<&str>) -> Result<String, Confi
             "lds_config": ads,
             "cds_config": ads,
         },
-        "static_resources": {"clusters": [{
-            "name": "xds_cluster",
-            "type": kind,
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": "xds_cluster",
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
-            },
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                },
-            },
-        }]},
+        "static_resources": {"clusters": [xds_cluster]},
     });
     serde_yaml::to_string(&doc).map_err(|e| ConfigError(format!("cannot render YAML: {e}")))
 }
 
+/// A PEM file with at least one certificate, as text.
+pub(super) fn read_bundle(path: &std::path::Path, flag: &str) -> Result<String, ConfigError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |m: String| ConfigError(format!("{flag} {}: {m}", path.display()));
+    let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate list: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate found".into()));
+    }
+    Ok(pem)
+}
+
+/// The bundle `GET /trellis/v1/ca` serves, when the xDS port's certificate
+/// chains to it.
+fn fetch_bundle(reply: &Value) -> anyhow::Result<String> {
+    match reply["xdsTls"].as_str() {
+        Some("mesh") => reply["bundle"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("the API returned no CA bundle")),
+        Some("operator") => Err(ConfigError(
+            "the xDS server presents the operator's certificate (--xds-tls-cert): give its CA with --xds-ca FILE".into(),
+        )
+        .into()),
+        Some("off") => Err(ConfigError(
+            "the xDS server serves clear text (--xds-plaintext): bootstrap with --xds-plaintext".into(),
+        )
+        .into()),
+        _ => Err(anyhow::anyhow!("unexpected reply from GET /trellis/v1/ca: {reply}")),
+    }
+}
+
 pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
+    // The API is asked only for what the flags do not give.
+    let needs_api = (args.token.is_none() && args.issue_token)
+        || (args.xds_ca.is_none() && !args.xds_plaintext);
+    let api = if needs_api {
+        Some(super::status::client(&args.api)?)
+    } else {
+        None
+    };
+    let call = |method: http::Method, path: &str, body: Vec<u8>| -> anyhow::Result<Value> {
+        let (runtime, client) = api
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no API client"))?;
+        runtime
+            .block_on(client.trellis(method, path, body))
+            .map_err(|e| anyhow::anyhow!("{path} on {}: {e}", args.api.api_addr))
+    };
     let token = match (&args.token, args.issue_token) {
         (Some(t), _) => Some(t.clone()),
         (None, true) => {
-            let (runtime, client) = super::status::client(&args.api)?;
             let body = super::status::token_body(
                 &args.mesh,
                 args.virtual_node.as_deref(),
                 args.virtual_gateway.as_deref(),
             );
-            let reply = runtime
-                .block_on(client.trellis(http::Method::POST, "/trellis/v1/tokens", body))
-                .map_err(|e| anyhow::anyhow!("cannot issue a node token: {e}"))?;
+            let reply = call(http::Method::POST, "/trellis/v1/tokens", body)
+                .context("cannot issue a node token")?;
             let token = reply["token"]
                 .as_str()
                 .ok_or_else(|| anyhow::anyhow!("the API returned no token"))?;
@@ -109,6 +191,15 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         }
         (None, false) => None,
     };
-    print!("{}", render(&args, token.as_deref())?);
+    let bundle = match (&args.xds_ca, args.xds_plaintext) {
+        (_, true) => None,
+        (Some(path), false) => Some(read_bundle(path, "--xds-ca")?),
+        (None, false) => {
+            let reply = call(http::Method::GET, "/trellis/v1/ca", Vec::new())
+                .context("cannot fetch the CA bundle for TLS to xDS (or give --xds-ca FILE)")?;
+            Some(fetch_bundle(&reply)?)
+        }
+    };
+    print!("{}", render(&args, token.as_deref(), bundle.as_deref())?);
     Ok(())
 }

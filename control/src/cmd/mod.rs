@@ -57,7 +57,7 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the App Mesh API and xDS (ADS) from durable state.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply App Mesh Kubernetes manifests or CLI input JSON through the API.
     Apply(ApplyArgs),
     /// Print an Envoy bootstrap (YAML) for a proxy of a virtual node or gateway.
@@ -157,9 +157,29 @@ pub struct ServeArgs {
     /// PEM private key of the --ca-cert CA.
     #[arg(long, requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// PEM CA certificates trusted alongside the issuing CA (their SVIDs are
+    /// accepted by every proxy) while a CA rotation overlaps.
+    #[arg(long)]
+    pub ca_trust: Vec<PathBuf>,
     /// Trust domain of the SPIFFE IDs the CA issues.
     #[arg(long, default_value = trellis_control::ca::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
+    /// Serve xDS in clear text (only on a loopback --xds-addr): node tokens
+    /// and SVID keys then cross the connection unencrypted.
+    #[arg(long, conflicts_with_all = ["xds_tls_cert", "xds_san"])]
+    pub xds_plaintext: bool,
+    /// PEM certificate chain for the xDS port [default: issued by the mesh
+    /// CA for the --xds-addr IP (every local address when unspecified),
+    /// `localhost` and each --xds-san].
+    #[arg(long, requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// Another DNS name or IP address proxies use to reach the xDS port, for
+    /// the certificate the mesh CA issues it.
+    #[arg(long, conflicts_with = "xds_tls_cert")]
+    pub xds_san: Vec<String>,
     /// When ADS streams must carry their node's token: `auto` once any token
     /// has been issued, `always`, or `never`.
     #[arg(long, value_enum, default_value_t = TokenPolicy::Auto)]
@@ -167,6 +187,89 @@ pub struct ServeArgs {
     /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub svid_ttl: std::time::Duration,
+    #[command(flatten)]
+    pub injector: InjectorArgs,
+}
+
+fn quantity(text: &str) -> Result<trellis_control::inject::Quantity, String> {
+    trellis_control::inject::Quantity::parse(text)
+}
+
+fn ignored_ip(text: &str) -> Result<trellis_control::inject::IgnoredIp, String> {
+    trellis_control::inject::IgnoredIp::parse(text)
+}
+
+/// The sidecar injector (a Kubernetes mutating admission webhook). Flag
+/// names follow the App Mesh controller's where it had one.
+#[derive(Args)]
+#[command(next_help_heading = "Sidecar injector")]
+pub struct InjectorArgs {
+    /// Serve the injector (HTTPS, POST /mutate-v1-pod) on this address.
+    #[arg(long, value_parser = socket_addr)]
+    pub webhook_addr: Option<SocketAddr>,
+    /// PEM certificate chain of the injector [default: one issued by the mesh CA].
+    #[arg(long, requires_all = ["webhook_key", "webhook_addr"])]
+    pub webhook_cert: Option<PathBuf>,
+    /// PEM private key of --webhook-cert.
+    #[arg(long, requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// Names (DNS or IP) of the certificate issued by the mesh CA when no
+    /// --webhook-cert is given: the Service the API server calls.
+    #[arg(long = "webhook-dns-name", default_values_t = [
+        "trellis-control.trellis-system.svc".to_string(),
+        "localhost".to_string(),
+    ])]
+    pub webhook_dns_names: Vec<String>,
+    /// `TRELLIS_XDS_ADDR` of injected sidecars: how pods reach this server's
+    /// xDS (its host is also a name in the xDS certificate the mesh CA issues).
+    #[arg(long, default_value = "trellis-control.trellis-system.svc:18000")]
+    pub sidecar_xds_addr: String,
+    /// PEM CA bundle injected sidecars trust for xDS (`TRELLIS_XDS_CA`):
+    /// needed with --xds-tls-cert [default: the mesh CA bundle].
+    #[arg(long)]
+    pub sidecar_xds_ca: Option<PathBuf>,
+    /// Image repository of the injected sidecar.
+    #[arg(long, default_value = "ghcr.io/trellis-mesh/trellis-proxy")]
+    pub sidecar_image_repository: String,
+    /// Image tag of the injected sidecar.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub sidecar_image_tag: String,
+    /// Image of the init container [default: the sidecar's].
+    #[arg(long)]
+    pub init_image: Option<String>,
+    /// CPU request of the injected containers (annotation appmesh.k8s.aws/cpuRequest).
+    #[arg(long, default_value = "10m", value_parser = quantity)]
+    pub sidecar_cpu_requests: trellis_control::inject::Quantity,
+    /// Memory request of the injected containers (appmesh.k8s.aws/memoryRequest).
+    #[arg(long, default_value = "32Mi", value_parser = quantity)]
+    pub sidecar_memory_requests: trellis_control::inject::Quantity,
+    /// CPU limit of the injected containers (appmesh.k8s.aws/cpuLimit) [default: none].
+    #[arg(long, value_parser = quantity)]
+    pub sidecar_cpu_limits: Option<trellis_control::inject::Quantity>,
+    /// Memory limit of the injected containers (appmesh.k8s.aws/memoryLimit) [default: none].
+    #[arg(long, value_parser = quantity)]
+    pub sidecar_memory_limits: Option<trellis_control::inject::Quantity>,
+    /// ENVOY_LOG_LEVEL of injected sidecars.
+    #[arg(long, default_value = "info", value_parser = ["trace", "debug", "info", "warn", "warning", "error", "critical", "off"])]
+    pub sidecar_log_level: String,
+    /// Admin port of injected sidecars (ENVOY_ADMIN_ACCESS_PORT), which the probes ask /ready.
+    #[arg(long, default_value_t = 9901, value_parser = clap::value_parser!(u16).range(1..))]
+    pub envoy_admin_access_port: u16,
+    /// Outbound IPs or CIDRs the interception leaves alone (appmesh.k8s.aws/egressIgnoredIPs).
+    #[arg(long, default_value = "169.254.169.254", value_delimiter = ',', value_parser = ignored_ip)]
+    pub ignored_ips: Vec<trellis_control::inject::IgnoredIp>,
+    /// Seconds a stopping sidecar waits before it drains (a preStop sleep; 0: none).
+    #[arg(long, default_value_t = 20)]
+    pub prestop_delay: u32,
+    /// Start the sidecar first and hold the app until the proxy is ready.
+    #[arg(long)]
+    pub wait_until_proxy_ready: bool,
+    /// Seconds before the sidecar's first readiness probe.
+    #[arg(long, default_value_t = 1)]
+    pub readiness_probe_initial_delay: u32,
+    /// Seconds between the sidecar's readiness probes.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub readiness_probe_period: u32,
 }
 
 /// `24h`, `90m`, `30s` or a bare number of seconds; at least a minute, since
@@ -255,6 +358,14 @@ pub struct BootstrapArgs {
     /// Put this node token in the bootstrap.
     #[arg(long)]
     pub token: Option<String>,
+    /// PEM CA bundle the proxy trusts for the xDS server's certificate,
+    /// written inline into the bootstrap [default: the mesh CA bundle, from
+    /// the API's GET /trellis/v1/ca].
+    #[arg(long, conflicts_with = "xds_plaintext")]
+    pub xds_ca: Option<PathBuf>,
+    /// Connect to xDS in clear text, for a server started with --xds-plaintext.
+    #[arg(long)]
+    pub xds_plaintext: bool,
     #[command(flatten)]
     pub api: StatusArgs,
 }
@@ -331,7 +442,7 @@ pub fn main() -> ExitCode {
     };
     logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Apply(args) => apply::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Status(args) => status::run(args),

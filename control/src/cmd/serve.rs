@@ -5,16 +5,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
-use trellis_control::api::server::{serve, ApiState};
+use trellis_control::api::server::{serve, ApiState, CaInfo, XdsTlsKind};
 use trellis_control::ca::Ca;
+use trellis_control::inject::server::WebhookCert;
+use trellis_control::inject::{self, Resources, Settings, XdsTrust};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
 use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
+use trellis_control::xds::tls::XdsTls;
 
-use super::{ConfigError, ServeArgs};
+use super::{ConfigError, InjectorArgs, ServeArgs};
 
 fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     if args.no_auth {
@@ -70,7 +73,155 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
             ca
         }
     };
+    let ca = args.ca_trust.iter().try_fold(ca, |ca, path| {
+        let ca = ca
+            .trust_also(path)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        tracing::info!(bundle = %path.display(), "trusting another CA alongside the issuing one");
+        Ok::<_, ConfigError>(ca)
+    })?;
     Ok(Arc::new(ca))
+}
+
+/// The names the mesh CA puts in the xDS server certificate: the bound IP,
+/// or every local address when it is unspecified; `localhost` when the
+/// port is reachable on loopback; then the operator's `--xds-san`s.
+fn xds_names(args: &ServeArgs) -> Vec<String> {
+    let ip = args.xds_addr.ip();
+    let mut names = Vec::new();
+    if ip.is_unspecified() {
+        match if_addrs::get_if_addrs() {
+            Ok(ifs) => names.extend(
+                ifs.into_iter()
+                    .map(|i| i.ip())
+                    .filter(|a| a.is_ipv4() == ip.is_ipv4() || ip.is_ipv6())
+                    .map(|a| a.to_string()),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list local addresses for the xDS certificate")
+            }
+        }
+    } else {
+        names.push(ip.to_string());
+    }
+    if ip.is_loopback() || ip.is_unspecified() {
+        names.push("localhost".into());
+    }
+    // Injected sidecars dial the injector's --sidecar-xds-addr.
+    let sidecar_host = args.injector.webhook_addr.and(
+        args.injector
+            .sidecar_xds_addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string()),
+    );
+    for n in args.xds_san.iter().chain(sidecar_host.as_ref()) {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+/// What injected sidecars are told to trust for xDS: the operator's bundle
+/// (`--sidecar-xds-ca`), else the mesh bundle when the xDS certificate is
+/// the mesh CA's; an operator certificate needs the operator's bundle.
+fn sidecar_xds_trust(args: &ServeArgs, kind: XdsTlsKind, ca: &Ca) -> anyhow::Result<XdsTrust> {
+    if let Some(path) = &args.injector.sidecar_xds_ca {
+        let pem = super::bootstrap::read_bundle(path, "--sidecar-xds-ca")?;
+        return Ok(XdsTrust::Bundle(pem));
+    }
+    match kind {
+        XdsTlsKind::Mesh => Ok(XdsTrust::Bundle(ca.bundle_pem().to_string())),
+        XdsTlsKind::Off => Ok(XdsTrust::Plaintext),
+        XdsTlsKind::Operator => Err(ConfigError(
+            "--xds-tls-cert with --webhook-addr needs --sidecar-xds-ca FILE: the CA injected sidecars trust for xDS".into(),
+        )
+        .into()),
+    }
+}
+
+/// Clear-text xDS exposes node tokens and SVID keys to the network, so it
+/// is refused unless nothing but this host can reach the port.
+fn check_plaintext(args: &ServeArgs) -> Result<(), ConfigError> {
+    if args.xds_plaintext && !args.xds_addr.ip().is_loopback() {
+        return Err(ConfigError(format!(
+            "--xds-plaintext is refused: --xds-addr {} is not a loopback address",
+            args.xds_addr
+        )));
+    }
+    Ok(())
+}
+
+/// TLS for the xDS port, or `None` with `--xds-plaintext` (on loopback).
+fn xds_tls(args: &ServeArgs, ca: &Arc<Ca>) -> anyhow::Result<Option<XdsTls>> {
+    if args.xds_plaintext {
+        tracing::warn!(
+            "xDS is in clear text (--xds-plaintext): node tokens and SVID keys are not encrypted"
+        );
+        return Ok(None);
+    }
+    let tls = match (&args.xds_tls_cert, &args.xds_tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = XdsTls::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(cert = %cert.display(), "xDS over TLS with the given certificate");
+            tls
+        }
+        _ => {
+            let names = xds_names(args);
+            let tls = XdsTls::from_ca(ca.clone(), names.clone())
+                .map_err(|e| ConfigError(e.to_string()))?;
+            tracing::info!(names = ?names, "xDS over TLS with a certificate from the mesh CA");
+            tls
+        }
+    };
+    Ok(Some(tls))
+}
+
+fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
+    let image = format!(
+        "{}:{}",
+        args.sidecar_image_repository, args.sidecar_image_tag
+    );
+    let mut settings = Settings::new(image, args.sidecar_xds_addr.clone(), xds_trust);
+    if let Some(init) = &args.init_image {
+        settings.init_image = init.clone();
+    }
+    settings.admin_port = args.envoy_admin_access_port;
+    settings.log_level = args.sidecar_log_level.clone();
+    settings.resources = Resources {
+        cpu_request: Some(args.sidecar_cpu_requests.clone()),
+        memory_request: Some(args.sidecar_memory_requests.clone()),
+        cpu_limit: args.sidecar_cpu_limits.clone(),
+        memory_limit: args.sidecar_memory_limits.clone(),
+    };
+    settings.egress_ignored_ips = args.ignored_ips.clone();
+    settings.prestop_delay_s = args.prestop_delay;
+    settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
+    settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
+    settings.readiness_probe_period_s = args.readiness_probe_period;
+    settings
+}
+
+/// How long the certificate the mesh CA issues for the injector lives; a
+/// new one is issued at every start.
+const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// The injector's certificate: the operator's files, else one from the mesh CA.
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+    let cert = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+        }
+        _ => {
+            let issued = ca
+                .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
+                .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
+            tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
+            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+    };
+    Ok(Arc::new(cert))
 }
 
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
@@ -79,8 +230,7 @@ fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let docs =
         manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let applied = manifest::apply(&docs, |op, input| appmesh.call(op, input))
-        .map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.to_string()))?;
     tracing::info!(documents = applied.len(), "loaded specs");
     Ok(())
 }
@@ -109,9 +259,16 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<Store>> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    check_plaintext(&args)?;
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
+    let tls = xds_tls(&args, &ca)?;
+    let xds_kind = match (&tls, &args.xds_tls_cert) {
+        (None, _) => XdsTlsKind::Off,
+        (Some(_), Some(_)) => XdsTlsKind::Operator,
+        (Some(_), None) => XdsTlsKind::Mesh,
+    };
     let appmesh = AppMesh::new(
         store.clone(),
         Identity {
@@ -120,6 +277,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     load(&appmesh, &args)?;
+    let injector = match args.injector.webhook_addr {
+        Some(_) => Some((
+            webhook_cert(&args.injector, &ca)?,
+            injector_settings(&args.injector, sidecar_xds_trust(&args, xds_kind, &ca)?),
+        )),
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.api_addr)
@@ -129,18 +293,48 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on --xds-addr {}", args.xds_addr))?;
         tracing::info!(addr = %args.api_addr, data_dir = %args.data_dir.display(), "App Mesh API listening");
-        tracing::info!(addr = %args.xds_addr, "xDS (ADS) listening");
+        tracing::info!(addr = %args.xds_addr, tls = tls.is_some(), "xDS (ADS) listening");
+        let webhook_listener = match args.injector.webhook_addr {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on --webhook-addr {addr}"))?;
+                tracing::info!(%addr, "sidecar injector (HTTPS) listening");
+                Some(l)
+            }
+            None => None,
+        };
         let registry = Arc::new(Registry::default());
+        let webhook = injector.map(|(cert, settings)| {
+            (cert, Arc::new(inject::server::Webhook::new(store.clone(), settings)))
+        });
         let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
-            .with_ca(ca)
+            .with_ca(ca.clone())
             .with_token_policy(args.require_node_tokens.into());
-        let state = Arc::new(ApiState::new(appmesh, credentials, registry));
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
+            trust_domain: args.trust_domain.clone(),
+            bundle: ca.bundle_pem().to_string(),
+            xds_tls: xds_kind,
+        }));
         // Both servers stop on the same signal.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut xds_stop = stop_rx.clone();
-        let xds_task = tokio::spawn(xds::server::serve(xds_listener, xds, async move {
+        let stopped = async move {
             let _ = xds_stop.wait_for(|s| *s).await;
-        }));
+        };
+        let xds_task = match tls {
+            Some(tls) => tokio::spawn(xds::server::serve_tls(xds_listener, xds, tls, stopped)),
+            None => tokio::spawn(xds::server::serve(xds_listener, xds, stopped)),
+        };
+        let webhook_task = match (webhook_listener, webhook) {
+            (Some(l), Some((cert, webhook))) => {
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(inject::server::serve(l, cert, webhook, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })))
+            }
+            _ => None,
+        };
         let api = serve(listener, state, async move {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
@@ -149,6 +343,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         match xds_task.await {
             Ok(r) => r.context("the xDS server failed")?,
             Err(e) => return Err(anyhow::anyhow!("the xDS server task failed: {e}")),
+        }
+        if let Some(task) = webhook_task {
+            match task.await {
+                Ok(r) => r.context("the sidecar injector failed")?,
+                Err(e) => return Err(anyhow::anyhow!("the sidecar injector task failed: {e}")),
+            }
         }
         drop(stop_rx);
         Ok(())

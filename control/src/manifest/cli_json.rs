@@ -59,6 +59,7 @@ pub fn document(
         index: 1,
         kind,
         input,
+        pods: None,
     })
 }
 

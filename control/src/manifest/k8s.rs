@@ -10,6 +10,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::{Document, ManifestError, Source};
+use crate::inject::{LabelSelector, PodBinding};
 use crate::model::{Arn, Kind};
 
 const API_GROUP: &str = "appmesh.k8s.aws/";
@@ -276,12 +277,35 @@ impl<'a> Context<'a> {
         self.rewrite(&stripped, obj, path, false)
     }
 
+    /// A VirtualNode's namespace, name and `podSelector`, for the injector.
+    fn pod_binding(&self, obj: &Object<'_>, mesh: &str) -> Result<PodBinding, ManifestError> {
+        let pod_selector = match &obj.spec["podSelector"] {
+            Value::Null => None,
+            v => Some(LabelSelector::parse(v).map_err(|e| {
+                let path = if e.path.is_empty() {
+                    "spec.podSelector".to_string()
+                } else {
+                    format!("spec.podSelector.{}", e.path)
+                };
+                obj.fail(format!("{path}: {}", e.message))
+            })?),
+        };
+        Ok(PodBinding {
+            mesh_name: mesh.to_string(),
+            virtual_node_name: obj.aws_name(),
+            namespace: obj.namespace.clone(),
+            name: obj.name.clone(),
+            pod_selector,
+        })
+    }
+
     fn translate(&self, obj: &Object<'_>) -> Result<Vec<Document>, ManifestError> {
         let doc = |kind: Kind, input: Value| Document {
             file: obj.file.to_path_buf(),
             index: obj.index,
             kind,
             input,
+            pods: None,
         };
         let name = obj.aws_name();
         let spec = self.spec_for(obj, obj.kind, obj.spec, "spec")?;
@@ -297,7 +321,11 @@ impl<'a> Context<'a> {
         if obj.kind == Kind::GatewayRoute {
             input["virtualGatewayName"] = json!(self.gateway_of(obj)?);
         }
-        let mut docs = vec![doc(obj.kind, input)];
+        let mut first = doc(obj.kind, input);
+        if obj.kind == Kind::VirtualNode {
+            first.pods = Some(self.pod_binding(obj, &mesh)?);
+        }
+        let mut docs = vec![first];
         if obj.kind == Kind::VirtualRouter {
             let routes = obj.spec["routes"]
                 .as_array()
@@ -499,6 +527,24 @@ metadata: {name: cart}
             ]
         );
         let vn = &docs[1].input;
+        let pods = docs[1]
+            .pods
+            .as_ref()
+            .expect("a VirtualNode keeps its pod binding");
+        assert_eq!(
+            (pods.mesh_name.as_str(), pods.virtual_node_name.as_str()),
+            ("shop-mesh", "cart_shop")
+        );
+        assert_eq!(
+            (pods.namespace.as_str(), pods.name.as_str()),
+            ("shop", "cart")
+        );
+        let selector = pods.pod_selector.as_ref().expect("podSelector");
+        assert_eq!(
+            selector.match_labels.get("app").map(String::as_str),
+            Some("cart")
+        );
+        assert!(docs[2].pods.is_none());
         assert_eq!(vn["meshName"], "shop-mesh");
         assert_eq!(vn["virtualNodeName"], "cart_shop");
         assert!(vn["spec"].get("podSelector").is_none());
@@ -516,6 +562,21 @@ metadata: {name: cart}
         assert_eq!(
             docs[4].input["spec"]["provider"]["virtualRouter"]["virtualRouterName"],
             "cart-router_shop"
+        );
+    }
+
+    #[test]
+    fn a_bad_pod_selector_is_a_load_error_naming_the_field() {
+        let src = source(
+            "x.yaml",
+            "apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: a, namespace: n}\n\
+             spec:\n  podSelector:\n    matchExpressions: [{key: app, operator: Equals, values: [a]}]\n",
+        );
+        let err = documents(&[&src], Some("m")).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "x.yaml: document 1 (VirtualNode a): spec.podSelector.matchExpressions[0].operator: \
+             'Equals' is not In, NotIn, Exists or DoesNotExist"
         );
     }
 

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorKind};
+use crate::inject::PodBinding;
 use crate::model::Kind;
-use crate::ops::stored_spec;
+use crate::ops::{stored_spec, AppMesh};
 
 /// One resource to apply, with where it came from.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct Document {
     pub kind: Kind,
     /// The input of the resource's `Create*` operation.
     pub input: Value,
+    /// For a VirtualNode manifest: which pods it selects, for the injector.
+    pub pods: Option<PodBinding>,
 }
 
 impl Document {
@@ -192,12 +195,31 @@ pub fn load(paths: &[PathBuf], default_mesh: Option<&str>) -> Result<Vec<Documen
     Ok(documents)
 }
 
+/// Where documents go: the operations in-process (`serve --load`) or over
+/// the signed API (`apply`).
+pub trait Target {
+    /// Runs one App Mesh operation.
+    fn call(&mut self, op: &str, input: &Value) -> Result<Value, ApiError>;
+    /// Records a virtual node's pod binding; whether it changed.
+    fn put_pod_binding(&mut self, binding: &PodBinding) -> Result<bool, ApiError>;
+}
+
+impl Target for &AppMesh {
+    fn call(&mut self, op: &str, input: &Value) -> Result<Value, ApiError> {
+        AppMesh::call(self, op, input)
+    }
+
+    fn put_pod_binding(&mut self, binding: &PodBinding) -> Result<bool, ApiError> {
+        AppMesh::put_pod_binding(self, binding)
+    }
+}
+
 /// Applies documents in dependency order: each is created if absent and
-/// updated if present (`kubectl apply` semantics). `call` runs one App Mesh
-/// operation, locally or over the API. Stops at the first failure.
+/// updated if present (`kubectl apply` semantics), then its pod binding is
+/// recorded. Stops at the first failure.
 pub fn apply(
     documents: &[Document],
-    mut call: impl FnMut(&str, &Value) -> Result<Value, ApiError>,
+    target: &mut impl Target,
 ) -> Result<Vec<(Outcome, String)>, ManifestError> {
     let mut ordered: Vec<&Document> = documents.iter().collect();
     ordered.sort_by_key(|d| d.kind);
@@ -208,7 +230,7 @@ pub fn apply(
         if let Some(obj) = identity.as_object_mut() {
             obj.retain(|k, _| k.ends_with("Name"));
         }
-        let outcome = match call(&format!("Describe{kind}"), &identity) {
+        let mut outcome = match target.call(&format!("Describe{kind}"), &identity) {
             Ok(current) => {
                 let same = current[doc.kind.segment()]["spec"]
                     == stored_spec(doc.kind, doc.input.get("spec"));
@@ -219,17 +241,28 @@ pub fn apply(
                     if let Some(obj) = update.as_object_mut() {
                         obj.remove("tags");
                     }
-                    call(&format!("Update{kind}"), &update)
+                    target
+                        .call(&format!("Update{kind}"), &update)
                         .map_err(|e| doc.error(e.to_string()))?;
                     Outcome::Updated
                 }
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
-                call(&format!("Create{kind}"), &doc.input).map_err(|e| doc.error(e.to_string()))?;
+                target
+                    .call(&format!("Create{kind}"), &doc.input)
+                    .map_err(|e| doc.error(e.to_string()))?;
                 Outcome::Created
             }
             Err(e) => return Err(doc.error(e.to_string())),
         };
+        if let Some(binding) = &doc.pods {
+            let changed = target
+                .put_pod_binding(binding)
+                .map_err(|e| doc.error(e.to_string()))?;
+            if changed && outcome == Outcome::Unchanged {
+                outcome = Outcome::Updated;
+            }
+        }
         done.push((outcome, doc.label()));
     }
     Ok(done)

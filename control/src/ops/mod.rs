@@ -15,7 +15,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::model::Kind;
+use crate::inject::PodBinding;
+use crate::model::{Kind, ResourceKey};
 use crate::service_model::{validate, ServiceModel};
 use crate::store::{Store, Tx};
 
@@ -125,6 +126,26 @@ impl AppMesh {
                 )),
             },
         }
+    }
+
+    /// Records which pods select a virtual node (trellis's own
+    /// `PUT /trellis/v1/pod-selectors`); the node must exist. Whether it
+    /// changed anything.
+    pub fn put_pod_binding(&self, binding: &PodBinding) -> Result<bool, ApiError> {
+        let key = ResourceKey::in_mesh(
+            Kind::VirtualNode,
+            &binding.mesh_name,
+            &binding.virtual_node_name,
+        );
+        self.store.write(|tx| {
+            if !tx.exists(&key)? {
+                return Err(ApiError::not_found(format!(
+                    "{} does not exist",
+                    key.describe()
+                )));
+            }
+            Ok(tx.put_pod_binding(binding)?)
+        })
     }
 
     /// A write transaction honouring `clientToken`: a retry with the same

@@ -233,6 +233,9 @@ impl AppMesh {
             )));
         }
         tx.delete(&key)?;
+        if kind == Kind::VirtualNode {
+            tx.delete_pod_binding(&key.mesh, &key.name)?;
+        }
         Ok(json!({ kind.segment(): resource.data("DELETED") }))
     }
 

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS revision (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS pod_bindings (
+    mesh TEXT NOT NULL,
+    virtual_node TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pod_selector TEXT,
+    PRIMARY KEY (mesh, virtual_node)
+);
 CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
@@ -54,7 +62,7 @@ CREATE TABLE IF NOT EXISTS node_tokens (
 
 /// Bumped whenever the schema changes, so an older binary refuses a
 /// database it would misread instead of corrupting it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +86,9 @@ pub struct Snapshot {
 pub struct Store {
     conn: Mutex<Connection>,
     revision: watch::Sender<u64>,
+    /// Bumped when node tokens change, so that open ADS streams check
+    /// theirs again.
+    tokens: watch::Sender<u64>,
 }
 
 impl Store {
@@ -139,6 +150,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             revision,
+            tokens: watch::Sender::new(0),
         })
     }
 
@@ -172,6 +184,7 @@ impl Store {
         let mut tx = Tx::new(&txn);
         let out = f(&mut tx)?;
         let changed = tx.changed();
+        let tokens_changed = tx.tokens_changed();
         let revision = if changed {
             txn.execute("UPDATE revision SET value = value + 1 WHERE id = 0", [])?;
             let v: i64 =
@@ -184,7 +197,16 @@ impl Store {
         if let Some(v) = revision {
             self.revision.send_replace(u64::try_from(v).unwrap_or(0));
         }
+        if tokens_changed {
+            self.tokens.send_modify(|n| *n += 1);
+        }
         Ok(out)
+    }
+
+    /// A receiver that changes whenever a node token is issued, replaced or
+    /// revoked.
+    pub fn subscribe_tokens(&self) -> watch::Receiver<u64> {
+        self.tokens.subscribe()
     }
 
     /// A receiver whose value is the revision of the last committed change.

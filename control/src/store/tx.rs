@@ -3,6 +3,7 @@
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde_json::Value;
 
+use crate::inject::{LabelSelector, PodBinding};
 use crate::model::{Kind, Metadata, Resource, ResourceKey, Tag};
 
 const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
@@ -13,6 +14,7 @@ const COLUMNS: &str =
 pub struct Tx<'a> {
     txn: &'a Transaction<'a>,
     changed: bool,
+    tokens_changed: bool,
 }
 
 fn corrupt(what: &str) -> rusqlite::Error {
@@ -50,11 +52,17 @@ impl<'a> Tx<'a> {
         Tx {
             txn,
             changed: false,
+            tokens_changed: false,
         }
     }
 
     pub(super) fn changed(&self) -> bool {
         self.changed
+    }
+
+    /// Whether a node token was issued, replaced or revoked.
+    pub(super) fn tokens_changed(&self) -> bool {
+        self.tokens_changed
     }
 
     pub fn revision(&self) -> rusqlite::Result<u64> {
@@ -175,6 +183,57 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Records which pods select a virtual node; whether anything changed.
+    /// Bindings never change what proxies get: no revision bump.
+    pub fn put_pod_binding(&mut self, b: &PodBinding) -> rusqlite::Result<bool> {
+        let selector = b
+            .pod_selector
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|_| corrupt("pod_selector"))?;
+        let n = self.txn.execute(
+            "INSERT INTO pod_bindings (mesh, virtual_node, namespace, name, pod_selector) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (mesh, virtual_node) DO UPDATE SET \
+             namespace = excluded.namespace, name = excluded.name, pod_selector = excluded.pod_selector \
+             WHERE namespace IS NOT excluded.namespace OR name IS NOT excluded.name \
+             OR pod_selector IS NOT excluded.pod_selector",
+            params![b.mesh_name, b.virtual_node_name, b.namespace, b.name, selector],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn delete_pod_binding(&mut self, mesh: &str, virtual_node: &str) -> rusqlite::Result<()> {
+        self.txn.execute(
+            "DELETE FROM pod_bindings WHERE mesh = ?1 AND virtual_node = ?2",
+            params![mesh, virtual_node],
+        )?;
+        Ok(())
+    }
+
+    pub fn pod_bindings(&self) -> rusqlite::Result<Vec<PodBinding>> {
+        let mut stmt = self.txn.prepare(
+            "SELECT mesh, virtual_node, namespace, name, pod_selector FROM pod_bindings \
+             ORDER BY mesh, virtual_node",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let selector: Option<String> = r.get(4)?;
+            let pod_selector = selector
+                .map(|s| serde_json::from_str::<LabelSelector>(&s))
+                .transpose()
+                .map_err(|_| corrupt("pod_selector"))?;
+            Ok(PodBinding {
+                mesh_name: r.get(0)?,
+                virtual_node_name: r.get(1)?,
+                namespace: r.get(2)?,
+                name: r.get(3)?,
+                pod_selector,
+            })
+        })?;
+        rows.collect()
+    }
+
     /// The digest and response recorded for a client token, if any.
     pub fn idempotent_reply(
         &self,
@@ -223,6 +282,7 @@ impl<'a> Tx<'a> {
             "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at) VALUES (?1, ?2, ?3)",
             rusqlite::params![node_id, sha256, at],
         )?;
+        self.tokens_changed = true;
         Ok(())
     }
 
@@ -234,6 +294,7 @@ impl<'a> Tx<'a> {
             "UPDATE node_tokens SET sha256 = '' WHERE node_id = ?1 AND sha256 != ''",
             [node_id],
         )?;
+        self.tokens_changed |= n > 0;
         Ok(n > 0)
     }
 

@@ -4,4 +4,5 @@
 pub mod registry;
 pub mod server;
 pub mod spec;
+pub mod tls;
 pub mod translate;

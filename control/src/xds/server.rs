@@ -227,7 +227,7 @@ impl Peer {
             Err(e) => {
                 tracing::error!(error = %e, node = %id.render(), "cannot issue an SVID");
                 if let Some(s) = &mut self.svid {
-                    s.renew_at = SystemTime::now() + std::time::Duration::from_secs(60);
+                    s.cert.renew_at = SystemTime::now() + std::time::Duration::from_secs(60);
                 }
             }
         }
@@ -235,7 +235,7 @@ impl Peer {
 
     /// When this stream's SVID is due for renewal, if it has one.
     fn renew_at(&self) -> Option<SystemTime> {
-        self.svid.as_ref().map(|s| s.renew_at)
+        self.svid.as_ref().map(|s| s.cert.renew_at)
     }
 
     /// The SDS resources: this proxy's SVID and the trust bundle.
@@ -246,8 +246,8 @@ impl Peer {
         let certificate = serde_json::json!({
             "name": SVID_SECRET,
             "tls_certificate": {
-                "certificate_chain": {"inline_string": svid.cert_pem},
-                "private_key": {"inline_string": svid.key_pem},
+                "certificate_chain": {"inline_string": svid.cert.cert_pem},
+                "private_key": {"inline_string": svid.cert.key_pem},
             },
         });
         let bundle = serde_json::json!({
@@ -322,13 +322,15 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
-        let mut token = bearer_token(&request);
+        let token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
         let ca = self.ca.clone();
         let xds = self.clone();
+        let mut tokens = self.store.subscribe_tokens();
         tokio::spawn(async move {
+            let mut node_id: Option<String> = None;
             let mut stream = Sotw::default();
             let mut guard = None;
             loop {
@@ -340,10 +342,11 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
-                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                if let Err(status) = xds.authorize(&node.id, token.clone()).await {
                                     let _ = tx.send(Err(status)).await;
                                     break;
                                 }
+                                node_id = Some(node.id.clone());
                                 let peer = Peer::new(&registry, ca.clone(), node, addr, false);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
@@ -364,6 +367,21 @@ impl AggregatedDiscoveryService for Xds {
                         let Some(peer) = &stream.peer else { continue };
                         stream.current = peer.resources(&state.borrow_and_update());
                         stream.push_changed(&registry)
+                    }
+                    // A token was issued or revoked: if this stream's token
+                    // is no longer its node's, the stream ends. (A stream
+                    // admitted without one, before any token existed, runs
+                    // on: issuing the first token cuts no proxy off.)
+                    changed = tokens.changed(), if node_id.is_some() && token.is_some() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let id = node_id.as_deref().unwrap_or_default();
+                        if let Err(status) = xds.authorize(id, token.clone()).await {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                        Vec::new()
                     }
                     () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
                         let Some(peer) = &mut stream.peer else { continue };
@@ -388,13 +406,15 @@ impl AggregatedDiscoveryService for Xds {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let addr = request.remote_addr();
-        let mut token = bearer_token(&request);
+        let token = bearer_token(&request);
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (registry, mut state) = (self.registry.clone(), self.state.clone());
         let ca = self.ca.clone();
         let xds = self.clone();
+        let mut tokens = self.store.subscribe_tokens();
         tokio::spawn(async move {
+            let mut node_id: Option<String> = None;
             let mut stream = Delta::default();
             let mut guard = None;
             loop {
@@ -406,10 +426,11 @@ impl AggregatedDiscoveryService for Xds {
                                     let _ = tx.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
                                     break;
                                 };
-                                if let Err(status) = xds.authorize(&node.id, token.take()).await {
+                                if let Err(status) = xds.authorize(&node.id, token.clone()).await {
                                     let _ = tx.send(Err(status)).await;
                                     break;
                                 }
+                                node_id = Some(node.id.clone());
                                 let peer = Peer::new(&registry, ca.clone(), node, addr, true);
                                 guard = Some(Disconnect(registry.clone(), peer.conn));
                                 stream.current = peer.resources(&state.borrow_and_update());
@@ -430,6 +451,21 @@ impl AggregatedDiscoveryService for Xds {
                         let Some(peer) = &stream.peer else { continue };
                         stream.current = peer.resources(&state.borrow_and_update());
                         stream.push_changed(&registry)
+                    }
+                    // A token was issued or revoked: if this stream's token
+                    // is no longer its node's, the stream ends. (A stream
+                    // admitted without one, before any token existed, runs
+                    // on: issuing the first token cuts no proxy off.)
+                    changed = tokens.changed(), if node_id.is_some() && token.is_some() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let id = node_id.as_deref().unwrap_or_default();
+                        if let Err(status) = xds.authorize(id, token.clone()).await {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                        Vec::new()
                     }
                     () = renewal(stream.peer.as_ref().and_then(Peer::renew_at)) => {
                         let Some(peer) = &mut stream.peer else { continue };
@@ -720,7 +756,8 @@ impl Delta {
     }
 }
 
-/// Serves ADS on `listener` until `shutdown` resolves.
+/// Serves ADS in clear text on `listener` until `shutdown` resolves: for a
+/// loopback address (`--xds-plaintext`) and in-process tests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     xds: Xds,
@@ -732,5 +769,18 @@ pub async fn serve(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
+        .await
+}
+
+/// [`serve`] over TLS.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    xds: Xds,
+    tls: super::tls::XdsTls,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(xds.service())
+        .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await
 }

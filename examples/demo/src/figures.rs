@@ -1,6 +1,7 @@
 //! Per-hop figures read from each proxy's admin `/stats`, Envoy's names:
-//! requests in (`http.*.downstream_rq_total`), requests out
-//! (`cluster.*.upstream_rq_total`), and mTLS handshakes.
+//! requests taken in by each connection manager
+//! (`http.PREFIX.downstream_rq_total`; a sidecar's inbound prefix starts
+//! with `ingress`, its outbound one with `egress`).
 
 use std::collections::BTreeMap;
 
@@ -35,16 +36,6 @@ impl Stats {
     pub fn requests_in(&self, prefix: &str) -> u64 {
         self.sum(|k| {
             k.starts_with(&format!("http.{prefix}")) && k.ends_with(".downstream_rq_total")
-        })
-    }
-
-    /// Requests sent to a cluster whose name contains `part`.
-    pub fn requests_to(&self, part: &str) -> u64 {
-        self.sum(|k| {
-            k.starts_with("cluster.")
-                && k.ends_with(".upstream_rq_total")
-                && k.contains(part)
-                && !k.contains("xds_cluster")
         })
     }
 }

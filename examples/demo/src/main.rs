@@ -172,10 +172,18 @@ async fn start(
         ),
     ];
     for (kind, name, ports) in nodes {
-        // App Mesh mode: the variables App Mesh's Envoy image read, no file.
+        // App Mesh mode: the variables App Mesh's Envoy image read, no file;
+        // xDS over TLS, trusting the CA trellis-control made in its data dir.
         let env = [
             ("APPMESH_RESOURCE_ARN", format!("mesh/demo/{kind}/{name}")),
             ("TRELLIS_XDS_ADDR", xds.clone()),
+            (
+                "TRELLIS_XDS_CA_FILE",
+                data.join("ca")
+                    .join("ca.pem")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             ("ENVOY_ADMIN_ACCESS_PORT", ports.admin.to_string()),
             ("APPMESH_ENVOY_INGRESS_PORT", ports.ingress.to_string()),
             ("APPMESH_ENVOY_EGRESS_PORT", ports.egress.to_string()),
@@ -282,7 +290,7 @@ async fn report(
         "        hops: gateway in {} -> frontend sidecar in {} (mTLS) out {} -> backend-v1 sidecar in {} / backend-v2 sidecar in {} (mTLS)",
         n(&gw, &|s| s.requests_in("")),
         n(&fe, &|s| s.requests_in("ingress")),
-        n(&fe, &|s| s.requests_to("cds_egress_")),
+        n(&fe, &|s| s.requests_in("egress")),
         n(&v1, &|s| s.requests_in("ingress")),
         n(&v2, &|s| s.requests_in("ingress")),
     );

@@ -229,13 +229,15 @@ impl http_body::Body for ResponseCounter {
                     self.done();
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
+                // The stream idle timeout ends a body with its own error.
+                let flag = if e.is::<crate::body::StreamIdleTimeout>() {
+                    crate::http::ResponseFlags::STREAM_IDLE_TIMEOUT
+                } else {
+                    crate::http::ResponseFlags::UPSTREAM_CONNECTION_TERMINATION
+                };
                 if let Some(s) = self.state.as_mut() {
-                    s.finish
-                        .record
-                        .info
-                        .flags
-                        .set(crate::http::ResponseFlags::UPSTREAM_CONNECTION_TERMINATION);
+                    s.finish.record.info.flags.set(flag);
                 }
                 self.done();
             }

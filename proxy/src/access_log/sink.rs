@@ -161,3 +161,23 @@ fn write_loop(mut out: Output, rx: Receiver<String>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that has stopped (a stuck disk, a pipe nobody reads) fills
+    /// the queue; further lines are dropped and counted, never waited for.
+    #[test]
+    fn a_full_queue_drops_lines_without_blocking() {
+        let (tx, _stuck) = sync_channel(2);
+        let sink = Sink { tx };
+        let before = stats().write_dropped.get();
+        let started = std::time::Instant::now();
+        for i in 0..5 {
+            sink.send(format!("line {i}\n"));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(stats().write_dropped.get() - before >= 3);
+    }
+}

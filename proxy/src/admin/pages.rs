@@ -29,19 +29,14 @@ fn server_stats(s: &Shared) -> impl Fn(&mut dyn Visitor) + '_ {
             "state",
             if s.live.load(Ordering::Relaxed) { 0 } else { 2 },
         );
-        v.gauge(&scope, "memory_allocated", resident_bytes());
+        v.gauge(
+            &scope,
+            "memory_allocated",
+            crate::overload::resident_bytes(),
+        );
         crate::access_log::visit_stats(v);
         crate::tracing_ctx::otlp::visit_stats(v);
     }
-}
-
-/// Resident memory from `/proc/self/statm`: trellis uses the system
-/// allocator, which keeps no allocated-bytes figure like Envoy's tcmalloc.
-fn resident_bytes() -> i64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
-        .map_or(0, |pages| pages * 4096)
 }
 
 pub fn stats(s: &Shared, query: &str) -> Response<Body> {

@@ -2,7 +2,9 @@
 //! read instead. `APPMESH_RESOURCE_ARN` names the virtual node or gateway,
 //! `TRELLIS_XDS_ADDR` the control plane; the bootstrap built from them is the
 //! one `trellis-control bootstrap` prints, so both paths meet the same
-//! control plane the same way.
+//! control plane the same way: over TLS, trusting `TRELLIS_XDS_CA` (PEM) or
+//! `TRELLIS_XDS_CA_FILE`, or in clear text only when `TRELLIS_XDS_PLAINTEXT`
+//! says so.
 
 use serde_json::{json, Map, Value};
 
@@ -25,6 +27,65 @@ pub enum AppMeshEnvError {
     },
     #[error("TRELLIS_XDS_TOKEN_FILE {path}: {why}")]
     TokenFile { path: String, why: String },
+    #[error("TRELLIS_XDS_CA or TRELLIS_XDS_CA_FILE is required with APPMESH_RESOURCE_ARN: trellis-control serves xDS over TLS (TRELLIS_XDS_PLAINTEXT=1 for one started with --xds-plaintext)")]
+    MissingTrust,
+}
+
+/// How the proxy trusts the xDS server.
+enum XdsTrust {
+    /// PEM CA certificates, inline.
+    Inline(String),
+    File(String),
+    Plaintext,
+}
+
+fn xds_trust(env: &dyn Fn(&str) -> Option<String>) -> Result<XdsTrust, AppMeshEnvError> {
+    let plaintext = match env("TRELLIS_XDS_PLAINTEXT").as_deref().map(str::trim) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(AppMeshEnvError::Bad {
+                var: "TRELLIS_XDS_PLAINTEXT",
+                value: other.to_string(),
+                why: "expected 1, true, 0 or false",
+            })
+        }
+    };
+    match (env("TRELLIS_XDS_CA"), env("TRELLIS_XDS_CA_FILE"), plaintext) {
+        (Some(_), _, true) | (_, Some(_), true) => Err(AppMeshEnvError::Bad {
+            var: "TRELLIS_XDS_PLAINTEXT",
+            value: "1".into(),
+            why: "contradicts TRELLIS_XDS_CA / TRELLIS_XDS_CA_FILE",
+        }),
+        (Some(pem), _, false) => Ok(XdsTrust::Inline(pem)),
+        (None, Some(path), false) => Ok(XdsTrust::File(path)),
+        (None, None, true) => Ok(XdsTrust::Plaintext),
+        (None, None, false) => Err(AppMeshEnvError::MissingTrust),
+    }
+}
+
+/// The xDS cluster's `UpstreamTlsContext`, as `trellis-control bootstrap`
+/// writes it: ALPN h2, only the given CAs trusted, and the dialled host
+/// required among the server's SANs (an IP as IP SAN, a name as DNS SAN and SNI).
+fn xds_tls(host: &str, trusted_ca: Value) -> Value {
+    let (san_type, name) = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ("IP_ADDRESS", ip.to_string()),
+        Err(_) => ("DNS", host.to_string()),
+    };
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": trusted_ca,
+                "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+            },
+        },
+    });
+    if san_type == "DNS" {
+        ctx["sni"] = json!(name);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": ctx})
 }
 
 /// The node id (`mesh/M/virtualNode/N`) and the name, from a full ARN or
@@ -159,15 +220,14 @@ pub fn bootstrap_json(
             },
         },
     });
-    if let Some(ca) = env("TRELLIS_XDS_CA_FILE") {
-        cluster["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
-                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": ca}}},
-            },
-        });
+    match xds_trust(env)? {
+        XdsTrust::Inline(pem) => {
+            cluster["transport_socket"] = xds_tls(&host, json!({"inline_string": pem}))
+        }
+        XdsTrust::File(path) => {
+            cluster["transport_socket"] = xds_tls(&host, json!({"filename": path}))
+        }
+        XdsTrust::Plaintext => {}
     }
     let mut metadata = Map::new();
     metadata.insert(META_INGRESS_PORT.into(), json!(ingress));
@@ -212,6 +272,7 @@ mod tests {
             let text = bootstrap_json(&env(&[
                 ("APPMESH_RESOURCE_ARN", arn),
                 ("TRELLIS_XDS_ADDR", "127.0.0.1:18000"),
+                ("TRELLIS_XDS_PLAINTEXT", "1"),
             ]))
             .expect("valid env")
             .expect("App Mesh mode");
@@ -253,10 +314,53 @@ mod tests {
         assert_eq!(grpc["initial_metadata"][0]["value"], "Bearer secret-token");
         let cluster = &doc["static_resources"]["clusters"][0];
         assert_eq!(cluster["type"], "STRICT_DNS");
+        let tls = &cluster["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "control.mesh.svc");
+        let common = &tls["common_tls_context"];
+        assert_eq!(common["alpn_protocols"], json!(["h2"]));
         assert_eq!(
-            cluster["transport_socket"]["typed_config"]["sni"],
-            "control.mesh.svc"
+            common["validation_context"]["trusted_ca"]["filename"],
+            "/etc/trellis/ca.pem"
         );
+        assert_eq!(
+            common["validation_context"]["match_typed_subject_alt_names"][0],
+            json!({"san_type": "DNS", "matcher": {"exact": "control.mesh.svc"}})
+        );
+    }
+
+    #[test]
+    fn xds_trust_is_an_inline_bundle_a_file_or_explicit_plaintext() {
+        let base = [
+            ("APPMESH_RESOURCE_ARN", "mesh/m/virtualNode/n"),
+            ("TRELLIS_XDS_ADDR", "10.0.0.5:18000"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let vars: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+            bootstrap_json(&env(&vars)).map(|t| {
+                let doc: Value = serde_json::from_str(&t.expect("App Mesh mode")).expect("JSON");
+                doc["static_resources"]["clusters"][0]["transport_socket"].clone()
+            })
+        };
+        let inline = with(&[("TRELLIS_XDS_CA", "-----BEGIN CERTIFICATE-----\n")]).expect("valid");
+        let ctx = &inline["typed_config"];
+        assert_eq!(
+            ctx["common_tls_context"]["validation_context"]["trusted_ca"]["inline_string"],
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+        assert_eq!(
+            ctx["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]
+                ["san_type"],
+            "IP_ADDRESS"
+        );
+        assert!(ctx.get("sni").is_none(), "no SNI for an IP");
+        assert_eq!(with(&[("TRELLIS_XDS_PLAINTEXT", "true")]), Ok(Value::Null));
+        assert_eq!(with(&[]), Err(AppMeshEnvError::MissingTrust));
+        assert!(with(&[
+            ("TRELLIS_XDS_PLAINTEXT", "1"),
+            ("TRELLIS_XDS_CA_FILE", "/ca.pem")
+        ])
+        .is_err());
+        assert!(with(&[("TRELLIS_XDS_PLAINTEXT", "yes")]).is_err());
     }
 
     #[test]
@@ -289,6 +393,7 @@ mod tests {
                 &[
                     ("APPMESH_RESOURCE_ARN", "mesh/m/virtualNode/n"),
                     ("TRELLIS_XDS_ADDR", "h:1"),
+                    ("TRELLIS_XDS_PLAINTEXT", "1"),
                     ("APPMESH_ENVOY_INGRESS_PORT", "0"),
                 ],
                 "APPMESH_ENVOY_INGRESS_PORT",

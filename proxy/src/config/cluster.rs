@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     pub outlier: Option<super::resilience::Outlier>,
     pub health_check: Option<super::resilience::HealthCheckConfig>,
     pub lb: super::resilience::LbOptions,
+    /// The App Mesh virtual node behind this cluster (`trellis.appmesh`
+    /// metadata), for per-peer stats.
+    pub appmesh_virtual_node: Option<Arc<str>>,
     pub proto: Cluster,
     pub fingerprint: Vec<u8>,
 }
@@ -206,6 +209,10 @@ impl ClusterConfig {
             }
         };
         Ok(ClusterConfig {
+            appmesh_virtual_node: crate::stats::appmesh::metadata_name(
+                proto.metadata.as_ref(),
+                "virtual_node",
+            ),
             name: Arc::from(proto.name.as_str()),
             discovery,
             connect_timeout,
@@ -227,6 +234,16 @@ impl ClusterConfig {
 
 #[allow(deprecated)]
 fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
+    if proto
+        .http2_protocol_options
+        .as_ref()
+        .is_some_and(|h2| h2.max_outbound_control_frames.is_some())
+    {
+        return Err(ConfigError::new(
+            "http2_protocol_options.max_outbound_control_frames",
+            "not supported by trellis for upstream connections",
+        ));
+    }
     let mut protocol = if proto.http2_protocol_options.is_some() {
         UpstreamProtocol::Http2
     } else {
@@ -244,6 +261,29 @@ fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
         }
         let opts: HttpProtocolOptions =
             xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+        // Downstream limits that share these messages with the HCM.
+        if opts
+            .common_http_protocol_options
+            .as_ref()
+            .is_some_and(|c| c.max_requests_per_connection.is_some())
+        {
+            return Err(ConfigError::new(
+                format!("{path}.common_http_protocol_options.max_requests_per_connection"),
+                "not supported by trellis for upstream connections",
+            ));
+        }
+        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) =
+            &opts.upstream_protocol_options
+        {
+            if let Some(ProtocolConfig::Http2ProtocolOptions(h2)) = &cfg.protocol_config {
+                if h2.max_outbound_control_frames.is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.explicit_http_config.http2_protocol_options.max_outbound_control_frames"),
+                        "not supported by trellis for upstream connections",
+                    ));
+                }
+            }
+        }
         protocol = match opts.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) => match cfg.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,

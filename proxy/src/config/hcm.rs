@@ -19,6 +19,9 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Envoy waits for a request head for ever unless told otherwise; an edge
+/// proxy must not, so trellis bounds it when the field is absent.
+const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct HcmConfig {
@@ -36,6 +39,9 @@ pub struct HcmConfig {
     pub drain_timeout: Duration,
     pub max_request_headers_kb: u32,
     pub max_headers_count: u32,
+    /// `common_http_protocol_options.max_requests_per_connection`.
+    pub max_requests_per_connection: Option<u32>,
+    pub http2: Http2Limits,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
@@ -56,6 +62,73 @@ pub struct HcmConfig {
     pub tracing: Option<crate::tracing_ctx::TracingConfig>,
     /// The HTTP filters before the router, in chain order.
     pub filters: Vec<crate::filters::HttpFilter>,
+}
+
+/// `http2_protocol_options` for downstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    /// PING and SETTINGS frames a peer may send in one second.
+    pub max_control_frames: u32,
+}
+
+impl Http2Limits {
+    /// Envoy allows 2^31-1 streams and 256 MiB windows per stream and
+    /// connection; trellis bounds what one client can make it hold (each
+    /// open stream may pin a header list of up to `max_request_headers_kb`).
+    pub const DEFAULT: Http2Limits = Http2Limits {
+        max_concurrent_streams: 100,
+        initial_stream_window_size: 1 << 20,
+        initial_connection_window_size: 4 << 20,
+        max_control_frames: 1000,
+    };
+
+    fn compile(
+        o: Option<&xds_protos::envoy::config::core::v3::Http2ProtocolOptions>,
+    ) -> Result<Http2Limits, ConfigError> {
+        let d = Http2Limits::DEFAULT;
+        let Some(o) = o else { return Ok(d) };
+        let window = |v: Option<u32>, default: u32, field: &str| match v {
+            None => Ok(default),
+            Some(w) if (65_535..=2_147_483_647).contains(&w) => Ok(w),
+            Some(_) => Err(ConfigError::new(
+                format!("http2_protocol_options.{field}"),
+                "must be between 65535 and 2147483647",
+            )),
+        };
+        let positive = |v: Option<u32>, default: u32, field: &str| match v {
+            None => Ok(default),
+            Some(n) if (1..=2_147_483_647).contains(&n) => Ok(n),
+            Some(_) => Err(ConfigError::new(
+                format!("http2_protocol_options.{field}"),
+                "must be between 1 and 2147483647",
+            )),
+        };
+        Ok(Http2Limits {
+            max_concurrent_streams: positive(
+                o.max_concurrent_streams,
+                d.max_concurrent_streams,
+                "max_concurrent_streams",
+            )?,
+            initial_stream_window_size: window(
+                o.initial_stream_window_size,
+                d.initial_stream_window_size,
+                "initial_stream_window_size",
+            )?,
+            initial_connection_window_size: window(
+                o.initial_connection_window_size,
+                d.initial_connection_window_size,
+                "initial_connection_window_size",
+            )?,
+            max_control_frames: positive(
+                o.max_outbound_control_frames,
+                d.max_control_frames,
+                "max_outbound_control_frames",
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +233,16 @@ impl HcmConfig {
             "common_http_protocol_options.idle_timeout",
         )?;
         let max_headers_count = common.and_then(|c| c.max_headers_count).unwrap_or(100);
+        if max_headers_count == 0 {
+            return Err(ConfigError::new(
+                "common_http_protocol_options.max_headers_count",
+                "must be at least 1",
+            ));
+        }
+        // 0 is "no limit", as Envoy reads it.
+        let max_requests_per_connection = common
+            .and_then(|c| c.max_requests_per_connection)
+            .filter(|n| *n > 0);
         let max_request_headers_kb = h
             .max_request_headers_kb
             .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS_KB);
@@ -216,7 +299,7 @@ impl HcmConfig {
             )?,
             request_headers_timeout: duration::timeout(
                 h.request_headers_timeout.as_ref(),
-                None,
+                Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
                 "request_headers_timeout",
             )?,
             drain_timeout: duration::timeout(
@@ -227,6 +310,8 @@ impl HcmConfig {
             .unwrap_or(Duration::ZERO),
             max_request_headers_kb,
             max_headers_count,
+            max_requests_per_connection,
+            http2: Http2Limits::compile(h.http2_protocol_options.as_ref())?,
             use_remote_address: h.use_remote_address.unwrap_or(false),
             xff_num_trusted_hops: h.xff_num_trusted_hops,
             skip_xff_append: h.skip_xff_append,

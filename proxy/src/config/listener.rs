@@ -13,6 +13,7 @@ use xds_protos::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use xds_protos::type_url;
 
 use super::address::bind_address;
+use super::connection_limit::{ConnectionLimitConfig, TYPE_URL as CONNECTION_LIMIT};
 use super::hcm::HcmConfig;
 use super::listener_filters::ListenerFilters;
 use super::tcp_proxy::TcpProxyConfig;
@@ -44,6 +45,8 @@ pub struct ChainConfig {
     pub terminal: Terminal,
     /// The chain's `DownstreamTlsContext`: TLS is terminated before the terminal filter.
     pub tls: Option<Arc<ServerTls>>,
+    /// `envoy.filters.network.connection_limit` ahead of the terminal filter.
+    pub connection_limit: Option<ConnectionLimitConfig>,
 }
 
 /// How long the TLS inspector waits for a ClientHello, and what happens then.
@@ -279,11 +282,29 @@ fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
             "a filter chain needs a terminal filter",
         ));
     };
-    if let Some(f) = rest.first() {
-        return Err(ConfigError::new(
-            "filters[0]",
-            format!("network filter '{}' is not supported by trellis", f.name),
-        ));
+    let mut connection_limit = None;
+    for (i, f) in rest.iter().enumerate() {
+        let any = match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) if any.type_url == CONNECTION_LIMIT => any,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("filters[{i}]"),
+                    format!(
+                    "network filter '{}' is not supported by trellis before the terminal filter",
+                    f.name
+                ),
+                ))
+            }
+        };
+        let path = format!("filters[{i}].typed_config");
+        if connection_limit.is_some() {
+            return Err(ConfigError::new(
+                path,
+                "only one connection_limit filter per chain is supported by trellis",
+            ));
+        }
+        let c = xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
+        connection_limit = Some(ConnectionLimitConfig::compile(&c).map_err(|e| e.at(&path))?);
     }
     let i = fc.filters.len() - 1;
     let path = format!("filters[{i}].typed_config");
@@ -315,5 +336,6 @@ fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
         matcher,
         terminal,
         tls,
+        connection_limit,
     })
 }

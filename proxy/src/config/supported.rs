@@ -57,7 +57,11 @@ pub struct Ignored {
     pub reason: &'static str,
 }
 
-const NETWORK_FILTERS: &[&str] = &[type_url::HTTP_CONNECTION_MANAGER, type_url::TCP_PROXY];
+const NETWORK_FILTERS: &[&str] = &[
+    type_url::HTTP_CONNECTION_MANAGER,
+    type_url::TCP_PROXY,
+    super::connection_limit::TYPE_URL,
+];
 const HTTP_FILTERS: &[&str] = &[
     type_url::ROUTER,
     "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
@@ -80,6 +84,10 @@ const ACCESS_LOGGERS: &[&str] = &[
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
 ];
 const TRACERS: &[&str] = &["type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"];
+const RESOURCE_MONITORS: &[&str] = &[
+    "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+];
 
 const API_VERSIONS: Rule = Rule::Values(&["V3"]);
 const TLS_VERSIONS: Rule = Rule::Values(&["TLS_AUTO", "TLSv1_2", "TLSv1_3"]);
@@ -95,7 +103,41 @@ pub static SUPPORTED: &[Entry] = &[
             ("admin", Walk),
             ("static_resources", Walk),
             ("dynamic_resources", Walk),
+            ("overload_manager", Walk),
         ],
+    },
+    // Overload manager (see `crate::overload`)
+    Entry {
+        message: "envoy.config.overload.v3.OverloadManager",
+        fields: &[
+            ("refresh_interval", Walk),
+            ("resource_monitors", Walk),
+            ("actions", Walk),
+        ],
+    },
+    Entry {
+        message: "envoy.config.overload.v3.ResourceMonitor",
+        fields: &[("name", Walk), ("typed_config", Extension(RESOURCE_MONITORS))],
+    },
+    Entry {
+        message: "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+        fields: &[("max_heap_size_bytes", Walk)],
+    },
+    Entry {
+        message: "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        fields: &[("max_active_downstream_connections", Walk)],
+    },
+    Entry {
+        message: "envoy.config.overload.v3.OverloadAction",
+        fields: &[("name", Walk), ("triggers", Walk)],
+    },
+    Entry {
+        message: "envoy.config.overload.v3.Trigger",
+        fields: &[("name", Walk), ("threshold", Walk)],
+    },
+    Entry {
+        message: "envoy.config.overload.v3.ThresholdTrigger",
+        fields: &[("value", Walk)],
     },
     Entry {
         message: "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
@@ -225,6 +267,10 @@ pub static SUPPORTED: &[Entry] = &[
         message: "envoy.config.core.v3.TransportSocket",
         fields: &[("name", Walk), ("typed_config", Extension(TRANSPORT_SOCKETS))],
     },
+    Entry {
+        message: "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        fields: &[("stat_prefix", Walk), ("max_connections", Walk), ("delay", Walk)],
+    },
     // Access logs
     Entry {
         message: "envoy.config.accesslog.v3.AccessLog",
@@ -341,6 +387,7 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("idle_timeout", Walk),
             ("max_headers_count", Walk),
+            ("max_requests_per_connection", Walk),
             ("max_stream_duration", Walk),
             ("headers_with_underscores_action", Walk),
             ("max_connection_duration", Walk),
@@ -357,6 +404,7 @@ pub static SUPPORTED: &[Entry] = &[
             ("initial_stream_window_size", Walk),
             ("initial_connection_window_size", Walk),
             ("allow_connect", Walk),
+            ("max_outbound_control_frames", Walk),
         ],
     },
     // Tracing
@@ -504,6 +552,7 @@ pub static SUPPORTED: &[Entry] = &[
             ("upstream_connection_options", Walk),
             ("ignore_health_on_host_removal", Walk),
             ("close_connections_on_host_health_failure", Walk),
+            ("metadata", Opaque),
         ],
     },
     Entry {

@@ -14,12 +14,15 @@ macro_rules! flags {
     };
 }
 
+// Listed in the order `%RESPONSE_FLAGS%` prints them. Envoy prints flags in
+// the order they were set, and it sets URX before the failure that ended the
+// last try: `URX,UF`, `URX,UT`.
 flags! {
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = 4, "URX";
     NO_ROUTE_FOUND = 0, "NR";
     NO_HEALTHY_UPSTREAM = 1, "UH";
     UPSTREAM_CONNECTION_FAILURE = 2, "UF";
     UPSTREAM_REQUEST_TIMEOUT = 3, "UT";
-    UPSTREAM_RETRY_LIMIT_EXCEEDED = 4, "URX";
     UPSTREAM_CONNECTION_TERMINATION = 5, "UC";
     DOWNSTREAM_CONNECTION_TERMINATION = 6, "DC";
     UPSTREAM_REMOTE_RESET = 7, "UR";
@@ -77,6 +80,6 @@ mod tests {
         assert_eq!(f.to_string(), "-");
         f.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         f.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-        assert_eq!(f.to_string(), "UF,URX");
+        assert_eq!(f.to_string(), "URX,UF");
     }
 }

@@ -17,6 +17,8 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::head_timer::HeadTimer;
+
 /// Ends a head that hyper has not seen the end of yet so that hyper parses it
 /// at once and fails: the NUL sits where the blank line's LF or a header name
 /// must be, and the blank line after it satisfies hyper's end-of-head scan.
@@ -31,6 +33,7 @@ const BAD: u8 = 0;
 pub struct H1Guard<T> {
     inner: T,
     framer: Framer,
+    head_timer: Option<HeadTimer>,
 }
 
 impl<T> H1Guard<T> {
@@ -41,11 +44,19 @@ impl<T> H1Guard<T> {
         H1Guard {
             inner,
             framer: Framer { state },
+            head_timer: None,
         }
+    }
+
+    /// Enforces `request_headers_timeout` on each request head.
+    pub fn with_head_timer(mut self, timer: Option<HeadTimer>) -> H1Guard<T> {
+        self.head_timer = timer;
+        self
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+/// Writing is needed for the head timer's 408.
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -61,20 +72,36 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             _ => {}
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending() {
+            let timer = this.head_timer.as_mut();
+            if let Some(e) = timer.and_then(|t| t.poll_expired(&mut this.inner, cx)) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        ready!(read)?;
         this.framer.inspect(buf, before);
+        if let Some(t) = this.head_timer.as_mut() {
+            t.track(matches!(this.framer.state, State::Head(_)));
+        }
         Poll::Ready(Ok(()))
     }
 }
 
-/// Writes are the proxy's responses: nothing to follow there.
+/// Writes are the proxy's responses: nothing to follow there but whether
+/// they reached the socket, for the head timer's 408.
 impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (Some(t), Poll::Ready(Ok(n))) = (this.head_timer.as_mut(), &r) {
+            t.wrote(*n);
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -82,7 +109,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Some(t), Poll::Ready(Ok(n))) = (this.head_timer.as_mut(), &r) {
+            t.wrote(*n);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -90,7 +122,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if let (Some(t), Poll::Ready(Ok(()))) = (this.head_timer.as_mut(), &r) {
+            t.flushed();
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

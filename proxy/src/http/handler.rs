@@ -44,7 +44,7 @@ impl Hcm {
         let mut record = Record {
             info: StreamInfo::new(info.peer, Some(info.local)),
             saved: None,
-            trace: self.tracer.is_some().then(|| Trace::start(req.headers())),
+            trace: None,
         };
         record.info.protocol = Some(req.version());
         record.info.downstream_peer_uri_san = info
@@ -53,6 +53,9 @@ impl Hcm {
             .filter(|t| t.verified)
             .and_then(|t| t.uri_san.clone());
         let (parts, body) = req.into_parts();
+        if let (Some(_), Some(t)) = (&self.tracer, &self.config.tracing) {
+            record.trace = Some(Trace::start(&parts, info.scheme, &t.sampling));
+        }
         let limit = self.config.max_request_headers_kb as usize * 1024;
         if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
             let mut resp = reply(status, "", false);
@@ -100,6 +103,13 @@ impl Hcm {
         }
         stats.downstream_rq.record(resp.status().as_u16());
         stats.downstream_rq_active.dec();
+        if let (Some(mesh), true) = (&self.mesh, self.inbound) {
+            mesh.downstream(
+                record.info.downstream_peer_uri_san.as_deref(),
+                resp.status().as_u16(),
+                record.info.started.elapsed(),
+            );
+        }
         record.info.flags.set(flags);
         record.info.response_code = Some(resp.status().as_u16());
         access_log::finish_response(
@@ -376,10 +386,6 @@ impl Hcm {
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
-        if let Some(t) = &mut record.trace {
-            t.inject(&mut parts.headers);
-            t.client_start = Some(std::time::SystemTime::now());
-        }
         // Access logs and response header values read the request as sent.
         if record.saved.is_some() || matched.response_reads_request() {
             record.saved = Some(SavedRequest::new(parts, info.scheme));
@@ -411,33 +417,55 @@ impl Hcm {
                 .hash_policy
                 .hash(&parts.headers, parts.uri.query(), info.peer.ip())
         };
+        // A route's idle_timeout overrides the connection manager's; zero disables.
+        let idle = match f.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => self.config.stream_idle_timeout,
+        };
+        let head = std::mem::replace(parts, Request::new(()).into_parts().0);
+        let attempt = Attempt {
+            retry,
+            timeout,
+            grpc,
+            auto_host,
+            peek_body,
+            max_duration,
+            hash,
+            request_attempt_count: matched.virtual_host.request_attempt_count,
+            trace: record.trace.as_mut(),
+        };
+        let sent =
+            super::stream_idle::run(idle, body, |body| forward(cluster, head, body, attempt)).await;
         let Outcome {
             mut response,
             flags,
             upstream,
+            upstream_local,
             attempts,
-        } = forward(
-            cluster,
-            std::mem::replace(parts, Request::new(()).into_parts().0),
-            body,
-            Attempt {
-                retry,
-                timeout,
-                grpc,
-                auto_host,
-                peek_body,
-                max_duration,
-                hash,
-                request_attempt_count: matched.virtual_host.request_attempt_count,
-            },
-        )
-        .await;
+        } = match sent {
+            Ok(outcome) => outcome,
+            Err(t) => {
+                self.stats.downstream_rq_idle_timeout.inc();
+                let mut flags = ResponseFlags::default();
+                flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
+                return (
+                    reply(t.status(), super::stream_idle::STREAM_TIMEOUT, grpc),
+                    flags,
+                );
+            }
+        };
+        if let (Some(mesh), Some(service), Some(node)) = (
+            &self.mesh,
+            matched.appmesh_service(),
+            cluster.config.appmesh_virtual_node.as_ref(),
+        ) {
+            mesh.upstream(service, node, response.status().as_u16(), started.elapsed());
+        }
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
+        record.info.upstream_local = upstream_local;
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(record.info.started.elapsed());
-        }
-        if let Some(t) = &mut record.trace {
-            t.client_end = Some(std::time::SystemTime::now());
         }
         if matched.virtual_host.response_attempt_count && attempts > 0 {
             response
@@ -467,15 +495,10 @@ impl Hcm {
                 .apply(response.headers_mut(), &ctx, crate::router::Phase::Response);
         }
         matched.apply_response_headers(response.headers_mut(), &ctx);
-        // A route's idle_timeout overrides the connection manager's; zero disables.
-        let idle = match f.idle_timeout {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None => self.config.stream_idle_timeout,
-        };
         if let Some(idle) = idle {
             if !response.body().is_end_stream() {
-                response = response.map(|b| body::with_idle_timeout(b, idle));
+                let stats = self.stats.clone();
+                response = response.map(|b| body::with_idle_timeout(b, idle, stats));
             }
         }
         (response, flags)

@@ -71,6 +71,8 @@ pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 pub const CONNECT_FAILURE: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+pub const CONNECT_TIMEOUT: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
 pub const OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 pub const RESET_BEFORE_HEADERS: &str =

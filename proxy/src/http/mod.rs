@@ -1,17 +1,21 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 connections and
 //! walks each request through routing to an upstream.
 
+mod admit;
 mod coalesce;
 mod conn;
 mod explicit;
 mod flags;
 mod forward;
 mod h1_guard;
+mod h2_guard;
 mod handler;
+mod head_timer;
 mod headers;
 mod local_reply;
 mod normalize;
 mod retry;
+mod stream_idle;
 mod validate;
 
 use std::sync::Arc;
@@ -32,10 +36,14 @@ pub struct Hcm {
     pub filter_stats: Arc<crate::filters::FilterStats>,
     /// Telemetry hook: where this connection manager's spans go.
     pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
+    /// Per-peer App Mesh stats; `inbound` also counts callers by identity.
+    pub mesh: Option<Arc<crate::stats::appmesh::MeshStats>>,
+    pub inbound: bool,
 }
 
 impl Hcm {
-    pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>) -> Hcm {
+    /// `inbound`: the listener's `traffic_direction` is `INBOUND`.
+    pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>, inbound: bool) -> Hcm {
         let filter_stats = Arc::new(crate::filters::FilterStats::new(config.stat_prefix.clone()));
         if !config.filters.is_empty() {
             shared.store.register(
@@ -47,7 +55,9 @@ impl Hcm {
             tracer: config
                 .tracing
                 .as_ref()
-                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(t, &shared)),
+                .and_then(|t| crate::tracing_ctx::otlp::Exporter::get(&t.target, &shared)),
+            mesh: shared.mesh.clone(),
+            inbound,
             config,
             shared,
             filter_stats,

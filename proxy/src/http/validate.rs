@@ -33,7 +33,7 @@ pub fn check(
 }
 
 /// The size Envoy counts against `max_request_headers_kb`: names and values.
-fn header_bytes(h: &HeaderMap) -> usize {
+pub fn header_bytes(h: &HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()
 }
 

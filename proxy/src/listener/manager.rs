@@ -81,7 +81,12 @@ impl ListenerManager {
                 shared,
             )));
             let stop = Drain::default();
-            spawn(socket, active.clone(), stop.watch());
+            spawn(
+                socket,
+                active.clone(),
+                stop.watch(),
+                shared.overload.clone(),
+            );
             entries.insert(
                 c.name.clone(),
                 Entry {

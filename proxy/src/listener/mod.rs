@@ -1,6 +1,7 @@
 //! Listeners: bind, accept, choose a filter chain, hand the connection to its
 //! terminal filter (HTTP connection manager or TCP proxy).
 
+mod connection_limit;
 mod inspect;
 mod manager;
 mod original_dst;
@@ -13,13 +14,15 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::listener::{ConnectionFacts, ListenerConfig, Terminal};
+use crate::config::listener::{ChainConfig, ConnectionFacts, ListenerConfig, Terminal};
 use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
+use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
 use crate::stats::{ListenerStats, StatSource};
 use crate::tls::ServerTls;
 
+use connection_limit::ConnectionLimit;
 pub use manager::ListenerManager;
 pub use tcp_proxy::TcpProxy;
 
@@ -36,16 +39,34 @@ pub struct ActiveListener {
 }
 
 #[derive(Clone)]
-enum Chain {
+struct Chain {
+    terminal: Terminus,
+    limit: Option<Arc<ConnectionLimit>>,
+}
+
+#[derive(Clone)]
+enum Terminus {
     Http(Arc<Hcm>),
     Tcp(Arc<TcpProxy>),
 }
 
 impl ActiveListener {
     pub fn new(config: Arc<ListenerConfig>, shared: &Arc<Shared>) -> ActiveListener {
-        let chain = |t: &Terminal| match t {
-            Terminal::Http(h) => Chain::Http(Arc::new(Hcm::new(h.clone(), shared.clone()))),
-            Terminal::Tcp(t) => Chain::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone()))),
+        let inbound = config.proto.traffic_direction
+            == xds_protos::envoy::config::core::v3::TrafficDirection::Inbound as i32;
+        let chain = |c: &ChainConfig| Chain {
+            terminal: match &c.terminal {
+                Terminal::Http(h) => {
+                    Terminus::Http(Arc::new(Hcm::new(h.clone(), shared.clone(), inbound)))
+                }
+                Terminal::Tcp(t) => {
+                    Terminus::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone())))
+                }
+            },
+            limit: c
+                .connection_limit
+                .clone()
+                .map(|l| Arc::new(ConnectionLimit::new(l, shared))),
         };
         let tls = config
             .filter_chains
@@ -57,12 +78,8 @@ impl ActiveListener {
             .store
             .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
         ActiveListener {
-            chains: config
-                .filter_chains
-                .iter()
-                .map(|c| chain(&c.terminal))
-                .collect(),
-            default_chain: config.default_chain.as_ref().map(|c| chain(&c.terminal)),
+            chains: config.filter_chains.iter().map(chain).collect(),
+            default_chain: config.default_chain.as_ref().map(chain),
             config,
             stats,
             drain: Drain::default(),
@@ -98,10 +115,22 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until `stop` is signalled, then closes the socket.
-fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Watch) {
+/// Accepts until `stop` is signalled, then closes the socket. The overload
+/// manager may pause accepting, or have new connections closed at once.
+fn spawn(
+    socket: TcpListener,
+    active: Arc<ArcSwap<ActiveListener>>,
+    mut stop: Watch,
+    overload: Arc<Overload>,
+) {
     tokio::spawn(async move {
         loop {
+            if overload.is_active(Action::StopAcceptingConnections) {
+                tokio::select! {
+                    _ = overload.until_inactive(Action::StopAcceptingConnections) => continue,
+                    _ = stop.signaled() => return,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 r = socket.accept() => match r {
                     Ok(x) => x,
@@ -113,13 +142,34 @@ fn spawn(socket: TcpListener, active: Arc<ArcSwap<ActiveListener>>, mut stop: Wa
                 },
                 _ = stop.signaled() => return,
             };
+            if overload.is_active(Action::StopAcceptingConnections) {
+                // Taken from the backlog just as the action fired: it waits
+                // with the ones still there.
+                tokio::select! {
+                    _ = overload.until_inactive(Action::StopAcceptingConnections) => {}
+                    _ = stop.signaled() => return,
+                }
+            }
             let listener = active.load_full();
-            handle(listener, stream, peer);
+            if overload.is_active(Action::RejectIncomingConnections) {
+                listener.stats.downstream_cx_overload_reject.inc();
+                continue;
+            }
+            let Some(permit) = overload.admit_connection() else {
+                listener.stats.downstream_global_cx_overflow.inc();
+                continue;
+            };
+            handle(listener, stream, peer, permit);
         }
     });
 }
 
-fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
+fn handle(
+    listener: Arc<ActiveListener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) {
     let local = match stream.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -165,26 +215,37 @@ fn handle(listener: Arc<ActiveListener>, stream: TcpStream, peer: SocketAddr) {
             listener.stats.no_filter_chain_match.inc();
             return;
         };
+        let _limited = match &chain.limit {
+            Some(limit) => match limit.admit() {
+                Some(permit) => Some(permit),
+                None => {
+                    limit.refuse().await;
+                    return;
+                }
+            },
+            None => None,
+        };
         listener.stats.downstream_cx_active.inc();
         match tls {
             Some(tls) => {
                 if let Some((stream, info)) = tls.accept(stream, listener.stats.ssl.as_ref()).await
                 {
                     let info = Arc::new(info);
-                    match chain {
-                        Chain::Http(hcm) => {
+                    match chain.terminal {
+                        Terminus::Http(hcm) => {
                             hcm.serve(stream, peer, local, original, drain, Some(info))
                                 .await
                         }
-                        Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+                        Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
                     }
                 }
             }
-            None => match chain {
-                Chain::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
-                Chain::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
+            None => match chain.terminal {
+                Terminus::Http(hcm) => hcm.serve(stream, peer, local, original, drain, None).await,
+                Terminus::Tcp(tcp) => tcp.serve(stream, peer, local, original, drain).await,
             },
         }
         listener.stats.downstream_cx_active.dec();
+        drop(permit);
     });
 }

@@ -11,7 +11,8 @@
 //! retry conditions (`action.rs`, `retry.rs`).
 //!
 //! Fields accepted and ignored for now, because they do not change which
-//! route is taken and later work adds them: `name`, `metadata`, `decorator`,
+//! route is taken and later work adds them: `name`, `metadata` (but for
+//! `trellis.appmesh`, which names the App Mesh virtual service), `decorator`,
 //! `typed_per_filter_config` entries of filters trellis lacks (those of the
 //! fault and local rate limit filters are compiled, see `crate::filters`),
 //! the virtual host's `request_mirror_policies` (the route's are
@@ -34,7 +35,11 @@ mod retry;
 mod rewrite;
 pub(crate) mod string;
 
+use std::sync::Arc;
+
 use http::header::{HeaderMap, HeaderName};
+
+use crate::stats::appmesh::metadata_name;
 use xds_protos::envoy::config::core::v3::HeaderValueOption;
 use xds_protos::envoy::config::route::v3::{
     route, Route as RouteProto, RouteConfiguration, VirtualHost as VirtualHostProto,
@@ -113,6 +118,9 @@ pub struct VirtualHost {
     pub response_attempt_count: bool,
     /// `typed_per_filter_config` of the filters trellis implements.
     pub filter_overrides: Vec<(String, FilterOverride)>,
+    /// The App Mesh virtual service this host stands for (`trellis.appmesh`
+    /// metadata), for per-peer stats.
+    pub appmesh_service: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -123,6 +131,8 @@ pub struct Route {
     pub headers: HeaderMutations,
     /// `typed_per_filter_config` of the filters trellis implements.
     pub filter_overrides: Vec<(String, FilterOverride)>,
+    /// Like the virtual host's, which it overrides.
+    pub appmesh_service: Option<Arc<str>>,
 }
 
 /// The result of a lookup.
@@ -168,6 +178,14 @@ impl<'a> Matched<'a> {
         for level in self.header_mutations() {
             level.response.apply(headers, ctx, Phase::Response);
         }
+    }
+
+    /// The App Mesh virtual service the request is sent to, if named.
+    pub fn appmesh_service(&self) -> Option<&'a Arc<str>> {
+        self.route
+            .appmesh_service
+            .as_ref()
+            .or(self.virtual_host.appmesh_service.as_ref())
     }
 
     /// Whether a response header value reads the request, so the request's
@@ -350,6 +368,7 @@ fn compile_virtual_host(
         request_attempt_count: vh.include_request_attempt_count,
         response_attempt_count: vh.include_attempt_count_in_response,
         filter_overrides: compile_overrides(&vh.typed_per_filter_config)?,
+        appmesh_service: metadata_name(vh.metadata.as_ref(), "virtual_service"),
     })
 }
 
@@ -408,6 +427,7 @@ fn compile_route(
             &r.response_headers_to_remove,
         )?,
         filter_overrides: compile_overrides(&r.typed_per_filter_config)?,
+        appmesh_service: metadata_name(r.metadata.as_ref(), "virtual_service"),
     })
 }
 

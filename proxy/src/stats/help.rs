@@ -32,6 +32,8 @@ pub fn help(family: &str) -> &'static str {
             "Upstream request time, headers sent to response headers, in milliseconds."
         }
         "cluster_upstream_cx_total" => "Connections opened to this cluster's endpoints.",
+        "cluster_upstream_cx_http1_total" => "HTTP/1.1 connections opened to this cluster.",
+        "cluster_upstream_cx_http2_total" => "HTTP/2 connections opened to this cluster.",
         "cluster_upstream_cx_active" => "Open connections to this cluster's endpoints.",
         "cluster_upstream_cx_connect_fail" => {
             "Failed connection attempts to this cluster's endpoints."
@@ -47,6 +49,9 @@ pub fn help(family: &str) -> &'static str {
         }
         "cluster_upstream_cx_overflow" => {
             "Connections refused because the cluster's max_connections breaker was open."
+        }
+        "cluster_upstream_rq_retry_limit_exceeded" => {
+            "Requests whose last allowed try still asked for a retry."
         }
         "cluster_upstream_rq_retry_overflow" => {
             "Retries not sent because the cluster's max_retries breaker was open."
@@ -123,8 +128,29 @@ pub fn help(family: &str) -> &'static str {
             "Request time, first byte received to last byte sent, in milliseconds."
         }
         "http_downstream_rq_timeout" => "Requests closed because the request timeout fired.",
+        "http_downstream_rq_idle_timeout" => {
+            "Requests closed because nothing moved on them for the stream idle timeout."
+        }
+        "http_downstream_cx_idle_timeout" => {
+            "Downstream connections closed after the connection idle timeout."
+        }
         "http_downstream_rq_ws_on_non_ws_route" => {
             "Upgrade requests refused on routes without WebSocket."
+        }
+        "http_downstream_rq_header_timeout" => {
+            "Requests closed with 408 because their head did not arrive within request_headers_timeout."
+        }
+        "http_downstream_cx_max_requests_reached" => {
+            "Connections closed after max_requests_per_connection requests."
+        }
+        "http_downstream_rq_too_many_premature_resets" => {
+            "HTTP/2 connections closed for resetting too many of their streams (rapid reset)."
+        }
+        "http_downstream_cx_protocol_error" => {
+            "Connections closed for an HTTP protocol error (a GOAWAY with an error code)."
+        }
+        "http_downstream_rq_overload_close" => {
+            "Requests answered 503 by the stop_accepting_requests overload action."
         }
         "http_downstream_cx_total" => "Downstream connections served by this connection manager.",
         "http_downstream_cx_active" => "Downstream connections open on this connection manager.",
@@ -163,8 +189,57 @@ pub fn help(family: &str) -> &'static str {
         "listener_ssl_curves" => {
             "TLS handshakes completed, by key exchange group (envoy_ssl_curve)."
         }
+        "listener_downstream_global_cx_overflow" => {
+            "Connections closed at once because the global downstream connection limit was reached."
+        }
+        "listener_downstream_cx_overload_reject" => {
+            "Connections closed at once by the reject_incoming_connections overload action."
+        }
+        "connection_limit_active_connections" => {
+            "Connections open on filter chains with this connection_limit prefix."
+        }
+        "connection_limit_limited_connections" => {
+            "Connections closed because the filter chain's connection_limit was reached."
+        }
         "tcp_downstream_cx_total" => "Connections handled by this TCP proxy.",
         "tcp_downstream_cx_no_route" => "TCP proxy connections with no cluster to go to.",
+        // HTTP/2 codec, downstream
+        "http2_rx_reset" => "RST_STREAM frames received from downstream HTTP/2 clients.",
+        "http2_tx_reset" => "RST_STREAM frames sent to downstream HTTP/2 clients.",
+        "http2_header_overflow" => {
+            "HTTP/2 requests reset for carrying more than max_headers_count headers."
+        }
+        "http2_header_list_size_too_large" => {
+            "HTTP/2 requests reset for headers over max_request_headers_kb."
+        }
+        "http2_outbound_control_flood" => {
+            "HTTP/2 connections closed for a flood of PING or SETTINGS frames."
+        }
+        // Overload manager
+        "overload_envoy_resource_monitors_fixed_heap_pressure" => {
+            "Resident memory as a percentage of fixed_heap.max_heap_size_bytes."
+        }
+        "overload_envoy_resource_monitors_global_downstream_max_connections_pressure" => {
+            "Downstream connections as a percentage of max_active_downstream_connections."
+        }
+        "overload_envoy_overload_actions_stop_accepting_connections_active" => {
+            "1 while the proxy leaves new connections in the backlog (overload)."
+        }
+        "overload_envoy_overload_actions_stop_accepting_connections_scale_percent" => {
+            "100 while stop_accepting_connections is active."
+        }
+        "overload_envoy_overload_actions_reject_incoming_connections_active" => {
+            "1 while the proxy closes new connections at once (overload)."
+        }
+        "overload_envoy_overload_actions_reject_incoming_connections_scale_percent" => {
+            "100 while reject_incoming_connections is active."
+        }
+        "overload_envoy_overload_actions_stop_accepting_requests_active" => {
+            "1 while the proxy answers new requests 503 (overload)."
+        }
+        "overload_envoy_overload_actions_stop_accepting_requests_scale_percent" => {
+            "100 while stop_accepting_requests is active."
+        }
         // Access logs
         "access_logs_file_write_buffered" => "Access log lines queued for writing.",
         "access_logs_file_write_completed" => "Access log lines written.",
@@ -198,6 +273,23 @@ pub fn help(family: &str) -> &'static str {
         "http_rds_update_success" => "RDS updates applied.",
         "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
         "http_rds_version" => "Hash of the RDS version in force.",
+        // App Mesh peers
+        "appmesh_downstream_rq_total" => {
+            "Requests answered to each calling virtual node (appmesh_downstream_*)."
+        }
+        "appmesh_downstream_rq_xx" => "Answers to each calling virtual node, by status class.",
+        "appmesh_downstream_rq" => "Answers to each calling virtual node, by status code.",
+        "appmesh_downstream_rq_time" => {
+            "Time to response headers for each calling virtual node, in milliseconds."
+        }
+        "appmesh_upstream_rq_total" => {
+            "Requests sent to each target virtual service and node (appmesh_target_*)."
+        }
+        "appmesh_upstream_rq_xx" => "Answers from each target, by status class.",
+        "appmesh_upstream_rq" => "Answers from each target, by status code.",
+        "appmesh_upstream_rq_time" => {
+            "Time upstream, retries included, for each target, in milliseconds."
+        }
         // Server
         "server_live" => "1 once the initial configuration is applied.",
         "server_uptime" => "Seconds since the proxy started.",

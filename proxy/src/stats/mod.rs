@@ -2,6 +2,7 @@
 //! lock on the request path. The store holds weak references to stat scopes so
 //! the admin API can render them; scopes die with their cluster or listener.
 
+pub mod appmesh;
 mod help;
 mod render;
 
@@ -165,11 +166,26 @@ pub struct Scope {
     pub kind: &'static str,
     /// The Prometheus label Envoy's tag extraction gives the scope's name.
     pub tag: Option<(&'static str, Arc<str>)>,
+    /// More labels, for scopes named by several values (an App Mesh peer);
+    /// their values join the text name in order.
+    pub labels: Vec<(&'static str, Arc<str>)>,
 }
 
 impl Scope {
     pub fn new(kind: &'static str, tag: Option<(&'static str, Arc<str>)>) -> Scope {
-        Scope { kind, tag }
+        Scope {
+            kind,
+            tag,
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn labelled(kind: &'static str, labels: Vec<(&'static str, Arc<str>)>) -> Scope {
+        Scope {
+            kind,
+            tag: None,
+            labels,
+        }
     }
 }
 
@@ -199,29 +215,29 @@ impl Store {
     /// as the App Mesh Envoy image's stats tags do, so one Prometheus can
     /// tell the proxies of a mesh apart.
     pub fn for_node(node_id: &str) -> Store {
-        let tail = node_id.rsplit_once(':').map_or(node_id, |(_, t)| t);
-        let parts: Vec<&str> = tail.split('/').collect();
-        let node_labels = match parts.as_slice() {
-            ["mesh", mesh, kind, name] if !mesh.is_empty() && !name.is_empty() => {
-                let key = match *kind {
-                    "virtualNode" => Some("appmesh_virtual_node"),
-                    "virtualGateway" => Some("appmesh_virtual_gateway"),
-                    _ => None,
+        let node_labels = match appmesh::MeshObject::parse(node_id) {
+            Some(o) => {
+                let key = if o.gateway {
+                    "appmesh_virtual_gateway"
+                } else {
+                    "appmesh_virtual_node"
                 };
-                key.map(|k| {
-                    vec![
-                        ("appmesh_mesh".to_string(), mesh.to_string()),
-                        (k.to_string(), name.to_string()),
-                    ]
-                })
-                .unwrap_or_default()
+                vec![
+                    ("appmesh_mesh".to_string(), o.mesh),
+                    (key.to_string(), o.name),
+                ]
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         Store {
             sources: Mutex::default(),
             node_labels,
         }
+    }
+
+    /// Whether the node has an App Mesh identity, so per-peer stats apply.
+    pub fn is_mesh_node(&self) -> bool {
+        !self.node_labels.is_empty()
     }
 
     pub fn node_labels(&self) -> Vec<(String, String)> {
@@ -263,6 +279,8 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_rq: CodeCounters,
     pub upstream_cx_total: Counter,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
     pub upstream_cx_active: Gauge,
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
@@ -288,6 +306,8 @@ impl ClusterStats {
             upstream_rq_pending_overflow: Counter::default(),
             upstream_rq: CodeCounters::default(),
             upstream_cx_total: Counter::default(),
+            upstream_cx_http1_total: Counter::default(),
+            upstream_cx_http2_total: Counter::default(),
             upstream_cx_active: Gauge::default(),
             upstream_cx_connect_fail: Counter::default(),
             upstream_cx_connect_timeout: Counter::default(),
@@ -335,6 +355,16 @@ impl StatSource for ClusterStats {
         v.counter(s, "upstream_rq_rx_reset", self.upstream_rq_reset.get());
         self.upstream_rq.visit("upstream_rq", s, v);
         v.counter(s, "upstream_cx_total", self.upstream_cx_total.get());
+        v.counter(
+            s,
+            "upstream_cx_http1_total",
+            self.upstream_cx_http1_total.get(),
+        );
+        v.counter(
+            s,
+            "upstream_cx_http2_total",
+            self.upstream_cx_http2_total.get(),
+        );
         v.gauge(s, "upstream_cx_active", self.upstream_cx_active.get());
         v.counter(
             s,
@@ -362,8 +392,22 @@ pub struct HttpStats {
     pub downstream_rq_active: Gauge,
     pub downstream_rq: CodeCounters,
     pub downstream_rq_timeout: Counter,
+    /// `stream_idle_timeout` (or a route's `idle_timeout`) fired.
+    pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
+    /// Heads not complete within `request_headers_timeout` (408).
+    pub downstream_rq_header_timeout: Counter,
+    /// Connections closed after `max_requests_per_connection` requests.
+    pub downstream_cx_max_requests_reached: Counter,
+    /// HTTP/2 connections closed for resetting too many of their streams.
+    pub downstream_rq_too_many_premature_resets: Counter,
+    /// Connections closed for a codec protocol error (a GOAWAY with an error).
+    pub downstream_cx_protocol_error: Counter,
+    /// Requests answered 503 by the `stop_accepting_requests` overload action.
+    pub downstream_rq_overload_close: Counter,
     pub downstream_cx_total: Counter,
+    /// The connection's `idle_timeout` closed it.
+    pub downstream_cx_idle_timeout: Counter,
     pub downstream_cx_active: Gauge,
     pub downstream_cx_http1_total: Counter,
     pub downstream_cx_http2_total: Counter,
@@ -385,8 +429,15 @@ impl HttpStats {
             downstream_rq_active: Gauge::default(),
             downstream_rq: CodeCounters::default(),
             downstream_rq_timeout: Counter::default(),
+            downstream_rq_idle_timeout: Counter::default(),
             downstream_rq_ws_on_non_ws_route: Counter::default(),
+            downstream_rq_header_timeout: Counter::default(),
+            downstream_cx_max_requests_reached: Counter::default(),
+            downstream_rq_too_many_premature_resets: Counter::default(),
+            downstream_cx_protocol_error: Counter::default(),
+            downstream_rq_overload_close: Counter::default(),
             downstream_cx_total: Counter::default(),
+            downstream_cx_idle_timeout: Counter::default(),
             downstream_cx_active: Gauge::default(),
             downstream_cx_http1_total: Counter::default(),
             downstream_cx_http2_total: Counter::default(),
@@ -419,9 +470,43 @@ impl StatSource for HttpStats {
         v.counter(s, "downstream_rq_timeout", self.downstream_rq_timeout.get());
         v.counter(
             s,
+            "downstream_rq_idle_timeout",
+            self.downstream_rq_idle_timeout.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_idle_timeout",
+            self.downstream_cx_idle_timeout.get(),
+        );
+        v.counter(
+            s,
             "downstream_rq_ws_on_non_ws_route",
             self.downstream_rq_ws_on_non_ws_route.get(),
         );
+        for (name, c) in [
+            (
+                "downstream_rq_header_timeout",
+                &self.downstream_rq_header_timeout,
+            ),
+            (
+                "downstream_cx_max_requests_reached",
+                &self.downstream_cx_max_requests_reached,
+            ),
+            (
+                "downstream_rq_too_many_premature_resets",
+                &self.downstream_rq_too_many_premature_resets,
+            ),
+            (
+                "downstream_cx_protocol_error",
+                &self.downstream_cx_protocol_error,
+            ),
+            (
+                "downstream_rq_overload_close",
+                &self.downstream_rq_overload_close,
+            ),
+        ] {
+            v.counter(s, name, c.get());
+        }
         v.counter(s, "downstream_cx_total", self.downstream_cx_total.get());
         v.gauge(s, "downstream_cx_active", self.downstream_cx_active.get());
         v.counter(
@@ -455,6 +540,10 @@ pub struct ListenerStats {
     pub no_filter_chain_match: Counter,
     /// Present when a chain of the listener terminates TLS.
     pub ssl: Option<SslStats>,
+    /// Connections closed at once: the global connection limit was reached.
+    pub downstream_global_cx_overflow: Counter,
+    /// Connections closed at once by `reject_incoming_connections`.
+    pub downstream_cx_overload_reject: Counter,
 }
 
 impl ListenerStats {
@@ -470,6 +559,8 @@ impl ListenerStats {
             downstream_cx_active: Gauge::default(),
             no_filter_chain_match: Counter::default(),
             ssl: tls.then(SslStats::default),
+            downstream_global_cx_overflow: Counter::default(),
+            downstream_cx_overload_reject: Counter::default(),
         }
     }
 }
@@ -480,9 +571,97 @@ impl StatSource for ListenerStats {
         v.counter(s, "downstream_cx_total", self.downstream_cx_total.get());
         v.gauge(s, "downstream_cx_active", self.downstream_cx_active.get());
         v.counter(s, "no_filter_chain_match", self.no_filter_chain_match.get());
+        v.counter(
+            s,
+            "downstream_global_cx_overflow",
+            self.downstream_global_cx_overflow.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_overload_reject",
+            self.downstream_cx_overload_reject.get(),
+        );
         if let Some(ssl) = &self.ssl {
             ssl.visit(s, v);
         }
+    }
+}
+
+/// `connection_limit.PREFIX.*`, shared by the filters with that prefix.
+#[derive(Debug)]
+pub struct ConnectionLimitStats {
+    pub scope: Scope,
+    pub active_connections: Gauge,
+    pub limited_connections: Counter,
+}
+
+impl ConnectionLimitStats {
+    pub fn new(prefix: Arc<str>) -> ConnectionLimitStats {
+        ConnectionLimitStats {
+            scope: Scope::new(
+                "connection_limit",
+                Some(("envoy_connection_limit_prefix", prefix)),
+            ),
+            active_connections: Gauge::default(),
+            limited_connections: Counter::default(),
+        }
+    }
+}
+
+impl StatSource for ConnectionLimitStats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.gauge(s, "active_connections", self.active_connections.get());
+        v.counter(s, "limited_connections", self.limited_connections.get());
+    }
+}
+
+/// Envoy's process-wide `http2.` codec stats of downstream connections.
+#[derive(Debug)]
+pub struct Http2Stats {
+    pub scope: Scope,
+    /// RST_STREAM frames received.
+    pub rx_reset: Counter,
+    /// RST_STREAM frames sent.
+    pub tx_reset: Counter,
+    /// Requests reset for carrying more than `max_headers_count` headers.
+    pub header_overflow: Counter,
+    /// Requests reset for headers over `max_request_headers_kb`.
+    pub header_list_size_too_large: Counter,
+    /// Connections closed for sending more PING and SETTINGS frames than
+    /// `max_outbound_control_frames` in one second.
+    pub outbound_control_flood: Counter,
+}
+
+impl Default for Http2Stats {
+    fn default() -> Self {
+        Http2Stats {
+            scope: Scope::new("http2", None),
+            rx_reset: Counter::default(),
+            tx_reset: Counter::default(),
+            header_overflow: Counter::default(),
+            header_list_size_too_large: Counter::default(),
+            outbound_control_flood: Counter::default(),
+        }
+    }
+}
+
+impl StatSource for Http2Stats {
+    fn visit(&self, v: &mut dyn Visitor) {
+        let s = &self.scope;
+        v.counter(s, "rx_reset", self.rx_reset.get());
+        v.counter(s, "tx_reset", self.tx_reset.get());
+        v.counter(s, "header_overflow", self.header_overflow.get());
+        v.counter(
+            s,
+            "header_list_size_too_large",
+            self.header_list_size_too_large.get(),
+        );
+        v.counter(
+            s,
+            "outbound_control_flood",
+            self.outbound_control_flood.get(),
+        );
     }
 }
 

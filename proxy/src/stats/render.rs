@@ -33,16 +33,19 @@ struct Collect<'a> {
 
 impl Collect<'_> {
     fn push(&mut self, scope: &Scope, name: &str, value: Value) {
-        let text = match &scope.tag {
-            Some((_, v)) => format!("{}.{}.{}", scope.kind, v, name),
-            None => format!("{}.{}", scope.kind, name),
-        };
+        let mut text = scope.kind.to_string();
+        for (_, v) in scope.tag.iter().chain(&scope.labels) {
+            text.push('.');
+            text.push_str(v);
+        }
+        text.push('.');
+        text.push_str(name);
         let mut labels = Vec::new();
         let (family, extra) = prometheus_family(scope.kind, name);
         if let Some(l) = extra {
             labels.push(l);
         }
-        if let Some((k, v)) = &scope.tag {
+        for (k, v) in scope.tag.iter().chain(&scope.labels) {
             labels.push((k.to_string(), v.to_string()));
         }
         labels.extend(self.node_labels.iter().cloned());
@@ -416,18 +419,23 @@ mod tests {
         let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap(), true));
         let t = Arc::new(TcpStats::new(Arc::from("t")));
         let ssl = Arc::new(crate::tls::ClusterSslStats::new(Arc::from("c")));
+        let m = Arc::new(super::super::appmesh::MeshStats::default());
         c.upstream_rq.record(200);
         h.downstream_rq.record(503);
         ssl.ssl.count_every_name();
         if let Some(l) = &l.ssl {
             l.count_every_name();
         }
+        let d = std::time::Duration::ZERO;
+        m.downstream(Some("spiffe://td/mesh/m/virtualNode/a"), 503, d);
+        m.upstream(&Arc::from("svc"), &Arc::from("node"), 200, d);
         for s in [
             Arc::downgrade(&ssl) as Weak<dyn StatSource>,
             Arc::downgrade(&c) as Weak<dyn StatSource>,
             Arc::downgrade(&h) as Weak<dyn StatSource>,
             Arc::downgrade(&l) as Weak<dyn StatSource>,
             Arc::downgrade(&t) as Weak<dyn StatSource>,
+            Arc::downgrade(&m) as Weak<dyn StatSource>,
         ] {
             store.register(s);
         }

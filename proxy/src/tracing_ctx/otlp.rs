@@ -1,8 +1,9 @@
-//! OTLP/gRPC span export. The OTLP messages trellis sends are declared here
-//! (field numbers from opentelemetry-proto's `trace/v1`), since the proto
-//! crate set trellis builds does not include them. Spans queue in a bounded
-//! channel that requests only `try_send` to; one task per collector batches
-//! them, so a dead or slow collector costs dropped spans, never latency.
+//! OTLP span export, over gRPC or HTTP/protobuf. The OTLP messages trellis
+//! sends are declared here (field numbers from opentelemetry-proto's
+//! `trace/v1`), since the proto crate set trellis builds does not include
+//! them. Spans queue in a bounded channel that requests only `try_send` to;
+//! one task per collector batches them, so a dead or slow collector costs
+//! dropped spans, never latency.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -12,7 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use tokio::sync::mpsc;
 
-use super::TracingConfig;
+use super::{ExportTarget, Transport};
 use crate::shared::Shared;
 use crate::stats::{Counter, Scope, Visitor};
 
@@ -165,27 +166,31 @@ pub fn visit_stats(v: &mut dyn Visitor) {
 /// and service share it.
 pub struct Exporter {
     tx: mpsc::Sender<Span>,
+    node_id: Arc<str>,
 }
 
 impl Exporter {
-    /// The exporter for `cfg`, started on first use. `None` outside a tokio
-    /// runtime (config validation), where nothing is ever traced.
-    pub fn get(cfg: &TracingConfig, shared: &Arc<Shared>) -> Option<Arc<Exporter>> {
-        type Registry = Mutex<HashMap<TracingConfig, Weak<Exporter>>>;
+    /// The exporter for `target`, started on first use. `None` outside a
+    /// tokio runtime (config validation), where nothing is ever traced.
+    pub fn get(target: &ExportTarget, shared: &Arc<Shared>) -> Option<Arc<Exporter>> {
+        type Registry = Mutex<HashMap<ExportTarget, Weak<Exporter>>>;
         static ALL: OnceLock<Registry> = OnceLock::new();
         let mut all = ALL
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         all.retain(|_, w| w.strong_count() > 0);
-        if let Some(e) = all.get(cfg).and_then(Weak::upgrade) {
+        if let Some(e) = all.get(target).and_then(Weak::upgrade) {
             return Some(e);
         }
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = mpsc::channel(QUEUE_SPANS);
-        rt.spawn(export_loop(cfg.clone(), Arc::downgrade(shared), rx));
-        let e = Arc::new(Exporter { tx });
-        all.insert(cfg.clone(), Arc::downgrade(&e));
+        rt.spawn(export_loop(target.clone(), Arc::downgrade(shared), rx));
+        let e = Arc::new(Exporter {
+            tx,
+            node_id: Arc::from(shared.node.id.as_str()),
+        });
+        all.insert(target.clone(), Arc::downgrade(&e));
         Some(e)
     }
 
@@ -195,15 +200,36 @@ impl Exporter {
             stats().spans_dropped.inc();
         }
     }
+
+    /// The proxy's node id, a tag on every span.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// An exporter whose queue the test reads.
+    #[cfg(test)]
+    pub(crate) fn to_channel(node_id: &str) -> (Exporter, mpsc::Receiver<Span>) {
+        let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+        let e = Exporter {
+            tx,
+            node_id: Arc::from(node_id),
+        };
+        (e, rx)
+    }
 }
 
-async fn export_loop(cfg: TracingConfig, shared: Weak<Shared>, mut rx: mpsc::Receiver<Span>) {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+async fn export_loop(target: ExportTarget, shared: Weak<Shared>, mut rx: mpsc::Receiver<Span>) {
+    let client: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
+            .http2_only(target.transport == Transport::Grpc)
             .build_http();
     let resource = Resource {
-        attributes: vec![string_attr("service.name", cfg.service_name.as_ref())],
+        attributes: vec![string_attr("service.name", target.service_name.as_ref())],
     };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -219,7 +245,7 @@ async fn export_loop(cfg: TracingConfig, shared: Weak<Shared>, mut rx: mpsc::Rec
             let snap = s.snapshot.load();
             Some(
                 snap.clusters
-                    .get(&cfg.collector_cluster)?
+                    .get(&target.collector_cluster)?
                     .pick(rand::random())?
                     .addr,
             )
@@ -239,22 +265,68 @@ async fn export_loop(cfg: TracingConfig, shared: Weak<Shared>, mut rx: mpsc::Rec
                 }],
             }],
         };
-        match tokio::time::timeout(EXPORT_TIMEOUT, send(&client, addr, &req)).await {
+        let sent = match &target.transport {
+            Transport::Grpc => {
+                tokio::time::timeout(EXPORT_TIMEOUT, send_grpc(&client, addr, &req)).await
+            }
+            Transport::Http {
+                authority,
+                path,
+                timeout,
+                headers,
+            } => {
+                let post = Post {
+                    addr,
+                    authority,
+                    path,
+                    headers,
+                };
+                tokio::time::timeout(*timeout, send_http(&client, post, &req)).await
+            }
+        };
+        match sent {
             Ok(true) => stats().spans_sent.add(n),
             _ => stats().spans_dropped.add(n),
         }
     }
 }
 
+/// Where and how an OTLP/HTTP batch is posted.
+struct Post<'a> {
+    addr: std::net::SocketAddr,
+    authority: &'a str,
+    path: &'a str,
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
+/// One OTLP/HTTP export (`application/x-protobuf`); `true` on a 2xx.
+async fn send_http(client: &HttpClient, post: Post<'_>, req: &ExportTraceServiceRequest) -> bool {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let mut b = http::Request::post(format!("http://{}{}", post.addr, post.path))
+        .header(http::header::HOST, post.authority)
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+    for (k, v) in post.headers {
+        b = b.header(k, v);
+    }
+    let Ok(request) = b.body(Full::new(Bytes::from(req.encode_to_vec()))) else {
+        return false;
+    };
+    let Ok(resp) = client.request(request).await else {
+        return false;
+    };
+    let ok = resp.status().is_success();
+    // Read the answer so the connection can be reused.
+    let _ = resp.into_body().collect().await;
+    ok
+}
+
 /// One unary gRPC call; `true` when the collector answered `grpc-status: 0`.
-async fn send<C>(
-    client: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+async fn send_grpc(
+    client: &HttpClient,
     addr: std::net::SocketAddr,
     req: &ExportTraceServiceRequest,
-) -> bool
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
+) -> bool {
     use http_body_util::BodyExt;
     use prost::Message;
     let msg = req.encode_to_vec();

@@ -47,12 +47,27 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub(super) struct Pool {
     addr: SocketAddr,
-    idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: ArcSwapOption<http2::SendRequest<Body>>,
+    idle_h1: Mutex<Vec<H1Conn>>,
+    h2: ArcSwapOption<H2Conn>,
     h2_connect: tokio::sync::Mutex<()>,
     /// Signals a connection put back idle, to requests waiting under
     /// `max_connections`.
     idle_ready: tokio::sync::Notify,
+}
+
+/// An HTTP/1.1 connection and the local address it was opened from
+/// (`%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Debug)]
+pub struct H1Conn {
+    sender: http1::SendRequest<Body>,
+    local: Option<SocketAddr>,
+}
+
+/// The shared HTTP/2 connection of an endpoint.
+#[derive(Debug)]
+pub struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    local: Option<SocketAddr>,
 }
 
 /// What a connection needs from its cluster.
@@ -82,17 +97,17 @@ impl Pool {
         self.pop_idle().is_some()
     }
 
-    fn pop_idle(&self) -> Option<http1::SendRequest<Body>> {
+    fn pop_idle(&self) -> Option<H1Conn> {
         self.idle_h1.lock().ok()?.pop()
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
+    fn put_idle(&self, conn: H1Conn) {
+        if conn.sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle_h1.lock() {
             if idle.len() < MAX_IDLE_H1 {
-                idle.push(sender);
+                idle.push(conn);
                 self.idle_ready.notify_one();
             }
         }
@@ -118,12 +133,12 @@ impl Pool {
         }
     }
 
-    /// A new connection, TLS when the cluster says so.
+    /// A new connection, TLS when the cluster says so, and its local address.
     async fn tcp(
         &self,
         p: &ConnectParams<'_>,
         alpn: AlpnFor,
-    ) -> Result<ClientStream, ConnectError> {
+    ) -> Result<(ClientStream, Option<SocketAddr>), ConnectError> {
         let connect = TcpStream::connect(self.addr);
         let stream = match tokio::time::timeout(p.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -138,18 +153,19 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         p.stats.upstream_cx_total.inc();
         p.stats.upstream_cx_active.inc();
         match p.tls {
-            None => Ok(ClientStream::Plain(stream)),
-            Some(tls) => tls
-                .connect(stream, self.addr, alpn, p.ssl)
-                .await
-                .map_err(|e| {
+            None => Ok((ClientStream::Plain(stream), local)),
+            Some(tls) => match tls.connect(stream, self.addr, alpn, p.ssl).await {
+                Ok(s) => Ok((s, local)),
+                Err(e) => {
                     p.stats.upstream_cx_connect_fail.inc();
                     closed(p.stats);
-                    ConnectError::Tls(e)
-                }),
+                    Err(ConnectError::Tls(e))
+                }
+            },
         }
     }
 
@@ -157,8 +173,9 @@ impl Pool {
         &self,
         p: &ConnectParams<'_>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let stream = self.tcp(p, AlpnFor::Http1).await?;
+    ) -> Result<H1Conn, ConnectError> {
+        let (stream, local) = self.tcp(p, AlpnFor::Http1).await?;
+        p.stats.upstream_cx_http1_total.inc();
         let stats = p.stats.clone();
         let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -172,22 +189,22 @@ impl Pool {
             closed(&stats);
             drop(permit);
         });
-        Ok(sender)
+        Ok(H1Conn { sender, local })
     }
 
     async fn shared_h2(
         &self,
         p: &ConnectParams<'_>,
-    ) -> Result<http2::SendRequest<Body>, ConnectError> {
-        if let Some(s) = self.h2.load().as_deref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
+    ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), ConnectError> {
+        if let Some(c) = self.h2.load().as_deref() {
+            if !c.sender.is_closed() {
+                return Ok((c.sender.clone(), c.local));
             }
         }
         let _guard = self.h2_connect.lock().await;
-        if let Some(s) = self.h2.load().as_deref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
+        if let Some(c) = self.h2.load().as_deref() {
+            if !c.sender.is_closed() {
+                return Ok((c.sender.clone(), c.local));
             }
         }
         let permit = loop {
@@ -195,7 +212,8 @@ impl Pool {
                 break permit;
             }
         };
-        let stream = self.tcp(p, AlpnFor::Http2).await?;
+        let (stream, local) = self.tcp(p, AlpnFor::Http2).await?;
+        p.stats.upstream_cx_http2_total.inc();
         let stats = p.stats.clone();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -215,8 +233,11 @@ impl Pool {
             closed(&stats);
             drop(permit);
         });
-        self.h2.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
+        self.h2.store(Some(Arc::new(H2Conn {
+            sender: sender.clone(),
+            local,
+        })));
+        Ok((sender, local))
     }
 }
 
@@ -236,8 +257,8 @@ fn closed(stats: &ClusterStats) {
 
 /// A connection ready for one request.
 pub enum Pooled {
-    H1(http1::SendRequest<Body>, Arc<Endpoint>),
-    H2(http2::SendRequest<Body>),
+    H1(H1Conn, Arc<Endpoint>),
+    H2(http2::SendRequest<Body>, Option<SocketAddr>),
 }
 
 impl Endpoint {
@@ -248,13 +269,16 @@ impl Endpoint {
         p: &ConnectParams<'_>,
     ) -> Result<Pooled, ConnectError> {
         match proto {
-            Protocol::Http2 => Ok(Pooled::H2(self.pool.shared_h2(p).await?)),
+            Protocol::Http2 => {
+                let (sender, local) = self.pool.shared_h2(p).await?;
+                Ok(Pooled::H2(sender, local))
+            }
             Protocol::Http1 => loop {
                 while let Some(mut s) = self.pool.pop_idle() {
-                    if s.is_closed() {
+                    if s.sender.is_closed() {
                         continue;
                     }
-                    if s.ready().await.is_ok() {
+                    if s.sender.ready().await.is_ok() {
                         return Ok(Pooled::H1(s, self.clone()));
                     }
                 }
@@ -280,17 +304,25 @@ impl Endpoint {
 }
 
 impl Pooled {
+    /// The local address of the connection, `%UPSTREAM_LOCAL_ADDRESS%`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Pooled::H1(c, _) => c.local,
+            Pooled::H2(_, local) => *local,
+        }
+    }
+
     pub async fn send(
         self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, hyper::Error> {
         match self {
-            Pooled::H2(mut s) => {
+            Pooled::H2(mut s, _) => {
                 s.ready().await?;
                 Ok(s.send_request(req).await?.map(body::incoming))
             }
             Pooled::H1(mut s, ep) => {
-                let resp = s.send_request(req).await?;
+                let resp = s.sender.send_request(req).await?;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     return Ok(resp.map(body::incoming));
                 }
@@ -314,7 +346,7 @@ impl Pooled {
 /// been read to its end; a body dropped early takes the connection with it.
 struct ReturnOnEnd {
     inner: hyper::body::Incoming,
-    sender: Option<(http1::SendRequest<Body>, Arc<Endpoint>)>,
+    sender: Option<(H1Conn, Arc<Endpoint>)>,
 }
 
 impl ReturnOnEnd {

@@ -15,6 +15,8 @@ pub struct ResilienceStats {
     /// `max_requests` refused the request (Envoy's name, verified 1.40).
     pub upstream_rq_active_overflow: Counter,
     pub upstream_rq_retry_overflow: Counter,
+    /// A retriable answer came back on the last try the policy allows.
+    pub upstream_rq_retry_limit_exceeded: Counter,
     pub upstream_rq_pending_total: Counter,
     pub ejections_enforced_total: Counter,
     pub ejections_overflow: Counter,
@@ -36,6 +38,7 @@ impl ResilienceStats {
             upstream_cx_overflow: Counter::default(),
             upstream_rq_active_overflow: Counter::default(),
             upstream_rq_retry_overflow: Counter::default(),
+            upstream_rq_retry_limit_exceeded: Counter::default(),
             upstream_rq_pending_total: Counter::default(),
             ejections_enforced_total: Counter::default(),
             ejections_overflow: Counter::default(),
@@ -65,6 +68,11 @@ impl StatSource for ResilienceStats {
             s,
             "upstream_rq_retry_overflow",
             self.upstream_rq_retry_overflow.get(),
+        );
+        v.counter(
+            s,
+            "upstream_rq_retry_limit_exceeded",
+            self.upstream_rq_retry_limit_exceeded.get(),
         );
         v.counter(
             s,

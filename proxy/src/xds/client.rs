@@ -19,6 +19,8 @@ use super::resources::{Kind, Resources, Update};
 use super::stats::{register, version_hash, XdsStats};
 use super::AdsConfig;
 use crate::shared::Shared;
+use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
+use hyper_util::rt::TokioIo;
 
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -96,9 +98,13 @@ impl Client {
         let ep = cluster.pick(rand::random())?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.addr))
             .ok()?
-            .connect_timeout(cluster.config.connect_timeout)
-            .tcp_nodelay(true);
-        match endpoint.connect().await {
+            .connect_timeout(cluster.config.connect_timeout);
+        let connector = AdsConnector {
+            addr: ep.addr,
+            tls: cluster.config.tls.clone(),
+            ssl: cluster.ssl.clone(),
+        };
+        match endpoint.connect_with_connector(connector).await {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::debug!(address = %ep.addr, error = %e, "cannot reach the management server");
@@ -447,4 +453,46 @@ fn backoff(attempt: u32) -> Duration {
         .min(BACKOFF_MAX);
     let ms = exp.as_millis() as u64;
     Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+}
+
+/// Dials the management server: TCP, then TLS when the ADS cluster has an
+/// `UpstreamTlsContext` (ALPN `h2` unless the context sets its own), as
+/// Envoy does for its xDS cluster.
+#[derive(Clone)]
+struct AdsConnector {
+    addr: std::net::SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
+    /// The ADS cluster's `ssl.*` stats, where its handshakes count.
+    ssl: Option<Arc<crate::tls::ClusterSslStats>>,
+}
+
+impl tonic::codegen::Service<http::Uri> for AdsConnector {
+    type Response = TokioIo<ClientStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let AdsConnector { addr, tls, ssl } = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = match tls {
+                Some(tls) => {
+                    let ssl = ssl.as_deref().map(|s| &s.ssl);
+                    tls.connect(tcp, addr, AlpnFor::Http2, ssl).await?
+                }
+                None => ClientStream::Plain(tcp),
+            };
+            Ok(TokioIo::new(stream))
+        })
+    }
 }

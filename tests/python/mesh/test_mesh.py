@@ -142,8 +142,11 @@ def sidecar(ctx, node):
         [str(binary("trellis-control")), "bootstrap", "--mesh", "m", "--virtual-node", node,
          "--xds-addr", f"127.0.0.1:{ctx['xds']}", "--admin-port", "0",
          "--listener-address", "127.0.0.1",
+         # The CA bundle for TLS to xDS comes from the API.
+         "--api-addr", f"127.0.0.1:{ctx['api']}", "--credentials", str(ctx["creds"]),
          "--ingress-port", str(ingress), "--egress-port", str(egress)],
         check=True, capture_output=True, text=True).stdout
+    assert "UpstreamTlsContext" in yaml, "the sidecar reaches xDS over TLS"
     path = ctx["tmp"] / f"{node}.yaml"
     path.write_text(yaml)
     admin_path = ctx["tmp"] / f"{node}.admin"

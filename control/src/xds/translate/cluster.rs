@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use super::{ads_source, duration_ms, socket_address, Ctx, ResourceSet};
+use super::{ads_source, appmesh_metadata, duration_ms, socket_address, Ctx, ResourceSet};
 use crate::xds::spec::{NodeListener, PoolLimits, VirtualNodeSpec};
 
 /// One registered address of a virtual node: a connected proxy's ingress,
@@ -144,7 +144,11 @@ pub(super) fn egress(
     if set.clusters.contains_key(&name) {
         return Some(name);
     }
-    let mut c = json!({"name": name, "connect_timeout": CONNECT_TIMEOUT});
+    let mut c = json!({
+        "name": name,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "metadata": appmesh_metadata("virtual_node", target),
+    });
     discovery(ctx, set, &mut c, &name, target, spec, pm.port);
     if is_http2(&pm.protocol) {
         http2_options(&mut c);

@@ -360,6 +360,16 @@ impl Ctx<'_> {
     }
 }
 
+/// The filter-metadata namespace in which resources name the App Mesh
+/// object they stand for, so a proxy's per-peer stats can name it.
+const APPMESH_METADATA: &str = "trellis.appmesh";
+
+/// `metadata` naming an App Mesh object: `{"virtual_service": "color"}` on
+/// routes and virtual hosts, `{"virtual_node": "blue"}` on clusters.
+fn appmesh_metadata(field: &str, name: &str) -> Value {
+    json!({"filter_metadata": {APPMESH_METADATA: {field: name}}})
+}
+
 /// A protobuf `Duration` in proto3 JSON.
 fn duration_ms(ms: u64) -> Value {
     if ms.is_multiple_of(1000) {

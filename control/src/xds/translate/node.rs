@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx, ResourceSet};
+use super::{
+    appmesh_metadata, cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx,
+    ResourceSet,
+};
 use crate::xds::spec::{ClientTls, VirtualNodeSpec};
 
 pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> ResourceSet {
@@ -148,6 +151,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                         "name": format!("{service}:{}", target.port),
                         "domains": domains,
                         "routes": target.routes,
+                        "metadata": appmesh_metadata("virtual_service", &service),
                     }));
                 }
             }

@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use self::path::{Narrowed, PathMatch, Upstream};
-use super::{cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
+use super::{appmesh_metadata, cluster, hcm, listener, routes, tls, Chain, Ctx, ResourceSet};
 use crate::xds::spec::{
     GatewayAction, GatewayGrpcRoute, GatewayHttpRoute, GatewayRouteSpec, GrpcMatch, HostnameMatch,
     RouteSpec, VirtualGatewaySpec,
@@ -253,8 +253,11 @@ fn provider<'a>(ctx: &Ctx<'_>, set: &mut ResourceSet, action: &'a GatewayAction)
     Provider::Router(rs, listener.port_mapping.port)
 }
 
-/// Host rewrite: the target service's name unless DISABLED.
-fn rewrite_host(action: &GatewayAction, route: &mut Value) {
+/// Host rewrite: the target service's name unless DISABLED. The route also
+/// names its target service (metadata) for the proxy's per-peer stats.
+fn mark_target(action: &GatewayAction, route: &mut Value) {
+    let service = &action.target.virtual_service.virtual_service_name;
+    route["metadata"] = appmesh_metadata("virtual_service", service);
     let host = action
         .rewrite
         .as_ref()
@@ -278,7 +281,7 @@ fn http(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayHttpRoute, http2: bool)
         Provider::Node(cluster) => {
             let mut route = json!({"match": base, "route": {"cluster": cluster}});
             upstream.rewrite().apply(&mut route["route"]);
-            rewrite_host(action, &mut route);
+            mark_target(action, &mut route);
             out.push(route);
         }
         Provider::Router(rs, port) => {
@@ -315,7 +318,7 @@ fn http(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayHttpRoute, http2: bool)
                     continue;
                 };
                 rewrite.apply(&mut route["route"]);
-                rewrite_host(action, &mut route);
+                mark_target(action, &mut route);
                 out.push(route);
             }
         }
@@ -333,7 +336,7 @@ fn grpc(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayGrpcRoute) -> Vec<Value
         Provider::Node(cluster) => {
             let mut route =
                 json!({"match": routes::grpc_match(&g.matcher), "route": {"cluster": cluster}});
-            rewrite_host(action, &mut route);
+            mark_target(action, &mut route);
             out.push(route);
         }
         Provider::Router(rs, port) => {
@@ -363,7 +366,7 @@ fn grpc(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayGrpcRoute) -> Vec<Value
                 ) else {
                     continue;
                 };
-                rewrite_host(action, &mut route);
+                mark_target(action, &mut route);
                 out.push(route);
             }
         }
