@@ -2,6 +2,7 @@
 //! talking mTLS, refusals with their reasons, SNI and transport-protocol
 //! chain selection, ALPN, a third-party client, and bad key material.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -798,6 +799,332 @@ async fn inspector_timeout_closes_or_continues_as_configured() {
             .expect("closed after the timeout")
             .unwrap_or(0);
         assert_eq!(n, 0, "closed without forwarding");
+    })
+    .await;
+}
+
+/// The `ssl.*` stats one proxy shows after [`ssl_scenario`]: its text stats
+/// under the given scopes, with cipher names summed (each TLS stack prefers
+/// its own suites) and the stats trellis leaves out dropped (OCSP,
+/// certificate hashes and expiry, peer signature algorithms).
+async fn ssl_stats(p: &ProxyProcess, scopes: &[String]) -> BTreeMap<String, i64> {
+    let text = p.admin_get("/stats").await.body_text();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        let Some(scope) = scopes
+            .iter()
+            .find(|s| name.starts_with(&format!("{s}.ssl.")))
+        else {
+            continue;
+        };
+        let stat = &name[scope.len() + 1..];
+        let left_out = [
+            "ssl.ocsp_",
+            "ssl.fail_verify_cert_hash",
+            "ssl.certificate.",
+            "ssl.sigalgs.",
+        ];
+        if left_out.iter().any(|p| stat.starts_with(p)) {
+            continue;
+        }
+        let key = if stat.starts_with("ssl.ciphers.") {
+            format!("{scope}.ssl.ciphers.*")
+        } else {
+            name.to_string()
+        };
+        *out.entry(key).or_default() += value.trim().parse::<i64>().unwrap_or(0);
+    }
+    out
+}
+
+/// The same Prometheus series, `family{labels}` → value, cipher names as `*`
+/// (summed), for the series that name one of `scopes`.
+fn ssl_series(prom: &str, scopes: &[&str]) -> BTreeMap<String, f64> {
+    let cipher = regex::Regex::new(r#"(cipher_suite|envoy_ssl_cipher)="[^"]*""#).expect("regex");
+    let mut out = BTreeMap::new();
+    for line in prom.lines() {
+        if !(line.starts_with("envoy_listener_ssl_") || line.starts_with("envoy_cluster_ssl_")) {
+            continue;
+        }
+        if !scopes.iter().any(|s| line.contains(&format!("=\"{s}\""))) {
+            continue;
+        }
+        if ["ocsp", "cert_hash", "certificate", "sigalgs"]
+            .iter()
+            .any(|x| line.contains(x))
+        {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let series = cipher.replace(series, r#"$1="*""#).into_owned();
+        *out.entry(series).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// One proxy (`bin`) through every TLS case: on an mTLS listener a good
+/// client twice (the second resumes its session), a client certificate from
+/// another CA, one with a SAN that is not allowed, none, and plaintext; a
+/// TLS listener without client certificates; and four clusters towards the
+/// mTLS listener: a good one, one expecting another SAN, one trusting
+/// another CA, one without a client certificate. Returns the proxy and the
+/// stat scopes of the two listeners and four clusters.
+async fn ssl_scenario(
+    bin: &Path,
+    dir: &Path,
+    ca: &Ca,
+    other_ca: &Ca,
+) -> (ProxyProcess, Vec<String>) {
+    let (mtls, open, plain) = (free_port(), free_port(), free_port());
+    let server = ca.issue(&Leaf::new(&["backend.test"], &[BACKEND]));
+    let server_files = cert_files(dir, "backend", &server);
+    let ca_file = ca.write(dir, "ca");
+    let mut mtls_chain = json!({ "filters": [hcm("mtls", reply("ok"))] });
+    mtls_chain["transport_socket"] = downstream_tls(
+        json!({
+            "tls_certificates": [server_files.clone()],
+            "validation_context": {
+                "trusted_ca": { "filename": ca_file },
+                "match_typed_subject_alt_names": uri_san(FRONTEND),
+            },
+        }),
+        true,
+    );
+    let mut open_chain = json!({ "filters": [hcm("open", reply("ok"))] });
+    open_chain["transport_socket"] =
+        downstream_tls(json!({ "tls_certificates": [server_files] }), false);
+    let routes: Vec<Value> = ["good", "badsan", "badca", "nocert"]
+        .iter()
+        .map(|c| json!({ "match": { "prefix": format!("/{c}") }, "route": { "cluster": c } }))
+        .collect();
+    let mut out = hcm("out", reply("unused"));
+    out["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = json!(routes);
+    let client = ca.issue(&Leaf::new(&[], &[FRONTEND]));
+    let client_files = cert_files(dir, "frontend", &client);
+    let upstream = |name: &str, trust: &Path, san: &str, cert: bool| {
+        let mut common = json!({ "validation_context": {
+            "trusted_ca": { "filename": trust },
+            "match_typed_subject_alt_names": uri_san(san),
+        }});
+        if cert {
+            common["tls_certificates"] = json!([client_files.clone()]);
+        }
+        cluster(
+            name,
+            loopback(mtls),
+            Some(upstream_tls(common, "backend.test")),
+        )
+    };
+    let other_ca_file = other_ca.write(dir, "other-ca");
+    let config = bootstrap(
+        vec![
+            listener(mtls, vec![mtls_chain], json!({})),
+            listener(open, vec![open_chain], json!({})),
+            listener(plain, vec![json!({ "filters": [out] })], json!({})),
+        ],
+        vec![
+            upstream("good", &ca_file, BACKEND, true),
+            upstream(
+                "badsan",
+                &ca_file,
+                "spiffe://trellis.test/ns/default/sa/other",
+                true,
+            ),
+            upstream("badca", &other_ca_file, BACKEND, true),
+            upstream("nocert", &ca_file, BACKEND, false),
+        ],
+        vec![],
+    );
+    let p = ProxyProcess::start_with(bin, &config, &[]).await;
+
+    let mut resuming = (*client_config(&ca.pem, Some(&client), &["http/1.1"])).clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let resuming = std::sync::Arc::new(resuming);
+    for _ in 0..2 {
+        let r = https_get(loopback(mtls), "backend.test", resuming.clone(), "/").await;
+        assert_eq!(r.expect("a good client certificate").status, 200);
+    }
+    let refused = [
+        Some(other_ca.issue(&Leaf::new(&[], &[FRONTEND]))),
+        Some(ca.issue(&Leaf::new(
+            &[],
+            &["spiffe://trellis.test/ns/default/sa/intruder"],
+        ))),
+        None,
+    ];
+    for cert in &refused {
+        let cfg = client_config(&ca.pem, cert.as_ref(), &["http/1.1"]);
+        let r = https_get(loopback(mtls), "backend.test", cfg, "/").await;
+        assert!(
+            r.is_err() || r.is_ok_and(|r| r.status != 200),
+            "a bad client was served"
+        );
+    }
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        trellis_tests::client::get(&format!("http://127.0.0.1:{mtls}/")),
+    )
+    .await;
+    assert!(
+        !matches!(r, Ok(Ok(ref r)) if r.status == 200),
+        "plaintext was served"
+    );
+    let r = https_get(
+        loopback(open),
+        "backend.test",
+        client_config(&ca.pem, None, &[]),
+        "/",
+    )
+    .await;
+    assert_eq!(r.expect("TLS without a client certificate").status, 200);
+    for (path, status) in [
+        ("good", 200),
+        ("badsan", 503),
+        ("badca", 503),
+        ("nocert", 503),
+    ] {
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{plain}/{path}"))
+            .await
+            .expect("the plaintext listener answers");
+        assert_eq!(r.status, status, "/{path}");
+    }
+    let mut scopes = vec![
+        format!("listener.127.0.0.1_{mtls}"),
+        format!("listener.127.0.0.1_{open}"),
+    ];
+    scopes.extend(["good", "badsan", "badca", "nocert"].map(|c| format!("cluster.{c}")));
+    (p, scopes)
+}
+
+/// Envoy's `ssl.*` stats, listener and cluster, move for the same cases in
+/// trellis as in a stock Envoy on the same bootstrap, in `/stats` and in
+/// `/stats/prometheus` (tag extraction included), and promtool is clean.
+#[tokio::test]
+async fn ssl_stats_count_each_case_as_envoy_does() {
+    within(Duration::from_secs(90), "ssl stats", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let other_ca = Ca::new("some other CA");
+        let envoy_bin = trellis_tests::process::require_envoy();
+        let trellis_bin = trellis_tests::process::workspace_bin("trellis-proxy");
+        let (envoy, e_scopes) = ssl_scenario(&envoy_bin, dir.path(), &ca, &other_ca).await;
+        let (trellis, t_scopes) = ssl_scenario(&trellis_bin, dir.path(), &ca, &other_ca).await;
+        // The two ran on different ports: name both `M` (mTLS) and `O` (open).
+        let rename = |m: BTreeMap<String, i64>, scopes: &[String]| -> BTreeMap<String, i64> {
+            m.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.replace(&scopes[0], "listener.M")
+                            .replace(&scopes[1], "listener.O"),
+                        v,
+                    )
+                })
+                .collect()
+        };
+        // What Envoy must show, so that the comparison means something:
+        // each case moved its own counter.
+        let expected: BTreeMap<String, i64> = [
+            ("listener.M.ssl.handshake", 3),
+            ("listener.M.ssl.session_reused", 1),
+            ("listener.M.ssl.fail_verify_error", 1),
+            ("listener.M.ssl.fail_verify_san", 1),
+            // The client without a certificate, and cluster `nocert`.
+            ("listener.M.ssl.fail_verify_no_cert", 2),
+            // Plaintext, and the alerts of clusters `badsan` and `badca`.
+            ("listener.M.ssl.connection_error", 3),
+            ("listener.M.ssl.no_certificate", 0),
+            ("listener.M.ssl.versions.TLSv1.3", 2),
+            // A cluster's default maximum is TLS 1.2.
+            ("listener.M.ssl.versions.TLSv1.2", 1),
+            ("listener.M.ssl.curves.X25519", 3),
+            ("listener.M.ssl.ciphers.*", 3),
+            ("listener.O.ssl.handshake", 1),
+            ("listener.O.ssl.no_certificate", 1),
+            ("cluster.good.ssl.handshake", 1),
+            ("cluster.good.ssl.versions.TLSv1.2", 1),
+            ("cluster.badsan.ssl.fail_verify_san", 1),
+            ("cluster.badca.ssl.fail_verify_error", 1),
+            ("cluster.nocert.ssl.connection_error", 1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // Refusals are counted by the server a moment after the client saw them.
+        let reference =
+            trellis_tests::eventually(Duration::from_secs(10), "Envoy's ssl stats", || async {
+                let m = rename(ssl_stats(&envoy, &e_scopes).await, &e_scopes);
+                expected
+                    .iter()
+                    .all(|(k, v)| m.get(k).copied().unwrap_or(0) == *v)
+                    .then_some(m)
+            })
+            .await;
+        let mut seen = BTreeMap::new();
+        for _ in 0..100 {
+            seen = rename(ssl_stats(&trellis, &t_scopes).await, &t_scopes);
+            if seen == reference {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let differ: Vec<String> = reference
+            .keys()
+            .chain(seen.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| reference.get(*k) != seen.get(*k))
+            .map(|k| {
+                format!(
+                    "{k}: envoy {:?}, trellis {:?}",
+                    reference.get(k),
+                    seen.get(k)
+                )
+            })
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "ssl stats differ:\n{}",
+            differ.join("\n")
+        );
+
+        // Prometheus: the same families, tags and values, and promtool clean.
+        let prom_scopes = |s: &[String]| -> Vec<String> {
+            s.iter()
+                .map(|x| {
+                    x.trim_start_matches("listener.")
+                        .trim_start_matches("cluster.")
+                        .to_string()
+                })
+                .collect()
+        };
+        let normalise = |prom: &str, scopes: &[String]| -> BTreeMap<String, f64> {
+            let names = prom_scopes(scopes);
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            ssl_series(prom, &refs)
+                .into_iter()
+                .map(|(k, v)| (k.replace(&names[0], "M").replace(&names[1], "O"), v))
+                .collect()
+        };
+        let e_prom = envoy.admin_get("/stats/prometheus").await.body_text();
+        let t_prom = trellis.admin_get("/stats/prometheus").await.body_text();
+        let (e_series, t_series) = (normalise(&e_prom, &e_scopes), normalise(&t_prom, &t_scopes));
+        assert!(
+            e_series.contains_key(
+                "envoy_cluster_ssl_ciphers{cipher_suite=\"*\",envoy_cluster_name=\"good\"}"
+            ),
+            "{e_series:#?}"
+        );
+        assert_eq!(
+            t_series, e_series,
+            "Prometheus ssl series, trellis vs envoy"
+        );
+        let findings = trellis_tests::metrics::promtool_findings(&t_prom);
+        assert!(findings.is_empty(), "promtool: {findings:#?}");
     })
     .await;
 }

@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::admit::{Admission, RequestCount};
+use super::coalesce::{Coalesce, PollCount};
 use super::h1_guard::H1Guard;
 use super::h2_guard::{self, H2Guard};
 use super::head_timer::HeadTimer;
@@ -62,6 +63,8 @@ impl Hcm {
         });
         let activity = Activity::default();
         let h1 = cfg.codec != Codec::Http2;
+        let polls = PollCount::default();
+        let stream = Coalesce::new(stream, polls.clone());
         let h2_limits = (cfg.codec != Codec::Http1).then(|| h2_guard::Limits {
             max_control_frames: cfg.http2.max_control_frames,
             http: self.stats.clone(),
@@ -176,6 +179,7 @@ impl Hcm {
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
         };
+        let served = polls.count(served);
         let outcome = match idle {
             Some(idle) => {
                 let r = activity.run(served, idle).await;

@@ -2,6 +2,7 @@
 //! walks each request through routing to an upstream.
 
 mod admit;
+mod coalesce;
 mod conn;
 mod explicit;
 mod flags;

@@ -85,7 +85,8 @@ impl TcpProxy {
                         None => ClientStream::Plain(s),
                         // The cluster's UpstreamTlsContext, bounded like the connect.
                         Some(tls) => {
-                            let handshake = tls.connect(s, ep.addr, AlpnFor::Tcp);
+                            let ssl = cluster.ssl.as_deref().map(|s| &s.ssl);
+                            let handshake = tls.connect(s, ep.addr, AlpnFor::Tcp, ssl);
                             match tokio::time::timeout(cluster.config.connect_timeout, handshake)
                                 .await
                             {

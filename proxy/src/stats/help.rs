@@ -77,6 +77,28 @@ pub fn help(family: &str) -> &'static str {
         "cluster_outlier_detection_ejections_detected_consecutive_gateway_failure" => {
             "Endpoints detected with consecutive gateway failures."
         }
+        "cluster_ssl_handshake" => "TLS handshakes completed with this cluster's endpoints.",
+        "cluster_ssl_connection_error" => {
+            "TLS handshakes with this cluster that failed, other than certificate refusals."
+        }
+        "cluster_ssl_fail_verify_no_cert" => "Endpoints refused for presenting no certificate.",
+        "cluster_ssl_fail_verify_error" => {
+            "Endpoint certificates refused as expired, not yet valid or from an unknown CA."
+        }
+        "cluster_ssl_fail_verify_san" => {
+            "Endpoint certificates refused because no subject alternative name matched."
+        }
+        "cluster_ssl_no_certificate" => "TLS handshakes where the endpoint sent no certificate.",
+        "cluster_ssl_session_reused" => "TLS handshakes with this cluster that resumed a session.",
+        "cluster_ssl_versions" => {
+            "TLS handshakes with this cluster, by protocol version (envoy_ssl_version)."
+        }
+        "cluster_ssl_ciphers" => {
+            "TLS handshakes with this cluster, by cipher suite (cipher_suite)."
+        }
+        "cluster_ssl_curves" => {
+            "TLS handshakes with this cluster, by key exchange group (envoy_ssl_curve)."
+        }
         "cluster_health_check_attempt" => "Active health checks sent.",
         "cluster_health_check_success" => "Active health checks that passed.",
         "cluster_health_check_failure" => "Active health checks that failed.",
@@ -157,6 +179,15 @@ pub fn help(family: &str) -> &'static str {
         }
         "listener_ssl_fail_verify_san" => {
             "Client certificates refused because no subject alternative name matched."
+        }
+        "listener_ssl_no_certificate" => "TLS handshakes where the client sent no certificate.",
+        "listener_ssl_session_reused" => "TLS handshakes that resumed an earlier session.",
+        "listener_ssl_versions" => {
+            "TLS handshakes completed, by protocol version (envoy_ssl_version)."
+        }
+        "listener_ssl_ciphers" => "TLS handshakes completed, by cipher suite (envoy_ssl_cipher).",
+        "listener_ssl_curves" => {
+            "TLS handshakes completed, by key exchange group (envoy_ssl_curve)."
         }
         "listener_downstream_global_cx_overflow" => {
             "Connections closed at once because the global downstream connection limit was reached."

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::tls::SslStats;
+
 pub use render::{render_json, render_prometheus, render_text};
 
 #[derive(Debug, Default)]
@@ -527,33 +529,6 @@ impl StatSource for HttpStats {
         v.counter(s, "rq_redirect", self.rq_redirect.get());
         v.counter(s, "rq_direct_response", self.rq_direct_response.get());
         v.histogram(s, "downstream_rq_time", &self.downstream_rq_time.snapshot());
-    }
-}
-
-/// Envoy's `ssl.*` stats of a listener whose chains terminate TLS: each
-/// refused peer is counted by why, as well as logged.
-#[derive(Debug, Default)]
-pub struct SslStats {
-    /// Handshakes completed.
-    pub handshake: Counter,
-    /// Handshakes that failed for another reason than the peer's certificate.
-    pub connection_error: Counter,
-    /// Refused: a client certificate was required and none was presented.
-    pub fail_verify_no_cert: Counter,
-    /// Refused: the certificate did not verify (expired, not yet valid,
-    /// unknown CA, bad signature).
-    pub fail_verify_error: Counter,
-    /// Refused: no subject alternative name matched.
-    pub fail_verify_san: Counter,
-}
-
-impl SslStats {
-    fn visit(&self, s: &Scope, v: &mut dyn Visitor) {
-        v.counter(s, "ssl.handshake", self.handshake.get());
-        v.counter(s, "ssl.connection_error", self.connection_error.get());
-        v.counter(s, "ssl.fail_verify_no_cert", self.fail_verify_no_cert.get());
-        v.counter(s, "ssl.fail_verify_error", self.fail_verify_error.get());
-        v.counter(s, "ssl.fail_verify_san", self.fail_verify_san.get());
     }
 }
 

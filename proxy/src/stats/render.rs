@@ -74,6 +74,9 @@ impl Visitor for Collect<'_> {
 /// `upstream_rq_xx{envoy_response_code_class="2"}`, `upstream_rq_503` becomes
 /// `upstream_rq{envoy_response_code="503"}`.
 fn prometheus_family(kind: &str, name: &str) -> (String, Option<(String, String)>) {
+    if let Some(found) = ssl_family(kind, name) {
+        return found;
+    }
     if let Some((base, code)) = name.rsplit_once('_') {
         let b = code.as_bytes();
         if b.len() == 3 && b[0].is_ascii_digit() && &code[1..] == "xx" && base.ends_with("_rq") {
@@ -90,6 +93,27 @@ fn prometheus_family(kind: &str, name: &str) -> (String, Option<(String, String)
         }
     }
     (format!("envoy_{kind}_{name}"), None)
+}
+
+/// Envoy's tag extraction for what a TLS handshake negotiated:
+/// `ssl.versions.TLSv1.3` becomes `ssl_versions{envoy_ssl_version="TLSv1.3"}`;
+/// a listener's cipher is tagged `envoy_ssl_cipher`, a cluster's
+/// `cipher_suite` (Envoy 1.40's two extractors).
+fn ssl_family(kind: &str, name: &str) -> Option<(String, Option<(String, String)>)> {
+    let (stem, value) = ["ssl.versions.", "ssl.ciphers.", "ssl.curves."]
+        .iter()
+        .find_map(|p| Some((*p, name.strip_prefix(p)?)))?;
+    let label = match (stem, kind) {
+        ("ssl.versions.", _) => "envoy_ssl_version",
+        ("ssl.curves.", _) => "envoy_ssl_curve",
+        ("ssl.ciphers.", "cluster") => "cipher_suite",
+        _ => "envoy_ssl_cipher",
+    };
+    let family = format!(
+        "envoy_{kind}_{}",
+        stem.trim_end_matches('.').replace('.', "_")
+    );
+    Some((family, Some((label.to_string(), value.to_string()))))
 }
 
 fn collect(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> Vec<Sample> {
@@ -355,6 +379,37 @@ mod tests {
     }
 
     #[test]
+    fn negotiated_tls_parameters_become_labels() {
+        let fam = |kind, name| prometheus_family(kind, name);
+        assert_eq!(
+            fam("listener", "ssl.versions.TLSv1.3"),
+            (
+                "envoy_listener_ssl_versions".to_string(),
+                Some(("envoy_ssl_version".into(), "TLSv1.3".into()))
+            )
+        );
+        assert_eq!(
+            fam("cluster", "ssl.ciphers.ECDHE-ECDSA-AES128-GCM-SHA256").1,
+            Some((
+                "cipher_suite".into(),
+                "ECDHE-ECDSA-AES128-GCM-SHA256".into()
+            ))
+        );
+        assert_eq!(
+            fam("listener", "ssl.ciphers.TLS_AES_128_GCM_SHA256").1,
+            Some(("envoy_ssl_cipher".into(), "TLS_AES_128_GCM_SHA256".into()))
+        );
+        assert_eq!(
+            fam("cluster", "ssl.curves.P-256"),
+            (
+                "envoy_cluster_ssl_curves".to_string(),
+                Some(("envoy_ssl_curve".into(), "P-256".into()))
+            )
+        );
+        assert_eq!(fam("listener", "ssl.handshake").1, None);
+    }
+
+    #[test]
     fn every_family_has_help() {
         use super::super::{ClusterStats, HttpStats, ListenerStats, StatSource, TcpStats};
         use std::sync::{Arc, Weak};
@@ -363,13 +418,19 @@ mod tests {
         let h = Arc::new(HttpStats::new(Arc::from("h")));
         let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap(), true));
         let t = Arc::new(TcpStats::new(Arc::from("t")));
+        let ssl = Arc::new(crate::tls::ClusterSslStats::new(Arc::from("c")));
         let m = Arc::new(super::super::appmesh::MeshStats::default());
         c.upstream_rq.record(200);
         h.downstream_rq.record(503);
+        ssl.ssl.count_every_name();
+        if let Some(l) = &l.ssl {
+            l.count_every_name();
+        }
         let d = std::time::Duration::ZERO;
         m.downstream(Some("spiffe://td/mesh/m/virtualNode/a"), 503, d);
         m.upstream(&Arc::from("svc"), &Arc::from("node"), 200, d);
         for s in [
+            Arc::downgrade(&ssl) as Weak<dyn StatSource>,
             Arc::downgrade(&c) as Weak<dyn StatSource>,
             Arc::downgrade(&h) as Weak<dyn StatSource>,
             Arc::downgrade(&l) as Weak<dyn StatSource>,

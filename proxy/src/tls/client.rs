@@ -18,7 +18,9 @@ use xds_protos::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContex
 
 use super::common::{Certs, Common};
 use super::material::Validation;
+use super::stats::SslStats;
 use super::verify::{ServerVerifier, Trust};
+use super::Role;
 use crate::config::ConfigError;
 
 /// A compiled `UpstreamTlsContext`.
@@ -75,8 +77,10 @@ impl UpstreamTls {
             ));
         }
         let c = match &ctx.common_tls_context {
-            Some(common) => Common::compile(common).map_err(|e| e.at("common_tls_context"))?,
-            None => Common::compile(&Default::default())?,
+            Some(common) => {
+                Common::compile(common, Role::Client).map_err(|e| e.at("common_tls_context"))?
+            }
+            None => Common::compile(&Default::default(), Role::Client)?,
         };
         let sni =
             if ctx.sni.is_empty() {
@@ -120,12 +124,14 @@ impl UpstreamTls {
     }
 
     /// The client handshake on a fresh connection to `addr`, for the user
-    /// named: it decides the ALPN offered when the context sets none.
+    /// named: it decides the ALPN offered when the context sets none. The
+    /// outcome is counted in the cluster's `ssl.*` stats.
     pub async fn connect(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
         user: AlpnFor,
+        stats: Option<&SslStats>,
     ) -> io::Result<ClientStream> {
         let connector = match (&self.by_protocol, user) {
             (Some((h1, _)), AlpnFor::Http1) => h1,
@@ -138,7 +144,13 @@ impl UpstreamTls {
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let tls = connector.connect(name, stream).await.inspect_err(|e| {
             tracing::warn!(upstream = %addr, error = %e, "upstream TLS handshake failed");
+            if let Some(st) = stats {
+                st.record_failure(e);
+            }
         })?;
+        if let Some(st) = stats {
+            st.record_handshake(tls.get_ref().1);
+        }
         Ok(ClientStream::Tls(Box::new(tls)))
     }
 }

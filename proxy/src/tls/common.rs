@@ -11,6 +11,7 @@ use xds_protos::envoy::extensions::transport_sockets::tls::v3::{
 use super::material::{certified_key, validation, SecretValue, Validation};
 use super::secrets::{resolve, Slot};
 use super::verify::Trust;
+use super::Role;
 use crate::config::ConfigError;
 
 /// A certificate the context presents: fixed at compile time, or the
@@ -39,7 +40,9 @@ pub struct Certs(pub Vec<CertSource>);
 impl Certs {
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         let found = self.0.iter().find_map(CertSource::current);
-        if found.is_none() {
+        // A context without certificates is asked too (rustls's client asks
+        // whatever the server requests): nothing is missing then.
+        if found.is_none() && !self.0.is_empty() {
             let names: Vec<&str> = self
                 .0
                 .iter()
@@ -74,7 +77,7 @@ pub struct Common {
 }
 
 impl Common {
-    pub fn compile(c: &CommonTlsContext) -> Result<Common, ConfigError> {
+    pub fn compile(c: &CommonTlsContext, role: Role) -> Result<Common, ConfigError> {
         let unsupported = [
             (
                 c.tls_certificate_provider_instance.is_some(),
@@ -101,7 +104,8 @@ impl Common {
                 ));
             }
         }
-        let versions = super::versions(c.tls_params.as_ref()).map_err(|e| e.at("tls_params"))?;
+        let versions =
+            super::versions(c.tls_params.as_ref(), role).map_err(|e| e.at("tls_params"))?;
         let mut ads_names = Vec::new();
         let mut certs = Vec::new();
         for (i, tc) in c.tls_certificates.iter().enumerate() {

@@ -13,6 +13,7 @@ mod inspector;
 mod material;
 pub mod secrets;
 mod server;
+mod stats;
 mod verify;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 pub use client::{AlpnFor, ClientStream, UpstreamTls};
 pub use inspector::{inspect, ClientHelloFacts, Inspection};
 pub use server::{PeerInfo, ServerTls};
+pub use stats::{ClusterSslStats, SslStats};
 
 /// The one crypto provider: `ring`, with rustls's default (modern, AEAD and
 /// forward-secret only) cipher suites and groups.
@@ -33,11 +35,24 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
+/// Which end of the handshake a context is for: their defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Server,
+    Client,
+}
+
 /// Envoy's `tls_params` protocol range, limited to what trellis allows:
-/// TLS 1.2 and 1.3. `TLS_AUTO` means 1.2 as minimum and 1.3 as maximum.
+/// TLS 1.2 and 1.3. `TLS_AUTO` means 1.2 as minimum and, as in Envoy, 1.3
+/// as maximum for a listener but 1.2 for a cluster.
 fn versions(
     params: Option<&xds_protos::envoy::extensions::transport_sockets::tls::v3::TlsParameters>,
+    role: Role,
 ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, crate::config::ConfigError> {
+    let auto_max = match role {
+        Role::Server => 3,
+        Role::Client => 2,
+    };
     use crate::config::ConfigError;
     use xds_protos::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
     let level = |v: i32, field: &str, auto: u8| -> Result<u8, ConfigError> {
@@ -61,10 +76,10 @@ fn versions(
             level(
                 p.tls_maximum_protocol_version,
                 "tls_maximum_protocol_version",
-                3,
+                auto_max,
             )?,
         ),
-        None => (2, 3),
+        None => (2, auto_max),
     };
     if min > max {
         return Err(ConfigError::new(

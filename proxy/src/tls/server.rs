@@ -12,9 +12,10 @@ use tokio_rustls::TlsAcceptor;
 use xds_protos::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 use super::common::{Certs, Common};
+use super::stats::SslStats;
 use super::verify::{sans, ClientVerifier, SanKind};
+use super::Role;
 use crate::config::ConfigError;
-use crate::stats::SslStats;
 
 /// A handshake that has not finished by then is dropped, so a stalled peer
 /// cannot hold a connection slot; Envoy bounds it with the listener's
@@ -72,7 +73,7 @@ impl ServerTls {
             .common_tls_context
             .as_ref()
             .ok_or_else(|| ConfigError::new("common_tls_context", "is required"))?;
-        let c = Common::compile(common).map_err(|e| e.at("common_tls_context"))?;
+        let c = Common::compile(common, Role::Server).map_err(|e| e.at("common_tls_context"))?;
         if c.certs.is_empty() {
             return Err(ConfigError::new(
                 "common_tls_context.tls_certificates",
@@ -122,22 +123,20 @@ impl ServerTls {
         let tls = match result {
             Ok(Ok(s)) => {
                 if let Some(st) = stats {
-                    st.handshake.inc();
+                    st.record_handshake(s.get_ref().1);
                 }
                 s
             }
             Ok(Err(e)) => {
                 tracing::warn!(peer = ?peer, error = %e, "downstream TLS handshake failed");
                 if let Some(st) = stats {
-                    count_failure(st, &e);
+                    st.record_failure(&e);
                 }
                 return None;
             }
+            // Not a TLS failure for Envoy either: no `ssl.*` stat moves.
             Err(_) => {
                 tracing::warn!(peer = ?peer, "downstream TLS handshake timed out");
-                if let Some(st) = stats {
-                    st.connection_error.inc();
-                }
                 return None;
             }
         };
@@ -155,21 +154,5 @@ impl ServerTls {
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
         };
         Some((tls, info))
-    }
-}
-
-/// Counts a failed handshake as Envoy does: a refused peer certificate by
-/// why (`ssl.fail_verify_*`), any other failure as `ssl.connection_error`.
-fn count_failure(stats: &SslStats, e: &std::io::Error) {
-    use rustls::{CertificateError, Error};
-    let reason = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>());
-    match reason {
-        Some(Error::NoCertificatesPresented) => stats.fail_verify_no_cert.inc(),
-        // The verifier's SAN check refuses with this one.
-        Some(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)) => {
-            stats.fail_verify_san.inc()
-        }
-        Some(Error::InvalidCertificate(_)) => stats.fail_verify_error.inc(),
-        _ => stats.connection_error.inc(),
     }
 }

@@ -15,6 +15,7 @@ use super::stats::ResilienceStats;
 use super::Endpoint;
 use crate::config::cluster::{ClusterConfig, EndpointConfig, LbPolicy, UpstreamProtocol};
 use crate::stats::ClusterStats;
+use crate::tls::ClusterSslStats;
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -23,6 +24,8 @@ pub struct Cluster {
     rr: AtomicUsize,
     pub stats: Arc<ClusterStats>,
     pub rstats: Arc<ResilienceStats>,
+    /// `ssl.*` stats, while the cluster originates TLS.
+    pub ssl: Option<Arc<ClusterSslStats>>,
     pub breaker: Breaker,
     /// Serialises set rebuilds (discovery, health checks, outlier detection:
     /// all off the request path) so none is lost.
@@ -50,6 +53,7 @@ impl Cluster {
         config: Arc<ClusterConfig>,
         stats: Arc<ClusterStats>,
         rstats: Arc<ResilienceStats>,
+        ssl: Option<Arc<ClusterSslStats>>,
     ) -> Cluster {
         Cluster {
             breaker: Breaker::new(config.breakers.clone()),
@@ -60,6 +64,7 @@ impl Cluster {
             original_dst: Default::default(),
             assignment: ArcSwapOption::empty(),
             rstats,
+            ssl,
             rebuild: Mutex::new(()),
             outlier_wake: Arc::new(Notify::new()),
         }
@@ -212,6 +217,7 @@ impl Cluster {
             timeout: self.config.connect_timeout,
             stats: &self.stats,
             tls: self.config.tls.as_ref(),
+            ssl: self.ssl.as_deref().map(|s| &s.ssl),
             cluster: self,
         }
     }

@@ -8,6 +8,7 @@ use super::stats::ResilienceStats;
 use super::{dns, health, outlier, Cluster};
 use crate::config::cluster::{ClusterConfig, Discovery};
 use crate::stats::{ClusterStats, StatSource, Store};
+use crate::tls::ClusterSslStats;
 
 #[derive(Debug, Default)]
 pub struct ClusterMap {
@@ -59,7 +60,16 @@ impl ClusterMap {
             };
             // A replaced cluster's ejections go with its hosts' flags.
             stats.outlier_detection_ejections_active.set(0);
-            let cluster = Arc::new(Cluster::new(config.clone(), stats, rstats));
+            // `ssl.*` stats exist while the cluster originates TLS, kept by name.
+            let old_ssl = self.clusters.get(&config.name).and_then(|o| o.ssl.clone());
+            let ssl = config.tls.as_ref().map(|_| {
+                old_ssl.unwrap_or_else(|| {
+                    let s = Arc::new(ClusterSslStats::new(config.name.clone()));
+                    store.register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+                    s
+                })
+            });
+            let cluster = Arc::new(Cluster::new(config.clone(), stats, rstats, ssl));
             match &config.discovery {
                 Discovery::Static(eps) => cluster.set_static_endpoints(eps),
                 Discovery::StrictDns(eps) | Discovery::LogicalDns(eps) => {

@@ -178,6 +178,7 @@ mod tests {
             config,
             Arc::new(ClusterStats::new("c".into())),
             Arc::new(ResilienceStats::new("c".into())),
+            None,
         ));
         let eps: Vec<Resolved> = (0..hosts)
             .map(|i| Resolved {

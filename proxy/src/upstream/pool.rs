@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::stats::ClusterStats;
-use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
+use crate::tls::{AlpnFor, ClientStream, SslStats, UpstreamTls};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -77,6 +77,8 @@ pub struct ConnectParams<'a> {
     pub cluster: &'a Cluster,
     /// The cluster's `UpstreamTlsContext`, run on every new connection.
     pub tls: Option<&'a Arc<UpstreamTls>>,
+    /// Where its handshakes are counted.
+    pub ssl: Option<&'a SslStats>,
 }
 
 impl Pool {
@@ -156,7 +158,7 @@ impl Pool {
         p.stats.upstream_cx_active.inc();
         match p.tls {
             None => Ok((ClientStream::Plain(stream), local)),
-            Some(tls) => match tls.connect(stream, self.addr, alpn).await {
+            Some(tls) => match tls.connect(stream, self.addr, alpn, p.ssl).await {
                 Ok(s) => Ok((s, local)),
                 Err(e) => {
                     p.stats.upstream_cx_connect_fail.inc();

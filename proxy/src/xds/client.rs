@@ -102,6 +102,7 @@ impl Client {
         let connector = AdsConnector {
             addr: ep.addr,
             tls: cluster.config.tls.clone(),
+            ssl: cluster.ssl.clone(),
         };
         match endpoint.connect_with_connector(connector).await {
             Ok(c) => Some(c),
@@ -476,6 +477,8 @@ fn backoff(attempt: u32) -> Duration {
 struct AdsConnector {
     addr: std::net::SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
+    /// The ADS cluster's `ssl.*` stats, where its handshakes count.
+    ssl: Option<Arc<crate::tls::ClusterSslStats>>,
 }
 
 impl tonic::codegen::Service<http::Uri> for AdsConnector {
@@ -493,12 +496,15 @@ impl tonic::codegen::Service<http::Uri> for AdsConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let AdsConnector { addr, tls } = self.clone();
+        let AdsConnector { addr, tls, ssl } = self.clone();
         Box::pin(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
             let stream = match tls {
-                Some(tls) => tls.connect(tcp, addr, AlpnFor::Http2).await?,
+                Some(tls) => {
+                    let ssl = ssl.as_deref().map(|s| &s.ssl);
+                    tls.connect(tcp, addr, AlpnFor::Http2, ssl).await?
+                }
                 None => ClientStream::Plain(tcp),
             };
             Ok(TokioIo::new(stream))
