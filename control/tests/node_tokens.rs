@@ -24,9 +24,18 @@ fn id(name: &str) -> NodeId {
     }
 }
 
-/// Opens a stream as `node` with `token`; the gRPC status code of the first
-/// reply (`Ok` when the stream is served).
-async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
+type Responses = tonic::Streaming<xds_protos::envoy::service::discovery::v3::DiscoveryResponse>;
+
+/// Sends `node`'s first request with `token` on a new ADS stream; the
+/// server's answer to opening it, and the sender that keeps it open.
+async fn start(
+    url: &str,
+    node: &str,
+    token: Option<&str>,
+) -> (
+    Result<Responses, tonic::Status>,
+    mpsc::Sender<DiscoveryRequest>,
+) {
     let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
         .await
         .expect("connect");
@@ -48,9 +57,19 @@ async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
             format!("Bearer {t}").parse().expect("ascii"),
         );
     }
-    let mut stream = match client.stream_aggregated_resources(request).await {
-        Ok(s) => s.into_inner(),
-        Err(status) => return status.code(),
+    let opened = client
+        .stream_aggregated_resources(request)
+        .await
+        .map(|s| s.into_inner());
+    (opened, tx)
+}
+
+/// Opens a stream as `node` with `token`; the gRPC status code of the first
+/// reply (`Ok` when the stream is served).
+async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
+    let (mut stream, _tx) = match start(url, node, token).await {
+        (Ok(s), tx) => (s, tx),
+        (Err(status), _) => return status.code(),
     };
     match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
         Ok(Ok(_)) => tonic::Code::Ok,
@@ -96,36 +115,9 @@ async fn hold(
     url: &str,
     node: &str,
     token: Option<&str>,
-) -> (
-    tonic::Streaming<xds_protos::envoy::service::discovery::v3::DiscoveryResponse>,
-    mpsc::Sender<DiscoveryRequest>,
-) {
-    let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: format!("mesh/m/virtualNode/{node}"),
-            ..Default::default()
-        }),
-        type_url: CLUSTER.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("send");
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(t) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {t}").parse().expect("ascii"),
-        );
-    }
-    let mut stream = client
-        .stream_aggregated_resources(request)
-        .await
-        .expect("stream")
-        .into_inner();
+) -> (Responses, mpsc::Sender<DiscoveryRequest>) {
+    let (opened, tx) = start(url, node, token).await;
+    let mut stream = opened.expect("stream");
     tokio::time::timeout(Duration::from_secs(3), stream.message())
         .await
         .expect("a first reply")
