@@ -14,14 +14,29 @@ pub mod upstream;
 pub mod xds_server;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// A port nobody listens on right now (the OS picks it, the socket closes).
+/// A port nobody listens on right now, for a child process to bind.
+///
+/// Picked below the kernel's ephemeral range (32768 and up), where outgoing
+/// connections and port-0 binds take theirs: a port the OS handed out would
+/// be free when checked, yet could be taken by any connection opened before
+/// the child binds it. Each pick in this process is a different port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("loopback has free ports")
+    const FIRST: u32 = 24_000;
+    const COUNT: u32 = 8_700;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: OnceLock<u32> = OnceLock::new();
+    // Test binaries run one after another, but the Python suites' servers
+    // or a left-over process may hold ports: start each process elsewhere.
+    let start = *START.get_or_init(|| std::process::id().wrapping_mul(7_919) % COUNT);
+    (0..COUNT)
+        .map(|_| FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok())
+        .map(|port| port as u16)
+        .expect("loopback has free ports below the ephemeral range")
 }
 
 /// An address that refuses connections for as long as the guard lives: the
