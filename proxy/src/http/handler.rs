@@ -726,16 +726,19 @@ fn is_upgrade(parts: &http::request::Parts) -> bool {
 
 /// After a 101, the two upgraded connections are spliced byte for byte.
 fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Body>) {
-    let Some(up) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    let up = resp
+        .extensions_mut()
+        .remove::<super::h1::client::Upgrade>()
+        .and_then(|u| u.take());
+    let Some(mut up) = up else {
         return;
     };
     tokio::spawn(async move {
-        let (Ok(d), Ok(u)) = (down.await, up.await) else {
+        let Ok(d) = down.await else {
             return;
         };
         let mut d = hyper_util::rt::TokioIo::new(d);
-        let mut u = hyper_util::rt::TokioIo::new(u);
-        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+        let _ = tokio::io::copy_bidirectional(&mut d, &mut up).await;
     });
 }
 

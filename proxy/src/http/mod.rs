@@ -7,6 +7,7 @@ mod conn;
 mod explicit;
 mod flags;
 mod forward;
+pub(crate) mod h1;
 mod h1_guard;
 mod h2_guard;
 mod handler;

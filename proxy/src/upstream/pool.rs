@@ -2,20 +2,17 @@
 //! stack, and one multiplexed HTTP/2 connection shared by every request.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
+use crate::http::h1::client::{self as h1, Conn};
 use crate::stats::ClusterStats;
 use crate::tls::{AlpnFor, ClientStream, SslStats, UpstreamTls};
 use tokio::sync::OwnedSemaphorePermit;
@@ -56,11 +53,32 @@ pub(super) struct Pool {
 }
 
 /// An HTTP/1.1 connection and the local address it was opened from
-/// (`%UPSTREAM_LOCAL_ADDRESS%`).
-#[derive(Debug)]
+/// (`%UPSTREAM_LOCAL_ADDRESS%`). Its slot under `max_connections` and its
+/// `upstream_cx_active` count end when it is dropped.
 pub struct H1Conn {
-    sender: http1::SendRequest<Body>,
+    conn: Conn,
     local: Option<SocketAddr>,
+    _open: Open,
+}
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Conn")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+/// An open connection's permit and stats, released on close.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<ClusterStats>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        closed(&self.stats);
+    }
 }
 
 /// The shared HTTP/2 connection of an endpoint.
@@ -92,7 +110,7 @@ impl Pool {
         }
     }
 
-    /// Closes one idle connection; its task ends and frees its permit.
+    /// Closes one idle connection, which frees its permit.
     pub(super) fn drop_one_idle(&self) -> bool {
         self.pop_idle().is_some()
     }
@@ -102,9 +120,6 @@ impl Pool {
     }
 
     fn put_idle(&self, conn: H1Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
         if let Ok(mut idle) = self.idle_h1.lock() {
             if idle.len() < MAX_IDLE_H1 {
                 idle.push(conn);
@@ -176,20 +191,14 @@ impl Pool {
     ) -> Result<H1Conn, ConnectError> {
         let (stream, local) = self.tcp(p, AlpnFor::Http1).await?;
         p.stats.upstream_cx_http1_total.inc();
-        let stats = p.stats.clone();
-        let (sender, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
-            Ok(x) => x,
-            Err(e) => {
-                closed(&stats);
-                return Err(e.into());
-            }
-        };
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-            closed(&stats);
-            drop(permit);
-        });
-        Ok(H1Conn { sender, local })
+        Ok(H1Conn {
+            conn: Conn::new(stream),
+            local,
+            _open: Open {
+                _permit: permit,
+                stats: p.stats.clone(),
+            },
+        })
     }
 
     /// The shared HTTP/2 connection, when there is one still open.
@@ -281,10 +290,7 @@ impl Endpoint {
             }
             Protocol::Http1 => loop {
                 while let Some(mut s) = self.pool.pop_idle() {
-                    if s.sender.is_closed() {
-                        continue;
-                    }
-                    if s.sender.ready().await.is_ok() {
+                    if s.conn.is_usable() {
                         return Ok(Pooled::H1(s, self.clone()));
                     }
                 }
@@ -318,75 +324,33 @@ impl Pooled {
         }
     }
 
-    pub async fn send(
-        self,
-        req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, hyper::Error> {
+    pub async fn send(self, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
         match self {
             Pooled::H2(mut s, _) => {
                 s.ready().await?;
                 Ok(s.send_request(req).await?.map(body::incoming))
             }
-            Pooled::H1(mut s, ep) => {
-                let resp = s.sender.send_request(req).await?;
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    return Ok(resp.map(body::incoming));
-                }
-                if resp.body().is_end_stream() {
-                    ep.pool.put_idle(s);
-                    return Ok(resp.map(body::incoming));
-                }
-                Ok(resp.map(|inner| {
-                    ReturnOnEnd {
-                        inner,
-                        sender: Some((s, ep)),
-                    }
-                    .boxed_unsync()
-                }))
-            }
+            Pooled::H1(conn, endpoint) => Ok(h1::send(Leased { conn, endpoint }, req).await?),
         }
     }
 }
 
-/// Hands the HTTP/1.1 connection back to its pool once the response body has
-/// been read to its end; a body dropped early takes the connection with it.
-struct ReturnOnEnd {
-    inner: hyper::body::Incoming,
-    sender: Option<(H1Conn, Arc<Endpoint>)>,
+/// An HTTP/1.1 connection out of its endpoint's pool for one exchange.
+struct Leased {
+    conn: H1Conn,
+    endpoint: Arc<Endpoint>,
 }
 
-impl ReturnOnEnd {
-    fn release(&mut self) {
-        if let Some((s, ep)) = self.sender.take() {
-            ep.pool.put_idle(s);
-        }
-    }
-}
-
-impl http_body::Body for ReturnOnEnd {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        match &res {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.sender = None,
-            _ => {}
-        }
-        res.map_err(|e| Box::new(e) as BoxError)
+impl h1::Lease for Leased {
+    fn conn(&mut self) -> &mut Conn {
+        &mut self.conn.conn
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn recycle(self) {
+        self.endpoint.pool.put_idle(self.conn);
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn into_conn(self) -> Conn {
+        self.conn.conn
     }
 }

@@ -1,0 +1,467 @@
+//! An HTTP/1.1 upstream connection driven by the request's own task: the
+//! request future writes the head and body and reads the response head, the
+//! response body reads on from the connection (and finishes writing a
+//! request body the upstream answered early), and the connection goes back
+//! to its pool when both messages ended cleanly. No task or channel sits
+//! between the request and the socket.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::body::{BodyError, Decoded, Decoder, Encoder};
+use super::head::{self, HeadError, ResponseHead};
+use crate::body::{self, Body, BoxError};
+use crate::tls::ClientStream;
+
+/// The read buffer grows in steps of this, up to [`MAX_READ`] per read.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Pieces handed to one vectored write.
+const MAX_SLICES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("upstream closed the connection before responding")]
+    Closed,
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+/// An open connection and what was read from it but not yet used.
+pub struct Conn {
+    io: ClientStream,
+    buf: BytesMut,
+    /// How much the next read may take: grows while reads fill it.
+    read_size: usize,
+}
+
+impl Conn {
+    pub fn new(io: ClientStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has not
+    /// closed it nor sent anything unasked.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut rb)
+            .is_pending()
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == spare && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// A connection checked out of a pool for one exchange.
+pub trait Lease: Send + 'static {
+    fn conn(&mut self) -> &mut Conn;
+    /// Both messages ended cleanly: back to the idle stack.
+    fn recycle(self);
+    /// The protocol switched: the stream leaves the pool for good.
+    fn into_conn(self) -> Conn;
+}
+
+/// Sends `req` on the leased connection and returns the response, whose
+/// body streams from it.
+pub async fn send<L: Lease>(lease: L, req: Request<Body>) -> Result<Response<Body>, Error> {
+    let (parts, body) = req.into_parts();
+    let head_request = parts.method == Method::HEAD;
+    let (add_length, encoder, body) = request_framing(&parts.headers, body)?;
+    let chunked = matches!(encoder, Encoder::Chunked);
+    let wire = head::encode_request(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        add_length,
+        chunked,
+    );
+    let mut ex = Exchange {
+        lease,
+        writer: Writer::new(wire, body, encoder),
+        write_error: None,
+    };
+    let ResponseHead {
+        parts,
+        framing,
+        keep_alive,
+    } = std::future::poll_fn(|cx| ex.poll_head(cx, head_request)).await?;
+    let Some(framing) = framing else {
+        return Ok(upgraded(ex, parts));
+    };
+    let decoder = Decoder::new(framing);
+    let reuse = keep_alive && ex.write_error.is_none();
+    // A body already read whole (the common small response) is handed over
+    // as bytes, and the connection goes back to the pool at once.
+    if let Some(n) = decoder.remaining() {
+        let conn = ex.lease.conn();
+        if conn.buf.len() as u64 >= n {
+            let data = conn.buf.split_to(n as usize).freeze();
+            if reuse && ex.writer.is_done() {
+                ex.lease.recycle();
+            }
+            let body = if data.is_empty() {
+                body::empty()
+            } else {
+                body::full(data)
+            };
+            return Ok(Response::from_parts(parts, body));
+        }
+    }
+    let body = ResponseBody {
+        ex: Some(ex),
+        decoder,
+        reuse,
+    };
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// How the request body goes on the wire: a `Content-Length` to add, the
+/// encoder, and the body when one follows the head.
+fn request_framing(
+    headers: &http::HeaderMap,
+    body: Body,
+) -> Result<(Option<u64>, Encoder, Option<Body>), Error> {
+    let declared = head::content_length(headers)?;
+    let body = (!body.is_end_stream()).then_some(body);
+    Ok(match (declared, body) {
+        (Some(n), body) => (None, Encoder::Length(n), body),
+        (None, None) => (None, Encoder::Length(0), None),
+        (None, Some(b)) => match b.size_hint().exact() {
+            Some(n) => (Some(n), Encoder::Length(n), Some(b)),
+            None => (None, Encoder::Chunked, Some(b)),
+        },
+    })
+}
+
+fn upgraded<L: Lease>(ex: Exchange<L>, parts: http::response::Parts) -> Response<Body> {
+    let Conn { io, buf, .. } = ex.lease.into_conn();
+    let mut resp = Response::from_parts(parts, body::empty());
+    resp.extensions_mut()
+        .insert(Upgrade(Arc::new(Mutex::new(Some(Upgraded {
+            io,
+            pre: buf.freeze(),
+        })))));
+    resp
+}
+
+struct Exchange<L> {
+    lease: L,
+    writer: Writer,
+    /// Writing failed: the response may still have come, but the
+    /// connection is not reused.
+    write_error: Option<Error>,
+}
+
+impl<L: Lease> Exchange<L> {
+    /// Writes what it can, and reports a request body that failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.write_error.is_some() || self.writer.is_done() {
+            return Ok(());
+        }
+        match self.writer.poll(cx, &mut self.lease.conn().io) {
+            Poll::Ready(Err(Error::RequestBody(e))) => Err(Error::RequestBody(e)),
+            Poll::Ready(Err(e)) => {
+                self.write_error = Some(e);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<ResponseHead, Error>> {
+        self.poll_write(cx)?;
+        let conn = self.lease.conn();
+        loop {
+            if let Some(h) = head::parse_response(&mut conn.buf, head_request)? {
+                return Poll::Ready(Ok(h));
+            }
+            if ready!(conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(self.write_error.take().unwrap_or(Error::Closed)));
+            }
+        }
+    }
+}
+
+/// The request on its way out: queued bytes, then the body's frames.
+struct Writer {
+    queue: VecDeque<Bytes>,
+    body: Option<Body>,
+    encoder: Encoder,
+    state: WriteState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Body,
+    Flush,
+    Done,
+}
+
+impl Writer {
+    fn new(head: Bytes, body: Option<Body>, encoder: Encoder) -> Writer {
+        let mut queue = VecDeque::with_capacity(4);
+        queue.push_back(head);
+        Writer {
+            queue,
+            body,
+            encoder,
+            state: WriteState::Body,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.state == WriteState::Done
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, io: &mut ClientStream) -> Poll<Result<(), Error>> {
+        loop {
+            while !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = self.queue.len().min(MAX_SLICES);
+                for (s, b) in slices.iter_mut().zip(self.queue.iter()) {
+                    *s = IoSlice::new(b);
+                }
+                let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                while written > 0 {
+                    let Some(front) = self.queue.front_mut() else {
+                        break;
+                    };
+                    let k = written.min(front.len());
+                    front.advance(k);
+                    written -= k;
+                    if front.is_empty() {
+                        self.queue.pop_front();
+                    }
+                }
+            }
+            match self.state {
+                WriteState::Done => return Poll::Ready(Ok(())),
+                WriteState::Flush => {
+                    ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                    self.state = WriteState::Done;
+                    self.body = None;
+                    return Poll::Ready(Ok(()));
+                }
+                WriteState::Body => {
+                    let Some(body) = self.body.as_mut() else {
+                        self.encoder.end(None, &mut self.queue)?;
+                        self.state = WriteState::Flush;
+                        continue;
+                    };
+                    match Pin::new(body).poll_frame(cx) {
+                        Poll::Pending => {
+                            // What was written waits for no more body (TLS).
+                            let _ = Pin::new(&mut *io).poll_flush(cx)?;
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(None) => {
+                            self.encoder.end(None, &mut self.queue)?;
+                            self.state = WriteState::Flush;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            return Poll::Ready(Err(Error::RequestBody(e)));
+                        }
+                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => self.encoder.data(data, &mut self.queue)?,
+                            Err(frame) => {
+                                let trailers = frame.into_trailers().ok();
+                                self.encoder.end(trailers.as_ref(), &mut self.queue)?;
+                                self.state = WriteState::Flush;
+                            }
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The response body, read from the connection as the downstream takes it.
+struct ResponseBody<L> {
+    /// `None` once the body ended (or failed) and the connection left.
+    ex: Option<Exchange<L>>,
+    decoder: Decoder,
+    reuse: bool,
+}
+
+impl<L: Lease> ResponseBody<L> {
+    /// The body ended: the connection goes back when the request is out too.
+    fn finish(&mut self, clean: bool) {
+        if let Some(ex) = self.ex.take() {
+            if clean && self.reuse && ex.writer.is_done() && ex.write_error.is_none() {
+                ex.lease.recycle();
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.ex = None;
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+/// Never pinned in place: the lease moves out when the body ends.
+impl<L> Unpin for ResponseBody<L> {}
+
+impl<L: Lease> http_body::Body for ResponseBody<L> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(ex) = this.ex.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Err(e) = ex.poll_write(cx) {
+            return this.fail(e);
+        }
+        loop {
+            let conn = ex.lease.conn();
+            let step = match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::More) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return this.fail(e.into()),
+                    Poll::Ready(Ok(0)) => match this.decoder.eof() {
+                        Ok(_) => {
+                            this.finish(false);
+                            return Poll::Ready(None);
+                        }
+                        Err(e) => return this.fail(e.into()),
+                    },
+                    Poll::Ready(Ok(_)) => continue,
+                },
+                Ok(step) => step,
+                Err(e) => return this.fail(e.into()),
+            };
+            return match step {
+                Decoded::Data(data) => {
+                    if this.decoder.is_done() {
+                        this.finish(true);
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Decoded::Trailers(t) => {
+                    this.finish(true);
+                    Poll::Ready(Some(Ok(Frame::trailers(t))))
+                }
+                Decoded::End | Decoded::More => {
+                    this.finish(true);
+                    Poll::Ready(None)
+                }
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ex.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// The upstream's side of a switched protocol (101), in the response's
+/// extensions until the tunnel takes it.
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<Upgraded>>>);
+
+impl Upgrade {
+    pub fn take(&self) -> Option<Upgraded> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The upstream stream after a 101, with the bytes already read past the
+/// response head handed out first.
+pub struct Upgraded {
+    io: ClientStream,
+    pre: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
