@@ -465,3 +465,178 @@ impl AsyncWrite for Upgraded {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A lease whose connection goes back to `home` when recycled.
+    struct TestLease {
+        conn: Conn,
+        home: Arc<Mutex<Option<Conn>>>,
+    }
+
+    impl Lease for TestLease {
+        fn conn(&mut self) -> &mut Conn {
+            &mut self.conn
+        }
+        fn recycle(self) {
+            *self.home.lock().expect("home") = Some(self.conn);
+        }
+        fn into_conn(self) -> Conn {
+            self.conn
+        }
+    }
+
+    /// An upstream on loopback that reads until `marker` and answers
+    /// `replies` in turn on one connection; returns what it read.
+    async fn upstream(
+        replies: Vec<&'static [u8]>,
+        marker: &'static [u8],
+    ) -> (u16, Arc<Mutex<Vec<u8>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut pending = Vec::new();
+            for reply in replies {
+                let mut buf = [0u8; 4096];
+                while !pending.windows(marker.len()).any(|w| w == marker) {
+                    let n = s.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    log.lock().expect("log").extend_from_slice(&buf[..n]);
+                }
+                pending.clear();
+                s.write_all(reply).await.expect("write");
+            }
+        });
+        (port, seen)
+    }
+
+    async fn lease(port: u16) -> (TestLease, Arc<Mutex<Option<Conn>>>) {
+        let s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let home = Arc::new(Mutex::new(None));
+        let conn = Conn::new(ClientStream::Plain(s));
+        (
+            TestLease {
+                conn,
+                home: home.clone(),
+            },
+            home,
+        )
+    }
+
+    fn request(method: &str, body: Body) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/p")
+            .header("host", "up")
+            .body(body)
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn chunked_body_with_trailers_streams_and_the_connection_is_reused() {
+        let (port, seen) = upstream(
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            b"\r\n\r\n",
+        )
+        .await;
+        let (l, home) = lease(port).await;
+        let resp = send(l, request("GET", body::empty())).await.expect("send");
+        assert_eq!(resp.status(), 200, "the interim 100 is skipped");
+        assert!(home.lock().expect("home").is_none(), "body not read yet");
+        let collected = resp.into_body().collect().await.expect("body");
+        assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"abc");
+        let mut conn = home.lock().expect("home").take().expect("recycled");
+        assert!(conn.is_usable());
+        let l = TestLease {
+            conn,
+            home: home.clone(),
+        };
+        let resp = send(l, request("GET", body::empty()))
+            .await
+            .expect("second");
+        assert_eq!(resp.status(), 204);
+        assert!(
+            home.lock().expect("home").is_some(),
+            "bodiless answer recycles at once"
+        );
+        assert_eq!(
+            &seen.lock().expect("seen")[..],
+            b"GET /p HTTP/1.1\r\nhost: up\r\n\r\nGET /p HTTP/1.1\r\nhost: up\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_is_chunked_and_close_is_honoured() {
+        let (port, seen) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"],
+            b"0\r\n\r\n",
+        )
+        .await;
+        let (l, home) = lease(port).await;
+        let frames = futures::stream::iter([
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::data(Bytes::from_static(b" you"))),
+        ]);
+        let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+        let resp = send(l, request("POST", body)).await.expect("send");
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], b"ok");
+        assert!(home.lock().expect("home").is_none(), "closed, not recycled");
+        assert_eq!(
+            &seen.lock().expect("seen")[..],
+            &b"POST /p HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n4\r\n you\r\n0\r\n\r\n"[..]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_before_the_response_and_a_truncated_body_are_errors() {
+        let (port, _) = upstream(vec![], b"\r\n\r\n").await;
+        let (l, _) = lease(port).await;
+        let err = send(l, request("GET", body::empty()))
+            .await
+            .expect_err("closed");
+        // A reset may beat the orderly close to the client.
+        assert!(matches!(err, Error::Closed | Error::Io(_)), "{err}");
+
+        let (port, _) = upstream(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"],
+            b"\r\n\r\n",
+        )
+        .await;
+        let (l, home) = lease(port).await;
+        let resp = send(l, request("GET", body::empty())).await.expect("head");
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "truncated body fails"
+        );
+        assert!(home.lock().expect("home").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_not_usable() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (mut conn, _) = lease(port).await;
+        let (server, _) = l.accept().await.expect("accept");
+        assert!(conn.conn.is_usable());
+        drop(server);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!conn.conn.is_usable());
+    }
+}
