@@ -33,6 +33,10 @@ impl Drain {
 pub struct Watch(watch::Receiver<bool>);
 
 impl Watch {
+    pub fn is_signaled(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves once draining has begun.
     pub async fn signaled(&mut self) {
         let _ = self.0.wait_for(|d| *d).await;

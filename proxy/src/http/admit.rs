@@ -22,28 +22,27 @@ pub struct RequestCount {
     pub reached: tokio::sync::Notify,
 }
 
-/// How a request is let in.
-pub enum Admission {
-    Serve,
-    /// Answered by the proxy without routing.
-    Reply(Response<Body>),
+/// Why a request is not let in.
+pub enum Refusal {
+    /// Answered by the proxy without routing (boxed: refusals are rare).
+    Reply(Box<Response<Body>>),
     /// HTTP/2 stream reset with this reason, as Envoy's codec does.
     Reset(h2::Reason),
 }
 
 impl Hcm {
-    pub(super) fn admit<B>(&self, info: &ConnInfo, req: &Request<B>) -> Admission {
+    pub(super) fn admit<B>(&self, info: &ConnInfo, req: &Request<B>) -> Result<(), Refusal> {
         let cfg = &self.config;
         // Envoy's HTTP/2 codec resets such streams (INTERNAL_ERROR).
         if req.version() == Version::HTTP_2 {
             if req.headers().len() > cfg.max_headers_count as usize {
                 self.shared.http2.header_overflow.inc();
-                return Admission::Reset(h2::Reason::INTERNAL_ERROR);
+                return Err(Refusal::Reset(h2::Reason::INTERNAL_ERROR));
             }
             let limit = cfg.max_request_headers_kb as usize * 1024;
             if super::validate::header_bytes(req.headers()) > limit {
                 self.shared.http2.header_list_size_too_large.inc();
-                return Admission::Reset(h2::Reason::INTERNAL_ERROR);
+                return Err(Refusal::Reset(h2::Reason::INTERNAL_ERROR));
             }
         }
         if let Some(max) = cfg.max_requests_per_connection {
@@ -61,13 +60,13 @@ impl Hcm {
             self.stats.downstream_rq_total.inc();
             self.stats.downstream_rq_overload_close.inc();
             self.stats.downstream_rq.record(503);
-            return Admission::Reply(reply(
+            return Err(Refusal::Reply(Box::new(reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "envoy overloaded",
                 false,
-            ));
+            ))));
         }
-        Admission::Serve
+        Ok(())
     }
 
     /// An HTTP/1.1 answer to the last allowed request says it closes.

@@ -1,23 +1,26 @@
 //! Serving one downstream connection: codec choice, limits, graceful drain.
+//! HTTP/1.1 runs on our own codec (`h1::server`); HTTP/2, by prior
+//! knowledge or after the preface on an AUTO listener, on hyper's.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Method, StatusCode, Version};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::admit::{Admission, RequestCount};
+use super::admit::{Refusal, RequestCount};
 use super::coalesce::{Coalesce, PollCount};
-use super::h1_guard::H1Guard;
+use super::h1::server::{self as h1, Ended};
 use super::h2_guard::{self, H2Guard};
-use super::head_timer::HeadTimer;
 use super::Hcm;
+use crate::body::{self, Body};
 use crate::config::hcm::Codec;
 use crate::drain::Watch;
-use crate::io::{Activity, Tracked};
+use crate::io::{Activity, Prefixed, Tracked};
 
 /// Facts about the downstream connection that requests need.
 #[derive(Debug)]
@@ -27,7 +30,7 @@ pub struct ConnInfo {
     /// Where iptables redirected the connection from (listener `original_dst`).
     pub original_dst: Option<SocketAddr>,
     /// Set while the connection drains: HTTP/1.1 answers close it.
-    pub closing: Arc<std::sync::atomic::AtomicBool>,
+    pub closing: Arc<AtomicBool>,
     pub scheme: &'static str,
     /// Set when the connection arrived over TLS: the verified peer identity
     /// (URI SAN), SNI and ALPN.
@@ -51,7 +54,7 @@ impl Hcm {
         let cfg = &self.config;
         self.stats.downstream_cx_total.inc();
         self.stats.downstream_cx_active.inc();
-        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closing = Arc::new(AtomicBool::new(false));
         let info = Arc::new(ConnInfo {
             peer,
             local,
@@ -62,45 +65,103 @@ impl Hcm {
             requests: RequestCount::default(),
         });
         let activity = Activity::default();
-        let h1 = cfg.codec != Codec::Http2;
+        let io = Tracked::new(stream, activity.clone());
+        let served = async {
+            if cfg.codec == Codec::Http2 {
+                return self.serve_h2(io, Bytes::new(), &info, drain).await;
+            }
+            let settings = h1::Settings {
+                max_headers: cfg.max_headers_count as usize,
+                max_header_bytes: cfg.max_request_headers_kb as usize * 1024,
+                head_timeout: cfg.request_headers_timeout,
+                detect_h2: cfg.codec == Codec::Auto,
+                drain_time: self.shared.drain_time,
+            };
+            let mut shutdown = self.shared.drain.watch();
+            let signals = h1::Signals {
+                shutdown: &mut shutdown,
+                drain: &mut drain,
+                closing: &closing,
+            };
+            let service = |req| {
+                // Boxed per request: the future is kilobytes, which an idle
+                // keep-alive connection would otherwise hold for nothing.
+                Box::pin(self.clone().respond(info.clone(), req))
+            };
+            match h1::serve(io, &settings, &self.stats, signals, service).await {
+                Ok(Ended::Http2(pre, io)) => self.serve_h2(io, pre, &info, drain).await,
+                Ok(Ended::Closed) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "downstream connection failed"),
+            }
+        };
+        if let Some(idle) = cfg.idle_timeout {
+            if activity.run(served, idle).await.is_none() {
+                self.stats.downstream_cx_idle_timeout.inc();
+                tracing::debug!(%peer, "closing idle downstream connection");
+            }
+        } else {
+            served.await;
+        }
+        self.stats.downstream_cx_active.dec();
+    }
+
+    /// One HTTP/1.1 request through admission and the handler.
+    async fn respond(self: Arc<Self>, info: Arc<ConnInfo>, req: Request<Body>) -> Response<Body> {
+        let connect = req.method() == Method::CONNECT;
+        let may_switch = connect || req.headers().contains_key(header::UPGRADE);
+        let mut resp = match self.prepare(&info, req) {
+            Ok(req) => self.handle(&info, req).await,
+            Err(Refusal::Reply(resp)) => return *resp,
+            // Resets are HTTP/2's: `admit` resets no HTTP/1.1 request.
+            Err(Refusal::Reset(_)) => {
+                return super::local_reply::reply(StatusCode::BAD_REQUEST, "", false)
+            }
+        };
+        self.mark_last(&info, Version::HTTP_11, &mut resp);
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (connect && resp.status().is_success());
+        // If it does not switch, the bytes after a request that may have
+        // switched protocols are not read as another request.
+        if may_switch && !switched {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Admission and the connection's facts on the request.
+    fn prepare<B>(&self, info: &ConnInfo, mut req: Request<B>) -> Result<Request<B>, Refusal> {
+        // Per request, for filters and logs that read the peer identity.
+        if let Some(tls) = &info.tls {
+            req.extensions_mut().insert(tls.clone());
+        }
+        self.admit(info, &req)?;
+        Ok(req)
+    }
+
+    /// An HTTP/2 connection on hyper's server; `pre`: bytes already read.
+    async fn serve_h2<S>(
+        self: &Arc<Self>,
+        stream: S,
+        pre: Bytes,
+        info: &Arc<ConnInfo>,
+        mut drain: Watch,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let cfg = &self.config;
         let polls = PollCount::default();
-        let stream = Coalesce::new(stream, polls.clone());
-        let h2_limits = (cfg.codec != Codec::Http1).then(|| h2_guard::Limits {
+        let limits = h2_guard::Limits {
             max_control_frames: cfg.http2.max_control_frames,
             http: self.stats.clone(),
             http2: self.shared.http2.clone(),
-        });
-        let head_timer = cfg
-            .request_headers_timeout
-            .filter(|_| h1)
-            .map(|t| HeadTimer::new(t, self.stats.clone()));
-        let io = TokioIo::new(
-            H1Guard::new(
-                H2Guard::new(Tracked::new(stream, activity.clone()), h2_limits),
-                h1,
-            )
-            .with_head_timer(head_timer),
+        };
+        let io = H2Guard::new(
+            Coalesce::new(Prefixed::new(pre, stream), polls.clone()),
+            Some(limits),
         );
-
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        match cfg.codec {
-            Codec::Auto => {}
-            Codec::Http1 => builder = builder.http1_only(),
-            Codec::Http2 => builder = builder.http2_only(),
-        }
-        // hyper counts the whole head against this buffer; leave room for the
-        // request line so the limit applies to headers as Envoy's does.
-        let max_head = (cfg.max_request_headers_kb as usize * 1024 + 8 * 1024).max(8192);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            // The HTTP/1 guard times heads as Envoy does (see `head_timer`).
-            .header_read_timeout(None)
-            .max_buf_size(max_head)
-            .max_headers(cfg.max_headers_count as usize)
-            .keep_alive(true);
-        builder
-            .http2()
             .timer(TokioTimer::new())
             // Twice the limit: h2 answers 431 itself above it, and `admit`
             // resets streams between the two as Envoy's codec does.
@@ -109,107 +170,45 @@ impl Hcm {
             .initial_stream_window_size(cfg.http2.initial_stream_window_size)
             .initial_connection_window_size(cfg.http2.initial_connection_window_size)
             .keep_alive_interval(None);
-
-        let info_conn = info.clone();
         let hcm = self.clone();
-        let svc = service_fn(move |req| {
+        let conn_info = info.clone();
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
             let hcm = hcm.clone();
-            let info = info.clone();
-            // Boxed per request: hyper keeps room for the service's future
-            // for the connection's whole life, and this one is kilobytes,
-            // which an idle keep-alive connection would hold for nothing.
-            let fut = async move {
-                let mut req = req;
-                // Per request, for filters and logs that read the peer identity.
-                if let Some(tls) = &info.tls {
-                    req.extensions_mut().insert(tls.clone());
-                }
-                // The guard stops reading HTTP/1 framing after a request that
-                // may switch protocols; if it does not switch, no further
-                // request may be read on this connection.
-                match hcm.admit(&info, &req) {
-                    Admission::Serve => {}
-                    Admission::Reply(resp) => return Ok(resp),
-                    Admission::Reset(reason) => return Err(h2::Error::from(reason)),
-                }
-                let connect = req.method() == Method::CONNECT;
-                let version = req.version();
-                let may_switch = version <= Version::HTTP_11
-                    && (connect || req.headers().contains_key(header::UPGRADE));
-                let mut resp = hcm.handle(&info, req).await;
-                hcm.mark_last(&info, version, &mut resp);
-                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    || (connect && resp.status().is_success());
-                if may_switch && !switched {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, h2::Error>(resp)
-            };
-            Box::pin(fut)
+            let info = conn_info.clone();
+            // Boxed per request, as on HTTP/1.1.
+            Box::pin(async move {
+                let req = match hcm.prepare(&info, req.map(body::incoming)) {
+                    Ok(req) => req,
+                    Err(Refusal::Reply(resp)) => return Ok(*resp),
+                    Err(Refusal::Reset(reason)) => return Err(h2::Error::from(reason)),
+                };
+                Ok::<_, h2::Error>(hcm.handle(&info, req).await)
+            })
         });
-        let conn = builder.serve_connection_with_upgrades(io, svc);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        let idle = cfg.idle_timeout;
         let mut shutdown = self.shared.drain.watch();
         let drain_time = self.shared.drain_time;
-        let requests_done = info_conn.clone();
         let served = async {
             tokio::select! {
-                r = conn.as_mut() => return r,
-                // The process is going away: close idle connections now,
-                // answer what is in flight with `Connection: close` / GOAWAY.
+                _ = conn.as_mut() => return,
+                // The process is going away: GOAWAY, finish what is in flight.
                 _ = shutdown.signaled() => {}
                 // `max_requests_per_connection`: finish what is in flight.
-                _ = requests_done.requests.reached.notified() => {}
-                // This listener version was replaced: the next HTTP/1.1
-                // answer says `Connection: close`, so a keep-alive client
-                // moves to the new version between requests instead of
-                // racing a close; whatever is left idle goes at the end of
-                // the drain time.
+                _ = info.requests.reached.notified() => {}
+                // This listener version was replaced: what is left goes at
+                // the end of the drain time.
                 _ = drain.signaled() => {
-                    closing.store(true, std::sync::atomic::Ordering::Relaxed);
                     tokio::select! {
-                        r = conn.as_mut() => return r,
+                        _ = conn.as_mut() => return,
                         _ = tokio::time::sleep(drain_time) => {}
                         _ = shutdown.signaled() => {}
                     }
                 }
             }
             conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+            let _ = conn.as_mut().await;
         };
-        let served = polls.count(served);
-        let outcome = match idle {
-            Some(idle) => {
-                let r = activity.run(served, idle).await;
-                if r.is_none() {
-                    self.stats.downstream_cx_idle_timeout.inc();
-                    tracing::debug!(%peer, "closing idle downstream connection");
-                }
-                r
-            }
-            None => Some(served.await),
-        };
-        if let Some(Err(e)) = outcome {
-            self.count_codec_error(e.as_ref());
-        }
-        self.stats.downstream_cx_active.dec();
-    }
-
-    /// hyper answers malformed and oversized HTTP/1 heads (400, 431) itself;
-    /// Envoy counts those as protocol errors and 4xx responses.
-    fn count_codec_error(&self, e: &(dyn std::error::Error + 'static)) {
-        let Some(e) = e.downcast_ref::<hyper::Error>() else {
-            return;
-        };
-        if e.is_parse_too_large() {
-            self.stats.downstream_rq.record(431);
-        } else if e.is_parse() {
-            self.stats.downstream_rq.record(400);
-        } else {
-            return;
-        }
-        self.stats.downstream_cx_protocol_error.inc();
+        polls.count(served).await;
     }
 }

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::conn::ConnInfo;
@@ -64,7 +63,7 @@ pub async fn connect(
             false,
         );
     };
-    let Some(downstream) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(downstream) = parts.extensions.remove::<super::h1::server::OnUpgrade>() else {
         return reply(StatusCode::BAD_REQUEST, "", false);
     };
     let connect = TcpStream::connect(endpoint.addr);
@@ -84,9 +83,10 @@ pub async fn connect(
     let _ = upstream.set_nodelay(true);
     let stats = cluster.stats.clone();
     tokio::spawn(async move {
-        let Ok(down) = downstream.await else { return };
+        let Some(mut down) = downstream.wait().await else {
+            return;
+        };
         stats.upstream_cx_active.inc();
-        let mut down = TokioIo::new(down);
         let _ = tokio::io::copy_bidirectional(&mut down, &mut upstream).await;
         stats.upstream_cx_active.dec();
         stats.upstream_cx_destroy.inc();

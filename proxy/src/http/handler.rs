@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::conn::ConnInfo;
 use super::flags::ResponseFlags;
@@ -32,7 +31,7 @@ use crate::upstream::{Cluster, ClusterMap};
 use std::sync::Arc;
 
 impl Hcm {
-    pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Body>) -> Response<Body> {
         let stats = &self.stats;
         stats.downstream_rq_total.inc();
         if req.version() == http::Version::HTTP_2 {
@@ -75,8 +74,8 @@ impl Hcm {
         }
         let tally = logging.then(Arc::<RequestTally>::default);
         let body = match &tally {
-            Some(t) => access_log::count_request(body::incoming(body), t.clone(), &record.info),
-            None => body::incoming(body),
+            Some(t) => access_log::count_request(body, t.clone(), &record.info),
+            None => body,
         };
         // Only a request whose body is still to come can time out reading it.
         let mut timed_out = None;
@@ -283,7 +282,7 @@ impl Hcm {
             return (resp, ResponseFlags::default());
         }
         let downstream_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+            parts.extensions.remove::<super::h1::server::OnUpgrade>()
         } else {
             None
         };
@@ -725,7 +724,7 @@ fn is_upgrade(parts: &http::request::Parts) -> bool {
 }
 
 /// After a 101, the two upgraded connections are spliced byte for byte.
-fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Body>) {
+fn tunnel(down: super::h1::server::OnUpgrade, resp: &mut Response<Body>) {
     let up = resp
         .extensions_mut()
         .remove::<super::h1::client::Upgrade>()
@@ -734,10 +733,9 @@ fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<Body>) {
         return;
     };
     tokio::spawn(async move {
-        let Ok(d) = down.await else {
+        let Some(mut d) = down.wait().await else {
             return;
         };
-        let mut d = hyper_util::rt::TokioIo::new(d);
         let _ = tokio::io::copy_bidirectional(&mut d, &mut up).await;
     });
 }

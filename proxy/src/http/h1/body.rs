@@ -241,6 +241,8 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, BodyError> {
 pub enum Encoder {
     Length(u64),
     Chunked,
+    /// Raw bytes, ended by closing the connection (HTTP/1.0 responses).
+    Close,
 }
 
 impl Encoder {
@@ -257,6 +259,7 @@ impl Encoder {
                 *left -= n;
                 out.push_back(data);
             }
+            Encoder::Close => out.push_back(data),
             Encoder::Chunked => {
                 let mut line = BytesMut::with_capacity(18);
                 line.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -275,7 +278,7 @@ impl Encoder {
         out: &mut VecDeque<Bytes>,
     ) -> Result<(), BodyError> {
         match self {
-            Encoder::Length(0) => Ok(()),
+            Encoder::Length(0) | Encoder::Close => Ok(()),
             Encoder::Length(_) => Err(BodyError::TooShort),
             Encoder::Chunked => {
                 match trailers.filter(|t| !t.is_empty()) {

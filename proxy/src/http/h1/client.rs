@@ -5,28 +5,26 @@
 //! to its pool when both messages ended cleanly. No task or channel sits
 //! between the request and the socket.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::body::{BodyError, Decoded, Decoder, Encoder};
 use super::head::{self, HeadError, ResponseHead};
+use super::write::{WriteError, Writer};
 use crate::body::{self, Body, BoxError};
 use crate::tls::ClientStream;
 
 /// The read buffer grows in steps of this, up to [`MAX_READ`] per read.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
-/// Pieces handed to one vectored write.
-const MAX_SLICES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -175,11 +173,9 @@ fn request_framing(
 fn upgraded<L: Lease>(ex: Exchange<L>, parts: http::response::Parts) -> Response<Body> {
     let Conn { io, buf, .. } = ex.lease.into_conn();
     let mut resp = Response::from_parts(parts, body::empty());
+    let up = Upgraded::new(buf.freeze(), io);
     resp.extensions_mut()
-        .insert(Upgrade(Arc::new(Mutex::new(Some(Upgraded {
-            io,
-            pre: buf.freeze(),
-        })))));
+        .insert(Upgrade(Arc::new(Mutex::new(Some(up)))));
     resp
 }
 
@@ -198,9 +194,10 @@ impl<L: Lease> Exchange<L> {
             return Ok(());
         }
         match self.writer.poll(cx, &mut self.lease.conn().io) {
-            Poll::Ready(Err(Error::RequestBody(e))) => Err(Error::RequestBody(e)),
-            Poll::Ready(Err(e)) => {
-                self.write_error = Some(e);
+            Poll::Ready(Err(WriteError::Body(e))) => Err(Error::RequestBody(e)),
+            Poll::Ready(Err(WriteError::Framing(e))) => Err(Error::Body(e)),
+            Poll::Ready(Err(WriteError::Io(e))) => {
+                self.write_error = Some(Error::Io(e));
                 Ok(())
             }
             _ => Ok(()),
@@ -220,103 +217,6 @@ impl<L: Lease> Exchange<L> {
             }
             if ready!(conn.poll_fill(cx))? == 0 {
                 return Poll::Ready(Err(self.write_error.take().unwrap_or(Error::Closed)));
-            }
-        }
-    }
-}
-
-/// The request on its way out: queued bytes, then the body's frames.
-struct Writer {
-    queue: VecDeque<Bytes>,
-    body: Option<Body>,
-    encoder: Encoder,
-    state: WriteState,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum WriteState {
-    Body,
-    Flush,
-    Done,
-}
-
-impl Writer {
-    fn new(head: Bytes, body: Option<Body>, encoder: Encoder) -> Writer {
-        let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(head);
-        Writer {
-            queue,
-            body,
-            encoder,
-            state: WriteState::Body,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.state == WriteState::Done
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>, io: &mut ClientStream) -> Poll<Result<(), Error>> {
-        loop {
-            while !self.queue.is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let n = self.queue.len().min(MAX_SLICES);
-                for (s, b) in slices.iter_mut().zip(self.queue.iter()) {
-                    *s = IoSlice::new(b);
-                }
-                let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]))?;
-                if written == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
-                while written > 0 {
-                    let Some(front) = self.queue.front_mut() else {
-                        break;
-                    };
-                    let k = written.min(front.len());
-                    front.advance(k);
-                    written -= k;
-                    if front.is_empty() {
-                        self.queue.pop_front();
-                    }
-                }
-            }
-            match self.state {
-                WriteState::Done => return Poll::Ready(Ok(())),
-                WriteState::Flush => {
-                    ready!(Pin::new(&mut *io).poll_flush(cx))?;
-                    self.state = WriteState::Done;
-                    self.body = None;
-                    return Poll::Ready(Ok(()));
-                }
-                WriteState::Body => {
-                    let Some(body) = self.body.as_mut() else {
-                        self.encoder.end(None, &mut self.queue)?;
-                        self.state = WriteState::Flush;
-                        continue;
-                    };
-                    match Pin::new(body).poll_frame(cx) {
-                        Poll::Pending => {
-                            // What was written waits for no more body (TLS).
-                            let _ = Pin::new(&mut *io).poll_flush(cx)?;
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(None) => {
-                            self.encoder.end(None, &mut self.queue)?;
-                            self.state = WriteState::Flush;
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            return Poll::Ready(Err(Error::RequestBody(e)));
-                        }
-                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                            Ok(data) => self.encoder.data(data, &mut self.queue)?,
-                            Err(frame) => {
-                                let trailers = frame.into_trailers().ok();
-                                self.encoder.end(trailers.as_ref(), &mut self.queue)?;
-                                self.state = WriteState::Flush;
-                            }
-                        },
-                    }
-                }
             }
         }
     }
@@ -426,45 +326,7 @@ impl Upgrade {
 
 /// The upstream stream after a 101, with the bytes already read past the
 /// response head handed out first.
-pub struct Upgraded {
-    io: ClientStream,
-    pre: Bytes,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.pre.is_empty() {
-            let n = this.pre.len().min(buf.remaining());
-            buf.put_slice(&this.pre[..n]);
-            this.pre.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+pub type Upgraded = crate::io::Prefixed<ClientStream>;
 
 #[cfg(test)]
 mod tests {

@@ -133,6 +133,167 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     }))
 }
 
+/// Why a request head is refused: Envoy answers 400, or 431 for too many
+/// headers or too large a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("malformed request head")]
+    Malformed,
+    #[error("too many request headers")]
+    TooManyHeaders,
+    #[error("request head too large")]
+    TooLarge,
+}
+
+/// A parsed request head and how its body is framed.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub parts: http::request::Parts,
+    /// `Length(0)` when no body follows.
+    pub framing: Framing,
+    /// The client keeps the connection after this request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: answer 100 before reading the body.
+    pub expect_continue: bool,
+}
+
+/// Header slots kept on the stack; more are allocated.
+const STACK_HEADERS: usize = 128;
+
+/// Parses a complete request head off the front of `buf` and removes it;
+/// `Ok(None)` while it is incomplete. `max_headers`: the most headers
+/// allowed; `max_bytes`: the most the head may take beyond its request
+/// line.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_headers: usize,
+    max_bytes: usize,
+) -> Result<Option<RequestHead>, RequestError> {
+    let slots = max_headers + 1;
+    if slots <= STACK_HEADERS {
+        let mut at = [Slot::default(); STACK_HEADERS];
+        parse_request_in(buf, &mut at[..slots], max_headers, max_bytes)
+    } else {
+        let mut at = vec![Slot::default(); slots];
+        parse_request_in(buf, &mut at, max_headers, max_bytes)
+    }
+}
+
+/// A request line and where its headers sit.
+struct Located {
+    len: usize,
+    method: Method,
+    target: (usize, usize),
+    minor: u8,
+    count: usize,
+}
+
+/// Runs httparse over `buf`, noting where each header is in `slots`.
+fn locate(buf: &[u8], slots: &mut [Slot]) -> Result<Option<Located>, httparse::Error> {
+    if slots.len() <= STACK_HEADERS {
+        let mut h = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        locate_in(buf, &mut h[..slots.len()], slots)
+    } else {
+        let mut h = vec![httparse::EMPTY_HEADER; slots.len()];
+        locate_in(buf, &mut h, slots)
+    }
+}
+
+fn locate_in<'b>(
+    buf: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+    slots: &mut [Slot],
+) -> Result<Option<Located>, httparse::Error> {
+    let mut req = httparse::Request::new(headers);
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let httparse::Status::Complete(len) = req.parse(buf)? else {
+        return Ok(None);
+    };
+    for (slot, h) in slots.iter_mut().zip(req.headers.iter()) {
+        *slot = Slot {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        };
+    }
+    let method = req.method.unwrap_or("");
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| httparse::Error::Token)?;
+    Ok(Some(Located {
+        len,
+        method,
+        target: at(req.path.unwrap_or("").as_bytes()),
+        minor: req.version.unwrap_or(1),
+        count: req.headers.len(),
+    }))
+}
+
+fn parse_request_in(
+    buf: &mut BytesMut,
+    slots: &mut [Slot],
+    max_headers: usize,
+    max_bytes: usize,
+) -> Result<Option<RequestHead>, RequestError> {
+    let Located {
+        len,
+        method,
+        target,
+        minor,
+        count,
+    } = match locate(buf, slots) {
+        Ok(Some(l)) => l,
+        Ok(None) if buf.len() > max_bytes + 8 * 1024 => return Err(RequestError::TooLarge),
+        Ok(None) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
+        Err(_) => return Err(RequestError::Malformed),
+    };
+    if count > max_headers {
+        return Err(RequestError::TooManyHeaders);
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| RequestError::Malformed)?;
+    let mut map = HeaderMap::with_capacity(count);
+    for s in &slots[..count] {
+        let name = HeaderName::from_bytes(&head[s.name.0..s.name.0 + s.name.1])
+            .map_err(|_| RequestError::Malformed)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.0 + s.value.1))
+            .map_err(|_| RequestError::Malformed)?;
+        map.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // A length beside a transfer coding, a coding that does not end in
+    // chunked, or lengths that disagree: the smuggling shapes Envoy refuses.
+    let framing = match transfer_chunked(&map) {
+        Some(_) if map.contains_key(header::CONTENT_LENGTH) => return Err(RequestError::Malformed),
+        Some(true) if version == Version::HTTP_11 => Framing::Chunked,
+        Some(_) => return Err(RequestError::Malformed),
+        None => match content_length(&map) {
+            Ok(n) => Framing::Length(n.unwrap_or(0)),
+            Err(_) => return Err(RequestError::Malformed),
+        },
+    };
+    let expect_continue = version == Version::HTTP_11
+        && map
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let keep_alive = keeps_alive(version, &map);
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some(RequestHead {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
 /// Whether any of the `Connection` header's tokens is `token`.
 pub fn connection_has(map: &HeaderMap, token: &str) -> bool {
     map.get_all(header::CONNECTION).iter().any(|v| {
@@ -227,6 +388,94 @@ pub fn encode_request(
     }
     out.put_slice(b"\r\n");
     out.freeze()
+}
+
+/// How a response body goes on the wire, and whether the connection
+/// closes after it.
+pub struct ResponseFraming {
+    pub encoder: super::body::Encoder,
+    /// Nothing follows the head (HEAD, 1xx, 204, 304, or an empty body).
+    pub bodiless: bool,
+    pub close: bool,
+}
+
+/// Writes a response head; adds `content-length` or chunking, `date`, and
+/// `connection` as the framing and `keep_alive` need.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_response(
+    parts: &http::response::Parts,
+    body_len: Option<u64>,
+    body_empty: bool,
+    head_request: bool,
+    request_version: Version,
+    mut keep_alive: bool,
+    date: &[u8],
+) -> (Bytes, ResponseFraming) {
+    use super::body::Encoder;
+    let status = parts.status;
+    let h = &parts.headers;
+    keep_alive &= !connection_has(h, "close");
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = content_length(h).ok().flatten();
+    let mut add_length = None;
+    let mut chunked = false;
+    let encoder = if no_body {
+        Encoder::Length(0)
+    } else if let Some(n) = declared {
+        Encoder::Length(n)
+    } else if body_empty {
+        add_length = Some(0);
+        Encoder::Length(0)
+    } else if let Some(n) = body_len {
+        add_length = Some(n);
+        Encoder::Length(n)
+    } else if request_version == Version::HTTP_11 {
+        chunked = true;
+        Encoder::Chunked
+    } else {
+        keep_alive = false;
+        Encoder::Close
+    };
+    let mut out = BytesMut::with_capacity(128 + h.len() * 40);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    put_headers(&mut out, h);
+    if let Some(n) = add_length {
+        out.put_slice(b"content-length: ");
+        out.put_slice(n.to_string().as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if chunked {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !h.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(date);
+        out.put_slice(b"\r\n");
+    }
+    if !h.contains_key(header::CONNECTION) {
+        if !keep_alive && request_version == Version::HTTP_11 {
+            out.put_slice(b"connection: close\r\n");
+        } else if keep_alive && request_version == Version::HTTP_10 {
+            out.put_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+    let bodiless = no_body || body_empty;
+    (
+        out.freeze(),
+        ResponseFraming {
+            encoder,
+            bodiless,
+            close: !keep_alive,
+        },
+    )
 }
 
 #[cfg(test)]

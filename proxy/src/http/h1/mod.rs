@@ -4,3 +4,5 @@
 pub mod body;
 pub mod client;
 pub mod head;
+pub mod server;
+pub mod write;

@@ -1,0 +1,551 @@
+//! The downstream HTTP/1.1 connection loop. Between keep-alive requests it
+//! holds no buffer: it waits on the socket with a read into the stack, and
+//! takes a buffer only once bytes arrive; the buffer is dropped again when a
+//! response is out and nothing pipelined is left. Requests are read, handed
+//! to the service and answered one at a time, so pipelined requests are
+//! answered in order.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use super::body::{BodyError, Decoded, Decoder, Framing};
+use super::head::{self, RequestError, RequestHead};
+use super::write::Writer;
+use crate::body::{self, Body, BoxError};
+use crate::drain::Watch;
+use crate::stats::HttpStats;
+
+/// The first read of an idle connection lands here, then moves to the heap.
+const FIRST_READ: usize = 2048;
+/// Reads while a request is read take this much room at least.
+const READ_SIZE: usize = 8 * 1024;
+/// An unread request body up to this size is read and dropped after the
+/// response so the connection can be kept; a larger one closes it.
+const MAX_DRAIN: usize = 64 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// The HTTP/2 connection preface's request line.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// Envoy's answer to a late head, byte for byte in status, body and
+/// `connection: close`.
+const HEAD_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\n\
+content-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
+
+/// Per-connection settings from the connection manager.
+pub struct Settings {
+    pub max_headers: usize,
+    /// `max_request_headers_kb` in bytes.
+    pub max_header_bytes: usize,
+    /// `request_headers_timeout`: first byte of a head to its end.
+    pub head_timeout: Option<Duration>,
+    /// Take the HTTP/2 preface as h2c prior knowledge (`codec_type: AUTO`).
+    pub detect_h2: bool,
+    pub drain_time: Duration,
+}
+
+/// What ends an idle wait: the process shutting down, this listener
+/// draining (then closing after `drain_time`).
+pub struct Signals<'a> {
+    pub shutdown: &'a mut Watch,
+    pub drain: &'a mut Watch,
+    /// Set while the connection drains: answers say `Connection: close`.
+    pub closing: &'a AtomicBool,
+}
+
+/// How the loop ended.
+pub enum Ended<S> {
+    Closed,
+    /// The client opened with the HTTP/2 preface: these bytes and the
+    /// stream go to the HTTP/2 server.
+    Http2(Bytes, S),
+}
+
+/// Either side of a tunnel after a switch of protocols.
+pub trait Tunnel: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Tunnel for T {}
+
+/// The downstream stream after a 101 (or a 2xx to CONNECT), with the bytes
+/// the client sent past the request head.
+pub type Upgraded = Box<dyn Tunnel>;
+
+/// In a request that may switch protocols: resolves to the downstream
+/// stream once the switching response is written.
+#[derive(Clone)]
+pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl OnUpgrade {
+    pub async fn wait(self) -> Option<Upgraded> {
+        let rx = self.0.lock().ok()?.take()?;
+        rx.await.ok()
+    }
+}
+
+/// The socket and what was read from it, shared between the loop and the
+/// request body (which an upstream may read from another task). Uncontended:
+/// the loop writes while the body reads only within one request.
+struct Transport<S> {
+    io: S,
+    buf: BytesMut,
+    /// The body being read, with the number of its request.
+    body: Option<(u64, Decoder)>,
+    /// Bytes of `100 Continue` still to write before the body is read.
+    continue_left: usize,
+}
+
+type Shared<S> = Arc<Mutex<Transport<S>>>;
+
+fn lock<S>(t: &Shared<S>) -> io::Result<std::sync::MutexGuard<'_, Transport<S>>> {
+    t.lock()
+        .map_err(|_| io::Error::other("connection state poisoned"))
+}
+
+/// Serves requests on `io` until the client or a signal ends it.
+pub async fn serve<S, F, Fut>(
+    io: S,
+    settings: &Settings,
+    stats: &HttpStats,
+    mut signals: Signals<'_>,
+    mut service: F,
+) -> io::Result<Ended<S>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: FnMut(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let shared: Shared<S> = Arc::new(Mutex::new(Transport {
+        io,
+        buf: BytesMut::new(),
+        body: None,
+        continue_left: 0,
+    }));
+    let mut number: u64 = 0;
+    let mut first = true;
+    loop {
+        // Idle: nothing buffered, wait for the next request's first bytes.
+        let pipelined = !lock(&shared)?.buf.is_empty();
+        if !pipelined && !idle_wait(&shared, &mut signals, settings.drain_time).await? {
+            return Ok(Ended::Closed);
+        }
+        if first && settings.detect_h2 && starts_h2(&shared).await? {
+            let t = unshare(shared)?;
+            return Ok(Ended::Http2(t.buf.freeze(), t.io));
+        }
+        first = false;
+        let head = match read_head(&shared, settings, stats).await? {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(Ended::Closed),
+            Err(e) => {
+                refuse(&shared, stats, e).await;
+                return Ok(Ended::Closed);
+            }
+        };
+        number += 1;
+        let RequestHead {
+            mut parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let connect = parts.method == Method::CONNECT;
+        let may_switch = connect || parts.headers.contains_key(header::UPGRADE);
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let upgrade = may_switch.then(|| {
+            let (tx, rx) = oneshot::channel();
+            parts
+                .extensions
+                .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
+        let body = if framing == Framing::Length(0) {
+            body::empty()
+        } else {
+            let mut t = lock(&shared)?;
+            t.body = Some((number, Decoder::new(framing)));
+            t.continue_left = if expect_continue { CONTINUE.len() } else { 0 };
+            RequestBody {
+                shared: shared.clone(),
+                number,
+            }
+            .boxed_unsync()
+        };
+        let response = service(Request::from_parts(parts, body)).await;
+        let status = response.status();
+        let switched = may_switch
+            && (status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()));
+        let (parts, body) = response.into_parts();
+        let (wire, framing) = head::encode_response(
+            &parts,
+            body.size_hint().exact(),
+            body.is_end_stream(),
+            head_request,
+            version,
+            keep_alive && (switched || !may_switch),
+            &date::now(),
+        );
+        let body = (!framing.bodiless && !switched).then_some(body);
+        let mut writer = Writer::new(wire, body, framing.encoder);
+        if let Err(e) = write(&shared, &mut writer).await {
+            tracing::debug!(error = %e, "downstream response not written");
+            return Ok(Ended::Closed);
+        }
+        if switched {
+            if let Some(tx) = upgrade {
+                if let Ok(t) = unshare(shared) {
+                    let up = crate::io::Prefixed::new(t.buf.freeze(), t.io);
+                    let _ = tx.send(Box::new(up));
+                }
+            }
+            return Ok(Ended::Closed);
+        }
+        if framing.close || signals.shutdown.is_signaled() || !drain_body(&shared).await? {
+            shutdown(&shared).await;
+            return Ok(Ended::Closed);
+        }
+        let mut t = lock(&shared)?;
+        t.body = None;
+        if t.buf.is_empty() {
+            t.buf = BytesMut::new();
+        }
+    }
+}
+
+/// Takes the transport back from a request body that may still hold it.
+fn unshare<S>(shared: Shared<S>) -> io::Result<Transport<S>> {
+    Arc::try_unwrap(shared)
+        .map_err(|_| io::Error::other("request body still in use"))?
+        .into_inner()
+        .map_err(|_| io::Error::other("connection state poisoned"))
+}
+
+/// Waits for the next request's first bytes without a buffer; false when
+/// the connection is to close instead (client gone, shutdown, drain over).
+async fn idle_wait<S: AsyncRead + Unpin>(
+    shared: &Shared<S>,
+    signals: &mut Signals<'_>,
+    drain_time: Duration,
+) -> io::Result<bool> {
+    let read = std::future::poll_fn(|cx| {
+        let mut t = lock(shared)?;
+        let mut stack = [0u8; FIRST_READ];
+        let mut rb = ReadBuf::new(&mut stack);
+        ready!(Pin::new(&mut t.io).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if !got.is_empty() {
+            t.buf.reserve(READ_SIZE.max(got.len()));
+            t.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok::<_, io::Error>(!got.is_empty()))
+    });
+    tokio::pin!(read);
+    let mut deadline = None;
+    if signals.closing.load(Ordering::Relaxed) {
+        deadline = Some(tokio::time::Instant::now() + drain_time);
+    }
+    loop {
+        let until = deadline.unwrap_or_else(far_future);
+        tokio::select! {
+            r = &mut read => return r,
+            _ = signals.shutdown.signaled() => return Ok(false),
+            _ = signals.drain.signaled(), if deadline.is_none() => {
+                signals.closing.store(true, Ordering::Relaxed);
+                deadline = Some(tokio::time::Instant::now() + drain_time);
+            }
+            _ = tokio::time::sleep_until(until), if deadline.is_some() => return Ok(false),
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Reads until the buffer can tell HTTP/2's preface from an HTTP/1 request.
+async fn starts_h2<S: AsyncRead + Unpin>(shared: &Shared<S>) -> io::Result<bool> {
+    std::future::poll_fn(|cx| loop {
+        let mut t = lock(shared)?;
+        let n = t.buf.len().min(H2_PREFACE.len());
+        if t.buf[..n] != H2_PREFACE[..n] {
+            return Poll::Ready(Ok(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Poll::Ready(Ok(true));
+        }
+        if ready!(poll_fill(&mut t, cx))? == 0 {
+            return Poll::Ready(Ok(false));
+        }
+    })
+    .await
+}
+
+fn poll_fill<S: AsyncRead + Unpin>(
+    t: &mut Transport<S>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if t.buf.capacity() - t.buf.len() < READ_SIZE / 4 {
+        t.buf.reserve(READ_SIZE);
+    }
+    let Transport { io, buf, .. } = t;
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Reads a request head, timing it from its first byte when configured.
+/// `Ok(Ok(None))`: the client closed or was too slow (answered 408).
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<S>,
+    settings: &Settings,
+    stats: &HttpStats,
+) -> io::Result<Result<Option<RequestHead>, RequestError>> {
+    let mut deadline = None;
+    loop {
+        {
+            let mut t = lock(shared)?;
+            let parsed =
+                head::parse_request(&mut t.buf, settings.max_headers, settings.max_header_bytes);
+            match parsed {
+                Ok(Some(h)) => return Ok(Ok(Some(h))),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        if let (None, Some(limit)) = (deadline, settings.head_timeout) {
+            deadline = Some(tokio::time::Instant::now() + limit);
+        }
+        let more = std::future::poll_fn(|cx| poll_fill(&mut *lock(shared)?, cx));
+        let n = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, more).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    stats.downstream_rq_header_timeout.inc();
+                    stats.downstream_rq.record(408);
+                    late_head(shared);
+                    return Ok(Ok(None));
+                }
+            },
+            None => more.await?,
+        };
+        if n == 0 {
+            return Ok(Ok(None));
+        }
+    }
+}
+
+/// The head did not arrive in time: Envoy's 408, best effort.
+fn late_head<S: AsyncWrite + Unpin>(shared: &Shared<S>) {
+    if let Ok(mut t) = lock(shared) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut t.io).poll_write(&mut cx, HEAD_TIMEOUT);
+    }
+}
+
+/// Answers a head the codec refuses and closes, as Envoy does.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<S>,
+    stats: &HttpStats,
+    e: RequestError,
+) {
+    let (status, protocol_error): (u16, bool) = match e {
+        RequestError::Malformed => (400, true),
+        RequestError::TooManyHeaders => (431, true),
+        RequestError::TooLarge => (431, false),
+    };
+    stats.downstream_rq.record(status);
+    if protocol_error {
+        stats.downstream_cx_protocol_error.inc();
+    }
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let wire = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\ndate: {}\r\nconnection: close\r\n\r\n",
+        String::from_utf8_lossy(&date::now())
+    );
+    let mut w = Writer::new(Bytes::from(wire), None, super::body::Encoder::Length(0));
+    let _ = write(shared, &mut w).await;
+    shutdown(shared).await;
+}
+
+/// Writes a whole response. The body is polled without the transport's
+/// lock: it may drive the request body, which takes it.
+async fn write<S: AsyncWrite + Unpin>(
+    shared: &Shared<S>,
+    writer: &mut Writer,
+) -> Result<(), super::write::WriteError> {
+    std::future::poll_fn(|cx| loop {
+        let waiting = writer.gather(cx)?;
+        let mut t = lock(shared)?;
+        ready!(writer.poll_drain(cx, &mut t.io))?;
+        if writer.is_done() {
+            return Poll::Ready(Ok(()));
+        }
+        if waiting {
+            let _ = Pin::new(&mut t.io).poll_flush(cx)?;
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// Reads what is left of a request body nobody read, so the connection can
+/// take the next request; false when it is too large or broken.
+async fn drain_body<S: AsyncRead + Unpin>(shared: &Shared<S>) -> io::Result<bool> {
+    let mut dropped = 0usize;
+    std::future::poll_fn(|cx| loop {
+        let mut t = lock(shared)?;
+        let Transport { buf, body, .. } = &mut *t;
+        let Some((_, decoder)) = body.as_mut() else {
+            return Poll::Ready(Ok(true));
+        };
+        match decoder.decode(buf) {
+            Ok(Decoded::End) => return Poll::Ready(Ok(true)),
+            Ok(Decoded::Data(d)) => {
+                dropped += d.len();
+                if dropped > MAX_DRAIN {
+                    return Poll::Ready(Ok(false));
+                }
+            }
+            Ok(Decoded::Trailers(_)) => {}
+            Ok(Decoded::More) => {
+                // Nothing sent and no 100 Continue asked for: the client
+                // waits to be told, so there is nothing to drain.
+                if t.continue_left > 0 {
+                    return Poll::Ready(Ok(false));
+                }
+                if ready!(poll_fill(&mut t, cx))? == 0 {
+                    return Poll::Ready(Ok(false));
+                }
+            }
+            Err(_) => return Poll::Ready(Ok(false)),
+        }
+    })
+    .await
+}
+
+async fn shutdown<S: AsyncWrite + Unpin>(shared: &Shared<S>) {
+    let done = std::future::poll_fn(|cx| match lock(shared) {
+        Ok(mut t) => Pin::new(&mut t.io).poll_shutdown(cx),
+        Err(e) => Poll::Ready(Err(e)),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+}
+
+/// A request body read from the connection as the upstream takes it.
+struct RequestBody<S> {
+    shared: Shared<S>,
+    number: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("request body: {0}")]
+    Io(#[from] io::Error),
+    #[error("request body: {0}")]
+    Framing(#[from] BodyError),
+    #[error("request body read after its request ended")]
+    Stale,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RequestBody<S> {
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
+        let mut t = lock(&self.shared)?;
+        match &t.body {
+            Some((n, _)) if *n == self.number => {}
+            _ => return Poll::Ready(Some(Err(ReadError::Stale))),
+        }
+        while t.continue_left > 0 {
+            let at = CONTINUE.len() - t.continue_left;
+            let n = ready!(Pin::new(&mut t.io).poll_write(cx, &CONTINUE[at..]))?;
+            if n == 0 {
+                return Poll::Ready(Some(Err(io::Error::from(io::ErrorKind::WriteZero).into())));
+            }
+            t.continue_left -= n;
+        }
+        loop {
+            let Transport { buf, body, .. } = &mut *t;
+            let Some((_, decoder)) = body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match decoder.decode(buf)? {
+                Decoded::Data(d) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                Decoded::Trailers(h) => return Poll::Ready(Some(Ok(Frame::trailers(h)))),
+                Decoded::End => return Poll::Ready(None),
+                Decoded::More => {
+                    if ready!(poll_fill(&mut t, cx))? == 0 {
+                        let Some((_, decoder)) = t.body.as_mut() else {
+                            return Poll::Ready(None);
+                        };
+                        decoder.eof()?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> http_body::Body for RequestBody<S> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.poll_next(cx)
+            .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.shared.lock().map_or(true, |t| match &t.body {
+            Some((n, d)) => *n != self.number || d.is_done(),
+            None => true,
+        })
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let remaining = self.shared.lock().ok().and_then(|t| match &t.body {
+            Some((n, d)) if *n == self.number => d.remaining(),
+            _ => None,
+        });
+        remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+impl<S> Unpin for RequestBody<S> {}
+
+/// `date` header values, formatted once a second.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+
+    pub fn now() -> [u8; 29] {
+        let t = SystemTime::now();
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let s = httpdate::fmt_http_date(t);
+                if s.len() == 29 {
+                    c.1.copy_from_slice(s.as_bytes());
+                    c.0 = secs;
+                }
+            }
+            c.1
+        })
+    }
+}
