@@ -549,3 +549,208 @@ mod date {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::Drain;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one connection whose client writes `input` (then half-closes
+    /// when `close`), with a service that answers `<method> <path> <body>`;
+    /// returns everything the client read until the server closed or went
+    /// quiet.
+    async fn exchange(input: &[u8], close: bool) -> String {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let settings = Settings {
+            max_headers: 100,
+            max_header_bytes: 60 * 1024,
+            head_timeout: None,
+            detect_h2: true,
+            drain_time: Duration::from_secs(1),
+        };
+        let drain = Drain::default();
+        let stats = HttpStats::new(Arc::from("test"));
+        let serving = async {
+            let (mut shutdown, mut listener) = (drain.watch(), drain.watch());
+            let closing = AtomicBool::new(false);
+            let signals = Signals {
+                shutdown: &mut shutdown,
+                drain: &mut listener,
+                closing: &closing,
+            };
+            let service = |req: Request<Body>| async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let text = format!(
+                    "{} {} {}",
+                    parts.method,
+                    parts.uri,
+                    String::from_utf8_lossy(&body)
+                );
+                Response::new(body::full(text))
+            };
+            let _ = serve(server, &settings, &stats, signals, service).await;
+        };
+        let client_side = async {
+            client.write_all(input).await.expect("write");
+            if close {
+                client.shutdown().await.expect("half-close");
+            }
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let read = client.read(&mut buf);
+                match tokio::time::timeout(Duration::from_millis(300), read).await {
+                    Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        tokio::pin!(client_side);
+        tokio::select! {
+            out = &mut client_side => out,
+            // The server closed: the client reads to the end.
+            _ = serving => client_side.await,
+        }
+    }
+
+    fn bodies(reply: &str) -> Vec<&str> {
+        reply
+            .split("HTTP/1.1 ")
+            .skip(1)
+            .map(|r| r.split("\r\n\r\n").nth(1).unwrap_or(""))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let reply = exchange(
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nPOST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /three HTTP/1.1\r\nHost: a\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(
+            bodies(&reply),
+            ["GET /one ", "POST /two abc", "GET /three "],
+            "{reply}"
+        );
+        assert!(!reply.contains("connection: close"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn chunked_request_bodies_are_decoded_and_bad_ones_refused() {
+        let reply = exchange(
+            b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-t: 1\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(bodies(&reply), ["POST /c abcde"], "{reply}");
+        let reply = exchange(
+            b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(
+            !reply.contains("GET /next"),
+            "nothing after a bad chunk: {reply}"
+        );
+    }
+
+    #[tokio::test]
+    async fn framing_smuggling_shapes_get_400_and_close() {
+        for case in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n",
+        ] {
+            let reply = exchange(case, false).await;
+            assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+            assert!(reply.contains("connection: close"), "{reply}");
+            assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http10_closes_unless_kept_alive() {
+        let reply = exchange(b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n", false).await;
+        assert_eq!(
+            bodies(&reply),
+            ["GET /a "],
+            "closed after the first: {reply}"
+        );
+        let reply = exchange(
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(reply.contains("connection: keep-alive"), "{reply}");
+        assert_eq!(bodies(&reply), ["GET /a ", "GET /b "], "{reply}");
+    }
+
+    #[tokio::test]
+    async fn expect_continue_is_answered_when_the_body_is_read() {
+        let reply = exchange(
+            b"PUT /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        assert!(
+            reply.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{reply}"
+        );
+        assert!(reply.ends_with("PUT /e ok"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn too_many_headers_get_431() {
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..101 {
+            req.extend(format!("x-{i}: v\r\n").bytes());
+        }
+        req.extend(b"\r\n");
+        let reply = exchange(&req, false).await;
+        assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_handed_over() {
+        let (client, server) = tokio::io::duplex(1 << 12);
+        let mut client = client;
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("write");
+        let settings = Settings {
+            max_headers: 100,
+            max_header_bytes: 60 * 1024,
+            head_timeout: None,
+            detect_h2: true,
+            drain_time: Duration::from_secs(1),
+        };
+        let drain = Drain::default();
+        let (mut shutdown, mut listener) = (drain.watch(), drain.watch());
+        let closing = AtomicBool::new(false);
+        let signals = Signals {
+            shutdown: &mut shutdown,
+            drain: &mut listener,
+            closing: &closing,
+        };
+        let stats = HttpStats::new(Arc::from("test"));
+        let ended = serve(server, &settings, &stats, signals, |_req| async {
+            Response::new(body::empty())
+        })
+        .await
+        .expect("served");
+        match ended {
+            Ended::Http2(pre, _) => assert!(pre.starts_with(H2_PREFACE), "{pre:?}"),
+            Ended::Closed => panic!("the preface was read as HTTP/1"),
+        }
+    }
+}
