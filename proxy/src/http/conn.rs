@@ -67,8 +67,10 @@ impl Hcm {
         let activity = Activity::default();
         let io = Tracked::new(stream, activity.clone());
         let served = async {
+            // Boxed: hyper's HTTP/2 connection state would otherwise sit in
+            // every HTTP/1.1 connection's future.
             if cfg.codec == Codec::Http2 {
-                return self.serve_h2(io, Bytes::new(), &info, drain).await;
+                return Box::pin(self.serve_h2(io, Bytes::new(), &info, drain)).await;
             }
             let settings = h1::Settings {
                 max_headers: cfg.max_headers_count as usize,
@@ -89,7 +91,7 @@ impl Hcm {
                 Box::pin(self.clone().respond(info.clone(), req))
             };
             match h1::serve(io, &settings, &self.stats, signals, service).await {
-                Ok(Ended::Http2(pre, io)) => self.serve_h2(io, pre, &info, drain).await,
+                Ok(Ended::Http2(pre, io)) => Box::pin(self.serve_h2(io, pre, &info, drain)).await,
                 Ok(Ended::Closed) => {}
                 Err(e) => tracing::debug!(%peer, error = %e, "downstream connection failed"),
             }

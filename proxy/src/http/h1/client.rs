@@ -158,7 +158,7 @@ fn request_framing(
     headers: &http::HeaderMap,
     body: Body,
 ) -> Result<(Option<u64>, Encoder, Option<Body>), Error> {
-    let declared = head::content_length(headers)?;
+    let declared = head::Facts::of(headers).length.transpose()?;
     let body = (!body.is_end_stream()).then_some(body);
     Ok(match (declared, body) {
         (Some(n), body) => (None, Encoder::Length(n), body),

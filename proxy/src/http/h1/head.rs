@@ -52,25 +52,47 @@ pub fn parse_response(
     }
 }
 
-/// Where a header's name and value sit in the head.
+/// Where a header's name and value sit in the head (offset, length).
 #[derive(Clone, Copy, Default)]
 struct Slot {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
+impl Slot {
+    fn name<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.name.0 as usize..(self.name.0 + self.name.1) as usize]
+    }
+
+    fn value(&self, head: &Bytes) -> Bytes {
+        head.slice(self.value.0 as usize..(self.value.0 + self.value.1) as usize)
+    }
+}
+
+/// Offset and length of `s`, a slice of the buffer starting at `base`
+/// (heads are far smaller than 4 GiB).
+fn span(base: usize, s: &[u8]) -> (u32, u32) {
+    ((s.as_ptr() as usize - base) as u32, s.len() as u32)
+}
+
+type Uninit<'b> = std::mem::MaybeUninit<httparse::Header<'b>>;
+
 fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [const { Uninit::uninit() }; MAX_HEADERS];
     let mut slots = [Slot::default(); MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
+    let mut res = httparse::Response::new(&mut []);
     let base = buf.as_ptr() as usize;
-    let (len, code, minor, count) = match res.parse(buf) {
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    );
+    let (len, code, minor, count) = match parsed {
         Ok(httparse::Status::Complete(len)) => {
             for (slot, h) in slots.iter_mut().zip(res.headers.iter()) {
-                let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
                 *slot = Slot {
-                    name: at(h.name.as_bytes()),
-                    value: at(h.value),
+                    name: span(base, h.name.as_bytes()),
+                    value: span(base, h.value),
                 };
             }
             let code = res.code.ok_or(HeadError::Malformed)?;
@@ -84,19 +106,19 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     let head = buf.split_to(len).freeze();
     let mut map = HeaderMap::with_capacity(count);
     for s in &slots[..count] {
-        let name = HeaderName::from_bytes(&head[s.name.0..s.name.0 + s.name.1])
-            .map_err(|_| HeadError::Malformed)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.0 + s.value.1))
-            .map_err(|_| HeadError::Malformed)?;
+        let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| HeadError::Malformed)?;
+        let value =
+            HeaderValue::from_maybe_shared(s.value(&head)).map_err(|_| HeadError::Malformed)?;
         map.append(name, value);
     }
+    let facts = Facts::of(&map);
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed)?;
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let mut keep_alive = keeps_alive(version, &map);
+    let mut keep_alive = facts.keeps_alive(version);
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         None
     } else if head_request
@@ -105,10 +127,10 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         || status == StatusCode::NOT_MODIFIED
     {
         Some(Framing::Length(0))
-    } else if let Some(chunked) = transfer_chunked(&map) {
+    } else if let Some(chunked) = facts.chunked {
         // A length beside a transfer coding is ignored, and the connection
         // not trusted with another request (RFC 9112, 6.3).
-        if map.contains_key(header::CONTENT_LENGTH) || !chunked {
+        if facts.length.is_some() || !chunked {
             keep_alive = false;
         }
         Some(if chunked {
@@ -116,7 +138,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         } else {
             Framing::Close
         })
-    } else if let Some(n) = content_length(&map)? {
+    } else if let Some(n) = facts.length.transpose()? {
         Some(Framing::Length(n))
     } else {
         keep_alive = false;
@@ -183,7 +205,7 @@ pub fn parse_request(
 struct Located {
     len: usize,
     method: Method,
-    target: (usize, usize),
+    target: (u32, u32),
     minor: u8,
     count: usize,
 }
@@ -191,23 +213,23 @@ struct Located {
 /// Runs httparse over `buf`, noting where each header is in `slots`.
 fn locate(buf: &[u8], slots: &mut [Slot]) -> Result<Option<Located>, httparse::Error> {
     if slots.len() <= STACK_HEADERS {
-        let mut h = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut h = [const { Uninit::uninit() }; STACK_HEADERS];
         locate_in(buf, &mut h[..slots.len()], slots)
     } else {
-        let mut h = vec![httparse::EMPTY_HEADER; slots.len()];
+        let mut h: Vec<Uninit<'_>> = (0..slots.len()).map(|_| Uninit::uninit()).collect();
         locate_in(buf, &mut h, slots)
     }
 }
 
 fn locate_in<'b>(
     buf: &'b [u8],
-    headers: &mut [httparse::Header<'b>],
+    headers: &mut [Uninit<'b>],
     slots: &mut [Slot],
 ) -> Result<Option<Located>, httparse::Error> {
-    let mut req = httparse::Request::new(headers);
+    let mut req = httparse::Request::new(&mut []);
     let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let httparse::Status::Complete(len) = req.parse(buf)? else {
+    let at = |s: &[u8]| span(base, s);
+    let httparse::Status::Complete(len) = req.parse_with_uninit_headers(buf, headers)? else {
         return Ok(None);
     };
     for (slot, h) in slots.iter_mut().zip(req.headers.iter()) {
@@ -250,16 +272,16 @@ fn parse_request_in(
         return Err(RequestError::TooManyHeaders);
     }
     let head = buf.split_to(len).freeze();
-    let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
-        .map_err(|_| RequestError::Malformed)?;
+    let target = head.slice(target.0 as usize..(target.0 + target.1) as usize);
+    let uri = http::Uri::from_maybe_shared(target).map_err(|_| RequestError::Malformed)?;
     let mut map = HeaderMap::with_capacity(count);
     for s in &slots[..count] {
-        let name = HeaderName::from_bytes(&head[s.name.0..s.name.0 + s.name.1])
-            .map_err(|_| RequestError::Malformed)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(s.value.0..s.value.0 + s.value.1))
-            .map_err(|_| RequestError::Malformed)?;
+        let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| RequestError::Malformed)?;
+        let value =
+            HeaderValue::from_maybe_shared(s.value(&head)).map_err(|_| RequestError::Malformed)?;
         map.append(name, value);
     }
+    let facts = Facts::of(&map);
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -267,20 +289,16 @@ fn parse_request_in(
     };
     // A length beside a transfer coding, a coding that does not end in
     // chunked, or lengths that disagree: the smuggling shapes Envoy refuses.
-    let framing = match transfer_chunked(&map) {
-        Some(_) if map.contains_key(header::CONTENT_LENGTH) => return Err(RequestError::Malformed),
-        Some(true) if version == Version::HTTP_11 => Framing::Chunked,
-        Some(_) => return Err(RequestError::Malformed),
-        None => match content_length(&map) {
-            Ok(n) => Framing::Length(n.unwrap_or(0)),
-            Err(_) => return Err(RequestError::Malformed),
-        },
+    let framing = match (facts.chunked, facts.length) {
+        (Some(_), Some(_)) => return Err(RequestError::Malformed),
+        (Some(true), None) if version == Version::HTTP_11 => Framing::Chunked,
+        (Some(_), None) => return Err(RequestError::Malformed),
+        (None, Some(Ok(n))) => Framing::Length(n),
+        (None, Some(Err(_))) => return Err(RequestError::Malformed),
+        (None, None) => Framing::Length(0),
     };
-    let expect_continue = version == Version::HTTP_11
-        && map
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let keep_alive = keeps_alive(version, &map);
+    let expect_continue = version == Version::HTTP_11 && facts.expect_continue;
+    let keep_alive = facts.keeps_alive(version);
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
@@ -294,45 +312,73 @@ fn parse_request_in(
     }))
 }
 
-/// Whether any of the `Connection` header's tokens is `token`.
-pub fn connection_has(map: &HeaderMap, token: &str) -> bool {
-    map.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+/// What a head's headers say about framing and the connection, gathered
+/// in one pass over them instead of a hashed lookup per name.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// `Content-Length`: every value (and comma-separated element) must be
+    /// the same number.
+    pub length: Option<Result<u64, HeadError>>,
+    /// `Transfer-Encoding` is present: whether its last coding is chunked.
+    pub chunked: Option<bool>,
+    /// `Connection` names `close` / `keep-alive`.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub connection: bool,
+    pub expect_continue: bool,
+    pub date: bool,
 }
 
-fn keeps_alive(version: Version, map: &HeaderMap) -> bool {
-    if version == Version::HTTP_10 {
-        connection_has(map, "keep-alive")
-    } else {
-        !connection_has(map, "close")
-    }
-}
-
-/// `Some(true)` when `Transfer-Encoding` ends in `chunked`, `Some(false)`
-/// when it ends in another coding, `None` without the header.
-pub fn transfer_chunked(map: &HeaderMap) -> Option<bool> {
-    let last = map.get_all(header::TRANSFER_ENCODING).iter().next_back()?;
-    let coding = last.as_bytes().rsplit(|&b| b == b',').next().unwrap_or(b"");
-    Some(coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The `Content-Length`: every value (and every comma-separated element)
-/// must be the same number.
-pub fn content_length(map: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut found = None;
-    for v in map.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(HeadError::ContentLength);
+impl Facts {
+    pub fn of(map: &HeaderMap) -> Facts {
+        let mut f = Facts::default();
+        for (name, value) in map {
+            let v = value.as_bytes();
+            if name == header::CONTENT_LENGTH {
+                f.length = Some(merge_length(f.length, v));
+            } else if name == header::TRANSFER_ENCODING {
+                let last = v.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                f.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                f.connection = true;
+                for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    f.close |= t.eq_ignore_ascii_case(b"close");
+                    f.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
+            } else if name == header::EXPECT {
+                f.expect_continue = v.eq_ignore_ascii_case(b"100-continue");
+            } else if name == header::DATE {
+                f.date = true;
             }
-            found = Some(n);
+        }
+        f
+    }
+
+    /// HTTP/1.1 keeps the connection unless told to close; 1.0 only when
+    /// told to keep it.
+    pub fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
         }
     }
-    Ok(found)
+}
+
+fn merge_length(prev: Option<Result<u64, HeadError>>, v: &[u8]) -> Result<u64, HeadError> {
+    let mut found = match prev {
+        Some(Err(e)) => return Err(e),
+        Some(Ok(n)) => Some(n),
+        None => None,
+    };
+    for part in v.split(|&b| b == b',') {
+        let n = parse_decimal(part.trim_ascii()).ok_or(HeadError::ContentLength)?;
+        if found.is_some_and(|f| f != n) {
+            return Err(HeadError::ContentLength);
+        }
+        found = Some(n);
+    }
+    found.ok_or(HeadError::ContentLength)
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {
@@ -414,12 +460,13 @@ pub fn encode_response(
     use super::body::Encoder;
     let status = parts.status;
     let h = &parts.headers;
-    keep_alive &= !connection_has(h, "close");
+    let facts = Facts::of(h);
+    keep_alive &= !facts.close;
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = content_length(h).ok().flatten();
+    let declared = facts.length.and_then(Result::ok);
     let mut add_length = None;
     let mut chunked = false;
     let encoder = if no_body {
@@ -454,12 +501,12 @@ pub fn encode_response(
     if chunked {
         out.put_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !h.contains_key(header::DATE) {
+    if !facts.date {
         out.put_slice(b"date: ");
         out.put_slice(date);
         out.put_slice(b"\r\n");
     }
-    if !h.contains_key(header::CONNECTION) {
+    if !facts.connection {
         if !keep_alive && request_version == Version::HTTP_11 {
             out.put_slice(b"connection: close\r\n");
         } else if keep_alive && request_version == Version::HTTP_10 {

@@ -238,8 +238,8 @@ async fn idle_wait<S: AsyncRead + Unpin>(
 ) -> io::Result<bool> {
     let read = std::future::poll_fn(|cx| {
         let mut t = lock(shared)?;
-        let mut stack = [0u8; FIRST_READ];
-        let mut rb = ReadBuf::new(&mut stack);
+        let mut stack = [const { std::mem::MaybeUninit::<u8>::uninit() }; FIRST_READ];
+        let mut rb = ReadBuf::uninit(&mut stack);
         ready!(Pin::new(&mut t.io).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
