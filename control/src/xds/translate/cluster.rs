@@ -170,7 +170,7 @@ pub(super) fn ingress(
         circuit_breakers(&mut c, limits);
     }
     if let Some(hc) = &listener.health_check {
-        c["health_checks"] = json!([health_check(hc)]);
+        add_health_check(&mut c, hc);
         if let Some(port) = hc.port.filter(|p| *p != pm.port) {
             c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
                 ["health_check_config"] = json!({"port_value": port});
@@ -180,10 +180,24 @@ pub(super) fn ingress(
     name
 }
 
+/// Puts [`health_check`] on `cluster`, except a `grpc` check on a cluster
+/// that does not speak HTTP/2: Envoy refuses that cluster (gRPC health
+/// checks are HTTP/2 streams), so the check is left out, with a warning.
+pub(super) fn add_health_check(cluster: &mut Value, hc: &HealthCheck) {
+    if hc.protocol == "grpc" && cluster.get("typed_extension_protocol_options").is_none() {
+        tracing::warn!(
+            cluster = %cluster["name"],
+            "a grpc health check on a cluster that is not HTTP/2 is left out"
+        );
+        return;
+    }
+    cluster["health_checks"] = json!([health_check(hc)]);
+}
+
 /// App Mesh's `healthCheck` → one Envoy health check: `http` and `http2`
 /// (the same over an HTTP/2 codec) ask `path`, `grpc` asks
 /// `grpc.health.v1.Health/Check`, `tcp` only connects.
-pub(super) fn health_check(hc: &HealthCheck) -> Value {
+fn health_check(hc: &HealthCheck) -> Value {
     let mut check = json!({
         "timeout": duration_ms(hc.timeout_millis),
         "interval": duration_ms(hc.interval_millis),

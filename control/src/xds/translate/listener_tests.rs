@@ -278,3 +278,30 @@ fn a_gateway_listener_health_check_probes_the_hosts_it_routes_to() {
         .get("health_checks")
         .is_none());
 }
+
+#[test]
+fn a_grpc_health_check_needs_an_http2_cluster() {
+    let grpc = json!({"protocol": "grpc", "healthyThreshold": 2, "unhealthyThreshold": 2,
+        "intervalMillis": 5000, "timeoutMillis": 2000});
+    let mut node = listener_node();
+    node["spec"]["listeners"][0]["healthCheck"] = grpc.clone();
+    node["spec"]["listeners"][1]["healthCheck"] = grpc.clone();
+    let input = json!({"resources": [json!({"kind": "Mesh", "name": "m", "spec": {}}), node]});
+    let set = set_of(input, "mesh/m/virtualNode/api", &Ports::default());
+    assert!(
+        set.clusters["cds_ingress_m_api_http_8080"]
+            .get("health_checks")
+            .is_none(),
+        "Envoy refuses a gRPC check on an HTTP/1.1 cluster"
+    );
+    assert!(
+        set.clusters["cds_ingress_m_api_grpc_9090"]["health_checks"][0]
+            .get("grpc_health_check")
+            .is_some()
+    );
+    let gw = mesh(gateway(Some(grpc)));
+    let set = set_of(gw, "mesh/m/virtualGateway/edge", &Ports::default());
+    assert!(set.clusters["cds_egress_m_api_http_8080"]
+        .get("health_checks")
+        .is_none());
+}

@@ -67,10 +67,9 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
         // The listener's health check probes the hosts behind it, as the
         // listener's connection pool limits them.
         if let Some(hc) = &l.health_check {
-            let check = json!([cluster::health_check(hc)]);
             for (name, c) in set.clusters.iter_mut() {
                 if !before.contains(name) {
-                    c["health_checks"] = check.clone();
+                    cluster::add_health_check(c, hc);
                 }
             }
         }
