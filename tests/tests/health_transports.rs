@@ -6,7 +6,7 @@
 //! trellis-proxy and on stock Envoy, the reference.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,15 +179,15 @@ async fn healthy(p: &ProxyProcess, n: i64, what: &str) {
     .await;
 }
 
-/// Healthy, unhealthy once `switch` says so, healthy again; and the checks
-/// reached `counted`.
-async fn flips(proxy: &PathBuf, config: &str, switch: &Checked, counted: &Checked, what: &str) {
+/// Healthy, unhealthy once `host` says so, healthy again; and the checks
+/// reached `host`.
+async fn flips(proxy: &Path, config: &str, host: &Checked, what: &str) {
     let p = ProxyProcess::start_with(proxy, config, &[]).await;
     healthy(&p, 1, what).await;
-    assert!(counted.checks() > 0, "{what}: the checks reached the host");
-    switch.set_healthy(false);
+    assert!(host.checks() > 0, "{what}: the checks reached the host");
+    host.set_healthy(false);
     healthy(&p, 0, what).await;
-    switch.set_healthy(true);
+    host.set_healthy(true);
     healthy(&p, 1, what).await;
 }
 
@@ -211,14 +211,14 @@ async fn scenario(proxy: PathBuf) {
     );
     let checks = health_checks("      http_health_check: { path: /healthz }\n");
     let config = bootstrap(tls_host.addr, None, &format!("{checks}{transport}"));
-    flips(&proxy, &config, &tls_host, &tls_host, "HTTP check over TLS").await;
+    flips(&proxy, &config, &tls_host, "HTTP check over TLS").await;
 
     // HTTP/2 codec: the host refuses HTTP/1.1.
     let h2_host = Checked::start(None, true).await;
     let checks =
         health_checks("      http_health_check: { path: /healthz, codec_client_type: HTTP2 }\n");
     let config = bootstrap(h2_host.addr, None, &checks);
-    flips(&proxy, &config, &h2_host, &h2_host, "HTTP/2 check").await;
+    flips(&proxy, &config, &h2_host, "HTTP/2 check").await;
 
     // gRPC health checking protocol, also over TLS.
     let grpc_host = Checked::start(Some(server_config(&leaf)), true).await;
@@ -229,14 +229,7 @@ async fn scenario(proxy: PathBuf) {
         explicit_http_config: { http2_protocol_options: {} }
 "#;
     let config = bootstrap(grpc_host.addr, None, &format!("{checks}{transport}{http2}"));
-    flips(
-        &proxy,
-        &config,
-        &grpc_host,
-        &grpc_host,
-        "gRPC check over TLS",
-    )
-    .await;
+    flips(&proxy, &config, &grpc_host, "gRPC check over TLS").await;
 
     // The endpoint's health check port: traffic port always healthy, the
     // check port decides.
@@ -247,7 +240,6 @@ async fn scenario(proxy: PathBuf) {
     flips(
         &proxy,
         &config,
-        &check_port,
         &check_port,
         "check on health_check_config.port_value",
     )
