@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ErrorKind};
 use crate::inject::PodBinding;
 use crate::model::{Kind, ResourceKey};
-use crate::service_model::{validate, ServiceModel};
+use crate::service_model::{check_rules, validate, ServiceModel};
 use crate::store::{Store, Tx};
 
 /// Where resource ARNs say they live.
@@ -91,6 +91,7 @@ impl AppMesh {
         })?;
         if let Some(shape) = &operation.input {
             validate(model, &shape.shape, input, "")?;
+            check_rules(model, &shape.shape, input, "")?;
         }
         // trellis holds one account's meshes; a mesh shared from another
         // account cannot exist here.
