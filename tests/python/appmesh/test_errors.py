@@ -223,3 +223,32 @@ def test_app_mesh_rules_beyond_the_model_are_enforced(appmesh, mesh):
             "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}, "healthCheck": check}]})
     assert "spec.listeners[0].healthCheck.port: 8081 is not the listener's port 8080" in str(e.value)
     assert [n["virtualNodeName"] for n in appmesh.list_virtual_nodes(meshName=mesh)["virtualNodes"]] == ["a"]
+
+
+def test_routes_name_their_listener_when_there_are_several(appmesh, mesh):
+    """App Mesh: "Route must define a port match criteria if the Virtual
+    Router has multiple listeners" (gateway routes likewise)."""
+    appmesh.create_virtual_node(meshName=mesh, virtualNodeName="a", spec={})
+    two = [{"portMapping": {"port": 80, "protocol": "http"}},
+           {"portMapping": {"port": 81, "protocol": "http"}}]
+    appmesh.create_virtual_router(meshName=mesh, virtualRouterName="r", spec={"listeners": two})
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                             spec=http_route({"prefix": "/"}))
+    assert "spec.httpRoute.match.port: required" in str(e.value)
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                             spec=http_route({"prefix": "/", "port": 82}))
+    assert "spec.httpRoute.match.port: 82 is not a listener port" in str(e.value)
+    appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                         spec=http_route({"prefix": "/", "port": 81}))
+    appmesh.create_virtual_service(meshName=mesh, virtualServiceName="s",
+                                   spec={"provider": {"virtualNode": {"virtualNodeName": "a"}}})
+    appmesh.create_virtual_gateway(meshName=mesh, virtualGatewayName="g", spec={"listeners": two})
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_gateway_route(
+            meshName=mesh, virtualGatewayName="g", gatewayRouteName="x",
+            spec={"httpRoute": {"match": {"prefix": "/"},
+                                "action": {"target": {"virtualService": {"virtualServiceName": "s"}}}}})
+    assert "spec.httpRoute.match.port: required, since VirtualGateway g" in str(e.value)
+    assert appmesh.list_gateway_routes(meshName=mesh, virtualGatewayName="g")["gatewayRoutes"] == []
