@@ -79,7 +79,13 @@ fn gateway(name: &str, listeners: Vec<Value>) -> Value {
 
 /// `port` names the gateway listener served, which App Mesh requires when
 /// the gateway has several.
-fn gateway_route(gateway: &str, name: &str, prefix: &str, service: &str, port: Option<u16>) -> Value {
+fn gateway_route(
+    gateway: &str,
+    name: &str,
+    prefix: &str,
+    service: &str,
+    port: Option<u16>,
+) -> Value {
     let mut route = json!({"meshName": "m", "virtualGatewayName": gateway, "gatewayRouteName": name, "spec": {
         "httpRoute": {"match": {"prefix": prefix},
             "action": {"target": {"virtualService": {"virtualServiceName": service}}}}

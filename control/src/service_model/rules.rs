@@ -12,7 +12,12 @@ use super::{ServiceModel, ShapeType, ValidationError};
 
 /// `httpRetryEvents` values App Mesh documents; the model leaves the
 /// member a free string.
-const HTTP_RETRY_EVENTS: [&str; 4] = ["server-error", "gateway-error", "client-error", "stream-error"];
+const HTTP_RETRY_EVENTS: [&str; 4] = [
+    "server-error",
+    "gateway-error",
+    "client-error",
+    "stream-error",
+];
 
 /// Walks `value` as shape `shape_name` and applies every rule on the way;
 /// `path` prefixes reported fields, as for `validate`.
@@ -100,10 +105,7 @@ fn retry_policy(v: &Value, path: &str, kinds: &[&str]) -> Result<(), ValidationE
         if !HTTP_RETRY_EVENTS.contains(&name) {
             return Err(fail(
                 &format!("{path}.httpRetryEvents[{i}]"),
-                format!(
-                    "'{name}' is not one of [{}]",
-                    HTTP_RETRY_EVENTS.join(", ")
-                ),
+                format!("'{name}' is not one of [{}]", HTTP_RETRY_EVENTS.join(", ")),
             ));
         }
     }
@@ -297,7 +299,10 @@ mod tests {
         let e = refused("RouteSpec", http(json!({"prefix": "api"}), json!({})));
         assert_eq!(e.path, "spec.httpRoute.match.prefix");
         assert_eq!(
-            check("RouteSpec", http(json!({"headers": [{"name": "x"}]}), json!({}))),
+            check(
+                "RouteSpec",
+                http(json!({"headers": [{"name": "x"}]}), json!({}))
+            ),
             Ok(())
         );
     }
