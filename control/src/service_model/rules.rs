@@ -63,7 +63,11 @@ fn rule(shape: &str, v: &Value, path: &str) -> Result<(), ValidationError> {
         "GrpcRouteMatch" => grpc_match(v, path),
         "HttpRouteMatch" | "HttpGatewayRouteMatch" => http_match(v, path),
         "HttpPathMatch" => path_match(v, path),
-        "Listener" | "VirtualGatewayListener" => health_check_port(v, path),
+        "Listener" | "VirtualGatewayListener" => {
+            health_check_port(v, path)?;
+            own_protocol(v, path, "timeout")?;
+            own_protocol(v, path, "connectionPool")
+        }
         _ => Ok(()),
     }
 }
@@ -165,6 +169,25 @@ fn health_check_port(v: &Value, path: &str) -> Result<(), ValidationError> {
             &format!("{path}.healthCheck.port"),
             format!("{port} is not the listener's port {own}: App Mesh checks a listener on its own port"),
         ));
+    }
+    Ok(())
+}
+
+/// Listener `timeout` and `connectionPool` are keyed by protocol; App Mesh
+/// said the block "should match the port mapping protocol", and only that
+/// one could ever apply.
+fn own_protocol(v: &Value, path: &str, member: &str) -> Result<(), ValidationError> {
+    let Some(protocol) = v["portMapping"]["protocol"].as_str() else {
+        return Ok(());
+    };
+    let blocks = v[member].as_object().into_iter().flatten();
+    for (key, block) in blocks {
+        if key != protocol && !block.is_null() {
+            return Err(fail(
+                &format!("{path}.{member}.{key}"),
+                format!("the listener speaks {protocol}: only a {protocol} block applies"),
+            ));
+        }
     }
     Ok(())
 }
@@ -319,5 +342,36 @@ mod tests {
         assert!(e.message.contains("8080"), "{e}");
         assert_eq!(check("VirtualNodeSpec", listener(8080)), Ok(()));
         assert!(check("VirtualGatewaySpec", listener(9000)).is_err());
+    }
+
+    #[test]
+    fn listener_blocks_are_of_the_listeners_protocol() {
+        let e = refused(
+            "VirtualNodeSpec",
+            json!({"listeners": [{"portMapping": {"port": 80, "protocol": "http"},
+                "connectionPool": {"http2": {"maxRequests": 5}}}]}),
+        );
+        assert_eq!(e.path, "spec.listeners[0].connectionPool.http2");
+        let e = refused(
+            "VirtualNodeSpec",
+            json!({"listeners": [{"portMapping": {"port": 80, "protocol": "grpc"},
+                "timeout": {"tcp": {"idle": {"unit": "s", "value": 1}}}}]}),
+        );
+        assert_eq!(e.path, "spec.listeners[0].timeout.tcp");
+        let e = refused(
+            "VirtualGatewaySpec",
+            json!({"listeners": [{"portMapping": {"port": 80, "protocol": "grpc"},
+                "connectionPool": {"http": {"maxConnections": 5}}}]}),
+        );
+        assert!(e.message.contains("speaks grpc"), "{e}");
+        assert_eq!(
+            check(
+                "VirtualNodeSpec",
+                json!({"listeners": [{"portMapping": {"port": 80, "protocol": "http2"},
+                    "connectionPool": {"http2": {"maxRequests": 5}},
+                    "timeout": {"http2": {"idle": {"unit": "s", "value": 1}}}}]})
+            ),
+            Ok(())
+        );
     }
 }
