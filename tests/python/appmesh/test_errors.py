@@ -222,6 +222,11 @@ def test_app_mesh_rules_beyond_the_model_are_enforced(appmesh, mesh):
         appmesh.create_virtual_node(meshName=mesh, virtualNodeName="hc", spec={
             "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}, "healthCheck": check}]})
     assert "spec.listeners[0].healthCheck.port: 8081 is not the listener's port 8080" in str(e.value)
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_virtual_node(meshName=mesh, virtualNodeName="pool", spec={
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                           "connectionPool": {"http2": {"maxRequests": 10}}}]})
+    assert "spec.listeners[0].connectionPool.http2: the listener speaks http" in str(e.value)
     assert [n["virtualNodeName"] for n in appmesh.list_virtual_nodes(meshName=mesh)["virtualNodes"]] == ["a"]
 
 
