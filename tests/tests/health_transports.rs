@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,11 +25,13 @@ use trellis_tests::{eventually, within};
 
 /// A host answering `GET /healthz` (200 or 503) and the gRPC health
 /// service (SERVING or NOT_SERVING) by one switch; over TLS when given a
-/// server config; HTTP/2 only when asked. Counts the checks it answered.
+/// server config; HTTP/2 only when asked. Counts the checks it answered
+/// and keeps the Host (or :authority) of the last one.
 struct Checked {
     addr: SocketAddr,
     healthy: Arc<AtomicBool>,
     checks: Arc<AtomicU64>,
+    last_host: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -71,16 +73,29 @@ impl Checked {
         let addr = listener.local_addr().expect("addr");
         let healthy = Arc::new(AtomicBool::new(true));
         let checks = Arc::new(AtomicU64::new(0));
-        let (h, c) = (healthy.clone(), checks.clone());
+        let last_host = Arc::new(Mutex::new(String::new()));
+        let (h, c, lh) = (healthy.clone(), checks.clone(), last_host.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, c, tls) = (h.clone(), c.clone(), tls.clone());
+                let (h, c, lh, tls) = (h.clone(), c.clone(), lh.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         c.fetch_add(1, Ordering::Relaxed);
+                        let host = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get(http::header::HOST)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            })
+                            .unwrap_or_default();
+                        *lh.lock().unwrap_or_else(|p| p.into_inner()) = host;
                         let reply = answer(h.load(Ordering::Relaxed), &req);
                         async move { Ok::<_, std::convert::Infallible>(reply) }
                     });
@@ -107,6 +122,7 @@ impl Checked {
             addr,
             healthy,
             checks,
+            last_host,
             task,
         }
     }
@@ -117,6 +133,13 @@ impl Checked {
 
     fn checks(&self) -> u64 {
         self.checks.load(Ordering::Relaxed)
+    }
+
+    fn last_host(&self) -> String {
+        self.last_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -137,11 +160,12 @@ fn server_config(leaf: &Issued) -> Arc<rustls::ServerConfig> {
     Arc::new(cfg)
 }
 
-/// A bootstrap with one STATIC cluster `hc` on `host` (its checks going to
-/// `check_port` when given); `extra` is cluster YAML at 4 spaces.
-fn bootstrap(host: SocketAddr, check_port: Option<u16>, extra: &str) -> String {
-    let hc_config = check_port.map_or(String::new(), |p| {
-        format!("            health_check_config: {{ port_value: {p} }}\n")
+/// A bootstrap with one STATIC cluster `hc` on `host` (with the endpoint's
+/// `health_check_config` fields when given); `extra` is cluster YAML at 4
+/// spaces.
+fn bootstrap(host: SocketAddr, hc_config: Option<&str>, extra: &str) -> String {
+    let hc_config = hc_config.map_or(String::new(), |c| {
+        format!("            health_check_config: {{ {c} }}\n")
     });
     format!(
         r#"admin:
@@ -236,7 +260,8 @@ async fn scenario(proxy: PathBuf) {
     let traffic = Checked::start(None, false).await;
     let check_port = Checked::start(None, false).await;
     let checks = health_checks("      http_health_check: { path: /healthz }\n");
-    let config = bootstrap(traffic.addr, Some(check_port.addr.port()), &checks);
+    let port = format!("port_value: {}", check_port.addr.port());
+    let config = bootstrap(traffic.addr, Some(&port), &checks);
     flips(
         &proxy,
         &config,
@@ -245,6 +270,29 @@ async fn scenario(proxy: PathBuf) {
     )
     .await;
     assert_eq!(traffic.checks(), 0, "no check went to the traffic port");
+
+    // The Host of checks: the cluster's `host`, unless the endpoint's
+    // `health_check_config.hostname` says otherwise.
+    let named = Checked::start(None, false).await;
+    let checks = health_checks("      http_health_check: { path: /healthz, host: cluster.test }\n");
+    let config = bootstrap(named.addr, None, &checks);
+    flips(
+        &proxy,
+        &config,
+        &named,
+        "HTTP check with the cluster's host",
+    )
+    .await;
+    assert_eq!(named.last_host(), "cluster.test");
+    let config = bootstrap(named.addr, Some("hostname: endpoint.test"), &checks);
+    flips(
+        &proxy,
+        &config,
+        &named,
+        "HTTP check with the endpoint's hostname",
+    )
+    .await;
+    assert_eq!(named.last_host(), "endpoint.test");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,9 @@ pub struct EndpointConfig {
     /// `endpoint.health_check_config.port_value`: where active health
     /// checks go instead of the traffic port.
     pub health_check_port: Option<u16>,
+    /// `endpoint.health_check_config.hostname`: the Host (or gRPC
+    /// authority) of this endpoint's health checks instead of the cluster's.
+    pub health_check_host: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,11 +368,17 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
                     )
                 })?),
             };
+            let health_check_host = ep
+                .health_check_config
+                .as_ref()
+                .filter(|h| !h.hostname.is_empty())
+                .map(|h| Arc::from(h.hostname.as_str()));
             out.push(EndpointConfig {
                 address,
                 weight,
                 hostname,
                 health_check_port,
+                health_check_host,
             });
         }
     }

@@ -17,6 +17,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                 weight: ep.weight,
                 hostname: ep.hostname.as_deref().map(Arc::from),
                 health_check_port: ep.health_check_port,
+                health_check_host: ep.health_check_host.clone(),
             });
             continue;
         }
@@ -40,6 +41,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                     weight: ep.weight,
                     hostname: Some(hostname.clone()),
                     health_check_port: ep.health_check_port,
+                    health_check_host: ep.health_check_host.clone(),
                 });
             }
         }

@@ -14,6 +14,8 @@ pub struct Resolved {
     pub hostname: Option<std::sync::Arc<str>>,
     /// Where active health checks go, when not to `addr`'s port.
     pub health_check_port: Option<u16>,
+    /// The Host of its health checks, when not the cluster's.
+    pub health_check_host: Option<std::sync::Arc<str>>,
 }
 
 /// Health flags, as `/clusters` prints them.
@@ -33,6 +35,7 @@ pub struct Endpoint {
     pub hostname: Option<std::sync::Arc<str>>,
     /// The address active health checks connect to.
     pub health_check_addr: SocketAddr,
+    pub health_check_host: Option<std::sync::Arc<str>>,
     /// Requests in flight, for LEAST_REQUEST and `/clusters`.
     active_rq: AtomicU32,
     /// `FAILED_*` bits. Written only by the health checker and the outlier
@@ -64,6 +67,7 @@ impl Endpoint {
                 addr.ip(),
                 r.health_check_port.unwrap_or(addr.port()),
             ),
+            health_check_host: r.health_check_host.clone(),
             active_rq: AtomicU32::new(0),
             health: AtomicU8::new(health),
             consecutive_5xx: AtomicU32::new(0),

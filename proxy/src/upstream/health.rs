@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::endpoint::FAILED_ACTIVE_HC;
+use super::endpoint::{Endpoint, FAILED_ACTIVE_HC};
 use super::Cluster;
 use crate::config::resilience::{CheckKind, HealthCheckConfig};
 use crate::tls::{AlpnFor, ClientStream, ClusterSslStats, UpstreamTls};
@@ -51,12 +51,9 @@ pub fn spawn(cluster: &Arc<Cluster>, cfg: HealthCheckConfig) {
             };
             let set = c.endpoints();
             drop(c);
-            let results = futures::future::join_all(
-                set.endpoints
-                    .iter()
-                    .map(|e| check(e.health_check_addr, &cfg, &transport)),
-            )
-            .await;
+            let results =
+                futures::future::join_all(set.endpoints.iter().map(|e| check(e, &cfg, &transport)))
+                    .await;
             let Some(c) = Weak::upgrade(&weak) else {
                 return;
             };
@@ -124,14 +121,21 @@ fn jitter(max: Duration) -> Duration {
 
 /// `Err(true)` for a network failure (no connection, no reply, timeout),
 /// `Err(false)` for an answer that does not pass.
-async fn check(addr: SocketAddr, cfg: &HealthCheckConfig, t: &Transport) -> Result<(), bool> {
-    match tokio::time::timeout(cfg.timeout, run(addr, &cfg.kind, t)).await {
+async fn check(e: &Endpoint, cfg: &HealthCheckConfig, t: &Transport) -> Result<(), bool> {
+    let host = e.health_check_host.as_deref();
+    match tokio::time::timeout(cfg.timeout, run(e.health_check_addr, host, &cfg.kind, t)).await {
         Ok(r) => r,
         Err(_) => Err(true),
     }
 }
 
-async fn run(addr: SocketAddr, kind: &CheckKind, t: &Transport) -> Result<(), bool> {
+/// `host`: the endpoint's own Host for its checks, over the cluster's.
+async fn run(
+    addr: SocketAddr,
+    host: Option<&str>,
+    kind: &CheckKind,
+    t: &Transport,
+) -> Result<(), bool> {
     let tcp = TcpStream::connect(addr).await.map_err(|_| true)?;
     let alpn = match kind {
         CheckKind::Http { http2: false, .. } => AlpnFor::Http1,
@@ -146,13 +150,14 @@ async fn run(addr: SocketAddr, kind: &CheckKind, t: &Transport) -> Result<(), bo
         }
     };
     match kind {
-        CheckKind::Grpc { service, authority } => grpc(s, service, authority).await,
+        CheckKind::Grpc { service, authority } => grpc(s, service, host.unwrap_or(authority)).await,
         CheckKind::Http {
-            host,
+            host: cluster_host,
             path,
             expected,
             http2,
         } => {
+            let host = host.unwrap_or(cluster_host);
             let status = if *http2 {
                 h2_status(s, host, path).await?
             } else {

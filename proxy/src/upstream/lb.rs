@@ -262,6 +262,7 @@ mod tests {
                         weight: *w,
                         hostname: None,
                         health_check_port: None,
+                        health_check_host: None,
                     },
                     0,
                 ))

@@ -186,6 +186,7 @@ mod tests {
                 weight: 1,
                 hostname: None,
                 health_check_port: None,
+                health_check_host: None,
             })
             .collect();
         c.set_endpoints(&eps);
