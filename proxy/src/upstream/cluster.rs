@@ -121,7 +121,13 @@ impl Cluster {
                 current
                     .endpoints
                     .iter()
-                    .find(|e| e.addr == r.addr && e.weight == r.weight && e.hostname == r.hostname)
+                    .find(|e| {
+                        e.addr == r.addr
+                            && e.weight == r.weight
+                            && e.hostname == r.hostname
+                            && e.health_check_addr.port()
+                                == r.health_check_port.unwrap_or(r.addr.port())
+                    })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Endpoint::new(r, initial)))
             })
@@ -163,6 +169,7 @@ impl Cluster {
                     addr,
                     weight: e.weight,
                     hostname: e.hostname.as_deref().map(Arc::from),
+                    health_check_port: e.health_check_port,
                 })
             })
             .collect();

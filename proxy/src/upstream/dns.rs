@@ -16,6 +16,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                 addr,
                 weight: ep.weight,
                 hostname: ep.hostname.as_deref().map(Arc::from),
+                health_check_port: ep.health_check_port,
             });
             continue;
         }
@@ -38,6 +39,7 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                     addr,
                     weight: ep.weight,
                     hostname: Some(hostname.clone()),
+                    health_check_port: ep.health_check_port,
                 });
             }
         }

@@ -261,6 +261,7 @@ mod tests {
                         addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
                         weight: *w,
                         hostname: None,
+                        health_check_port: None,
                     },
                     0,
                 ))

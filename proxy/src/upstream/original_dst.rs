@@ -39,6 +39,7 @@ impl OriginalDstHosts {
             addr,
             weight: 1,
             hostname: None,
+            health_check_port: None,
         };
         let ep = Arc::new(Endpoint::new(&resolved, 0));
         hosts.insert(addr, ep.clone());
