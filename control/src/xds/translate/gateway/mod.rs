@@ -292,7 +292,9 @@ fn http(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayHttpRoute, http2: bool)
             tracing::debug!(service, "gateway route target has no provider yet");
         }
         Provider::Node(cluster) => {
-            let mut route = json!({"match": base, "route": {"cluster": cluster}});
+            let retry = routes::default_retry_policy();
+            let mut route =
+                json!({"match": base, "route": {"cluster": cluster, "retry_policy": retry}});
             upstream.rewrite().apply(&mut route["route"]);
             mark_target(action, &mut route);
             out.push(route);
@@ -347,8 +349,9 @@ fn grpc(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayGrpcRoute) -> Vec<Value
             tracing::debug!(service, "gateway route target has no provider yet");
         }
         Provider::Node(cluster) => {
-            let mut route =
-                json!({"match": routes::grpc_match(&g.matcher), "route": {"cluster": cluster}});
+            let retry = routes::default_retry_policy();
+            let mut route = json!({"match": routes::grpc_match(&g.matcher),
+                "route": {"cluster": cluster, "retry_policy": retry}});
             mark_target(action, &mut route);
             out.push(route);
         }
