@@ -299,6 +299,35 @@ async fn apply_and_load_go_through_the_same_checks() {
         stderr.contains("spec.listeners[0].portMapping.port"),
         "{stderr}"
     );
+
+    // A rule of App Mesh's that the model cannot state, in an inline route
+    // of a Kubernetes VirtualRouter: refused with the route's field.
+    let router = dir.path().join("router.yaml");
+    std::fs::write(
+        &router,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualRouter\nmetadata: {name: rpc, namespace: prod}\n\
+         spec:\n  meshRef: {name: demo}\n  listeners: [{portMapping: {port: 9090, protocol: grpc}}]\n  routes:\n\
+         \x20 - name: get\n    grpcRoute:\n      match: {methodName: Get}\n\
+         \x20     action: {weightedTargets: [{virtualNodeRef: {name: web}, weight: 1}]}\n",
+    )
+    .expect("write router");
+    let out = run(&router);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("router.yaml: document 1 (Route get)")
+            && stderr.contains("spec.grpcRoute.match.methodName: needs serviceName"),
+        "{stderr}"
+    );
+    let routes = server
+        .client()
+        .call(
+            "ListRoutes",
+            &json!({"meshName": "demo", "virtualRouterName": "rpc_prod"}),
+        )
+        .await
+        .expect("the router itself was applied");
+    assert_eq!(routes["routes"], json!([]));
 }
 
 #[test]

@@ -77,11 +77,23 @@ fn gateway(name: &str, listeners: Vec<Value>) -> Value {
     }})
 }
 
-fn gateway_route(gateway: &str, name: &str, prefix: &str, service: &str) -> Value {
-    json!({"meshName": "m", "virtualGatewayName": gateway, "gatewayRouteName": name, "spec": {
+/// `port` names the gateway listener served, which App Mesh requires when
+/// the gateway has several.
+fn gateway_route(
+    gateway: &str,
+    name: &str,
+    prefix: &str,
+    service: &str,
+    port: Option<u16>,
+) -> Value {
+    let mut route = json!({"meshName": "m", "virtualGatewayName": gateway, "gatewayRouteName": name, "spec": {
         "httpRoute": {"match": {"prefix": prefix},
             "action": {"target": {"virtualService": {"virtualServiceName": service}}}}
-    }})
+    }});
+    if let Some(port) = port {
+        route["spec"]["httpRoute"]["match"]["port"] = json!(port);
+    }
+    route
 }
 
 async fn get(
@@ -150,9 +162,10 @@ async fn a_tls_gateway_routes_into_a_strict_mesh() {
                         "subjectAlternativeNames": {"match": {"exact": ["partner.example.com"]}},
                     }))),
                 ]),
-                gateway_route("edge", "shop", "/shop", "shop.m"),
+                gateway_route("edge", "shop", "/shop", "shop.m", Some(gw_port)),
+                gateway_route("edge", "shop-partners", "/shop", "shop.m", Some(mtls_port)),
                 gateway("sneaky", vec![json!({"portMapping": {"port": decoy_port, "protocol": "http"}})]),
-                gateway_route("sneaky", "decoy", "/", "decoy.m"),
+                gateway_route("sneaky", "decoy", "/", "decoy.m", None),
             ])
             .await;
         let _blue_sidecar =

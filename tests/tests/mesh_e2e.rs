@@ -129,6 +129,7 @@ async fn scenario(proxy: PathBuf, delta: bool) {
         .await
         .expect("sidecar B answers");
     assert_eq!(r.echoed()["upstream"], "blue");
+    default_retries(a_out, &blue).await;
 
     // Shift everything to red: must show within 2 seconds of the write.
     control.apply(&[route(0, 100, blue_port, red_port)]).await;
@@ -180,6 +181,28 @@ async fn scenario(proxy: PathBuf, delta: bool) {
     assert!(table.contains("SYNCED"), "{table}");
     assert!(!table.contains("NACK"), "{table}");
     drop((sidecar_a, sidecar_b, control));
+}
+
+/// The route has no `retryPolicy`, so App Mesh's default applies: a 503 is
+/// tried three times in all (two retries), a 500 once.
+async fn default_retries(egress: u16, app: &Echo) {
+    for (status, tries) in [(503, 3), (500, 1)] {
+        let before = app.count();
+        let r = client::request(
+            Method::GET,
+            &format!("http://127.0.0.1:{egress}/status/{status}"),
+            &[("host", "color")],
+            "",
+        )
+        .await
+        .expect("sidecar A answers");
+        assert_eq!(r.status, status);
+        assert_eq!(
+            app.count() - before,
+            tries,
+            "requests for one {status} answer"
+        );
+    }
 }
 
 /// Every proxy ACKed the last version of every type it was sent, and

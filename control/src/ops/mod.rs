@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ErrorKind};
 use crate::inject::PodBinding;
 use crate::model::{Kind, ResourceKey};
-use crate::service_model::{validate, ServiceModel};
+use crate::service_model::{check_rules, validate, ServiceModel};
 use crate::store::{Store, Tx};
 
 /// Where resource ARNs say they live.
@@ -91,6 +91,7 @@ impl AppMesh {
         })?;
         if let Some(shape) = &operation.input {
             validate(model, &shape.shape, input, "")?;
+            check_rules(model, &shape.shape, input, "")?;
         }
         // trellis holds one account's meshes; a mesh shared from another
         // account cannot exist here.
@@ -185,7 +186,72 @@ impl AppMesh {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn app_mesh() -> AppMesh {
+        let store = Store::open_in_memory().expect("in-memory store");
+        let identity = Identity {
+            region: "us-west-2".into(),
+            account: "000000000000".into(),
+        };
+        AppMesh::new(Arc::new(store), identity)
+    }
+
+    fn route(port: Option<u16>) -> Value {
+        let mut spec = json!({"httpRoute": {"match": {"prefix": "/"},
+            "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}}});
+        if let Some(port) = port {
+            spec["httpRoute"]["match"]["port"] = json!(port);
+        }
+        json!({"meshName": "m", "virtualRouterName": "r", "routeName": "x", "spec": spec})
+    }
+
+    #[test]
+    fn routes_name_their_listener_when_the_router_has_several() {
+        let api = app_mesh();
+        let listener = |port: u16| json!({"portMapping": {"port": port, "protocol": "http"}});
+        for (op, input) in [
+            ("CreateMesh", json!({"meshName": "m"})),
+            (
+                "CreateVirtualNode",
+                json!({"meshName": "m", "virtualNodeName": "a", "spec": {}}),
+            ),
+            (
+                "CreateVirtualRouter",
+                json!({"meshName": "m", "virtualRouterName": "r",
+                    "spec": {"listeners": [listener(80), listener(81)]}}),
+            ),
+        ] {
+            api.call(op, &input).expect(op);
+        }
+        let err = api.call("CreateRoute", &route(None)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadRequest);
+        assert!(
+            err.message
+                .starts_with("spec.httpRoute.match.port: required, since VirtualRouter r"),
+            "{}",
+            err.message
+        );
+        let err = api.call("CreateRoute", &route(Some(82))).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("spec.httpRoute.match.port: 82 is not a listener port"),
+            "{}",
+            err.message
+        );
+        api.call("CreateRoute", &route(Some(81))).expect("port 81");
+        let err = api.call("UpdateRoute", &route(None)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BadRequest);
+        let kept = api
+            .call(
+                "DescribeRoute",
+                &json!({"meshName": "m", "virtualRouterName": "r", "routeName": "x"}),
+            )
+            .expect("describe");
+        assert_eq!(kept["route"]["spec"]["httpRoute"]["match"]["port"], 81);
+    }
 
     #[test]
     fn every_model_operation_is_dispatched() {

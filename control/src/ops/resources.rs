@@ -125,6 +125,45 @@ impl AppMesh {
         Ok(())
     }
 
+    /// A route or gateway route names the listener of its router or gateway
+    /// it serves (`match.port`): App Mesh required one when there are
+    /// several ("Route must define a port match criteria if the Virtual
+    /// Router has multiple listeners"), and a port no listener has would
+    /// match nothing.
+    fn require_listener(tx: &Tx<'_>, key: &ResourceKey, spec: &Value) -> Result<(), ApiError> {
+        let Some(parent) = key.parent_key() else {
+            return Ok(());
+        };
+        let Some((protocol, route)) = ["httpRoute", "http2Route", "grpcRoute", "tcpRoute"]
+            .iter()
+            .find_map(|p| spec.get(*p).map(|r| (*p, r)))
+        else {
+            return Ok(());
+        };
+        let Some(parent_spec) = tx.get(&parent)?.map(|r| r.spec) else {
+            return Ok(());
+        };
+        let ports: Vec<i64> = parent_spec["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["portMapping"]["port"].as_i64())
+            .collect();
+        let field = format!("spec.{protocol}.match.port");
+        match route["match"]["port"].as_i64() {
+            None if ports.len() > 1 => Err(ApiError::bad_request(format!(
+                "{field}: required, since {} has {} listeners",
+                parent.describe(),
+                ports.len()
+            ))),
+            Some(port) if !ports.contains(&port) => Err(ApiError::bad_request(format!(
+                "{field}: {port} is not a listener port of {}",
+                parent.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn existing(tx: &Tx<'_>, key: &ResourceKey) -> Result<Resource, ApiError> {
         tx.get(key)?
             .ok_or_else(|| ApiError::not_found(format!("{} not found", key.describe())))
@@ -147,6 +186,7 @@ impl AppMesh {
                 key.describe()
             )));
         }
+        Self::require_listener(tx, &key, &spec)?;
         Self::require_references(tx, &key, &spec)?;
         let at = now();
         let resource = Resource {
@@ -192,6 +232,7 @@ impl AppMesh {
             _ => stored_spec(kind, input.get("spec")),
         };
         check_spec(kind, &spec)?;
+        Self::require_listener(tx, &key, &spec)?;
         Self::require_references(tx, &key, &spec)?;
         resource.spec = spec;
         resource.metadata.version += 1;

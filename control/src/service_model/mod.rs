@@ -2,6 +2,7 @@
 //! that routing, validation and serialisation follow the same source of truth
 //! as the clients instead of hand-typed copies of 333 shapes.
 
+mod rules;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
+pub use rules::check_rules;
 pub use validate::{validate, ValidationError};
 
 const MODEL_JSON: &str = include_str!("../../service-model/appmesh-2019-01-25.service.json");

@@ -30,7 +30,7 @@ pub fn validate(
     check(model, shape, value, path)
 }
 
-fn fail(path: &str, message: impl Into<String>) -> ValidationError {
+pub(super) fn fail(path: &str, message: impl Into<String>) -> ValidationError {
     ValidationError {
         path: if path.is_empty() {
             "(request)".to_string()
@@ -41,7 +41,7 @@ fn fail(path: &str, message: impl Into<String>) -> ValidationError {
     }
 }
 
-fn join(path: &str, member: &str) -> String {
+pub(super) fn join(path: &str, member: &str) -> String {
     if path.is_empty() {
         member.to_string()
     } else {

@@ -47,7 +47,13 @@ impl TokenBucket {
     /// Takes one token if there is one, refilling first for every interval
     /// that has passed.
     pub fn take(&self) -> bool {
-        let epoch = (self.start.elapsed().as_nanos() / self.interval.as_nanos().max(1)) as u64;
+        self.take_at(self.start.elapsed())
+    }
+
+    /// `take` at `since_start` after the bucket was made: tests drive the
+    /// clock instead of sleeping through intervals.
+    fn take_at(&self, since_start: Duration) -> bool {
+        let epoch = (since_start.as_nanos() / self.interval.as_nanos().max(1)) as u64;
         let epoch = epoch.min(u64::from(u32::MAX));
         let mut cur = self.state.load(Ordering::Relaxed);
         loop {
@@ -166,9 +172,12 @@ mod tests {
 
     #[test]
     fn bucket_drains_and_refills() {
-        let b = TokenBucket::new(3, 2, Duration::from_millis(50));
-        assert_eq!((0..5).filter(|_| b.take()).count(), 3);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!((0..5).filter(|_| b.take()).count(), 2);
+        let ms = Duration::from_millis;
+        let b = TokenBucket::new(3, 2, ms(50));
+        assert_eq!((0..5).filter(|_| b.take_at(ms(10))).count(), 3);
+        assert!(!b.take_at(ms(49)), "no refill within the interval");
+        assert_eq!((0..5).filter(|_| b.take_at(ms(60))).count(), 2);
+        // Several intervals refill up to the bucket's size, no more.
+        assert_eq!((0..5).filter(|_| b.take_at(ms(400))).count(), 3);
     }
 }

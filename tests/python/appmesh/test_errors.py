@@ -162,3 +162,98 @@ def test_meshes_of_other_accounts_do_not_exist_here(appmesh, mesh):
     with pytest.raises(appmesh.exceptions.NotFoundException):
         appmesh.list_virtual_nodes(meshName=mesh, meshOwner="111122223333")
     appmesh.list_virtual_nodes(meshName=mesh, meshOwner="000000000000")
+
+
+def http_route(match, **extra):
+    return {"httpRoute": {"match": match,
+                          "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}, **extra}}
+
+
+def grpc_route(match, **extra):
+    return {"grpcRoute": {"match": match,
+                          "action": {"weightedTargets": [{"virtualNode": "a", "weight": 1}]}, **extra}}
+
+
+TIMEOUT = {"unit": "ms", "value": 250}
+
+
+def test_app_mesh_rules_beyond_the_model_are_enforced(appmesh, mesh):
+    """Inputs App Mesh refused although the model allows them: each is a
+    BadRequestException naming the field, and nothing is written."""
+    appmesh.create_virtual_node(meshName=mesh, virtualNodeName="a", spec={})
+    appmesh.create_virtual_router(meshName=mesh, virtualRouterName="r", spec={"listeners": LISTENER})
+    cases = [
+        (grpc_route({"methodName": "Get"}),
+         "spec.grpcRoute.match.methodName: needs serviceName"),
+        (http_route({"prefix": "/"}, retryPolicy={
+            "maxRetries": 2, "perRetryTimeout": TIMEOUT, "httpRetryEvents": ["server-error", "5xx"]}),
+         "spec.httpRoute.retryPolicy.httpRetryEvents[1]: '5xx' is not one of"),
+        (http_route({"prefix": "/"}, retryPolicy={"maxRetries": 2, "perRetryTimeout": TIMEOUT}),
+         "spec.httpRoute.retryPolicy: at least one of [httpRetryEvents, tcpRetryEvents] must be set"),
+        (grpc_route({"serviceName": "s"}, retryPolicy={"maxRetries": 2, "perRetryTimeout": TIMEOUT}),
+         "spec.grpcRoute.retryPolicy: at least one of [grpcRetryEvents, httpRetryEvents, tcpRetryEvents]"),
+        (http_route({"prefix": "/"}, timeout={"perRequest": {"value": 5}}),
+         "spec.httpRoute.timeout.perRequest.unit: a duration needs its unit"),
+        (http_route({"prefix": "/a", "path": {"exact": "/b"}}),
+         "spec.httpRoute.match: set prefix or path, not both"),
+        (http_route({"path": {"exact": "/a", "regex": "/b.*"}}),
+         "spec.httpRoute.match.path: exactly one of [exact, regex] must be set, found 2"),
+        (http_route({"prefix": "api"}),
+         "spec.httpRoute.match.prefix: 'api' must start with /"),
+    ]
+    for i, (spec, message) in enumerate(cases):
+        with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+            appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName=f"bad-{i}", spec=spec)
+        assert message in str(e.value), (message, str(e.value))
+    assert appmesh.list_routes(meshName=mesh, virtualRouterName="r")["routes"] == []
+
+    good = http_route({"prefix": "/"})
+    appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="good", spec=good)
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.update_route(meshName=mesh, virtualRouterName="r", routeName="good",
+                             spec=http_route({"prefix": "/"}, timeout={"idle": {"unit": "s"}}))
+    assert "spec.httpRoute.timeout.idle.value: a duration needs its value" in str(e.value)
+    described = appmesh.describe_route(meshName=mesh, virtualRouterName="r", routeName="good")["route"]
+    assert described["spec"] == good and described["metadata"]["version"] == 1
+
+    check = {"protocol": "http", "port": 8081, "healthyThreshold": 2, "unhealthyThreshold": 2,
+             "intervalMillis": 5000, "timeoutMillis": 2000}
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_virtual_node(meshName=mesh, virtualNodeName="hc", spec={
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"}, "healthCheck": check}]})
+    assert "spec.listeners[0].healthCheck.port: 8081 is not the listener's port 8080" in str(e.value)
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_virtual_node(meshName=mesh, virtualNodeName="pool", spec={
+            "listeners": [{"portMapping": {"port": 8080, "protocol": "http"},
+                           "connectionPool": {"http2": {"maxRequests": 10}}}]})
+    assert "spec.listeners[0].connectionPool.http2: the listener speaks http" in str(e.value)
+    assert [n["virtualNodeName"] for n in appmesh.list_virtual_nodes(meshName=mesh)["virtualNodes"]] == ["a"]
+
+
+def test_routes_name_their_listener_when_there_are_several(appmesh, mesh):
+    """App Mesh: "Route must define a port match criteria if the Virtual
+    Router has multiple listeners" (gateway routes likewise)."""
+    appmesh.create_virtual_node(meshName=mesh, virtualNodeName="a", spec={})
+    two = [{"portMapping": {"port": 80, "protocol": "http"}},
+           {"portMapping": {"port": 81, "protocol": "http"}}]
+    appmesh.create_virtual_router(meshName=mesh, virtualRouterName="r", spec={"listeners": two})
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                             spec=http_route({"prefix": "/"}))
+    assert "spec.httpRoute.match.port: required" in str(e.value)
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                             spec=http_route({"prefix": "/", "port": 82}))
+    assert "spec.httpRoute.match.port: 82 is not a listener port" in str(e.value)
+    appmesh.create_route(meshName=mesh, virtualRouterName="r", routeName="x",
+                         spec=http_route({"prefix": "/", "port": 81}))
+    appmesh.create_virtual_service(meshName=mesh, virtualServiceName="s",
+                                   spec={"provider": {"virtualNode": {"virtualNodeName": "a"}}})
+    appmesh.create_virtual_gateway(meshName=mesh, virtualGatewayName="g", spec={"listeners": two})
+    with pytest.raises(appmesh.exceptions.BadRequestException) as e:
+        appmesh.create_gateway_route(
+            meshName=mesh, virtualGatewayName="g", gatewayRouteName="x",
+            spec={"httpRoute": {"match": {"prefix": "/"},
+                                "action": {"target": {"virtualService": {"virtualServiceName": "s"}}}}})
+    assert "spec.httpRoute.match.port: required, since VirtualGateway g" in str(e.value)
+    assert appmesh.list_gateway_routes(meshName=mesh, virtualGatewayName="g")["gatewayRoutes"] == []

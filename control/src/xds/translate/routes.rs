@@ -161,7 +161,8 @@ fn node_targets(ctx: &Ctx<'_>, set: &mut ResourceSet, node: &str) -> Vec<Target>
             routes: if tcp {
                 Vec::new()
             } else {
-                vec![json!({"match": {"prefix": "/"}, "route": {"cluster": c}})]
+                vec![json!({"match": {"prefix": "/"},
+                    "route": {"cluster": c, "retry_policy": default_retry_policy()}})]
             },
         });
     }
@@ -217,21 +218,33 @@ pub(super) fn route(
             a["idle_timeout"] = duration_ms(ms);
         }
     }
-    if let Some(r) = retry.and_then(retry_policy) {
-        a["retry_policy"] = r;
-    }
+    a["retry_policy"] = retry.map_or_else(default_retry_policy, retry_policy);
     Some(json!({"match": matcher, "route": a}))
 }
 
-/// App Mesh's retry events in Envoy's `retry_on` vocabulary.
-fn retry_policy(p: &RetryPolicy) -> Option<Value> {
+/// The policy App Mesh gave every HTTP, HTTP/2 and gRPC route without one
+/// of its own, virtual node providers' included (its "Envoy defaults set by
+/// App Mesh" page): two retries on a 503, gRPC `UNAVAILABLE`, a connect
+/// failure, a refused stream or a reset.
+pub(super) fn default_retry_policy() -> Value {
+    json!({
+        "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes,unavailable",
+        "retriable_status_codes": [503],
+        "num_retries": 2,
+    })
+}
+
+/// App Mesh's retry events in Envoy's `retry_on` vocabulary. The API
+/// refuses unknown events and a policy without any, so every policy here
+/// retries on something.
+fn retry_policy(p: &RetryPolicy) -> Value {
     let mut on: Vec<&str> = Vec::new();
     for e in &p.http_retry_events {
         match e.as_str() {
             "server-error" => on.push("5xx"),
             "gateway-error" => on.push("gateway-error"),
             "client-error" => on.push("retriable-4xx"),
-            "stream-error" => on.push("reset"),
+            "stream-error" => on.push("refused-stream"),
             _ => {}
         }
     }
@@ -249,14 +262,11 @@ fn retry_policy(p: &RetryPolicy) -> Option<Value> {
     }
     let mut seen = std::collections::BTreeSet::new();
     on.retain(|e| seen.insert(*e));
-    if on.is_empty() {
-        return None;
-    }
     let mut r = json!({"retry_on": on.join(","), "num_retries": p.max_retries.unwrap_or(1)});
     if let Some(ms) = p.per_retry_timeout.and_then(|d| d.millis()) {
         r["per_try_timeout"] = duration_ms(ms);
     }
-    Some(r)
+    r
 }
 
 fn string_match(m: &crate::xds::spec::ValueMatch) -> Option<Value> {
