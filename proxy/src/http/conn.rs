@@ -96,6 +96,9 @@ impl Hcm {
                 Err(e) => tracing::debug!(%peer, error = %e, "downstream connection failed"),
             }
         };
+        // Pinned here and lent to `run`, so the connection's future holds it
+        // once rather than as `run`'s argument and again as its pinned copy.
+        let served = std::pin::pin!(served);
         if let Some(idle) = cfg.idle_timeout {
             if activity.run(served, idle).await.is_none() {
                 self.stats.downstream_cx_idle_timeout.inc();

@@ -231,11 +231,17 @@ fn handle(
         // Each way of serving is boxed: inline, every connection's task would
         // be as large as the largest of them (HTTP over TLS), whichever it runs.
         match tls {
+            // The whole TLS path in one box: what its handshake returns would
+            // otherwise take room in every connection's task, plaintext ones too.
             Some(tls) => {
-                let accepted = Box::pin(tls.accept(stream, Some(&listener.stats.ssl))).await;
-                if let Some((stream, info)) = accepted {
+                let ssl = &listener.stats.ssl;
+                let terminal = chain.terminal;
+                Box::pin(async move {
+                    let Some((stream, info)) = tls.accept(stream, Some(ssl)).await else {
+                        return;
+                    };
                     let info = Arc::new(info);
-                    match chain.terminal {
+                    match terminal {
                         Terminus::Http(hcm) => {
                             Box::pin(hcm.serve(stream, peer, local, original, drain, Some(info)))
                                 .await
@@ -244,7 +250,8 @@ fn handle(
                             Box::pin(tcp.serve(stream, peer, local, original, drain)).await
                         }
                     }
-                }
+                })
+                .await
             }
             None => match chain.terminal {
                 Terminus::Http(hcm) => {
