@@ -18,6 +18,7 @@ pub mod io;
 pub mod listener;
 pub mod memory;
 pub mod overload;
+pub mod reflect;
 pub mod router;
 pub mod server;
 pub mod shared;

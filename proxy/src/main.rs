@@ -151,6 +151,9 @@ fn main() -> ExitCode {
         println!("configuration '{source}' OK");
         return ExitCode::SUCCESS;
     }
+    // The bootstrap's parse freed the reflection pool and its own scratch
+    // (most of the heap so far); hand those pages back before serving.
+    release_memory();
 
     let set_log_level = match init_logging(&cli.log_level, cli.log_format) {
         Ok(f) => f,

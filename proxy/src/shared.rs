@@ -1,17 +1,21 @@
 //! State shared by every task of one proxy process.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::drain::Drain;
+use crate::filters::FilterStats;
 use crate::listener::ListenerManager;
 use crate::overload::{Overload, OverloadConfig};
 use crate::snapshot::Snapshot;
-use crate::stats::{ConnectionLimitStats, Http2Stats, HttpStats, StatSource, Store, TcpStats};
+use crate::stats::{
+    ConnectionLimitStats, Http2Stats, HttpStats, ListenerStats, StatSource, Store, TcpStats,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
@@ -41,6 +45,9 @@ pub struct Shared {
     http_stats: Mutex<HashMap<Arc<str>, Arc<HttpStats>>>,
     tcp_stats: Mutex<HashMap<Arc<str>, Arc<TcpStats>>>,
     connection_limit_stats: Mutex<HashMap<Arc<str>, Arc<ConnectionLimitStats>>>,
+    /// Weak: a listener's stats live while a version of it does.
+    listener_stats: Mutex<HashMap<SocketAddr, Weak<ListenerStats>>>,
+    filter_stats: Mutex<HashMap<Arc<str>, Weak<FilterStats>>>,
     /// Asked to exit (`/quitquitquit` or a signal).
     pub shutdown: tokio::sync::Notify,
 }
@@ -79,6 +86,8 @@ impl Shared {
             http_stats: Mutex::default(),
             tcp_stats: Mutex::default(),
             connection_limit_stats: Mutex::default(),
+            listener_stats: Mutex::default(),
+            filter_stats: Mutex::default(),
             shutdown: tokio::sync::Notify::new(),
         }
     }
@@ -94,6 +103,39 @@ impl Shared {
                 s
             })
             .clone()
+    }
+
+    /// Envoy keeps a listener's stats by address across updates: the new
+    /// version counts on where the old one (maybe still draining) left off.
+    pub fn listener_stats(&self, addr: SocketAddr) -> Arc<ListenerStats> {
+        let mut map = self
+            .listener_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = map.get(&addr).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(ListenerStats::new(addr));
+        self.store
+            .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+        map.insert(addr, Arc::downgrade(&s));
+        s
+    }
+
+    /// The HTTP filters' stats of connection managers sharing a stat prefix,
+    /// kept across listener updates like `listener_stats`.
+    pub fn filter_stats(&self, prefix: &Arc<str>) -> Arc<FilterStats> {
+        let mut map = self.filter_stats.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = map.get(prefix).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(FilterStats::new(prefix.clone()));
+        self.store
+            .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+        map.insert(prefix.clone(), Arc::downgrade(&s));
+        s
     }
 
     pub fn tcp_stats(&self, prefix: &Arc<str>) -> Arc<TcpStats> {

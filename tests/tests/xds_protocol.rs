@@ -201,6 +201,33 @@ async fn adds_changes_and_removals(proxy: Proxy, delta: bool) {
     served_by(port, "/", "a", "t3").await;
     served_by(port, "/", "b", "t3").await;
 
+    // A listener change (main now uses routes r3): its stats carry on from
+    // where the old version left them, as one series per address.
+    let cx = format!("listener.127.0.0.1_{port}.downstream_cx_total");
+    let before = p.stat(&cx).await;
+    assert!(before >= 1, "{cx} counted the requests so far: {before}");
+    xds.set_listener(&http_listener("main", port, "r3"));
+    xds.set_route(&route_config("r3", vec![route("/", &[("b", 1)])], "t3b"));
+    let v3b = xds.push();
+    xds.wait_ack(LISTENER, &v3b).await;
+    served_by(port, "/", "b", "t3b").await;
+    let after = p.stat(&cx).await;
+    assert!(after > before, "{cx} went from {before} to {after}");
+    let prom = p.admin_get("/stats/prometheus").await.body_text();
+    let series = format!(
+        "envoy_listener_downstream_cx_total{{envoy_listener_address=\"127.0.0.1_{port}\"}}"
+    );
+    assert_eq!(
+        prom.matches(&series).count(),
+        1,
+        "{series} once in:\n{prom}"
+    );
+    xds.set_listener(&http_listener("main", port, "r1"));
+    xds.remove_route("r3");
+    let v3c = xds.push();
+    xds.wait_ack(LISTENER, &v3c).await;
+    served_by(port, "/", "a", "t3").await;
+
     // An endpoint change: cluster a moves to a new upstream.
     let a2 = Echo::start("a2").await;
     xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t4"));

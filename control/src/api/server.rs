@@ -418,6 +418,7 @@ fn instance_input(body: &[u8]) -> Result<(Owner, Instance), ApiError> {
         address: input.address,
         port: input.port,
         attributes: input.attributes,
+        sidecar: None,
     };
     Ok((owner, instance))
 }

@@ -4,7 +4,8 @@
 use anyhow::Context;
 use serde_json::{json, Value};
 use trellis_control::xds::translate::{
-    NodeId, META_EGRESS_PORT, META_INGRESS_PORT, META_LISTENER_ADDRESS,
+    parse_listener_ingress, NodeId, META_EGRESS_PORT, META_INGRESS_PORT, META_LISTENER_ADDRESS,
+    META_LISTENER_INGRESS_PORTS,
 };
 
 use super::{BootstrapArgs, ConfigError};
@@ -83,6 +84,15 @@ pub fn render(
         META_LISTENER_ADDRESS.into(),
         json!(args.listener_address.to_string()),
     );
+    let listener_ingress = parse_listener_ingress(&args.listener_ingress_port.join(","))
+        .map_err(|e| ConfigError(format!("--listener-ingress-port {e}")))?;
+    if !listener_ingress.is_empty() {
+        let text: Vec<String> = listener_ingress
+            .iter()
+            .map(|(l, p)| format!("{l}={p}"))
+            .collect();
+        metadata.insert(META_LISTENER_INGRESS_PORTS.into(), json!(text.join(",")));
+    }
     let mut grpc = json!({"envoy_grpc": {"cluster_name": "xds_cluster"}});
     if let Some(t) = token {
         grpc["initial_metadata"] =

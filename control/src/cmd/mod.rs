@@ -349,6 +349,12 @@ pub struct BootstrapArgs {
     /// other hosts, 127.0.0.1 when everything runs on one machine.
     #[arg(long, default_value = "0.0.0.0")]
     pub listener_address: std::net::IpAddr,
+    /// LISTENER_PORT=PROXY_PORT: the proxy also serves the virtual node's
+    /// listener on LISTENER_PORT on PROXY_PORT. Without interception (a
+    /// loopback --listener-address) that is how a listener after the first
+    /// is reached; repeat for each.
+    #[arg(long, value_name = "LISTENER_PORT=PROXY_PORT")]
+    pub listener_ingress_port: Vec<String>,
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,

@@ -123,7 +123,10 @@ impl Registry {
                     id,
                     (
                         Owner::node(&n.mesh, &n.name),
-                        Instance::new(ip, ports.ingress),
+                        Instance {
+                            sidecar: Some(ports.sidecar()),
+                            ..Instance::new(ip, ports.ingress)
+                        },
                     ),
                 );
                 true

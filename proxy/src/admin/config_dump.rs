@@ -12,7 +12,7 @@ fn to_json<M: Message + prost::Name>(msg: &M) -> Value {
 }
 
 fn any_to_json(type_url: &str, bytes: &[u8]) -> Value {
-    let pool = xds_protos::descriptor_pool();
+    let pool = crate::reflect::pool();
     let name = type_url.rsplit('/').next().unwrap_or(type_url);
     let Some(desc) = pool.get_message_by_name(name) else {
         return Value::Null;
@@ -34,6 +34,8 @@ fn any_to_json(type_url: &str, bytes: &[u8]) -> Value {
 }
 
 pub fn render(s: &Shared) -> Value {
+    // Held for the whole dump, so every resource's conversion shares one decode.
+    let _pool = crate::reflect::pool();
     let snap = s.snapshot.load();
     let mut configs = Vec::new();
     if let Some(b) = &snap.bootstrap {

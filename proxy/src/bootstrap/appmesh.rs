@@ -12,6 +12,29 @@ use serde_json::{json, Map, Value};
 const META_INGRESS_PORT: &str = "trellis.ingress_port";
 const META_EGRESS_PORT: &str = "trellis.egress_port";
 const META_LISTENER_ADDRESS: &str = "trellis.listener_address";
+const META_LISTENER_INGRESS_PORTS: &str = "trellis.listener_ingress_ports";
+
+/// `TRELLIS_LISTENER_INGRESS_PORTS`, `8081=15010,8082=15011`: the virtual
+/// node's listener on 8081 is also served on 15010, and so on (how
+/// listeners after the first are reached without interception). Returns
+/// the list normalised.
+fn listener_ingress(value: &str) -> Result<String, AppMeshEnvError> {
+    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('=').map(|(a, b)| (port(a), port(b))) {
+            Some((Some(a), Some(b))) => out.push(format!("{a}={b}")),
+            _ => {
+                return Err(AppMeshEnvError::Bad {
+                    var: "TRELLIS_LISTENER_INGRESS_PORTS",
+                    value: value.to_string(),
+                    why: "expected LISTENER_PORT=PROXY_PORT items separated by commas",
+                })
+            }
+        }
+    }
+    Ok(out.join(","))
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AppMeshEnvError {
@@ -233,6 +256,12 @@ pub fn bootstrap_json(
     metadata.insert(META_INGRESS_PORT.into(), json!(ingress));
     metadata.insert(META_EGRESS_PORT.into(), json!(egress));
     metadata.insert(META_LISTENER_ADDRESS.into(), json!(listen));
+    if let Some(v) = env("TRELLIS_LISTENER_INGRESS_PORTS") {
+        let ports = listener_ingress(&v)?;
+        if !ports.is_empty() {
+            metadata.insert(META_LISTENER_INGRESS_PORTS.into(), json!(ports));
+        }
+    }
     let doc = json!({
         "node": {"id": id, "cluster": name, "metadata": Value::Object(metadata)},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -291,6 +320,10 @@ mod tests {
             ("ENVOY_ADMIN_ACCESS_PORT", "9902"),
             ("APPMESH_ENVOY_INGRESS_PORT", "16000"),
             ("APPMESH_ENVOY_EGRESS_PORT", "16001"),
+            (
+                "TRELLIS_LISTENER_INGRESS_PORTS",
+                " 8081=15010, 9090 = 15011",
+            ),
             ("ENVOY_INITIAL_FETCH_TIMEOUT", "7"),
             ("TRELLIS_XDS_TOKEN", "secret-token"),
             ("TRELLIS_XDS_CA_FILE", "/etc/trellis/ca.pem"),
@@ -306,6 +339,10 @@ mod tests {
         );
         assert_eq!(doc["node"]["metadata"][META_INGRESS_PORT], 16000);
         assert_eq!(doc["node"]["metadata"][META_EGRESS_PORT], 16001);
+        assert_eq!(
+            doc["node"]["metadata"][META_LISTENER_INGRESS_PORTS],
+            "8081=15010,9090=15011"
+        );
         assert_eq!(
             doc["dynamic_resources"]["lds_config"]["initial_fetch_timeout"],
             "7s"
@@ -397,6 +434,15 @@ mod tests {
                     ("APPMESH_ENVOY_INGRESS_PORT", "0"),
                 ],
                 "APPMESH_ENVOY_INGRESS_PORT",
+            ),
+            (
+                &[
+                    ("APPMESH_RESOURCE_ARN", "mesh/m/virtualNode/n"),
+                    ("TRELLIS_XDS_ADDR", "h:1"),
+                    ("TRELLIS_XDS_PLAINTEXT", "1"),
+                    ("TRELLIS_LISTENER_INGRESS_PORTS", "8081:15010"),
+                ],
+                "TRELLIS_LISTENER_INGRESS_PORTS",
             ),
         ];
         for (vars, expected) in cases {

@@ -65,7 +65,7 @@ fn read_message(
     format: Format,
     name: &str,
 ) -> Result<prost_reflect::DynamicMessage, ConfigError> {
-    let pool = xds_protos::descriptor_pool();
+    let pool = crate::reflect::pool();
     let desc = pool.get_message_by_name(name).ok_or_else(|| {
         ConfigError::new(
             "",

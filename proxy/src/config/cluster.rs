@@ -60,6 +60,12 @@ pub struct EndpointConfig {
     pub weight: u32,
     /// `endpoint.hostname`, which `auto_host_rewrite` sends upstream.
     pub hostname: Option<String>,
+    /// `endpoint.health_check_config.port_value`: where active health
+    /// checks go instead of the traffic port.
+    pub health_check_port: Option<u16>,
+    /// `endpoint.health_check_config.hostname`: the Host (or gRPC
+    /// authority) of this endpoint's health checks instead of the cluster's.
+    pub health_check_host: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +214,19 @@ impl ClusterConfig {
                 ))
             }
         };
+        let protocol = protocol(proto)?;
+        let health_check = super::resilience::health_checks(proto)?;
+        // Envoy refuses the same: gRPC health checks are HTTP/2 streams.
+        if protocol == UpstreamProtocol::Http1
+            && health_check
+                .as_ref()
+                .is_some_and(|h| matches!(h.kind, super::resilience::CheckKind::Grpc { .. }))
+        {
+            return Err(ConfigError::new(
+                "health_checks[0].grpc_health_check",
+                "the cluster must speak HTTP/2 (http2_protocol_options) for gRPC health checks",
+            ));
+        }
         Ok(ClusterConfig {
             appmesh_virtual_node: crate::stats::appmesh::metadata_name(
                 proto.metadata.as_ref(),
@@ -217,14 +236,14 @@ impl ClusterConfig {
             discovery,
             connect_timeout,
             lb_policy,
-            protocol: protocol(proto)?,
+            protocol,
             dns_refresh_rate,
             dns_family,
             tls: crate::tls::upstream_transport_socket(proto.transport_socket.as_ref())
                 .map_err(|e| e.at("transport_socket"))?,
             breakers: super::resilience::breakers(proto)?,
             outlier: super::resilience::outlier(proto)?,
-            health_check: super::resilience::health_checks(proto)?,
+            health_check,
             lb: super::resilience::lb_options(proto)?,
             proto: proto.clone(),
             fingerprint: proto.encode_to_vec(),
@@ -340,10 +359,26 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
                 ));
             }
             let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.clone());
+            let health_check_port = match ep.health_check_config.as_ref().map(|h| h.port_value) {
+                None | Some(0) => None,
+                Some(p) => Some(u16::try_from(p).map_err(|_| {
+                    ConfigError::new(
+                        format!("{path}.endpoint.health_check_config.port_value"),
+                        "must be a port number 1-65535",
+                    )
+                })?),
+            };
+            let health_check_host = ep
+                .health_check_config
+                .as_ref()
+                .filter(|h| !h.hostname.is_empty())
+                .map(|h| Arc::from(h.hostname.as_str()));
             out.push(EndpointConfig {
                 address,
                 weight,
                 hostname,
+                health_check_port,
+                health_check_host,
             });
         }
     }
@@ -353,6 +388,33 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
 #[cfg(test)]
 mod original_dst_tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_health_check_needs_http2_and_a_check_port_is_kept() {
+        let hc = |checker: &str| -> Cluster {
+            let json = serde_json::json!({
+                "name": "c", "type": "STATIC", "connect_timeout": "1s",
+                "health_checks": [{"timeout": "1s", "interval": "1s", checker: if checker == "http_health_check" { serde_json::json!({"path": "/"}) } else { serde_json::json!({}) }}],
+                "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 80}},
+                    "health_check_config": {"port_value": 8081}}}]}]},
+            });
+            let desc = xds_protos::descriptor_pool()
+                .get_message_by_name("envoy.config.cluster.v3.Cluster")
+                .expect("Cluster");
+            prost_reflect::DynamicMessage::deserialize(desc, json)
+                .expect("valid JSON")
+                .transcode_to()
+                .expect("Cluster")
+        };
+        let e = ClusterConfig::compile(&hc("grpc_health_check")).expect_err("refused");
+        assert!(e.to_string().contains("grpc_health_check"), "{e}");
+        let ok = ClusterConfig::compile(&hc("http_health_check")).expect("an HTTP check");
+        let Discovery::Static(eps) = &ok.discovery else {
+            panic!("static")
+        };
+        assert_eq!(eps[0].health_check_port, Some(8081));
+    }
 
     fn cluster(kind: cluster::DiscoveryType, lb: cluster::LbPolicy) -> Cluster {
         Cluster {

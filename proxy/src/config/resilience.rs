@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use xds_protos::envoy::config::cluster::v3::{circuit_breakers, cluster, Cluster};
 use xds_protos::envoy::config::core::v3::{health_check, HealthCheck};
+use xds_protos::envoy::r#type::v3::CodecClientType;
 
 use super::{duration, ConfigError};
 
@@ -73,6 +74,8 @@ pub enum CheckKind {
         path: String,
         /// Half-open `[start, end)` ranges; Envoy's default is `[200, 201)`.
         expected: Vec<(u16, u16)>,
+        /// `codec_client_type: HTTP2`: the check is an HTTP/2 request.
+        http2: bool,
     },
     Tcp {
         send: Vec<u8>,
@@ -259,6 +262,7 @@ fn health_check(hc: &HealthCheck, cluster: &str) -> Result<HealthCheckConfig, Co
                 },
                 path: h.path.clone(),
                 expected,
+                http2: h.codec_client_type == CodecClientType::Http2 as i32,
             }
         }
         Some(health_check::HealthChecker::TcpHealthCheck(t)) => CheckKind::Tcp {

@@ -111,6 +111,8 @@ pub struct FilterStats {
     pub rl_enforced: Counter,
     pub rl_rate_limited: Counter,
     pub rl_ok: Counter,
+    /// Listed once a connection manager with this prefix had filters.
+    pub listed: std::sync::atomic::AtomicBool,
 }
 
 impl FilterStats {
@@ -125,12 +127,16 @@ impl FilterStats {
             rl_enforced: Counter::default(),
             rl_rate_limited: Counter::default(),
             rl_ok: Counter::default(),
+            listed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl StatSource for FilterStats {
     fn visit(&self, v: &mut dyn Visitor) {
+        if !self.listed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let s = &self.scope;
         v.counter(s, "fault.delays_injected", self.delays_injected.get());
         v.counter(s, "fault.aborts_injected", self.aborts_injected.get());

@@ -44,11 +44,11 @@ pub struct Hcm {
 impl Hcm {
     /// `inbound`: the listener's `traffic_direction` is `INBOUND`.
     pub fn new(config: Arc<HcmConfig>, shared: Arc<Shared>, inbound: bool) -> Hcm {
-        let filter_stats = Arc::new(crate::filters::FilterStats::new(config.stat_prefix.clone()));
+        let filter_stats = shared.filter_stats(&config.stat_prefix);
         if !config.filters.is_empty() {
-            shared.store.register(
-                Arc::downgrade(&filter_stats) as std::sync::Weak<dyn crate::stats::StatSource>
-            );
+            filter_stats
+                .listed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Hcm {
             stats: shared.http_stats(&config.stat_prefix),

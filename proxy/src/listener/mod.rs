@@ -19,7 +19,7 @@ use crate::drain::{Drain, Watch};
 use crate::http::Hcm;
 use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
-use crate::stats::{ListenerStats, StatSource};
+use crate::stats::ListenerStats;
 use crate::tls::ServerTls;
 
 use connection_limit::ConnectionLimit;
@@ -73,10 +73,10 @@ impl ActiveListener {
             .iter()
             .chain(config.default_chain.as_ref())
             .any(|c| c.tls.is_some());
-        let stats = Arc::new(ListenerStats::new(config.address, tls));
-        shared
-            .store
-            .register(Arc::downgrade(&stats) as std::sync::Weak<dyn StatSource>);
+        let stats = shared.listener_stats(config.address);
+        if tls {
+            stats.tls.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         ActiveListener {
             chains: config.filter_chains.iter().map(chain).collect(),
             default_chain: config.default_chain.as_ref().map(chain),
@@ -232,7 +232,7 @@ fn handle(
         // be as large as the largest of them (HTTP over TLS), whichever it runs.
         match tls {
             Some(tls) => {
-                let accepted = Box::pin(tls.accept(stream, listener.stats.ssl.as_ref())).await;
+                let accepted = Box::pin(tls.accept(stream, Some(&listener.stats.ssl))).await;
                 if let Some((stream, info)) = accepted {
                     let info = Arc::new(info);
                     match chain.terminal {

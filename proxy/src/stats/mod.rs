@@ -538,8 +538,9 @@ pub struct ListenerStats {
     pub downstream_cx_total: Counter,
     pub downstream_cx_active: Gauge,
     pub no_filter_chain_match: Counter,
-    /// Present when a chain of the listener terminates TLS.
-    pub ssl: Option<SslStats>,
+    /// Listed once a version of the listener terminated TLS.
+    pub ssl: SslStats,
+    pub tls: std::sync::atomic::AtomicBool,
     /// Connections closed at once: the global connection limit was reached.
     pub downstream_global_cx_overflow: Counter,
     /// Connections closed at once by `reject_incoming_connections`.
@@ -547,7 +548,7 @@ pub struct ListenerStats {
 }
 
 impl ListenerStats {
-    pub fn new(addr: std::net::SocketAddr, tls: bool) -> ListenerStats {
+    pub fn new(addr: std::net::SocketAddr) -> ListenerStats {
         // Envoy names listener scopes by address with ':' folded to '_'.
         let name = addr.to_string().replace([':'], "_").replace(['[', ']'], "");
         ListenerStats {
@@ -558,7 +559,8 @@ impl ListenerStats {
             downstream_cx_total: Counter::default(),
             downstream_cx_active: Gauge::default(),
             no_filter_chain_match: Counter::default(),
-            ssl: tls.then(SslStats::default),
+            ssl: SslStats::default(),
+            tls: std::sync::atomic::AtomicBool::new(false),
             downstream_global_cx_overflow: Counter::default(),
             downstream_cx_overload_reject: Counter::default(),
         }
@@ -581,8 +583,8 @@ impl StatSource for ListenerStats {
             "downstream_cx_overload_reject",
             self.downstream_cx_overload_reject.get(),
         );
-        if let Some(ssl) = &self.ssl {
-            ssl.visit(s, v);
+        if self.tls.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ssl.visit(s, v);
         }
     }
 }

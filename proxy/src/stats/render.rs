@@ -416,16 +416,15 @@ mod tests {
         let store = Store::default();
         let c = Arc::new(ClusterStats::new(Arc::from("c")));
         let h = Arc::new(HttpStats::new(Arc::from("h")));
-        let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap(), true));
+        let l = Arc::new(ListenerStats::new("127.0.0.1:1".parse().unwrap()));
+        l.tls.store(true, std::sync::atomic::Ordering::Relaxed);
         let t = Arc::new(TcpStats::new(Arc::from("t")));
         let ssl = Arc::new(crate::tls::ClusterSslStats::new(Arc::from("c")));
         let m = Arc::new(super::super::appmesh::MeshStats::default());
         c.upstream_rq.record(200);
         h.downstream_rq.record(503);
         ssl.ssl.count_every_name();
-        if let Some(l) = &l.ssl {
-            l.count_every_name();
-        }
+        l.ssl.count_every_name();
         let d = std::time::Duration::ZERO;
         m.downstream(Some("spiffe://td/mesh/m/virtualNode/a"), 503, d);
         m.upstream(&Arc::from("svc"), &Arc::from("node"), 200, d);

@@ -121,7 +121,14 @@ impl Cluster {
                 current
                     .endpoints
                     .iter()
-                    .find(|e| e.addr == r.addr && e.weight == r.weight && e.hostname == r.hostname)
+                    .find(|e| {
+                        e.addr == r.addr
+                            && e.weight == r.weight
+                            && e.hostname == r.hostname
+                            && e.health_check_addr.port()
+                                == r.health_check_port.unwrap_or(r.addr.port())
+                            && e.health_check_host == r.health_check_host
+                    })
                     .cloned()
                     .unwrap_or_else(|| Arc::new(Endpoint::new(r, initial)))
             })
@@ -163,6 +170,8 @@ impl Cluster {
                     addr,
                     weight: e.weight,
                     hostname: e.hostname.as_deref().map(Arc::from),
+                    health_check_port: e.health_check_port,
+                    health_check_host: e.health_check_host.clone(),
                 })
             })
             .collect();

@@ -16,6 +16,8 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                 addr,
                 weight: ep.weight,
                 hostname: ep.hostname.as_deref().map(Arc::from),
+                health_check_port: ep.health_check_port,
+                health_check_host: ep.health_check_host.clone(),
             });
             continue;
         }
@@ -38,6 +40,8 @@ pub async fn resolve(eps: &[EndpointConfig], family: DnsFamily, first_only: bool
                     addr,
                     weight: ep.weight,
                     hostname: Some(hostname.clone()),
+                    health_check_port: ep.health_check_port,
+                    health_check_host: ep.health_check_host.clone(),
                 });
             }
         }

@@ -12,6 +12,10 @@ pub struct Resolved {
     pub weight: u32,
     /// The DNS name it was resolved from, for `auto_host_rewrite`.
     pub hostname: Option<std::sync::Arc<str>>,
+    /// Where active health checks go, when not to `addr`'s port.
+    pub health_check_port: Option<u16>,
+    /// The Host of its health checks, when not the cluster's.
+    pub health_check_host: Option<std::sync::Arc<str>>,
 }
 
 /// Health flags, as `/clusters` prints them.
@@ -29,6 +33,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     pub hostname: Option<std::sync::Arc<str>>,
+    /// The address active health checks connect to.
+    pub health_check_addr: SocketAddr,
+    pub health_check_host: Option<std::sync::Arc<str>>,
     /// Requests in flight, for LEAST_REQUEST and `/clusters`.
     active_rq: AtomicU32,
     /// `FAILED_*` bits. Written only by the health checker and the outlier
@@ -56,6 +63,11 @@ impl Endpoint {
             addr,
             weight: r.weight,
             hostname: r.hostname.clone(),
+            health_check_addr: SocketAddr::new(
+                addr.ip(),
+                r.health_check_port.unwrap_or(addr.port()),
+            ),
+            health_check_host: r.health_check_host.clone(),
             active_rq: AtomicU32::new(0),
             health: AtomicU8::new(health),
             consecutive_5xx: AtomicU32::new(0),

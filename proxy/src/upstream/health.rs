@@ -1,18 +1,23 @@
-//! Active health checking (HTTP and TCP), one task per cluster. Results only
-//! flip a host's `FAILED_ACTIVE_HC` flag and rebuild the LB set; the request
-//! path never waits on a check.
+//! Active health checking (HTTP/1.1, HTTP/2, gRPC and TCP), one task per
+//! cluster. Results only flip a host's `FAILED_ACTIVE_HC` flag and rebuild
+//! the LB set; the request path never waits on a check.
+//!
+//! As in Envoy, checks go to the endpoint's `health_check_config` port when
+//! it has one, and run over the cluster's transport socket: a TLS cluster
+//! is checked over TLS, offering the ALPN of the check's codec.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::endpoint::FAILED_ACTIVE_HC;
+use super::endpoint::{Endpoint, FAILED_ACTIVE_HC};
 use super::Cluster;
 use crate::config::resilience::{CheckKind, HealthCheckConfig};
+use crate::tls::{AlpnFor, ClientStream, ClusterSslStats, UpstreamTls};
 
 /// A reply larger than this is not read further.
 const MAX_REPLY: usize = 64 * 1024;
@@ -26,8 +31,18 @@ struct HostState {
     checked: bool,
 }
 
+/// The cluster's transport socket, which checks run over.
+struct Transport {
+    tls: Option<Arc<UpstreamTls>>,
+    ssl: Option<Arc<ClusterSslStats>>,
+}
+
 pub fn spawn(cluster: &Arc<Cluster>, cfg: HealthCheckConfig) {
     let weak = Arc::downgrade(cluster);
+    let transport = Transport {
+        tls: cluster.config.tls.clone(),
+        ssl: cluster.ssl.clone(),
+    };
     tokio::spawn(async move {
         let mut hosts: HashMap<SocketAddr, HostState> = HashMap::new();
         loop {
@@ -37,7 +52,8 @@ pub fn spawn(cluster: &Arc<Cluster>, cfg: HealthCheckConfig) {
             let set = c.endpoints();
             drop(c);
             let results =
-                futures::future::join_all(set.endpoints.iter().map(|e| check(e.addr, &cfg))).await;
+                futures::future::join_all(set.endpoints.iter().map(|e| check(e, &cfg, &transport)))
+                    .await;
             let Some(c) = Weak::upgrade(&weak) else {
                 return;
             };
@@ -105,40 +121,47 @@ fn jitter(max: Duration) -> Duration {
 
 /// `Err(true)` for a network failure (no connection, no reply, timeout),
 /// `Err(false)` for an answer that does not pass.
-async fn check(addr: SocketAddr, cfg: &HealthCheckConfig) -> Result<(), bool> {
-    match tokio::time::timeout(cfg.timeout, run(addr, &cfg.kind)).await {
+async fn check(e: &Endpoint, cfg: &HealthCheckConfig, t: &Transport) -> Result<(), bool> {
+    let host = e.health_check_host.as_deref();
+    match tokio::time::timeout(cfg.timeout, run(e.health_check_addr, host, &cfg.kind, t)).await {
         Ok(r) => r,
         Err(_) => Err(true),
     }
 }
 
-async fn run(addr: SocketAddr, kind: &CheckKind) -> Result<(), bool> {
-    let mut s = TcpStream::connect(addr).await.map_err(|_| true)?;
+/// `host`: the endpoint's own Host for its checks, over the cluster's.
+async fn run(
+    addr: SocketAddr,
+    host: Option<&str>,
+    kind: &CheckKind,
+    t: &Transport,
+) -> Result<(), bool> {
+    let tcp = TcpStream::connect(addr).await.map_err(|_| true)?;
+    let alpn = match kind {
+        CheckKind::Http { http2: false, .. } => AlpnFor::Http1,
+        CheckKind::Http { http2: true, .. } | CheckKind::Grpc { .. } => AlpnFor::Http2,
+        CheckKind::Tcp { .. } => AlpnFor::Tcp,
+    };
+    let s = match &t.tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => {
+            let ssl = t.ssl.as_deref().map(|s| &s.ssl);
+            tls.connect(tcp, addr, alpn, ssl).await.map_err(|_| true)?
+        }
+    };
     match kind {
-        CheckKind::Grpc { service, authority } => grpc(s, service, authority).await,
+        CheckKind::Grpc { service, authority } => grpc(s, service, host.unwrap_or(authority)).await,
         CheckKind::Http {
-            host,
+            host: cluster_host,
             path,
             expected,
+            http2,
         } => {
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Envoy/HC\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(req.as_bytes()).await.map_err(|_| true)?;
-            let mut buf = Vec::with_capacity(256);
-            let status = loop {
-                let mut chunk = [0u8; 1024];
-                let n = s.read(&mut chunk).await.map_err(|_| true)?;
-                if n == 0 {
-                    return Err(true);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                    break parse_status(&buf[..end]).ok_or(false)?;
-                }
-                if buf.len() > MAX_REPLY {
-                    return Err(false);
-                }
+            let host = host.unwrap_or(cluster_host);
+            let status = if *http2 {
+                h2_status(s, host, path).await?
+            } else {
+                h1_status(s, host, path).await?
             };
             if expected.iter().any(|(lo, hi)| (*lo..*hi).contains(&status)) {
                 Ok(())
@@ -146,22 +169,87 @@ async fn run(addr: SocketAddr, kind: &CheckKind) -> Result<(), bool> {
                 Err(false)
             }
         }
-        CheckKind::Tcp { send, receive } => {
-            if !send.is_empty() {
-                s.write_all(send).await.map_err(|_| true)?;
-            }
-            let mut buf = Vec::new();
-            while !contains_in_order(&buf, receive) {
-                let mut chunk = [0u8; 1024];
-                let n = s.read(&mut chunk).await.map_err(|_| true)?;
-                if n == 0 || buf.len() > MAX_REPLY {
-                    return Err(false);
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Ok(())
+        CheckKind::Tcp { send, receive } => tcp_check(s, send, receive).await,
+    }
+}
+
+/// The status of `GET path` over HTTP/1.1 on a connection closed after it.
+async fn h1_status<S>(mut s: S, host: &str, path: &str) -> Result<u16, bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Envoy/HC\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.map_err(|_| true)?;
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.map_err(|_| true)?;
+        if n == 0 {
+            return Err(true);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            return parse_status(&buf[..end]).ok_or(false);
+        }
+        if buf.len() > MAX_REPLY {
+            return Err(false);
         }
     }
+}
+
+/// The status of `GET path` as the one stream of a fresh HTTP/2
+/// connection (prior knowledge, or ALPN `h2` over TLS).
+async fn h2_status(s: ClientStream, host: &str, path: &str) -> Result<u16, bool> {
+    use http_body_util::Empty;
+    let req = http::Request::get(format!("http://{host}{path}"))
+        .header(http::header::USER_AGENT, "Envoy/HC")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|_| false)?;
+    let (mut sender, driver) = h2_connect(s).await?;
+    let result = sender.send_request(req).await.map_err(|_| true);
+    driver.abort();
+    Ok(result?.status().as_u16())
+}
+
+type H2Sender<B> = hyper::client::conn::http2::SendRequest<B>;
+
+/// An HTTP/2 client connection and the task that drives it.
+async fn h2_connect<B>(s: ClientStream) -> Result<(H2Sender<B>, tokio::task::JoinHandle<()>), bool>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = hyper_util::rt::TokioIo::new(s);
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|_| true)?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, driver))
+}
+
+async fn tcp_check<S>(mut s: S, send: &[u8], receive: &[Vec<u8>]) -> Result<(), bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !send.is_empty() {
+        s.write_all(send).await.map_err(|_| true)?;
+    }
+    let mut buf = Vec::new();
+    while !contains_in_order(&buf, receive) {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.map_err(|_| true)?;
+        if n == 0 || buf.len() > MAX_REPLY {
+            return Err(false);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
 }
 
 /// `HTTP/1.1 200 OK` → 200.
@@ -207,14 +295,9 @@ mod tests {
 }
 
 /// One `grpc.health.v1.Health/Check` call on a fresh HTTP/2 connection.
-async fn grpc(stream: TcpStream, service: &str, authority: &str) -> Result<(), bool> {
+async fn grpc(s: ClientStream, service: &str, authority: &str) -> Result<(), bool> {
     use http_body_util::{BodyExt, Full};
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .map_err(|_| true)?;
-    let driver = tokio::spawn(conn);
+    let (mut sender, driver) = h2_connect(s).await?;
     let request = grpc_health_request(service);
     let req = http::Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
         .header(http::header::CONTENT_TYPE, "application/grpc")

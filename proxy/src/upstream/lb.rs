@@ -261,6 +261,8 @@ mod tests {
                         addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
                         weight: *w,
                         hostname: None,
+                        health_check_port: None,
+                        health_check_host: None,
                     },
                     0,
                 ))

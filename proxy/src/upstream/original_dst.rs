@@ -39,6 +39,8 @@ impl OriginalDstHosts {
             addr,
             weight: 1,
             hostname: None,
+            health_check_port: None,
+            health_check_host: None,
         };
         let ep = Arc::new(Endpoint::new(&resolved, 0));
         hosts.insert(addr, ep.clone());

@@ -185,6 +185,8 @@ mod tests {
                 addr: ([127, 0, 0, 1], 2000 + i).into(),
                 weight: 1,
                 hostname: None,
+                health_check_port: None,
+                health_check_host: None,
             })
             .collect();
         c.set_endpoints(&eps);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use super::{ads_source, appmesh_metadata, duration_ms, socket_address, Ctx, ResourceSet};
-use crate::xds::spec::{NodeListener, PoolLimits, VirtualNodeSpec};
+use crate::xds::spec::{HealthCheck, NodeListener, PoolLimits, VirtualNodeSpec};
 
 /// One registered address: a connected proxy's ingress, or an instance
 /// registered through `/trellis/v1/instances` for a virtual node or for a
@@ -17,6 +17,20 @@ pub struct Instance {
     pub port: u32,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// Set for a connected proxy, whose `port` is its ingress port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<Sidecar>,
+}
+
+/// How a connected proxy serves its node's listeners: the first on its
+/// ingress port; another on the port the listener is mapped to, else on the
+/// listener's own port when traffic is intercepted (redirected to the
+/// ingress port, where `original_dst` recovers the port), else not at all.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Sidecar {
+    pub intercepted: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_ingress: BTreeMap<u32, u32>,
 }
 
 impl Instance {
@@ -25,6 +39,21 @@ impl Instance {
             address: address.into(),
             port,
             attributes: BTreeMap::new(),
+            sidecar: None,
+        }
+    }
+
+    /// Where this instance serves the node listener on `listener` (the
+    /// node's first listener being on `first`); `None` when it does not.
+    fn port_for(&self, listener: u32, first: Option<u32>) -> Option<u32> {
+        let Some(s) = &self.sidecar else {
+            return Some(self.port);
+        };
+        match s.listener_ingress.get(&listener) {
+            Some(p) => Some(*p),
+            None if first == Some(listener) => Some(self.port),
+            None if s.intercepted => Some(listener),
+            None => None,
         }
     }
 
@@ -141,24 +170,7 @@ pub(super) fn ingress(
         circuit_breakers(&mut c, limits);
     }
     if let Some(hc) = &listener.health_check {
-        let mut check = json!({
-            "timeout": duration_ms(hc.timeout_millis),
-            "interval": duration_ms(hc.interval_millis),
-            "healthy_threshold": hc.healthy_threshold,
-            "unhealthy_threshold": hc.unhealthy_threshold,
-        });
-        match hc.protocol.as_str() {
-            "http" | "http2" => {
-                let mut http = json!({"path": hc.path.clone().unwrap_or_else(|| "/".into())});
-                if hc.protocol == "http2" {
-                    http["codec_client_type"] = json!("HTTP2");
-                }
-                check["http_health_check"] = http;
-            }
-            "grpc" => check["grpc_health_check"] = json!({}),
-            _ => check["tcp_health_check"] = json!({}),
-        }
-        c["health_checks"] = json!([check]);
+        add_health_check(&mut c, hc);
         if let Some(port) = hc.port.filter(|p| *p != pm.port) {
             c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
                 ["health_check_config"] = json!({"port_value": port});
@@ -166,6 +178,44 @@ pub(super) fn ingress(
     }
     set.clusters.insert(name.clone(), c);
     name
+}
+
+/// Puts [`health_check`] on `cluster`, except a `grpc` check on a cluster
+/// that does not speak HTTP/2: Envoy refuses that cluster (gRPC health
+/// checks are HTTP/2 streams), so the check is left out, with a warning.
+pub(super) fn add_health_check(cluster: &mut Value, hc: &HealthCheck) {
+    if hc.protocol == "grpc" && cluster.get("typed_extension_protocol_options").is_none() {
+        tracing::warn!(
+            cluster = %cluster["name"],
+            "a grpc health check on a cluster that is not HTTP/2 is left out"
+        );
+        return;
+    }
+    cluster["health_checks"] = json!([health_check(hc)]);
+}
+
+/// App Mesh's `healthCheck` → one Envoy health check: `http` and `http2`
+/// (the same over an HTTP/2 codec) ask `path`, `grpc` asks
+/// `grpc.health.v1.Health/Check`, `tcp` only connects.
+fn health_check(hc: &HealthCheck) -> Value {
+    let mut check = json!({
+        "timeout": duration_ms(hc.timeout_millis),
+        "interval": duration_ms(hc.interval_millis),
+        "healthy_threshold": hc.healthy_threshold,
+        "unhealthy_threshold": hc.unhealthy_threshold,
+    });
+    match hc.protocol.as_str() {
+        "http" | "http2" => {
+            let mut http = json!({"path": hc.path.clone().unwrap_or_else(|| "/".into())});
+            if hc.protocol == "http2" {
+                http["codec_client_type"] = json!("HTTP2");
+            }
+            check["http_health_check"] = http;
+        }
+        "grpc" => check["grpc_health_check"] = json!({}),
+        _ => check["tcp_health_check"] = json!({}),
+    }
+    check
 }
 
 /// The mesh `egressFilter` ALLOW_ALL's way out: an `ORIGINAL_DST` cluster,
@@ -307,10 +357,14 @@ fn discovery(
         selected.extend(matching);
     }
     let preference = cloud_map.and_then(|cm| cm.ip_preference.as_deref().or(mesh_ip));
+    let first = spec.listeners.first().map(|l| l.port_mapping.port);
     let endpoints: Vec<Value> = selected
         .into_iter()
         .filter(|i| fits(preference, &i.address))
-        .map(|i| json!({"endpoint": {"address": socket_address(&i.address, i.port)}}))
+        .filter_map(|i| {
+            let port = i.port_for(port, first)?;
+            Some(json!({"endpoint": {"address": socket_address(&i.address, port)}}))
+        })
         .collect();
     let assignment = if endpoints.is_empty() {
         json!({"cluster_name": name})

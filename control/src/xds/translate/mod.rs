@@ -36,7 +36,7 @@ use super::spec::{
     VirtualRouterSpec, VirtualServiceSpec,
 };
 
-pub use cluster::{Instance, Instances, Owner};
+pub use cluster::{Instance, Instances, Owner, Sidecar};
 
 /// Where a proxy listens, from its node metadata (see [`Ports::from_node`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +46,10 @@ pub struct Ports {
     /// The address listeners bind; `0.0.0.0` for a sidecar that takes
     /// traffic from other hosts, `127.0.0.1` on a single machine.
     pub listener_address: String,
+    /// App Mesh listener port → a port of its own on the proxy, for
+    /// listeners after the first when nothing intercepts traffic (see
+    /// [`Ports::intercepted`]).
+    pub listener_ingress: BTreeMap<u32, u32>,
 }
 
 impl Default for Ports {
@@ -54,6 +58,7 @@ impl Default for Ports {
             ingress: DEFAULT_INGRESS_PORT,
             egress: DEFAULT_EGRESS_PORT,
             listener_address: "0.0.0.0".into(),
+            listener_ingress: BTreeMap::new(),
         }
     }
 }
@@ -66,6 +71,28 @@ pub const DEFAULT_EGRESS_PORT: u32 = 15001;
 pub const META_INGRESS_PORT: &str = "trellis.ingress_port";
 pub const META_EGRESS_PORT: &str = "trellis.egress_port";
 pub const META_LISTENER_ADDRESS: &str = "trellis.listener_address";
+/// `PORT=PROXY_PORT,...`: see [`Ports::listener_ingress`].
+pub const META_LISTENER_INGRESS_PORTS: &str = "trellis.listener_ingress_ports";
+
+/// `8081=15010,8082=15011` → {8081: 15010, 8082: 15011}; the error names
+/// the first malformed item.
+pub fn parse_listener_ingress(text: &str) -> Result<BTreeMap<u32, u32>, String> {
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=65535).contains(p))
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .and_then(|(a, b)| Some((port(a)?, port(b)?)))
+                .ok_or_else(|| format!("{item:?}: expected LISTENER_PORT=PROXY_PORT"))
+        })
+        .collect()
+}
 
 impl Ports {
     /// Reads the ports from a node's metadata, numbers or strings; missing or
@@ -91,6 +118,30 @@ impl Ports {
                 .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
                 .unwrap_or("0.0.0.0")
                 .to_string(),
+            listener_ingress: meta
+                .get(META_LISTENER_INGRESS_PORTS)
+                .and_then(Value::as_str)
+                .and_then(|s| parse_listener_ingress(s).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether traffic for the app's ports is redirected to the ingress
+    /// port (`trellis-proxy init`), which only a proxy that listens beyond
+    /// loopback can receive from other hosts. Without it each App Mesh
+    /// listener needs a port of its own on the proxy.
+    pub fn intercepted(&self) -> bool {
+        self.listener_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_loopback())
+    }
+
+    /// How a proxy with these ports serves its node's listeners, for its
+    /// registered instance.
+    pub fn sidecar(&self) -> Sidecar {
+        Sidecar {
+            intercepted: self.intercepted(),
+            listener_ingress: self.listener_ingress.clone(),
         }
     }
 }
@@ -620,6 +671,8 @@ fn hcm(stat_prefix: &str, route_config: &str, logging: Option<&Logging>) -> Valu
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": xds_protos::type_url::ROUTER},
         }],
+        // App Mesh's Envoy passed WebSocket upgrades on HTTP/1.1 hops.
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
     });
     if let Some(log) = access_log(logging) {
         config["access_log"] = log;
@@ -736,6 +789,21 @@ fn listener(
     out
 }
 
+/// Puts `envoy.filters.listener.original_dst` first among a listener's
+/// filters: behind interception, chains match the port the client dialled
+/// and an `ORIGINAL_DST` cluster connects to the address it dialled.
+fn original_dst(listener: &mut Value) {
+    let filter = json!({
+        "name": "envoy.filters.listener.original_dst",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
+    });
+    match listener["listener_filters"].as_array_mut() {
+        Some(filters) => filters.insert(0, filter),
+        None => listener["listener_filters"] = json!([filter]),
+    }
+}
+
+#[derive(Clone)]
 struct Chain {
     tls: tls::Inbound,
     name: String,
@@ -743,5 +811,7 @@ struct Chain {
     filter: Value,
 }
 
+#[cfg(test)]
+mod listener_tests;
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 
 use super::{
-    appmesh_metadata, cluster, duration_ms, hcm, listener, routes, tcp_proxy, tls, Chain, Ctx,
-    Fallback, ResourceSet,
+    appmesh_metadata, cluster, duration_ms, hcm, listener, original_dst, routes, tcp_proxy, tls,
+    Chain, Ctx, Fallback, ResourceSet,
 };
 use crate::xds::spec::{ClientTls, VirtualNodeSpec};
 
@@ -21,10 +21,18 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualNodeSpec) -> Re
 /// One chain per App Mesh listener; HTTP ones take routes from RDS
 /// `rds_ingress_<protocol>_<port>`, whose single route carries the
 /// listener's timeouts to the local cluster.
+///
+/// As App Mesh's Envoy did, the inbound listener on the ingress port picks
+/// the chain by the port the client dialled (`original_dst`, behind
+/// interception), and takes the first listener's chain for connections
+/// made to the ingress port itself. A listener mapped to a port of its own
+/// ([`super::Ports::listener_ingress`]) is also served there, alone: the
+/// way to reach it without interception.
 fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeSpec) {
     if spec.listeners.is_empty() {
         return;
     }
+    let ports = ctx.ports;
     let mut chains = Vec::new();
     for l in &spec.listeners {
         let pm = &l.port_mapping;
@@ -67,26 +75,41 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
                 spec.logging.as_ref(),
             )
         };
-        chains.push(Chain {
+        let chain = Chain {
             tls: tls::inbound(ctx, tls::Callers::ClientsOf(name), l.tls.as_ref(), &[]),
             name: format!("ingress_{}_{}", pm.protocol, pm.port),
             destination_port: Some(pm.port),
             filter,
-        });
+        };
+        if let Some(own) = ports
+            .listener_ingress
+            .get(&pm.port)
+            .filter(|p| **p != ports.ingress)
+        {
+            let lname = format!("lds_ingress_{}_{own}", ports.listener_address);
+            let alone = listener(
+                &lname,
+                &ports.listener_address,
+                *own,
+                "INBOUND",
+                vec![chain.clone()],
+                Fallback::FirstChain,
+            );
+            set.listeners.insert(lname, alone);
+        }
+        chains.push(chain);
     }
-    let ports = ctx.ports;
     let lname = format!("lds_ingress_{}_{}", ports.listener_address, ports.ingress);
-    set.listeners.insert(
-        lname.clone(),
-        listener(
-            &lname,
-            &ports.listener_address,
-            ports.ingress,
-            "INBOUND",
-            chains,
-            Fallback::FirstChain,
-        ),
+    let mut ingress = listener(
+        &lname,
+        &ports.listener_address,
+        ports.ingress,
+        "INBOUND",
+        chains,
+        Fallback::FirstChain,
     );
+    original_dst(&mut ingress);
+    set.listeners.insert(lname, ingress);
 }
 
 /// Virtual hosts for every HTTP-family backend port, TCP chains matched by
@@ -234,11 +257,6 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
         chains,
         fallback,
     );
-    // Behind interception, chains match the port the app dialled and the
-    // passthrough cluster connects to the address it dialled.
-    egress["listener_filters"] = json!([{
-        "name": "envoy.filters.listener.original_dst",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
-    }]);
+    original_dst(&mut egress);
     set.listeners.insert(lname, egress);
 }

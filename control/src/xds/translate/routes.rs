@@ -226,7 +226,7 @@ pub(super) fn route(
 /// of its own, virtual node providers' included (its "Envoy defaults set by
 /// App Mesh" page): two retries on a 503, gRPC `UNAVAILABLE`, a connect
 /// failure, a refused stream or a reset.
-fn default_retry_policy() -> Value {
+pub(super) fn default_retry_policy() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes,unavailable",
         "retriable_status_codes": [503],

@@ -17,7 +17,7 @@ fn golden_dir() -> PathBuf {
 
 /// `{"resources": [{"kind", "mesh"?, "parent"?, "name", "spec"}], "instances":
 /// [{"mesh"?, "node", "address", "port"} | {"namespace", "service", "attributes"?, "address", "port"}]}`.
-fn load_case(input: &Value) -> (Snapshot, Instances) {
+pub(super) fn load_case(input: &Value) -> (Snapshot, Instances) {
     let mut resources = Vec::new();
     for r in input["resources"].as_array().into_iter().flatten() {
         let kind = Kind::from_type_name(r["kind"].as_str().unwrap_or_default())
@@ -67,6 +67,17 @@ fn load_case(input: &Value) -> (Snapshot, Instances) {
                 .and_then(|p| u32::try_from(p).ok())
                 .unwrap_or(0),
             attributes,
+            // `"sidecar": {"intercepted": B, "listener_ingress": {"P": Q}}`:
+            // a connected proxy.
+            sidecar: i.get("sidecar").map(|s| Sidecar {
+                intercepted: s["intercepted"].as_bool().unwrap_or(false),
+                listener_ingress: s["listener_ingress"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, u32::try_from(v.as_u64()?).ok()?)))
+                    .collect(),
+            }),
         });
     }
     (
@@ -179,7 +190,20 @@ fn ports_come_from_metadata_with_defaults() {
         (p.ingress, p.egress, p.listener_address.as_str()),
         (20000, 20001, "127.0.0.1")
     );
-    let bad = json!({META_INGRESS_PORT: 0, META_EGRESS_PORT: "x", META_LISTENER_ADDRESS: "nope"});
+    assert!(
+        !p.intercepted(),
+        "a loopback proxy is not behind interception"
+    );
+    assert!(Ports::default().intercepted());
+    let meta = json!({META_LISTENER_INGRESS_PORTS: "9090=15010, 8081=15011"});
+    let p = Ports::from_metadata(meta.as_object().unwrap());
+    assert_eq!(
+        p.listener_ingress,
+        BTreeMap::from([(9090, 15010), (8081, 15011)])
+    );
+    assert!(parse_listener_ingress("9090:15010").is_err());
+    assert!(parse_listener_ingress("9090=0").is_err());
+    let bad = json!({META_INGRESS_PORT: 0, META_EGRESS_PORT: "x", META_LISTENER_ADDRESS: "nope", META_LISTENER_INGRESS_PORTS: "x=1"});
     assert_eq!(
         Ports::from_metadata(bad.as_object().unwrap()),
         Ports::default()

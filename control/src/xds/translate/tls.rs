@@ -76,6 +76,7 @@ fn validation(common: &mut Value, v: &TlsValidation, exact: &[String], suffix: &
 }
 
 /// How an inbound chain is secured.
+#[derive(Clone)]
 pub(super) enum Inbound {
     Plain,
     /// TLS only (STRICT).

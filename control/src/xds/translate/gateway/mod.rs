@@ -12,8 +12,9 @@
 //!   after the gateway's rewrite ([`path`] folds them in); one served by a
 //!   virtual node goes to the node;
 //! - the gateway's `backendDefaults` client policy and each listener's
-//!   `connectionPool` apply to the clusters that reach the mesh, so the
-//!   gateway presents its own SVID to STRICT virtual nodes;
+//!   `connectionPool` and `healthCheck` apply to the clusters that reach
+//!   the mesh, so the gateway presents its own SVID to STRICT virtual nodes
+//!   and stops sending to hosts that fail the check;
 //! - paths are normalised (`normalize_path`, `merge_slashes`) and the
 //!   gateway is the trust boundary for `X-Forwarded-*` (`use_remote_address`).
 //!
@@ -60,6 +61,15 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
             for (name, c) in set.clusters.iter_mut() {
                 if !before.contains(name) {
                     cluster::circuit_breakers(c, limits);
+                }
+            }
+        }
+        // The listener's health check probes the hosts behind it, as the
+        // listener's connection pool limits them.
+        if let Some(hc) = &l.health_check {
+            for (name, c) in set.clusters.iter_mut() {
+                if !before.contains(name) {
+                    cluster::add_health_check(c, hc);
                 }
             }
         }
@@ -282,7 +292,9 @@ fn http(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayHttpRoute, http2: bool)
             tracing::debug!(service, "gateway route target has no provider yet");
         }
         Provider::Node(cluster) => {
-            let mut route = json!({"match": base, "route": {"cluster": cluster}});
+            let retry = routes::default_retry_policy();
+            let mut route =
+                json!({"match": base, "route": {"cluster": cluster, "retry_policy": retry}});
             upstream.rewrite().apply(&mut route["route"]);
             mark_target(action, &mut route);
             out.push(route);
@@ -337,8 +349,9 @@ fn grpc(ctx: &Ctx<'_>, set: &mut ResourceSet, g: &GatewayGrpcRoute) -> Vec<Value
             tracing::debug!(service, "gateway route target has no provider yet");
         }
         Provider::Node(cluster) => {
-            let mut route =
-                json!({"match": routes::grpc_match(&g.matcher), "route": {"cluster": cluster}});
+            let retry = routes::default_retry_policy();
+            let mut route = json!({"match": routes::grpc_match(&g.matcher),
+                "route": {"cluster": cluster, "retry_policy": retry}});
             mark_target(action, &mut route);
             out.push(route);
         }
