@@ -176,6 +176,7 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
 
     wait_for_exit(&shared).await;
     tracing::info!(drain_time_s = shared.drain_time.as_secs(), "draining");
+    shared.shutting_down.store(true, Ordering::Relaxed);
     shared.drain.start();
     let deadline = tokio::time::Instant::now() + shared.drain_time;
     while active_connections(&shared) > 0 && tokio::time::Instant::now() < deadline {

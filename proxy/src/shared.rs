@@ -23,6 +23,24 @@ pub struct NodeInfo {
     pub cluster: String,
 }
 
+/// Envoy's server states, numbered as its `server.state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Live = 0,
+    Draining = 1,
+    PreInitializing = 2,
+}
+
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Live => "LIVE",
+            ServerState::Draining => "DRAINING",
+            ServerState::PreInitializing => "PRE_INITIALIZING",
+        }
+    }
+}
+
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub store: Store,
@@ -30,6 +48,8 @@ pub struct Shared {
     pub listeners: ListenerManager,
     /// Set by `POST /healthcheck/fail`; `/ready` then answers 503.
     pub health_failed: AtomicBool,
+    /// Set when the process drains to exit (a signal, `/quitquitquit`).
+    pub shutting_down: AtomicBool,
     /// Set once the first complete config is applied.
     pub live: AtomicBool,
     pub node: NodeInfo,
@@ -78,6 +98,7 @@ impl Shared {
             drain: Drain::default(),
             listeners: ListenerManager::default(),
             health_failed: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             live: AtomicBool::new(false),
             node,
             started: Instant::now(),
@@ -89,6 +110,21 @@ impl Shared {
             listener_stats: Mutex::default(),
             filter_stats: Mutex::default(),
             shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The server's state as Envoy's `/ready`, `/server_info` and
+    /// `server.state` tell it. `/drain_listeners` leaves it LIVE, as in
+    /// Envoy: only failing health checks or exiting take a proxy out of
+    /// rotation.
+    pub fn state(&self) -> ServerState {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.live.load(Relaxed) {
+            ServerState::PreInitializing
+        } else if self.health_failed.load(Relaxed) || self.shutting_down.load(Relaxed) {
+            ServerState::Draining
+        } else {
+            ServerState::Live
         }
     }
 

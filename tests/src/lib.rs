@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod h2raw;
 pub mod metrics;
 pub mod process;
+pub mod prometheus;
 pub mod tls;
 pub mod upstream;
 pub mod xds_server;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use trellis_tests::config::{cluster, http_proxy};
-use trellis_tests::process::{run_to_exit, workspace_bin, ProxyProcess};
+use trellis_tests::process::{require_envoy, run_to_exit, workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, free_port};
 
@@ -124,6 +124,76 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(r.status, 200);
     let status = p.wait_exit(Duration::from_secs(10)).await.expect("exited");
     assert_eq!(status.code(), Some(0));
+}
+
+async fn server_state(p: &ProxyProcess) -> String {
+    let info: serde_json::Value =
+        serde_json::from_str(&p.admin_get("/server_info").await.body_text())
+            .expect("server_info is JSON");
+    info["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// `/healthcheck/fail` takes a proxy out of rotation (`/ready` and
+/// `/server_info` say DRAINING, `server.state` is 1) while it keeps serving;
+/// `/healthcheck/ok` brings it back; `/drain_listeners` leaves it LIVE.
+/// Checked on trellis-proxy and on stock Envoy.
+#[tokio::test]
+async fn healthcheck_fail_and_ok_switch_readiness_as_envoy_does() {
+    let app = Echo::start("app").await;
+    for bin in [workspace_bin("trellis-proxy"), require_envoy()] {
+        let port = free_port();
+        let config = http_proxy(port, CATCH_ALL, &[cluster("app", &[app.addr], "")], "");
+        let p = ProxyProcess::start_with(&bin, &config, &[]).await;
+        let who = bin.display().to_string();
+        let ready = p.admin_get("/ready").await;
+        assert_eq!(
+            (ready.status, ready.body_text().as_str()),
+            (200, "LIVE\n"),
+            "{who}"
+        );
+
+        assert_eq!(p.admin_post("/healthcheck/fail").await.status, 200, "{who}");
+        let ready = p.admin_get("/ready").await;
+        assert_eq!(
+            (ready.status, ready.body_text().as_str()),
+            (503, "DRAINING\n"),
+            "{who}"
+        );
+        assert_eq!(server_state(&p).await, "DRAINING", "{who}");
+        // Envoy refreshes its server gauges at each stats flush (5 s).
+        trellis_tests::eventually(Duration::from_secs(8), "server.state 1", || async {
+            (p.stat("server.state").await == 1).then_some(())
+        })
+        .await;
+        let served = client::get(&format!("http://127.0.0.1:{port}/x")).await;
+        assert_eq!(
+            served.map(|r| r.status).ok(),
+            Some(200),
+            "{who}: still serving"
+        );
+
+        assert_eq!(p.admin_post("/healthcheck/ok").await.status, 200, "{who}");
+        let ready = p.admin_get("/ready").await;
+        assert_eq!(
+            (ready.status, ready.body_text().as_str()),
+            (200, "LIVE\n"),
+            "{who}"
+        );
+        assert_eq!(server_state(&p).await, "LIVE", "{who}");
+        // Envoy refreshes its server gauges at each stats flush (5 s).
+        trellis_tests::eventually(Duration::from_secs(8), "server.state 0", || async {
+            (p.stat("server.state").await == 0).then_some(())
+        })
+        .await;
+
+        assert_eq!(p.admin_post("/drain_listeners").await.status, 200, "{who}");
+        let ready = p.admin_get("/ready").await;
+        assert_eq!(
+            (ready.status, ready.body_text().as_str()),
+            (200, "LIVE\n"),
+            "{who}"
+        );
+    }
 }
 
 #[tokio::test]

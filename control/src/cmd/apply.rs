@@ -85,7 +85,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
             Outcome::Updated => "updated",
             Outcome::Unchanged => "unchanged",
         };
-        println!("{label} {verb}");
+        super::out(&format!("{label} {verb}\n"))?;
     }
     Ok(())
 }

@@ -36,11 +36,11 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     for file in FILES {
         copy(&args.data_dir.join(file), &args.to.join(file))?;
     }
-    println!(
-        "backed up {} to {}",
+    super::out(&format!(
+        "backed up {} to {}\n",
         args.data_dir.display(),
         args.to.display()
-    );
+    ))?;
     Ok(())
 }
 

@@ -210,6 +210,6 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
             Some(fetch_bundle(&reply)?)
         }
     };
-    print!("{}", render(&args, token.as_deref(), bundle.as_deref())?);
+    super::out(&render(&args, token.as_deref(), bundle.as_deref())?)?;
     Ok(())
 }

@@ -442,6 +442,20 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Writes a command's output; a reader that went away (`| head`) ends it
+/// quietly, as Unix tools do, instead of panicking in `println!`.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

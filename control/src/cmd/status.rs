@@ -100,9 +100,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .block_on(client.trellis(Method::GET, "/trellis/v1/proxies", Vec::new()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&proxies)?);
+        super::out(&format!("{}\n", serde_json::to_string_pretty(&proxies)?))?;
     } else {
-        print!("{}", render_table(&proxies));
+        super::out(&render_table(&proxies))?;
     }
     Ok(())
 }
@@ -178,9 +178,14 @@ pub fn token(action: TokenAction) -> anyhow::Result<()> {
         .block_on(client.trellis(method, "/trellis/v1/tokens", body))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match action {
-        TokenAction::Issue(_) => println!("{}", reply["token"].as_str().unwrap_or_default()),
+        TokenAction::Issue(_) => super::out(&format!(
+            "{}\n",
+            reply["token"].as_str().unwrap_or_default()
+        ))?,
         TokenAction::Revoke(_) => {}
-        TokenAction::List(_) => println!("{}", serde_json::to_string_pretty(&reply)?),
+        TokenAction::List(_) => {
+            super::out(&format!("{}\n", serde_json::to_string_pretty(&reply)?))?
+        }
     }
     Ok(())
 }

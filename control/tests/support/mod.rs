@@ -14,9 +14,23 @@ use trellis_control::api::credentials::Credentials;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trellis-control");
 
+/// A free loopback address for a child server to bind, picked below the
+/// kernel's ephemeral range (32768 and up): a port the OS hands out there
+/// could be taken by an outgoing connection before the child binds it.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 14_000;
+    const COUNT: u32 = 9_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % COUNT;
+    (0..COUNT)
+        .map(|_| FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT)
+        .find_map(|port| {
+            TcpListener::bind(("127.0.0.1", port as u16))
+                .ok()
+                .and_then(|l| l.local_addr().ok())
+        })
+        .expect("a free loopback port below the ephemeral range")
 }
 
 pub struct Server {

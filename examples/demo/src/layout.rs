@@ -15,8 +15,12 @@ pub struct Sidecar {
 }
 
 pub struct Layout {
+    /// The virtual gateway's listener: where users send requests.
     pub gateway: u16,
     pub gateway_admin: u16,
+    /// The gateway proxy's App Mesh ingress and egress ports: unused by a
+    /// gateway, but its bootstrap names them, so they must be free too.
+    pub gateway_unused: (u16, u16),
     pub api: u16,
     pub xds: u16,
     pub frontend: Sidecar,
@@ -38,6 +42,7 @@ impl Layout {
         Ok(Layout {
             gateway: base,
             gateway_admin: base + 90,
+            gateway_unused: (base + 80, base + 81),
             api: base + 1,
             xds: base + 2,
             frontend: sidecar(0),
@@ -46,8 +51,16 @@ impl Layout {
         })
     }
 
+    /// Every port the demo binds.
     fn all(&self) -> Vec<u16> {
-        let mut ports = vec![self.gateway, self.gateway_admin, self.api, self.xds];
+        let mut ports = vec![
+            self.gateway,
+            self.gateway_admin,
+            self.gateway_unused.0,
+            self.gateway_unused.1,
+            self.api,
+            self.xds,
+        ];
         for s in [self.frontend, self.backend_v1, self.backend_v2] {
             ports.extend([s.app, s.ingress, s.egress, s.admin]);
         }

@@ -243,8 +243,19 @@ fn banner(layout: &Layout, work: &Path) {
         "  gateway            {}/            (curl it)",
         a(layout.gateway)
     );
-    println!("  App Mesh API       {}   (aws appmesh --endpoint-url; credentials in {}/data/credentials)", a(layout.api), work.display());
-    println!("  xDS (ADS)          127.0.0.1:{}", layout.xds);
+    println!(
+        "  App Mesh API       {}   (SigV4: any region, the key pair in the credentials file):",
+        a(layout.api)
+    );
+    println!(
+        "      export AWS_SHARED_CREDENTIALS_FILE={} AWS_DEFAULT_REGION=us-west-2",
+        work.join("data").join("credentials").display()
+    );
+    println!(
+        "      aws appmesh describe-route --mesh-name demo --virtual-router-name backend --route-name backend --endpoint-url {}",
+        a(layout.api)
+    );
+    println!("  xDS (ADS, TLS)     127.0.0.1:{}", layout.xds);
     for (name, admin) in [
         ("gateway", layout.gateway_admin),
         ("frontend", layout.frontend.admin),
@@ -261,24 +272,19 @@ fn banner(layout: &Layout, work: &Path) {
     println!();
 }
 
-/// One line of live figures: the load's outcome, then each hop's counters.
-async fn report(
-    http: &Http,
-    layout: &Layout,
-    elapsed: u64,
-    window: Counts,
-    total: Counts,
-    weights: (u64, u64),
-) {
+/// One line of live figures: the route weights the frontend's sidecar
+/// holds, the load's outcome, then each hop's counters (by verified mTLS
+/// caller where the hop is mTLS).
+async fn report(http: &Http, layout: &Layout, elapsed: u64, window: Counts, total: Counts) {
+    let weights = figures::backend_weights(http, layout.frontend.admin).await;
     let gw = Stats::scrape(http, layout.gateway_admin).await;
     let fe = Stats::scrape(http, layout.frontend.admin).await;
     let v1 = Stats::scrape(http, layout.backend_v1.admin).await;
     let v2 = Stats::scrape(http, layout.backend_v2.admin).await;
     let n = |s: &Option<Stats>, f: &dyn Fn(&Stats) -> u64| s.as_ref().map_or(0, f);
+    let weights = weights.map_or("  ?/?  ".to_string(), |(a, b)| format!("{a:>3}/{b:<3}"));
     println!(
-        "[{elapsed:>4}s] weights v1/v2 {:>3}/{:<3} | last 2s: v1 {:>3} v2 {:>3} failed {} ({:>3.0}% v2) | total ok {} failed {}",
-        weights.0,
-        weights.1,
+        "[{elapsed:>4}s] weights v1/v2 {weights} | last 2s: v1 {:>3} v2 {:>3} failed {} ({:>3.0}% v2) | total ok {} failed {}",
         window.v1,
         window.v2,
         window.failed,
@@ -287,12 +293,12 @@ async fn report(
         total.failed,
     );
     println!(
-        "        hops: gateway in {} -> frontend sidecar in {} (mTLS) out {} -> backend-v1 sidecar in {} / backend-v2 sidecar in {} (mTLS)",
+        "        hops: gateway in {} -> frontend sidecar in {} (mTLS from gateway) out {} -> backend-v1 sidecar in {} / backend-v2 sidecar in {} (mTLS from frontend)",
         n(&gw, &|s| s.requests_in("")),
-        n(&fe, &|s| s.requests_in("ingress")),
+        n(&fe, &|s| s.requests_from("gateway")),
         n(&fe, &|s| s.requests_in("egress")),
-        n(&v1, &|s| s.requests_in("ingress")),
-        n(&v2, &|s| s.requests_in("ingress")),
+        n(&v1, &|s| s.requests_from("frontend")),
+        n(&v2, &|s| s.requests_from("frontend")),
     );
 }
 
@@ -310,12 +316,27 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         proxies: Vec::new(),
     };
     println!("Starting trellis-control, three services with mTLS sidecars and a gateway...");
-    if let Err(e) = start(&args, &layout, &bins, &mut mesh, &http).await {
-        mesh.stop().await;
-        return Err(e.context(format!(
-            "the demo did not start (logs kept in {})",
-            work.display()
-        )));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let started = tokio::select! {
+        r = start(&args, &layout, &bins, &mut mesh, &http) => Some(r),
+        _ = &mut ctrl_c => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            mesh.stop().await;
+            return Err(e.context(format!(
+                "the demo did not start (logs kept in {})",
+                work.display()
+            )));
+        }
+        None => {
+            mesh.stop().await;
+            let _ = std::fs::remove_dir_all(&work);
+            println!("Interrupted while starting; cleaned up.");
+            return Ok(true);
+        }
     }
     banner(&layout, &work);
 
@@ -328,13 +349,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let started = Instant::now();
     let stop_at = args.duration.map(|d| started + Duration::from_secs(d));
-    let mut weights = (100, 0);
     let mut next_step = 0usize;
     let mut last = Counts::default();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.tick().await;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     let outcome = loop {
         tokio::select! {
             _ = &mut ctrl_c => break Ok(()),
@@ -345,7 +363,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         let elapsed = started.elapsed().as_secs();
         let now = tally.counts();
-        report(&http, &layout, elapsed, now.since(last), now, weights).await;
+        report(&http, &layout, elapsed, now.since(last), now).await;
         last = now;
         if let Some(step) = steps.get(next_step) {
             if elapsed >= args.step_secs * (next_step as u64 + 1) {
@@ -367,13 +385,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 )
                 .await;
                 match applied {
-                    Ok(_) => {
-                        weights = step.weights;
-                        println!(
-                            "        canary: route weights now v1/v2 {}/{} (UpdateRoute through the App Mesh API: {})",
-                            weights.0, weights.1, path
-                        );
-                    }
+                    Ok(_) => println!(
+                        "        canary: route weights now v1/v2 {}/{} (UpdateRoute through the App Mesh API: {})",
+                        step.weights.0, step.weights.1, path
+                    ),
                     Err(e) => break Err(e),
                 }
                 next_step += 1;

@@ -1,7 +1,8 @@
 //! The demo's child processes: trellis-control and one trellis-proxy per
 //! sidecar and gateway. Their logs go to files in the work dir, so the
 //! terminal shows the demo's own figures; they are stopped with SIGTERM (a
-//! graceful drain) and killed if they linger.
+//! graceful drain) and killed if they linger, or by the kernel if the demo
+//! itself dies.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,9 @@ impl Proc {
         let file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(bin);
+        // A group of its own: Ctrl-C in a terminal signals the demo only, so
+        // the load stops before the proxies drain, in that order.
+        cmd.process_group(0);
         // SAFETY: prctl(2) is async-signal-safe; it only asks the kernel to
         // stop the child if the demo itself dies without cleaning up.
         unsafe {

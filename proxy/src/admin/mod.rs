@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::body::{self, Body};
-use crate::shared::Shared;
+use crate::shared::{ServerState, Shared};
 
 /// Changes the log level at run time (`POST /logging?level=debug`).
 pub type SetLogLevel = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -53,13 +53,13 @@ impl Admin {
         let post = req.method() == Method::POST;
         match (path.as_str(), post) {
             ("/ready", _) => {
-                if s.drain.is_draining() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
-                } else if s.live.load(Ordering::Relaxed) {
-                    text(StatusCode::OK, "LIVE\n")
+                let state = s.state();
+                let status = if state == ServerState::Live {
+                    StatusCode::OK
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text(status, &format!("{}\n", state.name()))
             }
             ("/stats", _) => pages::stats(s, &query),
             ("/stats/prometheus", _) => pages::prometheus(s),

@@ -24,11 +24,7 @@ fn server_stats(s: &Shared) -> impl Fn(&mut dyn Visitor) + '_ {
         v.gauge(&scope, "live", i64::from(s.live.load(Ordering::Relaxed)));
         v.gauge(&scope, "uptime", s.started.elapsed().as_secs() as i64);
         v.gauge(&scope, "concurrency", s.concurrency as i64);
-        v.gauge(
-            &scope,
-            "state",
-            if s.live.load(Ordering::Relaxed) { 0 } else { 2 },
-        );
+        v.gauge(&scope, "state", s.state() as i64);
         v.gauge(
             &scope,
             "memory_allocated",
@@ -144,13 +140,7 @@ pub fn listeners(s: &Shared, query: &str) -> Response<Body> {
 
 pub fn server_info(s: &Shared) -> serde_json::Value {
     let up = format!("{}s", s.started.elapsed().as_secs());
-    let state = if s.drain.is_draining() {
-        "DRAINING"
-    } else if s.live.load(Ordering::Relaxed) {
-        "LIVE"
-    } else {
-        "PRE_INITIALIZING"
-    };
+    let state = s.state().name();
     serde_json::json!({
         "version": format!("trellis-proxy/{}", env!("CARGO_PKG_VERSION")),
         "state": state,
