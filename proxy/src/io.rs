@@ -38,8 +38,10 @@ impl Activity {
     }
 
     /// Runs `fut` until it ends or nothing moved for `idle`; `None` on timeout.
-    pub async fn run<F: Future>(&self, fut: F, idle: Duration) -> Option<F::Output> {
-        tokio::pin!(fut);
+    /// `Unpin`: callers lend a pinned future (`std::pin::pin!`), which their
+    /// own state then holds once; taken by value and pinned here, it would be
+    /// stored twice, as the argument and as the pinned copy.
+    pub async fn run<F: Future + Unpin>(&self, mut fut: F, idle: Duration) -> Option<F::Output> {
         self.touch();
         let mut wait = idle;
         loop {

@@ -67,12 +67,10 @@ where
         done: done.clone(),
     }
     .boxed_unsync();
-    activity
-        .run(send(watched), idle)
-        .await
-        .ok_or_else(|| TimedOut {
-            request_complete: done.load(Ordering::Relaxed),
-        })
+    let sent = std::pin::pin!(send(watched));
+    activity.run(sent, idle).await.ok_or_else(|| TimedOut {
+        request_complete: done.load(Ordering::Relaxed),
+    })
 }
 
 /// A request body that marks the stream active on every frame and

@@ -113,7 +113,7 @@ impl TcpProxy {
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
-        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        let copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
         let copied = match self.config.idle_timeout {
             Some(idle) => activity.run(copy, idle).await,
             None => Some(copy.await),
