@@ -130,74 +130,77 @@ impl Shared {
 
     /// Envoy aggregates stats of connection managers that share a stat prefix.
     pub fn http_stats(&self, prefix: &Arc<str>) -> Arc<HttpStats> {
-        let mut map = self.http_stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(prefix.clone())
-            .or_insert_with(|| {
-                let s = Arc::new(HttpStats::new(prefix.clone()));
-                self.store
-                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
-                s
-            })
-            .clone()
+        self.kept(&self.http_stats, prefix, || HttpStats::new(prefix.clone()))
     }
 
     /// Envoy keeps a listener's stats by address across updates: the new
     /// version counts on where the old one (maybe still draining) left off.
     pub fn listener_stats(&self, addr: SocketAddr) -> Arc<ListenerStats> {
-        let mut map = self
-            .listener_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = map.get(&addr).and_then(Weak::upgrade) {
-            return s;
-        }
-        let s = Arc::new(ListenerStats::new(addr));
-        self.store
-            .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
-        map.insert(addr, Arc::downgrade(&s));
-        s
+        self.while_used(&self.listener_stats, &addr, || ListenerStats::new(addr))
     }
 
     /// The HTTP filters' stats of connection managers sharing a stat prefix,
     /// kept across listener updates like `listener_stats`.
     pub fn filter_stats(&self, prefix: &Arc<str>) -> Arc<FilterStats> {
-        let mut map = self.filter_stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = map.get(prefix).and_then(Weak::upgrade) {
-            return s;
-        }
-        let s = Arc::new(FilterStats::new(prefix.clone()));
-        self.store
-            .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
-        map.insert(prefix.clone(), Arc::downgrade(&s));
-        s
+        self.while_used(&self.filter_stats, prefix, || {
+            FilterStats::new(prefix.clone())
+        })
     }
 
     pub fn tcp_stats(&self, prefix: &Arc<str>) -> Arc<TcpStats> {
-        let mut map = self.tcp_stats.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(prefix.clone())
-            .or_insert_with(|| {
-                let s = Arc::new(TcpStats::new(prefix.clone()));
-                self.store
-                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
-                s
-            })
-            .clone()
+        self.kept(&self.tcp_stats, prefix, || TcpStats::new(prefix.clone()))
     }
 
     pub fn connection_limit_stats(&self, prefix: &Arc<str>) -> Arc<ConnectionLimitStats> {
-        let mut map = self
-            .connection_limit_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.entry(prefix.clone())
-            .or_insert_with(|| {
-                let s = Arc::new(ConnectionLimitStats::new(prefix.clone()));
-                self.store
-                    .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
-                s
-            })
+        self.kept(&self.connection_limit_stats, prefix, || {
+            ConnectionLimitStats::new(prefix.clone())
+        })
+    }
+
+    /// The stats block under `key`, made and registered on first use and
+    /// kept for the process's life.
+    fn kept<K, V>(
+        &self,
+        map: &Mutex<HashMap<K, Arc<V>>>,
+        key: &K,
+        make: impl FnOnce() -> V,
+    ) -> Arc<V>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: StatSource + 'static,
+    {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone())
+            .or_insert_with(|| self.registered(make()))
             .clone()
+    }
+
+    /// The stats block under `key` while something holds it: the same block
+    /// for every holder, gone with the last one.
+    fn while_used<K, V>(
+        &self,
+        map: &Mutex<HashMap<K, Weak<V>>>,
+        key: &K,
+        make: impl FnOnce() -> V,
+    ) -> Arc<V>
+    where
+        K: std::hash::Hash + Eq + Clone,
+        V: StatSource + 'static,
+    {
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = map.get(key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = self.registered(make());
+        map.insert(key.clone(), Arc::downgrade(&s));
+        s
+    }
+
+    fn registered<V: StatSource + 'static>(&self, stats: V) -> Arc<V> {
+        let s = Arc::new(stats);
+        self.store
+            .register(Arc::downgrade(&s) as std::sync::Weak<dyn StatSource>);
+        s
     }
 }
