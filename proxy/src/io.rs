@@ -6,35 +6,40 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The last time bytes moved on any of the streams that share it.
+/// The last time bytes moved on any of the streams that share it, on the
+/// kernel's coarse monotonic clock: every read and write stamps it, and the
+/// coarse clock costs a fraction of the precise one, a few milliseconds
+/// being nothing next to an idle timeout.
 #[derive(Debug, Clone)]
 pub struct Activity {
-    epoch: Instant,
     last_ms: Arc<AtomicU64>,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Activity {
-            epoch: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+            last_ms: Arc::new(AtomicU64::new(coarse_ms())),
         }
     }
 }
 
+fn coarse_ms() -> u64 {
+    let now = coarsetime::Instant::now_without_cache_update();
+    coarsetime::Duration::from_ticks(now.as_ticks()).as_millis()
+}
+
 impl Activity {
     pub(crate) fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(coarse_ms(), Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
+        let last = self.last_ms.load(Ordering::Relaxed);
+        Duration::from_millis(coarse_ms().saturating_sub(last))
     }
 
     /// Runs `fut` until it ends or nothing moved for `idle`; `None` on timeout.

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod memory;
 pub mod overload;
 pub mod reflect;
+pub mod rng;
 pub mod router;
 pub mod server;
 pub mod shared;

@@ -145,7 +145,7 @@ pub async fn tee(
 
 async fn send(cluster: Arc<crate::upstream::Cluster>, proto: Protocol, req: Request<Body>) {
     let work = async {
-        let ep = cluster.pick(rand::random())?;
+        let ep = cluster.pick(crate::rng::random())?;
         let _active = ep.track();
         let conn = ep.checkout(proto, &cluster.connect_params()).await.ok()?;
         let resp = conn.send(req).await.ok()?;

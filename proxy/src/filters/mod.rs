@@ -95,7 +95,7 @@ pub fn per_million(p: Option<&FractionalPercent>, default: u32) -> u32 {
 
 /// True with probability `ppm` / 1e6.
 pub fn draw(ppm: u32) -> bool {
-    ppm >= 1_000_000 || (rand::random::<u32>() % 1_000_000) < ppm
+    ppm >= 1_000_000 || (crate::rng::random::<u32>() % 1_000_000) < ppm
 }
 
 /// The stats of the filters of one connection manager, under its

@@ -25,7 +25,10 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-O
 /// path fills it in as facts become known; formatters only read it.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
-    pub start: SystemTime,
+    /// The wall-clock start when it was fixed up front (tests); otherwise
+    /// [`StreamInfo::start_time`] derives it from `started`, so a request
+    /// reads the wall clock only if a log line or header renders it.
+    pub start: Option<SystemTime>,
     pub started: Instant,
     /// `None` for a TCP proxy connection, which has no HTTP protocol.
     pub protocol: Option<http::Version>,
@@ -53,7 +56,7 @@ pub struct StreamInfo {
 impl StreamInfo {
     pub fn new(downstream_remote: SocketAddr, downstream_local: Option<SocketAddr>) -> StreamInfo {
         StreamInfo {
-            start: SystemTime::now(),
+            start: None,
             started: Instant::now(),
             protocol: None,
             downstream_remote,
@@ -72,6 +75,13 @@ impl StreamInfo {
             first_upstream_byte: None,
             done: None,
         }
+    }
+
+    pub fn start_time(&self) -> SystemTime {
+        self.start.unwrap_or_else(|| {
+            let now = SystemTime::now();
+            now.checked_sub(self.started.elapsed()).unwrap_or(now)
+        })
     }
 }
 
@@ -418,7 +428,7 @@ impl Op {
         match self {
             Op::StartTime(f) => {
                 let mut s = String::with_capacity(24);
-                f.render(i.start, &mut s);
+                f.render(i.start_time(), &mut s);
                 Value::Str(Cow::Owned(s))
             }
             Op::Header { source, main, alt } => {

@@ -5,7 +5,7 @@ fn info() -> StreamInfo {
         "10.0.0.7:5123".parse().unwrap(),
         Some("127.0.0.1:10000".parse().unwrap()),
     );
-    i.start = std::time::UNIX_EPOCH + Duration::new(1_795_624_801, 123_456_789);
+    i.start = Some(std::time::UNIX_EPOCH + Duration::new(1_795_624_801, 123_456_789));
     i.protocol = Some(http::Version::HTTP_11);
     i.response_code = Some(200);
     i.bytes_received = 3;

@@ -88,7 +88,10 @@ impl Hcm {
             let service = |req| {
                 // Boxed per request: the future is kilobytes, which an idle
                 // keep-alive connection would otherwise hold for nothing.
-                Box::pin(self.clone().respond(info.clone(), req))
+                // Allocated first and written in place, which spares a copy
+                // of those kilobytes through the stack.
+                let slot = Box::new_uninit();
+                Box::into_pin(Box::write(slot, self.clone().respond(info.clone(), req)))
             };
             match h1::serve(io, &settings, &self.stats, signals, service).await {
                 Ok(Ended::Http2(pre, io)) => Box::pin(self.serve_h2(io, pre, &info, drain)).await,

@@ -56,7 +56,7 @@ pub async fn connect(
         return reply(StatusCode::FORBIDDEN, "", false);
     }
     let destination = parts.extensions.get::<OriginalDestination>().copied();
-    let Some(endpoint) = cluster.pick_for(destination, rand::random()) else {
+    let Some(endpoint) = cluster.pick_for(destination, crate::rng::random()) else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             local_reply::NO_HEALTHY_UPSTREAM,

@@ -30,6 +30,8 @@ pub struct Outcome {
     pub upstream_local: Option<std::net::SocketAddr>,
     /// Tries made, for `x-envoy-attempt-count` on the response.
     pub attempts: u32,
+    /// When the last try ended, if one was made.
+    pub answered: Option<Instant>,
 }
 
 /// The request body: replayable bytes, or a stream that can be sent once.
@@ -128,6 +130,9 @@ pub struct Attempt<'a> {
     pub request_attempt_count: bool,
     /// The request's trace: each try gets a client span of its own.
     pub trace: Option<&'a mut crate::tracing_ctx::Trace>,
+    /// When the request reached the router: a bodiless request's deadlines
+    /// and first try count from here, so the path reads the clock once less.
+    pub started: Instant,
 }
 
 pub async fn forward(
@@ -146,9 +151,11 @@ pub async fn forward(
         hash,
         request_attempt_count,
         mut trace,
+        started,
     } = a;
     let stats = &cluster.stats;
     let retries = retry.is_some_and(|r| r.num_retries > 0);
+    let bodiless = body.is_end_stream();
     let mut body = match ReqBody::new(body, retries, peek_body).await {
         Ok(b) => b,
         Err(MalformedBody) => {
@@ -165,6 +172,7 @@ pub async fn forward(
                 upstream: None,
                 upstream_local: None,
                 attempts: 0,
+                answered: None,
             };
         }
     };
@@ -176,7 +184,9 @@ pub async fn forward(
     // The retry being made holds a `max_retries` (or budget) slot.
     let mut held_retry = None;
     let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
-    let now = Instant::now();
+    // Timeouts count from the end of the request, as Envoy's do: a body may
+    // have been read in full above.
+    let now = if bodiless { started } else { Instant::now() };
     let duration_deadline = max_duration.map(|d| now + d);
     let deadline = match (timeout.map(|t| now + t), duration_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -206,6 +216,7 @@ pub async fn forward(
                 upstream: None,
                 upstream_local: None,
                 attempts: attempt,
+                answered: None,
             };
         };
         stats.upstream_rq_total.inc();
@@ -305,6 +316,7 @@ pub async fn forward(
                     upstream: Some(endpoint),
                     upstream_local,
                     attempts: attempt,
+                    answered: Some(ended),
                 };
             }
             Err(e) => {
@@ -335,6 +347,7 @@ pub async fn forward(
                             upstream: Some(endpoint),
                             upstream_local,
                             attempts: attempt,
+                            answered: Some(ended),
                         };
                     }
                     TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
@@ -383,6 +396,7 @@ pub async fn forward(
                     upstream: Some(endpoint),
                     upstream_local,
                     attempts: attempt,
+                    answered: Some(ended),
                 };
             }
         }
@@ -404,6 +418,7 @@ fn overflow(grpc: bool, attempts: u32) -> Outcome {
         upstream: None,
         upstream_local: None,
         attempts,
+        answered: None,
     }
 }
 
@@ -419,11 +434,11 @@ fn pick(
         // One host per destination: nothing to balance or step off.
         return cluster.pick_for(destination, 0);
     }
-    let first = cluster.pick_hashed(rand::random(), hash)?;
+    let first = cluster.pick_hashed(crate::rng::random(), hash)?;
     match avoid {
         Some(bad) if Arc::ptr_eq(bad, &first) => {
             for _ in 0..3 {
-                if let Some(other) = cluster.pick(rand::random()) {
+                if let Some(other) = cluster.pick(crate::rng::random()) {
                     if !Arc::ptr_eq(bad, &other) {
                         return Some(other);
                     }
@@ -447,7 +462,9 @@ async fn attempt_once(
     attempt_count: Option<u32>,
     local: &mut Option<std::net::SocketAddr>,
 ) -> Result<Response<Body>, TryError> {
-    let work = async {
+    // Pinned in place: the timeout then wraps a reference, and the try is
+    // held once in this future rather than again inside the timeout.
+    let work = std::pin::pin!(async {
         let conn = endpoint
             .checkout(proto, &cluster.connect_params())
             .await
@@ -478,7 +495,7 @@ async fn attempt_once(
             crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
         };
         conn.send(req).await.map_err(|_| TryError::Reset)
-    };
+    });
     match limit {
         Some(l) => tokio::time::timeout_at(tokio::time::Instant::from_std(l), work)
             .await
@@ -531,7 +548,7 @@ fn grpc_status(resp: &Response<Body>) -> Option<u32> {
 
 async fn backoff(retry: Option<&RetryPolicy>, attempt: u32, deadline: Option<Instant>) {
     let Some(r) = retry else { return };
-    let mut wait = r.backoff(attempt, rand::random());
+    let mut wait = r.backoff(attempt, crate::rng::random());
     if let Some(d) = deadline {
         wait = wait.min(d.saturating_duration_since(Instant::now()));
     }

@@ -412,7 +412,7 @@ impl Hcm {
         if record.saved.is_some() || matched.response_reads_request() {
             record.saved = Some(SavedRequest::new(parts, info.scheme));
         }
-        let started = Instant::now();
+        let started = record.info.started;
         let retry = if upgrade {
             None
         } else {
@@ -456,6 +456,7 @@ impl Hcm {
             hash,
             request_attempt_count: matched.virtual_host.request_attempt_count,
             trace: record.trace.as_mut(),
+            started,
         };
         let sent =
             super::stream_idle::run(idle, body, |body| forward(cluster, head, body, attempt)).await;
@@ -465,6 +466,7 @@ impl Hcm {
             upstream,
             upstream_local,
             attempts,
+            answered,
         } = match sent {
             Ok(outcome) => outcome,
             Err(t) => {
@@ -477,7 +479,7 @@ impl Hcm {
                 );
             }
         };
-        let answered = Instant::now();
+        let answered = answered.unwrap_or_else(Instant::now);
         if let (Some(mesh), Some(service), Some(node)) = (
             &self.mesh,
             matched.appmesh_service(),

@@ -239,7 +239,7 @@ pub fn millis(d: std::time::Duration) -> HeaderValue {
 
 /// A random UUID v4, as Envoy's default request ID extension makes.
 pub fn request_id() -> HeaderValue {
-    let mut b: [u8; 16] = rand::random();
+    let mut b: [u8; 16] = crate::rng::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -62,7 +62,7 @@ impl TcpProxy {
     {
         self.stats.downstream_cx_total.inc();
         let snapshot = self.shared.snapshot.load_full();
-        let name = self.config.pick_cluster(rand::random());
+        let name = self.config.pick_cluster(crate::rng::random());
         let Some(cluster) = snapshot.clusters.get(name) else {
             self.stats.downstream_cx_no_route.inc();
             info.flags.set(ResponseFlags::NO_CLUSTER_FOUND);
@@ -71,7 +71,8 @@ impl TcpProxy {
         info.upstream_cluster = Some(cluster.name().clone());
         let mut upstream = None;
         for _ in 0..self.config.max_connect_attempts {
-            let Some(ep) = cluster.pick_for(original.map(OriginalDestination), rand::random())
+            let Some(ep) =
+                cluster.pick_for(original.map(OriginalDestination), crate::rng::random())
             else {
                 break;
             };

@@ -299,7 +299,7 @@ impl RouteTable {
     /// received. `runtime_fraction` is evaluated with a fresh random value,
     /// returned in [`Matched::random`].
     pub fn find<'a>(&'a self, host: &str, req: &http::request::Parts) -> Option<Matched<'a>> {
-        self.find_with_random(host, req, rand::random())
+        self.find_with_random(host, req, crate::rng::random())
     }
 
     /// [`find`](Self::find) with the per-request random value supplied, for

@@ -92,10 +92,13 @@ impl Trace {
         };
         let (trace_id, parent, decision) = match incoming {
             Some((t, p, s)) => (t, p, s),
-            None => (rand::random(), None, None),
+            None => (crate::rng::random(), None, None),
         };
         let sampled = decision.unwrap_or_else(|| {
-            sampling.decide(h.contains_key(&CLIENT_TRACE_ID), rand::random::<f64>())
+            sampling.decide(
+                h.contains_key(&CLIENT_TRACE_ID),
+                crate::rng::random::<f64>(),
+            )
         });
         Trace {
             trace_id,
@@ -213,7 +216,7 @@ fn set(h: &mut HeaderMap, name: &HeaderName, v: String) {
 
 /// A random non-zero span id (all zeros is invalid in W3C and B3).
 fn span_id() -> [u8; 8] {
-    let id: u64 = rand::random();
+    let id: u64 = crate::rng::random();
     id.max(1).to_be_bytes()
 }
 

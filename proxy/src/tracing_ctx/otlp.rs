@@ -246,7 +246,7 @@ async fn export_loop(target: ExportTarget, shared: Weak<Shared>, mut rx: mpsc::R
             Some(
                 snap.clusters
                     .get(&target.collector_cluster)?
-                    .pick(rand::random())?
+                    .pick(crate::rng::random())?
                     .addr,
             )
         }) else {

@@ -116,7 +116,7 @@ fn jitter(max: Duration) -> Duration {
     if ms == 0 {
         return Duration::ZERO;
     }
-    Duration::from_millis(rand::random::<u64>() % ms)
+    Duration::from_millis(crate::rng::random::<u64>() % ms)
 }
 
 /// `Err(true)` for a network failure (no connection, no reply, timeout),

@@ -77,7 +77,7 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
             (enforcing, gateway)
         };
         if e.health_flags() & FAILED_OUTLIER_CHECK != 0
-            || u64::from(enforcing) <= rand::random::<u64>() % 100
+            || u64::from(enforcing) <= crate::rng::random::<u64>() % 100
         {
             continue;
         }

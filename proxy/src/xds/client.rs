@@ -95,7 +95,7 @@ impl Client {
     async fn connect(&self) -> Option<tonic::transport::Channel> {
         let snapshot = self.shared.snapshot.load_full();
         let cluster = snapshot.clusters.get(&self.ads.cluster)?;
-        let ep = cluster.pick(rand::random())?;
+        let ep = cluster.pick(crate::rng::random())?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", ep.addr))
             .ok()?
             .connect_timeout(cluster.config.connect_timeout);
@@ -467,7 +467,7 @@ fn backoff(attempt: u32) -> Duration {
         .saturating_mul(1u32 << attempt.min(10))
         .min(BACKOFF_MAX);
     let ms = exp.as_millis() as u64;
-    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+    Duration::from_millis(ms / 2 + crate::rng::random::<u64>() % (ms / 2 + 1))
 }
 
 /// Dials the management server: TCP, then TLS when the ADS cluster has an

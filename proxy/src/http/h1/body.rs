@@ -2,12 +2,11 @@
 //! (Content-Length, chunked with trailers, close-delimited) and an encoder
 //! for bodies written to one.
 
-use std::collections::VecDeque;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderMap;
 
 use super::head;
+use super::write::Pieces;
 
 /// A chunk-size line longer than this (size and extensions) is refused.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -246,7 +245,7 @@ pub enum Encoder {
 }
 
 impl Encoder {
-    pub fn data(&mut self, data: Bytes, out: &mut VecDeque<Bytes>) -> Result<(), BodyError> {
+    pub fn data(&mut self, data: Bytes, out: &mut Pieces) -> Result<(), BodyError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -257,44 +256,50 @@ impl Encoder {
                     return Err(BodyError::TooLong);
                 }
                 *left -= n;
-                out.push_back(data);
+                out.push(data);
             }
-            Encoder::Close => out.push_back(data),
+            Encoder::Close => out.push(data),
             Encoder::Chunked => {
-                let mut line = BytesMut::with_capacity(18);
-                line.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.push_back(line.freeze());
-                out.push_back(data);
-                out.push_back(Bytes::from_static(b"\r\n"));
+                out.push(chunk_line(data.len()));
+                out.push(data);
+                out.push(Bytes::from_static(b"\r\n"));
             }
         }
         Ok(())
     }
 
     /// The end of the body, with its trailers (sent only when chunked).
-    pub fn end(
-        &mut self,
-        trailers: Option<&HeaderMap>,
-        out: &mut VecDeque<Bytes>,
-    ) -> Result<(), BodyError> {
+    pub fn end(&mut self, trailers: Option<&HeaderMap>, out: &mut Pieces) -> Result<(), BodyError> {
         match self {
             Encoder::Length(0) | Encoder::Close => Ok(()),
             Encoder::Length(_) => Err(BodyError::TooShort),
             Encoder::Chunked => {
                 match trailers.filter(|t| !t.is_empty()) {
-                    None => out.push_back(Bytes::from_static(b"0\r\n\r\n")),
+                    None => out.push(Bytes::from_static(b"0\r\n\r\n")),
                     Some(t) => {
                         let mut b = BytesMut::with_capacity(64);
                         b.put_slice(b"0\r\n");
                         head::put_headers(&mut b, t);
                         b.put_slice(b"\r\n");
-                        out.push_back(b.freeze());
+                        out.push(b.freeze());
                     }
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// A chunk's size line, `{len:x}\r\n`.
+fn chunk_line(len: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = [0u8; 2 * std::mem::size_of::<usize>() + 2];
+    let digits = (len.checked_ilog2().unwrap_or(0) / 4 + 1) as usize;
+    for (i, d) in line[..digits].iter_mut().enumerate() {
+        *d = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    line[digits..digits + 2].copy_from_slice(b"\r\n");
+    Bytes::copy_from_slice(&line[..digits + 2])
 }
 
 #[cfg(test)]
@@ -410,7 +415,7 @@ mod tests {
 
     #[test]
     fn encoder_chunks_and_checks_lengths() {
-        let mut out = VecDeque::new();
+        let mut out = Pieces::new();
         let mut e = Encoder::Chunked;
         e.data(Bytes::from_static(b"hello"), &mut out).unwrap();
         e.data(Bytes::new(), &mut out).unwrap();

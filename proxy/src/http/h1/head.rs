@@ -10,6 +10,10 @@ use super::body::Framing;
 pub const MAX_HEADERS: usize = 100;
 /// A response head larger than this is refused.
 pub const MAX_HEAD: usize = 96 * 1024;
+/// Room for the headers the proxy adds to a message on its way through
+/// (`x-forwarded-*`, `x-request-id`, `x-envoy-*`, `server`), so that adding
+/// them does not grow the map again.
+const ADDED_HEADERS: usize = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -104,7 +108,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         Err(_) => return Err(HeadError::Malformed),
     };
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
+    let mut map = HeaderMap::with_capacity(count + ADDED_HEADERS);
     for s in &slots[..count] {
         let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| HeadError::Malformed)?;
         let value =
@@ -274,7 +278,7 @@ fn parse_request_in(
     let head = buf.split_to(len).freeze();
     let target = head.slice(target.0 as usize..(target.0 + target.1) as usize);
     let uri = http::Uri::from_maybe_shared(target).map_err(|_| RequestError::Malformed)?;
-    let mut map = HeaderMap::with_capacity(count);
+    let mut map = HeaderMap::with_capacity(count + ADDED_HEADERS);
     for s in &slots[..count] {
         let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| RequestError::Malformed)?;
         let value =
@@ -391,7 +395,7 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 }
 
 /// Writes `name: value` lines.
-pub fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+pub fn put_headers(out: &mut impl BufMut, headers: &HeaderMap) {
     for (name, value) in headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
@@ -409,31 +413,82 @@ pub fn encode_request(
     add_length: Option<u64>,
     chunked: bool,
 ) -> Bytes {
+    let absolute;
     let target = match (uri.scheme(), uri.path_and_query()) {
         (None, Some(pq)) => pq.as_str(),
         (None, None) => "/",
-        (Some(_), _) => "",
+        (Some(_), _) => {
+            absolute = uri.to_string();
+            absolute.as_str()
+        }
     };
-    let mut out = BytesMut::with_capacity(256 + headers.len() * 32);
-    out.put_slice(method.as_str().as_bytes());
-    out.put_u8(b' ');
-    if target.is_empty() {
-        out.put_slice(uri.to_string().as_bytes());
-    } else {
-        out.put_slice(target.as_bytes());
-    }
-    out.put_slice(b" HTTP/1.1\r\n");
-    put_headers(&mut out, headers);
+    let mut out = Head::with_len(
+        method.as_str().len()
+            + 1
+            + target.len()
+            + b" HTTP/1.1\r\n".len()
+            + headers_len(headers)
+            + add_length.map_or(0, length_len)
+            + if chunked { CHUNKED.len() } else { 0 }
+            + 2,
+    );
+    out.put(method.as_str().as_bytes());
+    out.put(b" ");
+    out.put(target.as_bytes());
+    out.put(b" HTTP/1.1\r\n");
+    out.headers(headers);
     if let Some(n) = add_length {
-        out.put_slice(b"content-length: ");
-        out.put_slice(n.to_string().as_bytes());
-        out.put_slice(b"\r\n");
+        out.length(n);
     }
     if chunked {
-        out.put_slice(b"transfer-encoding: chunked\r\n");
+        out.put(CHUNKED);
     }
-    out.put_slice(b"\r\n");
+    out.put(b"\r\n");
     out.freeze()
+}
+
+const CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
+const CONTENT_LENGTH: &[u8] = b"content-length: ";
+
+/// Bytes of the header lines [`put_headers`] writes.
+fn headers_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+fn length_len(n: u64) -> usize {
+    CONTENT_LENGTH.len() + n.checked_ilog10().map_or(1, |d| d as usize + 1) + 2
+}
+
+/// A head being written into a buffer sized for it up front: a full buffer
+/// becomes `Bytes` without the extra allocation a partly used one costs.
+struct Head(Vec<u8>);
+
+impl Head {
+    fn with_len(len: usize) -> Head {
+        Head(Vec::with_capacity(len))
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+
+    fn headers(&mut self, headers: &HeaderMap) {
+        put_headers(&mut self.0, headers);
+    }
+
+    fn length(&mut self, n: u64) {
+        use std::io::Write;
+        self.put(CONTENT_LENGTH);
+        let _ = write!(self.0, "{n}");
+        self.put(b"\r\n");
+    }
+
+    fn freeze(self) -> Bytes {
+        Bytes::from(self.0)
+    }
 }
 
 /// How a response body goes on the wire, and whether the connection
@@ -486,34 +541,42 @@ pub fn encode_response(
         keep_alive = false;
         Encoder::Close
     };
-    let mut out = BytesMut::with_capacity(128 + h.len() * 40);
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    put_headers(&mut out, h);
+    let reason = status.canonical_reason().unwrap_or("");
+    let connection: &[u8] = match (facts.connection, keep_alive, request_version) {
+        (false, false, Version::HTTP_11) => b"connection: close\r\n",
+        (false, true, Version::HTTP_10) => b"connection: keep-alive\r\n",
+        _ => b"",
+    };
+    let date_len = if facts.date { 0 } else { 8 + date.len() };
+    let mut out = Head::with_len(
+        b"HTTP/1.1 200 \r\n".len()
+            + reason.len()
+            + headers_len(h)
+            + add_length.map_or(0, length_len)
+            + if chunked { CHUNKED.len() } else { 0 }
+            + date_len
+            + connection.len()
+            + 2,
+    );
+    out.put(b"HTTP/1.1 ");
+    out.put(status.as_str().as_bytes());
+    out.put(b" ");
+    out.put(reason.as_bytes());
+    out.put(b"\r\n");
+    out.headers(h);
     if let Some(n) = add_length {
-        out.put_slice(b"content-length: ");
-        out.put_slice(n.to_string().as_bytes());
-        out.put_slice(b"\r\n");
+        out.length(n);
     }
     if chunked {
-        out.put_slice(b"transfer-encoding: chunked\r\n");
+        out.put(CHUNKED);
     }
     if !facts.date {
-        out.put_slice(b"date: ");
-        out.put_slice(date);
-        out.put_slice(b"\r\n");
+        out.put(b"date: ");
+        out.put(date);
+        out.put(b"\r\n");
     }
-    if !facts.connection {
-        if !keep_alive && request_version == Version::HTTP_11 {
-            out.put_slice(b"connection: close\r\n");
-        } else if keep_alive && request_version == Version::HTTP_10 {
-            out.put_slice(b"connection: keep-alive\r\n");
-        }
-    }
-    out.put_slice(b"\r\n");
+    out.put(connection);
+    out.put(b"\r\n");
     let bodiless = no_body || body_empty;
     (
         out.freeze(),

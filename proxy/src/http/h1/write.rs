@@ -1,7 +1,6 @@
 //! Writing one HTTP/1.1 message: its head, then its body's frames through
 //! the framing encoder, in as few writes as the pieces allow.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -16,6 +15,10 @@ use crate::body::{Body, BoxError};
 /// Pieces handed to one vectored write.
 const MAX_SLICES: usize = 16;
 
+/// Bytes queued for the socket. A head and one body frame, the common
+/// message, fit inline and cost no allocation.
+pub type Pieces = smallvec::SmallVec<[Bytes; 3]>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("write: {0}")]
@@ -28,7 +31,7 @@ pub enum WriteError {
 
 /// A message on its way out: queued bytes, then the body's frames.
 pub struct Writer {
-    queue: VecDeque<Bytes>,
+    queue: Pieces,
     body: Option<Body>,
     encoder: Encoder,
     state: State,
@@ -44,8 +47,8 @@ enum State {
 impl Writer {
     /// `body`: `None` when nothing follows the head.
     pub fn new(head: Bytes, body: Option<Body>, encoder: Encoder) -> Writer {
-        let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(head);
+        let mut queue = Pieces::new();
+        queue.push(head);
         Writer {
             queue,
             body,
@@ -106,17 +109,17 @@ impl Writer {
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            while written > 0 {
-                let Some(front) = self.queue.front_mut() else {
-                    break;
-                };
-                let k = written.min(front.len());
-                front.advance(k);
+            let mut sent = 0;
+            for piece in &mut self.queue {
+                let k = written.min(piece.len());
+                piece.advance(k);
                 written -= k;
-                if front.is_empty() {
-                    self.queue.pop_front();
+                if !piece.is_empty() {
+                    break;
                 }
+                sent += 1;
             }
+            self.queue.drain(..sent);
         }
         if self.state == State::Flush {
             ready!(Pin::new(&mut *io).poll_flush(cx))?;
