@@ -2,11 +2,14 @@
 //! HTTP/1.1 runs on our own codec (`h1::server`); HTTP/2, by prior
 //! knowledge or after the preface on an AUTO listener, on hyper's.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::{ready, Either};
+use futures::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -113,28 +116,42 @@ impl Hcm {
         self.stats.downstream_cx_active.dec();
     }
 
-    /// One HTTP/1.1 request through admission and the handler.
-    async fn respond(self: Arc<Self>, info: Arc<ConnInfo>, req: Request<Body>) -> Response<Body> {
+    /// One HTTP/1.1 request through admission and the handler. Built from
+    /// combinators rather than an `async fn`, so the boxed future holds the
+    /// handler's future and a closure, not the request again beside them.
+    fn respond(
+        self: Arc<Self>,
+        info: Arc<ConnInfo>,
+        req: Request<Body>,
+    ) -> impl Future<Output = Response<Body>> + Send {
         let connect = req.method() == Method::CONNECT;
         let may_switch = connect || req.headers().contains_key(header::UPGRADE);
-        let mut resp = match self.prepare(&info, req) {
-            Ok(req) => self.handle(&info, req).await,
-            Err(Refusal::Reply(resp)) => return *resp,
+        let req = match self.prepare(&info, req) {
+            Ok(req) => req,
+            Err(Refusal::Reply(resp)) => return Either::Right(ready(*resp)),
             // Resets are HTTP/2's: `admit` resets no HTTP/1.1 request.
             Err(Refusal::Reset(_)) => {
-                return super::local_reply::reply(StatusCode::BAD_REQUEST, "", false)
+                return Either::Right(ready(super::local_reply::reply(
+                    StatusCode::BAD_REQUEST,
+                    "",
+                    false,
+                )))
             }
         };
-        self.mark_last(&info, Version::HTTP_11, &mut resp);
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            || (connect && resp.status().is_success());
-        // If it does not switch, the bytes after a request that may have
-        // switched protocols are not read as another request.
-        if may_switch && !switched {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
+        let hcm = self.clone();
+        let conn = info.clone();
+        Either::Left(self.handle(info, req).map(move |mut resp| {
+            hcm.mark_last(&conn, Version::HTTP_11, &mut resp);
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && resp.status().is_success());
+            // If it does not switch, the bytes after a request that may have
+            // switched protocols are not read as another request.
+            if may_switch && !switched {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }))
     }
 
     /// Admission and the connection's facts on the request.
@@ -190,7 +207,7 @@ impl Hcm {
                     Err(Refusal::Reply(resp)) => return Ok(*resp),
                     Err(Refusal::Reset(reason)) => return Err(h2::Error::from(reason)),
                 };
-                Ok::<_, h2::Error>(hcm.handle(&info, req).await)
+                Ok::<_, h2::Error>(hcm.handle(info, req).await)
             })
         });
         let conn = builder.serve_connection(TokioIo::new(io), svc);

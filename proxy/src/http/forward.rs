@@ -2,6 +2,7 @@
 //! per-try timeouts, retries with back-off, and the response flags of each way
 //! it can fail.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -135,12 +136,18 @@ pub struct Attempt<'a> {
     pub started: Instant,
 }
 
-pub async fn forward(
-    cluster: &Arc<Cluster>,
+/// Sends the request upstream, with its tries. A plain function around an
+/// `async` block, which holds the request once: an `async fn` would keep its
+/// arguments and their moved-to locals side by side.
+pub fn forward<'a>(
+    cluster: &'a Arc<Cluster>,
     parts: http::request::Parts,
     body: Body,
-    a: Attempt<'_>,
-) -> Outcome {
+    a: Attempt<'a>,
+) -> impl Future<Output = Outcome> + 'a {
+    let proto = cluster.protocol(parts.version);
+    let destination = parts.extensions.get::<OriginalDestination>().copied();
+    let mut parts = Some(parts);
     let Attempt {
         retry,
         timeout,
@@ -153,251 +160,252 @@ pub async fn forward(
         mut trace,
         started,
     } = a;
-    let stats = &cluster.stats;
-    let retries = retry.is_some_and(|r| r.num_retries > 0);
-    let bodiless = body.is_end_stream();
-    let mut body = match ReqBody::new(body, retries, peek_body).await {
-        Ok(b) => b,
-        Err(MalformedBody) => {
-            let mut flags = ResponseFlags::default();
-            flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
-            let mut response = reply(StatusCode::BAD_REQUEST, "", grpc);
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            return Outcome {
-                response,
-                flags,
-                upstream: None,
-                upstream_local: None,
-                attempts: 0,
-                answered: None,
-            };
-        }
-    };
-    // `max_requests`: held for as long as the request is upstream.
-    let Some(_request_slot) = cluster.breaker.request() else {
-        cluster.rstats.upstream_rq_active_overflow.inc();
-        return overflow(grpc, 0);
-    };
-    // The retry being made holds a `max_retries` (or budget) slot.
-    let mut held_retry = None;
-    let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
-    // Timeouts count from the end of the request, as Envoy's do: a body may
-    // have been read in full above.
-    let now = if bodiless { started } else { Instant::now() };
-    let duration_deadline = max_duration.map(|d| now + d);
-    let deadline = match (timeout.map(|t| now + t), duration_deadline) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let mut flags = ResponseFlags::default();
-    let mut last_failed: Option<Arc<Endpoint>> = None;
-    let mut attempt = 0;
-    // Clock reads are shared where one will do: each costs on the hot path.
-    let mut attempt_started = now;
-    let proto = cluster.protocol(parts.version);
-    let destination = parts.extensions.get::<OriginalDestination>().copied();
-    let mut parts = Some(parts);
-    let mut upstream_local = None;
-
-    loop {
-        attempt += 1;
-        let Some(endpoint) = pick(cluster, destination, last_failed.as_ref(), hash) else {
-            flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
-            return Outcome {
-                response: reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    local_reply::NO_HEALTHY_UPSTREAM,
-                    grpc,
-                ),
-                flags,
-                upstream: None,
-                upstream_local: None,
-                attempts: attempt,
-                answered: None,
-            };
+    async move {
+        let stats = &cluster.stats;
+        let retries = retry.is_some_and(|r| r.num_retries > 0);
+        let bodiless = body.is_end_stream();
+        let mut body = match ReqBody::new(body, retries, peek_body).await {
+            Ok(b) => b,
+            Err(MalformedBody) => {
+                let mut flags = ResponseFlags::default();
+                flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                let mut response = reply(StatusCode::BAD_REQUEST, "", grpc);
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Outcome {
+                    response,
+                    flags,
+                    upstream: None,
+                    upstream_local: None,
+                    attempts: 0,
+                    answered: None,
+                };
+            }
         };
-        stats.upstream_rq_total.inc();
-        stats.upstream_rq_active.inc();
-        let _active = endpoint.track();
-        if attempt > 1 {
-            attempt_started = Instant::now();
-        }
-        let per_try = retry.and_then(|r| r.per_try_timeout);
-        let limit = match (per_try.map(|p| attempt_started + p), deadline) {
-            (Some(p), Some(d)) => Some(p.min(d)),
+        // `max_requests`: held for as long as the request is upstream.
+        let Some(_request_slot) = cluster.breaker.request() else {
+            cluster.rstats.upstream_rq_active_overflow.inc();
+            return overflow(grpc, 0);
+        };
+        // The retry being made holds a `max_retries` (or budget) slot.
+        let mut held_retry = None;
+        let max_attempts = 1 + retry.map_or(0, |r| r.num_retries);
+        // Timeouts count from the end of the request, as Envoy's do: a body may
+        // have been read in full above.
+        let now = if bodiless { started } else { Instant::now() };
+        let duration_deadline = max_duration.map(|d| now + d);
+        let deadline = match (timeout.map(|t| now + t), duration_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // The last possible attempt takes the head; earlier ones copy it.
-        let mut head = if attempt >= max_attempts {
-            parts.take()
-        } else {
-            parts.as_ref().map(clone_parts)
-        };
-        if let (Some(t), Some(h)) = (trace.as_deref_mut(), head.as_mut()) {
-            t.begin_attempt(&mut h.headers);
-        }
-        let count = request_attempt_count.then_some(attempt);
-        let result = attempt_once(
-            cluster,
-            &endpoint,
-            proto,
-            head,
-            &mut body,
-            limit,
-            auto_host,
-            count,
-            &mut upstream_local,
-        )
-        .await;
-        stats.upstream_rq_active.dec();
-        if let Some(t) = trace.as_deref_mut() {
-            let (status, failure) = match &result {
-                Ok(r) => (Some(r.status().as_u16()), ResponseFlags::default()),
-                Err(e) => (None, e.flag()),
-            };
-            t.end_attempt(Some(endpoint.addr), status, failure);
-        }
-        // The retry is over: its slot is free for the next one.
-        drop(held_retry.take());
-        match &result {
-            Ok(r) => cluster.report(&endpoint, TryResult::Status(r.status().as_u16())),
-            Err(TryError::Overflow) => {}
-            Err(_) => cluster.report(&endpoint, TryResult::LocalFailure),
-        }
+        let mut flags = ResponseFlags::default();
+        let mut last_failed: Option<Arc<Endpoint>> = None;
+        let mut attempt = 0;
+        // Clock reads are shared where one will do: each costs on the hot path.
+        let mut attempt_started = now;
+        let mut upstream_local = None;
 
-        let ended = Instant::now();
-        let overall_expired = deadline.is_some_and(|d| ended >= d);
-        let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
-        // A retry needs a slot under the cluster's retry breaker.
-        let retry_slot = || {
-            let slot = cluster.breaker.retry();
-            if slot.is_none() {
-                cluster.rstats.upstream_rq_retry_overflow.inc();
-            }
-            slot
-        };
-        match result {
-            Ok(resp) => {
-                let status = resp.status();
-                let grpc_status = grpc_status(&resp);
-                let again =
-                    retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
-                let slot = if again && retries_left {
-                    retry_slot()
-                } else {
-                    None
+        loop {
+            attempt += 1;
+            let Some(endpoint) = pick(cluster, destination, last_failed.as_ref(), hash) else {
+                flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+                return Outcome {
+                    response: reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        local_reply::NO_HEALTHY_UPSTREAM,
+                        grpc,
+                    ),
+                    flags,
+                    upstream: None,
+                    upstream_local: None,
+                    attempts: attempt,
+                    answered: None,
                 };
-                if slot.is_some() {
-                    held_retry = slot;
-                    last_failed = Some(endpoint);
-                    backoff(retry, attempt, deadline).await;
-                    stats.upstream_rq_retry.inc();
-                    continue;
+            };
+            stats.upstream_rq_total.inc();
+            stats.upstream_rq_active.inc();
+            let _active = endpoint.track();
+            if attempt > 1 {
+                attempt_started = Instant::now();
+            }
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let limit = match (per_try.map(|p| attempt_started + p), deadline) {
+                (Some(p), Some(d)) => Some(p.min(d)),
+                (a, b) => a.or(b),
+            };
+            // The last possible attempt takes the head; earlier ones copy it.
+            let mut head = if attempt >= max_attempts {
+                parts.take()
+            } else {
+                parts.as_ref().map(clone_parts)
+            };
+            if let (Some(t), Some(h)) = (trace.as_deref_mut(), head.as_mut()) {
+                t.begin_attempt(&mut h.headers);
+            }
+            let count = request_attempt_count.then_some(attempt);
+            let result = attempt_once(
+                cluster,
+                &endpoint,
+                proto,
+                &mut head,
+                &mut body,
+                limit,
+                auto_host,
+                count,
+                &mut upstream_local,
+            )
+            .await;
+            stats.upstream_rq_active.dec();
+            if let Some(t) = trace.as_deref_mut() {
+                let (status, failure) = match &result {
+                    Ok(r) => (Some(r.status().as_u16()), ResponseFlags::default()),
+                    Err(e) => (None, e.flag()),
+                };
+                t.end_attempt(Some(endpoint.addr), status, failure);
+            }
+            // The retry is over: its slot is free for the next one.
+            drop(held_retry.take());
+            match &result {
+                Ok(r) => cluster.report(&endpoint, TryResult::Status(r.status().as_u16())),
+                Err(TryError::Overflow) => {}
+                Err(_) => cluster.report(&endpoint, TryResult::LocalFailure),
+            }
+
+            let ended = Instant::now();
+            let overall_expired = deadline.is_some_and(|d| ended >= d);
+            let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
+            // A retry needs a slot under the cluster's retry breaker.
+            let retry_slot = || {
+                let slot = cluster.breaker.retry();
+                if slot.is_none() {
+                    cluster.rstats.upstream_rq_retry_overflow.inc();
                 }
-                // Envoy charges the code and time of the answer it returns
-                // only, not of the tries it retried (verified with 1.40).
-                stats.upstream_rq.record(status.as_u16());
-                stats.upstream_rq_time.record(ended - attempt_started);
-                if again {
-                    flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                    if attempt >= max_attempts {
+                slot
+            };
+            match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let grpc_status = grpc_status(&resp);
+                    let again =
+                        retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
+                    let slot = if again && retries_left {
+                        retry_slot()
+                    } else {
+                        None
+                    };
+                    if slot.is_some() {
+                        held_retry = slot;
+                        last_failed = Some(endpoint);
+                        backoff(retry, attempt, deadline).await;
+                        stats.upstream_rq_retry.inc();
+                        continue;
+                    }
+                    // Envoy charges the code and time of the answer it returns
+                    // only, not of the tries it retried (verified with 1.40).
+                    stats.upstream_rq.record(status.as_u16());
+                    stats.upstream_rq_time.record(ended - attempt_started);
+                    if again {
+                        flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        if attempt >= max_attempts {
+                            cluster.rstats.upstream_rq_retry_limit_exceeded.inc();
+                        }
+                    }
+                    if attempt > 1 && !again {
+                        stats.upstream_rq_retry_success.inc();
+                    }
+                    return Outcome {
+                        response: resp,
+                        flags,
+                        upstream: Some(endpoint),
+                        upstream_local,
+                        attempts: attempt,
+                        answered: Some(ended),
+                    };
+                }
+                Err(e) => {
+                    let (flag, status, text, retriable) = match e {
+                        TryError::Connect => (
+                            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            local_reply::CONNECT_FAILURE,
+                            retry.is_some_and(RetryPolicy::retriable_connect_failure),
+                        ),
+                        TryError::ConnectTimeout => (
+                            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            local_reply::CONNECT_TIMEOUT,
+                            retry.is_some_and(RetryPolicy::retriable_connect_failure),
+                        ),
+                        TryError::Reset => (
+                            ResponseFlags::UPSTREAM_REMOTE_RESET,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            local_reply::RESET_BEFORE_HEADERS,
+                            retry.is_some_and(RetryPolicy::retriable_reset),
+                        ),
+                        TryError::PerTryTimeout
+                            if duration_deadline.is_some_and(|d| ended >= d) =>
+                        {
+                            flags.set(ResponseFlags::DURATION_TIMEOUT);
+                            return Outcome {
+                                response: local_reply::duration_timeout(grpc),
+                                flags,
+                                upstream: Some(endpoint),
+                                upstream_local,
+                                attempts: attempt,
+                                answered: Some(ended),
+                            };
+                        }
+                        TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
+                            stats.upstream_rq_timeout.inc();
+                            (
+                                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                                StatusCode::GATEWAY_TIMEOUT,
+                                local_reply::UPSTREAM_TIMEOUT,
+                                false,
+                            )
+                        }
+                        TryError::Overflow => return overflow(grpc, attempt),
+                        TryError::PerTryTimeout => {
+                            stats.upstream_rq_per_try_timeout.inc();
+                            (
+                                ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+                                StatusCode::GATEWAY_TIMEOUT,
+                                local_reply::UPSTREAM_TIMEOUT,
+                                retry.is_some_and(RetryPolicy::retriable_timeout),
+                            )
+                        }
+                    };
+                    let slot = if retriable && retries_left {
+                        retry_slot()
+                    } else {
+                        None
+                    };
+                    if slot.is_some() {
+                        held_retry = slot;
+                        last_failed = Some(endpoint);
+                        backoff(retry, attempt, deadline).await;
+                        stats.upstream_rq_retry.inc();
+                        continue;
+                    }
+                    flags.set(flag);
+                    if retriable && attempt > 1 {
+                        flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                    }
+                    if retriable && attempt >= max_attempts && max_attempts > 1 {
                         cluster.rstats.upstream_rq_retry_limit_exceeded.inc();
                     }
+                    stats.upstream_rq.record(status.as_u16());
+                    return Outcome {
+                        response: reply(status, text, grpc),
+                        flags,
+                        upstream: Some(endpoint),
+                        upstream_local,
+                        attempts: attempt,
+                        answered: Some(ended),
+                    };
                 }
-                if attempt > 1 && !again {
-                    stats.upstream_rq_retry_success.inc();
-                }
-                return Outcome {
-                    response: resp,
-                    flags,
-                    upstream: Some(endpoint),
-                    upstream_local,
-                    attempts: attempt,
-                    answered: Some(ended),
-                };
-            }
-            Err(e) => {
-                let (flag, status, text, retriable) = match e {
-                    TryError::Connect => (
-                        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        local_reply::CONNECT_FAILURE,
-                        retry.is_some_and(RetryPolicy::retriable_connect_failure),
-                    ),
-                    TryError::ConnectTimeout => (
-                        ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        local_reply::CONNECT_TIMEOUT,
-                        retry.is_some_and(RetryPolicy::retriable_connect_failure),
-                    ),
-                    TryError::Reset => (
-                        ResponseFlags::UPSTREAM_REMOTE_RESET,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        local_reply::RESET_BEFORE_HEADERS,
-                        retry.is_some_and(RetryPolicy::retriable_reset),
-                    ),
-                    TryError::PerTryTimeout if duration_deadline.is_some_and(|d| ended >= d) => {
-                        flags.set(ResponseFlags::DURATION_TIMEOUT);
-                        return Outcome {
-                            response: local_reply::duration_timeout(grpc),
-                            flags,
-                            upstream: Some(endpoint),
-                            upstream_local,
-                            attempts: attempt,
-                            answered: Some(ended),
-                        };
-                    }
-                    TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
-                        stats.upstream_rq_timeout.inc();
-                        (
-                            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                            StatusCode::GATEWAY_TIMEOUT,
-                            local_reply::UPSTREAM_TIMEOUT,
-                            false,
-                        )
-                    }
-                    TryError::Overflow => return overflow(grpc, attempt),
-                    TryError::PerTryTimeout => {
-                        stats.upstream_rq_per_try_timeout.inc();
-                        (
-                            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
-                            StatusCode::GATEWAY_TIMEOUT,
-                            local_reply::UPSTREAM_TIMEOUT,
-                            retry.is_some_and(RetryPolicy::retriable_timeout),
-                        )
-                    }
-                };
-                let slot = if retriable && retries_left {
-                    retry_slot()
-                } else {
-                    None
-                };
-                if slot.is_some() {
-                    held_retry = slot;
-                    last_failed = Some(endpoint);
-                    backoff(retry, attempt, deadline).await;
-                    stats.upstream_rq_retry.inc();
-                    continue;
-                }
-                flags.set(flag);
-                if retriable && attempt > 1 {
-                    flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                }
-                if retriable && attempt >= max_attempts && max_attempts > 1 {
-                    cluster.rstats.upstream_rq_retry_limit_exceeded.inc();
-                }
-                stats.upstream_rq.record(status.as_u16());
-                return Outcome {
-                    response: reply(status, text, grpc),
-                    flags,
-                    upstream: Some(endpoint),
-                    upstream_local,
-                    attempts: attempt,
-                    answered: Some(ended),
-                };
             }
         }
     }
@@ -455,7 +463,7 @@ async fn attempt_once(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     proto: crate::upstream::Protocol,
-    head: Option<http::request::Parts>,
+    head: &mut Option<http::request::Parts>,
     body: &mut ReqBody,
     limit: Option<Instant>,
     auto_host: bool,
@@ -465,36 +473,43 @@ async fn attempt_once(
     // Pinned in place: the timeout then wraps a reference, and the try is
     // held once in this future rather than again inside the timeout.
     let work = std::pin::pin!(async {
-        let conn = endpoint
-            .checkout(proto, &cluster.connect_params())
-            .await
-            .map_err(|e| match e {
-                ConnectError::Overflow => TryError::Overflow,
-                ConnectError::Timeout => TryError::ConnectTimeout,
-                _ => TryError::Connect,
-            })?;
+        let conn = match endpoint.ready_now(proto) {
+            Some(conn) => conn,
+            // Boxed: waiting for a connection, or opening one, is the rare
+            // path, and its future would sit in every request's.
+            None => Box::pin(endpoint.checkout(proto, &cluster.connect_params()))
+                .await
+                .map_err(|e| match e {
+                    ConnectError::Overflow => TryError::Overflow,
+                    ConnectError::Timeout => TryError::ConnectTimeout,
+                    _ => TryError::Connect,
+                })?,
+        };
         *local = conn.local_addr();
-        let Some(b) = body.take() else {
-            return Err(TryError::Reset);
-        };
-        let Some(head) = head else {
-            return Err(TryError::Reset);
-        };
-        let mut req = Request::from_parts(head, b);
-        if let Some(n) = attempt_count {
-            req.headers_mut()
-                .insert(super::headers::X_ENVOY_ATTEMPT_COUNT.clone(), n.into());
-        }
-        if auto_host {
-            if let Some(name) = &endpoint.hostname {
-                rewrite_host(&mut req, name);
+        // The request is built in a block that ends before the await, so the
+        // future holds the send alone, not the moved-from request beside it.
+        {
+            let (Some(b), Some(head)) = (body.take(), head.take()) else {
+                return Err(TryError::Reset);
+            };
+            let mut req = Request::from_parts(head, b);
+            if let Some(n) = attempt_count {
+                req.headers_mut()
+                    .insert(super::headers::X_ENVOY_ATTEMPT_COUNT.clone(), n.into());
             }
+            if auto_host {
+                if let Some(name) = &endpoint.hostname {
+                    rewrite_host(&mut req, name);
+                }
+            }
+            *req.version_mut() = match proto {
+                crate::upstream::Protocol::Http1 => http::Version::HTTP_11,
+                crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
+            };
+            conn.send(req)
         }
-        *req.version_mut() = match proto {
-            crate::upstream::Protocol::Http1 => http::Version::HTTP_11,
-            crate::upstream::Protocol::Http2 => http::Version::HTTP_2,
-        };
-        conn.send(req).await.map_err(|_| TryError::Reset)
+        .await
+        .map_err(|_| TryError::Reset)
     });
     match limit {
         Some(l) => tokio::time::timeout_at(tokio::time::Instant::from_std(l), work)

@@ -2,6 +2,7 @@
 //! Envoy adds on the way up and down.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -31,107 +32,117 @@ use crate::upstream::{Cluster, ClusterMap};
 use std::sync::Arc;
 
 impl Hcm {
-    pub(super) async fn handle(&self, info: &ConnInfo, req: Request<Body>) -> Response<Body> {
-        let stats = &self.stats;
-        stats.downstream_rq_total.inc();
-        if req.version() == http::Version::HTTP_2 {
-            stats.downstream_rq_http2_total.inc();
-        } else {
-            stats.downstream_rq_http1_total.inc();
-        }
-        stats.downstream_rq_active.inc();
-        let version = req.version();
-        let mut record = Record {
-            info: StreamInfo::new(info.peer, Some(info.local)),
-            saved: None,
-            trace: None,
-        };
-        record.info.protocol = Some(req.version());
-        record.info.downstream_peer_uri_san = info
-            .tls
-            .as_ref()
-            .filter(|t| t.verified)
-            .and_then(|t| t.uri_san.clone());
-        let (parts, body) = req.into_parts();
-        if let (Some(_), Some(t)) = (&self.tracer, &self.config.tracing) {
-            record.trace = Some(Trace::start(&parts, info.scheme, &t.sampling));
-        }
-        let limit = self.config.max_request_headers_kb as usize * 1024;
-        if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
-            let mut resp = reply(status, "", false);
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            stats.downstream_rq.record(status.as_u16());
-            stats.downstream_rq_active.dec();
-            return resp;
-        }
-        let grpc = is_grpc(&parts.headers);
-        let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
-        // Telemetry hook: access logs read the request after it has gone.
-        let logging = !self.config.access_logs.is_empty();
-        if logging {
-            record.saved = Some(SavedRequest::new(&parts, info.scheme));
-        }
-        let tally = logging.then(Arc::<RequestTally>::default);
-        let body = match &tally {
-            Some(t) => access_log::count_request(body, t.clone(), &record.info),
-            None => body,
-        };
-        // Only a request whose body is still to come can time out reading it.
-        let mut timed_out = None;
-        let body = match self.config.request_timeout {
-            Some(t) if !body.is_end_stream() => {
-                let deadline = tokio::time::Instant::from_std(record.info.started) + t;
-                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                timed_out = Some(flag.clone());
-                body::with_deadline(body, deadline, flag)
+    /// A plain function around an `async` block, which holds the request's
+    /// head and body once: an `async fn` would keep its argument and the
+    /// parts taken from it side by side.
+    pub(super) fn handle(
+        self: Arc<Self>,
+        info: Arc<ConnInfo>,
+        req: Request<Body>,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        let (mut parts, body) = req.into_parts();
+        async move {
+            let info = &*info;
+            let stats = &self.stats;
+            stats.downstream_rq_total.inc();
+            if parts.version == http::Version::HTTP_2 {
+                stats.downstream_rq_http2_total.inc();
+            } else {
+                stats.downstream_rq_http1_total.inc();
             }
-            _ => body,
-        };
-        let (mut resp, mut flags) = self.route(info, &mut record, parts, body, grpc).await;
-        if timed_out.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
-            // The client was too slow sending its request: Envoy's 408.
-            resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            flags = ResponseFlags::default();
-            self.stats.downstream_rq_timeout.inc();
+            stats.downstream_rq_active.inc();
+            let version = parts.version;
+            let mut record = Record {
+                info: StreamInfo::new(info.peer, Some(info.local)),
+                saved: None,
+                trace: None,
+            };
+            record.info.protocol = Some(parts.version);
+            record.info.downstream_peer_uri_san = info
+                .tls
+                .as_ref()
+                .filter(|t| t.verified)
+                .and_then(|t| t.uri_san.clone());
+            if let (Some(_), Some(t)) = (&self.tracer, &self.config.tracing) {
+                record.trace = Some(Trace::start(&parts, info.scheme, &t.sampling));
+            }
+            let limit = self.config.max_request_headers_kb as usize * 1024;
+            if let Err(status) = super::validate::check(&parts.headers, parts.version, limit) {
+                let mut resp = reply(status, "", false);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                stats.downstream_rq.record(status.as_u16());
+                stats.downstream_rq_active.dec();
+                return resp;
+            }
+            let grpc = is_grpc(&parts.headers);
+            let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
+            // Telemetry hook: access logs read the request after it has gone.
+            let logging = !self.config.access_logs.is_empty();
+            if logging {
+                record.saved = Some(SavedRequest::new(&parts, info.scheme));
+            }
+            let tally = logging.then(Arc::<RequestTally>::default);
+            let body = match &tally {
+                Some(t) => access_log::count_request(body, t.clone(), &record.info),
+                None => body,
+            };
+            // Only a request whose body is still to come can time out reading it.
+            let mut timed_out = None;
+            let body = match self.config.request_timeout {
+                Some(t) if !body.is_end_stream() => {
+                    let deadline = tokio::time::Instant::from_std(record.info.started) + t;
+                    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    timed_out = Some(flag.clone());
+                    body::with_deadline(body, deadline, flag)
+                }
+                _ => body,
+            };
+            let (mut resp, mut flags) = self.route(info, &mut record, &mut parts, body, grpc).await;
+            if timed_out.is_some_and(|t| t.load(std::sync::atomic::Ordering::Relaxed)) {
+                // The client was too slow sending its request: Envoy's 408.
+                resp = reply(StatusCode::REQUEST_TIMEOUT, "request timeout", grpc);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                flags = ResponseFlags::default();
+                self.stats.downstream_rq_timeout.inc();
+            }
+            self.finish_response(&mut resp, request_id);
+            if info.closing.load(std::sync::atomic::Ordering::Relaxed)
+                && version != http::Version::HTTP_2
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            stats.downstream_rq.record(resp.status().as_u16());
+            stats.downstream_rq_active.dec();
+            if let (Some(mesh), true) = (&self.mesh, self.inbound) {
+                mesh.downstream(
+                    record.info.downstream_peer_uri_san.as_deref(),
+                    resp.status().as_u16(),
+                    record.info.started.elapsed(),
+                );
+            }
+            record.info.flags.set(flags);
+            record.info.response_code = Some(resp.status().as_u16());
+            access_log::finish_response(
+                resp,
+                Finish {
+                    record,
+                    tally,
+                    logs: self.config.access_logs.clone(),
+                    rq_time: stats.downstream_rq_time.clone(),
+                    tracer: self.tracer.clone(),
+                },
+            )
         }
-        self.finish_response(&mut resp, request_id);
-        if info.closing.load(std::sync::atomic::Ordering::Relaxed)
-            && version != http::Version::HTTP_2
-        {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        stats.downstream_rq.record(resp.status().as_u16());
-        stats.downstream_rq_active.dec();
-        if let (Some(mesh), true) = (&self.mesh, self.inbound) {
-            mesh.downstream(
-                record.info.downstream_peer_uri_san.as_deref(),
-                resp.status().as_u16(),
-                record.info.started.elapsed(),
-            );
-        }
-        record.info.flags.set(flags);
-        record.info.response_code = Some(resp.status().as_u16());
-        access_log::finish_response(
-            resp,
-            Finish {
-                record,
-                tally,
-                logs: self.config.access_logs.clone(),
-                rq_time: stats.downstream_rq_time.clone(),
-                tracer: self.tracer.clone(),
-            },
-        )
     }
 
     async fn route(
         &self,
         info: &ConnInfo,
         record: &mut Record,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         body: Body,
         grpc: bool,
     ) -> (Response<Body>, ResponseFlags) {
@@ -143,13 +154,13 @@ impl Hcm {
                 None => return self.no_route(grpc),
             },
         };
-        let request_host = RequestHost::of(&parts);
+        let request_host = RequestHost::of(parts);
         let mut host = Cow::Borrowed(request_host.as_str());
         if let Some(stripped) =
             normalize::strip_port(&host, self.config.strip_port, info.local.port())
         {
             let stripped = stripped.to_string();
-            set_authority(&mut parts, &stripped);
+            set_authority(parts, &stripped);
             host = Cow::Owned(stripped);
         }
         if self.config.normalize_path || self.config.merge_slashes {
@@ -157,10 +168,10 @@ impl Hcm {
             if let Some(p) =
                 normalize::path(pq, self.config.normalize_path, self.config.merge_slashes)
             {
-                set_path(&mut parts, &p);
+                set_path(parts, &p);
             }
         }
-        let Some(matched) = table.find(&host, &parts) else {
+        let Some(matched) = table.find(&host, parts) else {
             return self.no_route(grpc);
         };
         if !matched.route.name.is_empty() {
@@ -169,7 +180,7 @@ impl Hcm {
         // The HTTP filters before the router: fault injection, rate limits.
         if !self.config.filters.is_empty() {
             let req = crate::filters::Request {
-                parts: &parts,
+                parts,
                 host: &host,
                 matched: &matched,
             };
@@ -222,7 +233,7 @@ impl Hcm {
                 (resp, ResponseFlags::default())
             }
             Action::Forward(f) => {
-                let upgrade = is_upgrade(&parts);
+                let upgrade = is_upgrade(parts);
                 if upgrade && !self.config.websocket {
                     self.stats.downstream_rq_ws_on_non_ws_route.inc();
                     return (
@@ -231,7 +242,7 @@ impl Hcm {
                     );
                 }
                 self.forward(
-                    info, record, &snapshot, &matched, f, &host, &mut parts, body, grpc, upgrade,
+                    info, record, &snapshot, &matched, f, &host, parts, body, grpc, upgrade,
                 )
                 .await
             }

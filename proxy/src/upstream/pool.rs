@@ -1,8 +1,11 @@
 //! Per-endpoint connection pools: HTTP/1.1 keep-alive connections on an idle
 //! stack, and one multiplexed HTTP/2 connection shared by every request.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -271,6 +274,20 @@ pub enum Pooled {
 }
 
 impl Endpoint {
+    /// A pooled connection ready now: the common case, which needs no
+    /// checkout future.
+    pub fn ready_now(self: &Arc<Self>, proto: Protocol) -> Option<Pooled> {
+        match proto {
+            Protocol::Http2 => self.pool.live_h2().map(|(s, local)| Pooled::H2(s, local)),
+            Protocol::Http1 => loop {
+                let mut s = self.pool.pop_idle()?;
+                if s.conn.is_usable() {
+                    return Some(Pooled::H1(s, self.clone()));
+                }
+            },
+        }
+    }
+
     /// A ready connection: a reused idle one when possible, else a new one.
     pub async fn checkout(
         self: &Arc<Self>,
@@ -324,19 +341,37 @@ impl Pooled {
         }
     }
 
-    pub async fn send(self, req: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+    pub fn send(self, req: http::Request<Body>) -> Sending {
         match self {
-            Pooled::H2(mut s, _) => {
+            Pooled::H2(mut s, _) => Sending::H2(Box::pin(async move {
                 s.ready().await?;
                 Ok(s.send_request(req).await?.map(body::incoming))
-            }
-            Pooled::H1(conn, endpoint) => Ok(h1::send(Leased { conn, endpoint }, req).await?),
+            })),
+            Pooled::H1(conn, endpoint) => Sending::H1(h1::send(Leased { conn, endpoint }, req)),
+        }
+    }
+}
+
+/// A request on its way: HTTP/1.1 inline, HTTP/2 (hyper's client) boxed so
+/// its larger future does not sit in every HTTP/1.1 request's.
+pub enum Sending {
+    H1(h1::Sending<Leased>),
+    H2(Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>),
+}
+
+impl Future for Sending {
+    type Output = Result<http::Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::H1(s) => Pin::new(s).poll(cx).map_err(Into::into),
+            Sending::H2(s) => s.as_mut().poll(cx),
         }
     }
 }
 
 /// An HTTP/1.1 connection out of its endpoint's pool for one exchange.
-struct Leased {
+pub struct Leased {
     conn: H1Conn,
     endpoint: Arc<Endpoint>,
 }

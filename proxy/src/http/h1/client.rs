@@ -5,6 +5,7 @@
 //! to its pool when both messages ended cleanly. No task or channel sits
 //! between the request and the socket.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -98,32 +99,70 @@ pub trait Lease: Send + 'static {
     fn into_conn(self) -> Conn;
 }
 
-/// Sends `req` on the leased connection and returns the response, whose
-/// body streams from it.
-pub async fn send<L: Lease>(lease: L, req: Request<Body>) -> Result<Response<Body>, Error> {
+/// Sends `req` on the leased connection; resolves to the response, whose
+/// body streams from it. A plain future rather than an `async fn`: while
+/// the upstream answers it holds the exchange and nothing else.
+pub fn send<L: Lease>(lease: L, req: Request<Body>) -> Sending<L> {
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
-    let (add_length, encoder, body) = request_framing(&parts.headers, body)?;
-    let chunked = matches!(encoder, Encoder::Chunked);
-    let wire = head::encode_request(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        add_length,
-        chunked,
-    );
-    let mut ex = Exchange {
-        lease,
-        writer: Writer::new(wire, body, encoder),
-        write_error: None,
-    };
+    let ex = request_framing(&parts.headers, body).map(|(add_length, encoder, body)| {
+        let chunked = matches!(encoder, Encoder::Chunked);
+        let wire = head::encode_request(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            add_length,
+            chunked,
+        );
+        Exchange {
+            lease,
+            writer: Writer::new(wire, body, encoder),
+            write_error: None,
+        }
+    });
+    Sending {
+        ex: Some(ex),
+        head_request,
+    }
+}
+
+/// The future [`send`] returns.
+pub struct Sending<L> {
+    /// `None` once it has resolved.
+    ex: Option<Result<Exchange<L>, Error>>,
+    head_request: bool,
+}
+
+/// Never pinned in place: the exchange moves out when the head arrives.
+impl<L> Unpin for Sending<L> {}
+
+impl<L: Lease> Future for Sending<L> {
+    type Output = Result<Response<Body>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let head = match this.ex.as_mut() {
+            Some(Ok(ex)) => ready!(ex.poll_head(cx, this.head_request)),
+            Some(Err(_)) | None => Err(Error::Closed),
+        };
+        match (this.ex.take(), head) {
+            (Some(Ok(ex)), Ok(head)) => Poll::Ready(Ok(respond(ex, head))),
+            (Some(Err(e)), _) | (_, Err(e)) => Poll::Ready(Err(e)),
+            (None, Ok(_)) => Poll::Ready(Err(Error::Closed)),
+        }
+    }
+}
+
+/// The response to a head that arrived, its body reading on from the
+/// connection.
+fn respond<L: Lease>(mut ex: Exchange<L>, head: ResponseHead) -> Response<Body> {
     let ResponseHead {
         parts,
         framing,
         keep_alive,
-    } = std::future::poll_fn(|cx| ex.poll_head(cx, head_request)).await?;
+    } = head;
     let Some(framing) = framing else {
-        return Ok(upgraded(ex, parts));
+        return upgraded(ex, parts);
     };
     let decoder = Decoder::new(framing);
     let reuse = keep_alive && ex.write_error.is_none();
@@ -141,7 +180,7 @@ pub async fn send<L: Lease>(lease: L, req: Request<Body>) -> Result<Response<Bod
             } else {
                 body::full(data)
             };
-            return Ok(Response::from_parts(parts, body));
+            return Response::from_parts(parts, body);
         }
     }
     let body = ResponseBody {
@@ -149,7 +188,7 @@ pub async fn send<L: Lease>(lease: L, req: Request<Body>) -> Result<Response<Bod
         decoder,
         reuse,
     };
-    Ok(Response::from_parts(parts, body.boxed_unsync()))
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// How the request body goes on the wire: a `Content-Length` to add, the

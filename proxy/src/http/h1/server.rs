@@ -115,7 +115,7 @@ pub async fn serve<S, F, Fut>(
     io: S,
     settings: &Settings,
     stats: &HttpStats,
-    mut signals: Signals<'_>,
+    signals: Signals<'_>,
     mut service: F,
 ) -> io::Result<Ended<S>>
 where
@@ -131,10 +131,18 @@ where
     }));
     let mut number: u64 = 0;
     let mut first = true;
+    let shutting_down = signals.shutdown.clone();
+    // Watched for the connection's life rather than per idle wait, which
+    // would join and leave each signal's waiter list for every request.
+    let mut watch = Watched {
+        shutdown: std::pin::pin!(signals.shutdown.signaled()),
+        drain: std::pin::pin!(signals.drain.signaled()),
+        closing: signals.closing,
+    };
     loop {
         // Idle: nothing buffered, wait for the next request's first bytes.
         let pipelined = !lock(&shared)?.buf.is_empty();
-        if !pipelined && !idle_wait(&shared, &mut signals, settings.drain_time).await? {
+        if !pipelined && !idle_wait(&shared, &mut watch, settings.drain_time).await? {
             return Ok(Ended::Closed);
         }
         if first && settings.detect_h2 && starts_h2(&shared).await? {
@@ -142,66 +150,29 @@ where
             return Ok(Ended::Http2(t.buf.freeze(), t.io));
         }
         first = false;
-        let head = match read_head(&shared, settings, stats).await? {
-            Ok(Some(head)) => head,
-            Ok(None) => return Ok(Ended::Closed),
-            Err(e) => {
-                refuse(&shared, stats, e).await;
-                return Ok(Ended::Closed);
-            }
-        };
         number += 1;
-        let RequestHead {
-            mut parts,
-            framing,
-            keep_alive,
-            expect_continue,
-        } = head;
-        let connect = parts.method == Method::CONNECT;
-        let may_switch = connect || parts.headers.contains_key(header::UPGRADE);
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
-        let upgrade = may_switch.then(|| {
-            let (tx, rx) = oneshot::channel();
-            parts
-                .extensions
-                .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
-        let body = if framing == Framing::Length(0) {
-            body::empty()
-        } else {
-            let mut t = lock(&shared)?;
-            t.body = Some((number, Decoder::new(framing)));
-            t.continue_left = if expect_continue { CONTINUE.len() } else { 0 };
-            RequestBody {
-                shared: shared.clone(),
-                number,
+        // Each step's values live in a block that ends before the next
+        // await: the connection's future then holds the step in progress,
+        // not the moved-from values of the steps before it.
+        let exchange: Exchange;
+        let (mut writer, close, switched) = {
+            let response = {
+                let Some((request, x)) = read_request(&shared, settings, stats, number).await?
+                else {
+                    return Ok(Ended::Closed);
+                };
+                exchange = x;
+                service(request)
             }
-            .boxed_unsync()
+            .await;
+            exchange.writer(response)
         };
-        let response = service(Request::from_parts(parts, body)).await;
-        let status = response.status();
-        let switched = may_switch
-            && (status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()));
-        let (parts, body) = response.into_parts();
-        let (wire, framing) = head::encode_response(
-            &parts,
-            body.size_hint().exact(),
-            body.is_end_stream(),
-            head_request,
-            version,
-            keep_alive && (switched || !may_switch),
-            &date::now(),
-        );
-        let body = (!framing.bodiless && !switched).then_some(body);
-        let mut writer = Writer::new(wire, body, framing.encoder);
         if let Err(e) = write(&shared, &mut writer).await {
             tracing::debug!(error = %e, "downstream response not written");
             return Ok(Ended::Closed);
         }
         if switched {
-            if let Some(tx) = upgrade {
+            if let Some(tx) = exchange.upgrade {
                 if let Ok(t) = unshare(shared) {
                     let up = crate::io::Prefixed::new(t.buf.freeze(), t.io);
                     let _ = tx.send(Box::new(up));
@@ -209,7 +180,7 @@ where
             }
             return Ok(Ended::Closed);
         }
-        if framing.close || signals.shutdown.is_signaled() || !drain_body(&shared).await? {
+        if close || shutting_down.is_signaled() || !drain_body(&shared).await? {
             shutdown(&shared).await;
             return Ok(Ended::Closed);
         }
@@ -221,6 +192,98 @@ where
     }
 }
 
+/// What the loop keeps of a request while it is served: how to frame the
+/// answer, and where a switched connection goes.
+struct Exchange {
+    head_request: bool,
+    version: http::Version,
+    keep_alive: bool,
+    may_switch: bool,
+    connect: bool,
+    upgrade: Option<oneshot::Sender<Upgraded>>,
+}
+
+impl Exchange {
+    /// The response's writer; whether the connection closes after it, and
+    /// whether it switches protocols instead.
+    fn writer(&self, response: Response<Body>) -> (Writer, bool, bool) {
+        let status = response.status();
+        let switched = self.may_switch
+            && (status == StatusCode::SWITCHING_PROTOCOLS || (self.connect && status.is_success()));
+        let (parts, body) = response.into_parts();
+        let (wire, framing) = head::encode_response(
+            &parts,
+            body.size_hint().exact(),
+            body.is_end_stream(),
+            self.head_request,
+            self.version,
+            self.keep_alive && (switched || !self.may_switch),
+            &date::now(),
+        );
+        let body = (!framing.bodiless && !switched).then_some(body);
+        (
+            Writer::new(wire, body, framing.encoder),
+            framing.close,
+            switched,
+        )
+    }
+}
+
+/// Reads the next request head and makes it a request whose body reads on
+/// from the connection; `None` when the connection is done (the client
+/// closed, was too slow, or sent a head the codec refuses, answered here).
+async fn read_request<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    shared: &Shared<S>,
+    settings: &Settings,
+    stats: &HttpStats,
+    number: u64,
+) -> io::Result<Option<(Request<Body>, Exchange)>> {
+    let head = match read_head(shared, settings, stats).await? {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            Box::pin(refuse(shared, stats, e)).await;
+            return Ok(None);
+        }
+    };
+    let RequestHead {
+        mut parts,
+        framing,
+        keep_alive,
+        expect_continue,
+    } = head;
+    let connect = parts.method == Method::CONNECT;
+    let may_switch = connect || parts.headers.contains_key(header::UPGRADE);
+    let upgrade = may_switch.then(|| {
+        let (tx, rx) = oneshot::channel();
+        parts
+            .extensions
+            .insert(OnUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let exchange = Exchange {
+        head_request: parts.method == Method::HEAD,
+        version: parts.version,
+        keep_alive,
+        may_switch,
+        connect,
+        upgrade,
+    };
+    let body = if framing == Framing::Length(0) {
+        body::empty()
+    } else {
+        let mut t = lock(shared)?;
+        t.body = Some((number, Decoder::new(framing)));
+        t.continue_left = if expect_continue { CONTINUE.len() } else { 0 };
+        RequestBody {
+            shared: shared.clone(),
+            number,
+        }
+        .boxed_unsync()
+    };
+    Ok(Some((Request::from_parts(parts, body), exchange)))
+}
+
 /// Takes the transport back from a request body that may still hold it.
 fn unshare<S>(shared: Shared<S>) -> io::Result<Transport<S>> {
     Arc::try_unwrap(shared)
@@ -229,13 +292,26 @@ fn unshare<S>(shared: Shared<S>) -> io::Result<Transport<S>> {
         .map_err(|_| io::Error::other("connection state poisoned"))
 }
 
+/// The signals' futures, polled across idle waits. The drain future is not
+/// polled again once it has fired (`closing` is set then).
+struct Watched<'a, A, B> {
+    shutdown: Pin<&'a mut A>,
+    drain: Pin<&'a mut B>,
+    closing: &'a AtomicBool,
+}
+
 /// Waits for the next request's first bytes without a buffer; false when
 /// the connection is to close instead (client gone, shutdown, drain over).
-async fn idle_wait<S: AsyncRead + Unpin>(
+async fn idle_wait<S, A, B>(
     shared: &Shared<S>,
-    signals: &mut Signals<'_>,
+    signals: &mut Watched<'_, A, B>,
     drain_time: Duration,
-) -> io::Result<bool> {
+) -> io::Result<bool>
+where
+    S: AsyncRead + Unpin,
+    A: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
     let read = std::future::poll_fn(|cx| {
         let mut t = lock(shared)?;
         let mut stack = [const { std::mem::MaybeUninit::<u8>::uninit() }; FIRST_READ];
@@ -257,8 +333,8 @@ async fn idle_wait<S: AsyncRead + Unpin>(
         let until = deadline.unwrap_or_else(far_future);
         tokio::select! {
             r = &mut read => return r,
-            _ = signals.shutdown.signaled() => return Ok(false),
-            _ = signals.drain.signaled(), if deadline.is_none() => {
+            _ = signals.shutdown.as_mut() => return Ok(false),
+            _ = signals.drain.as_mut(), if deadline.is_none() => {
                 signals.closing.store(true, Ordering::Relaxed);
                 deadline = Some(tokio::time::Instant::now() + drain_time);
             }
