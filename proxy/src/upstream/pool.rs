@@ -354,6 +354,7 @@ impl Pooled {
 
 /// A request on its way: HTTP/1.1 inline, HTTP/2 (hyper's client) boxed so
 /// its larger future does not sit in every HTTP/1.1 request's.
+#[allow(clippy::large_enum_variant)] // the large one is the hot one, kept inline
 pub enum Sending {
     H1(h1::Sending<Leased>),
     H2(Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>),
