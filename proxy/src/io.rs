@@ -27,7 +27,9 @@ impl Default for Activity {
     }
 }
 
-fn coarse_ms() -> u64 {
+/// Milliseconds on the kernel's coarse monotonic clock (a tick behind the
+/// precise one at most).
+pub(crate) fn coarse_ms() -> u64 {
     let now = coarsetime::Instant::now_without_cache_update();
     coarsetime::Duration::from_ticks(now.as_ticks()).as_millis()
 }

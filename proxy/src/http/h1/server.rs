@@ -330,7 +330,13 @@ where
         deadline = Some(tokio::time::Instant::now() + drain_time);
     }
     loop {
-        let until = deadline.unwrap_or_else(far_future);
+        // Without a deadline there is no timer to make, nor a clock to read.
+        let expiry = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = &mut read => return r,
             _ = signals.shutdown.as_mut() => return Ok(false),
@@ -338,13 +344,9 @@ where
                 signals.closing.store(true, Ordering::Relaxed);
                 deadline = Some(tokio::time::Instant::now() + drain_time);
             }
-            _ = tokio::time::sleep_until(until), if deadline.is_some() => return Ok(false),
+            _ = expiry => return Ok(false),
         }
     }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 /// Reads until the buffer can tell HTTP/2's preface from an HTTP/1 request.
@@ -605,23 +607,36 @@ mod date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    thread_local! {
-        static CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    /// The formatted second, and until when (coarse monotonic ms) it holds.
+    struct Cached {
+        until_ms: u64,
+        value: [u8; 29],
     }
 
+    thread_local! {
+        static CACHE: RefCell<Cached> = const {
+            RefCell::new(Cached { until_ms: 0, value: [0; 29] })
+        };
+    }
+
+    /// The `Date` value for this second. Within a second it costs a read of
+    /// the coarse monotonic clock, not of the precise wall clock.
     pub fn now() -> [u8; 29] {
-        let t = SystemTime::now();
-        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mono = crate::io::coarse_ms();
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
-            if c.0 != secs {
+            if mono >= c.until_ms {
+                let t = SystemTime::now();
+                let ms = t
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_millis()));
                 let s = httpdate::fmt_http_date(t);
                 if s.len() == 29 {
-                    c.1.copy_from_slice(s.as_bytes());
-                    c.0 = secs;
+                    c.value.copy_from_slice(s.as_bytes());
+                    c.until_ms = mono + (1000 - ms);
                 }
             }
-            c.1
+            c.value
         })
     }
 }
