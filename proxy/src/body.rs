@@ -22,27 +22,13 @@ pub fn incoming(b: hyper::body::Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }
 
-/// Ends a body with an error when no frame moves for `idle`, which makes the
-/// HTTP codec reset the stream: Envoy's `stream_idle_timeout` after headers,
-/// counted in `downstream_rq_idle_timeout` of `stats`.
-pub fn with_idle_timeout(
-    inner: Body,
-    idle: std::time::Duration,
-    stats: std::sync::Arc<crate::stats::HttpStats>,
-) -> Body {
-    IdleBody {
-        inner,
-        idle,
-        sleep: None,
-        stats,
-    }
-    .boxed_unsync()
-}
-
-/// The timer is armed only when the body first has to wait, so a response
-/// that arrives in one piece never touches the timer wheel.
-struct IdleBody {
-    inner: Body,
+/// Envoy's `stream_idle_timeout` after the response headers: the body that
+/// carries it ends with [`StreamIdleTimeout`] when no frame moves for
+/// `idle` (the HTTP codec then resets the stream), counted in
+/// `downstream_rq_idle_timeout`. The timer is armed only when the body first
+/// has to wait, so a response that arrives in one piece never touches the
+/// timer wheel.
+pub struct IdleTimer {
     idle: std::time::Duration,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     stats: std::sync::Arc<crate::stats::HttpStats>,
@@ -52,48 +38,39 @@ struct IdleBody {
 #[error("stream idle timeout")]
 pub struct StreamIdleTimeout;
 
-impl http_body::Body for IdleBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        use std::future::Future;
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if let Some(sleep) = this.sleep.as_mut() {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle);
-                }
-                Poll::Ready(frame)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.stats.downstream_rq_idle_timeout.inc();
-                        Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+impl IdleTimer {
+    pub fn new(
+        idle: std::time::Duration,
+        stats: std::sync::Arc<crate::stats::HttpStats>,
+    ) -> IdleTimer {
+        IdleTimer {
+            idle,
+            sleep: None,
+            stats,
         }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    /// Called after each poll of the body: `moved` when it had a frame (or
+    /// its end). True once the body has been idle for too long.
+    pub fn expired(&mut self, cx: &mut std::task::Context<'_>, moved: bool) -> bool {
+        use std::future::Future;
+        if moved {
+            if let Some(sleep) = self.sleep.as_mut() {
+                sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.idle);
+            }
+            return false;
+        }
+        let idle = self.idle;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            self.stats.downstream_rq_idle_timeout.inc();
+            return true;
+        }
+        false
     }
 }
 

@@ -16,7 +16,6 @@ use http_body_util::BodyExt;
 use super::AccessLogs;
 use crate::body::{Body, BoxError};
 use crate::format::{Context, RequestHead, StreamInfo};
-use crate::stats::Histogram;
 
 /// The request as received, kept only when an access log needs it.
 #[derive(Debug)]
@@ -56,6 +55,9 @@ pub struct Record {
     pub saved: Option<SavedRequest>,
     /// Set when the connection manager traces.
     pub trace: Option<crate::tracing_ctx::Trace>,
+    /// The stream idle timeout that watches the response body, when it
+    /// streams.
+    pub response_idle: Option<std::time::Duration>,
 }
 
 impl Record {
@@ -138,9 +140,11 @@ impl http_body::Body for RequestCounter {
 /// What the response wrapper needs to close out the request.
 pub struct Finish {
     pub record: Record,
+    /// Where the request's time (`downstream_rq_time`) and a response body
+    /// that went idle (`downstream_rq_idle_timeout`) are counted.
+    pub stats: Arc<crate::stats::HttpStats>,
     pub tally: Option<Arc<RequestTally>>,
     pub logs: Arc<AccessLogs>,
-    pub rq_time: Arc<Histogram>,
     pub tracer: Option<Arc<crate::tracing_ctx::otlp::Exporter>>,
 }
 
@@ -148,8 +152,13 @@ pub struct Finish {
 pub fn finish_response(mut resp: http::Response<Body>, finish: Finish) -> http::Response<Body> {
     let headers = (!finish.logs.is_empty()).then(|| resp.headers().clone());
     let body = std::mem::replace(resp.body_mut(), crate::body::empty());
+    let idle = finish
+        .record
+        .response_idle
+        .map(|d| crate::body::IdleTimer::new(d, finish.stats.clone()));
     *resp.body_mut() = ResponseCounter {
         inner: body,
+        idle,
         state: Some(State {
             finish,
             headers,
@@ -166,8 +175,11 @@ struct State {
     trailers: Option<HeaderMap>,
 }
 
+/// Wraps the response body once for all it has to watch: the request's
+/// end, its byte counts and trailers, and the stream idle timeout.
 struct ResponseCounter {
     inner: Body,
+    idle: Option<crate::body::IdleTimer>,
     state: Option<State>,
 }
 
@@ -187,7 +199,7 @@ impl ResponseCounter {
         let info = &mut f.record.info;
         let elapsed = info.started.elapsed();
         info.done = Some(elapsed);
-        f.rq_time.record(elapsed);
+        f.stats.downstream_rq_time.record(elapsed);
         if f.logs.is_empty() {
             return;
         }
@@ -213,7 +225,13 @@ impl http_body::Body for ResponseCounter {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(t) = this.idle.as_mut() {
+            if t.expired(cx, r.is_ready()) {
+                r = Poll::Ready(Some(Err(Box::new(crate::body::StreamIdleTimeout))));
+            }
+        }
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(s) = self.state.as_mut() {

@@ -56,6 +56,7 @@ impl Hcm {
                 info: StreamInfo::new(info.peer, Some(info.local)),
                 saved: None,
                 trace: None,
+                response_idle: None,
             };
             record.info.protocol = Some(parts.version);
             record.info.downstream_peer_uri_san = info
@@ -129,9 +130,9 @@ impl Hcm {
                 resp,
                 Finish {
                     record,
+                    stats: self.stats.clone(),
                     tally,
                     logs: self.config.access_logs.clone(),
-                    rq_time: stats.downstream_rq_time.clone(),
                     tracer: self.tracer.clone(),
                 },
             )
@@ -148,9 +149,9 @@ impl Hcm {
     ) -> (Response<Body>, ResponseFlags) {
         let snapshot = self.shared.snapshot.load_full();
         let table = match &self.config.routes {
-            RouteSource::Static(t) => t.clone(),
+            RouteSource::Static(t) => t,
             RouteSource::Rds(name) => match snapshot.routes.get(name) {
-                Some(t) => t.clone(),
+                Some(t) => t,
                 None => return self.no_route(grpc),
             },
         };
@@ -271,7 +272,7 @@ impl Hcm {
         upgrade: bool,
     ) -> (Response<Body>, ResponseFlags) {
         let (cluster, weighted) = pick_cluster(f, matched, &parts.headers, &snapshot.clusters);
-        let Some(cluster) = cluster.as_ref() else {
+        let Some(cluster) = cluster else {
             let (mut resp, flags) = self.no_cluster(f.cluster_not_found_status, grpc);
             matched.apply_response_headers(resp.headers_mut(), &record.ctx());
             return (resp, flags);
@@ -456,6 +457,14 @@ impl Hcm {
             Some(d) => Some(d),
             None => self.config.stream_idle_timeout,
         };
+        // A bodiless request's route timeout (or maximum duration) ends its
+        // wait for the response head before a longer idle timeout could, so
+        // that wait needs no idle timer of its own.
+        let bound = match (timeout, max_duration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait_idle = idle.filter(|i| !(body.is_end_stream() && bound.is_some_and(|b| b < *i)));
         let head = std::mem::replace(parts, Request::new(()).into_parts().0);
         let attempt = Attempt {
             retry,
@@ -469,8 +478,10 @@ impl Hcm {
             trace: record.trace.as_mut(),
             started,
         };
-        let sent =
-            super::stream_idle::run(idle, body, |body| forward(cluster, head, body, attempt)).await;
+        let sent = super::stream_idle::run(wait_idle, body, |body| {
+            forward(cluster, head, body, attempt)
+        })
+        .await;
         let Outcome {
             mut response,
             flags,
@@ -534,11 +545,8 @@ impl Hcm {
                 .apply(response.headers_mut(), &ctx, crate::router::Phase::Response);
         }
         matched.apply_response_headers(response.headers_mut(), &ctx);
-        if let Some(idle) = idle {
-            if !response.body().is_end_stream() {
-                let stats = self.stats.clone();
-                response = response.map(|b| body::with_idle_timeout(b, idle, stats));
-            }
+        if !response.body().is_end_stream() {
+            record.response_idle = idle;
         }
         (response, flags)
     }
@@ -577,12 +585,12 @@ impl Hcm {
 /// The cluster a request goes to: named, from a header, or by weight (with
 /// the per-request random value the route match used, as Envoy does), and the
 /// weighted entry when there is one, for its own header mutations.
-fn pick_cluster<'f>(
+fn pick_cluster<'f, 'c>(
     f: &'f Forward,
     m: &Matched<'_>,
     h: &http::HeaderMap,
-    clusters: &ClusterMap,
-) -> (Option<Arc<Cluster>>, Option<&'f ClusterWeight>) {
+    clusters: &'c ClusterMap,
+) -> (Option<&'c Arc<Cluster>>, Option<&'f ClusterWeight>) {
     let from_header = |name: &http::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
     let (name, weighted) = match &f.cluster {
         ClusterSpecifier::Cluster(c) => (Some(c.as_str()), None),
@@ -596,7 +604,7 @@ fn pick_cluster<'f>(
             (name, Some(picked))
         }
     };
-    (name.and_then(|n| clusters.get(n)).cloned(), weighted)
+    (name.and_then(|n| clusters.get(n)), weighted)
 }
 
 /// The route's timeout, or the client's `grpc-timeout` when the route allows it.

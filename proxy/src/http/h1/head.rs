@@ -79,6 +79,18 @@ fn span(base: usize, s: &[u8]) -> (u32, u32) {
     ((s.as_ptr() as usize - base) as u32, s.len() as u32)
 }
 
+/// The first `len` bytes of `buf` as a request head's storage. A buffer
+/// that is the head and nothing more (the server reads each request into a
+/// buffer of its own) is taken whole, which costs no allocation when it is
+/// full; splitting it would share it.
+fn take_head(buf: &mut BytesMut, len: usize) -> Bytes {
+    if len == buf.len() {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(len).freeze()
+    }
+}
+
 type Uninit<'b> = std::mem::MaybeUninit<httparse::Header<'b>>;
 
 fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, HeadError> {
@@ -275,7 +287,7 @@ fn parse_request_in(
     if count > max_headers {
         return Err(RequestError::TooManyHeaders);
     }
-    let head = buf.split_to(len).freeze();
+    let head = take_head(buf, len);
     let target = head.slice(target.0 as usize..(target.0 + target.1) as usize);
     let uri = http::Uri::from_maybe_shared(target).map_err(|_| RequestError::Malformed)?;
     let mut map = HeaderMap::with_capacity(count + ADDED_HEADERS);

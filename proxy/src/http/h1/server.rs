@@ -131,6 +131,8 @@ where
     }));
     let mut number: u64 = 0;
     let mut first = true;
+    // Bytes of the next request already read with this one's.
+    let mut pipelined = false;
     let shutting_down = signals.shutdown.clone();
     // Watched for the connection's life rather than per idle wait, which
     // would join and leave each signal's waiter list for every request.
@@ -141,7 +143,6 @@ where
     };
     loop {
         // Idle: nothing buffered, wait for the next request's first bytes.
-        let pipelined = !lock(&shared)?.buf.is_empty();
         if !pipelined && !idle_wait(&shared, &mut watch, settings.drain_time).await? {
             return Ok(Ended::Closed);
         }
@@ -186,7 +187,8 @@ where
         }
         let mut t = lock(&shared)?;
         t.body = None;
-        if t.buf.is_empty() {
+        pipelined = !t.buf.is_empty();
+        if !pipelined {
             t.buf = BytesMut::new();
         }
     }
@@ -319,8 +321,10 @@ where
         ready!(Pin::new(&mut t.io).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
-            t.buf.reserve(READ_SIZE.max(got.len()));
-            t.buf.extend_from_slice(got);
+            // Exactly what came: a head read whole is then frozen without a
+            // second allocation, and a small buffer is a cheap one; a head
+            // that needs more reads grows it by `READ_SIZE`.
+            t.buf = BytesMut::from(got);
         }
         Poll::Ready(Ok::<_, io::Error>(!got.is_empty()))
     });
