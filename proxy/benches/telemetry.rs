@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use trellis_proxy::access_log::{self, AccessLogs, Finish, Record};
 use trellis_proxy::format::{Context, Format, RequestHead, StreamInfo, DEFAULT_FORMAT};
-use trellis_proxy::stats::{ClusterStats, Histogram};
+use trellis_proxy::stats::{ClusterStats, Histogram, HttpStats};
 
 /// Runs `f` in batches for about `budget` and returns ns per call.
 fn measure(mut f: impl FnMut()) -> f64 {
@@ -79,7 +79,7 @@ fn main() {
         .build()
         .expect("runtime");
     let no_logs = Arc::new(AccessLogs::default());
-    let rq_time = Arc::new(Histogram::default());
+    let http_stats = Arc::new(HttpStats::new(Arc::from("bench")));
     report(
         "response wrapper, no access log (wrap + poll + record)",
         measure(|| {
@@ -91,10 +91,11 @@ fn main() {
                         info: StreamInfo::new(peer, None),
                         saved: None,
                         trace: None,
+                        response_idle: None,
                     },
+                    stats: http_stats.clone(),
                     tally: None,
                     logs: no_logs.clone(),
-                    rq_time: rq_time.clone(),
                     tracer: None,
                 },
             );
