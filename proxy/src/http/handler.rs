@@ -478,10 +478,13 @@ impl Hcm {
             trace: record.trace.as_mut(),
             started,
         };
-        let sent = super::stream_idle::run(wait_idle, body, |body| {
-            forward(cluster, head, body, attempt)
-        })
-        .await;
+        // The request's future is pinned here and lent to the idle watch, so
+        // it is built in this future's state and never moved.
+        let sent = {
+            let (watch, body) = super::stream_idle::Watch::new(wait_idle, body);
+            let sending = std::pin::pin!(forward(cluster, head, body, attempt));
+            watch.run(sending).await
+        };
         let Outcome {
             mut response,
             flags,

@@ -38,39 +38,55 @@ impl TimedOut {
 /// Envoy's local reply body for this timeout.
 pub const STREAM_TIMEOUT: &str = "stream timeout";
 
-/// Runs `send(body)` until it ends or the stream is idle for `idle`. A
-/// bodiless request needs no activity tracking, so it costs one timer.
-pub async fn run<F, Fut>(
+/// What watches a stream for idleness: built before the request's future,
+/// which then borrows nothing from it, so the caller can pin that future in
+/// place and lend it to [`Watch::run`] (moving a future of kilobytes into a
+/// wrapper would copy it, once per request).
+pub struct Watch {
     idle: Option<Duration>,
-    body: Body,
-    send: F,
-) -> Result<Fut::Output, TimedOut>
-where
-    F: FnOnce(Body) -> Fut,
-    Fut: Future,
-{
-    let Some(idle) = idle else {
-        return Ok(send(body).await);
-    };
-    if body.is_end_stream() {
-        return tokio::time::timeout(idle, send(body))
-            .await
-            .map_err(|_| TimedOut {
-                request_complete: true,
-            });
+    /// Set when the request body is still arriving: its frames count as
+    /// activity, and whether it ended decides between 408 and 504.
+    body: Option<(Activity, Arc<AtomicBool>)>,
+}
+
+impl Watch {
+    /// Wraps a body still arriving so that its frames count as activity.
+    pub fn new(idle: Option<Duration>, body: Body) -> (Watch, Body) {
+        if idle.is_none() || body.is_end_stream() {
+            return (Watch { idle, body: None }, body);
+        }
+        let activity = Activity::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let watched = Watched {
+            inner: body,
+            activity: activity.clone(),
+            done: done.clone(),
+        }
+        .boxed_unsync();
+        let watch = Watch {
+            idle,
+            body: Some((activity, done)),
+        };
+        (watch, watched)
     }
-    let activity = Activity::default();
-    let done = Arc::new(AtomicBool::new(false));
-    let watched = Watched {
-        inner: body,
-        activity: activity.clone(),
-        done: done.clone(),
+
+    /// Runs `sent` until it ends or the stream is idle for the timeout. A
+    /// bodiless request needs no activity tracking, so it costs one timer.
+    pub async fn run<F: Future + Unpin>(self, sent: F) -> Result<F::Output, TimedOut> {
+        let Some(idle) = self.idle else {
+            return Ok(sent.await);
+        };
+        match self.body {
+            None => tokio::time::timeout(idle, sent)
+                .await
+                .map_err(|_| TimedOut {
+                    request_complete: true,
+                }),
+            Some((activity, done)) => activity.run(sent, idle).await.ok_or_else(|| TimedOut {
+                request_complete: done.load(Ordering::Relaxed),
+            }),
+        }
     }
-    .boxed_unsync();
-    let sent = std::pin::pin!(send(watched));
-    activity.run(sent, idle).await.ok_or_else(|| TimedOut {
-        request_complete: done.load(Ordering::Relaxed),
-    })
 }
 
 /// A request body that marks the stream active on every frame and
