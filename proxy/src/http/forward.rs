@@ -276,53 +276,14 @@ pub fn forward<'a>(
             let ended = Instant::now();
             let overall_expired = deadline.is_some_and(|d| ended >= d);
             let retries_left = attempt < max_attempts && body.replayable() && !overall_expired;
-            // A retry needs a slot under the cluster's retry breaker.
-            let retry_slot = || {
-                let slot = cluster.breaker.retry();
-                if slot.is_none() {
-                    cluster.rstats.upstream_rq_retry_overflow.inc();
-                }
-                slot
-            };
-            match result {
+            // Whether the policy retries this try's outcome, and the answer
+            // to return when it is not retried.
+            let (retriable, answer) = match result {
                 Ok(resp) => {
-                    let status = resp.status();
-                    let grpc_status = grpc_status(&resp);
-                    let again =
-                        retry.is_some_and(|r| r.retriable_response(status.as_u16(), grpc_status));
-                    let slot = if again && retries_left {
-                        retry_slot()
-                    } else {
-                        None
-                    };
-                    if slot.is_some() {
-                        held_retry = slot;
-                        last_failed = Some(endpoint);
-                        backoff(retry, attempt, deadline).await;
-                        stats.upstream_rq_retry.inc();
-                        continue;
-                    }
-                    // Envoy charges the code and time of the answer it returns
-                    // only, not of the tries it retried (verified with 1.40).
-                    stats.upstream_rq.record(status.as_u16());
-                    stats.upstream_rq_time.record(ended - attempt_started);
-                    if again {
-                        flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
-                        if attempt >= max_attempts {
-                            cluster.rstats.upstream_rq_retry_limit_exceeded.inc();
-                        }
-                    }
-                    if attempt > 1 && !again {
-                        stats.upstream_rq_retry_success.inc();
-                    }
-                    return Outcome {
-                        response: resp,
-                        flags,
-                        upstream: Some(endpoint),
-                        upstream_local,
-                        attempts: attempt,
-                        answered: Some(ended),
-                    };
+                    let again = retry.is_some_and(|r| {
+                        r.retriable_response(resp.status().as_u16(), grpc_status(&resp))
+                    });
+                    (again, Ok(resp))
                 }
                 Err(e) => {
                     let (flag, status, text, retriable) = match e {
@@ -377,18 +338,46 @@ pub fn forward<'a>(
                             )
                         }
                     };
-                    let slot = if retriable && retries_left {
-                        retry_slot()
-                    } else {
-                        None
-                    };
-                    if slot.is_some() {
-                        held_retry = slot;
-                        last_failed = Some(endpoint);
-                        backoff(retry, attempt, deadline).await;
-                        stats.upstream_rq_retry.inc();
-                        continue;
+                    (retriable, Err((flag, status, text)))
+                }
+            };
+            // A retry needs a slot under the cluster's retry breaker.
+            if retriable && retries_left {
+                if let Some(slot) = cluster.breaker.retry() {
+                    held_retry = Some(slot);
+                    last_failed = Some(endpoint);
+                    backoff(retry, attempt, deadline).await;
+                    stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                cluster.rstats.upstream_rq_retry_overflow.inc();
+            }
+            match answer {
+                Ok(resp) => {
+                    let status = resp.status();
+                    // Envoy charges the code and time of the answer it returns
+                    // only, not of the tries it retried (verified with 1.40).
+                    stats.upstream_rq.record(status.as_u16());
+                    stats.upstream_rq_time.record(ended - attempt_started);
+                    if retriable {
+                        flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                        if attempt >= max_attempts {
+                            cluster.rstats.upstream_rq_retry_limit_exceeded.inc();
+                        }
                     }
+                    if attempt > 1 && !retriable {
+                        stats.upstream_rq_retry_success.inc();
+                    }
+                    return Outcome {
+                        response: resp,
+                        flags,
+                        upstream: Some(endpoint),
+                        upstream_local,
+                        attempts: attempt,
+                        answered: Some(ended),
+                    };
+                }
+                Err((flag, status, text)) => {
                     flags.set(flag);
                     if retriable && attempt > 1 {
                         flags.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
