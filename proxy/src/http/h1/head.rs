@@ -439,22 +439,14 @@ pub fn encode_request(
             + 1
             + target.len()
             + b" HTTP/1.1\r\n".len()
-            + headers_len(headers)
-            + add_length.map_or(0, length_len)
-            + if chunked { CHUNKED.len() } else { 0 }
+            + fields_len(headers, add_length, chunked)
             + 2,
     );
     out.put(method.as_str().as_bytes());
     out.put(b" ");
     out.put(target.as_bytes());
     out.put(b" HTTP/1.1\r\n");
-    out.headers(headers);
-    if let Some(n) = add_length {
-        out.length(n);
-    }
-    if chunked {
-        out.put(CHUNKED);
-    }
+    out.fields(headers, add_length, chunked);
     out.put(b"\r\n");
     out.freeze()
 }
@@ -462,16 +454,16 @@ pub fn encode_request(
 const CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
 const CONTENT_LENGTH: &[u8] = b"content-length: ";
 
-/// Bytes of the header lines [`put_headers`] writes.
-fn headers_len(headers: &HeaderMap) -> usize {
-    headers
+/// Bytes of the lines [`Head::fields`] writes.
+fn fields_len(headers: &HeaderMap, add_length: Option<u64>, chunked: bool) -> usize {
+    let lines: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
-}
-
-fn length_len(n: u64) -> usize {
-    CONTENT_LENGTH.len() + n.checked_ilog10().map_or(1, |d| d as usize + 1) + 2
+        .sum();
+    let length = add_length.map_or(0, |n| {
+        CONTENT_LENGTH.len() + n.checked_ilog10().map_or(1, |d| d as usize + 1) + 2
+    });
+    lines + length + if chunked { CHUNKED.len() } else { 0 }
 }
 
 /// A head being written into a buffer sized for it up front: a full buffer
@@ -487,15 +479,19 @@ impl Head {
         self.0.extend_from_slice(b);
     }
 
-    fn headers(&mut self, headers: &HeaderMap) {
+    /// The header lines, then the framing lines the head lacks: a
+    /// `Content-Length` of `add_length`, `Transfer-Encoding: chunked`.
+    fn fields(&mut self, headers: &HeaderMap, add_length: Option<u64>, chunked: bool) {
         put_headers(&mut self.0, headers);
-    }
-
-    fn length(&mut self, n: u64) {
-        use std::io::Write;
-        self.put(CONTENT_LENGTH);
-        let _ = write!(self.0, "{n}");
-        self.put(b"\r\n");
+        if let Some(n) = add_length {
+            use std::io::Write;
+            self.put(CONTENT_LENGTH);
+            let _ = write!(self.0, "{n}");
+            self.put(b"\r\n");
+        }
+        if chunked {
+            self.put(CHUNKED);
+        }
     }
 
     fn freeze(self) -> Bytes {
@@ -563,9 +559,7 @@ pub fn encode_response(
     let mut out = Head::with_len(
         b"HTTP/1.1 200 \r\n".len()
             + reason.len()
-            + headers_len(h)
-            + add_length.map_or(0, length_len)
-            + if chunked { CHUNKED.len() } else { 0 }
+            + fields_len(h, add_length, chunked)
             + date_len
             + connection.len()
             + 2,
@@ -575,13 +569,7 @@ pub fn encode_response(
     out.put(b" ");
     out.put(reason.as_bytes());
     out.put(b"\r\n");
-    out.headers(h);
-    if let Some(n) = add_length {
-        out.length(n);
-    }
-    if chunked {
-        out.put(CHUNKED);
-    }
+    out.fields(h, add_length, chunked);
     if !facts.date {
         out.put(b"date: ");
         out.put(date);

@@ -651,19 +651,23 @@ mod tests {
     use crate::drain::Drain;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn settings() -> Settings {
+        Settings {
+            max_headers: 100,
+            max_header_bytes: 60 * 1024,
+            head_timeout: None,
+            detect_h2: true,
+            drain_time: Duration::from_secs(1),
+        }
+    }
+
     /// Serves one connection whose client writes `input` (then half-closes
     /// when `close`), with a service that answers `<method> <path> <body>`;
     /// returns everything the client read until the server closed or went
     /// quiet.
     async fn exchange(input: &[u8], close: bool) -> String {
         let (mut client, server) = tokio::io::duplex(1 << 16);
-        let settings = Settings {
-            max_headers: 100,
-            max_header_bytes: 60 * 1024,
-            head_timeout: None,
-            detect_h2: true,
-            drain_time: Duration::from_secs(1),
-        };
+        let settings = settings();
         let drain = Drain::default();
         let stats = HttpStats::new(Arc::from("test"));
         let serving = async {
@@ -822,13 +826,7 @@ mod tests {
             .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .expect("write");
-        let settings = Settings {
-            max_headers: 100,
-            max_header_bytes: 60 * 1024,
-            head_timeout: None,
-            detect_h2: true,
-            drain_time: Duration::from_secs(1),
-        };
+        let settings = settings();
         let drain = Drain::default();
         let (mut shutdown, mut listener) = (drain.watch(), drain.watch());
         let closing = AtomicBool::new(false);
