@@ -73,6 +73,18 @@ impl Slot {
     }
 }
 
+/// The header map of a parsed head, its values sharing the head's bytes;
+/// `None` when a name or value is not valid.
+fn header_map(head: &Bytes, slots: &[Slot]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(slots.len() + ADDED_HEADERS);
+    for s in slots {
+        let name = HeaderName::from_bytes(s.name(head)).ok()?;
+        let value = HeaderValue::from_maybe_shared(s.value(head)).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
 /// Offset and length of `s`, a slice of the buffer starting at `base`
 /// (heads are far smaller than 4 GiB).
 fn span(base: usize, s: &[u8]) -> (u32, u32) {
@@ -120,13 +132,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         Err(_) => return Err(HeadError::Malformed),
     };
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count + ADDED_HEADERS);
-    for s in &slots[..count] {
-        let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| HeadError::Malformed)?;
-        let value =
-            HeaderValue::from_maybe_shared(s.value(&head)).map_err(|_| HeadError::Malformed)?;
-        map.append(name, value);
-    }
+    let map = header_map(&head, &slots[..count]).ok_or(HeadError::Malformed)?;
     let facts = Facts::of(&map);
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Malformed)?;
     let version = if minor == 0 {
@@ -290,13 +296,7 @@ fn parse_request_in(
     let head = take_head(buf, len);
     let target = head.slice(target.0 as usize..(target.0 + target.1) as usize);
     let uri = http::Uri::from_maybe_shared(target).map_err(|_| RequestError::Malformed)?;
-    let mut map = HeaderMap::with_capacity(count + ADDED_HEADERS);
-    for s in &slots[..count] {
-        let name = HeaderName::from_bytes(s.name(&head)).map_err(|_| RequestError::Malformed)?;
-        let value =
-            HeaderValue::from_maybe_shared(s.value(&head)).map_err(|_| RequestError::Malformed)?;
-        map.append(name, value);
-    }
+    let map = header_map(&head, &slots[..count]).ok_or(RequestError::Malformed)?;
     let facts = Facts::of(&map);
     let version = if minor == 0 {
         Version::HTTP_10
