@@ -1,7 +1,7 @@
 //! Envoy's stream idle timeout while a request waits for its response
 //! headers: nothing moved on the stream (no request body frame, no answer)
 //! for `stream_idle_timeout`, or the route's `idle_timeout`. After the
-//! headers, [`crate::body::with_idle_timeout`] watches the response body.
+//! headers, [`crate::body::IdleTimer`] watches the response body.
 
 use std::future::Future;
 use std::pin::Pin;
