@@ -14,7 +14,7 @@ venv="${GATEWAY_VENV:-/tmp/venv-gateway}"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/python" -c 'import grpc, pytest, trustme, websockets.sync.client' 2>/dev/null \
+"$venv/bin/python" -c 'import grpc, pytest, pytest_timeout, trustme, websockets.sync.client' 2>/dev/null \
     || "$venv/bin/pip" install -q -r "$here/requirements.txt"
 
 if [[ -z "${ENVOY_BIN:-}" ]]; then
@@ -33,4 +33,8 @@ if [[ -z "${TRELLIS_PROXY_BIN:-}" ]]; then
 fi
 
 cd "$here"
-exec timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" test_gateway.py
+# A test that hangs fails on its own after 60 s with every thread's stack
+# (pytest-timeout), so the suite names it instead of running into the
+# outer limit.
+exec timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+    --timeout 60 --timeout-method thread "$@" test_gateway.py

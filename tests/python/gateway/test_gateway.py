@@ -7,6 +7,7 @@ against stock Envoy on the same bootstrap."""
 import json
 import os
 import pathlib
+import random
 import socket
 import ssl
 import subprocess
@@ -27,9 +28,17 @@ NAME = "gw.example.test"
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below the kernel's ephemeral range (as tests/src/lib.rs picks
+    them), so no outgoing connection takes it before the proxy binds it."""
+    for _ in range(1000):
+        port = random.randrange(24000, 32700)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free loopback port below the ephemeral range")
 
 
 def wait_for(what, check, timeout=15.0):
