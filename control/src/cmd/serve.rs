@@ -317,7 +317,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(
+            Registry::load(store.clone()).context("cannot read the registered instances")?,
+        );
         let webhook = injector.map(|(cert, settings)| {
             (cert, Arc::new(inject::server::Webhook::new(store.clone(), settings)))
         });
