@@ -535,3 +535,100 @@ async fn listener_tls_specs_are_checked_by_the_api() {
         "/certs/a.key"
     );
 }
+
+/// With no `--credentials`, `serve` accepts the key pair in
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (and writes no credentials
+/// file); any other key is refused, and client commands sign with the same
+/// variables. `--credentials` wins over the environment; half a key pair in
+/// the environment exits 2 naming the missing variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_the_environment_rank_after_the_flag() {
+    use trellis_control::api::client::Client;
+    use trellis_control::api::credentials::KeyPair;
+    const ID: &str = "AKIAENVIRONMENT00001";
+    const SECRET: &str = "environment-secret-0000000000000000000000";
+    let env = [("AWS_ACCESS_KEY_ID", ID), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let key = |id: &str, secret: &str| KeyPair {
+        profile: "test".into(),
+        access_key_id: id.into(),
+        secret_access_key: secret.into(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(&data, &[], &env);
+    let client = |k: KeyPair| Client::new(server.addr.to_string(), k, "us-west-2".into());
+    client(key(ID, SECRET))
+        .call("CreateMesh", &json!({"meshName": "env"}))
+        .await
+        .expect("the environment's key is accepted");
+    let other = client(key("AKIAOTHERKEY00000001", SECRET))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("another key is refused");
+    assert_eq!(other.kind, ErrorKind::UnrecognizedClient);
+    let wrong = client(key(ID, "not-the-secret"))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("a wrong secret is refused");
+    assert_eq!(wrong.kind, ErrorKind::InvalidSignature);
+    assert!(
+        !data.join("credentials").exists(),
+        "no credentials file is written when the environment has the key pair"
+    );
+    let status = |env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .args(["status", "--json", "--api-addr", &server.addr.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run status")
+    };
+    let signed = status(&env);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert_eq!(status(&[]).status.code(), Some(2), "no key pair at all");
+    drop(server);
+
+    let file = dir.path().join("operator-credentials");
+    std::fs::write(
+        &file,
+        "[default]\naws_access_key_id = AKIAFILEKEY000000001\naws_secret_access_key = file-secret\n",
+    )
+    .expect("write credentials");
+    let flagged = Server::start_with_env(
+        &dir.path().join("flagged"),
+        &["--credentials", file.to_str().expect("utf-8 path")],
+        &env,
+    );
+    let client = |k: KeyPair| Client::new(flagged.addr.to_string(), k, "us-west-2".into());
+    client(key("AKIAFILEKEY000000001", "file-secret"))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect("the file's key is accepted");
+    let env_key = client(key(ID, SECRET))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("the environment's key is not, under --credentials");
+    assert_eq!(env_key.kind, ErrorKind::UnrecognizedClient);
+    drop(flagged);
+
+    let half = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("half"))
+        .args(["--api-addr", &support::free_addr().to_string()])
+        .args(["--xds-addr", &support::free_addr().to_string()])
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_ACCESS_KEY_ID", ID)
+        .output()
+        .expect("run serve");
+    assert_eq!(half.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+}

@@ -82,9 +82,10 @@ struct Eds {
 impl Eds {
     /// An ADS stream of node `front`, subscribed to `color`'s endpoints.
     async fn subscribe(server: &Server) -> Eds {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
-            .await
-            .expect("connect to ADS");
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
+                .await
+                .expect("connect to ADS");
         let (tx, rx) = mpsc::channel(8);
         tx.send(DiscoveryRequest {
             node: Some(Node {
@@ -267,7 +268,14 @@ async fn registered_instances_survive_kill_9() {
     ] {
         let args = [
             &cloud_map[..],
-            &["--attribute", attribute, "--address", address, "--port", "9080"],
+            &[
+                "--attribute",
+                attribute,
+                "--address",
+                address,
+                "--port",
+                "9080",
+            ],
         ]
         .concat();
         cli(&server, &args).await;
@@ -291,7 +299,11 @@ async fn registered_instances_survive_kill_9() {
     server.kill9();
 
     let mut server = Server::start(&data, &["--xds-plaintext"]);
-    assert_eq!(listed(&server).await, before, "the registry after a restart");
+    assert_eq!(
+        listed(&server).await,
+        before,
+        "the registry after a restart"
+    );
     let mut eds = Eds::subscribe(&server).await;
     assert_eq!(eds.next().await, ["127.0.0.11:9080", "127.0.0.12:9080"]);
     cli(
@@ -309,6 +321,10 @@ async fn registered_instances_survive_kill_9() {
 
     let server = Server::start(&data, &["--xds-plaintext"]);
     let mut eds = Eds::subscribe(&server).await;
-    assert_eq!(eds.next().await, ["127.0.0.11:9080"], "the deregistration held");
+    assert_eq!(
+        eds.next().await,
+        ["127.0.0.11:9080"],
+        "the deregistration held"
+    );
     assert_eq!(listed(&server).await.len(), 3);
 }

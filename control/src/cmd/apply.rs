@@ -5,7 +5,6 @@
 use anyhow::Context;
 use serde_json::Value;
 use trellis_control::api::client::Client;
-use trellis_control::api::credentials::Credentials;
 use trellis_control::inject::PodBinding;
 use trellis_control::manifest::{self, Outcome, Target};
 use trellis_control::{ApiError, ErrorKind};
@@ -52,22 +51,14 @@ impl Target for Api {
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let docs = manifest::load(&args.files, args.mesh.as_deref())
         .map_err(|e| ConfigError(e.to_string()))?;
-    let path = args
-        .credentials
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("credentials"));
-    let creds = Credentials::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+    let key = super::signing_key(args.credentials.as_deref(), &args.data_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let mut api = Api {
         runtime,
-        client: Client::new(
-            args.api_addr.to_string(),
-            creds.preferred().clone(),
-            args.region.clone(),
-        ),
+        client: Client::new(args.api_addr.to_string(), key, args.region.clone()),
         unreachable: false,
     };
     let applied = manifest::apply(&docs, &mut api).map_err(|e| -> anyhow::Error {

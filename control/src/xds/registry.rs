@@ -74,7 +74,6 @@ pub struct Registry {
     metrics: Metrics,
 }
 
-
 pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -201,9 +200,7 @@ impl Registry {
     /// does); committed to the store before it is served.
     pub fn register(&self, owner: Owner, instance: Instance) -> Result<(), rusqlite::Error> {
         let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = self
-            .store
-            .write(|tx| tx.put_instance(&owner, &instance))?;
+        let changed = self.store.write(|tx| tx.put_instance(&owner, &instance))?;
         if changed {
             let mut inner = self.lock();
             let set = inner.manual.entry(owner).or_default();
