@@ -632,3 +632,130 @@ async fn keys_from_the_environment_rank_after_the_flag() {
     let stderr = String::from_utf8_lossy(&half.stderr);
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
 }
+
+/// `serve --load` of a file with a bad document exits 2 before serving,
+/// naming the file, the document and the field, as `apply` does.
+#[test]
+fn serve_load_of_a_bad_document_exits_2_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: demo}\nspec: {}\n---\n\
+         apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: web, namespace: prod}\n\
+         spec:\n  listeners: [{portMapping: {port: 99999, protocol: http}}]\n",
+    )
+    .expect("write manifest");
+    let syntax = dir.path().join("broken.yaml");
+    std::fs::write(
+        &syntax,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: demo}\nspec: {}\n---\n\
+         kind: VirtualNode\nmetadata: {name: [web\n",
+    )
+    .expect("write manifest");
+    for (path, expected) in [
+        (
+            &file,
+            vec![
+                "mesh.yaml: document 2 (VirtualNode web_prod)",
+                "spec.listeners[0].portMapping.port",
+            ],
+        ),
+        (&syntax, vec!["broken.yaml: document 2", "not valid YAML"]),
+    ] {
+        let api = support::free_addr();
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--api-addr", &api.to_string()])
+            .args(["--xds-addr", &support::free_addr().to_string()])
+            .arg("--load")
+            .arg(path)
+            .output()
+            .expect("run serve");
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in expected {
+            assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+        }
+        assert!(
+            std::net::TcpStream::connect(api).is_err(),
+            "the API must not have been served"
+        );
+    }
+}
+
+/// `apply` applies documents one by one, as App Mesh and `kubectl apply`
+/// do: when one fails, those before it stay applied, and the output says
+/// which were applied and kept, which failed and which were never tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_says_which_documents_were_kept_when_a_later_one_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("partial.yaml");
+    let doc = |kind: &str, name: &str, spec: &str| {
+        format!(
+            "apiVersion: appmesh.k8s.aws/v1beta2\nkind: {kind}\nmetadata: {{name: {name}, namespace: prod}}\nspec: {spec}\n"
+        )
+    };
+    let docs = [
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: partial}\nspec: {}\n"
+            .to_string(),
+        doc(
+            "VirtualNode",
+            "web",
+            "{listeners: [{portMapping: {port: 8080, protocol: http}}], serviceDiscovery: {dns: {hostname: web.prod}}}",
+        ),
+        doc(
+            "VirtualService",
+            "ghost",
+            "{provider: {virtualNode: {virtualNodeRef: {name: ghost}}}}",
+        ),
+        doc(
+            "VirtualService",
+            "web",
+            "{provider: {virtualNode: {virtualNodeRef: {name: web}}}}",
+        ),
+    ];
+    std::fs::write(&file, docs.join("---\n")).expect("write manifest");
+    let out = Command::new(BIN)
+        .args(["apply", "-f"])
+        .arg(&file)
+        .args(["--api-addr", &server.addr.to_string()])
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .output()
+        .expect("run apply");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Mesh partial created\nVirtualNode web_prod created\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = file.display();
+    for line in [
+        format!("{path}: document 3 (VirtualService ghost.prod): "),
+        "applied before the failure, and kept: Mesh partial (created), VirtualNode web_prod (created)\n".to_string(),
+        format!(
+            "not applied: {path}: document 3 (VirtualService ghost.prod), {path}: document 4 (VirtualService web.prod)\n"
+        ),
+    ] {
+        assert!(stderr.contains(&line), "missing {line:?} in {stderr}");
+    }
+    let c = server.client();
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "partial", "virtualNodeName": "web_prod"}),
+    )
+    .await
+    .expect("kept");
+    let never = c
+        .call(
+            "DescribeVirtualService",
+            &json!({"meshName": "partial", "virtualServiceName": "web.prod"}),
+        )
+        .await
+        .expect_err("never tried");
+    assert_eq!(never.kind, ErrorKind::NotFound);
+}

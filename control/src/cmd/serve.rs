@@ -241,7 +241,7 @@ fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let docs =
         manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.report()))?;
     tracing::info!(documents = applied.len(), "loaded specs");
     Ok(())
 }
