@@ -759,3 +759,84 @@ async fn apply_says_which_documents_were_kept_when_a_later_one_fails() {
         .expect_err("never tried");
     assert_eq!(never.kind, ErrorKind::NotFound);
 }
+
+/// `--region` and `--account-id` go into every ARN and owner; `resourceArn`
+/// and `meshOwner` are accepted for that region and account only.
+#[tokio::test(flavor = "multi_thread")]
+async fn region_and_account_id_shape_arns_and_owners() {
+    use trellis_control::api::client::Client;
+    const REGION: &str = "eu-central-1";
+    const ACCOUNT: &str = "123456789012";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--region", REGION, "--account-id", ACCOUNT],
+    );
+    let creds = Credentials::load(&server.data_dir.join("credentials")).expect("credentials");
+    let c = Client::new(
+        server.addr.to_string(),
+        creds.preferred().clone(),
+        REGION.into(),
+    );
+    let mesh = c
+        .call("CreateMesh", &json!({"meshName": "eu"}))
+        .await
+        .expect("mesh");
+    let prefix = format!("arn:aws:appmesh:{REGION}:{ACCOUNT}:mesh/eu");
+    assert_eq!(mesh["mesh"]["metadata"]["arn"], prefix.as_str());
+    assert_eq!(mesh["mesh"]["metadata"]["meshOwner"], ACCOUNT);
+    assert_eq!(mesh["mesh"]["metadata"]["resourceOwner"], ACCOUNT);
+    let node = c
+        .call(
+            "CreateVirtualNode",
+            &json!({"meshName": "eu", "virtualNodeName": "web", "spec": vn_spec(80)}),
+        )
+        .await
+        .expect("node");
+    let node_arn = format!("{prefix}/virtualNode/web");
+    assert_eq!(node["virtualNode"]["metadata"]["arn"], node_arn.as_str());
+    assert_eq!(node["virtualNode"]["metadata"]["meshOwner"], ACCOUNT);
+    let listed = c
+        .call("ListVirtualNodes", &json!({"meshName": "eu"}))
+        .await
+        .expect("list");
+    assert_eq!(listed["virtualNodes"][0]["arn"], node_arn.as_str());
+    assert_eq!(listed["virtualNodes"][0]["meshOwner"], ACCOUNT);
+
+    c.call(
+        "TagResource",
+        &json!({"resourceArn": node_arn, "tags": [{"key": "team", "value": "eu"}]}),
+    )
+    .await
+    .expect("tag by this region's ARN");
+    let tags = c
+        .call("ListTagsForResource", &json!({"resourceArn": node_arn}))
+        .await
+        .expect("tags");
+    assert_eq!(tags["tags"], json!([{"key": "team", "value": "eu"}]));
+    for other in [
+        "arn:aws:appmesh:us-west-2:123456789012:mesh/eu/virtualNode/web",
+        "arn:aws:appmesh:eu-central-1:000000000000:mesh/eu/virtualNode/web",
+    ] {
+        let e = c
+            .call("ListTagsForResource", &json!({"resourceArn": other}))
+            .await
+            .expect_err("another region's or account's ARN");
+        assert_eq!(e.kind, ErrorKind::NotFound, "{other}: {e}");
+    }
+
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "eu", "virtualNodeName": "web", "meshOwner": ACCOUNT}),
+    )
+    .await
+    .expect("meshOwner of this account");
+    let e = c
+        .call(
+            "DescribeVirtualNode",
+            &json!({"meshName": "eu", "virtualNodeName": "web", "meshOwner": "000000000000"}),
+        )
+        .await
+        .expect_err("meshOwner of another account");
+    assert_eq!(e.kind, ErrorKind::NotFound);
+}
