@@ -87,7 +87,7 @@ impl ManifestError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{error}")]
 pub struct ApplyError {
-    pub error: ManifestError,
+    pub error: Box<ManifestError>,
     /// Applied before the failure, and kept.
     pub applied: Vec<(Outcome, String)>,
     /// The failed document and those after it, never tried, as
@@ -283,7 +283,7 @@ pub fn apply(
             Ok(outcome) => done.push((outcome, doc.label())),
             Err(error) => {
                 return Err(ApplyError {
-                    error,
+                    error: Box::new(error),
                     applied: done,
                     not_applied: ordered[i..].iter().map(|d| d.located()).collect(),
                 })
