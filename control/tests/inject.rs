@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use trellis_control::inject::{
-    admit, MeshView, NamespaceDefault, PreStopHook, Settings, XdsTrust,
-};
+use trellis_control::inject::{admit, MeshView, NamespaceDefault, PreStopHook, Settings, XdsTrust};
 use trellis_control::manifest::{self, Outcome};
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;

@@ -515,7 +515,10 @@ async fn egress_filter(proxy: PathBuf) {
     let reached = app.count();
     assert!(outside(egress, &app).await.contains(" 404 "));
     let (ok, text) = tunneled(egress, &app).await;
-    assert!(!ok && text.contains("404"), "no CONNECT under DROP_ALL: {text}");
+    assert!(
+        !ok && text.contains("404"),
+        "no CONNECT under DROP_ALL: {text}"
+    );
     assert_eq!(app.count(), reached, "nothing passes under DROP_ALL");
     control.apply(&[mesh("ALLOW_ALL")]).await;
     eventually(Duration::from_secs(10), "ALLOW_ALL again", passes(" 200 ")).await;

@@ -448,7 +448,10 @@ fn wire(pods: &Pods, tag: &str) -> Net {
         }
         // nodad: usable at once, without duplicate address detection.
         let cidr6 = format!("{v6}/64");
-        pods.ok(ns, &["ip", "-6", "addr", "add", &cidr6, "dev", dev, "nodad"]);
+        pods.ok(
+            ns,
+            &["ip", "-6", "addr", "add", &cidr6, "dev", dev, "nodad"],
+        );
         pods.ok(ns, &["ip", "link", "set", dev, "up"]);
         pods.ok(ns, &["ip", "link", "set", "lo", "up"]);
     }
@@ -707,7 +710,13 @@ fn mtls_between_sidecars(pods: &Pods, net: &Net, access_log: &str) {
     let https = format!("https://{}:{APP_PORT}/nocert", net.server_ip);
     for (url, extra) in [(&plain, &[][..]), (&https, &["-k"][..])] {
         let mut args = vec![
-            "setpriv", "--reuid", SIDECAR_UID, "curl", "-sS", "--max-time", "5",
+            "setpriv",
+            "--reuid",
+            SIDECAR_UID,
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
         ];
         args.extend_from_slice(extra);
         args.push(url);
@@ -789,7 +798,10 @@ fn protocols(pods: &Pods, net: &Net, ca: &str) {
 
     let tcp_before = pods.stat(client, "tcp.egress_tcp.downstream_cx_total");
     let line = tcp_line(pods, client, &net.server_ip, BANNER_PORT, None);
-    assert_eq!(line, "220 banner\n", "server-first protocol through the sidecar");
+    assert_eq!(
+        line, "220 banner\n",
+        "server-first protocol through the sidecar"
+    );
     assert_eq!(
         pods.stat(client, "tcp.egress_tcp.downstream_cx_total"),
         tcp_before + 1
@@ -841,7 +853,10 @@ fn drain_on_sigterm(pods: &mut Pods, net: &Net, sidecars: &[usize]) {
             if let Some(s) = pods.children[i].try_wait().unwrap_or(None) {
                 break s;
             }
-            assert!(Instant::now() < deadline, "sidecar did not exit after drain");
+            assert!(
+                Instant::now() < deadline,
+                "sidecar did not exit after drain"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "sidecar exit after SIGTERM: {status}");

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use super::mesh::Node;
 use super::pod::{Options, Pod};
 use super::settings::{
-    PreStopHook, Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME,
-    SIDECAR_NAME,
+    PreStopHook, Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT,
+    INIT_NAME, SIDECAR_NAME,
 };
 
 fn env(name: &str, value: impl Into<String>) -> Value {
