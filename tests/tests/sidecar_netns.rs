@@ -3,7 +3,8 @@
 //! running as the ignored uid. An unmodified client calls the server pod's IP
 //! and port; the call must pass both sidecars over mTLS, never loop, and
 //! ignored ports and CIDRs must bypass. One setup, many checks, then SIGTERM
-//! drains both sidecars with requests in flight.
+//! drains both sidecars with requests in flight. A second pair of pods runs
+//! App Mesh-mode sidecars fed by trellis-control.
 //!
 //! Needs root (CI runs as root) and iptables. Where network namespaces
 //! cannot be created the test fails, unless `TRELLIS_ALLOW_SKIP=1` says a
@@ -218,6 +219,22 @@ fn create_pods(tag: &str) -> Result<Pods, String> {
         }
     }
     Ok(pods)
+}
+
+/// The namespaces; `None` (a visible SKIP) only where they cannot be
+/// created and `TRELLIS_ALLOW_SKIP=1` says that is expected, else a failure.
+fn pods_or_skip(tag: &str) -> Option<Pods> {
+    match create_pods(tag) {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var("TRELLIS_ALLOW_SKIP").as_deref() == Ok("1") => {
+            eprintln!("SKIP sidecar_netns (TRELLIS_ALLOW_SKIP=1): {e}");
+            None
+        }
+        Err(e) => panic!(
+            "sidecar_netns cannot create network namespaces: {e}; \
+             run as root with iproute2, or set TRELLIS_ALLOW_SKIP=1 to skip"
+        ),
+    }
 }
 
 /// Writes `text` to `dir/name`; returns the path.
@@ -485,16 +502,8 @@ fn nat_rules(pods: &Pods, ns: &str, tool: &str) -> String {
 #[test]
 fn sidecars_intercept_between_two_pods() {
     let tag = format!("{}", std::process::id() % 100_000);
-    let mut pods = match create_pods(&tag) {
-        Ok(p) => p,
-        Err(e) if std::env::var("TRELLIS_ALLOW_SKIP").as_deref() == Ok("1") => {
-            eprintln!("SKIP sidecar_netns (TRELLIS_ALLOW_SKIP=1): {e}");
-            return;
-        }
-        Err(e) => panic!(
-            "sidecar_netns cannot create network namespaces: {e}; \
-             run as root with iproute2, or set TRELLIS_ALLOW_SKIP=1 to skip"
-        ),
+    let Some(mut pods) = pods_or_skip(&tag) else {
+        return;
     };
     let net = wire(&pods, &tag);
     let (client, server) = (net.client.clone(), net.server.clone());
@@ -861,4 +870,161 @@ fn drain_on_sigterm(pods: &mut Pods, net: &Net, sidecars: &[usize]) {
         };
         assert!(status.success(), "sidecar exit after SIGTERM: {status}");
     }
+}
+
+/// The same two pods with App Mesh-mode sidecars (`APPMESH_RESOURCE_ARN`,
+/// no config file) fed by trellis-control, which runs in the server pod:
+/// the client node's backend policy and the server node's STRICT listener
+/// make the hop mTLS, from App Mesh specs alone.
+#[test]
+fn app_mesh_sidecars_fed_by_trellis_control() {
+    let tag = format!("{}m", std::process::id() % 100_000);
+    let Some(mut pods) = pods_or_skip(&tag) else {
+        return;
+    };
+    let net = wire(&pods, &tag);
+    let (client, server) = (net.client.clone(), net.server.clone());
+    let proxy = workspace_bin("trellis-proxy").display().to_string();
+    let control = workspace_bin("trellis-control").display().to_string();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    ok(&["chmod", "755", &dir.path().display().to_string()]);
+    let ca = Ca::new("trellis netns app mesh");
+    let ca_path = ca.write(dir.path(), "ca").display().to_string();
+    let file_cert = |name: &str, uri: &str| {
+        let (cert, key) = ca.issue(&Leaf::new(&[], &[uri])).write(dir.path(), name);
+        serde_json::json!({"file": {
+            "certificateChain": cert.display().to_string(),
+            "privateKey": key.display().to_string(),
+        }})
+    };
+    let validation = |peer: &str| {
+        serde_json::json!({
+            "trust": {"file": {"certificateChain": ca_path}},
+            "subjectAlternativeNames": {"match": {"exact": [peer]}},
+        })
+    };
+    let docs = [
+        serde_json::json!({"meshName": "m", "spec": {}}),
+        serde_json::json!({"meshName": "m", "virtualNodeName": "server", "spec": {
+            "listeners": [{
+                "portMapping": {"port": APP_PORT, "protocol": "http"},
+                "tls": {"mode": "STRICT", "certificate": file_cert("server", SERVER_ID),
+                        "validation": validation(CLIENT_ID)},
+            }],
+            "serviceDiscovery": {"dns": {"hostname": net.server_ip}},
+        }}),
+        serde_json::json!({"meshName": "m", "virtualServiceName": "server.m.local", "spec": {
+            "provider": {"virtualNode": {"virtualNodeName": "server"}}}}),
+        serde_json::json!({"meshName": "m", "virtualNodeName": "client", "spec": {
+            "backends": [{"virtualService": {"virtualServiceName": "server.m.local"}}],
+            "backendDefaults": {"clientPolicy": {"tls": {
+                "certificate": file_cert("client", CLIENT_ID),
+                "validation": validation(SERVER_ID),
+            }}},
+        }}),
+    ];
+    let mut serve = vec![
+        control.clone(),
+        "serve".into(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--no-auth".into(),
+        "--api-addr".into(),
+        "127.0.0.1:18001".into(),
+        "--xds-addr".into(),
+        "0.0.0.0:18000".into(),
+        // The xDS certificate the mesh CA issues names the client's way in.
+        "--xds-san".into(),
+        net.server_ip.clone(),
+        "--require-node-tokens".into(),
+        "never".into(),
+    ];
+    for (i, doc) in docs.iter().enumerate() {
+        serve.push("--load".into());
+        serve.push(write(dir.path(), &format!("{i}.json"), &doc.to_string()));
+    }
+    let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
+    pods.spawn(&server, &serve, Stdio::null());
+    // The sidecars trust the mesh CA for xDS; it exists once serve started.
+    let mesh_ca = dir.path().join("data/ca/ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mesh_ca.exists() {
+        assert!(Instant::now() < deadline, "trellis-control made no CA");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let xds_ca = dir.path().join("xds-ca.pem").display().to_string();
+    ok(&["cp", &mesh_ca.display().to_string(), &xds_ca]);
+    ok(&["chmod", "644", &xds_ca]);
+
+    let app = APP_PORT.to_string();
+    init(&proxy, &client, "auto", &[]);
+    init(&proxy, &server, "auto", &[("APPMESH_APP_PORTS", &app)]);
+    pods.spawn(
+        &server,
+        &["python3", "-c", ECHO_APP, "server-pod", &app],
+        Stdio::null(),
+    );
+    let xds = [
+        (&client, "client", format!("{}:18000", net.server_ip)),
+        (&server, "server", "127.0.0.1:18000".to_string()),
+    ];
+    for (ns, node, addr) in &xds {
+        let arn = format!("APPMESH_RESOURCE_ARN=mesh/m/virtualNode/{node}");
+        let xds_addr = format!("TRELLIS_XDS_ADDR={addr}");
+        let xds_trust = format!("TRELLIS_XDS_CA_FILE={xds_ca}");
+        let args = [
+            "setpriv",
+            "--reuid",
+            SIDECAR_UID,
+            "--regid",
+            SIDECAR_UID,
+            "--clear-groups",
+            "env",
+            &arn,
+            &xds_addr,
+            &xds_trust,
+            "ENVOY_ADMIN_ACCESS_PORT=9901",
+            &proxy,
+            "--concurrency",
+            "1",
+        ];
+        pods.spawn(ns, &args, Stdio::null());
+    }
+    for (ns, _, _) in &xds {
+        let out = pods.exec(ns, &[&proxy, "wait-ready", "--timeout", "20"]);
+        assert!(out.status.success(), "wait-ready in {ns}: {out:?}");
+    }
+    let resolve = format!("server.m.local:{APP_PORT}:{}", net.server_ip);
+    let url = format!("http://server.m.local:{APP_PORT}/appmesh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let out = pods.curl(&client, &url, &["--resolve", &resolve]);
+        if out.stdout.starts_with(b"server-pod") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        text(&reply),
+        "server-pod /appmesh http 127.0.0.1",
+        "through both App Mesh-mode sidecars: {reply:?}"
+    );
+    assert!(pods.stat(&server, "listener.0.0.0.0_15000.ssl.handshake") >= 1);
+    // STRICT: without the client sidecar (its uid), no certificate, no answer.
+    let direct = format!("https://{}:{APP_PORT}/nocert", net.server_ip);
+    let out = pods.exec(
+        &client,
+        &[
+            "setpriv",
+            "--reuid",
+            SIDECAR_UID,
+            "curl",
+            "-sS",
+            "-k",
+            "--max-time",
+            "5",
+            &direct,
+        ],
+    );
+    assert!(!text(&out).starts_with("server-pod"), "{out:?}");
 }
