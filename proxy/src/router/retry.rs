@@ -73,8 +73,8 @@ pub struct RetryPolicy {
     pub host_selection_attempts: u32,
 }
 
-/// The predicate Istio and App Mesh users configure. trellis steps off the
-/// failed host on every retry, so it is accepted; others are refused.
+/// The predicate Istio configures. trellis steps off the failed host on
+/// every retry anyway, so it is accepted; other predicates are refused.
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
 const PREVIOUS_HOSTS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
@@ -198,6 +198,31 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use xds_protos::envoy::config::route::v3::retry_policy::RetryBackOff;
+
+    #[test]
+    fn only_the_previous_hosts_predicate_is_accepted() {
+        use xds_protos::envoy::config::route::v3::retry_policy::{
+            retry_host_predicate::ConfigType, RetryHostPredicate,
+        };
+        let with = |type_url: &str, attempts: i64| RetryPolicyProto {
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "p".into(),
+                config_type: Some(ConfigType::TypedConfig(prost_types::Any {
+                    type_url: type_url.into(),
+                    value: vec![],
+                })),
+            }],
+            host_selection_retry_max_attempts: attempts,
+            ..Default::default()
+        };
+        let p = RetryPolicy::compile(&with(PREVIOUS_HOSTS_TYPE, 5)).expect("accepted");
+        assert_eq!(p.host_selection_attempts, 5);
+        let p = RetryPolicy::compile(&with(PREVIOUS_HOSTS_TYPE, 0)).expect("accepted");
+        assert_eq!(p.host_selection_attempts, DEFAULT_HOST_SELECTION_ATTEMPTS);
+        let canary = "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate";
+        let e = RetryPolicy::compile(&with(canary, 0)).expect_err("refused");
+        assert!(e.to_string().contains("OmitCanaryHostsPredicate"), "{e}");
+    }
 
     #[test]
     fn defaults_and_conditions() {
