@@ -182,15 +182,19 @@ fn build_ring(
     }
     let max = opts.ring_max.max(1);
     let per_unit = opts.ring_min.clamp(1, max);
-    let per_unit = if per_unit.saturating_mul(total) > max {
-        (max / total).max(1)
-    } else {
-        per_unit
+    // Over the maximum, each host keeps its weight's share of it.
+    let scaled = per_unit.saturating_mul(total) > max;
+    let points_of = |w: u64| {
+        if scaled {
+            (u128::from(w) * u128::from(max) / u128::from(total)).max(1) as u64
+        } else {
+            per_unit * w
+        }
     };
     let mut ring = Vec::new();
     let mut point = String::new();
     for (i, e) in endpoints.iter().enumerate() {
-        let points = per_unit.saturating_mul(u64::from(e.weight.max(1)));
+        let points = points_of(u64::from(e.weight.max(1)));
         let key = e.addr.to_string();
         for j in 0..points {
             use std::fmt::Write;
@@ -432,6 +436,9 @@ mod tests {
         };
         let s = EndpointSet::new(hosts(&[1, 1, 1, 1]), LbPolicy::RingHash, &o);
         assert_eq!(s.ring.len(), 2048);
+        // A huge weight is scaled into the maximum too.
+        let s = EndpointSet::new(hosts(&[u32::MAX, 1]), LbPolicy::RingHash, &o);
+        assert!(s.ring.len() <= 2049, "{}", s.ring.len());
     }
 
     #[test]
