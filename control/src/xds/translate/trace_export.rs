@@ -201,8 +201,8 @@ mod tests {
     #[test]
     fn every_connection_manager_gets_the_tracer_and_the_collector_its_cluster() {
         let mut set = ResourceSet::default();
-        let hcm = json!({"name": HCM, "typed_config": {"stat_prefix": "x"}});
-        let tcp = json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {}});
+        let hcm = super::super::hcm("x", "rc", None);
+        let tcp = super::super::tcp_proxy("t", &[("c".to_string(), 1)], None, None);
         set.listeners.insert(
             "l".into(),
             json!({"filter_chains": [{"filters": [hcm.clone()]}, {"filters": [tcp]}],
