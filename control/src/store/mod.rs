@@ -58,11 +58,20 @@ CREATE TABLE IF NOT EXISTS node_tokens (
     sha256 TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instances (
+    owner_kind TEXT NOT NULL,
+    owner_scope TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    attributes TEXT NOT NULL,
+    PRIMARY KEY (owner_kind, owner_scope, owner_name, address, port)
+);
 ";
 
 /// Bumped whenever the schema changes, so an older binary refuses a
 /// database it would misread instead of corrupting it.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
