@@ -840,3 +840,53 @@ async fn region_and_account_id_shape_arns_and_owners() {
         .expect_err("meshOwner of another account");
     assert_eq!(e.kind, ErrorKind::NotFound);
 }
+
+/// An access log format with an operator the proxies do not know would be
+/// NACKed by every proxy: the API refuses it with a 400 naming the field
+/// and the operator, and keeps nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_formats_are_checked_by_the_api() {
+    use trellis_control::error::ErrorKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = server.client();
+    c.call("CreateMesh", &json!({"meshName": "m"}))
+        .await
+        .expect("mesh");
+    let node = |format: Value| {
+        json!({"meshName": "m", "virtualNodeName": "n", "spec": {"logging": {"accessLog":
+            {"file": {"path": "/dev/stdout", "format": format}}}}})
+    };
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node(json!({"text": "%START_TIME% %NO_SUCH_OPERATOR%"})),
+        )
+        .await
+        .expect_err("unknown operator");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    for named in ["logging.accessLog.file.format.text", "NO_SUCH_OPERATOR"] {
+        assert!(e.message.contains(named), "{}", e.message);
+    }
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node(json!({"json": [{"key": "path", "value": "%REQ(:PATH"}]})),
+        )
+        .await
+        .expect_err("unclosed operator");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(e.message.contains("format.json[0].value"), "{}", e.message);
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "m", "virtualNodeName": "n"}),
+    )
+    .await
+    .expect_err("nothing was created");
+    c.call(
+        "CreateVirtualNode",
+        &node(json!({"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]})),
+    )
+    .await
+    .expect("known operators");
+}

@@ -206,6 +206,17 @@ pub struct ServeArgs {
     /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub svid_ttl: std::time::Duration,
+    /// OTLP collector that every proxy exports spans to (`http://HOST:PORT`);
+    /// tracing is off without one.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport of --otlp-endpoint: `grpc` or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    pub otlp_protocol: String,
+    /// Percentage of new traces that are sampled (a request that carries a
+    /// sampling decision keeps it).
+    #[arg(long, default_value_t = 100.0)]
+    pub trace_sampling: f64,
     #[command(flatten)]
     pub injector: InjectorArgs,
 }

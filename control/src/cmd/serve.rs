@@ -16,6 +16,7 @@ use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
 use trellis_control::xds::tls::XdsTls;
+use trellis_control::xds::translate::TraceExport;
 
 use super::{ConfigError, InjectorArgs, ServeArgs};
 
@@ -236,6 +237,17 @@ fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>
     Ok(Arc::new(cert))
 }
 
+/// Mesh-wide tracing, when `--otlp-endpoint` names a collector.
+fn trace_export(args: &ServeArgs) -> Result<Option<TraceExport>, ConfigError> {
+    let Some(endpoint) = &args.otlp_endpoint else {
+        return Ok(None);
+    };
+    let export = TraceExport::parse(endpoint, &args.otlp_protocol, args.trace_sampling)
+        .map_err(|e| ConfigError(format!("--otlp-endpoint: {e}")))?;
+    tracing::info!(endpoint = %endpoint, protocol = %args.otlp_protocol, sampling = args.trace_sampling, "every proxy exports spans over OTLP");
+    Ok(Some(export))
+}
+
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     if args.load.is_empty() {
         return Ok(());
@@ -290,6 +302,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
     let tls = xds_tls(&args, &ca)?;
+    let trace_export = trace_export(&args)?;
     let xds_kind = match (&tls, &args.xds_tls_cert) {
         (None, _) => XdsTlsKind::Off,
         (Some(_), Some(_)) => XdsTlsKind::Operator,
@@ -335,9 +348,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let webhook = injector.map(|(cert, settings)| {
             (cert, Arc::new(inject::server::Webhook::new(store.clone(), settings)))
         });
-        let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
+        let mut xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
             .with_ca(ca.clone())
             .with_token_policy(args.require_node_tokens.into());
+        if let Some(export) = trace_export {
+            xds = xds.with_tracing(export);
+        }
         let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
             trust_domain: args.trust_domain.clone(),
             bundle: ca.bundle_pem().to_string(),
