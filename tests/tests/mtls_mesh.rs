@@ -17,17 +17,19 @@
 //! presenting a client certificate to a STRICT listener. Another reads both
 //! sidecars' metrics: each hop's per-peer series name the other (the
 //! caller's verified identity on B, the target service and node on A), so
-//! one scrape per proxy draws the service graph.
+//! one scrape per proxy draws the service graph, for HTTP requests and TCP
+//! connections alike.
 
 use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_tests::control::Control;
 use trellis_tests::process::{workspace_bin, ProxyProcess};
 use trellis_tests::tls::Leaf;
-use trellis_tests::upstream::Echo;
+use trellis_tests::upstream::{Echo, TcpEcho};
 use trellis_tests::{client, eventually, free_port};
 
 /// A bootstrap for `node` (xDS over TLS), carrying a freshly issued token if
@@ -715,6 +717,112 @@ async fn both_hops_name_each_other_in_their_metrics() {
     );
     for p in [&sidecar_a, &sidecar_b] {
         let text = p.admin_get("/stats/prometheus").await.body_text();
+        let findings = trellis_tests::metrics::promtool_findings(&text);
+        assert!(findings.is_empty(), "promtool: {findings:#?}");
+    }
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// Sends `n` bytes over a fresh connection to `port` and reads them back.
+async fn tcp_echo(port: u16, n: usize) -> Option<()> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let sent = vec![b'x'; n];
+    s.write_all(&sent).await.ok()?;
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .ok()?
+        .ok()?;
+    (got == sent).then_some(())
+}
+
+#[tokio::test]
+async fn tcp_hops_name_each_other_in_their_metrics() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let echo = TcpEcho::start().await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    let mut blue = node("blue", echo.addr.port(), &[], true);
+    blue["spec"]["listeners"][0]["portMapping"]["protocol"] = json!("tcp");
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            blue,
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    eventually(Duration::from_secs(15), "TCP echo over mTLS", || {
+        tcp_echo(a.1, 4)
+    })
+    .await;
+
+    let target = [
+        ("appmesh_mesh", "m"),
+        ("appmesh_virtual_node", "client"),
+        ("appmesh_target_virtual_service", "color"),
+        ("appmesh_target_virtual_node", "blue"),
+    ];
+    let caller = [
+        ("appmesh_mesh", "m"),
+        ("appmesh_virtual_node", "blue"),
+        ("appmesh_downstream_mesh", "m"),
+        ("appmesh_downstream_virtual_node", "client"),
+    ];
+    // Connections, bytes written and read on A (to color/blue) and on B
+    // (from client).
+    let count = || async {
+        let a = &sidecar_a;
+        let b = &sidecar_b;
+        [
+            peer_count(a, "envoy_appmesh_upstream_cx_total", &target).await,
+            peer_count(a, "envoy_appmesh_upstream_cx_tx_bytes_total", &target).await,
+            peer_count(a, "envoy_appmesh_upstream_cx_rx_bytes_total", &target).await,
+            peer_count(b, "envoy_appmesh_downstream_cx_total", &caller).await,
+            peer_count(b, "envoy_appmesh_downstream_cx_rx_bytes_total", &caller).await,
+            peer_count(b, "envoy_appmesh_downstream_cx_tx_bytes_total", &caller).await,
+        ]
+    };
+    // Bytes are counted when a connection closes: wait for the probes'.
+    let settled = |c: [f64; 6]| {
+        c[0] > 0.0
+            && c[3] > 0.0
+            && c[1..3].iter().all(|v| *v == 4.0 * c[0])
+            && c[4..6].iter().all(|v| *v == 4.0 * c[3])
+    };
+    let before = eventually(Duration::from_secs(10), "probes counted", || async {
+        let c = count().await;
+        settled(c).then_some(c)
+    })
+    .await;
+    for _ in 0..3 {
+        tcp_echo(a.1, 1000)
+            .await
+            .expect("echo through both sidecars");
+    }
+    // A counts 3 connections to color/blue, B 3 from client, 1000 bytes
+    // each way each.
+    let want = [3.0, 3000.0, 3000.0, 3.0, 3000.0, 3000.0];
+    eventually(Duration::from_secs(10), "3 connections counted", || async {
+        let c = count().await;
+        let delta: Vec<f64> = c.iter().zip(before).map(|(c, b)| c - b).collect();
+        (delta == want).then_some(())
+    })
+    .await;
+    for (p, family, labels) in [
+        (&sidecar_a, "envoy_appmesh_upstream_rq_total", &target),
+        (&sidecar_b, "envoy_appmesh_downstream_rq_total", &caller),
+    ] {
+        let text = p.admin_get("/stats/prometheus").await.body_text();
+        assert_eq!(
+            trellis_tests::metrics::series(&text, family, labels),
+            None,
+            "a TCP peer has no request series"
+        );
         let findings = trellis_tests::metrics::promtool_findings(&text);
         assert!(findings.is_empty(), "promtool: {findings:#?}");
     }

@@ -124,3 +124,65 @@ async fn websocket_without_upgrade_config_is_refused() {
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     assert_eq!(app.count(), 0);
 }
+
+/// Echoes one message through the listener at `addr`, or says why not.
+async fn echo_through(addr: std::net::SocketAddr) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut got = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .map_err(|_| "no echo in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    (&got == b"ping")
+        .then_some(())
+        .ok_or_else(|| format!("echoed {got:?}"))
+}
+
+/// As Envoy: `::` with `ipv4_compat` also takes IPv4 clients; without it
+/// the socket is v6-only, and 127.0.0.1 on that port finds nothing.
+#[tokio::test]
+async fn ipv4_compat_lets_an_ipv6_wildcard_listener_take_ipv4_clients() {
+    let echo = TcpEcho::start().await;
+    let (compat, v6only) = (free_port(), free_port());
+    let listener = |name: &str, port: u16, compat: bool| {
+        format!(
+            r#"  - name: {name}
+    address: {{ socket_address: {{ address: "::", port_value: {port}, ipv4_compat: {compat} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: echo
+"#
+        )
+    };
+    let config = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+{}{}  clusters:
+{}"#,
+        listener("compat", compat, true),
+        listener("v6only", v6only, false),
+        cluster("echo", &[echo.addr], "")
+    );
+    let _p = ProxyProcess::start(&config).await;
+    let v4 = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let v6 = |port| std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    for port in [compat, v6only] {
+        echo_through(v6(port)).await.expect("IPv6 client on ::1");
+    }
+    echo_through(v4(compat))
+        .await
+        .expect("IPv4 client on an ipv4_compat listener");
+    assert!(
+        echo_through(v4(v6only)).await.is_err(),
+        "a v6-only listener took an IPv4 client"
+    );
+}

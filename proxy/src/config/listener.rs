@@ -12,7 +12,7 @@ use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3
 use xds_protos::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use xds_protos::type_url;
 
-use super::address::bind_address;
+use super::address::{bind_address, socket_address};
 use super::connection_limit::{ConnectionLimitConfig, TYPE_URL as CONNECTION_LIMIT};
 use super::hcm::HcmConfig;
 use super::listener_filters::ListenerFilters;
@@ -29,6 +29,9 @@ const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ListenerConfig {
     pub name: Arc<str>,
     pub address: SocketAddr,
+    /// `socket_address.ipv4_compat`: an IPv6 socket also takes IPv4
+    /// connections (not `IPV6_V6ONLY`), as Envoy binds `::` with it.
+    pub ipv4_compat: bool,
     pub filter_chains: Vec<ChainConfig>,
     pub default_chain: Option<ChainConfig>,
     /// Listener filters (original_dst, http_inspector); see `listener_filters`.
@@ -47,6 +50,10 @@ pub struct ChainConfig {
     pub tls: Option<Arc<ServerTls>>,
     /// `envoy.filters.network.connection_limit` ahead of the terminal filter.
     pub connection_limit: Option<ConnectionLimitConfig>,
+    /// The App Mesh virtual service a TCP chain carries connections to
+    /// (`virtual_service` in the chain's `trellis.appmesh` metadata), as a
+    /// route names it for HTTP.
+    pub appmesh_service: Option<Arc<str>>,
 }
 
 /// How long the TLS inspector waits for a ClientHello, and what happens then.
@@ -182,6 +189,7 @@ impl ListenerConfig {
             return Err(ConfigError::new("name", "a listener needs a name"));
         }
         let address = bind_address(l.address.as_ref(), "address")?;
+        let ipv4_compat = socket_address(l.address.as_ref(), "address")?.ipv4_compat;
         let filters = ListenerFilters::compile(l)?;
         let tls_inspector = compile_listener_filters(l)?;
         if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
@@ -203,6 +211,7 @@ impl ListenerConfig {
         Ok(ListenerConfig {
             name: Arc::from(l.name.as_str()),
             address,
+            ipv4_compat,
             filter_chains,
             default_chain,
             filters,
@@ -337,5 +346,9 @@ fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
         terminal,
         tls,
         connection_limit,
+        appmesh_service: crate::stats::appmesh::metadata_name(
+            fc.metadata.as_ref(),
+            "virtual_service",
+        ),
     })
 }

@@ -242,6 +242,7 @@ pub static SUPPORTED: &[Entry] = &[
             ("filters", Walk),
             ("transport_socket", Walk),
             ("name", Walk),
+            ("metadata", Opaque),
         ],
     },
     Entry {
@@ -850,11 +851,6 @@ pub static IGNORED: &[Ignored] = &[
         message: "envoy.config.listener.v3.Listener",
         field: "metadata",
         reason: "only extensions that trellis lacks read listener metadata",
-    },
-    Ignored {
-        message: "envoy.config.listener.v3.FilterChain",
-        field: "metadata",
-        reason: "only extensions that trellis lacks read filter-chain metadata",
     },
     Ignored {
         message: "envoy.config.endpoint.v3.LbEndpoint",

@@ -15,6 +15,7 @@ use crate::shared::Shared;
 
 struct Entry {
     address: SocketAddr,
+    ipv4_compat: bool,
     active: Arc<ArcSwap<ActiveListener>>,
     stop: Drain,
 }
@@ -36,11 +37,12 @@ impl ListenerManager {
         let mut fresh = Vec::new();
         for c in configs {
             let rebind = match entries.get(&c.name) {
-                Some(e) => e.address != c.address,
+                // The v6-only option is set before bind: a change rebinds.
+                Some(e) => e.address != c.address || e.ipv4_compat != c.ipv4_compat,
                 None => true,
             };
             if rebind {
-                let socket = bind(c.address).map_err(|e| {
+                let socket = bind(c.address, c.ipv4_compat).map_err(|e| {
                     format!("listener '{}': cannot bind {}: {e}", c.name, c.address)
                 })?;
                 fresh.push((c.clone(), socket));
@@ -61,7 +63,10 @@ impl ListenerManager {
         }
         for c in configs {
             if let Some(e) = entries.get(&c.name) {
-                if e.address == c.address && e.active.load().config.fingerprint != c.fingerprint {
+                if e.address == c.address
+                    && e.ipv4_compat == c.ipv4_compat
+                    && e.active.load().config.fingerprint != c.fingerprint
+                {
                     tracing::info!(name = %c.name, "listener updated");
                     let old = e
                         .active
@@ -91,6 +96,7 @@ impl ListenerManager {
                 c.name.clone(),
                 Entry {
                     address: c.address,
+                    ipv4_compat: c.ipv4_compat,
                     active,
                     stop,
                 },

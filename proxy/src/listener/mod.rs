@@ -59,9 +59,12 @@ impl ActiveListener {
                 Terminal::Http(h) => {
                     Terminus::Http(Arc::new(Hcm::new(h.clone(), shared.clone(), inbound)))
                 }
-                Terminal::Tcp(t) => {
-                    Terminus::Tcp(Arc::new(TcpProxy::new(t.clone(), shared.clone())))
-                }
+                Terminal::Tcp(t) => Terminus::Tcp(Arc::new(TcpProxy::new(
+                    t.clone(),
+                    shared.clone(),
+                    inbound,
+                    c.appmesh_service.clone(),
+                ))),
             },
             limit: c
                 .connection_limit
@@ -102,12 +105,13 @@ impl ActiveListener {
     }
 }
 
-/// Binds like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only unless asked.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only unless
+/// `ipv4_compat` (then `::` takes IPv4 clients too, as `::ffff:a.b.c.d`).
+pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(!ipv4_compat)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -247,7 +251,8 @@ fn handle(
                                 .await
                         }
                         Terminus::Tcp(tcp) => {
-                            Box::pin(tcp.serve(stream, peer, local, original, drain)).await
+                            Box::pin(tcp.serve(stream, peer, local, original, drain, Some(&info)))
+                                .await
                         }
                     }
                 })
@@ -258,7 +263,7 @@ fn handle(
                     Box::pin(hcm.serve(stream, peer, local, original, drain, None)).await
                 }
                 Terminus::Tcp(tcp) => {
-                    Box::pin(tcp.serve(stream, peer, local, original, drain)).await
+                    Box::pin(tcp.serve(stream, peer, local, original, drain, None)).await
                 }
             },
         }

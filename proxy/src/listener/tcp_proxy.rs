@@ -11,27 +11,41 @@ use crate::format::{Context, StreamInfo};
 use crate::http::ResponseFlags;
 use crate::io::{Activity, Tracked};
 use crate::shared::Shared;
+use crate::stats::appmesh::PeerStats;
 use crate::stats::TcpStats;
-use crate::tls::{AlpnFor, ClientStream};
+use crate::tls::{AlpnFor, ClientStream, PeerInfo};
 use crate::upstream::OriginalDestination;
 
 pub struct TcpProxy {
     config: Arc<TcpProxyConfig>,
     stats: Arc<TcpStats>,
     shared: Arc<Shared>,
+    /// Counts callers by identity in the per-peer App Mesh stats.
+    inbound: bool,
+    /// The virtual service this chain reaches, for the per-peer App Mesh
+    /// stats (see [`crate::config::listener::ChainConfig::appmesh_service`]).
+    appmesh_service: Option<Arc<str>>,
 }
 
 impl TcpProxy {
-    pub fn new(config: Arc<TcpProxyConfig>, shared: Arc<Shared>) -> TcpProxy {
+    pub fn new(
+        config: Arc<TcpProxyConfig>,
+        shared: Arc<Shared>,
+        inbound: bool,
+        appmesh_service: Option<Arc<str>>,
+    ) -> TcpProxy {
         TcpProxy {
             stats: shared.tcp_stats(&config.stat_prefix),
             config,
             shared,
+            inbound,
+            appmesh_service,
         }
     }
 
-    /// `downstream` is the accepted socket, or its TLS session; `original`
-    /// the redirected-from destination, for `ORIGINAL_DST` clusters.
+    /// `downstream` is the accepted socket, or its TLS session (`tls`, what
+    /// its handshake learnt of the peer); `original` the redirected-from
+    /// destination, for `ORIGINAL_DST` clusters.
     pub async fn serve<S>(
         &self,
         downstream: S,
@@ -39,12 +53,25 @@ impl TcpProxy {
         local: SocketAddr,
         original: Option<SocketAddr>,
         drain: Watch,
+        tls: Option<&PeerInfo>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         // Telemetry hook: the connection's facts feed its access log line.
         let mut info = StreamInfo::new(peer, Some(local));
+        info.downstream_peer_uri_san = tls.filter(|t| t.verified).and_then(|t| t.uri_san.clone());
+        let caller = match (&self.shared.mesh, self.inbound) {
+            (Some(mesh), true) => {
+                let p = mesh.downstream_peer(info.downstream_peer_uri_san.as_deref());
+                p.connected();
+                Some(p)
+            }
+            _ => None,
+        };
         self.proxy(downstream, original, drain, &mut info).await;
+        if let Some(p) = caller {
+            p.closed(info.bytes_received, info.bytes_sent);
+        }
         if !self.config.access_logs.is_empty() {
             info.done = Some(info.started.elapsed());
             self.config.access_logs.log(&Context::new(&info));
@@ -111,6 +138,10 @@ impl TcpProxy {
             return;
         };
         cluster.stats.upstream_cx_active.inc();
+        let target = self.target(cluster.config.appmesh_virtual_node.as_ref());
+        if let Some(t) = &target {
+            t.connected();
+        }
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
@@ -123,7 +154,17 @@ impl TcpProxy {
             info.bytes_received = received;
             info.bytes_sent = sent;
         }
+        if let Some(t) = target {
+            t.closed(info.bytes_sent, info.bytes_received);
+        }
         cluster.stats.upstream_cx_active.dec();
         cluster.stats.upstream_cx_destroy.inc();
+    }
+
+    /// The per-peer block of the virtual node `node` behind this chain's
+    /// virtual service, when both are known.
+    fn target(&self, node: Option<&Arc<str>>) -> Option<Arc<PeerStats>> {
+        let mesh = self.shared.mesh.as_ref()?;
+        mesh.upstream_peer(self.appmesh_service.as_ref()?, node?)
     }
 }

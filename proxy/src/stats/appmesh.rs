@@ -10,7 +10,14 @@
 //! - outbound: `appmesh.upstream_rq_*` labelled
 //!   `appmesh_target_virtual_service` and `appmesh_target_virtual_node`,
 //!   read from the `trellis.appmesh` filter metadata trellis-control puts
-//!   on routes (or virtual hosts) and clusters.
+//!   on routes (or virtual hosts), TCP filter chains and clusters.
+//!
+//! HTTP requests count as `{side}_rq_total`, `{side}_rq_xx` and
+//! `{side}_rq_time`; TCP connections (`tcp_proxy` chains) as
+//! `{side}_cx_total` when they open and `{side}_cx_rx_bytes_total` /
+//! `{side}_cx_tx_bytes_total` when they close, read and written on that
+//! side, as Envoy's own `downstream_cx_*` and `upstream_cx_*` counters. A
+//! peer shows the family it was seen with.
 //!
 //! A request finds its block in a map behind an `ArcSwap`: a lock-free read;
 //! the lock is taken only to add a peer never seen before.
@@ -73,15 +80,18 @@ impl MeshObject {
     }
 }
 
-/// Requests between this proxy and one peer.
+/// Requests and connections between this proxy and one peer.
 #[derive(Debug)]
-struct PeerStats {
+pub struct PeerStats {
     scope: Scope,
     /// `downstream` or `upstream`.
     side: &'static str,
     rq_total: Counter,
     rq: CodeCounters,
     rq_time: Histogram,
+    cx_total: Counter,
+    cx_rx_bytes_total: Counter,
+    cx_tx_bytes_total: Counter,
 }
 
 impl PeerStats {
@@ -92,6 +102,9 @@ impl PeerStats {
             rq_total: Counter::default(),
             rq: CodeCounters::default(),
             rq_time: Histogram::default(),
+            cx_total: Counter::default(),
+            cx_rx_bytes_total: Counter::default(),
+            cx_tx_bytes_total: Counter::default(),
         }
     }
 
@@ -101,13 +114,35 @@ impl PeerStats {
         self.rq_time.record(time);
     }
 
+    /// A TCP connection with this peer opened.
+    pub fn connected(&self) {
+        self.cx_total.inc();
+    }
+
+    /// A TCP connection with this peer closed: bytes read from it and
+    /// written to it.
+    pub fn closed(&self, rx: u64, tx: u64) {
+        self.cx_rx_bytes_total.add(rx);
+        self.cx_tx_bytes_total.add(tx);
+    }
+
     fn visit(&self, v: &mut dyn Visitor) {
         let side = self.side;
-        v.counter(
-            &self.scope,
-            &format!("{side}_rq_total"),
-            self.rq_total.get(),
-        );
+        let cx_total = self.cx_total.get();
+        if cx_total > 0 {
+            v.counter(&self.scope, &format!("{side}_cx_total"), cx_total);
+            for (name, c) in [
+                ("cx_rx_bytes_total", &self.cx_rx_bytes_total),
+                ("cx_tx_bytes_total", &self.cx_tx_bytes_total),
+            ] {
+                v.counter(&self.scope, &format!("{side}_{name}"), c.get());
+            }
+        }
+        let rq_total = self.rq_total.get();
+        if rq_total == 0 && cx_total > 0 {
+            return;
+        }
+        v.counter(&self.scope, &format!("{side}_rq_total"), rq_total);
         self.rq.visit(&format!("{side}_rq"), &self.scope, v);
         v.histogram(
             &self.scope,
@@ -145,13 +180,18 @@ impl Default for MeshStats {
 impl MeshStats {
     /// Counts a request answered to a caller, named by its verified URI SAN.
     pub fn downstream(&self, uri_san: Option<&str>, status: u16, time: Duration) {
+        self.downstream_peer(uri_san).record(status, time);
+    }
+
+    /// The block of a caller named by its verified URI SAN.
+    pub fn downstream_peer(&self, uri_san: Option<&str>) -> Arc<PeerStats> {
         let Some(san) = uri_san else {
-            return self.anonymous.record(status, time);
+            return self.anonymous.clone();
         };
         if let Some(p) = self.downstream.load().get(san) {
-            return p.record(status, time);
+            return p.clone();
         }
-        self.add_downstream(san).record(status, time);
+        self.add_downstream(san)
     }
 
     fn add_downstream(&self, san: &str) -> Arc<PeerStats> {
@@ -190,6 +230,15 @@ impl MeshStats {
         if let Some(p) = self.add_upstream(service, node) {
             p.record(status, time);
         }
+    }
+
+    /// The block of a virtual node reached through a virtual service;
+    /// `None` once [`MAX_PEERS`] targets are tracked.
+    pub fn upstream_peer(&self, service: &Arc<str>, node: &Arc<str>) -> Option<Arc<PeerStats>> {
+        if let Some(p) = self.upstream.load().get(service).and_then(|m| m.get(node)) {
+            return Some(p.clone());
+        }
+        self.add_upstream(service, node)
     }
 
     fn add_upstream(&self, service: &Arc<str>, node: &Arc<str>) -> Option<Arc<PeerStats>> {
@@ -317,6 +366,46 @@ mod tests {
                 Some(("appmesh_target_virtual_service", "color"))
             ),
             Some(1)
+        );
+    }
+
+    #[test]
+    fn tcp_peers_count_connections_and_bytes_not_requests() {
+        let m = MeshStats::default();
+        let caller = m.downstream_peer(Some("spiffe://td/mesh/m/virtualNode/client"));
+        caller.connected();
+        caller.closed(10, 20);
+        let (svc, node) = (Arc::from("db"), Arc::from("pg"));
+        let target = m.upstream_peer(&svc, &node).expect("room for a peer");
+        target.connected();
+        target.closed(20, 10);
+        let mut seen = Seen::default();
+        m.visit(&mut seen);
+        let names = |label: &str| {
+            let mut n: Vec<(String, u64)> = seen
+                .0
+                .iter()
+                .filter(|(_, l, _)| l.iter().any(|(k, _)| *k == label))
+                .map(|(n, _, v)| (n.clone(), *v))
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names("appmesh_downstream_virtual_node"),
+            [
+                ("downstream_cx_rx_bytes_total".to_string(), 10),
+                ("downstream_cx_total".to_string(), 1),
+                ("downstream_cx_tx_bytes_total".to_string(), 20),
+            ]
+        );
+        assert_eq!(
+            names("appmesh_target_virtual_node"),
+            [
+                ("upstream_cx_rx_bytes_total".to_string(), 20),
+                ("upstream_cx_total".to_string(), 1),
+                ("upstream_cx_tx_bytes_total".to_string(), 10),
+            ]
         );
     }
 }

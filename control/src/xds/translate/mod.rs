@@ -735,6 +735,9 @@ fn listener(
     let mut out_chains: Vec<Value> = Vec::new();
     for c in chains {
         let mut chain = json!({"name": c.name, "filters": [c.filter]});
+        if let Some(md) = c.metadata {
+            chain["metadata"] = md;
+        }
         if let (true, Some(p)) = (several, c.destination_port) {
             chain["filter_chain_match"] = json!({"destination_port": p});
         }
@@ -779,6 +782,9 @@ fn listener(
     if several && chains.iter().all(|c| c.get("filter_chain_match").is_some()) {
         if let Some(first) = chains.first() {
             let mut default = json!({"name": "default", "filters": first["filters"].clone()});
+            if let Some(md) = first.get("metadata") {
+                default["metadata"] = md.clone();
+            }
             // A STRICT first listener stays TLS-only on the default chain;
             // a PERMISSIVE one (whose first chain is TLS) too, as the
             // inspector cannot pick a default.
@@ -811,6 +817,9 @@ struct Chain {
     name: String,
     destination_port: Option<u32>,
     filter: Value,
+    /// The chain's `metadata`: a TCP egress chain names its virtual service
+    /// there, as a virtual host does for HTTP.
+    metadata: Option<Value>,
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ fn inbound(ctx: &Ctx<'_>, set: &mut ResourceSet, name: &str, spec: &VirtualNodeS
             name: format!("ingress_{}_{}", pm.protocol, pm.port),
             destination_port: Some(pm.port),
             filter,
+            metadata: None,
         };
         if let Some(own) = ports
             .listener_ingress
@@ -166,6 +167,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                         tcp.idle_ms,
                         spec.logging.as_ref(),
                     ),
+                    metadata: Some(appmesh_metadata("virtual_service", &service)),
                 }),
                 None => {
                     http_ports.insert(target.port);
@@ -244,6 +246,7 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
                     name,
                     destination_port: port,
                     filter: hcm.clone(),
+                    metadata: None,
                 },
             );
         }

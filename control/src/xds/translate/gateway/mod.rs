@@ -97,6 +97,7 @@ pub(super) fn translate(ctx: &Ctx<'_>, name: &str, spec: &VirtualGatewaySpec) ->
                     name: format!("gateway_{protocol}_{port}"),
                     destination_port: None,
                     filter: edge_hcm(&format!("ingress_{protocol}_{port}"), &rc, spec),
+                    metadata: None,
                 }],
                 Fallback::FirstChain,
             ),
