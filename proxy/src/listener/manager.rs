@@ -15,7 +15,6 @@ use crate::shared::Shared;
 
 struct Entry {
     address: SocketAddr,
-    ipv4_compat: bool,
     active: Arc<ArcSwap<ActiveListener>>,
     stop: Drain,
 }
@@ -36,9 +35,10 @@ impl ListenerManager {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = Vec::new();
         for c in configs {
+            // As in Envoy 1.40, a changed `ipv4_compat` alone keeps the
+            // bound socket, and so its v6-only option.
             let rebind = match entries.get(&c.name) {
-                // The v6-only option is set before bind: a change rebinds.
-                Some(e) => e.address != c.address || e.ipv4_compat != c.ipv4_compat,
+                Some(e) => e.address != c.address,
                 None => true,
             };
             if rebind {
@@ -63,10 +63,7 @@ impl ListenerManager {
         }
         for c in configs {
             if let Some(e) = entries.get(&c.name) {
-                if e.address == c.address
-                    && e.ipv4_compat == c.ipv4_compat
-                    && e.active.load().config.fingerprint != c.fingerprint
-                {
+                if e.address == c.address && e.active.load().config.fingerprint != c.fingerprint {
                     tracing::info!(name = %c.name, "listener updated");
                     let old = e
                         .active
@@ -96,7 +93,6 @@ impl ListenerManager {
                 c.name.clone(),
                 Entry {
                     address: c.address,
-                    ipv4_compat: c.ipv4_compat,
                     active,
                     stop,
                 },
