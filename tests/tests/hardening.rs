@@ -452,7 +452,7 @@ async fn header_limits_answer_as_envoy_does() {
                 .stat("http.ingress_http.downstream_cx_protocol_error")
                 .await,
             1,
-            "hyper's own 431 (too many headers) is counted"
+            "the HTTP/1 codec's 431 (too many headers) is counted"
         );
         trellis.still_serves().await;
     })
