@@ -156,17 +156,45 @@ async fn flood(s: &mut TcpStream, unit: &[u8], max: usize) -> usize {
     sent
 }
 
-#[tokio::test]
-async fn connections_beyond_the_global_limit_are_closed_and_counted() {
-    within(LIMIT, "global connection limit", async {
-        let top = r#"overload_manager:
+/// An `overload_manager` allowing 5 downstream connections in all.
+const GLOBAL_LIMIT_5: &str = r#"overload_manager:
   resource_monitors:
   - name: envoy.resource_monitors.global_downstream_max_connections
     typed_config:
       "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
       max_active_downstream_connections: 5
 "#;
-        let proxy = Proxy::start_with(top, "", &workspace_bin("trellis-proxy")).await;
+
+/// Envoy warns at startup when nothing bounds the downstream connections;
+/// so does trellis, and not once a global limit is set.
+#[tokio::test]
+async fn without_a_global_connection_limit_the_proxy_warns_at_startup() {
+    within(LIMIT, "connection limit warning", async {
+        let app = Echo::start("app").await;
+        let clusters = [cluster("app", &[app.addr], "")];
+        let routes = "          - name: all\n            domains: [\"*\"]\n            routes:\n            - match: { prefix: \"/\" }\n              route: { cluster: app }\n";
+        for (top, warns) in [("", true), (GLOBAL_LIMIT_5, false)] {
+            let port = trellis_tests::free_port();
+            let config = format!("{top}{}", http_proxy(port, routes, &clusters, ""));
+            let p = ProxyProcess::start_logged(&config).await;
+            let r = client::get(&format!("http://127.0.0.1:{port}/")).await.expect("served");
+            assert_eq!(r.status, 200);
+            let log = p.log();
+            assert_eq!(
+                log.contains("no limit on active downstream connections"),
+                warns,
+                "limit set: {}; log: {log}",
+                !top.is_empty()
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_global_limit_are_closed_and_counted() {
+    within(LIMIT, "global connection limit", async {
+        let proxy = Proxy::start_with(GLOBAL_LIMIT_5, "", &workspace_bin("trellis-proxy")).await;
         let watch = RssWatch::start(proxy.pid());
         let mut held = Vec::new();
         for _ in 0..5 {
@@ -440,20 +468,25 @@ async fn header_limits_answer_as_envoy_does() {
         let extra = "          common_http_protocol_options: { max_headers_count: 20 }\n";
         let trellis = Proxy::start(extra).await;
         let envoy = Proxy::start_with("", extra, &require_envoy()).await;
+        let watch = RssWatch::start(trellis.pid());
         let ours = header_limit_outcomes(trellis.addr).await;
+        watch.finish("over-limit header lists", &trellis).await;
         let theirs = header_limit_outcomes(envoy.addr).await;
         assert_eq!(ours, theirs, "trellis (left) and Envoy (right) differ");
         assert!(ours[0].1.starts_with("HTTP/1.1 431"), "{ours:?}");
-        assert_eq!(ours[2].1, "reset");
-        assert_eq!(trellis.p.stat("http2.header_overflow").await, 1);
-        assert_eq!(
-            trellis
-                .p
-                .stat("http.ingress_http.downstream_cx_protocol_error")
-                .await,
-            1,
-            "the HTTP/1 codec's 431 (too many headers) is counted"
-        );
+        assert!(ours[1].1.starts_with("HTTP/1.1 431"), "{ours:?}");
+        assert_eq!((ours[2].1.as_str(), ours[3].1.as_str()), ("reset", "reset"));
+        // Each refusal moves the counter Envoy's does, as much.
+        for (stat, want) in [
+            ("http2.header_overflow", 1),
+            ("http2.header_list_size_too_large", 1),
+            ("http.ingress_http.downstream_cx_protocol_error", 1),
+            ("http.ingress_http.downstream_rq_4xx", 2),
+        ] {
+            let (t, e) = (trellis.p.stat(stat).await, envoy.p.stat(stat).await);
+            assert_eq!((stat, t), (stat, e), "trellis (left) and Envoy (right) differ");
+            assert_eq!(t, want, "{stat}");
+        }
         trellis.still_serves().await;
     })
     .await;

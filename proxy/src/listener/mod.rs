@@ -20,7 +20,7 @@ use crate::http::Hcm;
 use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
 use crate::stats::ListenerStats;
-use crate::tls::ServerTls;
+use crate::tls::{HandshakeError, ServerTls};
 
 use connection_limit::ConnectionLimit;
 pub use manager::ListenerManager;
@@ -234,11 +234,17 @@ fn handle(
             // The whole TLS path in one box: what its handshake returns would
             // otherwise take room in every connection's task, plaintext ones too.
             Some(tls) => {
-                let ssl = &listener.stats.ssl;
+                let stats = &listener.stats;
+                let ssl = &stats.ssl;
                 let terminal = chain.terminal;
                 Box::pin(async move {
-                    let Some((stream, info)) = tls.accept(stream, Some(ssl)).await else {
-                        return;
+                    let (stream, info) = match tls.accept(stream, Some(ssl)).await {
+                        Ok(accepted) => accepted,
+                        Err(HandshakeError::TimedOut) => {
+                            stats.downstream_cx_transport_socket_connect_timeout.inc();
+                            return;
+                        }
+                        Err(HandshakeError::Failed) => return,
                     };
                     let info = Arc::new(info);
                     match terminal {

@@ -195,6 +195,9 @@ pub fn help(family: &str) -> &'static str {
         "listener_downstream_cx_overload_reject" => {
             "Connections closed at once by the reject_incoming_connections overload action."
         }
+        "listener_downstream_cx_transport_socket_connect_timeout" => {
+            "TLS handshakes not finished within the filter chain's handshake timeout."
+        }
         "connection_limit_active_connections" => {
             "Connections open on filter chains with this connection_limit prefix."
         }

@@ -545,6 +545,8 @@ pub struct ListenerStats {
     pub downstream_global_cx_overflow: Counter,
     /// Connections closed at once by `reject_incoming_connections`.
     pub downstream_cx_overload_reject: Counter,
+    /// TLS handshakes not done within the chain's handshake timeout.
+    pub downstream_cx_transport_socket_connect_timeout: Counter,
 }
 
 impl ListenerStats {
@@ -563,6 +565,7 @@ impl ListenerStats {
             tls: std::sync::atomic::AtomicBool::new(false),
             downstream_global_cx_overflow: Counter::default(),
             downstream_cx_overload_reject: Counter::default(),
+            downstream_cx_transport_socket_connect_timeout: Counter::default(),
         }
     }
 }
@@ -582,6 +585,11 @@ impl StatSource for ListenerStats {
             s,
             "downstream_cx_overload_reject",
             self.downstream_cx_overload_reject.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_transport_socket_connect_timeout",
+            self.downstream_cx_transport_socket_connect_timeout.get(),
         );
         if self.tls.load(std::sync::atomic::Ordering::Relaxed) {
             self.ssl.visit(s, v);
