@@ -199,23 +199,32 @@ async fn connections_beyond_the_global_limit_are_closed_and_counted() {
         let mut held = Vec::new();
         for _ in 0..5 {
             let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-            s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .expect("write");
             let mut buf = [0u8; 12];
             s.read_exact(&mut buf).await.expect("answered");
             assert_eq!(&buf, b"HTTP/1.1 200");
             held.push(s);
         }
         for i in 0..50 {
-            let mut s = TcpStream::connect(proxy.addr).await.expect("the kernel accepts");
+            let mut s = TcpStream::connect(proxy.addr)
+                .await
+                .expect("the kernel accepts");
             let _ = s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
             let mut out = Vec::new();
             let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
             assert!(r.is_ok(), "connection {i} over the limit was left open");
             assert!(out.is_empty(), "connection {i} over the limit was served");
         }
-        watch.finish("a flood of 50 connections over a limit of 5", &proxy).await;
+        watch
+            .finish("a flood of 50 connections over a limit of 5", &proxy)
+            .await;
         assert_eq!(
-            proxy.p.stat(&proxy.listener_stat("downstream_global_cx_overflow")).await,
+            proxy
+                .p
+                .stat(&proxy.listener_stat("downstream_global_cx_overflow"))
+                .await,
             50
         );
         drop(held);
@@ -261,6 +270,7 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
                 s.read_exact(&mut buf).await.expect("answered");
                 held.push(s);
             }
+            let watch = RssWatch::start(proxy.pid());
             for _ in 0..10 {
                 let reply = client::raw(
                     proxy.addr,
@@ -270,6 +280,7 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
                 .await;
                 assert_eq!(reply, "", "{}: served over the limit", bin.display());
             }
+            watch.finish("10 connections over a chain's limit", &proxy).await;
             println!("connection_limit checked on {}", bin.display());
             let stats = |n: &'static str| proxy.p.stat(n);
             assert_eq!(stats("connection_limit.edge.limited_connections").await, 10);
@@ -291,6 +302,77 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
             })
             .await;
         }
+    })
+    .await;
+}
+
+/// One HTTP/2 request whose header block never ends: HEADERS without
+/// END_HEADERS, then a CONTINUATION every 100 ms. What came back on stream
+/// 1 (or the connection's end) before the client stopped, after 4 s at most.
+async fn trickled_header_block(addr: SocketAddr) -> (bool, Vec<h2raw::Frame>) {
+    let mut s = h2raw::connect(addr).await;
+    let _ = s
+        .write_all(&frame(
+            h2raw::HEADERS,
+            h2raw::END_STREAM,
+            1,
+            &h2raw::get_block("a", "/ok"),
+        ))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        let _ = s
+            .write_all(&frame(
+                h2raw::CONTINUATION,
+                0,
+                1,
+                &literal(b"x-slow", b"v", false),
+            ))
+            .await;
+        let r = h2raw::read_frames(&mut s, Duration::from_millis(100)).await;
+        got.extend(r.frames.into_iter().filter(|f| f.stream == 1));
+        if r.closed {
+            return (true, got);
+        }
+        if got.iter().any(|f| f.kind == h2raw::RST_STREAM) {
+            break;
+        }
+    }
+    (false, got)
+}
+
+/// Envoy's `request_headers_timeout` also times an HTTP/2 header block;
+/// Envoy answers the stream 408, trellis closes the connection the block
+/// holds up. Both count it, and neither lets the request through.
+#[tokio::test]
+async fn http2_header_blocks_trickled_past_the_head_timeout_are_cut() {
+    within(LIMIT, "HTTP/2 slowloris", async {
+        let extra = "          request_headers_timeout: 0.5s\n";
+        let trellis = Proxy::start(extra).await;
+        let envoy = Proxy::start_with("", extra, &require_envoy()).await;
+        let watch = RssWatch::start(trellis.pid());
+        let ours =
+            futures::future::join_all((0..20).map(|_| trickled_header_block(trellis.addr))).await;
+        watch
+            .finish("20 trickled HTTP/2 header blocks", &trellis)
+            .await;
+        let (closed, envoys) = trickled_header_block(envoy.addr).await;
+        assert!(!closed, "Envoy answers the stream: {envoys:?}");
+        assert!(
+            envoys.iter().any(|f| f.kind == h2raw::HEADERS),
+            "{envoys:?}"
+        );
+        for (closed, frames) in &ours {
+            assert!(closed, "trellis kept the connection: {frames:?}");
+            let reached_app = frames
+                .iter()
+                .any(|f| String::from_utf8_lossy(&f.payload).contains("upstream"));
+            assert!(!reached_app, "{frames:?}");
+        }
+        let stat = "http.ingress_http.downstream_rq_header_timeout";
+        assert_eq!(envoy.p.stat(stat).await, 1);
+        assert_eq!(trellis.p.stat(stat).await, 20);
+        trellis.still_serves().await;
     })
     .await;
 }
@@ -462,6 +544,18 @@ async fn header_limit_outcomes(addr: SocketAddr) -> Vec<(String, String)> {
     out
 }
 
+/// `http2.header_overflow`, `downstream_rq_4xx`, `downstream_cx_protocol_error`
+/// and `http2.header_list_size_too_large`.
+async fn header_limit_counters(p: &Proxy) -> [i64; 4] {
+    [
+        p.p.stat("http2.header_overflow").await,
+        p.p.stat("http.ingress_http.downstream_rq_4xx").await,
+        p.p.stat("http.ingress_http.downstream_cx_protocol_error")
+            .await,
+        p.p.stat("http2.header_list_size_too_large").await,
+    ]
+}
+
 #[tokio::test]
 async fn header_limits_answer_as_envoy_does() {
     within(LIMIT, "header limits", async {
@@ -476,18 +570,74 @@ async fn header_limits_answer_as_envoy_does() {
         assert!(ours[0].1.starts_with("HTTP/1.1 431"), "{ours:?}");
         assert!(ours[1].1.starts_with("HTTP/1.1 431"), "{ours:?}");
         assert_eq!((ours[2].1.as_str(), ours[3].1.as_str()), ("reset", "reset"));
-        // Each refusal moves the counter Envoy's does, as much.
-        for (stat, want) in [
-            ("http2.header_overflow", 1),
-            ("http2.header_list_size_too_large", 1),
-            ("http.ingress_http.downstream_cx_protocol_error", 1),
-            ("http.ingress_http.downstream_rq_4xx", 2),
-        ] {
-            let (t, e) = (trellis.p.stat(stat).await, envoy.p.stat(stat).await);
-            assert_eq!((stat, t), (stat, e), "trellis (left) and Envoy (right) differ");
-            assert_eq!(t, want, "{stat}");
-        }
+        // The HTTP/1 refusals and the HTTP/2 header count move the counters
+        // Envoy's do. Over max_request_headers_kb on HTTP/2, trellis resets
+        // the stream (`http2.header_list_size_too_large`) where Envoy 1.40
+        // closes the connection (GOAWAY COMPRESSION_ERROR, one more
+        // `downstream_cx_protocol_error`).
+        assert_eq!(header_limit_counters(&trellis).await, [1, 2, 2, 1]);
+        assert_eq!(header_limit_counters(&envoy).await, [1, 2, 3, 0]);
         trellis.still_serves().await;
+    })
+    .await;
+}
+
+/// The values of SETTINGS parameter `id` in the server's SETTINGS frames.
+fn setting(frames: &[h2raw::Frame], id: u16) -> Option<u32> {
+    frames
+        .iter()
+        .filter(|f| f.kind == h2raw::SETTINGS && f.flags & 0x1 == 0)
+        .flat_map(|f| f.payload.chunks_exact(6))
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == id)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+}
+
+/// With no `http2_protocol_options` the proxy announces its bounded
+/// defaults (100 streams, windows of 1 MiB and 4 MiB), and refuses the
+/// 101st concurrent stream with REFUSED_STREAM, counted as `http2.tx_reset`.
+#[tokio::test]
+async fn http2_streams_beyond_the_default_limit_are_refused() {
+    within(LIMIT, "max concurrent streams", async {
+        let proxy = Proxy::start("").await;
+        let watch = RssWatch::start(proxy.pid());
+        let mut s = h2raw::connect(proxy.addr).await;
+        let hello = h2raw::read_frames(&mut s, Duration::from_millis(300)).await;
+        assert_eq!(setting(&hello.frames, 0x3), Some(100), "{:?}", hello.frames);
+        assert_eq!(
+            setting(&hello.frames, 0x4),
+            Some(1 << 20),
+            "{:?}",
+            hello.frames
+        );
+        let conn_window = hello.of_kind(0x8).find(|f| f.stream == 0).and_then(|f| {
+            f.payload
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        });
+        assert_eq!(conn_window, Some((4 << 20) - 65_535));
+        // Acknowledged, the settings bind; then 101 streams that the
+        // blackhole behind /slow keeps open.
+        let mut out = frame(h2raw::SETTINGS, 0x1, 0, &[]);
+        for i in 0..101u32 {
+            let block = h2raw::get_block("a", "/slow");
+            out.extend(frame(
+                h2raw::HEADERS,
+                h2raw::END_STREAM | h2raw::END_HEADERS,
+                2 * i + 1,
+                &block,
+            ));
+        }
+        s.write_all(&out).await.expect("write");
+        let got = h2raw::read_frames(&mut s, Duration::from_millis(500)).await;
+        let refused: Vec<u32> = got
+            .of_kind(h2raw::RST_STREAM)
+            .filter(|f| f.code() == Some(0x7))
+            .map(|f| f.stream)
+            .collect();
+        assert_eq!(refused, vec![201], "{:?}", got.frames);
+        watch.finish("101 concurrent streams", &proxy).await;
+        assert_eq!(proxy.p.stat("http2.tx_reset").await, 1);
+        proxy.still_serves().await;
     })
     .await;
 }

@@ -418,3 +418,48 @@ fn http_filters(h: &HttpConnectionManager) -> Result<Vec<crate::filters::HttpFil
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+
+    fn minimal() -> HttpConnectionManager {
+        HttpConnectionManager {
+            stat_prefix: "t".into(),
+            route_specifier: Some(RouteSpecifier::RouteConfig(Default::default())),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The limits trellis bounds where Envoy does not (README, Hardening):
+    /// a change of any of them must be deliberate.
+    #[test]
+    fn hardening_defaults_are_bounded() {
+        let c = HcmConfig::compile(&minimal()).expect("a minimal HCM compiles");
+        assert_eq!(c.request_headers_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            (
+                c.http2.max_concurrent_streams,
+                c.http2.initial_stream_window_size,
+                c.http2.initial_connection_window_size,
+                c.http2.max_control_frames,
+            ),
+            (100, 1 << 20, 4 << 20, 1000)
+        );
+        assert_eq!((c.max_request_headers_kb, c.max_headers_count), (60, 100));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.stream_idle_timeout, Some(Duration::from_secs(300)));
+        // `0s` turns the head timer off, as in Envoy.
+        let off = HttpConnectionManager {
+            request_headers_timeout: Some(prost_types::Duration::default()),
+            ..minimal()
+        };
+        let c = HcmConfig::compile(&off).expect("compiles");
+        assert_eq!(c.request_headers_timeout, None);
+    }
+}

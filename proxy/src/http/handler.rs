@@ -73,6 +73,10 @@ impl Hcm {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 stats.downstream_rq.record(status.as_u16());
+                // Envoy's HTTP/1 codec refuses an oversized head itself.
+                if status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                    stats.downstream_cx_protocol_error.inc();
+                }
                 stats.downstream_rq_active.dec();
                 return resp;
             }
