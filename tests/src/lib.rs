@@ -10,6 +10,7 @@ pub mod h2raw;
 pub mod metrics;
 pub mod process;
 pub mod prometheus;
+pub mod rss;
 pub mod tls;
 pub mod upstream;
 pub mod xds_server;

@@ -3,8 +3,6 @@
 //! else. The proxy's RSS during each flood is printed (`--nocapture`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,12 +10,11 @@ use tokio::net::TcpStream;
 use trellis_tests::config::{cluster, http_proxy};
 use trellis_tests::h2raw::{self, frame, literal};
 use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
+use trellis_tests::rss::RssWatch;
 use trellis_tests::upstream::{blackhole, Echo};
 use trellis_tests::{client, eventually, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// How much a flood may grow the proxy: generous, so only a leak fails it.
-const RSS_GROWTH_KIB: u64 = 64 * 1024;
 
 const ROUTES: &str = r#"          - name: all
             domains: ["*"]
@@ -75,10 +72,6 @@ impl Proxy {
         self.p.child.id().expect("proxy running")
     }
 
-    fn rss(&self) -> u64 {
-        h2raw::rss_kib(self.pid())
-    }
-
     /// A plain request from a well-behaved client still gets through.
     async fn still_serves(&self) {
         let url = format!("http://{}/ok", self.addr);
@@ -92,53 +85,6 @@ impl Proxy {
 
     fn listener_stat(&self, name: &str) -> String {
         format!("listener.{}_{}.{name}", self.addr.ip(), self.addr.port())
-    }
-}
-
-/// Samples the proxy's RSS while a flood runs; reports the peak. A thread of
-/// its own, so a flood loop that never yields cannot starve it.
-struct RssWatch {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-    before: u64,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let before = h2raw::rss_kib(pid);
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(h2raw::rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RssWatch {
-            stop,
-            peak,
-            thread,
-            before,
-        }
-    }
-
-    /// Prints the figure and checks the bound.
-    async fn finish(self, what: &str, proxy: &Proxy) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let peak = self.peak.load(Ordering::Relaxed).max(self.before);
-        let after = proxy.rss();
-        println!(
-            "RSS during {what}: before {} KiB, peak {peak} KiB, after {after} KiB",
-            self.before
-        );
-        assert!(
-            peak < self.before + RSS_GROWTH_KIB,
-            "{what}: RSS grew from {} KiB to {peak} KiB",
-            self.before
-        );
     }
 }
 
@@ -217,9 +163,7 @@ async fn connections_beyond_the_global_limit_are_closed_and_counted() {
             assert!(r.is_ok(), "connection {i} over the limit was left open");
             assert!(out.is_empty(), "connection {i} over the limit was served");
         }
-        watch
-            .finish("a flood of 50 connections over a limit of 5", &proxy)
-            .await;
+        watch.finish("a flood of 50 connections over a limit of 5");
         assert_eq!(
             proxy
                 .p
@@ -280,7 +224,7 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
                 .await;
                 assert_eq!(reply, "", "{}: served over the limit", bin.display());
             }
-            watch.finish("10 connections over a chain's limit", &proxy).await;
+            watch.finish("10 connections over a chain's limit");
             println!("connection_limit checked on {}", bin.display());
             let stats = |n: &'static str| proxy.p.stat(n);
             assert_eq!(stats("connection_limit.edge.limited_connections").await, 10);
@@ -353,9 +297,7 @@ async fn http2_header_blocks_trickled_past_the_head_timeout_are_cut() {
         let watch = RssWatch::start(trellis.pid());
         let ours =
             futures::future::join_all((0..20).map(|_| trickled_header_block(trellis.addr))).await;
-        watch
-            .finish("20 trickled HTTP/2 header blocks", &trellis)
-            .await;
+        watch.finish("20 trickled HTTP/2 header blocks");
         let (closed, envoys) = trickled_header_block(envoy.addr).await;
         assert!(!closed, "Envoy answers the stream: {envoys:?}");
         assert!(
@@ -410,7 +352,7 @@ async fn slowloris_heads_get_408_while_idle_keep_alive_survives() {
             })
         });
         let replies = futures::future::join_all(clients).await;
-        watch.finish("50 slowloris clients", &proxy).await;
+        watch.finish("50 slowloris clients");
         for r in replies {
             let r = r.expect("client task");
             assert!(r.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{r:?}");
@@ -564,7 +506,7 @@ async fn header_limits_answer_as_envoy_does() {
         let envoy = Proxy::start_with("", extra, &require_envoy()).await;
         let watch = RssWatch::start(trellis.pid());
         let ours = header_limit_outcomes(trellis.addr).await;
-        watch.finish("over-limit header lists", &trellis).await;
+        watch.finish("over-limit header lists");
         let theirs = header_limit_outcomes(envoy.addr).await;
         assert_eq!(ours, theirs, "trellis (left) and Envoy (right) differ");
         assert!(ours[0].1.starts_with("HTTP/1.1 431"), "{ours:?}");
@@ -635,7 +577,7 @@ async fn http2_streams_beyond_the_default_limit_are_refused() {
             .map(|f| f.stream)
             .collect();
         assert_eq!(refused, vec![201], "{:?}", got.frames);
-        watch.finish("101 concurrent streams", &proxy).await;
+        watch.finish("101 concurrent streams");
         assert_eq!(proxy.p.stat("http2.tx_reset").await, 1);
         proxy.still_serves().await;
     })
@@ -670,9 +612,7 @@ async fn http2_rapid_reset_closes_the_connection() {
             sent += 1;
         }
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish(&format!("an HTTP/2 rapid reset ({sent} streams)"), &proxy)
-            .await;
+        watch.finish(&format!("an HTTP/2 rapid reset ({sent} streams)"));
         assert!(got.closed, "the connection is closed");
         assert!(sent < 5000, "the proxy stopped reading before 5000 resets");
         assert!(
@@ -756,12 +696,7 @@ async fn http2_continuation_flood_is_cut_off() {
         )
         .await;
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish(
-                &format!("a CONTINUATION flood ({sent} frames sent)"),
-                &proxy,
-            )
-            .await;
+        watch.finish(&format!("a CONTINUATION flood ({sent} frames sent)"));
         assert!(
             sent < 100_000,
             "the proxy stopped taking CONTINUATION frames"
@@ -791,9 +726,7 @@ async fn control_flood(unit: Vec<u8>, what: &str) {
     let mut s = h2raw::connect(proxy.addr).await;
     let sent = flood(&mut s, &unit, 500_000).await;
     let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-    watch
-        .finish(&format!("a {what} flood ({sent} frames sent)"), &proxy)
-        .await;
+    watch.finish(&format!("a {what} flood ({sent} frames sent)"));
     assert!(sent < 500_000, "the proxy stopped taking {what} frames");
     assert!(got.closed, "the flooding connection is closed");
     assert_eq!(proxy.p.stat("http2.outbound_control_flood").await, 1);
@@ -851,9 +784,7 @@ async fn hpack_bombs_are_refused() {
         );
         let _ = s.write_all(&f).await;
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish("HPACK bombs (80 KB and 16 MB decoded)", &proxy)
-            .await;
+        watch.finish("HPACK bombs (80 KB and 16 MB decoded)");
         assert!(got.closed);
         assert!(
             got.goaway()

@@ -143,11 +143,16 @@ async fn backend_proxy(
     }]);
     let mut chain = json!({ "filters": [filter] });
     chain["transport_socket"] = downstream_tls(common, true);
-    ProxyProcess::start_logged(&bootstrap(
-        vec![listener(port, vec![chain], json!({}))],
-        vec![cluster("app", upstream, None)],
-        vec![],
-    ))
+    // Handshake refusals, with their reasons, are logged at debug (as Envoy
+    // logs them): anyone can cause them, and `ssl.*` counts them.
+    ProxyProcess::start_logged_at(
+        &bootstrap(
+            vec![listener(port, vec![chain], json!({}))],
+            vec![cluster("app", upstream, None)],
+            vec![],
+        ),
+        "debug",
+    )
     .await
 }
 
