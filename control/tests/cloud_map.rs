@@ -104,7 +104,10 @@ impl Eds {
 #[tokio::test(flavor = "multi_thread")]
 async fn cloud_map_instances_flow_from_the_registry_to_eds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &["--xds-plaintext"]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     let c = server.client();
     let color = json!({
         "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],

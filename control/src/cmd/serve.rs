@@ -12,12 +12,13 @@ use trellis_control::inject::{self, Resources, Settings, XdsTrust};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
+use trellis_control::tokens::{TokenKey, TOKEN_KEY_FILE};
 use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
 use trellis_control::xds::tls::XdsTls;
 
-use super::{ConfigError, InjectorArgs, ServeArgs};
+use super::{ConfigError, InjectorArgs, ServeArgs, TokenPolicy};
 
 fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     if args.no_auth {
@@ -53,6 +54,12 @@ fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
 
 /// The operator's CA when given, else the data dir's, created on first start.
 fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
+    if args.svid_ttl < super::SVID_TTL_WARN {
+        tracing::warn!(
+            svid_ttl = ?args.svid_ttl,
+            "--svid-ttl under a minute is for tests: a proxy that misses a renewal for half of it loses its identity"
+        );
+    }
     let ca = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => {
             let ca = Ca::load(cert, key, &args.trust_domain, args.svid_ttl)
@@ -81,6 +88,22 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
         Ok::<_, ConfigError>(ca)
     })?;
     Ok(Arc::new(ca))
+}
+
+/// The key node tokens are derived from, created on first start.
+fn token_key(args: &ServeArgs) -> anyhow::Result<Arc<TokenKey>> {
+    let key = TokenKey::load_or_create(&args.data_dir.join(TOKEN_KEY_FILE))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    match args.require_node_tokens {
+        TokenPolicy::Always => {}
+        TokenPolicy::Auto => tracing::warn!(
+            "--require-node-tokens auto: until a token is issued, any proxy that reaches xDS gets any node's SVID"
+        ),
+        TokenPolicy::Never => tracing::warn!(
+            "--require-node-tokens never: any proxy that reaches xDS gets any node's SVID (local experiments only)"
+        ),
+    }
+    Ok(Arc::new(key))
 }
 
 /// The names the mesh CA puts in the xDS server certificate: the bound IP,
@@ -177,7 +200,7 @@ fn xds_tls(args: &ServeArgs, ca: &Arc<Ca>) -> anyhow::Result<Option<XdsTls>> {
     Ok(Some(tls))
 }
 
-fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
+fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust, tokens: TokenPolicy) -> Settings {
     let image = format!(
         "{}:{}",
         args.sidecar_image_repository, args.sidecar_image_tag
@@ -199,6 +222,7 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
     settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
     settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
     settings.readiness_probe_period_s = args.readiness_probe_period;
+    settings.node_tokens = !matches!(tokens, TokenPolicy::Never);
     settings
 }
 
@@ -277,6 +301,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
+    let token_key = token_key(&args)?;
     let tls = xds_tls(&args, &ca)?;
     let xds_kind = match (&tls, &args.xds_tls_cert) {
         (None, _) => XdsTlsKind::Off,
@@ -294,7 +319,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let injector = match args.injector.webhook_addr {
         Some(_) => Some((
             webhook_cert(&args.injector, &ca)?,
-            injector_settings(&args.injector, sidecar_xds_trust(&args, xds_kind, &ca)?),
+            injector_settings(
+                &args.injector,
+                sidecar_xds_trust(&args, xds_kind, &ca)?,
+                args.require_node_tokens,
+            ),
         )),
         None => None,
     };
@@ -324,7 +353,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
             .with_ca(ca.clone())
             .with_token_policy(args.require_node_tokens.into());
-        let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry, token_key).with_ca(CaInfo {
             trust_domain: args.trust_domain.clone(),
             bundle: ca.bundle_pem().to_string(),
             xds_tls: xds_kind,
