@@ -168,6 +168,11 @@ fn fetch_bundle(reply: &Value) -> anyhow::Result<String> {
 }
 
 pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
+    // Files first: a bad one is reported before the API is asked anything.
+    let given_bundle = match &args.xds_ca {
+        Some(path) => Some(read_bundle(path, "--xds-ca")?),
+        None => None,
+    };
     // The API is asked only for what the flags do not give.
     let needs_api =
         (args.token.is_none() && !args.no_token) || (args.xds_ca.is_none() && !args.xds_plaintext);
@@ -204,9 +209,9 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
             Some(token.to_string())
         }
     };
-    let bundle = match (&args.xds_ca, args.xds_plaintext) {
+    let bundle = match (given_bundle, args.xds_plaintext) {
         (_, true) => None,
-        (Some(path), false) => Some(read_bundle(path, "--xds-ca")?),
+        (Some(pem), false) => Some(pem),
         (None, false) => {
             let reply = call(http::Method::GET, "/trellis/v1/ca", Vec::new())
                 .context("cannot fetch the CA bundle for TLS to xDS (or give --xds-ca FILE)")?;
