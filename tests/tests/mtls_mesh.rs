@@ -480,7 +480,8 @@ async fn node_tokens_over_tls_xds() {
 }
 
 /// The operator's certificate on the xDS port: `bootstrap` cannot vouch for
-/// it and says to give `--xds-ca`; with it, proxies connect.
+/// it and says to give `--xds-ca`; with it, proxies connect. A rotated pair
+/// is served without a restart.
 #[tokio::test]
 async fn operator_xds_certificate() {
     let proxy = workspace_bin("trellis-proxy");
@@ -521,6 +522,35 @@ async fn operator_xds_certificate() {
         .bootstrap(("--virtual-node", "a"), ports, &["--xds-ca", &pki_path])
         .await;
     let sidecar = sidecar(&proxy, &config).await;
+
+    // A rotated pair in the same files is served from the next handshake
+    // on, without a restart; the connected proxy stays connected.
+    let xds_port: u16 = control
+        .xds
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let served = || async {
+        let (ok, out) = s_client(xds_port, &pki_file, Probe::Handshake).await;
+        assert!(ok, "{out}");
+        out
+    };
+    let body = |pem: &str| pem.lines().nth(1).expect("pem").to_string();
+    assert!(served().await.contains(&body(&server.cert_pem)));
+    let next = pki.issue(&Leaf::new(&[], &[]).ips(&["127.0.0.1".parse().expect("ip")]));
+    next.write(dir.path(), "xds");
+    eventually(
+        Duration::from_secs(10),
+        "the rotated certificate",
+        || async { served().await.contains(&body(&next.cert_pem)).then_some(()) },
+    )
+    .await;
+    assert!(control
+        .log()
+        .contains("serving a new certificate from the files"));
+    let proxies = control.proxies().await;
+    assert_eq!(proxies.as_array().map(Vec::len), Some(1), "{proxies}");
     drop((sidecar, control));
 }
 

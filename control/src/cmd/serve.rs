@@ -7,10 +7,10 @@ use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState, CaInfo, XdsTlsKind};
 use trellis_control::ca::Ca;
-use trellis_control::inject::server::WebhookCert;
 use trellis_control::inject::{self, Resources, Settings, XdsTrust};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
+use trellis_control::served_cert::ServedCert;
 use trellis_control::store::Store;
 use trellis_control::tokens::{TokenKey, TOKEN_KEY_FILE};
 use trellis_control::xds;
@@ -230,19 +230,26 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust, tokens: TokenPoli
 /// new one is issued at every start.
 const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// The injector, in the log lines of its certificate.
+const INJECTOR: &str = "the injector";
+
 /// The injector's certificate: the operator's files, else one from the mesh CA.
-fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<ServedCert>> {
     let cert = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {
-            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+            ServedCert::from_files(cert, key, INJECTOR).map_err(|e| ConfigError(e.to_string()))?
         }
         _ => {
             let issued = ca
                 .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
                 .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
             tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
-            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            ServedCert::from_pem(
+                issued.cert_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                INJECTOR,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     Ok(Arc::new(cert))
