@@ -350,11 +350,14 @@ async fn node_tokens_over_tls_xds() {
     assert_eq!(lifetime(&pem), Duration::from_secs(24 * 3600 + 60));
 
     // Blue's token, stolen by the intruder from the Kubernetes Secret the
-    // injector's sidecars of blue read (named as the injector names it).
+    // injector's sidecars of blue read (both name it with
+    // tokens::k8s_secret_name; control/tests/inject.rs checks the reference),
+    // printed as control/README.md says to create it.
     let secret = control
         .cli(&[
             "token",
             "issue",
+            "--reuse",
             "--mesh",
             "m",
             "--virtual-node",
