@@ -82,9 +82,12 @@ async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
 async fn a_stream_needs_its_own_nodes_token_once_tokens_exist() {
     let store = Arc::new(Store::open_in_memory().expect("store"));
     let key = TokenKey::generate();
-    let xds = Xds::start(store.clone(), Arc::new(Registry::default()))
-        .expect("xds")
-        .with_token_policy(Policy::Auto);
+    let xds = Xds::start(
+        store.clone(),
+        Arc::new(Registry::load(store.clone()).expect("registry")),
+    )
+    .expect("xds")
+    .with_token_policy(Policy::Auto);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -133,7 +136,7 @@ async fn hold(
 async fn revoking_a_token_ends_the_stream_it_opened() {
     let store = Arc::new(Store::open_in_memory().expect("store"));
     let key = TokenKey::generate();
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::load(store.clone()).expect("registry"));
     let xds = Xds::start(store.clone(), registry.clone())
         .expect("xds")
         .with_token_policy(Policy::Auto);

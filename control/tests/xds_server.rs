@@ -63,7 +63,7 @@ async fn start() -> (Arc<Store>, Arc<Registry>, String) {
     put(&store, resource(Kind::Mesh, "m", json!({})));
     put(&store, resource(Kind::VirtualNode, "a", node_spec(8080)));
     put(&store, resource(Kind::VirtualNode, "b", node_spec(9090)));
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::load(store.clone()).expect("registry"));
     // Node tokens are node_tokens.rs's subject: these streams present none.
     let xds = Xds::start(store.clone(), registry.clone())
         .expect("xds")

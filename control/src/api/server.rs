@@ -251,7 +251,16 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
                 })?
                 .map_err(|e| (None, e));
         }
-        return extension(&state.registry, &parts.method, raw_path, &body).map_err(|e| (None, e));
+        // Registering an instance commits to the store: off the async threads.
+        let (registry, method, path) = (
+            state.registry.clone(),
+            parts.method.clone(),
+            raw_path.to_string(),
+        );
+        return tokio::task::spawn_blocking(move || extension(&registry, &method, &path, &body))
+            .await
+            .map_err(|_| (None, ApiError::internal("the trellis operation panicked")))?
+            .map_err(|e| (None, e));
     }
     let model = ServiceModel::get();
     let matched = state
@@ -463,6 +472,10 @@ fn instance_json(owner: &Owner, i: &Instance) -> serde_json::Value {
     out
 }
 
+fn instance_store(e: rusqlite::Error) -> ApiError {
+    ApiError::internal(format!("instance store: {e}"))
+}
+
 /// trellis's own endpoints under `/trellis/v1/`: the proxies connected to
 /// the xDS server (`trellis-control status`), and the instance registry.
 fn extension(
@@ -483,12 +496,14 @@ fn extension(
         }
         (&Method::POST, "/trellis/v1/instances") => {
             let (owner, instance) = instance_input(body)?;
-            registry.register(owner, instance);
+            registry.register(owner, instance).map_err(instance_store)?;
             Ok((None, 200, json!({})))
         }
         (&Method::DELETE, "/trellis/v1/instances") => {
             let (owner, instance) = instance_input(body)?;
-            let found = registry.deregister(&owner, &instance);
+            let found = registry
+                .deregister(&owner, &instance)
+                .map_err(instance_store)?;
             if found {
                 Ok((None, 200, json!({})))
             } else {

@@ -179,7 +179,8 @@ pub struct ServeArgs {
     /// Mesh for loaded documents that do not name one.
     #[arg(long)]
     pub mesh: Option<String>,
-    /// AWS shared-credentials file of the key pairs to accept [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file of the key pairs to accept [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Accept unsigned requests (only on a loopback --api-addr).
@@ -348,10 +349,12 @@ pub struct ApplyArgs {
     /// Address of the App Mesh API.
     #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
-    /// Data dir whose credentials file to sign with, when --credentials is not given.
+    /// Data dir whose credentials file to sign with, when neither --credentials nor
+    /// the environment gives a key pair.
     #[arg(long, default_value = "./trellis-data")]
     pub data_dir: PathBuf,
-    /// AWS shared-credentials file to sign with [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file to sign with [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Region in the signature scope.
@@ -432,10 +435,12 @@ pub struct StatusArgs {
     /// Address of the App Mesh API.
     #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
-    /// Data dir whose credentials file to sign with, when --credentials is not given.
+    /// Data dir whose credentials file to sign with, when neither --credentials nor
+    /// the environment gives a key pair.
     #[arg(long, default_value = "./trellis-data")]
     pub data_dir: PathBuf,
-    /// AWS shared-credentials file to sign with [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file to sign with [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Region in the signature scope.
@@ -493,6 +498,27 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 /// Writes a command's output; a reader that went away (`| head`) ends it
 /// quietly, as Unix tools do, instead of panicking in `println!`.
+/// The key pair a client command signs with: `--credentials`, else
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else `DATA_DIR/credentials`
+/// (the order `serve` picks the pairs it accepts in).
+fn signing_key(
+    credentials: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> Result<trellis_control::api::credentials::KeyPair, ConfigError> {
+    use trellis_control::api::credentials::Credentials;
+    let creds = match credentials {
+        Some(path) => Credentials::load(path),
+        None => match Credentials::from_env(|name| std::env::var(name).ok()) {
+            Ok(Some(creds)) => Ok(creds),
+            Ok(None) => Credentials::load(&data_dir.join("credentials")),
+            Err(e) => Err(e),
+        },
+    };
+    creds
+        .map(|c| c.preferred().clone())
+        .map_err(|e| ConfigError(e.to_string()))
+}
+
 fn out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

@@ -32,23 +32,34 @@ fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
         tracing::warn!("authentication is off (--no-auth): any local process may change the mesh");
         return Ok(None);
     }
-    let (creds, path, created) = match &args.credentials {
-        Some(path) => {
+    let env = Credentials::from_env(|name| std::env::var(name).ok())
+        .map_err(|e| ConfigError(e.to_string()))?;
+    // --credentials, else the environment, else the data dir's file.
+    let creds = match (&args.credentials, env) {
+        (Some(path), _) => {
             let creds = Credentials::load(path).map_err(|e| ConfigError(e.to_string()))?;
-            (creds, path.clone(), false)
+            tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
+            creds
         }
-        None => {
+        (None, Some(creds)) => {
+            tracing::info!(
+                access_key_id = %creds.preferred().access_key_id,
+                "accepting the key pair in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            );
+            creds
+        }
+        (None, None) => {
             let path = args.data_dir.join("credentials");
             let (creds, created) =
                 Credentials::load_or_create(&path).map_err(|e| ConfigError(e.to_string()))?;
-            (creds, path, created)
+            if created {
+                tracing::info!(path = %path.display(), "created a credentials file with a new key pair");
+            } else {
+                tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
+            }
+            creds
         }
     };
-    if created {
-        tracing::info!(path = %path.display(), "created a credentials file with a new key pair");
-    } else {
-        tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
-    }
     Ok(Some(creds))
 }
 
@@ -261,7 +272,7 @@ fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let docs =
         manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.report()))?;
     tracing::info!(documents = applied.len(), "loaded specs");
     Ok(())
 }
@@ -353,7 +364,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(
+            Registry::load(store.clone()).context("cannot read the registered instances")?,
+        );
         let webhook = injector.map(|(cert, settings)| {
             (cert, Arc::new(inject::server::Webhook::new(store.clone(), settings)))
         });

@@ -5,10 +5,9 @@ use anyhow::Context;
 use http::Method;
 use serde_json::Value;
 use trellis_control::api::client::Client;
-use trellis_control::api::credentials::Credentials;
 use xds_protos::type_url;
 
-use super::{ConfigError, RegisterArgs, StatusArgs, TokenAction, TokenArgs, TokenOutput};
+use super::{RegisterArgs, StatusArgs, TokenAction, TokenArgs, TokenOutput};
 
 const COLUMNS: [(&str, &str); 4] = [
     ("CDS", type_url::CLUSTER),
@@ -77,20 +76,12 @@ pub fn render_table(proxies: &Value) -> String {
 }
 
 pub(super) fn client(args: &StatusArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
-    let path = args
-        .credentials
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("credentials"));
-    let creds = Credentials::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+    let key = super::signing_key(args.credentials.as_deref(), &args.data_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let client = Client::new(
-        args.api_addr.to_string(),
-        creds.preferred().clone(),
-        args.region.clone(),
-    );
+    let client = Client::new(args.api_addr.to_string(), key, args.region.clone());
     Ok((runtime, client))
 }
 

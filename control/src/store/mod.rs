@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS node_tokens (
     created_at REAL NOT NULL,
     nonce TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS instances (
+    owner_kind TEXT NOT NULL,
+    owner_scope TEXT NOT NULL,
+    owner_name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    attributes TEXT NOT NULL,
+    PRIMARY KEY (owner_kind, owner_scope, owner_name, address, port)
+);
 ";
 
 /// Bumped whenever the schema changes, so an older binary refuses a
