@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use trellis_control::inject::{admit, MeshView, NamespaceDefault, Settings, XdsTrust};
+use trellis_control::inject::{admit, MeshView, NamespaceDefault, PreStopHook, Settings, XdsTrust};
 use trellis_control::manifest::{self, Outcome};
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
@@ -671,6 +671,27 @@ fn wait_until_proxy_ready_starts_the_sidecar_first() {
         ]}}})
     );
     expect_env(proxy, &[("ENVOY_ADMIN_ACCESS_PORT", "9902")]);
+}
+
+/// Clusters older than Kubernetes 1.30 have no `sleep` action: the `exec`
+/// hook runs the image's `sleep` instead.
+#[test]
+fn prestop_exec_hook_for_older_clusters() {
+    let mesh = Mesh::load();
+    let mut s = settings();
+    s.prestop_hook = PreStopHook::Exec;
+    s.prestop_delay_s = 7;
+    let answer = run_with(
+        &fixture("cart-pod.json"),
+        &mesh.view(),
+        &s,
+        NamespaceDefault::Enabled,
+    );
+    let proxy = container(answer.pod(), "containers", "trellis-proxy");
+    assert_eq!(
+        proxy["lifecycle"],
+        json!({"preStop": {"exec": {"command": ["sleep", "7"]}}})
+    );
 }
 
 #[test]

@@ -49,6 +49,22 @@ impl From<TokenPolicy> for trellis_control::tokens::Policy {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum PreStopHookArg {
+    Sleep,
+    Exec,
+}
+
+impl From<PreStopHookArg> for trellis_control::inject::PreStopHook {
+    fn from(h: PreStopHookArg) -> Self {
+        use trellis_control::inject::PreStopHook;
+        match h {
+            PreStopHookArg::Sleep => PreStopHook::Sleep,
+            PreStopHookArg::Exec => PreStopHook::Exec,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -304,6 +320,10 @@ pub struct InjectorArgs {
     /// Seconds a stopping sidecar waits before it drains (a preStop sleep; 0: none).
     #[arg(long, default_value_t = 20)]
     pub prestop_delay: u32,
+    /// How the preStop hook waits: `sleep` (Kubernetes 1.30+) or `exec`
+    /// (runs `sleep` from the sidecar image, for older clusters).
+    #[arg(long, value_enum, default_value_t = PreStopHookArg::Sleep)]
+    pub prestop_hook: PreStopHookArg,
     /// Start the sidecar first and hold the app until the proxy is ready.
     #[arg(long)]
     pub wait_until_proxy_ready: bool,

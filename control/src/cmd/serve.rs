@@ -230,6 +230,7 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust, tokens: TokenPoli
     };
     settings.egress_ignored_ips = args.ignored_ips.clone();
     settings.prestop_delay_s = args.prestop_delay;
+    settings.prestop_hook = args.prestop_hook.into();
     settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
     settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
     settings.readiness_probe_period_s = args.readiness_probe_period;

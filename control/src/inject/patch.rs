@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use super::mesh::Node;
 use super::pod::{Options, Pod};
 use super::settings::{
-    Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME,
-    SIDECAR_NAME,
+    PreStopHook, Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT,
+    INIT_NAME, SIDECAR_NAME,
 };
 
 fn env(name: &str, value: impl Into<String>) -> Value {
@@ -188,10 +188,13 @@ impl Plan<'_> {
         });
         let mut lifecycle = Map::new();
         if s.prestop_delay_s > 0 {
-            lifecycle.insert(
-                "preStop".into(),
-                json!({"sleep": {"seconds": s.prestop_delay_s}}),
-            );
+            let wait = match s.prestop_hook {
+                PreStopHook::Sleep => json!({"sleep": {"seconds": s.prestop_delay_s}}),
+                PreStopHook::Exec => json!({"exec": {"command": [
+                    "sleep", s.prestop_delay_s.to_string(),
+                ]}}),
+            };
+            lifecycle.insert("preStop".into(), wait);
         }
         if s.wait_until_proxy_ready {
             lifecycle.insert(

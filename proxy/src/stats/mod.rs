@@ -549,8 +549,9 @@ pub struct ListenerStats {
 
 impl ListenerStats {
     pub fn new(addr: std::net::SocketAddr) -> ListenerStats {
-        // Envoy names listener scopes by address with ':' folded to '_'.
-        let name = addr.to_string().replace([':'], "_").replace(['[', ']'], "");
+        // Envoy names listener scopes by address with ':' folded to '_',
+        // brackets kept: `0.0.0.0_15001`, `[__]_15001`.
+        let name = addr.to_string().replace(':', "_");
         ListenerStats {
             scope: Scope::new(
                 "listener",
@@ -715,6 +716,17 @@ mod tests {
         let s = Store::for_node("arn:aws:appmesh:us-west-2:1:mesh/m/virtualGateway/gw");
         assert_eq!(s.node_labels()[1].0, "appmesh_virtual_gateway");
         assert!(Store::for_node("plain-node").node_labels().is_empty());
+    }
+
+    #[test]
+    fn listener_scopes_are_named_like_envoy() {
+        let name = |a: &str| {
+            let s = ListenerStats::new(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
+            s.scope.tag.map(|(_, v)| v.to_string())
+        };
+        assert_eq!(name("0.0.0.0:15001").as_deref(), Some("0.0.0.0_15001"));
+        assert_eq!(name("[::]:15001").as_deref(), Some("[__]_15001"));
+        assert_eq!(name("[::1]:80").as_deref(), Some("[__1]_80"));
     }
 
     #[test]
