@@ -66,6 +66,10 @@ variants!(
     control_plane_restart,
     valid_beside_invalid_in_one_update,
     control_plane_returns_with_changes,
+    listener_that_cannot_bind,
+    changed_listener_warms_again,
+    fetch_timeouts_per_subscription,
+    removed_listener_drains,
 );
 
 /// What one request saw: status, the upstream that answered, the route tag.
@@ -541,7 +545,8 @@ async fn warming_and_readiness(proxy: Proxy, delta: bool) {
         Some(503),
         "/ready while a cluster warms"
     );
-    assert!(get(port, "/").await.is_none(), "no traffic while warming");
+    let early = get(port, "/").await;
+    assert!(early.is_none(), "no traffic while warming: {early:?}");
 
     // The endpoints arrive; the listener is taken but waits for its routes.
     xds.set_endpoints(&load_assignment("a", &[a.addr]));
@@ -817,4 +822,237 @@ async fn control_plane_returns_with_changes(proxy: Proxy, delta: bool) {
         })
         .collect();
     assert!(resent.is_empty(), "unchanged types resent: {resent:?}");
+}
+
+/// A listener whose address cannot be bound is refused on its own, as
+/// Envoy refuses it: the NACK names it, the version is not taken, the rest
+/// of the update stands, and later updates of every type go through.
+async fn listener_that_cannot_bind(proxy: Proxy, delta: bool) {
+    let a = Echo::start("a").await;
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    let v1 = base_config(&xds, port, a.addr);
+    let p = Launch::new(proxy, &xds, delta)
+        .expect("proxy binary")
+        .start()
+        .await;
+    acked_all(&xds, &v1).await;
+    served_by(port, "/", "a", "t1").await;
+    let accepted = p.stat("listener_manager.lds.update_success").await;
+
+    // An address another process holds, beside a listener that is fine.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let taken_port = taken.local_addr().expect("held address").port();
+    let port2 = free_port();
+    xds.set_listener(&http_listener("blocked", taken_port, "r1"));
+    xds.set_listener(&http_listener("second", port2, "r1"));
+    let v2 = xds.push();
+    let nack = xds.wait_nack(LISTENER, &v2).await;
+    check_nack(&nack, proxy, delta, &v1, "blocked", "cannot bind");
+    served_by(port2, "/", "a", "t1").await;
+    steadily_served_by(port, "/", "a", "t1", 3).await;
+    assert_eq!(
+        p.stat("listener_manager.lds.update_success").await,
+        accepted,
+        "a refused update is no success"
+    );
+    assert!(p.stat("listener_manager.lds.update_rejected").await >= 1);
+
+    // The refused listener holds nothing back: routes change, and the
+    // listeners that stood serve them.
+    xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t2"));
+    let v3 = xds.push();
+    xds.wait_ack(ROUTE_CONFIGURATION, &v3).await;
+    served_by(port, "/", "a", "t2").await;
+    served_by(port2, "/", "a", "t2").await;
+
+    // Two listeners trading addresses in one update: each address is held
+    // by the other, so Envoy refuses both ("duplicate address") and so does
+    // trellis; both go on serving where they were.
+    xds.remove_listener("blocked");
+    xds.set_listener(&http_listener("main", port2, "r1"));
+    xds.set_listener(&http_listener("second", port, "r1"));
+    let v4 = xds.push();
+    let nack = xds.wait_nack(LISTENER, &v4).await;
+    check_nack(&nack, proxy, delta, &v1, "main", "");
+    steadily_served_by(port, "/", "a", "t2", 3).await;
+    steadily_served_by(port2, "/", "a", "t2", 3).await;
+
+    // Put back as they were, and the held port freed: all accepted.
+    xds.set_listener(&http_listener("main", port, "r1"));
+    xds.set_listener(&http_listener("second", port2, "r1"));
+    drop(taken);
+    xds.set_listener(&http_listener("blocked", taken_port, "r1"));
+    let v5 = xds.push();
+    xds.wait_ack(LISTENER, &v5).await;
+    served_by(taken_port, "/", "a", "t2").await;
+    assert_eq!(p.admin_get("/ready").await.status, 200);
+}
+
+/// Lowers the bootstrap's CDS and LDS initial fetch timeouts to `t`.
+fn with_fetch_timeouts(bootstrap: &str, t: &str) -> String {
+    bootstrap.replace(
+        "    ads: {}\n",
+        &format!("    ads: {{}}\n    initial_fetch_timeout: {t}\n"),
+    )
+}
+
+/// A listener that warmed once and then changes to routes the control
+/// plane does not have yet warms again: its last version serves on until
+/// the new routes arrive. The bootstrap's fetch timeouts (1 s) have long
+/// passed by then; the route source's own (Envoy's default, 15 s) has not.
+async fn changed_listener_warms_again(proxy: Proxy, delta: bool) {
+    let a = Echo::start("a").await;
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    let v1 = base_config(&xds, port, a.addr);
+    let mut launch = Launch::new(proxy, &xds, delta).expect("proxy binary");
+    launch.bootstrap = with_fetch_timeouts(&launch.bootstrap, "1s");
+    let _p = launch.start().await;
+    acked_all(&xds, &v1).await;
+    served_by(port, "/", "a", "t1").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    xds.set_listener(&http_listener("main", port, "r2"));
+    let v2 = xds.push();
+    xds.wait_ack(LISTENER, &v2).await;
+    eventually(CONVERGE, "a subscription to r2", || async {
+        xds.requests()
+            .iter()
+            .any(|r| {
+                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r2".to_string())
+            })
+            .then_some(())
+    })
+    .await;
+    steadily_served_by(port, "/", "a", "t1", 5).await;
+
+    xds.set_route(&route_config("r2", vec![route("/", &[("a", 1)])], "t2"));
+    let v3 = xds.push();
+    xds.wait_ack(ROUTE_CONFIGURATION, &v3).await;
+    served_by(port, "/", "a", "t2").await;
+}
+
+/// Each subscription waits by its own `initial_fetch_timeout`: with the
+/// bootstrap's CDS and LDS waiting for ever (0), an EDS cluster whose
+/// endpoints never come and a listener whose routes never come are used
+/// once their own sources' timeouts (1 s) pass, and the proxy goes LIVE.
+async fn fetch_timeouts_per_subscription(proxy: Proxy, delta: bool) {
+    use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, Rds,
+    };
+    let one_second = prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    };
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    let mut cluster = eds_cluster("e");
+    if let Some(source) = cluster
+        .eds_cluster_config
+        .as_mut()
+        .and_then(|c| c.eds_config.as_mut())
+    {
+        source.initial_fetch_timeout = Some(one_second);
+    }
+    xds.set_cluster(&cluster);
+    let mut source = ads_source();
+    source.initial_fetch_timeout = Some(one_second);
+    xds.set_listener(&hcm_listener(
+        "main",
+        port,
+        Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(source),
+            route_config_name: "never".to_string(),
+        })),
+    ));
+    xds.push();
+    let mut launch = Launch::new(proxy, &xds, delta).expect("proxy binary");
+    launch.bootstrap = with_fetch_timeouts(&launch.bootstrap, "0s");
+    let _p = launch.start().await;
+    // The listener serves, with no routes: 404.
+    let what = "the listener without its routes to answer 404";
+    eventually(CONVERGE, what, || async {
+        (get(port, "/").await?.status == 404).then_some(())
+    })
+    .await;
+
+    // With no control plane answering at all, the bootstrap's own timeouts
+    // bring the proxy LIVE with nothing.
+    let silent = XdsServer::start().await;
+    let mut launch = Launch::new(proxy, &silent, delta).expect("proxy binary");
+    launch.bootstrap = with_fetch_timeouts(&launch.bootstrap, "1s");
+    let _q = launch.start().await;
+}
+
+/// A removed listener stops taking connections, but what it serves gets
+/// the drain time (5 s in these tests): an HTTP request in flight finishes,
+/// and a TCP proxy session goes on until the drain time ends, then is
+/// closed, as Envoy closes it.
+async fn removed_listener_drains(proxy: Proxy, delta: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Echo::start("a").await;
+    let t = trellis_tests::upstream::TcpEcho::start().await;
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    base_config(&xds, port, a.addr);
+    let (port_h, port_t) = (free_port(), free_port());
+    xds.set_cluster(&static_cluster("t", &[t.addr]));
+    xds.set_listener(&http_listener("side", port_h, "r1"));
+    xds.set_listener(&tcp_listener("tcp", port_t, "t"));
+    let v1 = xds.push();
+    let _p = Launch::new(proxy, &xds, delta)
+        .expect("proxy binary")
+        .start()
+        .await;
+    xds.wait_ack(CLUSTER, &v1).await;
+    xds.wait_ack(LISTENER, &v1).await;
+    served_by(port_h, "/", "a", "t1").await;
+
+    let mut session = tokio::net::TcpStream::connect(trellis_tests::loopback(port_t))
+        .await
+        .expect("connect to the TCP listener");
+    async fn round(session: &mut tokio::net::TcpStream, msg: &[u8]) {
+        let mut back = vec![0u8; msg.len()];
+        session.write_all(msg).await.expect("write");
+        session.read_exact(&mut back).await.expect("echoed");
+        assert_eq!(back, msg);
+    }
+    round(&mut session, b"before").await;
+    let seen = a.count();
+    let slow = tokio::spawn(get(port_h, "/delay/1500"));
+    eventually(CONVERGE, "the slow request upstream", || async {
+        (a.count() > seen).then_some(())
+    })
+    .await;
+
+    xds.remove_listener("side");
+    xds.remove_listener("tcp");
+    let v2 = xds.push();
+    xds.wait_ack(LISTENER, &v2).await;
+    round(&mut session, b"during").await;
+    let done = slow.await.expect("the request task");
+    assert_eq!(
+        done.map(|s| s.status),
+        Some(200),
+        "the request in flight on the removed listener finished"
+    );
+    eventually(CONVERGE, "the removed listener to refuse", || async {
+        get(port_h, "/").await.is_none().then_some(())
+    })
+    .await;
+    let closed = tokio::time::timeout(CONVERGE, async {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = session.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the TCP session on the removed listener is closed after the drain time"
+    );
+    served_by(port, "/", "a", "t1").await;
 }

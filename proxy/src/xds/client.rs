@@ -14,7 +14,7 @@ use xds_protos::envoy::service::discovery::v3::{
 };
 use xds_protos::google::rpc::Status;
 
-use super::apply::{apply, Statics, Warming};
+use super::apply::{apply, claim_addresses, HeldListeners, Statics, Warming};
 use super::resources::{Kind, Resources, Update};
 use super::stats::{register, version_hash, XdsStats};
 use super::AdsConfig;
@@ -39,23 +39,27 @@ struct Client {
 pub fn spawn(shared: Arc<Shared>, ads: AdsConfig, statics: Statics, node: Node) {
     let stats = register(&shared);
     let client = Arc::new(Client {
-        state: Mutex::new((
-            Resources::default(),
-            Warming::new(ads.initial_fetch_timeout),
-        )),
+        state: Mutex::new((Resources::default(), Warming::default())),
         shared,
         ads,
         statics,
         node,
         stats,
     });
-    // The initial fetch timeout: go LIVE with what arrived, as Envoy does.
-    if let Some(t) = client.ads.initial_fetch_timeout {
-        let c = client.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(t).await;
-            c.reapply(true).await;
-        });
+    // Each wildcard subscription's initial fetch timeout: what has not
+    // answered by then no longer holds the first config back (Envoy's).
+    for kind in client.wildcards() {
+        let timeout = match kind {
+            Kind::Cluster => client.ads.cds_fetch_timeout,
+            _ => client.ads.lds_fetch_timeout,
+        };
+        if let Some(t) = timeout {
+            let c = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                c.give_up(kind).await;
+            });
+        }
     }
     tokio::spawn(async move { client.run().await });
 }
@@ -151,7 +155,12 @@ impl Client {
         let mut guard = self.state.lock().await;
         let started = Instant::now();
         let (res, warming) = &mut *guard;
-        let outcome = res.apply(update);
+        let before = (kind == Kind::Listener).then(|| HeldListeners::of(res));
+        let mut outcome = res.apply(update);
+        if let Some(before) = before {
+            let claimed = claim_addresses(&self.shared, &self.statics, res, before);
+            outcome = join(outcome, claimed);
+        }
         match &outcome {
             Err(e) => {
                 stats.update_rejected.inc();
@@ -162,13 +171,10 @@ impl Client {
                 stats.version.set(version_hash(&version));
             }
         }
-        let wildcard_seen = self
-            .kinds()
-            .iter()
-            .filter(|k| k.is_wildcard())
-            .all(|k| res.versions.contains_key(k));
-        if wildcard_seen {
-            warming.initial_done = true;
+        // Answered, whether accepted or not: as Envoy, the first config
+        // does not wait on a type whose first response was refused.
+        if kind.is_wildcard() {
+            warming.initial.insert(kind);
         }
         let mut subs = Vec::new();
         if kind == Kind::Cluster {
@@ -186,7 +192,7 @@ impl Client {
             res.retain(Kind::Secret, &names);
             subs.push((Kind::Secret, names));
         }
-        let applied = apply(&self.shared, &self.statics, res, warming).await;
+        let next = apply(&self.shared, &self.statics, res, warming, &self.wildcards()).await;
         drop(guard);
         if outcome.is_ok() {
             // Envoy's `update_duration`: from the decoded response to the
@@ -201,34 +207,44 @@ impl Client {
                 "xDS update applied"
             );
         }
-        match applied {
-            Ok(true) => self.schedule_reapply(),
-            Ok(false) => {}
-            Err(e) => return (subs, outcome.and(Err(e))),
-        }
+        self.schedule_reapply(next);
         (subs, outcome)
     }
 
-    fn schedule_reapply(self: &Arc<Self>) {
-        let Some(t) = self.ads.initial_fetch_timeout else {
+    /// Applies again once a warming resource's fetch times out.
+    fn schedule_reapply(self: &Arc<Self>, after: Option<Duration>) {
+        let Some(t) = after else {
             return;
         };
         let c = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
-            c.reapply(false).await;
+            c.reapply(None).await;
         });
     }
 
-    async fn reapply(&self, initial: bool) {
+    /// The initial fetch of a wildcard type timed out.
+    async fn give_up(self: &Arc<Self>, kind: Kind) {
+        self.reapply(Some(kind)).await;
+    }
+
+    async fn reapply(self: &Arc<Self>, timed_out: Option<Kind>) {
         let mut guard = self.state.lock().await;
         let (res, warming) = &mut *guard;
-        if initial {
-            warming.initial_done = true;
+        if let Some(kind) = timed_out {
+            warming.initial.insert(kind);
         }
-        if let Err(e) = apply(&self.shared, &self.statics, res, warming).await {
-            tracing::warn!(error = %e, "applying warmed resources failed");
-        }
+        let next = apply(&self.shared, &self.statics, res, warming, &self.wildcards()).await;
+        drop(guard);
+        self.schedule_reapply(next);
+    }
+
+    /// The subscriptions that the first complete config waits on.
+    fn wildcards(&self) -> Vec<Kind> {
+        self.kinds()
+            .into_iter()
+            .filter(|k| k.is_wildcard())
+            .collect()
     }
 
     // === state of the world ===
@@ -450,6 +466,15 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// Both outcomes' errors, if any.
+fn join(a: Result<(), String>, b: Result<(), String>) -> Result<(), String> {
+    match (a, b) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
     }
 }
 

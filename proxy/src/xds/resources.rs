@@ -16,7 +16,7 @@ use xds_protos::envoy::config::listener::v3::Listener;
 use xds_protos::type_url;
 
 use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig};
-use crate::config::hcm::RouteSource;
+use crate::config::hcm::{Rds, RouteSource};
 use crate::config::listener::{ListenerConfig, Terminal};
 use crate::router::{EncodedRouteConfig, RouteTable};
 use crate::snapshot::DynamicResource;
@@ -221,7 +221,7 @@ impl Resources {
         self.clusters
             .values()
             .filter_map(|c| match &c.value.discovery {
-                Discovery::Eds(service) => Some(service.clone()),
+                Discovery::Eds(eds) => Some(eds.service.clone()),
                 _ => None,
             })
             .collect()
@@ -283,17 +283,21 @@ impl Resources {
 }
 
 pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
+    rds_of(l).map(|r| r.name.to_string()).collect()
+}
+
+/// The route configurations a listener takes over RDS.
+pub fn rds_of(l: &ListenerConfig) -> impl Iterator<Item = &Rds> {
     l.filter_chains
         .iter()
         .chain(l.default_chain.iter())
         .filter_map(|c| match &c.terminal {
             Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds(name) => Some(name.to_string()),
+                RouteSource::Rds(rds) => Some(rds),
                 RouteSource::Static(_) => None,
             },
             Terminal::Tcp(_) => None,
         })
-        .collect()
 }
 
 /// A decode failure, with the resource's name when it could be read.
