@@ -322,38 +322,88 @@ async fn adds_changes_and_removals(proxy: Proxy, delta: bool) {
     assert_eq!(p.stat("control_plane.connected_state").await, 1);
     let nacks: Vec<_> = xds.requests().into_iter().filter(|r| r.is_nack()).collect();
     assert!(nacks.is_empty(), "no NACKs: {nacks:?}");
+    eds_and_rds_stats_are_envoy_named(&p).await;
     // Envoy shows histograms only after its 5 s stats flush; trellis at once.
     if proxy == Proxy::Trellis {
         every_update_is_timed(&p).await;
     }
 }
 
-/// `update_duration` (Envoy's name) has one sample per accepted update.
+/// `update_duration` (Envoy's name) has one sample per accepted update,
+/// in each of Envoy's scopes: CDS and LDS whole, EDS per cluster, RDS per
+/// connection manager and route config.
 async fn every_update_is_timed(p: &ProxyProcess) {
     let prom = p.admin_get("/stats/prometheus").await.body_text();
-    for (scope, family) in [
+    for (scope, family, label) in [
         (
             "cluster_manager.cds",
             "envoy_cluster_manager_cds_update_duration_count",
+            "",
         ),
         (
             "listener_manager.lds",
             "envoy_listener_manager_lds_update_duration_count",
+            "",
         ),
-        ("http.rds", "envoy_http_rds_update_duration_count"),
         (
-            "cluster_manager.eds",
-            "envoy_cluster_manager_eds_update_duration_count",
+            "http.main.rds.r1",
+            "envoy_http_rds_update_duration_count",
+            "envoy_rds_route_config=\"r1\"",
+        ),
+        (
+            "cluster.a",
+            "envoy_cluster_update_duration_count",
+            "envoy_cluster_name=\"a\"",
         ),
     ] {
         let count = prom
             .lines()
-            .filter(|l| l.starts_with(family))
+            .filter(|l| l.starts_with(family) && l.contains(label))
             .find_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok());
         let accepted = p.stat(&format!("{scope}.update_success")).await;
-        assert!(accepted >= 3, "{scope}: {accepted} updates");
-        assert_eq!(count, Some(accepted), "{family} in:\n{prom}");
+        assert!(accepted >= 1, "{scope}: {accepted} updates");
+        assert_eq!(count, Some(accepted), "{family} {label} in:\n{prom}");
     }
+}
+
+/// EDS and RDS stats where Envoy keeps them: per cluster, and per
+/// connection manager and route config, with Envoy's Prometheus labels.
+async fn eds_and_rds_stats_are_envoy_named(p: &ProxyProcess) {
+    for scope in ["cluster.a", "http.main.rds.r1"] {
+        let attempts = p.stat(&format!("{scope}.update_attempt")).await;
+        let accepted = p.stat(&format!("{scope}.update_success")).await;
+        assert!(
+            accepted >= 1 && attempts >= accepted,
+            "{scope}: {attempts} attempts, {accepted} accepted"
+        );
+        assert_ne!(
+            p.stat(&format!("{scope}.version")).await,
+            0,
+            "{scope}.version"
+        );
+    }
+    let prom = p.admin_get("/stats/prometheus").await.body_text();
+    let labelled = |family: &str, labels: &[&str]| {
+        prom.lines().any(|l| {
+            l.strip_prefix(family).is_some_and(|rest| {
+                rest.starts_with('{') && labels.iter().all(|x| rest.contains(x))
+            })
+        })
+    };
+    assert!(
+        labelled("envoy_cluster_version", &["envoy_cluster_name=\"a\""]),
+        "the EDS version per cluster in:\n{prom}"
+    );
+    assert!(
+        labelled(
+            "envoy_http_rds_update_attempt",
+            &[
+                "envoy_http_conn_manager_prefix=\"main\"",
+                "envoy_rds_route_config=\"r1\""
+            ]
+        ),
+        "RDS attempts per manager and route config in:\n{prom}"
+    );
 }
 
 /// Asserts a NACK is an error status carrying the last version accepted
@@ -460,11 +510,7 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     let v7 = xds.push();
     let nack = xds.wait_nack(CLUSTER_LOAD_ASSIGNMENT, &v7).await;
     check_nack(&nack, proxy, delta, &v1, "a", "not-an-ip.invalid");
-    assert!(
-        p.stat(eds_rejected(proxy)).await >= 1,
-        "{}",
-        eds_rejected(proxy)
-    );
+    assert!(p.stat(EDS_REJECTED).await >= 1, "{}", EDS_REJECTED);
     steadily_served_by(port, "/", "a", "t2", 5).await;
     xds.set_endpoints(&load_assignment("a", &[b.addr]));
     let v8 = xds.push();
@@ -480,11 +526,7 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     let v9 = xds.push();
     let nack = xds.wait_nack(ROUTE_CONFIGURATION, &v9).await;
     check_nack(&nack, proxy, delta, &v3, "r1", "single wildcard domain");
-    assert!(
-        p.stat(rds_rejected(proxy)).await >= 1,
-        "{}",
-        rds_rejected(proxy)
-    );
+    assert!(p.stat(RDS_REJECTED).await >= 1, "{}", RDS_REJECTED);
     steadily_served_by(port, "/", "b", "t2", 5).await;
     xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t10"));
     let v10 = xds.push();
@@ -733,23 +775,12 @@ async fn valid_beside_invalid_in_one_update(proxy: Proxy, delta: bool) {
     served_by(port, "/b", "b", "t2").await;
 }
 
-/// Where each proxy counts rejected endpoints: Envoy per cluster, trellis
-/// in one `cluster_manager.eds` scope.
-fn eds_rejected(proxy: Proxy) -> &'static str {
-    match proxy {
-        Proxy::Envoy => "cluster.a.update_rejected",
-        Proxy::Trellis => "cluster_manager.eds.update_rejected",
-    }
-}
+/// Where rejected endpoints are counted: per cluster, as Envoy does.
+const EDS_REJECTED: &str = "cluster.a.update_rejected";
 
-/// Where each proxy counts rejected routes: Envoy per HCM stat prefix and
-/// route config, trellis in one `http.rds` scope.
-fn rds_rejected(proxy: Proxy) -> &'static str {
-    match proxy {
-        Proxy::Envoy => "http.main.rds.r1.update_rejected",
-        Proxy::Trellis => "http.rds.update_rejected",
-    }
-}
+/// Where rejected routes are counted: per connection manager stat prefix
+/// and route config, as Envoy does.
+const RDS_REJECTED: &str = "http.main.rds.r1.update_rejected";
 
 /// The control plane comes back holding changes made while it was down: a
 /// route changed and a cluster removed. Re-subscribing with what it holds,

@@ -15,8 +15,8 @@ use xds_protos::envoy::service::discovery::v3::{
 use xds_protos::google::rpc::Status;
 
 use super::apply::{apply, claim_addresses, HeldListeners, Statics, Warming};
-use super::resources::{Kind, Resources, Update};
-use super::stats::{register, version_hash, XdsStats};
+use super::resources::{rds_by_prefix, Kind, Resources, Update};
+use super::stats::{register, version_hash, RdsScope, TypeStats, XdsStats};
 use super::AdsConfig;
 use crate::shared::Shared;
 use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
@@ -150,25 +150,27 @@ impl Client {
         let kind = update.kind;
         let version = update.version_info.clone();
         let count = update.resources.len();
-        let stats = self.stats.of(kind);
-        stats.update_attempt.inc();
         let mut guard = self.state.lock().await;
         let started = Instant::now();
         let (res, warming) = &mut *guard;
         let before = (kind == Kind::Listener).then(|| HeldListeners::of(res));
-        let mut outcome = res.apply(update);
+        let applied = res.apply(update);
+        let mut outcome = applied.result;
         if let Some(before) = before {
             let claimed = claim_addresses(&self.shared, &self.statics, res, before);
             outcome = join(outcome, claimed);
         }
-        match &outcome {
-            Err(e) => {
-                stats.update_rejected.inc();
-                tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
-            }
-            Ok(()) => {
+        if let Err(e) = &outcome {
+            tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
+        }
+        let counted = self.count(kind, res, &applied.touched, outcome.is_ok());
+        for (stats, ok) in &counted {
+            stats.update_attempt.inc();
+            if *ok {
                 stats.update_success.inc();
                 stats.version.set(version_hash(&version));
+            } else {
+                stats.update_rejected.inc();
             }
         }
         // Answered, whether accepted or not: as Envoy, the first config
@@ -194,11 +196,13 @@ impl Client {
         }
         let next = apply(&self.shared, &self.statics, res, warming, &self.wildcards()).await;
         drop(guard);
-        if outcome.is_ok() {
-            // Envoy's `update_duration`: from the decoded response to the
-            // new config in force, for accepted updates.
-            let took = started.elapsed();
+        // Envoy's `update_duration`: from the decoded response to the new
+        // config in force, for what was accepted.
+        let took = started.elapsed();
+        for (stats, _) in counted.iter().filter(|(_, ok)| *ok) {
             stats.update_duration.record(took);
+        }
+        if outcome.is_ok() {
             tracing::info!(
                 type_url = kind.type_url(),
                 %version,
@@ -209,6 +213,68 @@ impl Client {
         }
         self.schedule_reapply(next);
         (subs, outcome)
+    }
+
+    /// The stats an update counts in, each with whether it was taken there:
+    /// CDS and LDS as a whole; EDS in each cluster it carries endpoints for,
+    /// RDS in each route config it carries (Envoy's scopes). Scopes of
+    /// what is no longer held are dropped.
+    fn count(
+        &self,
+        kind: Kind,
+        res: &Resources,
+        touched: &[(String, bool)],
+        ok: bool,
+    ) -> Vec<(Arc<TypeStats>, bool)> {
+        if kind == Kind::Cluster {
+            self.stats
+                .retain_eds(&res.clusters.keys().map(String::as_str).collect());
+        }
+        let rds = self.rds_scopes(res);
+        if kind == Kind::Listener {
+            self.stats.retain_rds(&rds.values().cloned().collect());
+        }
+        match kind {
+            Kind::Endpoint => touched
+                .iter()
+                .flat_map(|(service, ok)| {
+                    let clusters = res.clusters_of(service);
+                    let clusters = if clusters.is_empty() {
+                        vec![service.as_str()]
+                    } else {
+                        clusters
+                    };
+                    clusters.into_iter().map(|c| (self.stats.eds(c), *ok))
+                })
+                .collect(),
+            Kind::Route => touched
+                .iter()
+                .filter_map(|(name, ok)| Some((self.stats.rds(rds.get(name)?), *ok)))
+                .collect(),
+            _ => self.stats.of(kind).map(|s| (s, ok)).into_iter().collect(),
+        }
+    }
+
+    /// Each route config taken over RDS, with the scope its stats go in:
+    /// the stat prefix of the first connection manager that takes it
+    /// (static listeners first, then by name), as Envoy names the scope
+    /// after the manager that subscribed first.
+    fn rds_scopes(&self, res: &Resources) -> BTreeMap<String, RdsScope> {
+        let mut scopes = BTreeMap::new();
+        let listeners = self
+            .statics
+            .listeners
+            .iter()
+            .map(|l| l.as_ref())
+            .chain(res.listeners.values().map(|h| h.value.as_ref()));
+        for l in listeners {
+            for (prefix, rds) in rds_by_prefix(l) {
+                scopes
+                    .entry(rds.name.to_string())
+                    .or_insert_with(|| (prefix.clone(), rds.name.clone()));
+            }
+        }
+        scopes
     }
 
     /// Applies again once a warming resource's fetch times out.

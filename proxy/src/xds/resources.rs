@@ -125,10 +125,18 @@ pub struct Update {
     pub replace_all: bool,
 }
 
+/// What became of an update: its rejection, if any part was refused, and
+/// each named resource it carried with whether it was taken.
+pub struct Applied {
+    pub result: Result<(), String>,
+    pub touched: Vec<(String, bool)>,
+}
+
 impl Resources {
-    pub fn apply(&mut self, u: Update) -> Result<(), String> {
+    pub fn apply(&mut self, u: Update) -> Applied {
         let kind = u.kind;
         let mut errors = Vec::new();
+        let mut touched = Vec::new();
         macro_rules! compile_all {
             ($map:ident, $decode:expr) => {{
                 let mut next = if u.replace_all {
@@ -170,13 +178,17 @@ impl Resources {
                                 version,
                                 raw,
                             });
+                            touched.push((name.clone(), true));
                             next.insert(name, Held { value, dump });
                         }
                         Err((name, e)) => {
                             // The rejected resource keeps its last good
                             // version, even in a state-of-the-world update.
-                            if let Some(old) = name.as_ref().and_then(|n| self.$map.get(n)) {
-                                next.insert(name.unwrap_or_default(), old.clone());
+                            if let Some(name) = name {
+                                if let Some(old) = self.$map.get(&name) {
+                                    next.insert(name.clone(), old.clone());
+                                }
+                                touched.push((name, false));
                             }
                             errors.push(e)
                         }
@@ -204,11 +216,24 @@ impl Resources {
             }
         }
         *self.generations.entry(kind).or_default() += 1;
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        self.versions.insert(kind, u.version_info);
-        Ok(())
+        let result = if errors.is_empty() {
+            self.versions.insert(kind, u.version_info);
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        };
+        Applied { result, touched }
+    }
+
+    /// The held clusters whose endpoints come under EDS name `service`.
+    pub fn clusters_of(&self, service: &str) -> Vec<&str> {
+        self.clusters
+            .iter()
+            .filter(
+                |(_, c)| matches!(&c.value.discovery, Discovery::Eds(e) if e.service == service),
+            )
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// Changes as soon as the held set of `kind` may have.
@@ -288,12 +313,18 @@ pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
 
 /// The route configurations a listener takes over RDS.
 pub fn rds_of(l: &ListenerConfig) -> impl Iterator<Item = &Rds> {
+    rds_by_prefix(l).map(|(_, rds)| rds)
+}
+
+/// The route configurations a listener takes over RDS, with the stat
+/// prefix of the connection manager that takes each.
+pub fn rds_by_prefix(l: &ListenerConfig) -> impl Iterator<Item = (&Arc<str>, &Rds)> {
     l.filter_chains
         .iter()
         .chain(l.default_chain.iter())
         .filter_map(|c| match &c.terminal {
             Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds(rds) => Some(rds),
+                RouteSource::Rds(rds) => Some((&h.stat_prefix, rds)),
                 RouteSource::Static(_) => None,
             },
             Terminal::Tcp(_) => None,
@@ -435,10 +466,10 @@ mod tests {
     fn resources_sent_again_unchanged_keep_their_compiled_form() {
         let mut res = Resources::default();
         let v1 = vec![cluster("a", 1), cluster("b", 1), cluster("c", 1)];
-        res.apply(sotw(Kind::Cluster, "1", v1)).unwrap();
+        res.apply(sotw(Kind::Cluster, "1", v1)).result.unwrap();
         let before = res.clusters.clone();
         let v2 = vec![cluster("a", 1), cluster("b", 2), cluster("c", 1)];
-        res.apply(sotw(Kind::Cluster, "2", v2)).unwrap();
+        res.apply(sotw(Kind::Cluster, "2", v2)).result.unwrap();
 
         let kept = |n: &str| Arc::ptr_eq(&before[n].value, &res.clusters[n].value);
         assert!(kept("a") && kept("c"));
@@ -454,9 +485,11 @@ mod tests {
     fn a_changed_route_configuration_shares_its_unchanged_virtual_hosts() {
         let mut res = Resources::default();
         res.apply(sotw(Kind::Route, "1", vec![routes(&["a", "b"])]))
+            .result
             .unwrap();
         let before = res.routes["rc"].value.clone();
         res.apply(sotw(Kind::Route, "2", vec![routes(&["a", "moved"])]))
+            .result
             .unwrap();
         let after = &res.routes["rc"].value;
         let (old, new) = (before.virtual_hosts(), after.virtual_hosts());
