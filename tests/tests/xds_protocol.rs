@@ -406,11 +406,25 @@ async fn eds_and_rds_stats_are_envoy_named(p: &ProxyProcess) {
     );
 }
 
+/// What a NACK must say: the resource, the field at fault (a path in the
+/// resource), and what is wrong.
+struct Fault<'a> {
+    name: &'a str,
+    field: &'a str,
+    detail: &'a str,
+}
+
 /// Asserts a NACK is an error status carrying the last version accepted
 /// (SotW), whose message names what is wrong (`detail`) and, from trellis,
-/// the resource. Envoy does not always name the resource (a PGV or
-/// duration error says only what is wrong), so that part is trellis's own.
-fn check_nack(nack: &Recorded, proxy: Proxy, delta: bool, held: &str, name: &str, detail: &str) {
+/// the resource and the field at fault. Envoy does not always name either
+/// (a PGV or duration error says only what is wrong), so that part is
+/// trellis's own.
+fn check_nack(nack: &Recorded, proxy: Proxy, delta: bool, held: &str, fault: Fault<'_>) {
+    let Fault {
+        name,
+        field,
+        detail,
+    } = fault;
     let (code, message) = nack.error_detail.clone().expect("a NACK has error_detail");
     assert_ne!(code, 0, "a NACK's status is an error: {nack:?}");
     if !delta {
@@ -422,8 +436,8 @@ fn check_nack(nack: &Recorded, proxy: Proxy, delta: bool, held: &str, name: &str
     );
     if proxy == Proxy::Trellis {
         assert!(
-            message.contains(&format!("'{name}'")),
-            "the NACK names the resource '{name}': {message}"
+            message.contains(&format!("'{name}': {field}")),
+            "the NACK names the resource '{name}' and the field {field}: {message}"
         );
     }
     eprintln!("{proxy:?} NACK: {message}");
@@ -469,7 +483,17 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     xds.set_cluster(&static_cluster_at("bad-cluster", "not-an-ip.invalid"));
     let v2 = xds.push();
     let nack = xds.wait_nack(CLUSTER, &v2).await;
-    check_nack(&nack, proxy, delta, &v1, "bad-cluster", "not-an-ip.invalid");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "bad-cluster",
+            field: "load_assignment.endpoints",
+            detail: "not-an-ip.invalid",
+        },
+    );
     xds.set_route(&route_config(
         "r1",
         vec![route("/b", &[("b", 1)]), route("/", &[("a", 1)])],
@@ -492,7 +516,17 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     xds.set_listener(&hcm_listener("bad-listener", port_bad, None));
     let v5 = xds.push();
     let nack = xds.wait_nack(LISTENER, &v5).await;
-    check_nack(&nack, proxy, delta, &v1, "bad-listener", "");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "bad-listener",
+            field: "filter_chains[0].filters[0]",
+            detail: "",
+        },
+    );
     steadily_served_by(port, "/", "a", "t2", 5).await;
     assert!(get(port_bad, "/").await.is_none(), "no rejected listener");
     assert!(p.stat("listener_manager.lds.update_rejected").await >= 1);
@@ -509,7 +543,17 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     xds.set_endpoints(&la);
     let v7 = xds.push();
     let nack = xds.wait_nack(CLUSTER_LOAD_ASSIGNMENT, &v7).await;
-    check_nack(&nack, proxy, delta, &v1, "a", "not-an-ip.invalid");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "a",
+            field: "endpoints[0].lb_endpoints[0].endpoint.address",
+            detail: "not-an-ip.invalid",
+        },
+    );
     assert!(p.stat(EDS_REJECTED).await >= 1, "{}", EDS_REJECTED);
     steadily_served_by(port, "/", "a", "t2", 5).await;
     xds.set_endpoints(&load_assignment("a", &[b.addr]));
@@ -525,7 +569,17 @@ async fn invalid_updates_are_nacked_and_change_nothing(proxy: Proxy, delta: bool
     xds.set_route(&rc);
     let v9 = xds.push();
     let nack = xds.wait_nack(ROUTE_CONFIGURATION, &v9).await;
-    check_nack(&nack, proxy, delta, &v3, "r1", "single wildcard domain");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v3,
+        Fault {
+            name: "r1",
+            field: "virtual_hosts[1].domains",
+            detail: "single wildcard domain",
+        },
+    );
     assert!(p.stat(RDS_REJECTED).await >= 1, "{}", RDS_REJECTED);
     steadily_served_by(port, "/", "b", "t2", 5).await;
     xds.set_route(&route_config("r1", vec![route("/", &[("a", 1)])], "t10"));
@@ -733,12 +787,11 @@ async fn update_counts(p: &ProxyProcess) -> Vec<(&'static str, i64)> {
     v
 }
 
-/// A response with a valid new cluster beside an invalid one. Here Envoy
-/// and trellis part: Envoy's CDS takes each cluster on its own (the
-/// response is NACKed, yet the valid cluster is added); trellis validates a
-/// response whole and keeps none of it. Either way, once the invalid one is
-/// gone the valid one must serve: in delta the server has already sent it
-/// and will not again, so a proxy that dropped it never gets it back.
+/// A response with a valid new cluster beside an invalid one. Envoy's CDS
+/// takes each cluster on its own, and so does trellis: the response is
+/// NACKed (with the version held), yet the valid cluster is added and
+/// serves at once. It must: in delta the server has already sent it and
+/// will not again, so a proxy that dropped it would never get it back.
 async fn valid_beside_invalid_in_one_update(proxy: Proxy, delta: bool) {
     let a = Echo::start("a").await;
     let b = Echo::start("b").await;
@@ -763,7 +816,17 @@ async fn valid_beside_invalid_in_one_update(proxy: Proxy, delta: bool) {
     xds.set_cluster(&static_cluster("b", &[b.addr]));
     let v3 = xds.push();
     let nack = xds.wait_nack(CLUSTER, &v3).await;
-    check_nack(&nack, proxy, delta, &v1, "bad-cluster", "not-an-ip.invalid");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "bad-cluster",
+            field: "load_assignment.endpoints",
+            detail: "not-an-ip.invalid",
+        },
+    );
     // Both proxies keep the valid cluster of a rejected response, so a
     // delta server that counts it as delivered is right to.
     served_by(port, "/b", "b", "t2").await;
@@ -879,7 +942,17 @@ async fn listener_that_cannot_bind(proxy: Proxy, delta: bool) {
     xds.set_listener(&http_listener("second", port2, "r1"));
     let v2 = xds.push();
     let nack = xds.wait_nack(LISTENER, &v2).await;
-    check_nack(&nack, proxy, delta, &v1, "blocked", "cannot bind");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "blocked",
+            field: "address",
+            detail: "cannot bind",
+        },
+    );
     served_by(port2, "/", "a", "t1").await;
     steadily_served_by(port, "/", "a", "t1", 3).await;
     assert_eq!(
@@ -905,7 +978,17 @@ async fn listener_that_cannot_bind(proxy: Proxy, delta: bool) {
     xds.set_listener(&http_listener("second", port, "r1"));
     let v4 = xds.push();
     let nack = xds.wait_nack(LISTENER, &v4).await;
-    check_nack(&nack, proxy, delta, &v1, "main", "");
+    check_nack(
+        &nack,
+        proxy,
+        delta,
+        &v1,
+        Fault {
+            name: "main",
+            field: "address",
+            detail: "",
+        },
+    );
     steadily_served_by(port, "/", "a", "t2", 3).await;
     steadily_served_by(port2, "/", "a", "t2", 3).await;
 

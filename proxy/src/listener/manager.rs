@@ -94,11 +94,11 @@ impl ListenerManager {
                     Ok(Held::Listening(e.socket.clone()))
                 }
                 Some((other, _)) => Err(format!(
-                    "listener '{name}': address {address} is in use by listener '{other}'"
+                    "Listener '{name}': address: {address} is in use by listener '{other}'"
                 )),
                 None => bind_only(*address)
                     .map(Held::Bound)
-                    .map_err(|e| format!("listener '{name}': cannot bind {address}: {e}")),
+                    .map_err(|e| format!("Listener '{name}': address: cannot bind {address}: {e}")),
             };
             match socket {
                 Ok(socket) => {

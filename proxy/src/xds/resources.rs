@@ -1,6 +1,8 @@
 //! The xDS resources a proxy holds, by type and name, each compiled when it
-//! arrives. An update is validated whole before any of it is kept: a rejected
-//! response leaves the held set exactly as it was. A resource that arrives
+//! arrives. Each resource of an update is validated on its own, as Envoy
+//! does: the valid ones are kept, a rejected one keeps its last good version
+//! (or stays absent), and the response's version is taken only if nothing
+//! in it was rejected. A resource that arrives
 //! with the very bytes of the one held under its name keeps its compiled
 //! form (Envoy skips such resources too), so a state-of-the-world response
 //! of 1,000 clusters where one changed compiles one.
@@ -354,9 +356,19 @@ fn decode_endpoints(raw: &Bytes) -> Result<(String, Vec<EndpointConfig>), Reject
         )
     };
     let eps = endpoints(&la).map_err(|e| reject(e.to_string()))?;
-    if let Some(bad) = eps.iter().find(|e| e.address.ip().is_none()) {
+    // `endpoints` yields one entry per lb_endpoint, in order.
+    let paths = la.endpoints.iter().enumerate().flat_map(|(li, l)| {
+        (0..l.lb_endpoints.len()).map(move |ei| {
+            format!("endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address.address")
+        })
+    });
+    if let Some((bad, path)) = eps
+        .iter()
+        .zip(paths)
+        .find(|(e, _)| e.address.ip().is_none())
+    {
         return Err(reject(format!(
-            "endpoint '{}' is not an IP address",
+            "{path}: '{}' is not an IP address",
             bad.address.host
         )));
     }
