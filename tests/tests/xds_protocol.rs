@@ -70,6 +70,7 @@ variants!(
     changed_listener_warms_again,
     fetch_timeouts_per_subscription,
     removed_listener_drains,
+    clusters_keep_what_an_update_does_not_touch,
 );
 
 /// What one request saw: status, the upstream that answered, the route tag.
@@ -1169,4 +1170,98 @@ async fn removed_listener_drains(proxy: Proxy, delta: bool) {
         "the TCP session on the removed listener is closed after the drain time"
     );
     served_by(port, "/", "a", "t1").await;
+}
+
+/// Hot reload rebuilds only what changed: across an update that adds an
+/// unrelated cluster, an unchanged cluster keeps its upstream connections
+/// (`upstream_cx_total` does not move) and its health state (no new health
+/// check, the same hosts healthy). A removed cluster lets the request in
+/// flight to it finish.
+async fn clusters_keep_what_an_update_does_not_touch(proxy: Proxy, delta: bool) {
+    use xds_protos::envoy::config::core::v3::{health_check, HealthCheck};
+    let a = Echo::start("a").await;
+    let b = Echo::start("b").await;
+    let h = Echo::start("h").await;
+    let (refused, _guard) = trellis_tests::refused_address();
+    let xds = XdsServer::start().await;
+    let port = free_port();
+    base_config(&xds, port, a.addr);
+    xds.set_cluster(&static_cluster("b", &[b.addr]));
+    let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    let mut checked = static_cluster("h", &[h.addr, refused]);
+    checked.health_checks = vec![HealthCheck {
+        timeout: secs(1),
+        interval: secs(60),
+        unhealthy_threshold: Some(1),
+        healthy_threshold: Some(1),
+        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
+            health_check::HttpHealthCheck {
+                path: "/".to_string(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    xds.set_cluster(&checked);
+    xds.set_route(&route_config(
+        "r1",
+        vec![route("/delay", &[("b", 1)]), route("/", &[("a", 1)])],
+        "t1",
+    ));
+    let v1 = xds.push();
+    let p = Launch::new(proxy, &xds, delta)
+        .expect("proxy binary")
+        .start()
+        .await;
+    xds.wait_ack(CLUSTER, &v1).await;
+    xds.wait_ack(ROUTE_CONFIGURATION, &v1).await;
+    steadily_served_by(port, "/", "a", "t1", 5).await;
+    let pool = p.stat("cluster.a.upstream_cx_total").await;
+    assert!(pool >= 1, "cluster a has connections: {pool}");
+    let checked_once = "cluster h's first health checks";
+    eventually(CONVERGE, checked_once, || async {
+        (p.stat("cluster.h.membership_healthy").await == 1
+            && p.stat("cluster.h.health_check.attempt").await >= 2)
+            .then_some(())
+    })
+    .await;
+    let attempts = p.stat("cluster.h.health_check.attempt").await;
+
+    xds.set_cluster(&static_cluster("c", &[b.addr]));
+    let v2 = xds.push();
+    xds.wait_ack(CLUSTER, &v2).await;
+    steadily_served_by(port, "/", "a", "t1", 5).await;
+    assert_eq!(
+        p.stat("cluster.a.upstream_cx_total").await,
+        pool,
+        "cluster a kept its connections"
+    );
+    assert_eq!(p.stat("cluster.h.membership_healthy").await, 1);
+    assert_eq!(
+        p.stat("cluster.h.health_check.attempt").await,
+        attempts,
+        "cluster h kept its health state without checking again"
+    );
+
+    // A request in flight to a cluster that is removed finishes.
+    served_by(port, "/delay/0", "b", "t1").await;
+    let seen = b.count();
+    let slow = tokio::spawn(get(port, "/delay/1500"));
+    eventually(CONVERGE, "the slow request upstream", || async {
+        (b.count() > seen).then_some(())
+    })
+    .await;
+    xds.remove_cluster("b");
+    let v3 = xds.push();
+    xds.wait_ack(CLUSTER, &v3).await;
+    let done = slow.await.expect("the request task");
+    assert_eq!(
+        done.map(|s| (s.status, s.upstream)),
+        Some((200, Some("b".to_string()))),
+        "the request in flight to the removed cluster finished"
+    );
+    eventually(CONVERGE, "/delay to fail once b is gone", || async {
+        (get(port, "/delay/0").await?.status == 503).then_some(())
+    })
+    .await;
 }
