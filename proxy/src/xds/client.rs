@@ -602,3 +602,28 @@ impl tonic::codegen::Service<http::Uri> for AdsConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wait is within [half, whole] of a bound that doubles from
+    /// `BACKOFF_BASE` up to `BACKOFF_MAX`, and waits are spread (jitter).
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for attempt in 0..40u32 {
+            let bound = BACKOFF_BASE
+                .saturating_mul(2u32.saturating_pow(attempt))
+                .min(BACKOFF_MAX);
+            let waits: BTreeSet<Duration> = (0..200).map(|_| backoff(attempt)).collect();
+            for w in &waits {
+                assert!(
+                    *w >= bound / 2 && *w <= bound,
+                    "attempt {attempt}: {w:?} outside [{:?}, {bound:?}]",
+                    bound / 2
+                );
+            }
+            assert!(waits.len() > 10, "attempt {attempt}: no jitter: {waits:?}");
+        }
+    }
+}
