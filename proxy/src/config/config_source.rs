@@ -11,8 +11,7 @@ use super::{duration, ConfigError};
 /// Envoy's default for `initial_fetch_timeout`.
 pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Checks that `c` (at `path`) is the ADS stream (`ads: {}`, or `self: {}`,
-/// which is the same here) and returns how long what it delivers is waited
+/// Checks that `c` (at `path`) is the ADS stream (`ads: {}`) and returns how long what it delivers is waited
 /// for: `None` when `initial_fetch_timeout` is 0 (for ever). An absent
 /// source means ADS with Envoy's default wait. Any other source (a file, a
 /// gRPC service of its own) is refused by name rather than quietly read
@@ -22,9 +21,10 @@ pub fn ads(c: Option<&ConfigSource>, path: &str) -> Result<Option<Duration>, Con
         return Ok(Some(DEFAULT_INITIAL_FETCH_TIMEOUT));
     };
     let field = match &c.config_source_specifier {
-        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_)) => None,
+        Some(ConfigSourceSpecifier::Ads(_)) => None,
         Some(ConfigSourceSpecifier::PathConfigSource(_)) => Some("path_config_source"),
         Some(ConfigSourceSpecifier::ApiConfigSource(_)) => Some("api_config_source"),
+        Some(ConfigSourceSpecifier::Self_(_)) => Some("self"),
         // The deprecated `path`, the one left.
         Some(_) => Some("path"),
         None => {
@@ -50,9 +50,7 @@ pub fn ads(c: Option<&ConfigSource>, path: &str) -> Result<Option<Duration>, Con
 #[cfg(test)]
 mod tests {
     use xds_protos::envoy::config::cluster::v3::{cluster, Cluster};
-    use xds_protos::envoy::config::core::v3::{
-        AggregatedConfigSource, PathConfigSource, SelfConfigSource,
-    };
+    use xds_protos::envoy::config::core::v3::{AggregatedConfigSource, PathConfigSource};
     use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
         http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter,
         Rds,
@@ -121,16 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn ads_and_self_carry_their_fetch_timeout() {
+    fn ads_carries_its_fetch_timeout() {
         let ads = ConfigSourceSpecifier::Ads(AggregatedConfigSource {});
         let h = hcm(source(ads.clone(), Some(2))).unwrap_or_else(|e| panic!("{e}"));
         let RouteSource::Rds(rds) = &h.routes else {
             panic!("routes over RDS");
         };
         assert_eq!(rds.initial_fetch_timeout, Some(Duration::from_secs(2)));
-        let me = ConfigSourceSpecifier::Self_(SelfConfigSource::default());
-        let Ok(c) = eds(source(me, None)) else {
-            panic!("self is taken");
+        let Ok(c) = eds(source(ads.clone(), None)) else {
+            panic!("ads is taken");
         };
         let Discovery::Eds(e) = &c.discovery else {
             panic!("an EDS cluster");
