@@ -112,9 +112,13 @@ mod tests {
 
     #[test]
     fn a_file_source_is_refused_by_its_field() {
-        let e = hcm(source(file(), None)).err().expect("refused");
+        let Err(e) = hcm(source(file(), None)) else {
+            panic!("a file source for RDS is refused");
+        };
         assert_eq!(e.path, "rds.config_source.path_config_source");
-        let e = eds(source(file(), None)).err().expect("refused");
+        let Err(e) = eds(source(file(), None)) else {
+            panic!("a file source for EDS is refused");
+        };
         assert_eq!(e.path, "eds_cluster_config.eds_config.path_config_source");
     }
 
