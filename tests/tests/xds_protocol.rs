@@ -1002,6 +1002,16 @@ async fn listener_that_cannot_bind(proxy: Proxy, delta: bool) {
     xds.wait_ack(LISTENER, &v5).await;
     served_by(taken_port, "/", "a", "t2").await;
     assert_eq!(p.admin_get("/ready").await.status, 200);
+
+    // One listener removed and another added at its address in one update:
+    // the address passes from the one to the other.
+    xds.remove_listener("second");
+    xds.set_listener(&http_listener("third", port2, "r3"));
+    xds.set_route(&route_config("r3", vec![route("/", &[("a", 1)])], "t3"));
+    let v6 = xds.push();
+    xds.wait_ack(LISTENER, &v6).await;
+    served_by(port2, "/", "a", "t3").await;
+    steadily_served_by(port, "/", "a", "t2", 3).await;
 }
 
 /// Lowers the bootstrap's CDS and LDS initial fetch timeouts to `t`.

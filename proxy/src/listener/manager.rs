@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -21,7 +21,9 @@ use crate::shared::Shared;
 
 struct Entry {
     address: SocketAddr,
-    socket: Arc<TcpListener>,
+    /// Its accept loop owns the socket: once stopped (removed, or
+    /// `/drain_listeners`), the socket closes, unless handed on first.
+    socket: Weak<TcpListener>,
     active: Arc<ArcSwap<ActiveListener>>,
     stop: Drain,
 }
@@ -89,14 +91,15 @@ impl ListenerManager {
                 continue;
             }
             let holder = entries.iter().find(|(_, e)| e.address == *address);
-            let socket = match holder {
-                Some((other, e)) if !wanted_names.contains(other) => {
-                    Ok(Held::Listening(e.socket.clone()))
-                }
-                Some((other, _)) => Err(format!(
+            let handed_on = holder
+                .filter(|(other, _)| !wanted_names.contains(other))
+                .and_then(|(_, e)| e.socket.upgrade());
+            let socket = match (holder, handed_on) {
+                (_, Some(socket)) => Ok(Held::Listening(socket)),
+                (Some((other, _)), None) if wanted_names.contains(other) => Err(format!(
                     "Listener '{name}': address: {address} is in use by listener '{other}'"
                 )),
-                None => bind_only(*address)
+                _ => bind_only(*address)
                     .map(Held::Bound)
                     .map_err(|e| format!("Listener '{name}': address: cannot bind {address}: {e}")),
             };
@@ -137,7 +140,7 @@ impl ListenerManager {
             let handed_on = entries
                 .iter()
                 .find(|(n, e)| e.address == c.address && !keep.contains(n))
-                .map(|(_, e)| e.socket.clone());
+                .and_then(|(_, e)| e.socket.upgrade());
             let socket = match reserved.remove(&c.name) {
                 Some(r) if r.address == c.address => r.socket.listen().map_err(|e| {
                     format!("listener '{}': cannot listen on {}: {e}", c.name, c.address)
@@ -198,7 +201,7 @@ impl ListenerManager {
                 c.name.clone(),
                 Entry {
                     address: c.address,
-                    socket,
+                    socket: Arc::downgrade(&socket),
                     active,
                     stop,
                 },
