@@ -34,12 +34,16 @@ struct Client {
     node: Node,
     stats: Arc<XdsStats>,
     state: Mutex<(Resources, Warming)>,
+    /// When the pending re-apply runs, if one is pending: updates that
+    /// arrive while something warms do not each start a timer of their own.
+    reapply_due: std::sync::Mutex<Option<Instant>>,
 }
 
 pub fn spawn(shared: Arc<Shared>, ads: AdsConfig, statics: Statics, node: Node) {
     let stats = register(&shared);
     let client = Arc::new(Client {
         state: Mutex::new((Resources::default(), Warming::default())),
+        reapply_due: std::sync::Mutex::new(None),
         shared,
         ads,
         statics,
@@ -282,6 +286,16 @@ impl Client {
         let Some(t) = after else {
             return;
         };
+        let due = Instant::now() + t;
+        {
+            let mut pending = self.reapply_due.lock().unwrap_or_else(|p| p.into_inner());
+            // One that runs no later applies again and schedules what is
+            // still to come.
+            if pending.is_some_and(|p| p <= due && p > Instant::now()) {
+                return;
+            }
+            *pending = Some(due);
+        }
         let c = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
