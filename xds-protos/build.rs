@@ -34,6 +34,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
     "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
     "envoy/extensions/filters/network/connection_limit/v3/connection_limit.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
 ];
 
 fn main() {

@@ -535,3 +535,358 @@ async fn listener_tls_specs_are_checked_by_the_api() {
         "/certs/a.key"
     );
 }
+
+/// With no `--credentials`, `serve` accepts the key pair in
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (and writes no credentials
+/// file); any other key is refused, and client commands sign with the same
+/// variables. `--credentials` wins over the environment; half a key pair in
+/// the environment exits 2 naming the missing variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_the_environment_rank_after_the_flag() {
+    use trellis_control::api::client::Client;
+    use trellis_control::api::credentials::KeyPair;
+    const ID: &str = "AKIAENVIRONMENT00001";
+    const SECRET: &str = "environment-secret-0000000000000000000000";
+    let env = [("AWS_ACCESS_KEY_ID", ID), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let key = |id: &str, secret: &str| KeyPair {
+        profile: "test".into(),
+        access_key_id: id.into(),
+        secret_access_key: secret.into(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start_with_env(&data, &[], &env);
+    let client = |k: KeyPair| Client::new(server.addr.to_string(), k, "us-west-2".into());
+    client(key(ID, SECRET))
+        .call("CreateMesh", &json!({"meshName": "env"}))
+        .await
+        .expect("the environment's key is accepted");
+    let other = client(key("AKIAOTHERKEY00000001", SECRET))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("another key is refused");
+    assert_eq!(other.kind, ErrorKind::UnrecognizedClient);
+    let wrong = client(key(ID, "not-the-secret"))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("a wrong secret is refused");
+    assert_eq!(wrong.kind, ErrorKind::InvalidSignature);
+    assert!(
+        !data.join("credentials").exists(),
+        "no credentials file is written when the environment has the key pair"
+    );
+    let status = |env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .args(["status", "--json", "--api-addr", &server.addr.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run status")
+    };
+    let signed = status(&env);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert_eq!(status(&[]).status.code(), Some(2), "no key pair at all");
+    drop(server);
+
+    let file = dir.path().join("operator-credentials");
+    std::fs::write(
+        &file,
+        "[default]\naws_access_key_id = AKIAFILEKEY000000001\naws_secret_access_key = file-secret\n",
+    )
+    .expect("write credentials");
+    let flagged = Server::start_with_env(
+        &dir.path().join("flagged"),
+        &["--credentials", file.to_str().expect("utf-8 path")],
+        &env,
+    );
+    let client = |k: KeyPair| Client::new(flagged.addr.to_string(), k, "us-west-2".into());
+    client(key("AKIAFILEKEY000000001", "file-secret"))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect("the file's key is accepted");
+    let env_key = client(key(ID, SECRET))
+        .call("ListMeshes", &json!({}))
+        .await
+        .expect_err("the environment's key is not, under --credentials");
+    assert_eq!(env_key.kind, ErrorKind::UnrecognizedClient);
+    drop(flagged);
+
+    let half = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("half"))
+        .args(["--api-addr", &support::free_addr().to_string()])
+        .args(["--xds-addr", &support::free_addr().to_string()])
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_ACCESS_KEY_ID", ID)
+        .output()
+        .expect("run serve");
+    assert_eq!(half.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+}
+
+/// `serve --load` of a file with a bad document exits 2 before serving,
+/// naming the file, the document and the field, as `apply` does.
+#[test]
+fn serve_load_of_a_bad_document_exits_2_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: demo}\nspec: {}\n---\n\
+         apiVersion: appmesh.k8s.aws/v1beta2\nkind: VirtualNode\nmetadata: {name: web, namespace: prod}\n\
+         spec:\n  listeners: [{portMapping: {port: 99999, protocol: http}}]\n",
+    )
+    .expect("write manifest");
+    let syntax = dir.path().join("broken.yaml");
+    std::fs::write(
+        &syntax,
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: demo}\nspec: {}\n---\n\
+         kind: VirtualNode\nmetadata: {name: [web\n",
+    )
+    .expect("write manifest");
+    for (path, expected) in [
+        (
+            &file,
+            vec![
+                "mesh.yaml: document 2 (VirtualNode web_prod)",
+                "spec.listeners[0].portMapping.port",
+            ],
+        ),
+        (&syntax, vec!["broken.yaml: document 2", "not valid YAML"]),
+    ] {
+        let api = support::free_addr();
+        let out = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--api-addr", &api.to_string()])
+            .args(["--xds-addr", &support::free_addr().to_string()])
+            .arg("--load")
+            .arg(path)
+            .output()
+            .expect("run serve");
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in expected {
+            assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+        }
+        assert!(
+            std::net::TcpStream::connect(api).is_err(),
+            "the API must not have been served"
+        );
+    }
+}
+
+/// `apply` applies documents one by one, as App Mesh and `kubectl apply`
+/// do: when one fails, those before it stay applied, and the output says
+/// which were applied and kept, which failed and which were never tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_says_which_documents_were_kept_when_a_later_one_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("partial.yaml");
+    let doc = |kind: &str, name: &str, spec: &str| {
+        format!(
+            "apiVersion: appmesh.k8s.aws/v1beta2\nkind: {kind}\nmetadata: {{name: {name}, namespace: prod}}\nspec: {spec}\n"
+        )
+    };
+    let docs = [
+        "apiVersion: appmesh.k8s.aws/v1beta2\nkind: Mesh\nmetadata: {name: partial}\nspec: {}\n"
+            .to_string(),
+        doc(
+            "VirtualNode",
+            "web",
+            "{listeners: [{portMapping: {port: 8080, protocol: http}}], serviceDiscovery: {dns: {hostname: web.prod}}}",
+        ),
+        doc(
+            "VirtualService",
+            "ghost",
+            "{provider: {virtualNode: {virtualNodeRef: {name: ghost}}}}",
+        ),
+        doc(
+            "VirtualService",
+            "web",
+            "{provider: {virtualNode: {virtualNodeRef: {name: web}}}}",
+        ),
+    ];
+    std::fs::write(&file, docs.join("---\n")).expect("write manifest");
+    let out = Command::new(BIN)
+        .args(["apply", "-f"])
+        .arg(&file)
+        .args(["--api-addr", &server.addr.to_string()])
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .output()
+        .expect("run apply");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Mesh partial created\nVirtualNode web_prod created\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = file.display();
+    for line in [
+        format!("{path}: document 3 (VirtualService ghost.prod): "),
+        "applied before the failure, and kept: Mesh partial (created), VirtualNode web_prod (created)\n".to_string(),
+        format!(
+            "not applied: {path}: document 3 (VirtualService ghost.prod), {path}: document 4 (VirtualService web.prod)\n"
+        ),
+    ] {
+        assert!(stderr.contains(&line), "missing {line:?} in {stderr}");
+    }
+    let c = server.client();
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "partial", "virtualNodeName": "web_prod"}),
+    )
+    .await
+    .expect("kept");
+    let never = c
+        .call(
+            "DescribeVirtualService",
+            &json!({"meshName": "partial", "virtualServiceName": "web.prod"}),
+        )
+        .await
+        .expect_err("never tried");
+    assert_eq!(never.kind, ErrorKind::NotFound);
+}
+
+/// `--region` and `--account-id` go into every ARN and owner; `resourceArn`
+/// and `meshOwner` are accepted for that region and account only.
+#[tokio::test(flavor = "multi_thread")]
+async fn region_and_account_id_shape_arns_and_owners() {
+    use trellis_control::api::client::Client;
+    const REGION: &str = "eu-central-1";
+    const ACCOUNT: &str = "123456789012";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--region", REGION, "--account-id", ACCOUNT],
+    );
+    let creds = Credentials::load(&server.data_dir.join("credentials")).expect("credentials");
+    let c = Client::new(
+        server.addr.to_string(),
+        creds.preferred().clone(),
+        REGION.into(),
+    );
+    let mesh = c
+        .call("CreateMesh", &json!({"meshName": "eu"}))
+        .await
+        .expect("mesh");
+    let prefix = format!("arn:aws:appmesh:{REGION}:{ACCOUNT}:mesh/eu");
+    assert_eq!(mesh["mesh"]["metadata"]["arn"], prefix.as_str());
+    assert_eq!(mesh["mesh"]["metadata"]["meshOwner"], ACCOUNT);
+    assert_eq!(mesh["mesh"]["metadata"]["resourceOwner"], ACCOUNT);
+    let node = c
+        .call(
+            "CreateVirtualNode",
+            &json!({"meshName": "eu", "virtualNodeName": "web", "spec": vn_spec(80)}),
+        )
+        .await
+        .expect("node");
+    let node_arn = format!("{prefix}/virtualNode/web");
+    assert_eq!(node["virtualNode"]["metadata"]["arn"], node_arn.as_str());
+    assert_eq!(node["virtualNode"]["metadata"]["meshOwner"], ACCOUNT);
+    let listed = c
+        .call("ListVirtualNodes", &json!({"meshName": "eu"}))
+        .await
+        .expect("list");
+    assert_eq!(listed["virtualNodes"][0]["arn"], node_arn.as_str());
+    assert_eq!(listed["virtualNodes"][0]["meshOwner"], ACCOUNT);
+
+    c.call(
+        "TagResource",
+        &json!({"resourceArn": node_arn, "tags": [{"key": "team", "value": "eu"}]}),
+    )
+    .await
+    .expect("tag by this region's ARN");
+    let tags = c
+        .call("ListTagsForResource", &json!({"resourceArn": node_arn}))
+        .await
+        .expect("tags");
+    assert_eq!(tags["tags"], json!([{"key": "team", "value": "eu"}]));
+    for other in [
+        "arn:aws:appmesh:us-west-2:123456789012:mesh/eu/virtualNode/web",
+        "arn:aws:appmesh:eu-central-1:000000000000:mesh/eu/virtualNode/web",
+    ] {
+        let e = c
+            .call("ListTagsForResource", &json!({"resourceArn": other}))
+            .await
+            .expect_err("another region's or account's ARN");
+        assert_eq!(e.kind, ErrorKind::NotFound, "{other}: {e}");
+    }
+
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "eu", "virtualNodeName": "web", "meshOwner": ACCOUNT}),
+    )
+    .await
+    .expect("meshOwner of this account");
+    let e = c
+        .call(
+            "DescribeVirtualNode",
+            &json!({"meshName": "eu", "virtualNodeName": "web", "meshOwner": "000000000000"}),
+        )
+        .await
+        .expect_err("meshOwner of another account");
+    assert_eq!(e.kind, ErrorKind::NotFound);
+}
+
+/// An access log format with an operator the proxies do not know would be
+/// NACKed by every proxy: the API refuses it with a 400 naming the field
+/// and the operator, and keeps nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_formats_are_checked_by_the_api() {
+    use trellis_control::error::ErrorKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let c = server.client();
+    c.call("CreateMesh", &json!({"meshName": "m"}))
+        .await
+        .expect("mesh");
+    let node = |format: Value| {
+        json!({"meshName": "m", "virtualNodeName": "n", "spec": {"logging": {"accessLog":
+            {"file": {"path": "/dev/stdout", "format": format}}}}})
+    };
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node(json!({"text": "%START_TIME% %NO_SUCH_OPERATOR%"})),
+        )
+        .await
+        .expect_err("unknown operator");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    for named in ["logging.accessLog.file.format.text", "NO_SUCH_OPERATOR"] {
+        assert!(e.message.contains(named), "{}", e.message);
+    }
+    let e = c
+        .call(
+            "CreateVirtualNode",
+            &node(json!({"json": [{"key": "path", "value": "%REQ(:PATH"}]})),
+        )
+        .await
+        .expect_err("unclosed operator");
+    assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+    assert!(e.message.contains("format.json[0].value"), "{}", e.message);
+    c.call(
+        "DescribeVirtualNode",
+        &json!({"meshName": "m", "virtualNodeName": "n"}),
+    )
+    .await
+    .expect_err("nothing was created");
+    c.call(
+        "CreateVirtualNode",
+        &node(json!({"json": [{"key": "code", "value": "%RESPONSE_CODE%"}]})),
+    )
+    .await
+    .expect("known operators");
+}

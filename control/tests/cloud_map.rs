@@ -80,6 +80,32 @@ struct Eds {
 }
 
 impl Eds {
+    /// An ADS stream of node `front`, subscribed to `color`'s endpoints.
+    async fn subscribe(server: &Server) -> Eds {
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
+                .await
+                .expect("connect to ADS");
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(DiscoveryRequest {
+            node: Some(Node {
+                id: "mesh/m/virtualNode/front".into(),
+                ..Default::default()
+            }),
+            resource_names: vec![CLUSTER.into()],
+            type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
+        let rx = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .expect("ADS stream")
+            .into_inner();
+        Eds { tx, rx }
+    }
+
     /// The next EDS response, ACKed.
     async fn next(&mut self) -> Vec<String> {
         let resp = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
@@ -101,11 +127,9 @@ impl Eds {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cloud_map_instances_flow_from_the_registry_to_eds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &["--xds-plaintext"]);
-    let c = server.client();
+/// Mesh `m`: `awsCloudMap` nodes `color` (instances with `version=v1`) and
+/// `front`, whose backend is `color`'s virtual service.
+async fn create_mesh(c: &trellis_control::api::client::Client) {
     let color = json!({
         "listeners": [{"portMapping": {"port": 9080, "protocol": "http"}}],
         "serviceDiscovery": {"awsCloudMap": {"namespaceName": "apps.local", "serviceName": "color",
@@ -136,6 +160,17 @@ async fn cloud_map_instances_flow_from_the_registry_to_eds() {
             .await
             .unwrap_or_else(|e| panic!("{op}: {e}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_map_instances_flow_from_the_registry_to_eds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
+    let c = server.client();
+    create_mesh(&c).await;
     let described = c
         .call(
             "DescribeVirtualNode",
@@ -174,27 +209,7 @@ async fn cloud_map_instances_flow_from_the_registry_to_eds() {
         "{listed}"
     );
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
-        .await
-        .expect("connect to ADS");
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: "mesh/m/virtualNode/front".into(),
-            ..Default::default()
-        }),
-        resource_names: vec![CLUSTER.into()],
-        type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
-        ..Default::default()
-    })
-    .await
-    .expect("subscribe");
-    let rx = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .expect("ADS stream")
-        .into_inner();
-    let mut eds = Eds { tx, rx };
+    let mut eds = Eds::subscribe(&server).await;
     assert_eq!(
         eds.next().await,
         ["127.0.0.11:9080"],
@@ -224,4 +239,104 @@ async fn cloud_map_instances_flow_from_the_registry_to_eds() {
     )
     .await;
     assert!(eds.next().await.is_empty(), "deregistered");
+}
+
+/// The instances `GET /trellis/v1/instances` lists, sorted by address.
+async fn listed(server: &Server) -> Vec<serde_json::Value> {
+    let listed = server
+        .client()
+        .trellis(http::Method::GET, "/trellis/v1/instances", Vec::new())
+        .await
+        .expect("list instances");
+    let mut list = listed["instances"].as_array().expect("a list").clone();
+    list.sort_by_key(|i| i["address"].as_str().unwrap_or_default().to_string());
+    list
+}
+
+/// A 200 from register-instance means durable: instances of both kinds,
+/// with their attributes, are served over EDS again after a kill -9 and a
+/// restart, and a deregistration acknowledged before the next kill stays
+/// done.
+#[tokio::test(flavor = "multi_thread")]
+async fn registered_instances_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
+    create_mesh(&server.client()).await;
+    let cloud_map = ["--namespace", "apps.local", "--service", "color"];
+    for (attribute, address) in [
+        ("version=v1", "127.0.0.11"),
+        ("version=v1", "127.0.0.12"),
+        ("version=v2", "127.0.0.13"),
+    ] {
+        let args = [
+            &cloud_map[..],
+            &[
+                "--attribute",
+                attribute,
+                "--address",
+                address,
+                "--port",
+                "9080",
+            ],
+        ]
+        .concat();
+        cli(&server, &args).await;
+    }
+    cli(
+        &server,
+        &[
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "front",
+            "--address",
+            "127.0.0.14",
+            "--port",
+            "8080",
+        ],
+    )
+    .await;
+    let before = listed(&server).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    server.kill9();
+
+    let mut server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
+    assert_eq!(
+        listed(&server).await,
+        before,
+        "the registry after a restart"
+    );
+    let mut eds = Eds::subscribe(&server).await;
+    assert_eq!(eds.next().await, ["127.0.0.11:9080", "127.0.0.12:9080"]);
+    cli(
+        &server,
+        &[
+            &cloud_map[..],
+            &["--address", "127.0.0.12", "--port", "9080", "--deregister"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(eds.next().await, ["127.0.0.11:9080"]);
+    drop(eds);
+    server.kill9();
+
+    let server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
+    let mut eds = Eds::subscribe(&server).await;
+    assert_eq!(
+        eds.next().await,
+        ["127.0.0.11:9080"],
+        "the deregistration held"
+    );
+    assert_eq!(listed(&server).await.len(), 3);
 }

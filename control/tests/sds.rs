@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use trellis_control::ca::{Ca, BUNDLE_SECRET, SVID_SECRET};
 use trellis_control::model::{Kind, Metadata, Resource, ResourceKey};
 use trellis_control::store::Store;
+use trellis_control::tokens::Policy;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::{serve, Xds};
 use xds_protos::envoy::config::core::v3::data_source::Specifier;
@@ -49,9 +50,14 @@ async fn start(dir: &std::path::Path, ttl: Duration) -> (String, String) {
     }
     let (ca, _) = Ca::load_or_create(dir, "example.org", ttl).expect("ca");
     let bundle = ca.bundle_pem().to_string();
-    let xds = Xds::start(store, Arc::new(Registry::default()))
-        .expect("xds")
-        .with_ca(Arc::new(ca));
+    // Node tokens are node_tokens.rs's subject: these streams present none.
+    let xds = Xds::start(
+        store.clone(),
+        Arc::new(Registry::load(store).expect("registry")),
+    )
+    .expect("xds")
+    .with_token_policy(Policy::Never)
+    .with_ca(Arc::new(ca));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -264,7 +270,11 @@ async fn xds_server_certificate_is_issued_and_renewed() {
     let ca = Arc::new(ca);
     let bundle = ca.bundle_pem().to_string();
     let store = Arc::new(Store::open_in_memory().expect("store"));
-    let xds = Xds::start(store, Arc::new(Registry::default())).expect("xds");
+    let xds = Xds::start(
+        store.clone(),
+        Arc::new(Registry::load(store).expect("registry")),
+    )
+    .expect("xds");
     let tls = XdsTls::from_ca(ca, vec!["127.0.0.1".into()]).expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

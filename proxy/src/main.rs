@@ -136,10 +136,7 @@ fn main() -> ExitCode {
     if let Some(c) = &cli.service_cluster {
         node.cluster = c.clone();
     }
-    let node = NodeInfo {
-        id: node.id.clone(),
-        cluster: node.cluster.clone(),
-    };
+    let node = NodeInfo::from_node(node);
     let config = match server::StaticConfig::compile(&bootstrap) {
         Ok(c) => c,
         Err(e) => {

@@ -17,10 +17,36 @@ use crate::stats::{
     ConnectionLimitStats, Http2Stats, HttpStats, ListenerStats, StatSource, Store, TcpStats,
 };
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub id: String,
     pub cluster: String,
+    /// Whether an App Mesh node id labels every series with its mesh and
+    /// node; off when the node metadata says `trellis.stats_tags: false`.
+    pub stats_tags: bool,
+}
+
+/// The node metadata key that turns the App Mesh node labels off.
+pub const META_STATS_TAGS: &str = "trellis.stats_tags";
+
+impl NodeInfo {
+    /// The bootstrap's node, as the server uses it.
+    pub fn from_node(node: &xds_protos::envoy::config::core::v3::Node) -> NodeInfo {
+        use prost_types::value::Kind;
+        let tags = node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(META_STATS_TAGS))
+            .and_then(|v| match &v.kind {
+                Some(Kind::BoolValue(b)) => Some(*b),
+                _ => None,
+            });
+        NodeInfo {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            stats_tags: tags.unwrap_or(true),
+        }
+    }
 }
 
 /// Envoy's server states, numbered as its `server.state` gauge.
@@ -79,7 +105,7 @@ impl Shared {
         drain_time: std::time::Duration,
         overload: OverloadConfig,
     ) -> Shared {
-        let store = Store::for_node(&node.id);
+        let store = Store::for_node(&node.id, node.stats_tags);
         let mesh = store.is_mesh_node().then(|| {
             let m = Arc::new(crate::stats::appmesh::MeshStats::default());
             store.register(Arc::downgrade(&m) as std::sync::Weak<dyn StatSource>);

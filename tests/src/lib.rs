@@ -8,6 +8,7 @@ pub mod diff;
 pub mod grpc;
 pub mod h2raw;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod tls;

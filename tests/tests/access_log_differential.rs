@@ -12,7 +12,7 @@ use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, within};
 
-const TEXT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(X-MISSING)% %REQ(X-MISSING?USER-AGENT)% %REQ(USER-AGENT):4% %RESP(CONTENT-TYPE)% 100%%\\n";
+const TEXT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(X-MISSING)% %REQ(X-MISSING?USER-AGENT)% %REQ(USER-AGENT):4% %RESP(CONTENT-TYPE)% %UPSTREAM_REMOTE_ADDRESS% %UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)% 100%%\\n";
 
 fn bootstrap(port: u16, echo: std::net::SocketAddr, dir: &Path) -> String {
     let logs = format!(
@@ -41,6 +41,8 @@ fn bootstrap(port: u16, echo: std::net::SocketAddr, dir: &Path) -> String {
         mixed: "code=%RESPONSE_CODE% missing=%REQ(X-MISSING)%"
         bytes: "%BYTES_SENT%"
         flags: "%RESPONSE_FLAGS%"
+        grpc: "%GRPC_STATUS(NUMBER)%"
+        upstream: "%UPSTREAM_REMOTE_ADDRESS%"
         nested:
           cluster: "%UPSTREAM_CLUSTER%"
           protocol: "%PROTOCOL%"

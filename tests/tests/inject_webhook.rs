@@ -130,6 +130,8 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
                 "e2e",
                 "--sidecar-memory-limits",
                 "128Mi",
+                "--prestop-hook",
+                "exec",
             ],
         )
         .await;
@@ -174,6 +176,11 @@ async fn the_webhook_injects_over_https_with_the_operators_certificate() {
         assert_eq!(
             proxy["resources"],
             json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+        );
+        // Kubernetes before 1.30: the preStop hook execs `sleep`.
+        assert_eq!(
+            proxy["lifecycle"]["preStop"],
+            json!({"exec": {"command": ["sleep", "20"]}})
         );
         let inits = pod["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(inits.last().unwrap()["name"], "trellis-init");

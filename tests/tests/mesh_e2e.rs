@@ -448,11 +448,30 @@ async fn outside(egress: u16, app: &Echo) -> String {
     reply.lines().next().unwrap_or("").to_string()
 }
 
+/// curl through the egress port as an `https_proxy`: `-p` tunnels with
+/// CONNECT. Success and what curl printed.
+async fn tunneled(egress: u16, app: &Echo) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-p", "-x"])
+        .arg(format!("http://127.0.0.1:{egress}"))
+        .arg(format!("http://{}/tunneled", app.addr))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Mesh `egressFilter`: with ALLOW_ALL a destination the mesh does not know
 /// passes through the sidecar's egress listener (catch-all virtual host →
-/// ORIGINAL_DST passthrough); switching the mesh to DROP_ALL through the API
-/// closes it (404: only the backend's virtual host is left), and back to
-/// ALLOW_ALL opens it again.
+/// ORIGINAL_DST passthrough), as an absolute-form request or a CONNECT
+/// tunnel; switching the mesh to DROP_ALL through the API closes it (404:
+/// only the backend's virtual host is left), and back to ALLOW_ALL opens it
+/// again.
 async fn egress_filter(proxy: PathBuf) {
     let control = Control::start().await;
     let app = Echo::start("outside").await;
@@ -486,10 +505,20 @@ async fn egress_filter(proxy: PathBuf) {
         app.count() > 0,
         "the request reached the app outside the mesh"
     );
+    let before = app.count();
+    let (ok, text) = tunneled(egress, &app).await;
+    assert!(ok, "CONNECT through the sidecar: {text}");
+    assert!(text.contains("/tunneled"), "the app answered: {text}");
+    assert_eq!(app.count(), before + 1);
     control.apply(&[mesh("DROP_ALL")]).await;
     eventually(Duration::from_secs(10), "DROP_ALL refuses", passes(" 404 ")).await;
     let reached = app.count();
     assert!(outside(egress, &app).await.contains(" 404 "));
+    let (ok, text) = tunneled(egress, &app).await;
+    assert!(
+        !ok && text.contains("404"),
+        "no CONNECT under DROP_ALL: {text}"
+    );
     assert_eq!(app.count(), reached, "nothing passes under DROP_ALL");
     control.apply(&[mesh("ALLOW_ALL")]).await;
     eventually(Duration::from_secs(10), "ALLOW_ALL again", passes(" 200 ")).await;
@@ -629,9 +658,18 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
     let ca = trellis_tests::tls::Ca::new("xDS CA");
     let ca_file = ca.write(dir.path(), "xds-ca");
     let ca_file = ca_file.to_string_lossy();
+    // Offline (no API): a given token, or none.
     let cases: [&[&str]; 4] = [
-        &["--virtual-node", "a", "--xds-ca", &ca_file],
         &[
+            "--virtual-node",
+            "a",
+            "--xds-ca",
+            &ca_file,
+            "--token",
+            "t0ken",
+        ],
+        &[
+            "--no-token",
             "--virtual-gateway",
             "g",
             "--xds-addr",
@@ -651,8 +689,10 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             "20001",
             "--xds-ca",
             &ca_file,
+            "--token",
+            "t0ken",
         ],
-        &["--virtual-node", "c", "--xds-plaintext"],
+        &["--virtual-node", "c", "--xds-plaintext", "--no-token"],
     ];
     for (i, extra) in cases.iter().enumerate() {
         let out = std::process::Command::new(&control)

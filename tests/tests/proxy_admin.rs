@@ -134,7 +134,8 @@ async fn server_state(p: &ProxyProcess) -> String {
 }
 
 /// `/healthcheck/fail` takes a proxy out of rotation (`/ready` and
-/// `/server_info` say DRAINING, `server.state` is 1) while it keeps serving;
+/// `/server_info` say DRAINING, `server.state` is 1, `server.live` 0) while
+/// it keeps serving;
 /// `/healthcheck/ok` brings it back; `/drain_listeners` leaves it LIVE.
 /// Checked on trellis-proxy and on stock Envoy.
 #[tokio::test]
@@ -162,7 +163,7 @@ async fn healthcheck_fail_and_ok_switch_readiness_as_envoy_does() {
         assert_eq!(server_state(&p).await, "DRAINING", "{who}");
         // Envoy refreshes its server gauges at each stats flush (5 s).
         trellis_tests::eventually(Duration::from_secs(8), "server.state 1", || async {
-            (p.stat("server.state").await == 1).then_some(())
+            (p.stat("server.state").await == 1 && p.stat("server.live").await == 0).then_some(())
         })
         .await;
         let served = client::get(&format!("http://127.0.0.1:{port}/x")).await;
@@ -182,9 +183,15 @@ async fn healthcheck_fail_and_ok_switch_readiness_as_envoy_does() {
         assert_eq!(server_state(&p).await, "LIVE", "{who}");
         // Envoy refreshes its server gauges at each stats flush (5 s).
         trellis_tests::eventually(Duration::from_secs(8), "server.state 0", || async {
-            (p.stat("server.state").await == 0).then_some(())
+            (p.stat("server.state").await == 0 && p.stat("server.live").await == 1).then_some(())
         })
         .await;
+        trellis_tests::eventually(Duration::from_secs(8), "server.uptime", || async {
+            (p.stat("server.uptime").await > 0).then_some(())
+        })
+        .await;
+        // The harness runs every proxy with `--concurrency 1`.
+        assert_eq!(p.stat("server.concurrency").await, 1, "{who}");
 
         assert_eq!(p.admin_post("/drain_listeners").await.status, 200, "{who}");
         let ready = p.admin_get("/ready").await;

@@ -5,9 +5,9 @@ mod resilience_common;
 
 use std::time::Duration;
 
-use resilience_common::{bootstrap, client, cluster, send, Seen, Up};
+use resilience_common::{bootstrap, bootstrap_logged, client, cluster, log_lines, send, Seen, Up};
 use trellis_tests::process::ProxyProcess;
-use trellis_tests::{free_port, within};
+use trellis_tests::{eventually, free_port, within};
 
 fn vhosts(retry: &str) -> String {
     format!(
@@ -229,6 +229,119 @@ async fn http2_upstream_max_requests_overflows_with_503_uo() {
         // Both admitted requests shared one HTTP/2 connection.
         assert_eq!(p.stat("cluster.app.upstream_cx_total").await, 1);
         assert_eq!(p.stat("cluster.app.upstream_cx_http2_total").await, 1);
+    })
+    .await;
+}
+
+/// Polls the gauge `cluster.app.circuit_breakers.default.NAME` until it is `want`.
+async fn gauge_reaches(p: &ProxyProcess, name: &str, want: i64) {
+    let stat = format!("cluster.app.circuit_breakers.default.{name}");
+    eventually(
+        Duration::from_secs(10),
+        &format!("{stat} = {want}"),
+        || async { (p.stat(&stat).await == want).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_shows_in_its_gauge_and_logs_uo() {
+    within(Duration::from_secs(30), "breaker gauges", async {
+        let a = Up::start("a").await;
+        a.set_delay(1500);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.log");
+        let port = free_port();
+        let extra = "    circuit_breakers:\n      thresholds:\n      - max_requests: 1\n";
+        let p = ProxyProcess::start(&bootstrap_logged(
+            port,
+            &vhosts(""),
+            &[cluster("app", &[&a], extra)],
+            "",
+            &log,
+        ))
+        .await;
+        for g in [
+            "cx_open",
+            "cx_pool_open",
+            "rq_open",
+            "rq_pending_open",
+            "rq_retry_open",
+        ] {
+            let text = p.admin_get("/stats").await.body_text();
+            assert!(
+                text.contains(&format!("cluster.app.circuit_breakers.default.{g}: 0")),
+                "{g} listed and closed"
+            );
+        }
+        let url = format!("http://127.0.0.1:{port}/");
+        let first = tokio::spawn({
+            let url = url.clone();
+            async move { send(&client(), &url, &[]).await }
+        });
+        gauge_reaches(&p, "rq_open", 1).await;
+        assert_eq!(send(&client(), &url, &[]).await.status, 503);
+        assert_eq!(first.await.expect("first").status, 200);
+        gauge_reaches(&p, "rq_open", 0).await;
+        let mut lines = log_lines(&log, 2).await;
+        lines.sort();
+        assert_eq!(lines, ["200 -", "503 UO"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_connection_limit_counts_cx_overflow_and_opens_cx_open() {
+    within(Duration::from_secs(30), "connection limit gauges", async {
+        let a = Up::start("a").await;
+        a.set_delay(300);
+        let port = free_port();
+        let extra = "    circuit_breakers:\n      thresholds:\n      - max_connections: 1\n        max_pending_requests: 10\n";
+        let p = ProxyProcess::start(&bootstrap(
+            port,
+            &vhosts(""),
+            &[cluster("app", &[&a], extra)],
+            "",
+        ))
+        .await;
+        let seen = burst(&format!("http://127.0.0.1:{port}/"), 3).await;
+        assert_eq!(count(&seen, 200), 3, "pending requests wait their turn");
+        assert_eq!(p.stat("cluster.app.upstream_cx_total").await, 1);
+        assert!(p.stat("cluster.app.upstream_cx_overflow").await >= 1);
+        // The kept-alive connection still fills the limit.
+        gauge_reaches(&p, "cx_open", 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_waiting_for_a_connection_are_pending_and_overflow() {
+    within(Duration::from_secs(30), "HTTP/2 pending limit", async {
+        // A host that never answers the SYN: the first request waits for
+        // its connection and holds the one pending place; the rest overflow.
+        let (hole, _guard) = trellis_tests::blackhole_address();
+        let port = free_port();
+        let extra = format!(
+            "{}    circuit_breakers:\n      thresholds:\n      - max_pending_requests: 1\n",
+            trellis_tests::config::H2_UPSTREAM
+        );
+        let cfg = trellis_tests::config::http_proxy(
+            port,
+            &vhosts(""),
+            &[trellis_tests::config::cluster("app", &[hole], &extra)],
+            "",
+        )
+        .replace("connect_timeout: 1s", "connect_timeout: 0.5s");
+        let p = ProxyProcess::start(&cfg).await;
+        let seen = burst(&format!("http://127.0.0.1:{port}/"), 4).await;
+        assert_eq!(count(&seen, 503), 4, "{seen:?}");
+        let overloaded = seen
+            .iter()
+            .filter(|s| s.headers.contains_key("x-envoy-overloaded"))
+            .count();
+        assert_eq!(overloaded, 3, "{seen:?}");
+        assert_eq!(p.stat("cluster.app.upstream_rq_pending_overflow").await, 3);
+        assert_eq!(p.stat("cluster.app.upstream_cx_connect_timeout").await, 1);
     })
     .await;
 }

@@ -5,7 +5,7 @@ mod resilience_common;
 
 use std::time::{Duration, Instant};
 
-use resilience_common::{bootstrap, client, cluster, send, Up};
+use resilience_common::{bootstrap, bootstrap_logged, client, cluster, log_lines, send, Up};
 use trellis_tests::process::ProxyProcess;
 use trellis_tests::{free_port, within};
 
@@ -242,6 +242,317 @@ async fn fault_headers_limit_faults_to_matching_requests() {
             assert_eq!(send(&c, &url, &[("x-chaos", "off")]).await.status, 200);
         }
         assert_eq!(a.hits(), 40);
+    })
+    .await;
+}
+
+/// The fault filter's config with `body` (YAML at the HTTPFault's fields).
+fn fault(body: &str) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+{}"#,
+        trellis_tests::config::indent(body, 14)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_faults_ignore_percentage_headers_and_log_di_fi() {
+    within(Duration::from_secs(30), "fixed faults", async {
+        let a = Up::start("a").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.log");
+        let port = free_port();
+        let filter = fault(
+            r#"delay:
+  fixed_delay: 0.001s
+  percentage: { numerator: 100, denominator: HUNDRED }
+abort:
+  http_status: 503
+  percentage: { numerator: 100, denominator: HUNDRED }
+"#,
+        );
+        let p = ProxyProcess::start(&bootstrap_logged(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            &filter,
+            &log,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        // The percentage headers apply to header-controlled faults only.
+        let lower = [
+            ("x-envoy-fault-abort-request-percentage", "0"),
+            ("x-envoy-fault-delay-request-percentage", "0"),
+        ];
+        for _ in 0..20 {
+            assert_eq!(send(&c, &url, &lower).await.status, 503);
+        }
+        assert_eq!(a.hits(), 0);
+        assert_eq!(p.stat("http.ingress_http.fault.delays_injected").await, 20);
+        let lines = log_lines(&log, 20).await;
+        assert!(lines.iter().all(|l| l == "503 DI,FI"), "{lines:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_delay_applies_to_its_share_and_logs_di() {
+    within(Duration::from_secs(60), "fixed delay share", async {
+        let a = Up::start("a").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.log");
+        let port = free_port();
+        let filter = fault(
+            r#"delay:
+  fixed_delay: 0.001s
+  percentage: { numerator: 4000, denominator: TEN_THOUSAND }
+"#,
+        );
+        let p = ProxyProcess::start(&bootstrap_logged(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            &filter,
+            &log,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        let n = 1000;
+        for _ in 0..n {
+            assert_eq!(send(&c, &url, &[]).await.status, 200);
+        }
+        let delayed = p.stat("http.ingress_http.fault.delays_injected").await as usize;
+        let range = bounds(n as f64, 0.4);
+        println!("fixed delay: {delayed}/{n} (allowed {range:?})");
+        assert!(range.contains(&delayed), "{delayed} not in {range:?}");
+        let lines = log_lines(&log, n).await;
+        let flagged = lines.iter().filter(|l| *l == "200 DI").count();
+        assert_eq!(flagged, delayed, "each delayed request is flagged DI");
+        assert_eq!(lines.iter().filter(|l| *l == "200 -").count(), n - delayed);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_abort_takes_its_status_and_share_from_the_request() {
+    within(Duration::from_secs(30), "header abort", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        let filter = fault(
+            r#"abort:
+  header_abort: {}
+  percentage: { numerator: 100, denominator: HUNDRED }
+"#,
+        );
+        let p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            &filter,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        assert_eq!(send(&c, &url, &[]).await.status, 200, "no header, no abort");
+        let abort = ("x-envoy-fault-abort-request", "429");
+        assert_eq!(send(&c, &url, &[abort]).await.status, 429);
+        let none = ("x-envoy-fault-abort-request-percentage", "0");
+        for _ in 0..20 {
+            assert_eq!(send(&c, &url, &[abort, none]).await.status, 200);
+        }
+        let grpc = [
+            ("content-type", "application/grpc"),
+            ("x-envoy-fault-abort-grpc-request", "14"),
+        ];
+        let s = send(&c, &url, &grpc).await;
+        assert_eq!(s.status, 200);
+        assert_eq!(
+            s.headers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"14"[..])
+        );
+        assert_eq!(a.hits(), 21);
+        assert_eq!(p.stat("http.ingress_http.fault.aborts_injected").await, 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_abort_answers_with_the_configured_grpc_status() {
+    within(Duration::from_secs(30), "grpc abort", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        let filter = fault(
+            r#"abort:
+  grpc_status: 8
+  percentage: { numerator: 100, denominator: HUNDRED }
+"#,
+        );
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            &filter,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/pkg.Svc/Call");
+        let c = client();
+        let s = send(&c, &url, &[("content-type", "application/grpc")]).await;
+        assert_eq!(s.status, 200);
+        assert_eq!(
+            s.headers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"8"[..])
+        );
+        assert_eq!(
+            s.headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/grpc"[..])
+        );
+        assert_eq!(a.hits(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_active_faults_lets_the_overflow_through_unfaulted() {
+    within(Duration::from_secs(30), "max active faults", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        let filter = fault(
+            r#"max_active_faults: 1
+delay:
+  fixed_delay: 3s
+  percentage: { numerator: 100, denominator: HUNDRED }
+"#,
+        );
+        let p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], "")],
+            &filter,
+        ))
+        .await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let c = client();
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), url.clone());
+            async move { send(&c, &url, &[]).await }
+        });
+        let gauge = "http.ingress_http.fault.active_faults";
+        trellis_tests::eventually(Duration::from_secs(10), "one active fault", || async {
+            (p.stat(gauge).await == 1).then_some(())
+        })
+        .await;
+        // The second request finds the limit reached: it goes through at once.
+        assert_eq!(send(&c, &url, &[]).await.status, 200);
+        assert_eq!(
+            a.hits(),
+            1,
+            "the overflow reached upstream before the delayed one"
+        );
+        assert_eq!(p.stat("http.ingress_http.fault.faults_overflow").await, 1);
+        assert_eq!(first.await.expect("first request").status, 200);
+        assert_eq!(p.stat("http.ingress_http.fault.delays_injected").await, 1);
+        assert_eq!(p.stat(gauge).await, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rate_limit_per_virtual_host_and_the_rl_flag() {
+    within(Duration::from_secs(30), "virtual host rate limit", async {
+        let a = Up::start("a").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.log");
+        let vhosts = r#"          - name: limited
+            domains: ["limited.test"]
+            typed_per_filter_config:
+              envoy.filters.http.local_ratelimit:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                stat_prefix: per_vhost
+                token_bucket: { max_tokens: 5, tokens_per_fill: 5, fill_interval: 60s }
+                filter_enabled:
+                  default_value: { numerator: 100, denominator: HUNDRED }
+                filter_enforced:
+                  default_value: { numerator: 100, denominator: HUNDRED }
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: app }
+          - name: open
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/" }
+              route: { cluster: app }
+"#;
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap_logged(
+            port,
+            vhosts,
+            &[cluster("app", &[&a], "")],
+            RATELIMIT,
+            &log,
+        ))
+        .await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/any/route");
+        let limited = [("host", "limited.test")];
+        let statuses: Vec<u16> = {
+            let mut v = Vec::new();
+            for _ in 0..8 {
+                v.push(send(&c, &url, &limited).await.status);
+            }
+            v
+        };
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+        for _ in 0..8 {
+            assert_eq!(send(&c, &url, &[]).await.status, 200, "other hosts are open");
+        }
+        let lines = log_lines(&log, 16).await;
+        assert_eq!(lines.iter().filter(|l| *l == "429 RL").count(), 3, "{lines:?}");
+        assert_eq!(lines.iter().filter(|l| *l == "200 -").count(), 13, "{lines:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_never_answers_does_not_hold_up_the_primary() {
+    within(Duration::from_secs(30), "slow shadow", async {
+        let (primary, shadow) = (Up::start("primary").await, Up::start("shadow").await);
+        // Far longer than this test may run: a primary that waited for its
+        // mirror would never answer.
+        shadow.set_delay(3_600_000);
+        let vhosts = r#"          - name: all
+            domains: ["*"]
+            routes:
+            - match: { prefix: "/" }
+              route:
+                cluster: app
+                request_mirror_policies: [{ cluster: shadow }]
+"#;
+        let port = free_port();
+        let _p = ProxyProcess::start(&bootstrap(
+            port,
+            vhosts,
+            &[
+                cluster("app", &[&primary], ""),
+                cluster("shadow", &[&shadow], ""),
+            ],
+            "",
+        ))
+        .await;
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        for _ in 0..20 {
+            assert_eq!(send(&c, &url, &[]).await.status, 200);
+        }
+        trellis_tests::eventually(Duration::from_secs(10), "copies at the shadow", || async {
+            (shadow.hits() == 20).then_some(())
+        })
+        .await;
+        assert_eq!(primary.hits(), 20);
     })
     .await;
 }

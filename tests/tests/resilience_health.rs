@@ -123,3 +123,127 @@ async fn tcp_health_check_fails_a_refusing_host_and_zero_panic_threshold_means_5
     })
     .await;
 }
+
+/// A check at `interval` (timeout 0.5 s) with 2/2 thresholds and `checker`
+/// (YAML at the check's fields).
+fn check(interval: &str, checker: &str) -> String {
+    format!(
+        r#"    health_checks:
+    - timeout: 0.5s
+      interval: {interval}
+      no_traffic_interval: {interval}
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      {checker}
+"#
+    )
+}
+
+/// The membership once exactly one more `stat` result than `from` is in:
+/// read a moment after it (checks are a second apart).
+async fn after_next(p: &ProxyProcess, stat: &str, from: i64) -> i64 {
+    let full = format!("cluster.app.health_check.{stat}");
+    eventually(Duration::from_secs(10), &full, || async {
+        (p.stat(&full).await > from).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let members = p.stat("cluster.app.membership_healthy").await;
+    assert_eq!(p.stat(&full).await, from + 1, "one result at a time");
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_need_two_results_in_a_row_to_flip_a_host() {
+    within(Duration::from_secs(60), "health check thresholds", async {
+        let a = Up::start("a").await;
+        let port = free_port();
+        // A slow interval: the test reads membership long before the next check.
+        let hc = check("1s", "http_health_check: { path: /healthz }");
+        let p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&a], &hc)],
+            "",
+        ))
+        .await;
+        healthy(&p, 1).await;
+        // Checks that time out: `unhealthy_threshold` network failures.
+        a.set_health_status(0);
+        let failures = p.stat("cluster.app.health_check.failure").await;
+        assert_eq!(
+            after_next(&p, "failure", failures).await,
+            1,
+            "one failure is not enough"
+        );
+        assert_eq!(
+            after_next(&p, "failure", failures + 1).await,
+            0,
+            "two failures flip it"
+        );
+        a.set_healthy(true);
+        let successes = p.stat("cluster.app.health_check.success").await;
+        assert_eq!(
+            after_next(&p, "success", successes).await,
+            0,
+            "one pass is not enough"
+        );
+        assert_eq!(
+            after_next(&p, "success", successes + 1).await,
+            1,
+            "two passes flip it back"
+        );
+        // A wrong status is no network failure: as in Envoy, one fails the host.
+        a.set_healthy(false);
+        let failures = p.stat("cluster.app.health_check.failure").await;
+        assert_eq!(
+            after_next(&p, "failure", failures).await,
+            0,
+            "a 503 fails it at once"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_statuses_replace_the_default_200() {
+    within(Duration::from_secs(60), "expected statuses", async {
+        let (teapot, ok) = (Up::start("teapot").await, Up::start("ok").await);
+        teapot.set_health_status(418);
+        let port = free_port();
+        let hc = check(
+            "0.1s",
+            "http_health_check: { path: /healthz, expected_statuses: [{ start: 418, end: 419 }] }",
+        );
+        let p = ProxyProcess::start(&bootstrap(
+            port,
+            CATCH_ALL,
+            &[cluster("app", &[&teapot, &ok], &hc)],
+            "",
+        ))
+        .await;
+        // 418 passes; 200 is not in the list, so `ok` never does.
+        healthy(&p, 1).await;
+        let text = p.admin_get("/clusters").await.body_text();
+        assert!(
+            text.contains(&format!("app::{}::health_flags::healthy", teapot.addr)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "app::{}::health_flags::/failed_active_hc",
+                ok.addr
+            )),
+            "{text}"
+        );
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        for _ in 0..10 {
+            assert_eq!(
+                send(&c, &url, &[]).await.upstream.as_deref(),
+                Some("teapot")
+            );
+        }
+    })
+    .await;
+}

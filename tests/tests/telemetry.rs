@@ -2,7 +2,8 @@
 //! upstream behind them. The metrics of both hops must agree with the
 //! traffic sent and pass `promtool check metrics`; access log lines must
 //! match their formats exactly; trace headers must survive both hops; an
-//! access log that cannot be written must not fail requests.
+//! access log that cannot be written must not fail requests; a rotated log
+//! is reopened on SIGUSR1 and `POST /reopen_logs`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -318,4 +319,170 @@ async fn unknown_operators_are_config_errors() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("access_log[0]"), "{stderr}");
     assert!(stderr.contains("NOT_AN_OPERATOR"), "{stderr}");
+}
+
+/// Log rotation: once the file is moved away, SIGUSR1 (or `POST
+/// /reopen_logs`) makes the proxy write to a new file at the configured
+/// path; no line is lost or written twice. Envoy does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_and_reopen_logs_start_a_new_file_after_rotation() {
+    within(LIMIT, "access log rotation", async {
+        let echo = Echo::start("echo").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("access.log");
+        let port = free_port();
+        let p = ProxyProcess::start(&hop_b(
+            port,
+            echo.addr,
+            &access_logs(&[file_log(
+                &log,
+                "log_format:\n  text_format_source:\n    inline_string: \"%REQ(:PATH)%\\n\"\n",
+            )]),
+        ))
+        .await;
+        let mut sent = 0;
+        let mut get = || {
+            sent += 1;
+            let url = format!("http://127.0.0.1:{port}/r{sent}");
+            async move {
+                let r = client::get(&url).await.expect("request");
+                assert_eq!(r.status, 200);
+            }
+        };
+        let read = |path: &Path| -> Vec<String> {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        let mut rotated = Vec::new();
+        for (round, how) in ["SIGUSR1", "POST /reopen_logs"].iter().enumerate() {
+            get().await;
+            lines(&log, 1).await;
+            let old = dir.path().join(format!("access.log.{round}"));
+            std::fs::rename(&log, &old).expect("rotate");
+            match *how {
+                "SIGUSR1" => p.signal(libc::SIGUSR1),
+                _ => assert_eq!(p.admin_post("/reopen_logs").await.status, 200),
+            }
+            // The reopen is asynchronous: requests go on until one lands in
+            // the new file.
+            eventually(
+                Duration::from_secs(10),
+                &format!("a new file after {how}"),
+                || {
+                    let fut = get();
+                    let log = log.clone();
+                    async move {
+                        fut.await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        (!read(&log).is_empty()).then_some(())
+                    }
+                },
+            )
+            .await;
+            rotated.push(old);
+        }
+        // Every request logged exactly once, in order across the files.
+        let expected: Vec<String> = (1..=sent).map(|n| format!("/r{n}")).collect();
+        let all = eventually(Duration::from_secs(10), "every line written", || async {
+            let all: Vec<String> = rotated
+                .iter()
+                .flat_map(|f| read(f))
+                .chain(read(&log))
+                .collect();
+            (all.len() >= expected.len()).then_some(all)
+        })
+        .await;
+        assert_eq!(all, expected);
+        for f in &rotated {
+            assert!(!read(f).is_empty(), "{} kept its lines", f.display());
+        }
+    })
+    .await;
+}
+
+/// Every stat of `/stats` by name.
+async fn all_stats(p: &ProxyProcess) -> std::collections::HashMap<String, i64> {
+    p.admin_get("/stats")
+        .await
+        .body_text()
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until the stats have the `expected` values; the panic shows them.
+async fn stats_reach(p: &ProxyProcess, expected: &[(String, i64)], what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = all_stats(p).await;
+        let seen: Vec<(String, i64)> = expected
+            .iter()
+            .map(|(k, _)| (k.clone(), stats.get(k).copied().unwrap_or(-1)))
+            .collect();
+        if seen == expected {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connection gauges and totals, on trellis-proxy and on stock Envoy: an
+/// open keep-alive client connection is one active downstream connection
+/// at the listener and at the connection manager, and its request opened
+/// one pooled upstream connection; closing the client connection brings
+/// the downstream gauges back to 0, keeps the totals, and leaves the
+/// upstream connection in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_gauges_and_totals_match_envoy() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use trellis_tests::process::{require_envoy, workspace_bin};
+    within(LIMIT, "connection gauges", async {
+        let echo = Echo::start("echo").await;
+        for bin in [workspace_bin("trellis-proxy"), require_envoy()] {
+            let who = bin.display().to_string();
+            let port = free_port();
+            let p = ProxyProcess::start_with(&bin, &hop_b(port, echo.addr, ""), &[]).await;
+            let listener = format!("listener.127.0.0.1_{port}");
+            let expect = |open: i64| {
+                vec![
+                    ("http.ingress_http.downstream_cx_active".to_string(), open),
+                    ("http.ingress_http.downstream_cx_total".to_string(), 1),
+                    (format!("{listener}.downstream_cx_active"), open),
+                    (format!("{listener}.downstream_cx_total"), 1),
+                    ("cluster.echo.upstream_cx_active".to_string(), 1),
+                    ("cluster.echo.upstream_cx_total".to_string(), 1),
+                ]
+            };
+            let stream = tokio::net::TcpStream::connect(loopback(port))
+                .await
+                .expect("connect");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+            let conn = tokio::spawn(conn);
+            for _ in 0..2 {
+                let request = http::Request::get("/")
+                    .header("host", "x")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .expect("request");
+                sender.ready().await.expect("connection ready");
+                let r = sender.send_request(request).await.expect("response");
+                assert_eq!(r.status(), 200, "{who}");
+                r.into_body().collect().await.expect("body");
+            }
+            stats_reach(&p, &expect(1), &format!("{who}, connection open")).await;
+            drop(sender);
+            let _ = conn.await;
+            stats_reach(&p, &expect(0), &format!("{who}, connection closed")).await;
+        }
+    })
+    .await;
 }

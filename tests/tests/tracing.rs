@@ -1,183 +1,23 @@
 //! Tracing end to end: two trellis proxies export spans over OTLP (gRPC, or
-//! HTTP/protobuf) to a small receiver in the test; the spans of both hops
-//! must form one linked trace, with a client span per upstream attempt,
-//! whatever propagation format the request came with; sampling follows the
-//! configured percentage and the caller's decision. A dead collector must
-//! not fail or slow requests.
+//! HTTP/protobuf) to a receiver in the test (`opentelemetry-proto`'s tonic
+//! TraceService); the spans of both hops must form one linked trace, with a
+//! client span per upstream attempt, whatever propagation format the request
+//! came with; sampling follows the configured percentage and the caller's
+//! decision. A dead collector, or
+//! one that never answers, must not fail or slow requests.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
-use tokio::net::TcpListener;
+use serde_json::json;
 use trellis_tests::config::{cluster, http_proxy, indent};
-use trellis_tests::process::ProxyProcess;
+use trellis_tests::control::Control;
+use trellis_tests::otlp::{attr, Receiver, Span, Stalled, CLIENT, SERVER};
+use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, loopback, refused_address, within};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-/// The parts of OTLP's `ExportTraceServiceRequest` the test reads.
-#[derive(Clone, PartialEq, Message)]
-struct ExportRequest {
-    #[prost(message, repeated, tag = "1")]
-    resource_spans: Vec<ResourceSpans>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ResourceSpans {
-    #[prost(message, repeated, tag = "2")]
-    scope_spans: Vec<ScopeSpans>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct ScopeSpans {
-    #[prost(message, repeated, tag = "2")]
-    spans: Vec<Span>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Span {
-    #[prost(bytes = "vec", tag = "1")]
-    trace_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    span_id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "4")]
-    parent_span_id: Vec<u8>,
-    #[prost(string, tag = "5")]
-    name: String,
-    #[prost(int32, tag = "6")]
-    kind: i32,
-    #[prost(message, repeated, tag = "9")]
-    attributes: Vec<KeyValue>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct KeyValue {
-    #[prost(string, tag = "1")]
-    key: String,
-    #[prost(message, optional, tag = "2")]
-    value: Option<AnyValue>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct AnyValue {
-    #[prost(string, optional, tag = "1")]
-    string_value: Option<String>,
-    #[prost(int64, optional, tag = "3")]
-    int_value: Option<i64>,
-}
-
-impl Span {
-    /// An attribute's value as text (integers in decimal).
-    fn attr(&self, key: &str) -> Option<String> {
-        let v = self
-            .attributes
-            .iter()
-            .find(|a| a.key == key)?
-            .value
-            .as_ref()?;
-        v.string_value
-            .clone()
-            .or_else(|| v.int_value.map(|i| i.to_string()))
-    }
-}
-
-const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
-
-/// An OTLP/gRPC trace receiver on loopback that keeps every span it gets.
-struct Receiver {
-    addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Span>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().expect("receiver address");
-        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-        let kept = spans.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let kept = kept.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let kept = kept.clone();
-                        async move {
-                            // OTLP/gRPC frames the message; OTLP/HTTP posts it bare.
-                            let grpc = match req.uri().path() {
-                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => {
-                                    true
-                                }
-                                "/v1/traces" => false,
-                                other => panic!("unexpected export path {other}"),
-                            };
-                            if !grpc {
-                                assert_eq!(req.headers()["content-type"], "application/x-protobuf");
-                                assert_eq!(req.headers()["x-api-key"], "secret");
-                            }
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let msg = if grpc { body.get(5..) } else { Some(&body[..]) };
-                            if let Some(msg) = msg {
-                                if let Ok(r) = ExportRequest::decode(msg) {
-                                    let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
-                                    for rs in r.resource_spans {
-                                        for ss in rs.scope_spans {
-                                            k.extend(ss.spans);
-                                        }
-                                    }
-                                }
-                            }
-                            let resp = if grpc {
-                                // An empty ExportTraceServiceResponse, then OK.
-                                http::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .header("grpc-status", "0")
-                                    .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-                            } else {
-                                http::Response::builder()
-                                    .header("content-type", "application/x-protobuf")
-                                    .body(Full::new(Bytes::new()))
-                            };
-                            Ok::<_, std::convert::Infallible>(resp.expect("response"))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, spans, task }
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
 
 /// The HCM's `tracing` block: OTLP/gRPC to cluster `otel`, plus `extra`
 /// (sampling percentages, YAML at the block's indent).
@@ -435,7 +275,7 @@ async fn each_retry_is_a_client_span_and_the_next_hop_hangs_under_it() {
             ("peer.address", "127.0.0.1".to_string()),
         ] {
             assert_eq!(
-                a_server.attr(k).as_deref(),
+                attr(a_server, k).as_deref(),
                 Some(v.as_str()),
                 "A server {k}"
             );
@@ -444,13 +284,13 @@ async fn each_retry_is_a_client_span_and_the_next_hop_hangs_under_it() {
             .iter()
             .filter(|s| s.kind == CLIENT && s.parent_span_id == a_server.span_id)
             .collect();
-        tries.sort_by_key(|s| s.attr("upstream.attempt"));
+        tries.sort_by_key(|s| attr(s, "upstream.attempt"));
         assert_eq!(tries.len(), 3, "one client span per try: {spans:#?}");
         for (i, t) in tries.iter().enumerate() {
-            assert_eq!(t.attr("upstream.attempt"), Some((i + 1).to_string()));
-            assert_eq!(t.attr("http.status_code").as_deref(), Some("503"));
-            assert_eq!(t.attr("upstream_address"), Some(format!("127.0.0.1:{pb}")));
-            assert_eq!(t.attr("node_id").as_deref(), Some("hop-a"));
+            assert_eq!(attr(t, "upstream.attempt"), Some((i + 1).to_string()));
+            assert_eq!(attr(t, "http.status_code").as_deref(), Some("503"));
+            assert_eq!(attr(t, "upstream_address"), Some(format!("127.0.0.1:{pb}")));
+            assert_eq!(attr(t, "node_id").as_deref(), Some("hop-a"));
             assert_eq!(t.name, "router next egress");
         }
         // Each of B's server spans is the child of a different try.
@@ -464,7 +304,7 @@ async fn each_retry_is_a_client_span_and_the_next_hop_hangs_under_it() {
                 .iter()
                 .find(|s| s.parent_span_id == t.span_id)
                 .unwrap_or_else(|| panic!("no B span under try {}", hex(&t.span_id)));
-            assert_eq!(b.attr("node_id").as_deref(), Some("hop-b"));
+            assert_eq!(attr(b, "node_id").as_deref(), Some("hop-b"));
             let below = spans
                 .iter()
                 .filter(|s| s.kind == CLIENT && s.parent_span_id == b.span_id)
@@ -642,7 +482,7 @@ async fn spans_export_over_otlp_http_protobuf() {
         let p = ProxyProcess::start(&traced_proxy(
             port,
             echo.addr,
-            receiver.addr,
+            receiver.http_addr,
             &tracing_hcm_http("over-http"),
         ))
         .await;
@@ -660,6 +500,162 @@ async fn spans_export_over_otlp_http_protobuf() {
         assert_eq!(spans.iter().filter(|s| s.kind == SERVER).count(), 1);
         assert_eq!(spans.iter().filter(|s| s.kind == CLIENT).count(), 1);
         assert_eq!(p.stat("tracing.opentelemetry.spans_sent").await, 2);
+        let headers = receiver.http_headers();
+        assert_eq!(headers[0]["x-api-key"], "secret");
+        assert!(receiver
+            .received()
+            .iter()
+            .all(|r| r.service_name == "over-http"));
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_does_not_fail_or_slow_requests() {
+    within(LIMIT, "stalled collector", async {
+        let stalled = Stalled::start().await;
+        let echo = Echo::start("echo").await;
+        let port = free_port();
+        let p = ProxyProcess::start(&proxy(port, echo.addr, "patient", stalled.addr)).await;
+        let get = || async {
+            let r = client::get(&format!("http://127.0.0.1:{port}/"))
+                .await
+                .expect("request");
+            assert_eq!(r.status, 200);
+        };
+        get().await;
+        // An export is now stuck in the collector; requests go on meanwhile.
+        eventually(Duration::from_secs(10), "an export sent", || async {
+            (stalled.received() > 0).then_some(())
+        })
+        .await;
+        let started = std::time::Instant::now();
+        for _ in 0..50 {
+            get().await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "requests were slowed"
+        );
+        eventually(
+            Duration::from_secs(15),
+            "the stuck export dropped",
+            || async { (p.stat("tracing.opentelemetry.spans_dropped").await > 0).then_some(()) },
+        )
+        .await;
+        assert_eq!(p.stat("tracing.opentelemetry.spans_sent").await, 0);
+    })
+    .await;
+}
+
+/// A mesh traced with one setting: `trellis-control serve --otlp-endpoint`
+/// makes every connection manager it sends export to the collector. A
+/// request through node `client`'s sidecar to node `server`'s gives spans
+/// from both hops in one trace, each named for its virtual node, the second
+/// hop's hanging under the first's.
+async fn mesh_traced_from_the_control_plane(proxy: std::path::PathBuf) {
+    let receiver = Receiver::start().await;
+    let app = Echo::start("app").await;
+    let endpoint = format!("http://{}", receiver.addr);
+    let control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &["--otlp-endpoint", &endpoint],
+    )
+    .await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            json!({"meshName": "m", "virtualNodeName": "client", "spec": {
+                "backends": [{"virtualService": {"virtualServiceName": "svc"}}]}}),
+            json!({"meshName": "m", "virtualNodeName": "server", "spec": {
+                "listeners": [{"portMapping": {"port": app.addr.port(), "protocol": "http"}}]}}),
+            json!({"meshName": "m", "virtualServiceName": "svc", "spec": {
+                "provider": {"virtualNode": {"virtualNodeName": "server"}}}}),
+        ])
+        .await;
+    let egress = free_port();
+    let mut proxies = Vec::new();
+    for (node, ports) in [
+        ("server", (free_port(), free_port())),
+        ("client", (free_port(), egress)),
+    ] {
+        let config = control
+            .bootstrap(("--virtual-node", node), ports, &[])
+            .await;
+        proxies.push(ProxyProcess::start_with(&proxy, &config, &[]).await);
+    }
+    let url = format!("http://127.0.0.1:{egress}/traced");
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let parent = "eee19b7ec3c1b174";
+    let traceparent = format!("00-{trace}-{parent}-01");
+    eventually(
+        Duration::from_secs(10),
+        "a request through both sidecars",
+        || {
+            let (url, traceparent) = (url.clone(), traceparent.clone());
+            async move {
+                let r = client::request(
+                    http::Method::GET,
+                    &url,
+                    &[("host", "svc"), ("traceparent", &traceparent)],
+                    "",
+                )
+                .await
+                .ok()?;
+                (r.status == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    let spans = eventually(Duration::from_secs(15), "spans of both hops", || async {
+        let spans: Vec<_> = receiver
+            .received()
+            .into_iter()
+            .filter(|r| hex(&r.span.trace_id) == trace)
+            .collect();
+        let from = |service: &str| spans.iter().any(|r| r.service_name == service);
+        (from("m/client") && from("m/server")).then_some(spans)
+    })
+    .await;
+    let of = |service: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|r| r.service_name == service)
+            .map(|r| &r.span)
+            .collect()
+    };
+    let (client_spans, server_spans) = (of("m/client"), of("m/server"));
+    assert!(
+        client_spans
+            .iter()
+            .any(|s| s.parent_span_id == unhex(parent)),
+        "the first hop continues the caller's trace: {spans:#?}"
+    );
+    assert!(
+        server_spans
+            .iter()
+            .any(|s| client_spans.iter().any(|c| c.span_id == s.parent_span_id)),
+        "the second hop hangs under the first: {spans:#?}"
+    );
+    drop((proxies, control));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_is_traced_with_one_control_plane_setting() {
+    within(
+        LIMIT,
+        "mesh tracing",
+        mesh_traced_from_the_control_plane(workspace_bin("trellis-proxy")),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_of_stock_envoy_sidecars_is_traced_the_same_way() {
+    within(
+        LIMIT,
+        "mesh tracing on Envoy",
+        mesh_traced_from_the_control_plane(require_envoy()),
+    )
     .await;
 }

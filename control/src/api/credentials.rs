@@ -24,7 +24,16 @@ pub enum CredentialsError {
     },
     #[error("{path}: no profile has both aws_access_key_id and aws_secret_access_key")]
     Empty { path: PathBuf },
+    #[error("{set} is set but {missing} is not: give both, or neither")]
+    HalfEnvironment {
+        set: &'static str,
+        missing: &'static str,
+    },
 }
+
+/// The environment variables a key pair can come from, as in the AWS CLI.
+pub const ENV_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const ENV_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
 #[derive(Debug, Clone)]
 pub struct KeyPair {
@@ -134,6 +143,33 @@ impl Credentials {
         Ok((Credentials::load(path)?, created))
     }
 
+    /// The key pair in `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// (read through `var`), as profile `environment`; `None` when neither
+    /// is set. An empty variable counts as unset, as in the AWS SDKs.
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Credentials>, CredentialsError> {
+        let get = |name| var(name).filter(|v| !v.is_empty());
+        match (get(ENV_ACCESS_KEY_ID), get(ENV_SECRET_ACCESS_KEY)) {
+            (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Credentials {
+                pairs: vec![KeyPair {
+                    profile: "environment".into(),
+                    access_key_id,
+                    secret_access_key,
+                }],
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(CredentialsError::HalfEnvironment {
+                set: ENV_ACCESS_KEY_ID,
+                missing: ENV_SECRET_ACCESS_KEY,
+            }),
+            (None, Some(_)) => Err(CredentialsError::HalfEnvironment {
+                set: ENV_SECRET_ACCESS_KEY,
+                missing: ENV_ACCESS_KEY_ID,
+            }),
+        }
+    }
+
     pub fn secret_for(&self, access_key_id: &str) -> Option<&str> {
         self.pairs
             .iter()
@@ -166,6 +202,34 @@ mod tests {
         assert_eq!(c.preferred().access_key_id, "B");
         assert!(Credentials::parse(p, "[a]\nregion = x\n").is_err());
         assert!(Credentials::parse(p, "junk\n").is_err());
+    }
+
+    #[test]
+    fn reads_a_key_pair_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both = Credentials::from_env(env(&[
+            (ENV_ACCESS_KEY_ID, "AKIAENV"),
+            (ENV_SECRET_ACCESS_KEY, "s"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.secret_for("AKIAENV"), Some("s"));
+        assert!(Credentials::from_env(env(&[])).unwrap().is_none());
+        assert!(Credentials::from_env(env(&[
+            (ENV_ACCESS_KEY_ID, ""),
+            (ENV_SECRET_ACCESS_KEY, "")
+        ]))
+        .unwrap()
+        .is_none());
+        let half = Credentials::from_env(env(&[(ENV_ACCESS_KEY_ID, "AKIAENV")])).unwrap_err();
+        assert!(half.to_string().contains(ENV_SECRET_ACCESS_KEY), "{half}");
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use anyhow::Context;
 use serde_json::Value;
 use trellis_control::api::client::Client;
-use trellis_control::api::credentials::Credentials;
 use trellis_control::inject::PodBinding;
-use trellis_control::manifest::{self, Outcome, Target};
+use trellis_control::manifest::{self, Target};
 use trellis_control::{ApiError, ErrorKind};
 
 use super::{ApplyArgs, ConfigError};
@@ -52,40 +51,31 @@ impl Target for Api {
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     let docs = manifest::load(&args.files, args.mesh.as_deref())
         .map_err(|e| ConfigError(e.to_string()))?;
-    let path = args
-        .credentials
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("credentials"));
-    let creds = Credentials::load(&path).map_err(|e| ConfigError(e.to_string()))?;
+    let key = super::signing_key(args.credentials.as_deref(), &args.data_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let mut api = Api {
         runtime,
-        client: Client::new(
-            args.api_addr.to_string(),
-            creds.preferred().clone(),
-            args.region.clone(),
-        ),
+        client: Client::new(args.api_addr.to_string(), key, args.region.clone()),
         unreachable: false,
     };
-    let applied = manifest::apply(&docs, &mut api).map_err(|e| -> anyhow::Error {
+    let result = manifest::apply(&docs, &mut api);
+    let applied = match &result {
+        Ok(applied) => applied,
+        Err(e) => &e.applied,
+    };
+    for (outcome, label) in applied {
+        super::out(&format!("{label} {}\n", outcome.verb()))?;
+    }
+    result.map(drop).map_err(|e| -> anyhow::Error {
         // A document the server refused is a bad file (exit 2); a server
         // that cannot be reached or failed is not.
         if api.unreachable {
-            e.into()
+            anyhow::anyhow!(e.report())
         } else {
-            ConfigError(e.to_string()).into()
+            ConfigError(e.report()).into()
         }
-    })?;
-    for (outcome, label) in applied {
-        let verb = match outcome {
-            Outcome::Created => "created",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-        };
-        super::out(&format!("{label} {verb}\n"))?;
-    }
-    Ok(())
+    })
 }

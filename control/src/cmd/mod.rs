@@ -49,6 +49,22 @@ impl From<TokenPolicy> for trellis_control::tokens::Policy {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum PreStopHookArg {
+    Sleep,
+    Exec,
+}
+
+impl From<PreStopHookArg> for trellis_control::inject::PreStopHook {
+    fn from(h: PreStopHookArg) -> Self {
+        use trellis_control::inject::PreStopHook;
+        match h {
+            PreStopHookArg::Sleep => PreStopHook::Sleep,
+            PreStopHookArg::Exec => PreStopHook::Exec,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -69,7 +85,7 @@ enum Command {
     /// (--namespace, --service, --attribute) for `awsCloudMap` virtual nodes:
     /// EDS serves it to clients.
     RegisterInstance(RegisterArgs),
-    /// Copy the data dir (database, CA, credentials) into a new folder,
+    /// Copy the data dir (database, CA, token key, credentials) into a new folder,
     /// consistently, while the server runs.
     Backup(BackupArgs),
     /// Issue, revoke or list the per-node tokens ADS streams present.
@@ -81,8 +97,9 @@ enum Command {
 
 #[derive(Subcommand)]
 pub enum TokenAction {
-    /// Issue a node's token (replacing any earlier one) and print it.
-    Issue(TokenArgs),
+    /// Issue a node's token (replacing any earlier one, unless --reuse) and
+    /// print it, or a Kubernetes Secret holding it.
+    Issue(IssueArgs),
     /// Revoke a node's token: its proxy can no longer open a stream.
     Revoke(TokenArgs),
     /// List the nodes holding a token.
@@ -103,6 +120,43 @@ pub struct TokenArgs {
     pub virtual_gateway: Option<String>,
     #[command(flatten)]
     pub api: StatusArgs,
+}
+
+#[derive(Args)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub node: TokenArgs,
+    /// Print the node's live token when it has one, instead of replacing it.
+    #[arg(long)]
+    pub reuse: bool,
+    /// `token`: the token alone; `k8s-secret`: the Secret injected sidecars
+    /// read it from (TRELLIS_XDS_TOKEN), as YAML for `kubectl apply -f -`.
+    #[arg(long, value_enum, default_value_t = TokenOutput::Token)]
+    pub output: TokenOutput,
+    /// Namespace of the node's pods, for `--output k8s-secret`.
+    #[arg(long, required_if_eq("output", "k8s-secret"))]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenOutput {
+    Token,
+    K8sSecret,
+}
+
+impl TokenArgs {
+    pub fn node_id(&self) -> trellis_control::xds::translate::NodeId {
+        let (gateway, name) = match (&self.virtual_node, &self.virtual_gateway) {
+            (_, Some(g)) => (true, g.clone()),
+            (Some(n), None) => (false, n.clone()),
+            (None, None) => (false, String::new()),
+        };
+        trellis_control::xds::translate::NodeId {
+            mesh: self.mesh.clone(),
+            gateway,
+            name,
+        }
+    }
 }
 
 /// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
@@ -141,7 +195,8 @@ pub struct ServeArgs {
     /// Mesh for loaded documents that do not name one.
     #[arg(long)]
     pub mesh: Option<String>,
-    /// AWS shared-credentials file of the key pairs to accept [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file of the key pairs to accept [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Accept unsigned requests (only on a loopback --api-addr).
@@ -182,13 +237,26 @@ pub struct ServeArgs {
     /// the certificate the mesh CA issues it.
     #[arg(long, conflicts_with = "xds_tls_cert")]
     pub xds_san: Vec<String>,
-    /// When ADS streams must carry their node's token: `auto` once any token
-    /// has been issued, `always`, or `never`.
-    #[arg(long, value_enum, default_value_t = TokenPolicy::Auto)]
+    /// When ADS streams must carry their node's token: `always`; `auto`
+    /// once any token has been issued (upgrades); `never`, which hands any
+    /// node's SVID to any proxy that reaches xDS (local experiments only).
+    #[arg(long, value_enum, default_value_t = TokenPolicy::Always)]
     pub require_node_tokens: TokenPolicy,
-    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
+    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed
+    /// at half life. Under a minute only for tests (a warning at start).
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub svid_ttl: std::time::Duration,
+    /// OTLP collector that every proxy exports spans to (`http://HOST:PORT`);
+    /// tracing is off without one.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport of --otlp-endpoint: `grpc` or `http/protobuf`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "grpc")]
+    pub otlp_protocol: String,
+    /// Percentage of new traces that are sampled (a request that carries a
+    /// sampling decision keeps it).
+    #[arg(long, default_value_t = 100.0)]
+    pub trace_sampling: f64,
     #[command(flatten)]
     pub injector: InjectorArgs,
 }
@@ -263,6 +331,10 @@ pub struct InjectorArgs {
     /// Seconds a stopping sidecar waits before it drains (a preStop sleep; 0: none).
     #[arg(long, default_value_t = 20)]
     pub prestop_delay: u32,
+    /// How the preStop hook waits: `sleep` (Kubernetes 1.30+) or `exec`
+    /// (runs `sleep` from the sidecar image, for older clusters).
+    #[arg(long, value_enum, default_value_t = PreStopHookArg::Sleep)]
+    pub prestop_hook: PreStopHookArg,
     /// Start the sidecar first and hold the app until the proxy is ready.
     #[arg(long)]
     pub wait_until_proxy_ready: bool,
@@ -274,8 +346,12 @@ pub struct InjectorArgs {
     pub readiness_probe_period: u32,
 }
 
-/// `24h`, `90m`, `30s` or a bare number of seconds; at least a minute, since
-/// renewal at half life must leave proxies time to fetch the new SVID.
+/// Below this an SVID lifetime is for tests only (`serve` warns): renewal at
+/// half life must leave proxies time to fetch the new SVID.
+pub const SVID_TTL_WARN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `24h`, `90m`, `30s` or a bare number of seconds; at least 2 seconds, so
+/// renewal at half life never spins.
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -290,8 +366,8 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
         "h" => n.saturating_mul(3600),
         _ => return Err(format!("{text}: the unit must be s, m or h")),
     };
-    if secs < 60 {
-        return Err(format!("{text}: an SVID must live at least 60s"));
+    if secs < 2 {
+        return Err(format!("{text}: an SVID must live at least 2s"));
     }
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -304,10 +380,12 @@ pub struct ApplyArgs {
     /// Address of the App Mesh API.
     #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
-    /// Data dir whose credentials file to sign with, when --credentials is not given.
+    /// Data dir whose credentials file to sign with, when neither --credentials nor
+    /// the environment gives a key pair.
     #[arg(long, default_value = "./trellis-data")]
     pub data_dir: PathBuf,
-    /// AWS shared-credentials file to sign with [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file to sign with [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Region in the signature scope.
@@ -358,14 +436,19 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
-    /// Ask the API (--api-addr, signed with --credentials or
-    /// DATA_DIR/credentials) for a new token for this node and put it in the
-    /// bootstrap; the node's earlier token stops working.
-    #[arg(long, conflicts_with = "token")]
+    /// Ask the API for a new token for this node instead of its live one;
+    /// the node's earlier token stops working (and ends its streams).
+    #[arg(long, conflicts_with_all = ["token", "no_token"])]
     pub issue_token: bool,
-    /// Put this node token in the bootstrap.
-    #[arg(long)]
+    /// Put this node token in the bootstrap [default: the node's token from
+    /// the API (--api-addr, signed with --credentials or
+    /// DATA_DIR/credentials), issued if it has none].
+    #[arg(long, conflicts_with = "no_token")]
     pub token: Option<String>,
+    /// Write no token: only for a server started with
+    /// `--require-node-tokens never` (local experiments).
+    #[arg(long)]
+    pub no_token: bool,
     /// PEM CA bundle the proxy trusts for the xDS server's certificate,
     /// written inline into the bootstrap [default: the mesh CA bundle, from
     /// the API's GET /trellis/v1/ca].
@@ -383,10 +466,12 @@ pub struct StatusArgs {
     /// Address of the App Mesh API.
     #[arg(long, default_value = "127.0.0.1:9080", value_parser = socket_addr)]
     pub api_addr: SocketAddr,
-    /// Data dir whose credentials file to sign with, when --credentials is not given.
+    /// Data dir whose credentials file to sign with, when neither --credentials nor
+    /// the environment gives a key pair.
     #[arg(long, default_value = "./trellis-data")]
     pub data_dir: PathBuf,
-    /// AWS shared-credentials file to sign with [default: DATA_DIR/credentials].
+    /// AWS shared-credentials file to sign with [default: the key pair in
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, else DATA_DIR/credentials].
     #[arg(long)]
     pub credentials: Option<PathBuf>,
     /// Region in the signature scope.
@@ -444,6 +529,27 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 /// Writes a command's output; a reader that went away (`| head`) ends it
 /// quietly, as Unix tools do, instead of panicking in `println!`.
+/// The key pair a client command signs with: `--credentials`, else
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else `DATA_DIR/credentials`
+/// (the order `serve` picks the pairs it accepts in).
+fn signing_key(
+    credentials: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> Result<trellis_control::api::credentials::KeyPair, ConfigError> {
+    use trellis_control::api::credentials::Credentials;
+    let creds = match credentials {
+        Some(path) => Credentials::load(path),
+        None => match Credentials::from_env(|name| std::env::var(name).ok()) {
+            Ok(Some(creds)) => Ok(creds),
+            Ok(None) => Credentials::load(&data_dir.join("credentials")),
+            Err(e) => Err(e),
+        },
+    };
+    creds
+        .map(|c| c.preferred().clone())
+        .map_err(|e| ConfigError(e.to_string()))
+}
+
 fn out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

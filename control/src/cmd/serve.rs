@@ -7,17 +7,19 @@ use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState, CaInfo, XdsTlsKind};
 use trellis_control::ca::Ca;
-use trellis_control::inject::server::WebhookCert;
 use trellis_control::inject::{self, Resources, Settings, XdsTrust};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
+use trellis_control::served_cert::ServedCert;
 use trellis_control::store::Store;
+use trellis_control::tokens::{TokenKey, TOKEN_KEY_FILE};
 use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
 use trellis_control::xds::tls::XdsTls;
+use trellis_control::xds::translate::TraceExport;
 
-use super::{ConfigError, InjectorArgs, ServeArgs};
+use super::{ConfigError, InjectorArgs, ServeArgs, TokenPolicy};
 
 fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     if args.no_auth {
@@ -31,28 +33,45 @@ fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
         tracing::warn!("authentication is off (--no-auth): any local process may change the mesh");
         return Ok(None);
     }
-    let (creds, path, created) = match &args.credentials {
-        Some(path) => {
+    let env = Credentials::from_env(|name| std::env::var(name).ok())
+        .map_err(|e| ConfigError(e.to_string()))?;
+    // --credentials, else the environment, else the data dir's file.
+    let creds = match (&args.credentials, env) {
+        (Some(path), _) => {
             let creds = Credentials::load(path).map_err(|e| ConfigError(e.to_string()))?;
-            (creds, path.clone(), false)
+            tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
+            creds
         }
-        None => {
+        (None, Some(creds)) => {
+            tracing::info!(
+                access_key_id = %creds.preferred().access_key_id,
+                "accepting the key pair in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            );
+            creds
+        }
+        (None, None) => {
             let path = args.data_dir.join("credentials");
             let (creds, created) =
                 Credentials::load_or_create(&path).map_err(|e| ConfigError(e.to_string()))?;
-            (creds, path, created)
+            if created {
+                tracing::info!(path = %path.display(), "created a credentials file with a new key pair");
+            } else {
+                tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
+            }
+            creds
         }
     };
-    if created {
-        tracing::info!(path = %path.display(), "created a credentials file with a new key pair");
-    } else {
-        tracing::info!(path = %path.display(), "accepting the key pairs in the credentials file");
-    }
     Ok(Some(creds))
 }
 
 /// The operator's CA when given, else the data dir's, created on first start.
 fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
+    if args.svid_ttl < super::SVID_TTL_WARN {
+        tracing::warn!(
+            svid_ttl = ?args.svid_ttl,
+            "--svid-ttl under a minute is for tests: a proxy that misses a renewal for half of it loses its identity"
+        );
+    }
     let ca = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => {
             let ca = Ca::load(cert, key, &args.trust_domain, args.svid_ttl)
@@ -81,6 +100,22 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
         Ok::<_, ConfigError>(ca)
     })?;
     Ok(Arc::new(ca))
+}
+
+/// The key node tokens are derived from, created on first start.
+fn token_key(args: &ServeArgs) -> anyhow::Result<Arc<TokenKey>> {
+    let key = TokenKey::load_or_create(&args.data_dir.join(TOKEN_KEY_FILE))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    match args.require_node_tokens {
+        TokenPolicy::Always => {}
+        TokenPolicy::Auto => tracing::warn!(
+            "--require-node-tokens auto: until a token is issued, any proxy that reaches xDS gets any node's SVID"
+        ),
+        TokenPolicy::Never => tracing::warn!(
+            "--require-node-tokens never: any proxy that reaches xDS gets any node's SVID (local experiments only)"
+        ),
+    }
+    Ok(Arc::new(key))
 }
 
 /// The names the mesh CA puts in the xDS server certificate: the bound IP,
@@ -177,7 +212,7 @@ fn xds_tls(args: &ServeArgs, ca: &Arc<Ca>) -> anyhow::Result<Option<XdsTls>> {
     Ok(Some(tls))
 }
 
-fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
+fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust, tokens: TokenPolicy) -> Settings {
     let image = format!(
         "{}:{}",
         args.sidecar_image_repository, args.sidecar_image_tag
@@ -196,9 +231,11 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
     };
     settings.egress_ignored_ips = args.ignored_ips.clone();
     settings.prestop_delay_s = args.prestop_delay;
+    settings.prestop_hook = args.prestop_hook.into();
     settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
     settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
     settings.readiness_probe_period_s = args.readiness_probe_period;
+    settings.node_tokens = !matches!(tokens, TokenPolicy::Never);
     settings
 }
 
@@ -206,22 +243,40 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
 /// new one is issued at every start.
 const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// The injector, in the log lines of its certificate.
+const INJECTOR: &str = "the injector";
+
 /// The injector's certificate: the operator's files, else one from the mesh CA.
-fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<ServedCert>> {
     let cert = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {
-            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+            ServedCert::from_files(cert, key, INJECTOR).map_err(|e| ConfigError(e.to_string()))?
         }
         _ => {
             let issued = ca
                 .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
                 .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
             tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
-            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            ServedCert::from_pem(
+                issued.cert_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                INJECTOR,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     Ok(Arc::new(cert))
+}
+
+/// Mesh-wide tracing, when `--otlp-endpoint` names a collector.
+fn trace_export(args: &ServeArgs) -> Result<Option<TraceExport>, ConfigError> {
+    let Some(endpoint) = &args.otlp_endpoint else {
+        return Ok(None);
+    };
+    let export = TraceExport::parse(endpoint, &args.otlp_protocol, args.trace_sampling)
+        .map_err(|e| ConfigError(format!("--otlp-endpoint: {e}")))?;
+    tracing::info!(endpoint = %endpoint, protocol = %args.otlp_protocol, sampling = args.trace_sampling, "every proxy exports spans over OTLP");
+    Ok(Some(export))
 }
 
 fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
@@ -230,7 +285,7 @@ fn load(appmesh: &AppMesh, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let docs =
         manifest::load(&args.load, args.mesh.as_deref()).map_err(|e| ConfigError(e.to_string()))?;
-    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.to_string()))?;
+    let applied = manifest::apply(&docs, &mut &*appmesh).map_err(|e| ConfigError(e.report()))?;
     tracing::info!(documents = applied.len(), "loaded specs");
     Ok(())
 }
@@ -277,7 +332,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
+    let token_key = token_key(&args)?;
     let tls = xds_tls(&args, &ca)?;
+    let trace_export = trace_export(&args)?;
     let xds_kind = match (&tls, &args.xds_tls_cert) {
         (None, _) => XdsTlsKind::Off,
         (Some(_), Some(_)) => XdsTlsKind::Operator,
@@ -294,7 +351,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let injector = match args.injector.webhook_addr {
         Some(_) => Some((
             webhook_cert(&args.injector, &ca)?,
-            injector_settings(&args.injector, sidecar_xds_trust(&args, xds_kind, &ca)?),
+            injector_settings(
+                &args.injector,
+                sidecar_xds_trust(&args, xds_kind, &ca)?,
+                args.require_node_tokens,
+            ),
         )),
         None => None,
     };
@@ -317,14 +378,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(
+            Registry::load(store.clone()).context("cannot read the registered instances")?,
+        );
         let webhook = injector.map(|(cert, settings)| {
             (cert, Arc::new(inject::server::Webhook::new(store.clone(), settings)))
         });
-        let xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
+        let mut xds = Xds::start(store, registry.clone()).context("cannot read the store for xDS")?
             .with_ca(ca.clone())
             .with_token_policy(args.require_node_tokens.into());
-        let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
+        if let Some(export) = trace_export {
+            xds = xds.with_tracing(export);
+        }
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry, token_key).with_ca(CaInfo {
             trust_domain: args.trust_domain.clone(),
             bundle: ca.bundle_pem().to_string(),
             xds_tls: xds_kind,

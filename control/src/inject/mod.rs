@@ -22,6 +22,6 @@ pub use mesh::{MeshView, Node};
 pub use review::{admit, Admission, NamespaceDefault};
 pub use selector::{LabelSelector, Operator, Requirement, SelectorError};
 pub use settings::{
-    parse_ports, IgnoredIp, Quantity, Resources, Settings, XdsTrust, DEFAULT_PROXY_UID,
-    EGRESS_PORT, INGRESS_PORT, INIT_NAME, SIDECAR_NAME,
+    parse_ports, IgnoredIp, PreStopHook, Quantity, Resources, Settings, XdsTrust,
+    DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME, SIDECAR_NAME,
 };

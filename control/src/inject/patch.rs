@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 use super::mesh::Node;
 use super::pod::{Options, Pod};
 use super::settings::{
-    Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT, INIT_NAME,
-    SIDECAR_NAME,
+    PreStopHook, Quantity, Settings, XdsTrust, DEFAULT_PROXY_UID, EGRESS_PORT, INGRESS_PORT,
+    INIT_NAME, SIDECAR_NAME,
 };
 
 fn env(name: &str, value: impl Into<String>) -> Value {
@@ -147,6 +147,17 @@ impl Plan<'_> {
                 XdsTrust::Plaintext => env("TRELLIS_XDS_PLAINTEXT", "1"),
             },
         ];
+        if s.node_tokens {
+            // The node's Secret, which `trellis-control token issue --output
+            // k8s-secret` prints; without it the pod does not start.
+            env_vars.push(json!({
+                "name": "TRELLIS_XDS_TOKEN",
+                "valueFrom": {"secretKeyRef": {
+                    "name": crate::tokens::k8s_secret_name(&self.node.node_id()),
+                    "key": crate::tokens::K8S_SECRET_KEY,
+                }},
+            }));
+        }
         let managed: Vec<String> = env_vars
             .iter()
             .filter_map(|e| e["name"].as_str().map(str::to_string))
@@ -177,10 +188,13 @@ impl Plan<'_> {
         });
         let mut lifecycle = Map::new();
         if s.prestop_delay_s > 0 {
-            lifecycle.insert(
-                "preStop".into(),
-                json!({"sleep": {"seconds": s.prestop_delay_s}}),
-            );
+            let wait = match s.prestop_hook {
+                PreStopHook::Sleep => json!({"sleep": {"seconds": s.prestop_delay_s}}),
+                PreStopHook::Exec => json!({"exec": {"command": [
+                    "sleep", s.prestop_delay_s.to_string(),
+                ]}}),
+            };
+            lifecycle.insert("preStop".into(), wait);
         }
         if s.wait_until_proxy_ready {
             lifecycle.insert(

@@ -153,11 +153,28 @@ pub struct Settings {
     /// Seconds the sidecar waits after the pod is told to stop before it
     /// drains, so the app stops sending first; 0 for no `preStop` hook.
     pub prestop_delay_s: u32,
+    /// How the `preStop` hook waits.
+    pub prestop_hook: PreStopHook,
     /// Start the sidecar first and hold the app until the proxy is ready
     /// (a `postStart` hook running `trellis-proxy wait-ready`).
     pub wait_until_proxy_ready: bool,
     pub readiness_probe_initial_delay_s: u32,
     pub readiness_probe_period_s: u32,
+    /// Whether the sidecar reads its node's token (`TRELLIS_XDS_TOKEN`) from
+    /// the node's Secret; off only for a server that requires no tokens.
+    pub node_tokens: bool,
+}
+
+/// How the sidecar's `preStop` hook waits out `prestop_delay_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreStopHook {
+    /// The `sleep` action (Kubernetes 1.30 and later): nothing needed in
+    /// the image.
+    #[default]
+    Sleep,
+    /// An `exec` of `sleep SECONDS`, for older clusters: the sidecar image
+    /// must have a `sleep` command.
+    Exec,
 }
 
 /// What injected proxies are told about xDS TLS.
@@ -188,9 +205,11 @@ impl Settings {
             egress_ignored_ips: vec![IgnoredIp("169.254.169.254".into())],
             egress_ignored_ports: vec![22],
             prestop_delay_s: 20,
+            prestop_hook: PreStopHook::Sleep,
             wait_until_proxy_ready: false,
             readiness_probe_initial_delay_s: 1,
             readiness_probe_period_s: 10,
+            node_tokens: true,
         }
     }
 }

@@ -35,6 +35,16 @@ impl Document {
         format!("{} {name}", self.kind.type_name())
     }
 
+    /// `FILE: document N (Kind name)`, as errors name a document.
+    pub fn located(&self) -> String {
+        format!(
+            "{}: document {} ({})",
+            self.file.display(),
+            self.index,
+            self.label()
+        )
+    }
+
     fn error(&self, message: impl Into<String>) -> ManifestError {
         ManifestError {
             file: self.file.clone(),
@@ -72,12 +82,56 @@ impl ManifestError {
     }
 }
 
+/// Why [`apply`] stopped. Documents are applied one by one, as App Mesh
+/// and `kubectl apply` do: those applied before the failure stay applied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct ApplyError {
+    pub error: Box<ManifestError>,
+    /// Applied before the failure, and kept.
+    pub applied: Vec<(Outcome, String)>,
+    /// The failed document and those after it, never tried, as
+    /// [`Document::located`] names them.
+    pub not_applied: Vec<String>,
+}
+
+impl ApplyError {
+    /// The error, then which documents were applied and kept and which
+    /// were not, one line each.
+    pub fn report(&self) -> String {
+        let applied = if self.applied.is_empty() {
+            "none".to_string()
+        } else {
+            self.applied
+                .iter()
+                .map(|(outcome, label)| format!("{label} ({})", outcome.verb()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{}\napplied before the failure, and kept: {applied}\nnot applied: {}",
+            self.error,
+            self.not_applied.join(", ")
+        )
+    }
+}
+
 /// What applying one document did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Created,
     Updated,
     Unchanged,
+}
+
+impl Outcome {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
 }
 
 fn is_spec_file(path: &Path) -> bool {
@@ -216,54 +270,67 @@ impl Target for &AppMesh {
 
 /// Applies documents in dependency order: each is created if absent and
 /// updated if present (`kubectl apply` semantics), then its pod binding is
-/// recorded. Stops at the first failure.
+/// recorded. Stops at the first failure; what was applied before it stays.
 pub fn apply(
     documents: &[Document],
     target: &mut impl Target,
-) -> Result<Vec<(Outcome, String)>, ManifestError> {
+) -> Result<Vec<(Outcome, String)>, ApplyError> {
     let mut ordered: Vec<&Document> = documents.iter().collect();
     ordered.sort_by_key(|d| d.kind);
     let mut done = Vec::new();
-    for doc in ordered {
-        let kind = doc.kind.type_name();
-        let mut identity = doc.input.clone();
-        if let Some(obj) = identity.as_object_mut() {
-            obj.retain(|k, _| k.ends_with("Name"));
-        }
-        let mut outcome = match target.call(&format!("Describe{kind}"), &identity) {
-            Ok(current) => {
-                let same = current[doc.kind.segment()]["spec"]
-                    == stored_spec(doc.kind, doc.input.get("spec"));
-                if same {
-                    Outcome::Unchanged
-                } else {
-                    let mut update = doc.input.clone();
-                    if let Some(obj) = update.as_object_mut() {
-                        obj.remove("tags");
-                    }
-                    target
-                        .call(&format!("Update{kind}"), &update)
-                        .map_err(|e| doc.error(e.to_string()))?;
-                    Outcome::Updated
-                }
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                target
-                    .call(&format!("Create{kind}"), &doc.input)
-                    .map_err(|e| doc.error(e.to_string()))?;
-                Outcome::Created
-            }
-            Err(e) => return Err(doc.error(e.to_string())),
-        };
-        if let Some(binding) = &doc.pods {
-            let changed = target
-                .put_pod_binding(binding)
-                .map_err(|e| doc.error(e.to_string()))?;
-            if changed && outcome == Outcome::Unchanged {
-                outcome = Outcome::Updated;
+    for (i, doc) in ordered.iter().enumerate() {
+        match apply_one(doc, target) {
+            Ok(outcome) => done.push((outcome, doc.label())),
+            Err(error) => {
+                return Err(ApplyError {
+                    error: Box::new(error),
+                    applied: done,
+                    not_applied: ordered[i..].iter().map(|d| d.located()).collect(),
+                })
             }
         }
-        done.push((outcome, doc.label()));
     }
     Ok(done)
+}
+
+fn apply_one(doc: &Document, target: &mut impl Target) -> Result<Outcome, ManifestError> {
+    let kind = doc.kind.type_name();
+    let mut identity = doc.input.clone();
+    if let Some(obj) = identity.as_object_mut() {
+        obj.retain(|k, _| k.ends_with("Name"));
+    }
+    let mut outcome = match target.call(&format!("Describe{kind}"), &identity) {
+        Ok(current) => {
+            let same =
+                current[doc.kind.segment()]["spec"] == stored_spec(doc.kind, doc.input.get("spec"));
+            if same {
+                Outcome::Unchanged
+            } else {
+                let mut update = doc.input.clone();
+                if let Some(obj) = update.as_object_mut() {
+                    obj.remove("tags");
+                }
+                target
+                    .call(&format!("Update{kind}"), &update)
+                    .map_err(|e| doc.error(e.to_string()))?;
+                Outcome::Updated
+            }
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            target
+                .call(&format!("Create{kind}"), &doc.input)
+                .map_err(|e| doc.error(e.to_string()))?;
+            Outcome::Created
+        }
+        Err(e) => return Err(doc.error(e.to_string())),
+    };
+    if let Some(binding) = &doc.pods {
+        let changed = target
+            .put_pod_binding(binding)
+            .map_err(|e| doc.error(e.to_string()))?;
+        if changed && outcome == Outcome::Unchanged {
+            outcome = Outcome::Updated;
+        }
+    }
+    Ok(outcome)
 }

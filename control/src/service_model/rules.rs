@@ -63,6 +63,7 @@ fn rule(shape: &str, v: &Value, path: &str) -> Result<(), ValidationError> {
         "GrpcRouteMatch" => grpc_match(v, path),
         "HttpRouteMatch" | "HttpGatewayRouteMatch" => http_match(v, path),
         "HttpPathMatch" => path_match(v, path),
+        "LoggingFormat" => logging_format(v, path),
         "Listener" | "VirtualGatewayListener" => {
             health_check_port(v, path)?;
             own_protocol(v, path, "timeout")?;
@@ -70,6 +71,26 @@ fn rule(shape: &str, v: &Value, path: &str) -> Result<(), ValidationError> {
         }
         _ => Ok(()),
     }
+}
+
+/// Access log formats are parsed by the proxy's own parser: a command
+/// operator trellis-proxy does not know would make every proxy NACK the
+/// listener, so it is refused here, naming the field and the operator.
+fn logging_format(v: &Value, path: &str) -> Result<(), ValidationError> {
+    let check = |field: String, text: &str| {
+        trellis_proxy::format::Format::parse(text)
+            .map(drop)
+            .map_err(|e| fail(&field, e.reason))
+    };
+    if let Some(text) = v["text"].as_str() {
+        check(join(path, "text"), text)?;
+    }
+    for (i, field) in v["json"].as_array().into_iter().flatten().enumerate() {
+        if let Some(value) = field["value"].as_str() {
+            check(format!("{path}.json[{i}].value"), value)?;
+        }
+    }
+    Ok(())
 }
 
 fn is_set(v: &Value, member: &str) -> bool {
@@ -302,6 +323,33 @@ mod tests {
                 "timeout": {"tcp": {"idle": {"unit": "s"}}}}]}),
         );
         assert_eq!(e.path, "spec.listeners[0].timeout.tcp.idle.value");
+    }
+
+    #[test]
+    fn access_log_formats_use_operators_the_proxy_knows() {
+        let logging = |format: Value| json!({"logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": format}}}});
+        let e = refused(
+            "VirtualNodeSpec",
+            logging(json!({"text": "%START_TIME% %NOT_AN_OPERATOR%"})),
+        );
+        assert_eq!(e.path, "spec.logging.accessLog.file.format.text");
+        assert!(e.message.contains("NOT_AN_OPERATOR"), "{e}");
+        let e = refused(
+            "VirtualGatewaySpec",
+            json!({"listeners": [{"portMapping": {"port": 80, "protocol": "http"}}],
+                "logging": {"accessLog": {"file": {"path": "/dev/stdout", "format": {"json": [
+                    {"key": "code", "value": "%RESPONSE_CODE%"},
+                    {"key": "bad", "value": "%REQ(X"}]}}}}}),
+        );
+        assert_eq!(e.path, "spec.logging.accessLog.file.format.json[1].value");
+        assert!(e.message.contains("REQ"), "{e}");
+        assert_eq!(
+            check(
+                "VirtualNodeSpec",
+                logging(json!({"text": "[%START_TIME%] %REQ(:METHOD)% %RESPONSE_CODE%"}))
+            ),
+            Ok(())
+        );
     }
 
     #[test]

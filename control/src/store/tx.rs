@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::inject::{LabelSelector, PodBinding};
 use crate::model::{Kind, Metadata, Resource, ResourceKey, Tag};
+use crate::xds::translate::{Instance, Instances, Owner};
 
 const IDEMPOTENCY_WINDOW_SECS: f64 = 24.0 * 3600.0;
 
@@ -19,6 +20,15 @@ pub struct Tx<'a> {
 
 fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.to_string(), rusqlite::types::Type::Text)
+}
+
+/// An instance owner as the `instances` table keys it: kind, scope (mesh
+/// or namespace), name (virtual node or service).
+fn owner_columns(owner: &Owner) -> (&'static str, &str, &str) {
+    match owner {
+        Owner::VirtualNode { mesh, node } => ("VirtualNode", mesh, node),
+        Owner::CloudMap { namespace, service } => ("CloudMap", namespace, service),
+    }
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Resource> {
@@ -275,12 +285,19 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Records the hash of `node_id`'s token, replacing (revoking) any
-    /// earlier one. Tokens never change resources: no revision bump.
-    pub fn put_node_token(&mut self, node_id: &str, sha256: &str, at: f64) -> rusqlite::Result<()> {
+    /// Records the hash of `node_id`'s token and the nonce it was derived
+    /// from, replacing (revoking) any earlier one. Tokens never change
+    /// resources: no revision bump.
+    pub fn put_node_token(
+        &mut self,
+        node_id: &str,
+        sha256: &str,
+        nonce: &str,
+        at: f64,
+    ) -> rusqlite::Result<()> {
         self.txn.execute(
-            "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at) VALUES (?1, ?2, ?3)",
-            rusqlite::params![node_id, sha256, at],
+            "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at, nonce) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![node_id, sha256, at, nonce],
         )?;
         self.tokens_changed = true;
         Ok(())
@@ -306,13 +323,14 @@ impl<'a> Tx<'a> {
             })
     }
 
-    pub fn node_token_hash(&self, node_id: &str) -> rusqlite::Result<Option<String>> {
+    /// The hash and nonce of `node_id`'s live token.
+    pub fn node_token(&self, node_id: &str) -> rusqlite::Result<Option<(String, String)>> {
         use rusqlite::OptionalExtension;
         self.txn
             .query_row(
-                "SELECT sha256 FROM node_tokens WHERE node_id = ?1 AND sha256 != ''",
+                "SELECT sha256, nonce FROM node_tokens WHERE node_id = ?1 AND sha256 != ''",
                 [node_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
     }
@@ -324,5 +342,63 @@ impl<'a> Tx<'a> {
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
+    }
+
+    /// Records a hand-registered instance, replacing the attributes of the
+    /// one at the same owner, address and port; whether anything changed.
+    /// Instances reach proxies through the registry, not the revision.
+    pub fn put_instance(&mut self, owner: &Owner, i: &Instance) -> rusqlite::Result<bool> {
+        let (kind, scope, name) = owner_columns(owner);
+        let attributes = serde_json::to_string(&i.attributes).map_err(|_| corrupt("attributes"))?;
+        let n = self.txn.execute(
+            "INSERT INTO instances (owner_kind, owner_scope, owner_name, address, port, attributes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (owner_kind, owner_scope, owner_name, address, port) \
+             DO UPDATE SET attributes = excluded.attributes WHERE attributes != excluded.attributes",
+            params![kind, scope, name, i.address, i.port, attributes],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Removes the instance of `owner` at `address:port`; whether there was one.
+    pub fn delete_instance(
+        &mut self,
+        owner: &Owner,
+        address: &str,
+        port: u32,
+    ) -> rusqlite::Result<bool> {
+        let (kind, scope, name) = owner_columns(owner);
+        let n = self.txn.execute(
+            "DELETE FROM instances WHERE owner_kind = ?1 AND owner_scope = ?2 \
+             AND owner_name = ?3 AND address = ?4 AND port = ?5",
+            params![kind, scope, name, address, port],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every hand-registered instance.
+    pub fn instances(&self) -> rusqlite::Result<Instances> {
+        let mut stmt = self.txn.prepare(
+            "SELECT owner_kind, owner_scope, owner_name, address, port, attributes FROM instances",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Instances::new();
+        while let Some(r) = rows.next()? {
+            let kind: String = r.get(0)?;
+            let scope: String = r.get(1)?;
+            let name: String = r.get(2)?;
+            let owner = match kind.as_str() {
+                "VirtualNode" => Owner::node(&scope, &name),
+                "CloudMap" => Owner::cloud_map(&scope, &name),
+                _ => return Err(corrupt("owner_kind")),
+            };
+            let attributes: String = r.get(5)?;
+            let instance = Instance {
+                attributes: serde_json::from_str(&attributes).map_err(|_| corrupt("attributes"))?,
+                ..Instance::new(r.get::<_, String>(3)?, r.get(4)?)
+            };
+            out.entry(owner).or_default().insert(instance);
+        }
+        Ok(out)
     }
 }

@@ -3,9 +3,12 @@
 //! instances of virtual nodes, from connected proxies and from the API.
 //!
 //! Instances feed EDS, so a change here wakes the translation like a write.
+//! Hand-registered instances are written to the store before the API
+//! answers, and read back at start, so a registration survives a restart
+//! (or a kill -9) like any other acknowledged write.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -13,6 +16,7 @@ use tokio::sync::watch;
 
 use super::translate::{Instance, Instances, NodeId, Owner, Ports};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// One type's state on one stream.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,7 +53,8 @@ pub struct ProxyStatus {
 struct Inner {
     next_id: u64,
     proxies: BTreeMap<u64, ProxyStatus>,
-    /// Registered by hand through `/trellis/v1/instances`.
+    /// Registered by hand through `/trellis/v1/instances`: a copy of the
+    /// store's `instances` table.
     manual: Instances,
     /// Registered by connected proxies of virtual nodes, by stream.
     connected: BTreeMap<u64, (Owner, Instance)>,
@@ -57,20 +62,16 @@ struct Inner {
 
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Where hand-registered instances are kept.
+    store: Arc<Store>,
+    /// Serialises hand registrations, so that the store and `manual` see
+    /// them in the same order; held across the commit, unlike `inner`,
+    /// which ADS streams take on every ACK.
+    writes: Mutex<()>,
     /// Bumped whenever the instances change.
     changed: watch::Sender<u64>,
     /// The control plane's own metrics, shared by the API and xDS servers.
     metrics: Metrics,
-}
-
-impl Default for Registry {
-    fn default() -> Registry {
-        Registry {
-            inner: Mutex::new(Inner::default()),
-            changed: watch::channel(0).0,
-            metrics: Metrics::default(),
-        }
-    }
 }
 
 pub fn now() -> f64 {
@@ -80,6 +81,21 @@ pub fn now() -> f64 {
 }
 
 impl Registry {
+    /// A registry holding the instances registered by hand in `store`.
+    pub fn load(store: Arc<Store>) -> Result<Registry, rusqlite::Error> {
+        let manual = store.read(|tx| tx.instances())?;
+        Ok(Registry {
+            inner: Mutex::new(Inner {
+                manual,
+                ..Inner::default()
+            }),
+            store,
+            writes: Mutex::new(()),
+            changed: watch::channel(0).0,
+            metrics: Metrics::default(),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves the maps consistent; a panic in one
         // cannot leave half an update behind.
@@ -180,37 +196,41 @@ impl Registry {
     }
 
     /// Adds an instance, or replaces the attributes of the one registered at
-    /// the same address and port (as re-registering a Cloud Map instance does).
-    pub fn register(&self, owner: Owner, instance: Instance) {
-        let mut inner = self.lock();
-        let set = inner.manual.entry(owner).or_default();
-        let changed = !set.contains(&instance);
+    /// the same address and port (as re-registering a Cloud Map instance
+    /// does); committed to the store before it is served.
+    pub fn register(&self, owner: Owner, instance: Instance) -> Result<(), rusqlite::Error> {
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = self.store.write(|tx| tx.put_instance(&owner, &instance))?;
         if changed {
+            let mut inner = self.lock();
+            let set = inner.manual.entry(owner).or_default();
             set.retain(|i| !i.same_address(&instance));
             set.insert(instance);
-        }
-        drop(inner);
-        if changed {
+            drop(inner);
             self.bump();
         }
+        Ok(())
     }
 
     /// Removes the instance at `instance`'s address and port, whatever its
-    /// attributes; false when there was none.
-    pub fn deregister(&self, owner: &Owner, instance: &Instance) -> bool {
-        let mut inner = self.lock();
-        let removed = inner.manual.get_mut(owner).is_some_and(|set| {
-            let before = set.len();
-            set.retain(|i| !i.same_address(instance));
-            set.len() != before
-        });
-        if inner.manual.get(owner).is_some_and(|s| s.is_empty()) {
-            inner.manual.remove(owner);
-        }
-        drop(inner);
+    /// attributes, from the store and then from what is served; false when
+    /// there was none.
+    pub fn deregister(&self, owner: &Owner, instance: &Instance) -> Result<bool, rusqlite::Error> {
+        let _writing = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = self
+            .store
+            .write(|tx| tx.delete_instance(owner, &instance.address, instance.port))?;
         if removed {
+            let mut inner = self.lock();
+            if let Some(set) = inner.manual.get_mut(owner) {
+                set.retain(|i| !i.same_address(instance));
+                if set.is_empty() {
+                    inner.manual.remove(owner);
+                }
+            }
+            drop(inner);
             self.bump();
         }
-        removed
+        Ok(removed)
     }
 }

@@ -30,7 +30,7 @@ use xds_protos::type_url;
 use super::registry::{now, Nack, Registry};
 use super::translate::{
     encode_changed, encode_one, translate_tracked, Deps, EncodeError, Encoded, Instances, Model,
-    NodeId, Ports, Prints,
+    NodeId, Ports, Prints, TraceExport,
 };
 use crate::ca::{Ca, Svid, BUNDLE_SECRET, SVID_SECRET};
 use crate::store::Store;
@@ -68,6 +68,8 @@ pub struct Xds {
     /// Where node tokens are checked, and when they are required.
     store: Arc<Store>,
     policy: Policy,
+    /// Mesh-wide tracing, added to every proxy's resources.
+    tracing: Option<Arc<TraceExport>>,
 }
 
 /// The state after a change: the store parsed again only when its revision
@@ -127,11 +129,13 @@ impl Xds {
             state,
             ca: None,
             store: tokens_store,
-            policy: Policy::Auto,
+            policy: Policy::Always,
+            tracing: None,
         })
     }
 
-    /// When streams must present their node's token (default [`Policy::Auto`]).
+    /// When streams must present their node's token (default
+    /// [`Policy::Always`]: no SVID for a proxy that has not proven its node).
     pub fn with_token_policy(mut self, policy: Policy) -> Xds {
         self.policy = policy;
         self
@@ -150,9 +154,16 @@ impl Xds {
             Status::unavailable("cannot read node tokens")
         })?;
         verdict.map_err(|refusal| {
+            self.registry.metrics().refused(refusal.label());
             tracing::warn!(node = %node_id, reason = %refusal, "refused an ADS stream");
             Status::unauthenticated(refusal.to_string())
         })
+    }
+
+    /// Every proxy's connection managers export spans as `export` says.
+    pub fn with_tracing(mut self, export: TraceExport) -> Xds {
+        self.tracing = Some(Arc::new(export));
+        self
     }
 
     /// Serves SDS: each proxy gets its own SVID and the CA's trust bundle.
@@ -203,6 +214,7 @@ struct Peer {
     node: Option<NodeId>,
     ports: Ports,
     ca: Option<Arc<Ca>>,
+    tracing: Option<Arc<TraceExport>>,
     /// This proxy's identity, issued when it connects and renewed at half
     /// life; it lives only in this stream, never in a shared structure.
     svid: Option<Svid>,
@@ -213,7 +225,7 @@ struct Peer {
 impl Peer {
     fn new(
         registry: &Registry,
-        ca: Option<Arc<Ca>>,
+        (ca, tracing): (Option<Arc<Ca>>, Option<Arc<TraceExport>>),
         node: &Node,
         addr: Option<SocketAddr>,
         delta: bool,
@@ -226,6 +238,7 @@ impl Peer {
             node: NodeId::parse(&node.id),
             ports,
             ca,
+            tracing,
             svid: None,
             secrets: BTreeMap::new(),
         };
@@ -297,7 +310,10 @@ impl Peer {
             Some(id) => translate_tracked(&state.model, id, &self.ports, &state.instances),
             None => (None, Deps::default()),
         };
-        let set = set.unwrap_or_default();
+        let mut set = set.unwrap_or_default();
+        if let (Some(export), Some(id)) = (&self.tracing, &self.node) {
+            export.apply(&mut set, id);
+        }
         let encoded = encode_changed(&set, previous, prints).map(|mut encoded| {
             encoded.insert(type_url::SECRET, self.secrets.clone());
             encoded
@@ -491,8 +507,9 @@ impl Xds {
                                 // Key generation and signing are CPU work: off the
                                 // async threads, so a crowd of reconnecting proxies
                                 // does not starve the accept loop.
-                                let (registry, ca, node) = (xds.registry.clone(), xds.ca.clone(), node.clone());
-                                let issued = tokio::task::spawn_blocking(move || Peer::new(&registry, ca, &node, addr, V::DELTA)).await;
+                                let (registry, node) = (xds.registry.clone(), node.clone());
+                                let issuers = (xds.ca.clone(), xds.tracing.clone());
+                                let issued = tokio::task::spawn_blocking(move || Peer::new(&registry, issuers, &node, addr, V::DELTA)).await;
                                 let Ok(peer) = issued else {
                                     let _ = tx.send(Err(Status::internal("cannot set up the stream"))).await;
                                     break;

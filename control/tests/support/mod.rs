@@ -45,6 +45,12 @@ pub struct Server {
 impl Server {
     /// Starts `serve` on a free port and waits until it accepts connections.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with these environment variables; AWS keys in the
+    /// test's own environment are never passed on.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let addr = free_addr();
         let xds = free_addr();
         let log = data_dir.with_extension(format!("{}.log", addr.port()));
@@ -57,6 +63,9 @@ impl Server {
             .arg("--xds-addr")
             .arg(xds.to_string())
             .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -68,9 +68,17 @@ impl AccessLogs {
 
     /// Renders and queues one line per logger.
     pub fn log(&self, ctx: &Context<'_>) {
-        for l in &self.0 {
-            l.sink.send(l.line.render(ctx));
+        thread_local! {
+            /// Lines are rendered here, then copied into their sink's buffer.
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        LINE.with_borrow_mut(|line| {
+            for l in &self.0 {
+                line.clear();
+                l.line.render(ctx, line);
+                l.sink.send(line);
+            }
+        });
     }
 }
 
@@ -238,16 +246,16 @@ fn json_value(v: &prost_types::Value) -> Result<Json, ConfigError> {
 }
 
 impl Line {
-    fn render(&self, ctx: &Context<'_>) -> String {
+    fn render(&self, ctx: &Context<'_>, out: &mut String) {
         match self {
-            Line::Text { format, omit_empty } => format.to_string(ctx, *omit_empty),
+            Line::Text { format, omit_empty } => format.render(ctx, *omit_empty, out),
             Line::Json {
                 template,
                 omit_empty,
             } => {
-                let mut s = template.render(ctx, *omit_empty).to_string();
-                s.push('\n');
-                s
+                use std::fmt::Write;
+                let _ = write!(out, "{}", template.render(ctx, *omit_empty));
+                out.push('\n');
             }
         }
     }

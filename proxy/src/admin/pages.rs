@@ -21,7 +21,9 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 fn server_stats(s: &Shared) -> impl Fn(&mut dyn Visitor) + '_ {
     move |v: &mut dyn Visitor| {
         let scope = Scope::new("server", None);
-        v.gauge(&scope, "live", i64::from(s.live.load(Ordering::Relaxed)));
+        // Envoy's `server.live`: 1 while the server passes health checks.
+        let live = s.live.load(Ordering::Relaxed) && !s.health_failed.load(Ordering::Relaxed);
+        v.gauge(&scope, "live", i64::from(live));
         v.gauge(&scope, "uptime", s.started.elapsed().as_secs() as i64);
         v.gauge(&scope, "concurrency", s.concurrency as i64);
         v.gauge(&scope, "state", s.state() as i64);

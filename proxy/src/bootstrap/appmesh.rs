@@ -256,6 +256,21 @@ pub fn bootstrap_json(
     metadata.insert(META_INGRESS_PORT.into(), json!(ingress));
     metadata.insert(META_EGRESS_PORT.into(), json!(egress));
     metadata.insert(META_LISTENER_ADDRESS.into(), json!(listen));
+    // App Mesh's image added its mesh and node stats tags only with
+    // ENABLE_ENVOY_STATS_TAGS=1; trellis adds them unless it is 0.
+    match env("ENABLE_ENVOY_STATS_TAGS").as_deref().map(str::trim) {
+        None | Some("" | "1" | "true") => {}
+        Some("0" | "false") => {
+            metadata.insert(crate::shared::META_STATS_TAGS.into(), json!(false));
+        }
+        Some(other) => {
+            return Err(AppMeshEnvError::Bad {
+                var: "ENABLE_ENVOY_STATS_TAGS",
+                value: other.to_string(),
+                why: "expected 1 or 0",
+            })
+        }
+    }
     if let Some(v) = env("TRELLIS_LISTENER_INGRESS_PORTS") {
         let ports = listener_ingress(&v)?;
         if !ports.is_empty() {
@@ -398,6 +413,34 @@ mod tests {
         ])
         .is_err());
         assert!(with(&[("TRELLIS_XDS_PLAINTEXT", "yes")]).is_err());
+    }
+
+    #[test]
+    fn enable_envoy_stats_tags_0_turns_the_node_labels_off() {
+        let node = |tags: Option<&str>| {
+            let mut vars = vec![
+                ("APPMESH_RESOURCE_ARN", "mesh/m/virtualNode/n"),
+                ("TRELLIS_XDS_ADDR", "127.0.0.1:18000"),
+                ("TRELLIS_XDS_PLAINTEXT", "1"),
+            ];
+            vars.extend(tags.map(|t| ("ENABLE_ENVOY_STATS_TAGS", t)));
+            let text = bootstrap_json(&env(&vars))
+                .expect("valid env")
+                .expect("App Mesh mode");
+            let b = parse(&text, Format::Json).expect("a bootstrap the proxy accepts");
+            crate::shared::NodeInfo::from_node(&b.node.expect("node"))
+        };
+        assert!(node(None).stats_tags);
+        assert!(node(Some("1")).stats_tags);
+        assert!(!node(Some("0")).stats_tags);
+        let e = bootstrap_json(&env(&[
+            ("APPMESH_RESOURCE_ARN", "mesh/m/virtualNode/n"),
+            ("TRELLIS_XDS_ADDR", "127.0.0.1:18000"),
+            ("TRELLIS_XDS_PLAINTEXT", "1"),
+            ("ENABLE_ENVOY_STATS_TAGS", "yes"),
+        ]))
+        .expect_err("refused");
+        assert!(e.to_string().contains("ENABLE_ENVOY_STATS_TAGS"), "{e}");
     }
 
     #[test]

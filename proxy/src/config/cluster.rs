@@ -231,6 +231,13 @@ impl ClusterConfig {
         };
         let protocol = protocol(proto)?;
         let health_check = super::resilience::health_checks(proto)?;
+        if proto.close_connections_on_host_health_failure {
+            return Err(ConfigError::new(
+                "close_connections_on_host_health_failure",
+                "is not supported by trellis: connections to a host that fails its \
+                 health check close only as they finish",
+            ));
+        }
         // Envoy refuses the same: gRPC health checks are HTTP/2 streams.
         if protocol == UpstreamProtocol::Http1
             && health_check
@@ -296,15 +303,25 @@ fn protocol(proto: &Cluster) -> Result<UpstreamProtocol, ConfigError> {
         let opts: HttpProtocolOptions =
             xds_protos::any::unpack(any).map_err(|e| ConfigError::new(path.clone(), e))?;
         // Downstream limits that share these messages with the HCM.
-        if opts
-            .common_http_protocol_options
-            .as_ref()
-            .is_some_and(|c| c.max_requests_per_connection.is_some())
-        {
-            return Err(ConfigError::new(
-                format!("{path}.common_http_protocol_options.max_requests_per_connection"),
-                "not supported by trellis for upstream connections",
-            ));
+        if let Some(c) = &opts.common_http_protocol_options {
+            let set = [
+                (
+                    "max_requests_per_connection",
+                    c.max_requests_per_connection.is_some(),
+                ),
+                ("idle_timeout", c.idle_timeout.is_some()),
+                (
+                    "max_connection_duration",
+                    c.max_connection_duration.is_some(),
+                ),
+                ("max_stream_duration", c.max_stream_duration.is_some()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(ConfigError::new(
+                    format!("{path}.common_http_protocol_options.{field}"),
+                    "not supported by trellis for upstream connections",
+                ));
+            }
         }
         if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(cfg)) =
             &opts.upstream_protocol_options
@@ -409,7 +426,7 @@ mod original_dst_tests {
         let hc = |checker: &str| -> Cluster {
             let json = serde_json::json!({
                 "name": "c", "type": "STATIC", "connect_timeout": "1s",
-                "health_checks": [{"timeout": "1s", "interval": "1s", checker: if checker == "http_health_check" { serde_json::json!({"path": "/"}) } else { serde_json::json!({}) }}],
+                "health_checks": [{"timeout": "1s", "interval": "1s", "healthy_threshold": 1, "unhealthy_threshold": 1, checker: if checker == "http_health_check" { serde_json::json!({"path": "/"}) } else { serde_json::json!({}) }}],
                 "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint": {
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 80}},
                     "health_check_config": {"port_value": 8081}}}]}]},
@@ -453,5 +470,50 @@ mod original_dst_tests {
             let e = ClusterConfig::compile(&cluster(d, l)).expect_err("mismatch");
             assert!(e.to_string().contains("CLUSTER_PROVIDED"), "{e}");
         }
+    }
+
+    #[test]
+    fn upstream_options_trellis_does_not_apply_are_refused_by_name() {
+        let with = |opts: serde_json::Value| -> Cluster {
+            let json = serde_json::json!({
+                "name": "c", "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": {}},
+                        "common_http_protocol_options": opts,
+                    }
+                },
+            });
+            let desc = xds_protos::descriptor_pool()
+                .get_message_by_name("envoy.config.cluster.v3.Cluster")
+                .expect("Cluster");
+            prost_reflect::DynamicMessage::deserialize(desc, json)
+                .expect("valid JSON")
+                .transcode_to()
+                .expect("Cluster")
+        };
+        for field in [
+            "idle_timeout",
+            "max_connection_duration",
+            "max_stream_duration",
+        ] {
+            let e = ClusterConfig::compile(&with(serde_json::json!({ field: "5s" })))
+                .expect_err("refused");
+            assert!(
+                e.to_string()
+                    .contains(&format!("common_http_protocol_options.{field}")),
+                "{e}"
+            );
+        }
+        let mut c = with(serde_json::json!({}));
+        ClusterConfig::compile(&c).expect("no common options set");
+        c.close_connections_on_host_health_failure = true;
+        let e = ClusterConfig::compile(&c).expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("close_connections_on_host_health_failure"),
+            "{e}"
+        );
     }
 }

@@ -169,11 +169,21 @@ pub fn outlier(c: &Cluster) -> Result<Option<Outlier>, ConfigError> {
         return Ok(None);
     };
     let at = |f: &str| format!("outlier_detection.{f}");
-    if o.enforcing_success_rate.is_some_and(|v| v > 0) {
-        return Err(ConfigError::new(
-            at("enforcing_success_rate"),
-            "success-rate ejection is not supported by trellis yet; set it to 0",
-        ));
+    match o.enforcing_success_rate {
+        Some(v) if v > 0 => {
+            return Err(ConfigError::new(
+                at("enforcing_success_rate"),
+                "success-rate ejection is not supported by trellis yet; set it to 0",
+            ))
+        }
+        Some(_) => {}
+        // Envoy's default is 100: say once per config that it does not apply.
+        None => tracing::warn!(
+            cluster = %c.name,
+            "outlier_detection.enforcing_success_rate is unset: Envoy would eject by \
+             success rate (its default 100); trellis ejects on consecutive failures only \
+             (set it to 0 to silence this)"
+        ),
     }
     let max_ejection_percent = o.max_ejection_percent.unwrap_or(10);
     if max_ejection_percent > 100 {
@@ -304,10 +314,18 @@ fn health_check(hc: &HealthCheck, cluster: &str) -> Result<HealthCheckConfig, Co
             Duration::ZERO,
             "interval_jitter",
         )?,
-        unhealthy_threshold: hc.unhealthy_threshold.unwrap_or(1).max(1),
-        healthy_threshold: hc.healthy_threshold.unwrap_or(1).max(1),
+        unhealthy_threshold: threshold(hc.unhealthy_threshold, "unhealthy_threshold")?,
+        healthy_threshold: threshold(hc.healthy_threshold, "healthy_threshold")?,
         kind,
     })
+}
+
+/// Envoy refuses a health check without either threshold (verified with
+/// 1.40: "HealthCheckValidationError.UnhealthyThreshold: value is
+/// required"); a zero acts as one.
+fn threshold(v: Option<u32>, field: &str) -> Result<u32, ConfigError> {
+    v.map(|n| n.max(1))
+        .ok_or_else(|| ConfigError::new(field, "is required"))
 }
 
 fn payload(p: &health_check::Payload) -> Vec<u8> {
@@ -408,5 +426,30 @@ mod tests {
         assert_eq!(lb_options(&c).unwrap(), LbOptions::default());
         assert!(is_prime(65537) && !is_prime(65536));
         assert_eq!(decode_hex("50494e47"), b"PING");
+    }
+
+    #[test]
+    fn health_check_thresholds_are_required_as_in_envoy() {
+        let d = |s| prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        };
+        let mut hc = HealthCheck {
+            timeout: Some(d(1)),
+            interval: Some(d(1)),
+            healthy_threshold: Some(2),
+            health_checker: Some(health_check::HealthChecker::TcpHealthCheck(
+                Default::default(),
+            )),
+            ..Default::default()
+        };
+        let e = health_check(&hc, "app").unwrap_err();
+        assert_eq!(e.path, "unhealthy_threshold", "{e}");
+        hc.unhealthy_threshold = Some(3);
+        let c = health_check(&hc, "app").unwrap();
+        assert_eq!((c.unhealthy_threshold, c.healthy_threshold), (3, 2));
+        hc.healthy_threshold = None;
+        let e = health_check(&hc, "app").unwrap_err();
+        assert_eq!(e.path, "healthy_threshold", "{e}");
     }
 }

@@ -8,6 +8,7 @@ use http::{HeaderMap, StatusCode};
 use prost_types::Any;
 use xds_protos::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
 use xds_protos::envoy::extensions::filters::http::fault::v3::{fault_abort::ErrorType, HttpFault};
+use xds_protos::envoy::r#type::v3::FractionalPercent;
 
 use super::per_million;
 use crate::config::ConfigError;
@@ -22,8 +23,8 @@ const ABORT_PERCENT_HEADER: &str = "x-envoy-fault-abort-request-percentage";
 #[derive(Debug)]
 pub struct Fault {
     /// `None` inside: the delay comes from the request header.
-    delay: Option<(Option<Duration>, u32)>,
-    abort: Option<(AbortKind, u32)>,
+    delay: Option<(Option<Duration>, Share)>,
+    abort: Option<(AbortKind, Share)>,
     pub(crate) headers: Vec<HeaderMatcher>,
     pub(crate) upstream_cluster: Option<String>,
     pub(crate) max_active_faults: Option<u32>,
@@ -34,6 +35,37 @@ enum AbortKind {
     Http(StatusCode),
     Grpc(u32),
     Header,
+}
+
+/// A configured percentage, kept as Envoy's numerator and denominator: a
+/// `-percentage` header replaces the numerator (capped by the configured
+/// one) over the same denominator.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    numerator: u32,
+    /// Parts per million one unit of the numerator is worth.
+    unit_ppm: u32,
+}
+
+impl Share {
+    fn of(p: Option<&FractionalPercent>) -> Share {
+        let unit = FractionalPercent {
+            numerator: 1,
+            denominator: p.map_or(0, |p| p.denominator),
+        };
+        Share {
+            numerator: p.map_or(0, |p| p.numerator),
+            unit_ppm: per_million(Some(&unit), 0),
+        }
+    }
+
+    fn ppm(self, header: Option<u64>) -> u32 {
+        let numerator = match header {
+            Some(n) => u64::from(self.numerator).min(n) as u32,
+            None => self.numerator,
+        };
+        numerator.saturating_mul(self.unit_ppm).min(1_000_000)
+    }
 }
 
 /// What to inject into one request.
@@ -68,7 +100,7 @@ impl Fault {
         let delay = match &f.delay {
             None => None,
             Some(d) => {
-                let ppm = per_million(d.percentage.as_ref(), 0);
+                let ppm = Share::of(d.percentage.as_ref());
                 match &d.fault_delay_secifier {
                     Some(FaultDelaySecifier::FixedDelay(t)) => Some((
                         Some(crate::config::duration::to_std(t, "delay.fixed_delay")?),
@@ -87,7 +119,7 @@ impl Fault {
         let abort = match &f.abort {
             None => None,
             Some(a) => {
-                let ppm = per_million(a.percentage.as_ref(), 0);
+                let ppm = Share::of(a.percentage.as_ref());
                 let kind = match a.error_type {
                     Some(ErrorType::HttpStatus(s)) => AbortKind::Http(
                         u16::try_from(s)
@@ -126,43 +158,45 @@ impl Fault {
     }
 
     /// Draws this request's faults. Header-controlled faults take their
-    /// value from the request; a `-percentage` header lowers (never raises)
-    /// the configured share, as in Envoy.
+    /// value from the request, and a `-percentage` header lowers (never
+    /// raises) their configured share; fixed faults ignore the headers, as
+    /// in Envoy.
     pub fn decide(&self, h: &HeaderMap) -> Injection {
         let num = |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
-        let share = |configured: u32, header: &str| match num(header) {
-            // The header's numerator is out of 100 for a HUNDRED config.
-            Some(n) => configured.min((n.min(100) * 10_000) as u32),
-            None => configured,
-        };
         let mut out = Injection::default();
-        if let Some((fixed, ppm)) = self.delay {
-            let value = match fixed {
-                Some(d) => Some(d),
-                None => num(DELAY_HEADER).map(Duration::from_millis),
+        if let Some((fixed, share)) = self.delay {
+            let (value, ppm) = match fixed {
+                Some(d) => (Some(d), share.ppm(None)),
+                None => (
+                    num(DELAY_HEADER).map(Duration::from_millis),
+                    share.ppm(num(DELAY_PERCENT_HEADER)),
+                ),
             };
             if let Some(d) = value {
-                if super::draw(share(ppm, DELAY_PERCENT_HEADER)) {
+                if super::draw(ppm) {
                     out.delay = Some(d);
                 }
             }
         }
-        if let Some((kind, ppm)) = self.abort {
-            let value = match kind {
-                AbortKind::Http(s) => Some(Abort::Http(s)),
-                AbortKind::Grpc(g) => Some(Abort::Grpc(g)),
-                AbortKind::Header => match (num(ABORT_HEADER), num(ABORT_GRPC_HEADER)) {
-                    (Some(s), _) => u16::try_from(s)
-                        .ok()
-                        .filter(|s| (200..600).contains(s))
-                        .and_then(|s| StatusCode::from_u16(s).ok())
-                        .map(Abort::Http),
-                    (None, Some(g)) => u32::try_from(g).ok().map(Abort::Grpc),
-                    (None, None) => None,
-                },
+        if let Some((kind, share)) = self.abort {
+            let (value, ppm) = match kind {
+                AbortKind::Http(s) => (Some(Abort::Http(s)), share.ppm(None)),
+                AbortKind::Grpc(g) => (Some(Abort::Grpc(g)), share.ppm(None)),
+                AbortKind::Header => {
+                    let value = match (num(ABORT_HEADER), num(ABORT_GRPC_HEADER)) {
+                        (Some(s), _) => u16::try_from(s)
+                            .ok()
+                            .filter(|s| (200..600).contains(s))
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .map(Abort::Http),
+                        (None, Some(g)) => u32::try_from(g).ok().map(Abort::Grpc),
+                        (None, None) => None,
+                    };
+                    (value, share.ppm(num(ABORT_PERCENT_HEADER)))
+                }
             };
             if let Some(a) = value {
-                if super::draw(share(ppm, ABORT_PERCENT_HEADER)) {
+                if super::draw(ppm) {
                     out.abort = Some(a);
                 }
             }
@@ -176,7 +210,6 @@ mod tests {
     use super::*;
     use xds_protos::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
     use xds_protos::envoy::extensions::filters::http::fault::v3::{fault_abort, FaultAbort};
-    use xds_protos::envoy::r#type::v3::FractionalPercent;
 
     fn pct(n: u32) -> Option<FractionalPercent> {
         Some(FractionalPercent {
@@ -208,8 +241,40 @@ mod tests {
         assert_eq!(f.decide(&h).delay, None, "no header, no delay");
         h.insert(DELAY_HEADER, "25".parse().unwrap());
         assert_eq!(f.decide(&h).delay, Some(Duration::from_millis(25)));
+        h.insert(DELAY_PERCENT_HEADER, "0".parse().unwrap());
+        assert!((0..1000).all(|_| f.decide(&h).delay.is_none()));
+        // A fixed abort keeps its share whatever the percentage header says.
         h.insert(ABORT_PERCENT_HEADER, "0".parse().unwrap());
-        assert!((0..1000).all(|_| f.decide(&h).abort.is_none()));
-        let _ = fault_abort::HeaderAbort {};
+        let aborts = (0..10_000).filter(|_| f.decide(&h).abort.is_some()).count();
+        assert!((2_700..3_300).contains(&aborts), "{aborts}");
+    }
+
+    #[test]
+    fn a_percentage_header_is_a_numerator_over_the_configured_denominator() {
+        let cfg = HttpFault {
+            abort: Some(FaultAbort {
+                percentage: Some(FractionalPercent {
+                    numerator: 5_000,
+                    denominator: 1, // TEN_THOUSAND
+                }),
+                error_type: Some(ErrorType::HeaderAbort(fault_abort::HeaderAbort {})),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let f = Fault::compile(&xds_protos::any::pack(&cfg)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(ABORT_HEADER, "418".parse().unwrap());
+        let share = |h: &HeaderMap| (0..20_000).filter(|_| f.decide(h).abort.is_some()).count();
+        let half = share(&h);
+        assert!((9_500..10_500).contains(&half), "{half}");
+        // 1000 out of 10 000, not out of 100.
+        h.insert(ABORT_PERCENT_HEADER, "1000".parse().unwrap());
+        let tenth = share(&h);
+        assert!((1_700..2_300).contains(&tenth), "{tenth}");
+        // Never above the configured numerator.
+        h.insert(ABORT_PERCENT_HEADER, "9000".parse().unwrap());
+        let capped = share(&h);
+        assert!((9_500..10_500).contains(&capped), "{capped}");
     }
 }

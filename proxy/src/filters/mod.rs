@@ -190,8 +190,14 @@ type Reply = (
     crate::http::ResponseFlags,
 );
 
-/// Runs the chain in order. `Some` is a local reply that ends the request.
-pub async fn run(chain: &[HttpFilter], req: &Request<'_>, stats: &FilterStats) -> Option<Reply> {
+/// Runs the chain in order. `Some` is a local reply that ends the request;
+/// a request let through may still carry flags (`DI`), set on `noted`.
+pub async fn run(
+    chain: &[HttpFilter],
+    req: &Request<'_>,
+    stats: &FilterStats,
+    noted: &mut crate::http::ResponseFlags,
+) -> Option<Reply> {
     for f in chain {
         let reply = match f {
             HttpFilter::Fault { name, config } => {
@@ -199,7 +205,7 @@ pub async fn run(chain: &[HttpFilter], req: &Request<'_>, stats: &FilterStats) -
                     Some(FilterOverride::Fault(c)) => c,
                     _ => config,
                 };
-                inject(config, req, stats).await
+                inject(config, req, stats, noted).await
             }
             HttpFilter::LocalRateLimit { name, config } => {
                 let config = match req.find(name) {
@@ -224,7 +230,12 @@ impl Drop for ActiveFault<'_> {
     }
 }
 
-async fn inject(f: &fault::Fault, req: &Request<'_>, stats: &FilterStats) -> Option<Reply> {
+async fn inject(
+    f: &fault::Fault,
+    req: &Request<'_>,
+    stats: &FilterStats,
+    noted: &mut crate::http::ResponseFlags,
+) -> Option<Reply> {
     if let Some(want) = &f.upstream_cluster {
         if req.cluster() != Some(want.as_str()) {
             return None;
@@ -253,6 +264,7 @@ async fn inject(f: &fault::Fault, req: &Request<'_>, stats: &FilterStats) -> Opt
     let _active = ActiveFault(&stats.active_faults);
     if let Some(d) = injection.delay {
         stats.delays_injected.inc();
+        noted.set(crate::http::ResponseFlags::DELAY_INJECTED);
         tokio::time::sleep(d).await;
     }
     let abort = injection.abort?;

@@ -149,6 +149,9 @@ enum Op {
     RequestDuration,
     ResponseDuration,
     UpstreamHost,
+    UpstreamRemote {
+        port: bool,
+    },
     UpstreamCluster,
     UpstreamLocalAddress,
     UpstreamTransportFailureReason,
@@ -162,6 +165,18 @@ enum Op {
     Protocol,
     Hostname,
     RouteName,
+    GrpcStatus(GrpcStatusName),
+}
+
+/// How `%GRPC_STATUS(X)%` names a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrpcStatusName {
+    /// `CAMEL_STRING`, the default: `Unavailable`.
+    Camel,
+    /// `SNAKE_STRING`: `UNAVAILABLE`.
+    Snake,
+    /// `NUMBER`: `14`.
+    Number,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,6 +376,8 @@ fn operator(name: &str, arg: Option<&str>) -> Result<Op, String> {
         "REQUEST_DURATION" => no_arg(Op::RequestDuration),
         "RESPONSE_DURATION" => no_arg(Op::ResponseDuration),
         "UPSTREAM_HOST" => no_arg(Op::UpstreamHost),
+        "UPSTREAM_REMOTE_ADDRESS" => no_arg(Op::UpstreamRemote { port: true }),
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_arg(Op::UpstreamRemote { port: false }),
         "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster),
         "UPSTREAM_LOCAL_ADDRESS" => no_arg(Op::UpstreamLocalAddress),
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_arg(Op::UpstreamTransportFailureReason),
@@ -372,6 +389,16 @@ fn operator(name: &str, arg: Option<&str>) -> Result<Op, String> {
         "PROTOCOL" => no_arg(Op::Protocol),
         "HOSTNAME" => no_arg(Op::Hostname),
         "ROUTE_NAME" => no_arg(Op::RouteName),
+        "GRPC_STATUS" => Ok(Op::GrpcStatus(match arg {
+            None | Some("" | "CAMEL_STRING") => GrpcStatusName::Camel,
+            Some("SNAKE_STRING") => GrpcStatusName::Snake,
+            Some("NUMBER") => GrpcStatusName::Number,
+            Some(other) => {
+                return Err(format!(
+                    "GRPC_STATUS({other}): expected CAMEL_STRING, SNAKE_STRING or NUMBER"
+                ))
+            }
+        })),
         _ => Err(format!(
             "command operator {name} is not supported by trellis"
         )),
@@ -445,6 +472,20 @@ impl Op {
             Op::RequestDuration => ms(i.request_done),
             Op::ResponseDuration => ms(i.first_upstream_byte),
             Op::UpstreamHost => string(i.upstream_host.map(|a| a.to_string())),
+            Op::UpstreamRemote { port } => string(i.upstream_host.map(|a| addr(a, *port))),
+            Op::GrpcStatus(name) => grpc_status(ctx).map_or(Value::Missing, |code| match name {
+                GrpcStatusName::Number => Value::Num(code),
+                GrpcStatusName::Camel | GrpcStatusName::Snake => {
+                    let named = GRPC_STATUS_NAMES.get(code as usize);
+                    match (named, name) {
+                        (Some((camel, _)), GrpcStatusName::Camel) => {
+                            Value::Str(Cow::Borrowed(camel))
+                        }
+                        (Some((_, snake)), _) => Value::Str(Cow::Borrowed(snake)),
+                        (None, _) => Value::Str(Cow::Owned(code.to_string())),
+                    }
+                }
+            }),
             Op::UpstreamCluster => i
                 .upstream_cluster
                 .as_ref()
@@ -476,6 +517,65 @@ impl Op {
                 .map_or(Value::Missing, |n| Value::Str(Cow::Owned(n.to_string()))),
         }
     }
+}
+
+/// gRPC's status names by code, as Envoy prints them (camel, snake).
+const GRPC_STATUS_NAMES: [(&str, &str); 17] = [
+    ("OK", "OK"),
+    ("Canceled", "CANCELLED"),
+    ("Unknown", "UNKNOWN"),
+    ("InvalidArgument", "INVALID_ARGUMENT"),
+    ("DeadlineExceeded", "DEADLINE_EXCEEDED"),
+    ("NotFound", "NOT_FOUND"),
+    ("AlreadyExists", "ALREADY_EXISTS"),
+    ("PermissionDenied", "PERMISSION_DENIED"),
+    ("ResourceExhausted", "RESOURCE_EXHAUSTED"),
+    ("FailedPrecondition", "FAILED_PRECONDITION"),
+    ("Aborted", "ABORTED"),
+    ("OutOfRange", "OUT_OF_RANGE"),
+    ("Unimplemented", "UNIMPLEMENTED"),
+    ("Internal", "INTERNAL"),
+    ("Unavailable", "UNAVAILABLE"),
+    ("DataLoss", "DATA_LOSS"),
+    ("Unauthenticated", "UNAUTHENTICATED"),
+];
+
+/// The response's gRPC status as Envoy finds it, for gRPC requests only
+/// (a POST with a gRPC content type): `grpc-status` in the trailers, else
+/// in the headers, else inferred from the HTTP status.
+fn grpc_status(ctx: &Context<'_>) -> Option<u64> {
+    let request = ctx.request?;
+    let content_type = request
+        .headers
+        .get(http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let grpc = content_type
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']));
+    if !grpc || request.method != http::Method::POST {
+        return None;
+    }
+    let header = |map: Option<&HeaderMap>| {
+        map?.get("grpc-status")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    if let Some(code) = header(ctx.trailers).or_else(|| header(ctx.response)) {
+        return Some(code);
+    }
+    // Envoy's `httpToGrpcStatus`.
+    Some(match ctx.info.response_code.filter(|c| *c != 0)? {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    })
 }
 
 /// Envoy prints addresses without brackets only when the port is dropped.

@@ -103,3 +103,56 @@ fn bad_formats_are_refused() {
     assert!(Format::parse("plain").unwrap().literal() == Some("plain"));
     assert!(Format::parse("%REQ(a)%").unwrap().reads_request());
 }
+
+#[test]
+fn upstream_remote_address_and_grpc_status() {
+    let i = info();
+    let mut unavailable = info();
+    unavailable.response_code = Some(503);
+    assert_eq!(
+        render(
+            "%UPSTREAM_REMOTE_ADDRESS% %UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+            &Context::new(&i)
+        ),
+        "127.0.0.1:8080 127.0.0.1"
+    );
+    let f = "%GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)%";
+    let uri: http::Uri = "/pkg.Svc/Call".parse().unwrap();
+    let mut grpc = HeaderMap::new();
+    grpc.insert("content-type", "application/grpc+proto".parse().unwrap());
+    let head = |method: &'static http::Method, headers| RequestHead {
+        method,
+        uri: &uri,
+        scheme: "http",
+        headers,
+    };
+    let with = |info, request, response, trailers| Context {
+        info,
+        request: Some(request),
+        response,
+        trailers,
+    };
+    // Not a gRPC request (Envoy checks method and content type): missing.
+    assert_eq!(render(f, &Context::new(&i)), "- - -");
+    let get = with(&i, head(&http::Method::GET, &grpc), None, None);
+    assert_eq!(render(f, &get), "- - -");
+    // Inferred from the HTTP status when no grpc-status came back.
+    let post = with(&i, head(&http::Method::POST, &grpc), None, None);
+    assert_eq!(render(f, &post), "Unknown UNKNOWN 2");
+    let post = with(&unavailable, head(&http::Method::POST, &grpc), None, None);
+    assert_eq!(render(f, &post), "Unavailable UNAVAILABLE 14");
+    let mut headers = HeaderMap::new();
+    headers.insert("grpc-status", "5".parse().unwrap());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "1".parse().unwrap());
+    let post = with(&i, head(&http::Method::POST, &grpc), Some(&headers), None);
+    assert_eq!(render(f, &post), "NotFound NOT_FOUND 5");
+    let post = with(
+        &i,
+        head(&http::Method::POST, &grpc),
+        Some(&headers),
+        Some(&trailers),
+    );
+    assert_eq!(render(f, &post), "Canceled CANCELLED 1");
+    assert!(Format::parse("%GRPC_STATUS(LOUD)%").is_err());
+}

@@ -32,6 +32,7 @@ flags! {
     DOWNSTREAM_PROTOCOL_ERROR = 11, "DPE";
     UPSTREAM_PROTOCOL_ERROR = 12, "UPE";
     DURATION_TIMEOUT = 13, "DT";
+    DELAY_INJECTED = 16, "DI";
     FAULT_INJECTED = 14, "FI";
     RATE_LIMITED = 15, "RL";
 }
@@ -81,5 +82,9 @@ mod tests {
         f.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
         f.set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         assert_eq!(f.to_string(), "URX,UF");
+        let mut f = ResponseFlags::default();
+        f.set(ResponseFlags::FAULT_INJECTED);
+        f.set(ResponseFlags::DELAY_INJECTED);
+        assert_eq!(f.to_string(), "DI,FI");
     }
 }

@@ -209,7 +209,13 @@ pub fn forward<'a>(
 
         loop {
             attempt += 1;
-            let Some(endpoint) = pick(cluster, destination, last_failed.as_ref(), hash) else {
+            let Some(endpoint) = pick(
+                cluster,
+                destination,
+                last_failed.as_ref(),
+                hash,
+                retry.map_or(0, |r| r.host_selection_attempts),
+            ) else {
                 flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
                 return Outcome {
                     response: reply(
@@ -420,12 +426,17 @@ fn overflow(grpc: bool, attempts: u32) -> Outcome {
 }
 
 /// A retry prefers an endpoint other than the one that just failed (with a
-/// hash policy too: Envoy's retry host predicate steps off the key's host).
+/// hash policy too: Envoy's `previous_hosts` retry predicate steps off the
+/// key's host). The balancer re-draws up to `attempts` times, as Envoy's
+/// `host_selection_retry_max_attempts`; if it keeps landing on the failed
+/// host, any other eligible host is taken, so a retry never returns to it
+/// while another is there.
 fn pick(
     cluster: &Cluster,
     destination: Option<OriginalDestination>,
     avoid: Option<&Arc<Endpoint>>,
     hash: Option<u64>,
+    attempts: u32,
 ) -> Option<Arc<Endpoint>> {
     if cluster.is_original_dst() {
         // One host per destination: nothing to balance or step off.
@@ -434,14 +445,18 @@ fn pick(
     let first = cluster.pick_hashed(crate::rng::random(), hash)?;
     match avoid {
         Some(bad) if Arc::ptr_eq(bad, &first) => {
-            for _ in 0..3 {
+            for _ in 0..attempts {
                 if let Some(other) = cluster.pick(crate::rng::random()) {
                     if !Arc::ptr_eq(bad, &other) {
                         return Some(other);
                     }
                 }
             }
-            Some(first)
+            cluster
+                .endpoints()
+                .other_than(bad, crate::rng::random())
+                .cloned()
+                .or(Some(first))
         }
         _ => Some(first),
     }

@@ -188,8 +188,13 @@ impl Hcm {
             let stats = &self.filter_stats;
             // Boxed, like the other rare paths below, to keep them out of
             // every request's future.
-            if let Some(reply) =
-                Box::pin(crate::filters::run(&self.config.filters, &req, stats)).await
+            if let Some(reply) = Box::pin(crate::filters::run(
+                &self.config.filters,
+                &req,
+                stats,
+                &mut record.info.flags,
+            ))
+            .await
             {
                 return reply;
             }

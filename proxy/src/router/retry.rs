@@ -68,6 +68,48 @@ pub struct RetryPolicy {
     pub base_interval: Duration,
     pub max_interval: Duration,
     pub retriable_status_codes: Vec<u32>,
+    /// How many times a retry re-draws a host that just failed before it
+    /// takes any other eligible host (`host_selection_retry_max_attempts`).
+    pub host_selection_attempts: u32,
+}
+
+/// The predicate Istio configures. trellis steps off the failed host on
+/// every retry anyway, so it is accepted; other predicates are refused.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+const PREVIOUS_HOSTS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+/// Re-draws of a failed host before the fallback when the policy sets none.
+const DEFAULT_HOST_SELECTION_ATTEMPTS: u32 = 3;
+
+fn check_host_predicates(p: &RetryPolicyProto) -> Result<(), ConfigError> {
+    use xds_protos::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+    for (i, pred) in p.retry_host_predicate.iter().enumerate() {
+        let type_url = match &pred.config_type {
+            Some(ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            None => "",
+        };
+        let known =
+            type_url == PREVIOUS_HOSTS_TYPE || (type_url.is_empty() && pred.name == PREVIOUS_HOSTS);
+        if !known {
+            let what = if type_url.is_empty() {
+                &pred.name
+            } else {
+                type_url
+            };
+            return Err(ConfigError::new(
+                format!("retry_host_predicate[{i}]"),
+                format!("{what} is not supported by trellis (only {PREVIOUS_HOSTS})"),
+            ));
+        }
+    }
+    if p.host_selection_retry_max_attempts < 0 {
+        return Err(ConfigError::new(
+            "host_selection_retry_max_attempts",
+            "must not be negative",
+        ));
+    }
+    Ok(())
 }
 
 impl RetryPolicy {
@@ -80,7 +122,7 @@ impl RetryPolicy {
     pub(crate) fn compile(p: &RetryPolicyProto) -> Result<RetryPolicy, ConfigError> {
         reject_if(p.per_try_idle_timeout.is_some(), "per_try_idle_timeout")?;
         reject_if(p.retry_priority.is_some(), "retry_priority")?;
-        reject_if(!p.retry_host_predicate.is_empty(), "retry_host_predicate")?;
+        check_host_predicates(p)?;
         reject_if(
             !p.retry_options_predicates.is_empty(),
             "retry_options_predicates",
@@ -144,6 +186,10 @@ impl RetryPolicy {
             base_interval,
             max_interval,
             retriable_status_codes: p.retriable_status_codes.clone(),
+            host_selection_attempts: match p.host_selection_retry_max_attempts {
+                0 => DEFAULT_HOST_SELECTION_ATTEMPTS,
+                n => u32::try_from(n).unwrap_or(u32::MAX).min(64),
+            },
         })
     }
 }
@@ -152,6 +198,31 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use xds_protos::envoy::config::route::v3::retry_policy::RetryBackOff;
+
+    #[test]
+    fn only_the_previous_hosts_predicate_is_accepted() {
+        use xds_protos::envoy::config::route::v3::retry_policy::{
+            retry_host_predicate::ConfigType, RetryHostPredicate,
+        };
+        let with = |type_url: &str, attempts: i64| RetryPolicyProto {
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "p".into(),
+                config_type: Some(ConfigType::TypedConfig(prost_types::Any {
+                    type_url: type_url.into(),
+                    value: vec![],
+                })),
+            }],
+            host_selection_retry_max_attempts: attempts,
+            ..Default::default()
+        };
+        let p = RetryPolicy::compile(&with(PREVIOUS_HOSTS_TYPE, 5)).expect("accepted");
+        assert_eq!(p.host_selection_attempts, 5);
+        let p = RetryPolicy::compile(&with(PREVIOUS_HOSTS_TYPE, 0)).expect("accepted");
+        assert_eq!(p.host_selection_attempts, DEFAULT_HOST_SELECTION_ATTEMPTS);
+        let canary = "type.googleapis.com/envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate";
+        let e = RetryPolicy::compile(&with(canary, 0)).expect_err("refused");
+        assert!(e.to_string().contains("OmitCanaryHostsPredicate"), "{e}");
+    }
 
     #[test]
     fn defaults_and_conditions() {

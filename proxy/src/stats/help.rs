@@ -104,6 +104,17 @@ pub fn help(family: &str) -> &'static str {
         "cluster_health_check_failure" => "Active health checks that failed.",
         "cluster_health_check_network_failure" => "Active health checks that failed to connect.",
         "cluster_health_check_healthy" => "Endpoints passing active health checks.",
+        "cluster_circuit_breakers_default_cx_open" => "1 while max_connections is reached.",
+        "cluster_circuit_breakers_default_cx_pool_open" => {
+            "1 while max_connection_pools is reached (always 0: not limited by trellis)."
+        }
+        "cluster_circuit_breakers_default_rq_open" => "1 while max_requests is reached.",
+        "cluster_circuit_breakers_default_rq_pending_open" => {
+            "1 while max_pending_requests is reached."
+        }
+        "cluster_circuit_breakers_default_rq_retry_open" => {
+            "1 while max_retries (or the retry budget) is reached."
+        }
         // HTTP filters
         "http_fault_delays_injected" => "Requests delayed by the fault filter.",
         "http_fault_aborts_injected" => "Requests aborted by the fault filter.",

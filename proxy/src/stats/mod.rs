@@ -207,6 +207,8 @@ pub struct Store {
     sources: Mutex<Vec<Weak<dyn StatSource>>>,
     /// Labels on every Prometheus series, from the node's identity.
     node_labels: Vec<(String, String)>,
+    /// The node has an App Mesh identity (labelled or not).
+    mesh_node: bool,
 }
 
 impl Store {
@@ -214,9 +216,12 @@ impl Store {
     /// `virtualGateway/G`, or an ARN ending so) labels every series with
     /// `appmesh_mesh` and `appmesh_virtual_node` (`appmesh_virtual_gateway`),
     /// as the App Mesh Envoy image's stats tags do, so one Prometheus can
-    /// tell the proxies of a mesh apart.
-    pub fn for_node(node_id: &str) -> Store {
-        let node_labels = match appmesh::MeshObject::parse(node_id) {
+    /// tell the proxies of a mesh apart; `tags` false leaves them out
+    /// (App Mesh's `ENABLE_ENVOY_STATS_TAGS=0`).
+    pub fn for_node(node_id: &str, tags: bool) -> Store {
+        let object = appmesh::MeshObject::parse(node_id);
+        let mesh_node = object.is_some();
+        let node_labels = match object.filter(|_| tags) {
             Some(o) => {
                 let key = if o.gateway {
                     "appmesh_virtual_gateway"
@@ -233,12 +238,13 @@ impl Store {
         Store {
             sources: Mutex::default(),
             node_labels,
+            mesh_node,
         }
     }
 
     /// Whether the node has an App Mesh identity, so per-peer stats apply.
     pub fn is_mesh_node(&self) -> bool {
-        !self.node_labels.is_empty()
+        self.mesh_node
     }
 
     pub fn node_labels(&self) -> Vec<(String, String)> {
@@ -550,8 +556,9 @@ pub struct ListenerStats {
 
 impl ListenerStats {
     pub fn new(addr: std::net::SocketAddr) -> ListenerStats {
-        // Envoy names listener scopes by address with ':' folded to '_'.
-        let name = addr.to_string().replace([':'], "_").replace(['[', ']'], "");
+        // Envoy names listener scopes by address with ':' folded to '_',
+        // brackets kept: `0.0.0.0_15001`, `[__]_15001`.
+        let name = addr.to_string().replace(':', "_");
         ListenerStats {
             scope: Scope::new(
                 "listener",
@@ -705,7 +712,7 @@ mod tests {
 
     #[test]
     fn app_mesh_node_ids_become_labels() {
-        let s = Store::for_node("mesh/shop/virtualNode/cart");
+        let s = Store::for_node("mesh/shop/virtualNode/cart", true);
         assert_eq!(
             s.node_labels(),
             [
@@ -713,9 +720,23 @@ mod tests {
                 ("appmesh_virtual_node".to_string(), "cart".to_string())
             ]
         );
-        let s = Store::for_node("arn:aws:appmesh:us-west-2:1:mesh/m/virtualGateway/gw");
+        let s = Store::for_node("arn:aws:appmesh:us-west-2:1:mesh/m/virtualGateway/gw", true);
         assert_eq!(s.node_labels()[1].0, "appmesh_virtual_gateway");
-        assert!(Store::for_node("plain-node").node_labels().is_empty());
+        assert!(Store::for_node("plain-node", true).node_labels().is_empty());
+        let untagged = Store::for_node("mesh/shop/virtualNode/cart", false);
+        assert!(untagged.node_labels().is_empty());
+        assert!(untagged.is_mesh_node(), "per-peer stats stay");
+    }
+
+    #[test]
+    fn listener_scopes_are_named_like_envoy() {
+        let name = |a: &str| {
+            let s = ListenerStats::new(a.parse().unwrap_or_else(|e| panic!("{a}: {e}")));
+            s.scope.tag.map(|(_, v)| v.to_string())
+        };
+        assert_eq!(name("0.0.0.0:15001").as_deref(), Some("0.0.0.0_15001"));
+        assert_eq!(name("[::]:15001").as_deref(), Some("[__]_15001"));
+        assert_eq!(name("[::1]:80").as_deref(), Some("[__1]_80"));
     }
 
     #[test]

@@ -264,8 +264,16 @@ pub fn render_prometheus(store: &Store, extra: &dyn Fn(&mut dyn Visitor)) -> Str
                 }
             }
             Value::Gauge(v) => {
+                // A gauge Envoy named `..._total` (`membership_total`) keeps
+                // its name for dashboards; typed untyped, since Prometheus
+                // reserves the suffix for counters.
+                let kind = if s.family.ends_with("_total") {
+                    "untyped"
+                } else {
+                    "gauge"
+                };
                 if let Family::Scalar(_, series) =
-                    families.entry(s.family).or_insert_with(|| entry("gauge"))
+                    families.entry(s.family).or_insert_with(|| entry(kind))
                 {
                     series.push((s.labels, i128::from(v)));
                 }
@@ -453,6 +461,22 @@ mod tests {
             let name = family.split(' ').next().unwrap();
             assert_ne!(help(name), placeholder, "{name} has no HELP text");
         }
+    }
+
+    #[test]
+    fn a_gauge_named_total_is_untyped() {
+        use std::sync::Arc;
+        let store = Store::default();
+        let c = Arc::new(super::super::ClusterStats::new(Arc::from("web")));
+        store.register(Arc::downgrade(&c) as std::sync::Weak<dyn super::super::StatSource>);
+        c.membership_total.set(2);
+        let out = render_prometheus(&store, &|_| {});
+        assert!(
+            out.contains("# TYPE envoy_cluster_membership_total untyped\n"),
+            "{out}"
+        );
+        assert!(out.contains("envoy_cluster_membership_total{envoy_cluster_name=\"web\"} 2\n"));
+        assert!(out.contains("# TYPE envoy_cluster_membership_healthy gauge\n"));
     }
 
     #[test]

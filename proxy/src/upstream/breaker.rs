@@ -63,7 +63,11 @@ impl Breaker {
     /// `max_retries`, or the retry budget when one is configured: a share of
     /// the active and pending requests, never below `min_retry_concurrency`.
     pub fn retry(&self) -> Option<Slot<'_>> {
-        let max = match &self.cfg.retry_budget {
+        take(&self.retries, self.max_retries())
+    }
+
+    fn max_retries(&self) -> u32 {
+        match &self.cfg.retry_budget {
             None => self.cfg.max_retries,
             Some(b) => {
                 let load =
@@ -71,8 +75,24 @@ impl Breaker {
                 let budget = (f64::from(load) * b.percent / 100.0) as u32;
                 budget.max(b.min_retry_concurrency)
             }
-        };
-        take(&self.retries, max)
+        }
+    }
+
+    /// Envoy's `circuit_breakers.default.*_open` gauges: which limits are
+    /// reached right now. Read when stats are rendered, never kept.
+    /// `cx_pool_open` stays closed: trellis has no `max_connection_pools`.
+    pub fn open(&self) -> [(&'static str, bool); 5] {
+        let full = |count: &AtomicU32, max: u32| count.load(Ordering::Relaxed) >= max;
+        [
+            ("cx_open", self.connections.available_permits() == 0),
+            ("cx_pool_open", false),
+            ("rq_open", full(&self.requests, self.cfg.max_requests)),
+            (
+                "rq_pending_open",
+                full(&self.pending, self.cfg.max_pending_requests),
+            ),
+            ("rq_retry_open", full(&self.retries, self.max_retries())),
+        ]
     }
 }
 
@@ -97,6 +117,37 @@ mod tests {
         let r = b.retry();
         assert!(r.is_some());
         assert!(b.retry().is_none());
+    }
+
+    #[test]
+    fn open_gauges_follow_the_limits() {
+        let b = Breaker::new(Breakers {
+            max_requests: 1,
+            max_pending_requests: 1,
+            max_retries: 1,
+            max_connections: 1,
+            ..Breakers::default()
+        });
+        let open = |b: &Breaker| -> Vec<&str> {
+            b.open()
+                .iter()
+                .filter(|(_, o)| *o)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        assert!(open(&b).is_empty());
+        let r = b.request();
+        let p = b.pending();
+        let t = b.retry();
+        let c = b.connections.clone().try_acquire_owned().unwrap();
+        assert_eq!(
+            open(&b),
+            ["cx_open", "rq_open", "rq_pending_open", "rq_retry_open"]
+        );
+        drop((r, t));
+        assert_eq!(open(&b), ["cx_open", "rq_pending_open"]);
+        drop((p, c));
+        assert!(open(&b).is_empty());
     }
 
     #[test]

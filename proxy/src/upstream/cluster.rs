@@ -26,7 +26,7 @@ pub struct Cluster {
     pub rstats: Arc<ResilienceStats>,
     /// `ssl.*` stats, while the cluster originates TLS.
     pub ssl: Option<Arc<ClusterSslStats>>,
-    pub breaker: Breaker,
+    pub breaker: Arc<Breaker>,
     /// Serialises set rebuilds (discovery, health checks, outlier detection:
     /// all off the request path) so none is lost.
     rebuild: Mutex<()>,
@@ -55,8 +55,10 @@ impl Cluster {
         rstats: Arc<ResilienceStats>,
         ssl: Option<Arc<ClusterSslStats>>,
     ) -> Cluster {
+        let breaker = Arc::new(Breaker::new(config.breakers.clone()));
+        rstats.watch_breaker(&breaker);
         Cluster {
-            breaker: Breaker::new(config.breakers.clone()),
+            breaker,
             config,
             endpoints: ArcSwap::from_pointee(EndpointSet::default()),
             rr: AtomicUsize::new(0),

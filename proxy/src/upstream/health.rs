@@ -80,7 +80,11 @@ pub fn spawn(cluster: &Arc<Cluster>, cfg: HealthCheckConfig) {
                         }
                         h.successes = 0;
                         h.failures += 1;
-                        if !failing && h.failures >= cfg.unhealthy_threshold {
+                        // As in Envoy, `unhealthy_threshold` counts network
+                        // failures; an answer that does not pass (a status
+                        // outside expected_statuses, NOT_SERVING) fails the
+                        // host at once.
+                        if !failing && (!network || h.failures >= cfg.unhealthy_threshold) {
                             changed |= e.set_flag(FAILED_ACTIVE_HC, true);
                         }
                     }
@@ -244,8 +248,9 @@ where
     while !contains_in_order(&buf, receive) {
         let mut chunk = [0u8; 1024];
         let n = s.read(&mut chunk).await.map_err(|_| true)?;
+        // Envoy counts a TCP check that ends unmatched as a network failure.
         if n == 0 || buf.len() > MAX_REPLY {
-            return Err(false);
+            return Err(true);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -277,6 +282,20 @@ fn contains_in_order(buf: &[u8], blocks: &[Vec<u8>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interval_jitter_stays_below_its_bound_and_spreads() {
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_millis(20);
+        let waits: Vec<Duration> = (0..2_000).map(|_| jitter(max)).collect();
+        assert!(waits.iter().all(|w| *w < max));
+        for ms in 0..20 {
+            assert!(
+                waits.contains(&Duration::from_millis(ms)),
+                "no wait of {ms} ms in 2000 draws"
+            );
+        }
+    }
 
     #[test]
     fn status_lines_and_payloads() {

@@ -85,9 +85,8 @@ impl EndpointSet {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 self.schedule[i % self.schedule.len()] as usize
             }
-            LbPolicy::Random => {
-                self.schedule[(random % self.schedule.len() as u64) as usize] as usize
-            }
+            // Envoy's RANDOM draws uniformly and ignores endpoint weights.
+            LbPolicy::Random => (random % n as u64) as usize,
             LbPolicy::LeastRequest => self.least_request(opts, random),
             LbPolicy::RingHash => {
                 let h = hash.unwrap_or(random);
@@ -103,6 +102,16 @@ impl EndpointSet {
             }
         };
         self.eligible.get(idx)
+    }
+
+    /// An eligible host other than `avoid`, from a random start: the
+    /// fallback of a retry whose re-draws kept landing on the failed host.
+    pub fn other_than(&self, avoid: &Arc<Endpoint>, random: u64) -> Option<&Arc<Endpoint>> {
+        let n = self.eligible.len();
+        let start = (random % n.max(1) as u64) as usize;
+        (0..n)
+            .map(|i| &self.eligible[(start + i) % n])
+            .find(|e| !Arc::ptr_eq(e, avoid))
     }
 
     /// Envoy's least-request: `choice_count` random candidates, the least
@@ -155,10 +164,13 @@ fn smooth_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
     out
 }
 
-/// Each host gets points in proportion to its weight, at least one; a point
-/// depends only on the host's address and ordinal, and the points per unit
-/// of weight on all hosts (`all`), healthy or not. So a host leaving the
-/// eligible set (failed check, ejection) moves only the keys on its points.
+/// Each unit of a host's weight gets `minimum_ring_size` points, and a
+/// point depends only on the host's address and ordinal: a host's points do
+/// not depend on the other hosts, so a host leaving (failed check, ejection,
+/// or removal through EDS) moves only the keys on its own points, and the
+/// ring is never below the minimum. Only a ring that would pass
+/// `maximum_ring_size` (over all hosts, healthy or not) is scaled down, and
+/// then a change of the total can move other keys too.
 fn build_ring(
     endpoints: &[Arc<Endpoint>],
     all: &[Arc<Endpoint>],
@@ -168,13 +180,27 @@ fn build_ring(
     if total == 0 {
         return Vec::new();
     }
-    let size = opts.ring_min.clamp(1, opts.ring_max);
-    let mut ring = Vec::with_capacity(size as usize + endpoints.len());
+    let max = opts.ring_max.max(1);
+    let per_unit = opts.ring_min.clamp(1, max);
+    // Over the maximum, each host keeps its weight's share of it.
+    let scaled = per_unit.saturating_mul(total) > max;
+    let points_of = |w: u64| {
+        if scaled {
+            (u128::from(w) * u128::from(max) / u128::from(total)).max(1) as u64
+        } else {
+            per_unit * w
+        }
+    };
+    let mut ring = Vec::new();
+    let mut point = String::new();
     for (i, e) in endpoints.iter().enumerate() {
-        let points = (size * u64::from(e.weight.max(1))).div_ceil(total).max(1);
+        let points = points_of(u64::from(e.weight.max(1)));
         let key = e.addr.to_string();
         for j in 0..points {
-            ring.push((hash_bytes(format!("{key}_{j}").as_bytes()), i as u32));
+            use std::fmt::Write;
+            point.clear();
+            let _ = write!(point, "{key}_{j}");
+            ring.push((hash_bytes(point.as_bytes()), i as u32));
         }
     }
     ring.sort_unstable();
@@ -292,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn random_ignores_weights_as_envoy_does() {
+        let s = set(&[9, 1], LbPolicy::Random);
+        let (o, c) = (LbOptions::default(), AtomicUsize::new(0));
+        let light = (0..10_000u64)
+            .filter(|r| port(s.pick(LbPolicy::Random, &o, &c, splitmix(*r), None)) == 1)
+            .count();
+        assert!((4_500..5_500).contains(&light), "{light}");
+    }
+
+    #[test]
     fn least_request_prefers_idle_and_unpenalised_endpoints() {
         let s = set(&[1, 1], LbPolicy::LeastRequest);
         let o = LbOptions::default();
@@ -357,6 +393,52 @@ mod tests {
         assert_eq!(counts.iter().sum::<u32>(), 4000);
         assert!(counts.iter().all(|n| (700..1300).contains(n)), "{counts:?}");
         assert_eq!(moved, counts[3]);
+    }
+
+    #[test]
+    fn ring_hash_keeps_remaining_keys_when_a_host_is_removed() {
+        // Removal through EDS builds a set without the host at all.
+        let h = hosts(&[1, 1, 1, 1]);
+        let o = LbOptions::default();
+        let c = AtomicUsize::new(0);
+        let four = EndpointSet::new(h.clone(), LbPolicy::RingHash, &o);
+        let three = EndpointSet::new(h[..3].to_vec(), LbPolicy::RingHash, &o);
+        assert!(three.ring.len() as u64 >= o.ring_min);
+        let mut moved = 0;
+        for k in 0..4000u64 {
+            let key = hash_bytes(&k.to_le_bytes());
+            let a = port(four.pick(LbPolicy::RingHash, &o, &c, 7, Some(key)));
+            let b = port(three.pick(LbPolicy::RingHash, &o, &c, 9, Some(key)));
+            if a == 3 {
+                moved += 1;
+            } else {
+                assert_eq!(a, b, "key {k} moved between remaining hosts");
+            }
+        }
+        assert!((700..1300).contains(&moved), "{moved}");
+        // Weights still set the shares.
+        let heavy = EndpointSet::new(hosts(&[3, 1]), LbPolicy::RingHash, &o);
+        let on_heavy = (0..4000u64)
+            .filter(|k| {
+                let key = hash_bytes(&k.to_le_bytes());
+                port(heavy.pick(LbPolicy::RingHash, &o, &c, 0, Some(key))) == 0
+            })
+            .count();
+        assert!((2_700..3_300).contains(&on_heavy), "{on_heavy}");
+    }
+
+    #[test]
+    fn ring_hash_stays_under_its_maximum_size() {
+        let o = LbOptions {
+            ring_min: 1024,
+            ring_max: 2048,
+            ..LbOptions::default()
+        };
+        let s = EndpointSet::new(hosts(&[1, 1, 1, 1]), LbPolicy::RingHash, &o);
+        assert_eq!(s.ring.len(), 2048);
+        // A huge weight is scaled into the maximum too.
+        let s = EndpointSet::new(hosts(&[u32::MAX, 1]), LbPolicy::RingHash, &o);
+        assert!(s.ring.len() <= 2049, "{}", s.ring.len());
     }
 
     #[test]

@@ -81,8 +81,11 @@ fn eject(c: &Cluster, od: &Outlier, hosts: &mut HashMap<SocketAddr, HostState>) 
         {
             continue;
         }
+        // Envoy's cap: the ejection may not take the ejected share past
+        // `max_ejection_percent`, but one host may always go (even at 0%).
         let ejected = c.stats.outlier_detection_ejections_active.get().max(0) as usize;
-        if total == 0 || ejected * 100 >= total * od.max_ejection_percent as usize {
+        let within = (ejected + 1) * 100 <= total * od.max_ejection_percent as usize;
+        if total == 0 || !(ejected == 0 || within) {
             s.ejections_overflow.inc();
             continue;
         }
@@ -162,15 +165,22 @@ mod tests {
     }
 
     fn cluster(hosts: u16) -> Arc<Cluster> {
-        let proto = ClusterProto {
-            name: "c".into(),
-            outlier_detection: Some(OutlierDetection {
+        cluster_with(
+            hosts,
+            OutlierDetection {
                 consecutive_5xx: Some(3),
                 interval: ms(100),
                 base_ejection_time: ms(200),
                 max_ejection_percent: Some(50),
                 ..Default::default()
-            }),
+            },
+        )
+    }
+
+    fn cluster_with(hosts: u16, od: OutlierDetection) -> Arc<Cluster> {
+        let proto = ClusterProto {
+            name: "c".into(),
+            outlier_detection: Some(od),
             ..Default::default()
         };
         let config = Arc::new(ClusterConfig::compile(&proto).expect("valid cluster"));
@@ -194,9 +204,13 @@ mod tests {
     }
 
     async fn fail(c: &Cluster, i: usize, n: usize) {
+        answer(c, i, n, 500).await
+    }
+
+    async fn answer(c: &Cluster, i: usize, n: usize, status: u16) {
         let ep = c.endpoints().endpoints[i].clone();
         for _ in 0..n {
-            c.report(&ep, TryResult::Status(500));
+            c.report(&ep, TryResult::Status(status));
         }
         // Let the detector task run.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -244,5 +258,56 @@ mod tests {
         assert!(ejected(&c, 0) && ejected(&c, 1) && !ejected(&c, 2));
         assert_eq!(c.stats.outlier_detection_ejections_active.get(), 2);
         assert_eq!(c.rstats.ejections_overflow.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_gateway_failures_alone_eject_when_enforced() {
+        let c = cluster_with(
+            4,
+            OutlierDetection {
+                consecutive_5xx: Some(1000),
+                consecutive_gateway_failure: Some(3),
+                enforcing_consecutive_gateway_failure: Some(100),
+                interval: ms(100),
+                ..Default::default()
+            },
+        );
+        spawn(&c, c.config.outlier.clone().expect("configured"));
+        tokio::task::yield_now().await;
+        // 500 is a 5xx but no gateway failure: far below consecutive_5xx.
+        answer(&c, 0, 10, 500).await;
+        assert!(!ejected(&c, 0));
+        answer(&c, 1, 2, 502).await;
+        assert!(!ejected(&c, 1), "below the threshold");
+        answer(&c, 1, 1, 504).await;
+        assert!(ejected(&c, 1));
+        let s = &c.rstats;
+        assert_eq!(s.ejections_enforced_consecutive_gateway_failure.get(), 1);
+        assert_eq!(s.ejections_enforced_consecutive_5xx.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_always_lets_one_host_go_as_in_envoy() {
+        let od = |pct| OutlierDetection {
+            consecutive_5xx: Some(3),
+            interval: ms(100),
+            base_ejection_time: ms(2_000),
+            max_ejection_percent: Some(pct),
+            ..Default::default()
+        };
+        let c = cluster_with(2, od(0));
+        spawn(&c, c.config.outlier.clone().expect("configured"));
+        tokio::task::yield_now().await;
+        fail(&c, 0, 3).await;
+        fail(&c, 1, 3).await;
+        assert!(ejected(&c, 0) && !ejected(&c, 1), "0% still ejects one");
+        assert_eq!(c.rstats.ejections_overflow.get(), 1);
+        // 50% of 3: a second ejection would make 67%.
+        let c = cluster_with(3, od(50));
+        spawn(&c, c.config.outlier.clone().expect("configured"));
+        tokio::task::yield_now().await;
+        fail(&c, 0, 3).await;
+        fail(&c, 1, 3).await;
+        assert!(ejected(&c, 0) && !ejected(&c, 1));
     }
 }

@@ -211,10 +211,21 @@ impl Pool {
         Some((c.sender.clone(), c.local))
     }
 
+    /// Opens the host's HTTP/2 connection, or waits for the one being
+    /// opened. Like an HTTP/1.1 request without a ready connection, the
+    /// request is pending meanwhile, under `max_pending_requests` (as in
+    /// Envoy, whose first request on a cold pool is pending too).
     async fn shared_h2(
         &self,
         p: &ConnectParams<'_>,
     ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), ConnectError> {
+        let Some(_pending) = p.cluster.breaker.pending() else {
+            p.stats.upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        p.cluster.rstats.upstream_rq_pending_total.inc();
+        p.stats.upstream_rq_pending_active.inc();
+        let _active = PendingGauge(p.stats);
         let _guard = self.h2_connect.lock().await;
         if let Some(c) = self.live_h2() {
             return Ok(c);

@@ -4,7 +4,9 @@
 //! `ClusterStats` already has, `outlier_detection.ejections_active`, is
 //! driven from there.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::breaker::Breaker;
 
 use crate::stats::{Counter, Gauge, Scope, StatSource, Visitor};
 
@@ -29,6 +31,8 @@ pub struct ResilienceStats {
     pub hc_failure: Counter,
     pub hc_network_failure: Counter,
     pub hc_healthy: Gauge,
+    /// The breaker of the cluster's current config, for its `_open` gauges.
+    breaker: Mutex<Weak<Breaker>>,
 }
 
 impl ResilienceStats {
@@ -51,6 +55,14 @@ impl ResilienceStats {
             hc_failure: Counter::default(),
             hc_network_failure: Counter::default(),
             hc_healthy: Gauge::default(),
+            breaker: Mutex::new(Weak::new()),
+        }
+    }
+
+    /// Reports `b`'s limits from now on (a new config brings a new breaker).
+    pub fn watch_breaker(&self, b: &Arc<Breaker>) {
+        if let Ok(mut w) = self.breaker.lock() {
+            *w = Arc::downgrade(b);
         }
     }
 }
@@ -111,5 +123,15 @@ impl StatSource for ResilienceStats {
             self.hc_network_failure.get(),
         );
         v.gauge(s, "health_check.healthy", self.hc_healthy.get());
+        let breaker = self.breaker.lock().ok().and_then(|w| w.upgrade());
+        if let Some(b) = breaker {
+            for (name, open) in b.open() {
+                v.gauge(
+                    s,
+                    &format!("circuit_breakers.default.{name}"),
+                    i64::from(open),
+                );
+            }
+        }
     }
 }

@@ -64,3 +64,39 @@ def test_small_skew_is_tolerated(server):
     skewed = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(minutes=3)
     with mock.patch.object(botocore.auth, "get_current_datetime", return_value=skewed):
         server.client().list_meshes()
+
+
+def test_boto3_unsigned_client_is_forbidden(server, appmesh):
+    """boto3's own UNSIGNED mode (no Authorization header at all) gets the
+    modelled ForbiddenException and changes nothing."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    unsigned = boto3.client("appmesh", endpoint_url=server.endpoint, region_name="us-west-2",
+                            config=Config(signature_version=UNSIGNED,
+                                          retries={"max_attempts": 1, "mode": "standard"}))
+    name = f"unsigned-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(unsigned.exceptions.ForbiddenException) as e:
+        unsigned.create_mesh(meshName=name)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(appmesh.exceptions.NotFoundException):
+        appmesh.describe_mesh(meshName=name)
+
+
+def test_a_session_token_is_signed_but_not_checked(server):
+    """trellis has no STS: the X-Amz-Security-Token boto3 sends with
+    temporary credentials is one more signed header (control/README.md)."""
+    import boto3
+    from conftest import ACCESS_KEY, SECRET_KEY
+
+    with_token = boto3.client("appmesh", endpoint_url=server.endpoint, region_name="us-west-2",
+                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                              aws_session_token="any-session-token")
+    with_token.list_meshes()
+    wrong = boto3.client("appmesh", endpoint_url=server.endpoint, region_name="us-west-2",
+                         aws_access_key_id=ACCESS_KEY, aws_secret_access_key="not-the-secret",
+                         aws_session_token="any-session-token")
+    with pytest.raises(ClientError) as e:
+        wrong.list_meshes()
+    assert error_code(e) == ("InvalidSignatureException", 403)

@@ -1,6 +1,7 @@
 """The mesh driven through boto3, as App Mesh users drive it: resources made
-with the `appmesh` client, two trellis-proxy sidecars bootstrapped by
-`trellis-control bootstrap`, two apps; traffic client -> sidecar A (egress)
+with the `appmesh` client, two sidecars bootstrapped by `trellis-control
+bootstrap` (trellis-proxy, and stock Envoy too when ENVOY_BIN names it), two
+apps; traffic client -> sidecar A (egress)
 -> sidecar B (ingress) -> app blue, or -> app red (registered by hand);
 `update_route` moves the split within two seconds, and the signed
 `GET /trellis/v1/proxies` shows both proxies ACKing everything."""
@@ -40,6 +41,15 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sidecar_binaries():
+    """(name, binary) of each proxy to run as sidecars: trellis-proxy, and
+    stock Envoy when ENVOY_BIN names it (scripts/test sets it)."""
+    out = [("trellis-proxy", str(binary("trellis-proxy")))]
+    if os.environ.get("ENVOY_BIN"):
+        out.append(("envoy", os.environ["ENVOY_BIN"]))
+    return out
 
 
 def wait_for(what, check, timeout=10.0):
@@ -136,7 +146,7 @@ def signed(api, method, path, body=b""):
         return json.loads(resp.read() or b"{}")
 
 
-def sidecar(ctx, node):
+def sidecar(ctx, node, proxy):
     ingress, egress = free_port(), free_port()
     yaml = subprocess.run(
         [str(binary("trellis-control")), "bootstrap", "--mesh", "m", "--virtual-node", node,
@@ -150,10 +160,15 @@ def sidecar(ctx, node):
     path = ctx["tmp"] / f"{node}.yaml"
     path.write_text(yaml)
     admin_path = ctx["tmp"] / f"{node}.admin"
+    name, bin_path = proxy
+    # Two Envoys on one host need hot restart off (or base ids of their own).
+    extra = ["--disable-hot-restart"] if name == "envoy" else []
+    log = open(ctx["tmp"] / f"{node}.log", "w")
     ctx["procs"].append(subprocess.Popen(
-        [str(binary("trellis-proxy")), "-c", str(path), "--admin-address-path", str(admin_path),
-         "--concurrency", "1", "--log-level", "warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        [bin_path, "-c", str(path), "--admin-address-path", str(admin_path),
+         "--concurrency", "1", "--log-level", "warning", *extra],
+        stdout=subprocess.DEVNULL, stderr=log))
+    log.close()
     admin = wait_for(f"{node}'s admin address",
                      lambda: admin_path.exists() and admin_path.read_text().strip())
 
@@ -183,7 +198,8 @@ def weights(blue_port, red_port, blue, red):
         {"virtualNode": "red", "weight": red, "port": red_port}]}}}
 
 
-def test_boto3_mesh_routes_and_shifts_weights(mesh):
+@pytest.mark.parametrize("proxy", sidecar_binaries(), ids=lambda p: p[0])
+def test_boto3_mesh_routes_and_shifts_weights(mesh, proxy):
     c = mesh["client"]
     blue, red = App("blue"), App("red")
     mesh["apps"].extend([blue, red])
@@ -206,8 +222,8 @@ def test_boto3_mesh_routes_and_shifts_weights(mesh):
         "meshName": "m", "virtualNodeName": "red", "address": "127.0.0.1",
         "port": red.port}).encode())
 
-    sidecar(mesh, "blue")
-    _, egress = sidecar(mesh, "client")
+    sidecar(mesh, "blue", proxy)
+    _, egress = sidecar(mesh, "client", proxy)
 
     wait_for("blue through both sidecars", lambda: color(egress) == "blue")
 

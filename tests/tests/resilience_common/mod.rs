@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-/// An HTTP/1.1 upstream. `/healthz` answers 200 or 503 by [`Up::set_healthy`];
+/// An HTTP/1.1 upstream. `/healthz` answers 200 or 503 by [`Up::set_healthy`]
+/// (or any status, by [`Up::set_health_status`]);
 /// `/fail` (or anything, after [`Up::set_failing`]) answers 503 at once;
 /// anything else 200 with the name in `x-upstream`,
 /// after the delay set by [`Up::set_delay`]. [`Up::kill`] closes the
@@ -26,7 +27,7 @@ pub struct Up {
     pub addr: SocketAddr,
     pub name: String,
     pub hits: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
+    healthy: Arc<AtomicU16>,
     failing: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
@@ -43,7 +44,7 @@ impl Up {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
-        let healthy = Arc::new(AtomicBool::new(true));
+        let healthy = Arc::new(AtomicU16::new(200));
         let failing = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
@@ -94,7 +95,12 @@ impl Up {
     }
 
     pub fn set_healthy(&self, ok: bool) {
-        self.healthy.store(ok, Ordering::Relaxed);
+        self.set_health_status(if ok { 200 } else { 503 });
+    }
+
+    /// The status `/healthz` answers with; 0: no answer at all.
+    pub fn set_health_status(&self, status: u16) {
+        self.healthy.store(status, Ordering::Relaxed);
     }
 
     pub fn set_failing(&self, fail: bool) {
@@ -121,7 +127,7 @@ impl Up {
 async fn serve(
     req: Request<Incoming>,
     hits: &AtomicU64,
-    healthy: &AtomicBool,
+    healthy: &AtomicU16,
     failing: &AtomicBool,
     delay_ms: &AtomicU64,
     name: &str,
@@ -134,9 +140,12 @@ async fn serve(
         resp.headers_mut().insert("x-seen-attempt-count", n.clone());
     }
     if path == "/healthz" {
-        if !healthy.load(Ordering::Relaxed) {
-            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        let status = healthy.load(Ordering::Relaxed);
+        if status == 0 {
+            // No answer: the check times out, a network failure.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        *resp.status_mut() = http::StatusCode::from_u16(status.max(100)).expect("a status code");
         return resp;
     }
     hits.fetch_add(1, Ordering::Relaxed);
@@ -225,4 +234,43 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// [`bootstrap`] plus an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%`
+/// lines to `log`.
+pub fn bootstrap_logged(
+    port: u16,
+    vhosts: &str,
+    clusters: &[String],
+    filters: &str,
+    log: &std::path::Path,
+) -> String {
+    let access_log = trellis_tests::config::indent(
+        &format!(
+            r#"access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {}
+    log_format:
+      text_format_source:
+        inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS%\n"
+"#,
+            log.display()
+        ),
+        10,
+    );
+    let base = trellis_tests::config::http_proxy(port, vhosts, clusters, &access_log);
+    let router = "          http_filters:\n";
+    base.replacen(router, &format!("{router}{filters}"), 1)
+}
+
+/// The access log's lines once it holds `n`.
+pub async fn log_lines(log: &std::path::Path, n: usize) -> Vec<String> {
+    trellis_tests::eventually(Duration::from_secs(10), "access log lines", || async {
+        let text = std::fs::read_to_string(log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
 }

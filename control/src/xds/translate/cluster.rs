@@ -114,7 +114,7 @@ fn is_http2(protocol: &str) -> bool {
 }
 
 /// HTTP/2 to the upstream, the form both Envoy and trellis-proxy read.
-fn http2_options(cluster: &mut Value) {
+pub(super) fn http2_options(cluster: &mut Value) {
     cluster["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": xds_protos::type_url::HTTP_PROTOCOL_OPTIONS,

@@ -305,3 +305,88 @@ fn a_grpc_health_check_needs_an_http2_cluster() {
         .get("health_checks")
         .is_none());
 }
+
+/// TCP backends on a shared port, as docs/appmesh-compatibility.md states
+/// it: one chain per TCP port, the first backend's (in `backends` order);
+/// that chain takes the port from an HTTP backend on it too; and with no
+/// HTTP backend, the first TCP chain is the default for a connection made
+/// to the egress port itself (no interception).
+#[test]
+fn tcp_backends_on_a_shared_port_the_first_one_wins() {
+    let tcp_node = |name: &str, port: u32| {
+        [
+            json!({"kind": "VirtualNode", "name": name, "spec": {"listeners": [
+                {"portMapping": {"port": port, "protocol": "tcp"}}]}}),
+            json!({"kind": "VirtualService", "name": name,
+                   "spec": {"provider": {"virtualNode": {"virtualNodeName": name}}}}),
+        ]
+    };
+    let backends = |names: &[&str]| -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| json!({"virtualService": {"virtualServiceName": n}}))
+            .collect()
+    };
+    let mut extra: Vec<Value> = [
+        tcp_node("db1", 5432),
+        tcp_node("db2", 5432),
+        tcp_node("db3", 6379),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    extra.extend([
+        json!({"kind": "VirtualNode", "name": "web2", "spec": {"listeners": [
+            {"portMapping": {"port": 5432, "protocol": "http"}}]}}),
+        json!({"kind": "VirtualService", "name": "web2",
+               "spec": {"provider": {"virtualNode": {"virtualNodeName": "web2"}}}}),
+        json!({"kind": "VirtualNode", "name": "mixed",
+               "spec": {"backends": backends(&["db2", "db1", "web2"])}}),
+        json!({"kind": "VirtualNode", "name": "tcponly",
+               "spec": {"backends": backends(&["db1", "db3"])}}),
+    ]);
+    let input = mesh(extra);
+    let egress = "lds_egress_0.0.0.0_15001";
+
+    let set = set_of(input.clone(), "mesh/m/virtualNode/mixed", &Ports::default());
+    let listener = &set.listeners[egress];
+    let names: Vec<&str> = listener["filter_chains"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["egress_http", "egress_tcp_db2_5432"],
+        "db1 gets no chain"
+    );
+    let tcp = chain_named(listener, "egress_tcp_db2_5432");
+    assert_eq!(tcp["filter_chain_match"]["destination_port"], 5432);
+    assert_eq!(
+        tcp["filters"][0]["typed_config"]["cluster"],
+        "cds_egress_m_db2_tcp_5432"
+    );
+    // The HTTP chain matches every other port; web2's virtual host is there
+    // for calls to the egress port itself.
+    assert!(chain_named(listener, "egress_http")
+        .get("filter_chain_match")
+        .is_none());
+    assert!(listener.get("default_filter_chain").is_none());
+    let vhosts: Vec<&str> = set.routes["rds_egress_http_15001"]["virtual_hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vhosts, ["web2:5432"]);
+
+    let set = set_of(input, "mesh/m/virtualNode/tcponly", &Ports::default());
+    let listener = &set.listeners[egress];
+    assert_eq!(
+        listener["default_filter_chain"]["filters"],
+        chain_named(listener, "egress_tcp_db1_5432")["filters"],
+        "without interception the first TCP backend takes everything"
+    );
+    chain_named(listener, "egress_tcp_db3_6379");
+}

@@ -22,6 +22,7 @@ mod gateway;
 mod node;
 mod routes;
 mod tls;
+mod trace_export;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ use super::spec::{
 };
 
 pub use cluster::{Instance, Instances, Owner, Sidecar};
+pub use trace_export::{TraceExport, COLLECTOR_CLUSTER};
 
 /// Where a proxy listens, from its node metadata (see [`Ports::from_node`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

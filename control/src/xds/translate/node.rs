@@ -192,20 +192,35 @@ fn outbound(ctx: &Ctx<'_>, set: &mut ResourceSet, spec: &VirtualNodeSpec) {
     let passthrough = allow_all.then(|| cluster::passthrough(set, ctx.mesh));
     if let Some(cluster) = &passthrough {
         // After every backend's hosts: a destination the mesh does not know.
+        // `https_proxy=` clients CONNECT to it: the tunnel is terminated
+        // here and the bytes go as they are to the named host.
         vhosts.push(json!({
             "name": "allow_all",
             "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+            "routes": [
+                {"match": {"connect_matcher": {}}, "route": {
+                    "cluster": cluster,
+                    "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+                }},
+                {"match": {"prefix": "/"}, "route": {"cluster": cluster}},
+            ],
         }));
     }
     if !vhosts.is_empty() {
         set.routes
             .insert(rc.clone(), json!({"name": rc, "virtual_hosts": vhosts}));
-        let hcm = hcm(
+        let mut hcm = hcm(
             &format!("egress_http_{}", ports.egress),
             &rc,
             spec.logging.as_ref(),
         );
+        if passthrough.is_some() {
+            // CONNECT only to destinations outside the mesh: a tunnel would
+            // carry a backend's traffic past its TLS policy and routes.
+            if let Some(upgrades) = hcm["typed_config"]["upgrade_configs"].as_array_mut() {
+                upgrades.push(json!({"upgrade_type": "CONNECT"}));
+            }
+        }
         let http_chains = match &passthrough {
             // DROP_ALL: HTTP on any port no TCP backend claims.
             None => vec![(None, "egress_http".to_string())],
