@@ -114,7 +114,9 @@ pub async fn apply(
             .iter()
             .map(|r| r.initial_fetch_timeout)
             .try_fold(Duration::ZERO, |a, t| t.map(|t| a.max(t)));
-        let on: Vec<&str> = missing.iter().map(|r| r.name.as_ref()).collect();
+        // Keyed by every route config it takes, so that one arriving does
+        // not restart the wait for the others.
+        let on: Vec<&str> = rds_of(&held.value).map(|r| r.name.as_ref()).collect();
         let warm =
             missing.is_empty() || warming.expired(Kind::Listener, name, &on.join(","), timeout);
         if warm {
