@@ -10,7 +10,7 @@ use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3
     http_filter, HttpConnectionManager,
 };
 
-use super::{duration, ConfigError};
+use super::{config_source, duration, ConfigError};
 use crate::router::RouteTable;
 
 const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -157,8 +157,16 @@ pub enum StripPort {
 #[derive(Debug)]
 pub enum RouteSource {
     Static(Arc<RouteTable>),
-    /// A RouteConfiguration delivered over RDS under this name.
-    Rds(Arc<str>),
+    /// A RouteConfiguration delivered over RDS.
+    Rds(Rds),
+}
+
+/// A route configuration the listener waits for over ADS.
+#[derive(Debug)]
+pub struct Rds {
+    pub name: Arc<str>,
+    /// How long the listener warms without it (`None`: for ever).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 impl HcmConfig {
@@ -189,7 +197,13 @@ impl HcmConfig {
                         "a route config name is required",
                     ));
                 }
-                RouteSource::Rds(Arc::from(rds.route_config_name.as_str()))
+                RouteSource::Rds(Rds {
+                    name: Arc::from(rds.route_config_name.as_str()),
+                    initial_fetch_timeout: config_source::ads(
+                        rds.config_source.as_ref(),
+                        "rds.config_source",
+                    )?,
+                })
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::new(

@@ -154,7 +154,7 @@ impl Hcm {
         let snapshot = self.shared.snapshot.load_full();
         let table = match &self.config.routes {
             RouteSource::Static(t) => t,
-            RouteSource::Rds(name) => match snapshot.routes.get(name) {
+            RouteSource::Rds(rds) => match snapshot.routes.get(&rds.name) {
                 Some(t) => t,
                 None => return self.no_route(grpc),
             },

@@ -102,8 +102,15 @@ impl ActiveListener {
     }
 }
 
-/// Binds like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only unless asked.
+/// Binds and listens like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only
+/// unless asked.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(bind_only(addr)?)
+}
+
+/// Binds without listening: the address is held, and connections to it are
+/// refused until [`listen`] (a warming listener's socket, as Envoy's).
+fn bind_only(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -111,6 +118,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn listen(socket: Socket) -> std::io::Result<TcpListener> {
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }
@@ -118,7 +129,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Accepts until `stop` is signalled, then closes the socket. The overload
 /// manager may pause accepting, or have new connections closed at once.
 fn spawn(
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     active: Arc<ArcSwap<ActiveListener>>,
     mut stop: Watch,
     overload: Arc<Overload>,

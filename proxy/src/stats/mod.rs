@@ -167,7 +167,8 @@ pub struct Scope {
     /// The Prometheus label Envoy's tag extraction gives the scope's name.
     pub tag: Option<(&'static str, Arc<str>)>,
     /// More labels, for scopes named by several values (an App Mesh peer);
-    /// their values join the text name in order.
+    /// their values join the text name in order. A label with an empty key
+    /// is a literal segment of the name, not a Prometheus label.
     pub labels: Vec<(&'static str, Arc<str>)>,
 }
 
