@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod served_cert;
 pub mod service_model;
 pub mod store;
 pub mod tokens;

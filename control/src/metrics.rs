@@ -71,7 +71,12 @@ pub struct Metrics {
     /// Model changes a stream skipped without translating: none of what
     /// its last translation read had changed.
     skipped: AtomicU64,
+    /// ADS streams refused for their node token, by [`REFUSALS`].
+    refused: [AtomicU64; REFUSALS.len()],
 }
+
+/// Why a stream's node token was refused: none presented, or not the node's.
+const REFUSALS: [&str; 2] = ["missing", "mismatch"];
 
 impl Metrics {
     fn of(&self, url: &str) -> Option<&TypeCounters> {
@@ -126,6 +131,13 @@ impl Metrics {
 
     pub fn skipped(&self) {
         self.skipped.fetch_add(1, Relaxed);
+    }
+
+    /// A stream refused for its token; `reason` is one of [`REFUSALS`].
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -221,6 +233,16 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
         }
+        let name = "trellis_control_xds_streams_refused_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "ADS streams refused for their node token, by reason (missing, or mismatch: not the node's or revoked).",
+        );
+        for (reason, n) in REFUSALS.iter().zip(&self.refused) {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", n.load(Relaxed));
+        }
         out
     }
 }
@@ -254,6 +276,7 @@ mod tests {
         m.pushed(type_url::CLUSTER);
         m.answered(type_url::CLUSTER, false, Some(Duration::from_millis(3)));
         m.answered(type_url::CLUSTER, true, Some(Duration::from_secs(60)));
+        m.refused("missing");
         let text = m.render();
         for line in [
             "trellis_control_api_requests_total{operation=\"CreateMesh\",code=\"200\"} 2",
@@ -268,6 +291,8 @@ mod tests {
             "trellis_control_xds_push_ack_seconds_bucket{type=\"cds\",le=\"30\"} 1",
             "trellis_control_xds_push_ack_seconds_bucket{type=\"cds\",le=\"+Inf\"} 2",
             "trellis_control_xds_push_ack_seconds_count{type=\"cds\"} 2",
+            "trellis_control_xds_streams_refused_total{reason=\"missing\"} 1",
+            "trellis_control_xds_streams_refused_total{reason=\"mismatch\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

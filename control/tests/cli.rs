@@ -10,7 +10,12 @@ fn output_into_a_closed_pipe_ends_quietly() {
     drop(reader);
     let out = Command::new(env!("CARGO_BIN_EXE_trellis-control"))
         .args(["bootstrap", "--mesh", "m", "--virtual-node", "a"])
-        .args(["--xds-addr", "127.0.0.1:18000", "--xds-plaintext"])
+        .args([
+            "--xds-addr",
+            "127.0.0.1:18000",
+            "--xds-plaintext",
+            "--no-token",
+        ])
         .stdin(Stdio::null())
         .stdout(writer)
         .output()

@@ -165,7 +165,10 @@ async fn create_mesh(c: &trellis_control::api::client::Client) {
 #[tokio::test(flavor = "multi_thread")]
 async fn cloud_map_instances_flow_from_the_registry_to_eds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &["--xds-plaintext"]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     let c = server.client();
     create_mesh(&c).await;
     let described = c
@@ -258,7 +261,10 @@ async fn listed(server: &Server) -> Vec<serde_json::Value> {
 async fn registered_instances_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--xds-plaintext"]);
+    let mut server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     create_mesh(&server.client()).await;
     let cloud_map = ["--namespace", "apps.local", "--service", "color"];
     for (attribute, address) in [
@@ -298,7 +304,10 @@ async fn registered_instances_survive_kill_9() {
     assert_eq!(before.len(), 4, "{before:?}");
     server.kill9();
 
-    let mut server = Server::start(&data, &["--xds-plaintext"]);
+    let mut server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     assert_eq!(
         listed(&server).await,
         before,
@@ -319,7 +328,10 @@ async fn registered_instances_survive_kill_9() {
     drop(eds);
     server.kill9();
 
-    let server = Server::start(&data, &["--xds-plaintext"]);
+    let server = Server::start(
+        &data,
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     let mut eds = Eds::subscribe(&server).await;
     assert_eq!(
         eds.next().await,

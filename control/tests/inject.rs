@@ -14,6 +14,7 @@ use trellis_control::inject::{admit, MeshView, NamespaceDefault, PreStopHook, Se
 use trellis_control::manifest::{self, Outcome};
 use trellis_control::ops::{AppMesh, Identity};
 use trellis_control::store::Store;
+use trellis_control::xds::translate::NodeId;
 
 const IMAGE: &str = "registry.example.com/trellis/trellis-proxy:0.1.0";
 const XDS: &str = "trellis-control.trellis-system.svc:18000";
@@ -141,7 +142,16 @@ fn env(c: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for e in c["env"].as_array().expect("env") {
         let name = e["name"].as_str().expect("env name").to_string();
-        let value = e["value"].as_str().expect("env value").to_string();
+        // A Secret's key reads `secret:NAME/KEY`.
+        let secret = &e["valueFrom"]["secretKeyRef"];
+        let value = match e["value"].as_str() {
+            Some(v) => v.to_string(),
+            None => format!(
+                "secret:{}/{}",
+                secret["name"].as_str().expect("secret name"),
+                secret["key"].as_str().expect("secret key")
+            ),
+        };
         assert!(
             out.insert(name.clone(), value).is_none(),
             "{name} is set twice"
@@ -212,6 +222,21 @@ fn a_selected_pod_gets_the_sidecar_and_the_init_container() {
             ("APPMESH_ENVOY_INGRESS_PORT", "15000"),
             ("APPMESH_ENVOY_EGRESS_PORT", "15001"),
         ],
+    );
+    // The node's token comes from its Secret (`token issue --output
+    // k8s-secret` prints it); the name is DNS-1123 and unique to the node.
+    let secret = trellis_control::tokens::k8s_secret_name(&NodeId {
+        mesh: "shop-mesh".into(),
+        gateway: false,
+        name: "cart_shop".into(),
+    });
+    assert!(
+        secret.starts_with("trellis-token-shop-mesh-cart-shop-"),
+        "{secret}"
+    );
+    expect_env(
+        proxy,
+        &[("TRELLIS_XDS_TOKEN", &format!("secret:{secret}/token"))],
     );
     assert_eq!(proxy["securityContext"], json!({"runAsUser": 1337}));
     assert_eq!(
@@ -604,6 +629,23 @@ fn an_injected_pod_is_not_injected_twice() {
     let again = run(&review, &view);
     assert!(again.pod.is_none());
     assert!(again.warnings().is_empty());
+}
+
+/// For a server started with `--require-node-tokens never` the sidecar
+/// reads no Secret, which would otherwise have to exist for the pod to start.
+#[test]
+fn without_node_tokens_no_secret_is_referenced() {
+    let mesh = Mesh::load();
+    let mut s = settings();
+    s.node_tokens = false;
+    let answer = run_with(
+        &fixture("cart-pod.json"),
+        &mesh.view(),
+        &s,
+        NamespaceDefault::Enabled,
+    );
+    let proxy = container(answer.pod(), "containers", "trellis-proxy");
+    assert!(!env(proxy).contains_key("TRELLIS_XDS_TOKEN"), "{proxy}");
 }
 
 #[test]

@@ -64,6 +64,14 @@ fn promtool(exposition: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// The status that ends a stream the server refused.
+async fn next_status(mut rx: tonic::Streaming<DiscoveryResponse>) -> tonic::Status {
+    match tokio::time::timeout(Duration::from_secs(5), rx.message()).await {
+        Ok(Err(status)) => status,
+        other => panic!("expected the stream to be refused, got {other:?}"),
+    }
+}
+
 async fn next(rx: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse {
     tokio::time::timeout(Duration::from_secs(5), rx.message())
         .await
@@ -107,18 +115,45 @@ async fn metrics_count_api_requests_streams_pushes_and_answers() {
         id: "mesh/a/virtualNode/x".into(),
         ..Default::default()
     };
-    let (tx, rx) = mpsc::channel(8);
-    for type_url in [CLUSTER, LISTENER] {
-        tx.send(DiscoveryRequest {
-            node: Some(node.clone()),
-            type_url: type_url.into(),
-            ..Default::default()
-        })
+    let subscribe = |token: Option<&str>| {
+        let (tx, rx) = mpsc::channel(8);
+        for type_url in [CLUSTER, LISTENER] {
+            tx.try_send(DiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: type_url.into(),
+                ..Default::default()
+            })
+            .expect("subscribe");
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            let value = format!("Bearer {t}").parse().expect("ascii");
+            request.metadata_mut().insert("authorization", value);
+        }
+        (tx, request)
+    };
+    // By default a stream must prove its node: without a token it is
+    // refused (and counted, and logged) before anything is served.
+    let (_refused_tx, request) = subscribe(None);
+    let refused = match client.stream_aggregated_resources(request).await {
+        Ok(stream) => next_status(stream.into_inner()).await,
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let token = c
+        .trellis(
+            http::Method::POST,
+            "/trellis/v1/tokens",
+            json!({"meshName": "a", "virtualNodeName": "x", "reuse": true})
+                .to_string()
+                .into_bytes(),
+        )
         .await
-        .expect("subscribe");
-    }
+        .expect("a token");
+    let token = token["token"].as_str().expect("token text").to_string();
+    let (tx, request) = subscribe(Some(&token));
     let mut rx = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .stream_aggregated_resources(request)
         .await
         .expect("sotw stream")
         .into_inner();
@@ -145,14 +180,17 @@ async fn metrics_count_api_requests_streams_pushes_and_answers() {
     }
     let (dtx, drx) = mpsc::channel(8);
     dtx.send(DeltaDiscoveryRequest {
-        node: Some(node),
+        node: Some(node.clone()),
         type_url: CLUSTER.into(),
         ..Default::default()
     })
     .await
     .expect("delta subscribe");
+    let mut delta = tonic::Request::new(ReceiverStream::new(drx));
+    let bearer = format!("Bearer {token}").parse().expect("ascii");
+    delta.metadata_mut().insert("authorization", bearer);
     let mut drx = client
-        .delta_aggregated_resources(ReceiverStream::new(drx))
+        .delta_aggregated_resources(delta)
         .await
         .expect("delta stream")
         .into_inner();
@@ -272,6 +310,15 @@ async fn metrics_count_api_requests_streams_pushes_and_answers() {
         ),
         1.0
     );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("{xds}_streams_refused_total{{reason=\"missing\"}}")
+        ),
+        1.0
+    );
+    let log = std::fs::read_to_string(&server.log).expect("server log");
+    assert!(log.contains("refused an ADS stream"), "{log}");
     let findings = promtool(&text);
     assert!(findings.trim().is_empty(), "promtool: {findings}\n{text}");
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_control::store::Store;
-use trellis_control::tokens::{self, Policy};
+use trellis_control::tokens::{self, Policy, TokenKey};
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::{serve, Xds};
 use trellis_control::xds::translate::NodeId;
@@ -81,6 +81,7 @@ async fn open(url: &str, node: &str, token: Option<&str>) -> tonic::Code {
 #[tokio::test]
 async fn a_stream_needs_its_own_nodes_token_once_tokens_exist() {
     let store = Arc::new(Store::open_in_memory().expect("store"));
+    let key = TokenKey::generate();
     let xds = Xds::start(
         store.clone(),
         Arc::new(Registry::load(store.clone()).expect("registry")),
@@ -95,7 +96,7 @@ async fn a_stream_needs_its_own_nodes_token_once_tokens_exist() {
 
     // No token issued yet: streams are served (an upgrade keeps working).
     assert_eq!(open(&url, "a", None).await, tonic::Code::Ok);
-    let token = tokens::issue(&store, &id("a")).expect("issue");
+    let token = tokens::issue(&store, &key, &id("a")).expect("issue");
     assert_eq!(open(&url, "a", Some(&token)).await, tonic::Code::Ok);
     assert_eq!(open(&url, "a", None).await, tonic::Code::Unauthenticated);
     // A stolen token opens only its own node.
@@ -134,6 +135,7 @@ async fn hold(
 #[tokio::test]
 async fn revoking_a_token_ends_the_stream_it_opened() {
     let store = Arc::new(Store::open_in_memory().expect("store"));
+    let key = TokenKey::generate();
     let registry = Arc::new(Registry::load(store.clone()).expect("registry"));
     let xds = Xds::start(store.clone(), registry.clone())
         .expect("xds")
@@ -145,7 +147,7 @@ async fn revoking_a_token_ends_the_stream_it_opened() {
     tokio::spawn(serve(listener, xds, std::future::pending()));
 
     let (_old, _old_tx) = hold(&url, "b", None).await;
-    let token = tokens::issue(&store, &id("a")).expect("issue");
+    let token = tokens::issue(&store, &key, &id("a")).expect("issue");
     let (mut stream, _tx) = hold(&url, "a", Some(&token)).await;
     assert!(tokens::revoke(&store, &id("a")).expect("revoke"));
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -176,9 +178,9 @@ async fn revoking_a_token_ends_the_stream_it_opened() {
     );
 
     // Replacing a token revokes the old one too.
-    let first = tokens::issue(&store, &id("c")).expect("issue");
+    let first = tokens::issue(&store, &key, &id("c")).expect("issue");
     let (mut stream, _tx) = hold(&url, "c", Some(&first)).await;
-    tokens::issue(&store, &id("c")).expect("reissue");
+    tokens::issue(&store, &key, &id("c")).expect("reissue");
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("the stream ends after the token is replaced");

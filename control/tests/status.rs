@@ -101,7 +101,10 @@ fn row<'a>(table: &'a str, node: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_a_nack_and_its_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("data"), &["--xds-plaintext"]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--xds-plaintext", "--require-node-tokens", "never"],
+    );
     let c = server.client();
     c.call("CreateMesh", &json!({"meshName": "m"}))
         .await

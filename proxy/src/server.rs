@@ -114,6 +114,14 @@ pub async fn run(bootstrap: Bootstrap, config: StaticConfig, opts: Options) -> a
         config.overload.clone(),
     ));
     shared.overload.spawn_monitor();
+    // As Envoy does: nothing else bounds the connections a proxy facing the
+    // internet may be made to hold.
+    if config.overload.max_connections.is_none() {
+        tracing::warn!(
+            "no limit on active downstream connections: configure one with the \
+             overload_manager's envoy.resource_monitors.global_downstream_max_connections monitor"
+        );
+    }
 
     let clusters = ClusterMap::default()
         .update(config.clusters.clone(), &shared.store)

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod prometheus;
+pub mod rss;
 pub mod tls;
 pub mod upstream;
 pub mod xds_server;

@@ -137,13 +137,19 @@ impl ProxyProcess {
         config: &str,
         extra: &[&str],
     ) -> Result<ProxyProcess, StartError> {
-        Self::try_spawn(bin, config, extra, false).await
+        Self::try_spawn(bin, config, extra, None).await
     }
 
     /// Starts the proxy under test with its log in a file that
     /// [`ProxyProcess::log`] reads, for tests of what it logs.
     pub async fn start_logged(config: &str) -> ProxyProcess {
-        match Self::try_spawn(&proxy_under_test(), config, &[], true).await {
+        Self::start_logged_at(config, "warn").await
+    }
+
+    /// [`ProxyProcess::start_logged`] at log `level`: `debug` for what the
+    /// proxy logs per connection (TLS handshake refusals and their reasons).
+    pub async fn start_logged_at(config: &str, level: &str) -> ProxyProcess {
+        match Self::try_spawn(&proxy_under_test(), config, &[], Some(level)).await {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         }
@@ -158,7 +164,8 @@ impl ProxyProcess {
         bin: &Path,
         config: &str,
         extra: &[&str],
-        logged: bool,
+        // Some(level): the log goes to a file, at that level.
+        logged: Option<&str>,
     ) -> Result<ProxyProcess, StartError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bootstrap.yaml");
@@ -173,13 +180,13 @@ impl ProxyProcess {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if logged {
+            .stderr(if logged.is_some() {
                 Stdio::from(std::fs::File::create(dir.path().join("proxy.log")).expect("log file"))
             } else {
                 Stdio::inherit()
             })
             .kill_on_drop(true);
-        cmd.args(["--log-level", "warn"]);
+        cmd.args(["--log-level", logged.unwrap_or("warn")]);
         // Envoy (however its binary is named) needs a base id of its own so
         // that several can run at once.
         let is_envoy = bin

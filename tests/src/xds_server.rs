@@ -37,6 +37,7 @@ use xds_protos::envoy::extensions::filters::http::router::v3::Router;
 use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
+use xds_protos::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -875,6 +876,27 @@ pub fn hcm_listener(
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".to_string(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener on 127.0.0.1:`port` that proxies TCP to `cluster`.
+pub fn tcp_listener(name: &str, port: u16, cluster: &str) -> Listener {
+    let tcp = TcpProxy {
+        stat_prefix: name.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(socket(crate::loopback(port))),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&tcp))),
             }],
             ..Default::default()
         }],

@@ -4,6 +4,8 @@
 //!
 //! - one TLS port with several certificates chosen by SNI (exact and
 //!   wildcard names), and a chain without `server_names` as the default;
+//! - one chain whose TLS context holds several certificates, chosen by SNI
+//!   against their names (exact, then wildcard, else the first);
 //! - HTTP/2 or HTTP/1.1 by ALPN;
 //! - TLS passthrough: a chain selected by SNI proxies the still-encrypted
 //!   stream to a TCP backend that terminates TLS with its own certificate;
@@ -18,6 +20,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_tests::process::ProxyProcess;
 use trellis_tests::tls::{Ca, Issued, Leaf};
 use trellis_tests::upstream::Echo;
@@ -53,13 +56,23 @@ fn edge_hcm(stat: &str, action: Value) -> Value {
 }
 
 fn tls_socket(dir: &Path, name: &str, cert: &Issued) -> Value {
-    let (crt, key) = cert.write(dir, name);
+    tls_socket_with(dir, &[(name, cert)])
+}
+
+/// A TLS context holding every one of `certs`, in order.
+fn tls_socket_with(dir: &Path, certs: &[(&str, &Issued)]) -> Value {
+    let certs: Vec<Value> = certs
+        .iter()
+        .map(|(name, cert)| {
+            let (crt, key) = cert.write(dir, name);
+            json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } })
+        })
+        .collect();
     json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": DOWNSTREAM_TLS,
         "common_tls_context": {
             "alpn_protocols": ["h2", "http/1.1"],
-            "tls_certificates": [{
-                "certificate_chain": { "filename": crt }, "private_key": { "filename": key } }],
+            "tls_certificates": certs,
         },
     }})
 }
@@ -87,13 +100,15 @@ fn listener(name: &str, port: u16, chains: Vec<Value>, inspector: bool) -> Value
 
 /// The edge proxy, its app and its certificates.
 struct Edge {
-    _proxy: ProxyProcess,
+    proxy: ProxyProcess,
     _app: Echo,
     _dir: tempfile::TempDir,
     /// The TLS port (SNI, passthrough, ALPN).
     https: u16,
     /// The plain-HTTP port that redirects.
     http: u16,
+    /// A TLS port whose one chain holds several certificates.
+    multi: u16,
     ca: PathBuf,
 }
 
@@ -106,7 +121,7 @@ async fn edge() -> Edge {
     let default = ca.issue(&Leaf::new(&["default.example.com"], &[]));
     let pass = ca.issue(&Leaf::new(&["pass.example.com"], &[]));
     let app = Echo::start("app").await;
-    let (https, http, backend) = (free_port(), free_port(), free_port());
+    let (https, http, backend, multi) = (free_port(), free_port(), free_port(), free_port());
     let to_app = json!({ "route": { "cluster": "app" } });
     let sni = |names: &[&str]| json!({ "server_names": names });
     let front = listener(
@@ -146,20 +161,42 @@ async fn edge() -> Edge {
             "transport_socket": tls_socket(dir.path(), "pass", &pass) })],
         false,
     );
+    // The wildcard comes before the exact name it also covers: exact wins.
+    let multi_certs = [
+        (
+            "m_first",
+            &ca.issue(&Leaf::new(&["first.m.example.com"], &[])),
+        ),
+        (
+            "m_one",
+            &ca.issue(&Leaf::new(&["one.m.example.com", "uno.m.example.com"], &[])),
+        ),
+        ("m_wild", &ca.issue(&Leaf::new(&["*.w.m.example.com"], &[]))),
+        ("m_x", &ca.issue(&Leaf::new(&["x.w.m.example.com"], &[]))),
+    ];
+    let multi_listener = listener(
+        "multi",
+        multi,
+        vec![json!({ "filters": [edge_hcm("edge_multi", to_app.clone())],
+            "transport_socket_connect_timeout": "0.5s",
+            "transport_socket": tls_socket_with(dir.path(), &multi_certs) })],
+        false,
+    );
     let bootstrap = json!({
         "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } } },
         "static_resources": {
-            "listeners": [front, redirect, tls_backend],
+            "listeners": [front, redirect, tls_backend, multi_listener],
             "clusters": [static_cluster("app", app.addr.port()), static_cluster("tls_backend", backend)],
         },
     });
     let proxy = ProxyProcess::start(&bootstrap.to_string()).await;
     Edge {
-        _proxy: proxy,
+        proxy,
         _app: app,
         _dir: dir,
         https,
         http,
+        multi,
         ca: ca_file,
     }
 }
@@ -290,9 +327,14 @@ async fn the_edge_is_the_trust_boundary_for_forwarded_and_envoy_headers() {
     .await;
 }
 
-/// What `openssl s_client -servername NAME` was shown: the subject line.
+/// What `openssl s_client -servername NAME` was shown on the SNI port.
 async fn served_subject(e: &Edge, name: &str, alpn: &str) -> String {
-    let connect = format!("127.0.0.1:{}", e.https);
+    served_subject_on(e, e.https, name, alpn).await
+}
+
+/// What `openssl s_client -servername NAME` was shown on `port`.
+async fn served_subject_on(e: &Edge, port: u16, name: &str, alpn: &str) -> String {
+    let connect = format!("127.0.0.1:{port}");
     let ca = e.ca.to_string_lossy().into_owned();
     let out = run(
         "openssl",
@@ -333,6 +375,67 @@ async fn openssl_s_client_sees_the_certificate_chosen_by_sni_with_a_default() {
         assert!(all.contains("ALPN protocol: h2"), "{all}");
         let all = served_subject(&e, "a.example.com", "http/1.1").await;
         assert!(all.contains("ALPN protocol: http/1.1"), "{all}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_tls_context_with_several_certificates_serves_the_one_sni_names() {
+    within(Duration::from_secs(60), "certificates by SNI", async {
+        let e = edge().await;
+        for (name, subject) in [
+            ("one.m.example.com", "CN = one.m.example.com"),
+            // Any DNS SAN selects, not only the first.
+            ("uno.m.example.com", "CN = one.m.example.com"),
+            // An exact name beats a wildcard listed before it.
+            ("x.w.m.example.com", "CN = x.w.m.example.com"),
+            ("y.w.m.example.com", "CN = *.w.m.example.com"),
+            // A wildcard covers one label only: the first certificate.
+            ("a.y.w.m.example.com", "CN = first.m.example.com"),
+            ("other.example.com", "CN = first.m.example.com"),
+        ] {
+            let all = served_subject_on(&e, e.multi, name, "h2").await;
+            let shown = format!("subject={subject}");
+            // s_client verifies against the CA only, so the default
+            // certificate for an unnamed host still verifies.
+            assert!(all.contains(&shown), "{name}: {all}");
+        }
+    })
+    .await;
+}
+
+/// Clients that connect and never finish a handshake are cut off after the
+/// chain's `transport_socket_connect_timeout`, and counted; the port still
+/// serves.
+#[tokio::test]
+async fn stalled_handshakes_time_out_and_are_counted() {
+    within(Duration::from_secs(60), "handshake timeout", async {
+        let e = edge().await;
+        let stalled = (0..20).map(|i| async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", e.multi))
+                .await
+                .expect("connect");
+            // Half of them send the start of a ClientHello record, then stall.
+            if i % 2 == 0 {
+                let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+            }
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+                .await
+                .is_ok()
+        });
+        let cut = futures::future::join_all(stalled).await;
+        assert!(
+            cut.iter().all(|c| *c),
+            "a stalled handshake was left open: {cut:?}"
+        );
+        let stat = format!(
+            "listener.127.0.0.1_{}.downstream_cx_transport_socket_connect_timeout",
+            e.multi
+        );
+        assert_eq!(e.proxy.stat(&stat).await, 20);
+        let all = served_subject_on(&e, e.multi, "one.m.example.com", "h2").await;
+        assert!(all.contains("subject=CN = one.m.example.com"), "{all}");
     })
     .await;
 }

@@ -3,8 +3,6 @@
 //! else. The proxy's RSS during each flood is printed (`--nocapture`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,12 +10,11 @@ use tokio::net::TcpStream;
 use trellis_tests::config::{cluster, http_proxy};
 use trellis_tests::h2raw::{self, frame, literal};
 use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
+use trellis_tests::rss::RssWatch;
 use trellis_tests::upstream::{blackhole, Echo};
 use trellis_tests::{client, eventually, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// How much a flood may grow the proxy: generous, so only a leak fails it.
-const RSS_GROWTH_KIB: u64 = 64 * 1024;
 
 const ROUTES: &str = r#"          - name: all
             domains: ["*"]
@@ -75,10 +72,6 @@ impl Proxy {
         self.p.child.id().expect("proxy running")
     }
 
-    fn rss(&self) -> u64 {
-        h2raw::rss_kib(self.pid())
-    }
-
     /// A plain request from a well-behaved client still gets through.
     async fn still_serves(&self) {
         let url = format!("http://{}/ok", self.addr);
@@ -92,53 +85,6 @@ impl Proxy {
 
     fn listener_stat(&self, name: &str) -> String {
         format!("listener.{}_{}.{name}", self.addr.ip(), self.addr.port())
-    }
-}
-
-/// Samples the proxy's RSS while a flood runs; reports the peak. A thread of
-/// its own, so a flood loop that never yields cannot starve it.
-struct RssWatch {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-    before: u64,
-}
-
-impl RssWatch {
-    fn start(pid: u32) -> RssWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let before = h2raw::rss_kib(pid);
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(h2raw::rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RssWatch {
-            stop,
-            peak,
-            thread,
-            before,
-        }
-    }
-
-    /// Prints the figure and checks the bound.
-    async fn finish(self, what: &str, proxy: &Proxy) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        let peak = self.peak.load(Ordering::Relaxed).max(self.before);
-        let after = proxy.rss();
-        println!(
-            "RSS during {what}: before {} KiB, peak {peak} KiB, after {after} KiB",
-            self.before
-        );
-        assert!(
-            peak < self.before + RSS_GROWTH_KIB,
-            "{what}: RSS grew from {} KiB to {peak} KiB",
-            self.before
-        );
     }
 }
 
@@ -156,38 +102,73 @@ async fn flood(s: &mut TcpStream, unit: &[u8], max: usize) -> usize {
     sent
 }
 
-#[tokio::test]
-async fn connections_beyond_the_global_limit_are_closed_and_counted() {
-    within(LIMIT, "global connection limit", async {
-        let top = r#"overload_manager:
+/// An `overload_manager` allowing 5 downstream connections in all.
+const GLOBAL_LIMIT_5: &str = r#"overload_manager:
   resource_monitors:
   - name: envoy.resource_monitors.global_downstream_max_connections
     typed_config:
       "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
       max_active_downstream_connections: 5
 "#;
-        let proxy = Proxy::start_with(top, "", &workspace_bin("trellis-proxy")).await;
+
+/// Envoy warns at startup when nothing bounds the downstream connections;
+/// so does trellis, and not once a global limit is set.
+#[tokio::test]
+async fn without_a_global_connection_limit_the_proxy_warns_at_startup() {
+    within(LIMIT, "connection limit warning", async {
+        let app = Echo::start("app").await;
+        let clusters = [cluster("app", &[app.addr], "")];
+        let routes = "          - name: all\n            domains: [\"*\"]\n            routes:\n            - match: { prefix: \"/\" }\n              route: { cluster: app }\n";
+        for (top, warns) in [("", true), (GLOBAL_LIMIT_5, false)] {
+            let port = trellis_tests::free_port();
+            let config = format!("{top}{}", http_proxy(port, routes, &clusters, ""));
+            let p = ProxyProcess::start_logged(&config).await;
+            let r = client::get(&format!("http://127.0.0.1:{port}/")).await.expect("served");
+            assert_eq!(r.status, 200);
+            let log = p.log();
+            assert_eq!(
+                log.contains("no limit on active downstream connections"),
+                warns,
+                "limit set: {}; log: {log}",
+                !top.is_empty()
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_global_limit_are_closed_and_counted() {
+    within(LIMIT, "global connection limit", async {
+        let proxy = Proxy::start_with(GLOBAL_LIMIT_5, "", &workspace_bin("trellis-proxy")).await;
         let watch = RssWatch::start(proxy.pid());
         let mut held = Vec::new();
         for _ in 0..5 {
             let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-            s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .expect("write");
             let mut buf = [0u8; 12];
             s.read_exact(&mut buf).await.expect("answered");
             assert_eq!(&buf, b"HTTP/1.1 200");
             held.push(s);
         }
         for i in 0..50 {
-            let mut s = TcpStream::connect(proxy.addr).await.expect("the kernel accepts");
+            let mut s = TcpStream::connect(proxy.addr)
+                .await
+                .expect("the kernel accepts");
             let _ = s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
             let mut out = Vec::new();
             let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
             assert!(r.is_ok(), "connection {i} over the limit was left open");
             assert!(out.is_empty(), "connection {i} over the limit was served");
         }
-        watch.finish("a flood of 50 connections over a limit of 5", &proxy).await;
+        watch.finish("a flood of 50 connections over a limit of 5");
         assert_eq!(
-            proxy.p.stat(&proxy.listener_stat("downstream_global_cx_overflow")).await,
+            proxy
+                .p
+                .stat(&proxy.listener_stat("downstream_global_cx_overflow"))
+                .await,
             50
         );
         drop(held);
@@ -233,6 +214,7 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
                 s.read_exact(&mut buf).await.expect("answered");
                 held.push(s);
             }
+            let watch = RssWatch::start(proxy.pid());
             for _ in 0..10 {
                 let reply = client::raw(
                     proxy.addr,
@@ -242,6 +224,7 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
                 .await;
                 assert_eq!(reply, "", "{}: served over the limit", bin.display());
             }
+            watch.finish("10 connections over a chain's limit");
             println!("connection_limit checked on {}", bin.display());
             let stats = |n: &'static str| proxy.p.stat(n);
             assert_eq!(stats("connection_limit.edge.limited_connections").await, 10);
@@ -263,6 +246,75 @@ async fn a_filter_chains_connection_limit_counts_as_envoys() {
             })
             .await;
         }
+    })
+    .await;
+}
+
+/// One HTTP/2 request whose header block never ends: HEADERS without
+/// END_HEADERS, then a CONTINUATION every 100 ms. What came back on stream
+/// 1 (or the connection's end) before the client stopped, after 4 s at most.
+async fn trickled_header_block(addr: SocketAddr) -> (bool, Vec<h2raw::Frame>) {
+    let mut s = h2raw::connect(addr).await;
+    let _ = s
+        .write_all(&frame(
+            h2raw::HEADERS,
+            h2raw::END_STREAM,
+            1,
+            &h2raw::get_block("a", "/ok"),
+        ))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        let _ = s
+            .write_all(&frame(
+                h2raw::CONTINUATION,
+                0,
+                1,
+                &literal(b"x-slow", b"v", false),
+            ))
+            .await;
+        let r = h2raw::read_frames(&mut s, Duration::from_millis(100)).await;
+        got.extend(r.frames.into_iter().filter(|f| f.stream == 1));
+        if r.closed {
+            return (true, got);
+        }
+        if got.iter().any(|f| f.kind == h2raw::RST_STREAM) {
+            break;
+        }
+    }
+    (false, got)
+}
+
+/// Envoy's `request_headers_timeout` also times an HTTP/2 header block;
+/// Envoy answers the stream 408, trellis closes the connection the block
+/// holds up. Both count it, and neither lets the request through.
+#[tokio::test]
+async fn http2_header_blocks_trickled_past_the_head_timeout_are_cut() {
+    within(LIMIT, "HTTP/2 slowloris", async {
+        let extra = "          request_headers_timeout: 0.5s\n";
+        let trellis = Proxy::start(extra).await;
+        let envoy = Proxy::start_with("", extra, &require_envoy()).await;
+        let watch = RssWatch::start(trellis.pid());
+        let ours =
+            futures::future::join_all((0..20).map(|_| trickled_header_block(trellis.addr))).await;
+        watch.finish("20 trickled HTTP/2 header blocks");
+        let (closed, envoys) = trickled_header_block(envoy.addr).await;
+        assert!(!closed, "Envoy answers the stream: {envoys:?}");
+        assert!(
+            envoys.iter().any(|f| f.kind == h2raw::HEADERS),
+            "{envoys:?}"
+        );
+        for (closed, frames) in &ours {
+            assert!(closed, "trellis kept the connection: {frames:?}");
+            let reached_app = frames
+                .iter()
+                .any(|f| String::from_utf8_lossy(&f.payload).contains("upstream"));
+            assert!(!reached_app, "{frames:?}");
+        }
+        let stat = "http.ingress_http.downstream_rq_header_timeout";
+        assert_eq!(envoy.p.stat(stat).await, 1);
+        assert_eq!(trellis.p.stat(stat).await, 20);
+        trellis.still_serves().await;
     })
     .await;
 }
@@ -300,7 +352,7 @@ async fn slowloris_heads_get_408_while_idle_keep_alive_survives() {
             })
         });
         let replies = futures::future::join_all(clients).await;
-        watch.finish("50 slowloris clients", &proxy).await;
+        watch.finish("50 slowloris clients");
         for r in replies {
             let r = r.expect("client task");
             assert!(r.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{r:?}");
@@ -434,27 +486,100 @@ async fn header_limit_outcomes(addr: SocketAddr) -> Vec<(String, String)> {
     out
 }
 
+/// `http2.header_overflow`, `downstream_rq_4xx`, `downstream_cx_protocol_error`
+/// and `http2.header_list_size_too_large`.
+async fn header_limit_counters(p: &Proxy) -> [i64; 4] {
+    [
+        p.p.stat("http2.header_overflow").await,
+        p.p.stat("http.ingress_http.downstream_rq_4xx").await,
+        p.p.stat("http.ingress_http.downstream_cx_protocol_error")
+            .await,
+        p.p.stat("http2.header_list_size_too_large").await,
+    ]
+}
+
 #[tokio::test]
 async fn header_limits_answer_as_envoy_does() {
     within(LIMIT, "header limits", async {
         let extra = "          common_http_protocol_options: { max_headers_count: 20 }\n";
         let trellis = Proxy::start(extra).await;
         let envoy = Proxy::start_with("", extra, &require_envoy()).await;
+        let watch = RssWatch::start(trellis.pid());
         let ours = header_limit_outcomes(trellis.addr).await;
+        watch.finish("over-limit header lists");
         let theirs = header_limit_outcomes(envoy.addr).await;
         assert_eq!(ours, theirs, "trellis (left) and Envoy (right) differ");
         assert!(ours[0].1.starts_with("HTTP/1.1 431"), "{ours:?}");
-        assert_eq!(ours[2].1, "reset");
-        assert_eq!(trellis.p.stat("http2.header_overflow").await, 1);
-        assert_eq!(
-            trellis
-                .p
-                .stat("http.ingress_http.downstream_cx_protocol_error")
-                .await,
-            1,
-            "hyper's own 431 (too many headers) is counted"
-        );
+        assert!(ours[1].1.starts_with("HTTP/1.1 431"), "{ours:?}");
+        assert_eq!((ours[2].1.as_str(), ours[3].1.as_str()), ("reset", "reset"));
+        // The HTTP/1 refusals and the HTTP/2 header count move the counters
+        // Envoy's do. Over max_request_headers_kb on HTTP/2, trellis resets
+        // the stream (`http2.header_list_size_too_large`) where Envoy 1.40
+        // closes the connection (GOAWAY COMPRESSION_ERROR, one more
+        // `downstream_cx_protocol_error`).
+        assert_eq!(header_limit_counters(&trellis).await, [1, 2, 2, 1]);
+        assert_eq!(header_limit_counters(&envoy).await, [1, 2, 3, 0]);
         trellis.still_serves().await;
+    })
+    .await;
+}
+
+/// The values of SETTINGS parameter `id` in the server's SETTINGS frames.
+fn setting(frames: &[h2raw::Frame], id: u16) -> Option<u32> {
+    frames
+        .iter()
+        .filter(|f| f.kind == h2raw::SETTINGS && f.flags & 0x1 == 0)
+        .flat_map(|f| f.payload.chunks_exact(6))
+        .find(|p| u16::from_be_bytes([p[0], p[1]]) == id)
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+}
+
+/// With no `http2_protocol_options` the proxy announces its bounded
+/// defaults (100 streams, windows of 1 MiB and 4 MiB), and refuses the
+/// 101st concurrent stream with REFUSED_STREAM, counted as `http2.tx_reset`.
+#[tokio::test]
+async fn http2_streams_beyond_the_default_limit_are_refused() {
+    within(LIMIT, "max concurrent streams", async {
+        let proxy = Proxy::start("").await;
+        let watch = RssWatch::start(proxy.pid());
+        let mut s = h2raw::connect(proxy.addr).await;
+        let hello = h2raw::read_frames(&mut s, Duration::from_millis(300)).await;
+        assert_eq!(setting(&hello.frames, 0x3), Some(100), "{:?}", hello.frames);
+        assert_eq!(
+            setting(&hello.frames, 0x4),
+            Some(1 << 20),
+            "{:?}",
+            hello.frames
+        );
+        let conn_window = hello.of_kind(0x8).find(|f| f.stream == 0).and_then(|f| {
+            f.payload
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        });
+        assert_eq!(conn_window, Some((4 << 20) - 65_535));
+        // Acknowledged, the settings bind; then 101 streams that the
+        // blackhole behind /slow keeps open.
+        let mut out = frame(h2raw::SETTINGS, 0x1, 0, &[]);
+        for i in 0..101u32 {
+            let block = h2raw::get_block("a", "/slow");
+            out.extend(frame(
+                h2raw::HEADERS,
+                h2raw::END_STREAM | h2raw::END_HEADERS,
+                2 * i + 1,
+                &block,
+            ));
+        }
+        s.write_all(&out).await.expect("write");
+        let got = h2raw::read_frames(&mut s, Duration::from_millis(500)).await;
+        let refused: Vec<u32> = got
+            .of_kind(h2raw::RST_STREAM)
+            .filter(|f| f.code() == Some(0x7))
+            .map(|f| f.stream)
+            .collect();
+        assert_eq!(refused, vec![201], "{:?}", got.frames);
+        watch.finish("101 concurrent streams");
+        assert_eq!(proxy.p.stat("http2.tx_reset").await, 1);
+        proxy.still_serves().await;
     })
     .await;
 }
@@ -487,9 +612,7 @@ async fn http2_rapid_reset_closes_the_connection() {
             sent += 1;
         }
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish(&format!("an HTTP/2 rapid reset ({sent} streams)"), &proxy)
-            .await;
+        watch.finish(&format!("an HTTP/2 rapid reset ({sent} streams)"));
         assert!(got.closed, "the connection is closed");
         assert!(sent < 5000, "the proxy stopped reading before 5000 resets");
         assert!(
@@ -573,12 +696,7 @@ async fn http2_continuation_flood_is_cut_off() {
         )
         .await;
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish(
-                &format!("a CONTINUATION flood ({sent} frames sent)"),
-                &proxy,
-            )
-            .await;
+        watch.finish(&format!("a CONTINUATION flood ({sent} frames sent)"));
         assert!(
             sent < 100_000,
             "the proxy stopped taking CONTINUATION frames"
@@ -608,9 +726,7 @@ async fn control_flood(unit: Vec<u8>, what: &str) {
     let mut s = h2raw::connect(proxy.addr).await;
     let sent = flood(&mut s, &unit, 500_000).await;
     let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-    watch
-        .finish(&format!("a {what} flood ({sent} frames sent)"), &proxy)
-        .await;
+    watch.finish(&format!("a {what} flood ({sent} frames sent)"));
     assert!(sent < 500_000, "the proxy stopped taking {what} frames");
     assert!(got.closed, "the flooding connection is closed");
     assert_eq!(proxy.p.stat("http2.outbound_control_flood").await, 1);
@@ -668,9 +784,7 @@ async fn hpack_bombs_are_refused() {
         );
         let _ = s.write_all(&f).await;
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
-        watch
-            .finish("HPACK bombs (80 KB and 16 MB decoded)", &proxy)
-            .await;
+        watch.finish("HPACK bombs (80 KB and 16 MB decoded)");
         assert!(got.closed);
         assert!(
             got.goaway()

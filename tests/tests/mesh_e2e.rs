@@ -658,9 +658,18 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
     let ca = trellis_tests::tls::Ca::new("xDS CA");
     let ca_file = ca.write(dir.path(), "xds-ca");
     let ca_file = ca_file.to_string_lossy();
+    // Offline (no API): a given token, or none.
     let cases: [&[&str]; 4] = [
-        &["--virtual-node", "a", "--xds-ca", &ca_file],
         &[
+            "--virtual-node",
+            "a",
+            "--xds-ca",
+            &ca_file,
+            "--token",
+            "t0ken",
+        ],
+        &[
+            "--no-token",
             "--virtual-gateway",
             "g",
             "--xds-addr",
@@ -680,8 +689,10 @@ async fn bootstraps_validate_in_trellis_proxy_and_envoy() {
             "20001",
             "--xds-ca",
             &ca_file,
+            "--token",
+            "t0ken",
         ],
-        &["--virtual-node", "c", "--xds-plaintext"],
+        &["--virtual-node", "c", "--xds-plaintext", "--no-token"],
     ];
     for (i, extra) in cases.iter().enumerate() {
         let out = std::process::Command::new(&control)

@@ -32,13 +32,25 @@ use trellis_tests::tls::Leaf;
 use trellis_tests::upstream::{Echo, TcpEcho};
 use trellis_tests::{client, eventually, free_port};
 
-/// A bootstrap for `node` (xDS over TLS), carrying a freshly issued token if
-/// `token`.
-async fn bootstrap(control: &Control, node: &str, ports: (u16, u16), token: bool) -> String {
-    let extra: &[&str] = if token { &["--issue-token"] } else { &[] };
+/// A bootstrap for `node` with no token flags: xDS over TLS, carrying the
+/// node's token (issued on its first bootstrap, the same one after).
+async fn bootstrap(control: &Control, node: &str, ports: (u16, u16)) -> String {
     control
-        .bootstrap(("--virtual-node", node), ports, extra)
+        .bootstrap(("--virtual-node", node), ports, &[])
         .await
+}
+
+/// The bearer token a bootstrap carries.
+fn bearer(config: &str) -> String {
+    let doc: Value = serde_yaml::from_str(config).expect("bootstrap YAML");
+    let value = doc["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"][0]
+        ["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {config}"));
+    value
+        .strip_prefix("Bearer ")
+        .expect("a bearer token")
+        .to_string()
 }
 
 /// The app that answered a request for `host` through the egress port.
@@ -126,9 +138,9 @@ async fn strict_mtls_between_sidecars_refuses_a_node_not_allowed() {
             &ingress_b,
         ])
         .await;
-    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
-    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
-    let sidecar_c = sidecar(&proxy, &bootstrap(&control, "intruder", c, false).await).await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
+    let sidecar_c = sidecar(&proxy, &bootstrap(&control, "intruder", c).await).await;
 
     eventually(Duration::from_secs(15), "blue over mTLS", || async {
         (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
@@ -229,6 +241,16 @@ fn identity(pem: &str) -> (Vec<String>, String) {
     (uris, issuer)
 }
 
+/// notAfter - notBefore of the first certificate of a PEM.
+fn lifetime(pem: &str) -> Duration {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate");
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+    let v = cert.validity();
+    let secs = v.not_after.timestamp() - v.not_before.timestamp();
+    Duration::from_secs(u64::try_from(secs).expect("notAfter after notBefore"))
+}
+
 /// How `openssl s_client` talks to a port.
 enum Probe<'a> {
     /// Handshake only, the server certificate checked for IP SAN 127.0.0.1
@@ -300,21 +322,66 @@ async fn node_tokens_over_tls_xds() {
         ])
         .await;
     let ports = || (free_port(), free_port());
-    let own = bootstrap(&control, "intruder", ports(), true).await;
-    assert!(own.contains("UpstreamTlsContext") && own.contains("Bearer "));
+    // `bootstrap` without flags writes the node's token; bootstrapping a
+    // second replica hands out the same one, so the first stays connected.
+    let own = bootstrap(&control, "intruder", ports()).await;
+    assert!(own.contains("UpstreamTlsContext"), "{own}");
     let sidecar_c = sidecar(&proxy, &own).await;
+    let replica = bootstrap(&control, "intruder", ports()).await;
+    assert_eq!(bearer(&replica), bearer(&own));
+    let reused = control
+        .cli(&[
+            "token",
+            "issue",
+            "--reuse",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "intruder",
+        ])
+        .await;
+    assert_eq!(reused.trim(), bearer(&own));
     let (svid, _) = identity(
         &secret_pem(&sidecar_c, "trellis-svid")
             .await
             .expect("the intruder's SVID"),
     );
     assert_eq!(svid, ["spiffe://trellis.local/mesh/m/virtualNode/intruder"]);
+    // The default lifetime: 24 h, backdated a minute for clock skew.
+    let pem = secret_pem(&sidecar_c, "trellis-svid").await.expect("SVID");
+    assert_eq!(lifetime(&pem), Duration::from_secs(24 * 3600 + 60));
 
-    // Blue's token, stolen by the intruder.
-    let token = control
-        .cli(&["token", "issue", "--mesh", "m", "--virtual-node", "blue"])
+    // Blue's token, stolen by the intruder from the Kubernetes Secret the
+    // injector's sidecars of blue read (both name it with
+    // tokens::k8s_secret_name; control/tests/inject.rs checks the reference),
+    // printed as control/README.md says to create it.
+    let secret = control
+        .cli(&[
+            "token",
+            "issue",
+            "--reuse",
+            "--mesh",
+            "m",
+            "--virtual-node",
+            "blue",
+            "--output",
+            "k8s-secret",
+            "--namespace",
+            "shop",
+        ])
         .await;
-    let token = token.trim();
+    let secret: Value = serde_yaml::from_str(&secret).expect("a Secret manifest");
+    assert_eq!(
+        (&secret["kind"], &secret["metadata"]["namespace"]),
+        (&json!("Secret"), &json!("shop"))
+    );
+    assert!(
+        secret["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("trellis-token-m-blue-")),
+        "{secret}"
+    );
+    let token = secret["stringData"]["token"].as_str().expect("the token");
     let with = |node: &str, extra: Vec<String>| {
         let control = &control;
         let node = node.to_string();
@@ -418,7 +485,8 @@ async fn node_tokens_over_tls_xds() {
 }
 
 /// The operator's certificate on the xDS port: `bootstrap` cannot vouch for
-/// it and says to give `--xds-ca`; with it, proxies connect.
+/// it and says to give `--xds-ca`; with it, proxies connect. A rotated pair
+/// is served without a restart.
 #[tokio::test]
 async fn operator_xds_certificate() {
     let proxy = workspace_bin("trellis-proxy");
@@ -459,6 +527,35 @@ async fn operator_xds_certificate() {
         .bootstrap(("--virtual-node", "a"), ports, &["--xds-ca", &pki_path])
         .await;
     let sidecar = sidecar(&proxy, &config).await;
+
+    // A rotated pair in the same files is served from the next handshake
+    // on, without a restart; the connected proxy stays connected.
+    let xds_port: u16 = control
+        .xds
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let served = || async {
+        let (ok, out) = s_client(xds_port, &pki_file, Probe::Handshake).await;
+        assert!(ok, "{out}");
+        out
+    };
+    let body = |pem: &str| pem.lines().nth(1).expect("pem").to_string();
+    assert!(served().await.contains(&body(&server.cert_pem)));
+    let next = pki.issue(&Leaf::new(&[], &[]).ips(&["127.0.0.1".parse().expect("ip")]));
+    next.write(dir.path(), "xds");
+    eventually(
+        Duration::from_secs(10),
+        "the rotated certificate",
+        || async { served().await.contains(&body(&next.cert_pem)).then_some(()) },
+    )
+    .await;
+    assert!(control
+        .log()
+        .contains("serving a new certificate from the files"));
+    let proxies = control.proxies().await;
+    assert_eq!(proxies.as_array().map(Vec::len), Some(1), "{proxies}");
     drop((sidecar, control));
 }
 
@@ -546,11 +643,11 @@ async fn ca_rotation_with_an_overlap() {
         .await;
     let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
     // Bootstraps made now trust both CAs for xDS too.
-    let config_b = bootstrap(&control, "blue", b, false).await;
+    let config_b = bootstrap(&control, "blue", b).await;
     assert!(config_b.contains(old.pem.lines().nth(1).expect("pem")));
     assert!(config_b.contains(new.pem.lines().nth(1).expect("pem")));
     let sidecar_b = sidecar(&proxy, &config_b).await;
-    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
     let through = || async { upstream(a.1, "color").await.as_deref() == Some("blue") };
     eventually(Duration::from_secs(15), "blue over mTLS", || async {
         through().await.then_some(())
@@ -650,8 +747,8 @@ async fn both_hops_name_each_other_in_their_metrics() {
             service("color", "blue"),
         ])
         .await;
-    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
-    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
     eventually(Duration::from_secs(15), "blue over mTLS", || async {
         (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
     })
@@ -723,6 +820,224 @@ async fn both_hops_name_each_other_in_their_metrics() {
     drop((sidecar_a, sidecar_b, control));
 }
 
+/// A fresh handshake into a STRICT listener as `crt`/`key`, sending one
+/// request: whether it was answered 200, and the certificate it served.
+async fn served(port: u16, ca: &Path, crt: &Path, key: &Path) -> (bool, String) {
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-ign_eof"])
+        .arg("-cert")
+        .arg(crt)
+        .arg("-key")
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_client runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let request = "GET /hello HTTP/1.1\r\nHost: blue\r\nConnection: close\r\n\r\n";
+        let _ = stdin.write_all(request.as_bytes()).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("s_client finishes")
+        .expect("s_client output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cert = text
+        .split_once("-----BEGIN CERTIFICATE-----")
+        .and_then(|(_, rest)| rest.split_once("-----END CERTIFICATE-----"))
+        .map(|(body, _)| format!("-----BEGIN CERTIFICATE-----{body}-----END CERTIFICATE-----\n"))
+        .unwrap_or_default();
+    (out.status.success() && text.contains("HTTP/1.1 200"), cert)
+}
+
+/// SVIDs renewed under load, with the mesh's own certificates: `--svid-ttl
+/// 4s` (renewed every 2 s) in trust domain `example.test`. A bounded load
+/// runs through sidecar A into B while fresh handshakes go straight into
+/// B's STRICT listener; no request fails, and B serves new certificates.
+#[tokio::test]
+async fn svids_renew_under_load_without_a_failed_request() {
+    let proxy = workspace_bin("trellis-proxy");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = trellis_tests::tls::Ca::new("mesh CA");
+    let (ca_crt, ca_key) = (ca.write(dir.path(), "ca"), ca.write_key(dir.path(), "ca"));
+    let blue = Echo::start("blue").await;
+    let control = Control::start_with(
+        tempfile::tempdir().expect("temp dir"),
+        &[
+            "--ca-cert",
+            &ca_crt.to_string_lossy(),
+            "--ca-key",
+            &ca_key.to_string_lossy(),
+            "--svid-ttl",
+            "4s",
+            "--trust-domain",
+            "example.test",
+        ],
+    )
+    .await;
+    assert!(control
+        .log()
+        .contains("--svid-ttl under a minute is for tests"));
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], true),
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+    let caller = ca.issue(&Leaf::new(
+        &[],
+        &["spiffe://example.test/mesh/m/virtualNode/client"],
+    ));
+    let (caller_crt, caller_key) = caller.write(dir.path(), "caller");
+
+    let mut certs = std::collections::BTreeSet::new();
+    let (mut answered, mut failed) = (0, Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // At least three certificates served: two renewals under load.
+    while certs.len() < 3 && std::time::Instant::now() < deadline {
+        let burst = futures::future::join_all((0..8).map(|_| upstream(a.1, "color"))).await;
+        for r in burst {
+            match r.as_deref() {
+                Some("blue") => answered += 1,
+                other => failed.push(format!("through A: {other:?}")),
+            }
+        }
+        let (ok, cert) = served(b.0, &ca_crt, &caller_crt, &caller_key).await;
+        if ok {
+            answered += 1;
+            certs.insert(cert);
+        } else {
+            failed.push("a fresh handshake into B".into());
+        }
+    }
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(
+        certs.len() >= 3,
+        "B served {} certificates in 20 s ({answered} requests)",
+        certs.len()
+    );
+    let last = certs.iter().next().expect("a certificate");
+    assert_eq!(
+        identity(last).0,
+        ["spiffe://example.test/mesh/m/virtualNode/blue"]
+    );
+    assert_eq!(lifetime(last), Duration::from_secs(4 + 60));
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// PERMISSIVE through the control plane: B's one port takes a plaintext
+/// client and, through sidecar A, an mTLS one.
+#[tokio::test]
+async fn a_permissive_node_serves_plaintext_and_mtls_clients() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    let mut permissive = node("blue", blue.addr.port(), &[], true);
+    permissive["spec"]["listeners"][0]["tls"]["mode"] = json!("PERMISSIVE");
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            permissive,
+            node("client", 9, &["color"], false),
+            service("color", "blue"),
+        ])
+        .await;
+    let (a, b) = ((free_port(), free_port()), (free_port(), free_port()));
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
+    eventually(Duration::from_secs(15), "blue over mTLS", || async {
+        (upstream(a.1, "color").await.as_deref() == Some("blue")).then_some(())
+    })
+    .await;
+    let plain = client::get(&format!("http://127.0.0.1:{}/direct", b.0))
+        .await
+        .expect("plaintext into B");
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.echoed()["upstream"], "blue");
+    // A's requests arrived over TLS, with A's verified identity.
+    let handshakes = format!("listener.127.0.0.1_{}.ssl.handshake", b.0);
+    assert!(sidecar_b.stat(&handshakes).await >= 1, "{handshakes}");
+    drop((sidecar_a, sidecar_b, control));
+}
+
+/// An App Mesh `file` certificate the proxy cannot load (missing, then
+/// not PEM) reaches it over LDS: the proxy NACKs naming the field, and
+/// the listener it had keeps serving.
+#[tokio::test]
+async fn a_bad_file_certificate_is_nacked_and_the_last_good_listener_serves() {
+    let proxy = workspace_bin("trellis-proxy");
+    let control = Control::start().await;
+    let blue = Echo::start("blue").await;
+    control
+        .apply(&[
+            json!({"meshName": "m", "spec": {}}),
+            node("blue", blue.addr.port(), &[], false),
+        ])
+        .await;
+    let b = (free_port(), free_port());
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let direct = || async {
+        client::get(&format!("http://127.0.0.1:{}/direct", b.0))
+            .await
+            .is_ok_and(|r| r.status == 200)
+    };
+    eventually(Duration::from_secs(15), "blue in plaintext", || async {
+        direct().await.then_some(())
+    })
+    .await;
+    let garbage = control.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let missing = control.dir.path().join("missing.pem");
+    let mut last_error = String::new();
+    for (path, why) in [(&missing, "missing"), (&garbage, "not PEM")] {
+        let mut bad = node("blue", blue.addr.port(), &[], false);
+        let path = path.to_string_lossy();
+        bad["spec"]["listeners"][0]["tls"] = json!({
+            "mode": "STRICT",
+            "certificate": {"file": {"certificateChain": path, "privateKey": path}},
+        });
+        control.apply(&[bad]).await;
+        let previous = last_error.clone();
+        let error = eventually(Duration::from_secs(15), "an LDS NACK", || async {
+            let proxies = control.proxies().await;
+            proxies.as_array()?.iter().find_map(|p| {
+                p["types"].as_object()?.iter().find_map(|(t, s)| {
+                    (t.contains("Listener") || t == "lds")
+                        .then(|| s["nack"]["error"].as_str().map(str::to_string))
+                        .flatten()
+                        .filter(|e| *e != previous)
+                })
+            })
+        })
+        .await;
+        last_error = error.clone();
+        assert!(
+            error.contains("certificate_chain") && error.contains("tls_certificates[0]"),
+            "{why}: {error}"
+        );
+        assert!(
+            direct().await,
+            "{why}: the last good listener stopped serving"
+        );
+    }
+    drop((sidecar_b, control));
+}
+
 /// Sends `n` bytes over a fresh connection to `port` and reads them back.
 async fn tcp_echo(port: u16, n: usize) -> Option<()> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -754,8 +1069,8 @@ async fn tcp_hops_name_each_other_in_their_metrics() {
             service("color", "blue"),
         ])
         .await;
-    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b, false).await).await;
-    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a, false).await).await;
+    let sidecar_b = sidecar(&proxy, &bootstrap(&control, "blue", b).await).await;
+    let sidecar_a = sidecar(&proxy, &bootstrap(&control, "client", a).await).await;
     eventually(Duration::from_secs(15), "TCP echo over mTLS", || {
         tcp_echo(a.1, 4)
     })

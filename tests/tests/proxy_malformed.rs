@@ -185,16 +185,31 @@ async fn no_request_is_read_after_an_upgrade_that_did_not_happen() {
 async fn slow_request_body_gets_408_after_request_timeout() {
     let (p, _app, addr) = setup("          request_timeout: 0.3s\n").await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("the proxy answers and closes")
-        .expect("read");
-    let reply = String::from_utf8_lossy(&buf);
-    assert_eq!(status_of(&reply), Some(408), "{reply}");
-    assert_eq!(p.stat("http.ingress_http.downstream_rq_timeout").await, 1);
+    let pid = p.child.id().expect("proxy running");
+    let watch = trellis_tests::rss::RssWatch::start(pid);
+    // 20 clients that promise a body and send only part of it.
+    let slow = (0..20).map(|_| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .expect("the proxy answers and closes")
+            .expect("read");
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    // Meanwhile a well-behaved client is served.
+    let url = format!("http://{addr}/ok");
+    let (replies, other) = tokio::join!(
+        futures::future::join_all(slow),
+        trellis_tests::client::get(&url)
+    );
+    watch.finish("20 slow request bodies");
+    assert_eq!(other.expect("another client is served").status, 200);
+    for reply in replies {
+        assert_eq!(status_of(&reply), Some(408), "{reply}");
+    }
+    assert_eq!(p.stat("http.ingress_http.downstream_rq_timeout").await, 20);
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_tests::config::{cluster, http_proxy, indent};
 use trellis_tests::process::ProxyProcess;
+use trellis_tests::rss::RssWatch;
 use trellis_tests::upstream::Echo;
 use trellis_tests::{blackhole_address, client, eventually, free_port, within};
 
@@ -181,22 +182,34 @@ async fn idle_connections_are_closed_and_counted() {
         let port = free_port();
         let hcm = indent("common_http_protocol_options: { idle_timeout: 0.3s }\n", 10);
         let p = ProxyProcess::start(&proxy(port, &[echo.addr], "", &hcm)).await;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .expect("write");
-        // The answer, then (once idle) the close: read to end of stream.
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-            .await
-            .expect("the proxy closes the idle connection")
-            .expect("read");
-        assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        let watch = RssWatch::start(p.child.id().expect("proxy running"));
+        // 20 clients that ask once, then hold their connections idle.
+        let idle = (0..20).map(|_| async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("write");
+            // The answer, then (once idle) the close: read to end of stream.
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+                .await
+                .expect("the proxy closes the idle connection")
+                .expect("read");
+            got
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let (replies, other) = tokio::join!(futures::future::join_all(idle), client::get(&url));
+        watch.finish("20 idle connections");
+        assert_eq!(other.expect("another client is served").status, 200);
+        for got in replies {
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+        }
+        // The other client closes its own connection after its answer.
         assert_eq!(
             p.stat("http.ingress_http.downstream_cx_idle_timeout").await,
-            1
+            20
         );
     })
     .await;
@@ -269,19 +282,35 @@ async fn stream_idle_timeout_while_the_request_body_stalls_is_408() {
             flags_log(&log)
         );
         let p = ProxyProcess::start(&proxy(port, &[echo.addr], "", &hcm)).await;
-        // Three of the ten promised bytes, then silence.
-        let answer = client::raw(
-            trellis_tests::loopback(port),
-            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
-            Duration::from_secs(5),
+        let watch = RssWatch::start(p.child.id().expect("proxy running"));
+        // 20 clients: three of the ten promised bytes, then silence.
+        let stalled = (0..20).map(|_| {
+            client::raw(
+                trellis_tests::loopback(port),
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
+                Duration::from_secs(5),
+            )
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        let (answers, other) = tokio::join!(futures::future::join_all(stalled), client::get(&url));
+        watch.finish("20 stalled request bodies");
+        assert_eq!(other.expect("another client is served").status, 200);
+        for answer in answers {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.ends_with("stream timeout"), "{answer}");
+        }
+        eventually(
+            Duration::from_secs(10),
+            "20 access log lines 408 SI",
+            || async {
+                let text = std::fs::read_to_string(&log).ok()?;
+                (text.lines().filter(|l| *l == "408 SI").count() == 20).then_some(())
+            },
         )
         .await;
-        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-        assert!(answer.ends_with("stream timeout"), "{answer}");
-        assert_eq!(logged(&log).await, "408 SI");
         assert_eq!(
             p.stat("http.ingress_http.downstream_rq_idle_timeout").await,
-            1
+            20
         );
     })
     .await;

@@ -707,9 +707,18 @@ fn mtls_between_sidecars(pods: &Pods, net: &Net, access_log: &str) {
     assert!(pods.stat(server, "listener.0.0.0.0_15000.ssl.handshake") >= 1);
     assert!(pods.stat(server, "http.ingress.downstream_rq_total") >= 1);
     assert!(pods.stat(server, "cluster.local_app.upstream_rq_total") >= 1);
-    let log = std::fs::read_to_string(access_log).unwrap_or_default();
+    // Access log lines reach the file within a fraction of a second.
+    let want = format!("{CLIENT_ID} /hello");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(access_log).unwrap_or_default();
+        if log.lines().any(|l| l == want) || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        log.lines().any(|l| l == format!("{CLIENT_ID} /hello")),
+        log.lines().any(|l| l == want),
         "the server sidecar saw the client sidecar's identity: {log:?}"
     );
     // Bypassing the client sidecar (its uid) with plain HTTP or TLS without

@@ -143,11 +143,16 @@ async fn backend_proxy(
     }]);
     let mut chain = json!({ "filters": [filter] });
     chain["transport_socket"] = downstream_tls(common, true);
-    ProxyProcess::start_logged(&bootstrap(
-        vec![listener(port, vec![chain], json!({}))],
-        vec![cluster("app", upstream, None)],
-        vec![],
-    ))
+    // Handshake refusals, with their reasons, are logged at debug (as Envoy
+    // logs them): anyone can cause them, and `ssl.*` counts them.
+    ProxyProcess::start_logged_at(
+        &bootstrap(
+            vec![listener(port, vec![chain], json!({}))],
+            vec![cluster("app", upstream, None)],
+            vec![],
+        ),
+        "debug",
+    )
     .await
 }
 
@@ -1125,6 +1130,277 @@ async fn ssl_stats_count_each_case_as_envoy_does() {
         );
         let findings = trellis_tests::metrics::promtool_findings(&t_prom);
         assert!(findings.is_empty(), "promtool: {findings:#?}");
+    })
+    .await;
+}
+
+/// One port, one certificate, two chains chosen by the ALPN the client
+/// offers (`tls_inspector`): `h2` and `http/1.1`; a client offering none
+/// gets the default chain.
+#[tokio::test]
+async fn alpn_selects_the_filter_chain() {
+    within(Duration::from_secs(60), "ALPN", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let chain = |name: &str, alpn: &[&str], offered: &[&str]| {
+            let mut c = json!({
+                "filters": [hcm(name, reply(name))],
+                "transport_socket": downstream_tls(json!({
+                    "alpn_protocols": offered,
+                    "tls_certificates": [cert_files(dir.path(), name, &cert)] }), false),
+            });
+            if !alpn.is_empty() {
+                c["filter_chain_match"] = json!({ "application_protocols": alpn });
+            }
+            c
+        };
+        let port = free_port();
+        let mut l = listener(
+            port,
+            vec![
+                chain("h2 chain", &["h2"], &["h2"]),
+                chain("h1 chain", &["http/1.1"], &["http/1.1"]),
+            ],
+            json!({ "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }] }),
+        );
+        l["default_filter_chain"] = chain("default chain", &[], &[]);
+        let _p = ProxyProcess::start(&bootstrap(vec![l], vec![], vec![])).await;
+        for (offered, body, version) in [
+            (&["h2"][..], "h2 chain", http::Version::HTTP_2),
+            (&["http/1.1"][..], "h1 chain", http::Version::HTTP_11),
+            (&[][..], "default chain", http::Version::HTTP_11),
+        ] {
+            let r = https_get(
+                loopback(port),
+                "svc.test",
+                client_config(&ca.pem, None, offered),
+                "/",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{offered:?}: {e}"));
+            assert_eq!(r.body, body, "{offered:?}");
+            assert_eq!(r.version, version, "{offered:?}");
+        }
+    })
+    .await;
+}
+
+/// `openssl s_client ARGS` against `127.0.0.1:port`, trusting `ca`:
+/// whether the handshake completed, and what it printed.
+async fn openssl_handshake(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .arg("-CAfile")
+            .arg(ca)
+            .args(["-servername", "svc.test", "-verify_return_error"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("s_client finishes")
+    .expect("openssl s_client runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success() && text.contains("Verify return code: 0"),
+        text,
+    )
+}
+
+/// TLS 1.2 and 1.3 only, modern suites only: openssl offering TLS 1.1, or
+/// TLS 1.2 with CBC suites alone, is refused; TLS 1.2 with AEAD suites and
+/// TLS 1.3 are served.
+#[tokio::test]
+async fn old_protocols_and_weak_suites_are_refused() {
+    if which("openssl").is_none() {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    within(Duration::from_secs(60), "TLS versions", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let ca_file = ca.write(dir.path(), "ca");
+        let port = free_port();
+        let mut chain = json!({ "filters": [hcm("s", reply("ok"))] });
+        chain["transport_socket"] = downstream_tls(
+            json!({ "tls_certificates": [cert_files(dir.path(), "svc", &cert)] }),
+            false,
+        );
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![listener(port, vec![chain], json!({}))],
+            vec![],
+            vec![],
+        ))
+        .await;
+        // SECLEVEL=0 lets the client offer what it would not by default,
+        // so that a refusal is the server's.
+        let cases: [(&[&str], bool); 5] = [
+            (&["-tls1_3"], true),
+            (&["-tls1_2"], true),
+            (&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
+            (&["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
+            (
+                &[
+                    "-tls1_2",
+                    "-cipher",
+                    "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:AES128-SHA:AES256-SHA:@SECLEVEL=0",
+                ],
+                false,
+            ),
+        ];
+        for (args, served) in cases {
+            let (ok, out) = openssl_handshake(port, &ca_file, args).await;
+            assert_eq!(ok, served, "{args:?}: {out}");
+        }
+    })
+    .await;
+}
+
+/// TLS 1.0/1.1 and cipher suite lists in config are errors naming the
+/// field (exit 2), not silently weaker or different settings.
+#[tokio::test]
+async fn old_protocol_versions_and_cipher_lists_in_config_are_errors() {
+    if testing_envoy() {
+        // Envoy accepts both; refusing them is trellis's contract.
+        return;
+    }
+    within(Duration::from_secs(60), "tls_params", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let port = free_port();
+        let with_params = |params: Value| {
+            let common = json!({
+                "tls_params": params,
+                "tls_certificates": [cert_files(dir.path(), "svc", &cert)] });
+            let mut c = json!({ "filters": [hcm("s", reply("ok"))] });
+            c["transport_socket"] = downstream_tls(common, false);
+            bootstrap(vec![listener(port, vec![c], json!({}))], vec![], vec![])
+        };
+        let cases = [
+            (
+                json!({ "tls_minimum_protocol_version": "TLSv1_1" }),
+                "tls_params.tls_minimum_protocol_version: TLSv1_1 is not supported",
+            ),
+            (
+                json!({ "tls_maximum_protocol_version": "TLSv1_0" }),
+                "tls_params.tls_maximum_protocol_version: TLSv1_0 is not supported",
+            ),
+            (
+                json!({ "cipher_suites": ["ECDHE-RSA-AES128-SHA"] }),
+                "cipher_suites",
+            ),
+        ];
+        for (i, (params, want)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("params{i}.json"));
+            std::fs::write(&path, with_params(params.clone())).expect("write");
+            let (code, stderr) = run_to_exit(
+                &proxy_under_test(),
+                &["--mode", "validate", "-c", path.to_str().expect("utf-8")],
+            )
+            .await;
+            assert_eq!(code, Some(2), "{params}: {stderr}");
+            assert!(stderr.contains(want), "{params}: {stderr}");
+            assert!(stderr.contains("common_tls_context.tls_params"), "{stderr}");
+        }
+    })
+    .await;
+}
+
+/// A TLS server (rustls, not the proxy under test) that answers every
+/// request with the SNI its client sent, `-` for none.
+async fn sni_recorder(cert: &Issued) -> SocketAddr {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config"),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let acceptor =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+                let Ok(start) = acceptor.await else { return };
+                let sni = start
+                    .client_hello()
+                    .server_name()
+                    .unwrap_or("-")
+                    .to_string();
+                let Ok(mut tls) = start.into_stream(config).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{sni}",
+                    sni.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The cluster's `sni` is what the upstream sees in the ClientHello.
+#[tokio::test]
+async fn upstream_sni_is_sent() {
+    within(Duration::from_secs(60), "upstream SNI", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let server = ca.issue(&Leaf::new(&["backend.test"], &[]));
+        let upstream = sni_recorder(&server).await;
+        let port = free_port();
+        let common = json!({
+            "validation_context": { "trusted_ca": { "filename": ca.write(dir.path(), "ca") } },
+        });
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![listener(
+                port,
+                vec![json!({ "filters": [hcm("front", to_cluster("backend"))] })],
+                json!({}),
+            )],
+            vec![cluster(
+                "backend",
+                upstream,
+                Some(upstream_tls(common, "backend.test")),
+            )],
+            vec![],
+        ))
+        .await;
+        let r = trellis_tests::client::get(&format!("http://127.0.0.1:{port}/"))
+            .await
+            .expect("the proxy answers");
+        assert_eq!((r.status, r.body_text()), (200, "backend.test".to_string()));
     })
     .await;
 }

@@ -11,24 +11,13 @@ pub fn pack<M: Message + Name>(msg: &M) -> prost_types::Any {
 }
 
 /// Why an `Any` could not be read as the message asked for.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    #[error("expected type {expected}, found {found}")]
     WrongType { expected: String, found: String },
-    Decode(prost::DecodeError),
+    #[error("cannot decode: {0}")]
+    Decode(#[source] prost::DecodeError),
 }
-
-impl std::fmt::Display for UnpackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UnpackError::WrongType { expected, found } => {
-                write!(f, "expected type {expected}, found {found}")
-            }
-            UnpackError::Decode(e) => write!(f, "cannot decode: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for UnpackError {}
 
 /// Reads an `Any` as `M`, checking the type URL first.
 pub fn unpack<M: Message + Name + Default>(any: &prost_types::Any) -> Result<M, UnpackError> {
@@ -42,4 +31,45 @@ pub fn unpack<M: Message + Name + Default>(any: &prost_types::Any) -> Result<M, 
         });
     }
     M::decode(any.value.as_slice()).map_err(UnpackError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy::config::cluster::v3::Cluster;
+    use crate::envoy::config::listener::v3::Listener;
+
+    #[test]
+    fn an_any_of_another_type_is_refused_by_name() {
+        let any = pack(&Cluster {
+            name: "c".into(),
+            ..Default::default()
+        });
+        let e = unpack::<Listener>(&any).expect_err("a Cluster is no Listener");
+        assert!(
+            matches!(&e, UnpackError::WrongType { found, .. } if found.ends_with("envoy.config.cluster.v3.Cluster"))
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "expected type {}, found {}",
+                <Listener as Name>::type_url(),
+                any.type_url
+            )
+        );
+        let back: Cluster = unpack(&any).expect("the same type unpacks");
+        assert_eq!(back.name, "c");
+    }
+
+    #[test]
+    fn the_domain_of_the_type_url_does_not_matter_but_the_bytes_do() {
+        let mut any = pack(&Cluster::default());
+        any.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".into();
+        assert!(unpack::<Cluster>(&any).is_ok());
+        any.value = vec![0xff];
+        assert!(matches!(
+            unpack::<Cluster>(&any),
+            Err(UnpackError::Decode(_))
+        ));
+    }
 }

@@ -22,6 +22,7 @@ use super::sigv4::{self, RequestParts};
 use crate::error::ApiError;
 use crate::ops::AppMesh;
 use crate::service_model::ServiceModel;
+use crate::tokens::TokenKey;
 use crate::xds::registry::Registry;
 use crate::xds::translate::{Instance, Owner};
 
@@ -37,6 +38,8 @@ pub struct ApiState {
     registry: Arc<Registry>,
     /// For `GET /trellis/v1/ca`.
     ca: Option<CaInfo>,
+    /// What node tokens are derived from.
+    token_key: Arc<TokenKey>,
 }
 
 /// What `GET /trellis/v1/ca` answers, for `trellis-control bootstrap`: the
@@ -67,6 +70,7 @@ impl ApiState {
         appmesh: AppMesh,
         credentials: Option<Credentials>,
         registry: Arc<Registry>,
+        token_key: Arc<TokenKey>,
     ) -> ApiState {
         ApiState {
             appmesh,
@@ -74,6 +78,7 @@ impl ApiState {
             router: Router::from_model(ServiceModel::get()),
             registry,
             ca: None,
+            token_key,
         }
     }
 
@@ -216,10 +221,13 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
         if raw_path == "/trellis/v1/tokens" {
             let store = state.appmesh.store().clone();
             let method = parts.method.clone();
-            return tokio::task::spawn_blocking(move || token_endpoint(&store, &method, &body))
-                .await
-                .map_err(|_| (None, ApiError::internal("the token operation panicked")))?
-                .map_err(|e| (None, e));
+            let key = state.token_key.clone();
+            return tokio::task::spawn_blocking(move || {
+                token_endpoint(&store, &key, &method, &body)
+            })
+            .await
+            .map_err(|_| (None, ApiError::internal("the token operation panicked")))?
+            .map_err(|e| (None, e));
         }
         if raw_path == "/trellis/v1/ca" && parts.method == Method::GET {
             return match &state.ca {
@@ -277,20 +285,24 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Dispatched {
     Ok((Some(op), status, body))
 }
 
-/// `{"meshName", "virtualNodeName" | "virtualGatewayName"}`: whose token.
+/// `{"meshName", "virtualNodeName" | "virtualGatewayName", "reuse"}`:
+/// whose token, and whether its live one may be handed out again.
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenInput {
     mesh_name: String,
     virtual_node_name: Option<String>,
     virtual_gateway_name: Option<String>,
+    #[serde(default)]
+    reuse: bool,
 }
 
-/// `/trellis/v1/tokens`: `POST` issues a node's token (replacing any
-/// earlier one) and returns it, the only time it is ever shown; `DELETE`
-/// revokes it; `GET` lists the nodes holding one.
+/// `/trellis/v1/tokens`: `POST` returns a node's token: a new one replacing
+/// any earlier one, or with `"reuse": true` its live one when it has one;
+/// `DELETE` revokes it; `GET` lists the nodes holding one.
 fn token_endpoint(
     store: &crate::store::Store,
+    key: &TokenKey,
     method: &Method,
     body: &[u8],
 ) -> Result<(Option<String>, u16, serde_json::Value), ApiError> {
@@ -330,9 +342,24 @@ fn token_endpoint(
     };
     match *method {
         Method::POST => {
-            let token = crate::tokens::issue(store, &id).map_err(internal)?;
-            tracing::info!(node = %id.render(), "issued a node token");
-            Ok((None, 200, json!({"nodeId": id.render(), "token": token})))
+            let (token, reused) = if input.reuse {
+                crate::tokens::issue_or_reuse(store, key, &id).map_err(internal)?
+            } else {
+                (
+                    crate::tokens::issue(store, key, &id).map_err(internal)?,
+                    false,
+                )
+            };
+            if reused {
+                tracing::info!(node = %id.render(), "handed out a node's live token again");
+            } else {
+                tracing::info!(node = %id.render(), "issued a node token");
+            }
+            Ok((
+                None,
+                200,
+                json!({"nodeId": id.render(), "token": token, "reused": reused}),
+            ))
         }
         Method::DELETE => {
             if crate::tokens::revoke(store, &id).map_err(internal)? {

@@ -1,7 +1,7 @@
 //! `trellis-control backup`: the data dir's state in a new folder that
 //! `serve --data-dir` can run from. The database is copied from one
-//! consistent snapshot while the server keeps running; the CA and the
-//! credentials keep their owner-only modes.
+//! consistent snapshot while the server keeps running; the CA, the node
+//! token key and the credentials keep their owner-only modes.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,7 +13,12 @@ use trellis_control::store::Store;
 use super::{BackupArgs, ConfigError};
 
 /// Files beside the database, relative to the data dir.
-const FILES: &[&str] = &["credentials", "ca/ca.pem", "ca/ca-key.pem"];
+const FILES: &[&str] = &[
+    "credentials",
+    "ca/ca.pem",
+    "ca/ca-key.pem",
+    trellis_control::tokens::TOKEN_KEY_FILE,
+];
 
 pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     let db = args.data_dir.join("trellis.db");

@@ -168,9 +168,14 @@ fn fetch_bundle(reply: &Value) -> anyhow::Result<String> {
 }
 
 pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
+    // Files first: a bad one is reported before the API is asked anything.
+    let given_bundle = match &args.xds_ca {
+        Some(path) => Some(read_bundle(path, "--xds-ca")?),
+        None => None,
+    };
     // The API is asked only for what the flags do not give.
-    let needs_api = (args.token.is_none() && args.issue_token)
-        || (args.xds_ca.is_none() && !args.xds_plaintext);
+    let needs_api =
+        (args.token.is_none() && !args.no_token) || (args.xds_ca.is_none() && !args.xds_plaintext);
     let api = if needs_api {
         Some(super::status::client(&args.api)?)
     } else {
@@ -184,26 +189,29 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
             .block_on(client.trellis(method, path, body))
             .map_err(|e| anyhow::anyhow!("{path} on {}: {e}", args.api.api_addr))
     };
-    let token = match (&args.token, args.issue_token) {
+    // By default the node's live token, so that every replica of a node
+    // bootstraps with the same one; issued when it has none.
+    let token = match (&args.token, args.no_token) {
         (Some(t), _) => Some(t.clone()),
-        (None, true) => {
+        (None, true) => None,
+        (None, false) => {
             let body = super::status::token_body(
                 &args.mesh,
                 args.virtual_node.as_deref(),
                 args.virtual_gateway.as_deref(),
+                !args.issue_token,
             );
             let reply = call(http::Method::POST, "/trellis/v1/tokens", body)
-                .context("cannot issue a node token")?;
+                .context("cannot get the node's token (or give --token TOKEN)")?;
             let token = reply["token"]
                 .as_str()
                 .ok_or_else(|| anyhow::anyhow!("the API returned no token"))?;
             Some(token.to_string())
         }
-        (None, false) => None,
     };
-    let bundle = match (&args.xds_ca, args.xds_plaintext) {
+    let bundle = match (given_bundle, args.xds_plaintext) {
         (_, true) => None,
-        (Some(path), false) => Some(read_bundle(path, "--xds-ca")?),
+        (Some(pem), false) => Some(pem),
         (None, false) => {
             let reply = call(http::Method::GET, "/trellis/v1/ca", Vec::new())
                 .context("cannot fetch the CA bundle for TLS to xDS (or give --xds-ca FILE)")?;

@@ -85,7 +85,7 @@ enum Command {
     /// (--namespace, --service, --attribute) for `awsCloudMap` virtual nodes:
     /// EDS serves it to clients.
     RegisterInstance(RegisterArgs),
-    /// Copy the data dir (database, CA, credentials) into a new folder,
+    /// Copy the data dir (database, CA, token key, credentials) into a new folder,
     /// consistently, while the server runs.
     Backup(BackupArgs),
     /// Issue, revoke or list the per-node tokens ADS streams present.
@@ -97,8 +97,9 @@ enum Command {
 
 #[derive(Subcommand)]
 pub enum TokenAction {
-    /// Issue a node's token (replacing any earlier one) and print it.
-    Issue(TokenArgs),
+    /// Issue a node's token (replacing any earlier one, unless --reuse) and
+    /// print it, or a Kubernetes Secret holding it.
+    Issue(IssueArgs),
     /// Revoke a node's token: its proxy can no longer open a stream.
     Revoke(TokenArgs),
     /// List the nodes holding a token.
@@ -119,6 +120,43 @@ pub struct TokenArgs {
     pub virtual_gateway: Option<String>,
     #[command(flatten)]
     pub api: StatusArgs,
+}
+
+#[derive(Args)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub node: TokenArgs,
+    /// Print the node's live token when it has one, instead of replacing it.
+    #[arg(long)]
+    pub reuse: bool,
+    /// `token`: the token alone; `k8s-secret`: the Secret injected sidecars
+    /// read it from (TRELLIS_XDS_TOKEN), as YAML for `kubectl apply -f -`.
+    #[arg(long, value_enum, default_value_t = TokenOutput::Token)]
+    pub output: TokenOutput,
+    /// Namespace of the node's pods, for `--output k8s-secret`.
+    #[arg(long, required_if_eq("output", "k8s-secret"))]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenOutput {
+    Token,
+    K8sSecret,
+}
+
+impl TokenArgs {
+    pub fn node_id(&self) -> trellis_control::xds::translate::NodeId {
+        let (gateway, name) = match (&self.virtual_node, &self.virtual_gateway) {
+            (_, Some(g)) => (true, g.clone()),
+            (Some(n), None) => (false, n.clone()),
+            (None, None) => (false, String::new()),
+        };
+        trellis_control::xds::translate::NodeId {
+            mesh: self.mesh.clone(),
+            gateway,
+            name,
+        }
+    }
 }
 
 /// An address as `IP:PORT` or `HOST:PORT`, resolved once at start.
@@ -199,11 +237,13 @@ pub struct ServeArgs {
     /// the certificate the mesh CA issues it.
     #[arg(long, conflicts_with = "xds_tls_cert")]
     pub xds_san: Vec<String>,
-    /// When ADS streams must carry their node's token: `auto` once any token
-    /// has been issued, `always`, or `never`.
-    #[arg(long, value_enum, default_value_t = TokenPolicy::Auto)]
+    /// When ADS streams must carry their node's token: `always`; `auto`
+    /// once any token has been issued (upgrades); `never`, which hands any
+    /// node's SVID to any proxy that reaches xDS (local experiments only).
+    #[arg(long, value_enum, default_value_t = TokenPolicy::Always)]
     pub require_node_tokens: TokenPolicy,
-    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed at half life.
+    /// Lifetime of issued SVIDs (`24h`, `90m`, `3600s` or seconds); renewed
+    /// at half life. Under a minute only for tests (a warning at start).
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub svid_ttl: std::time::Duration,
     /// OTLP collector that every proxy exports spans to (`http://HOST:PORT`);
@@ -306,8 +346,12 @@ pub struct InjectorArgs {
     pub readiness_probe_period: u32,
 }
 
-/// `24h`, `90m`, `30s` or a bare number of seconds; at least a minute, since
-/// renewal at half life must leave proxies time to fetch the new SVID.
+/// Below this an SVID lifetime is for tests only (`serve` warns): renewal at
+/// half life must leave proxies time to fetch the new SVID.
+pub const SVID_TTL_WARN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `24h`, `90m`, `30s` or a bare number of seconds; at least 2 seconds, so
+/// renewal at half life never spins.
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -322,8 +366,8 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
         "h" => n.saturating_mul(3600),
         _ => return Err(format!("{text}: the unit must be s, m or h")),
     };
-    if secs < 60 {
-        return Err(format!("{text}: an SVID must live at least 60s"));
+    if secs < 2 {
+        return Err(format!("{text}: an SVID must live at least 2s"));
     }
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -392,14 +436,19 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
-    /// Ask the API (--api-addr, signed with --credentials or
-    /// DATA_DIR/credentials) for a new token for this node and put it in the
-    /// bootstrap; the node's earlier token stops working.
-    #[arg(long, conflicts_with = "token")]
+    /// Ask the API for a new token for this node instead of its live one;
+    /// the node's earlier token stops working (and ends its streams).
+    #[arg(long, conflicts_with_all = ["token", "no_token"])]
     pub issue_token: bool,
-    /// Put this node token in the bootstrap.
-    #[arg(long)]
+    /// Put this node token in the bootstrap [default: the node's token from
+    /// the API (--api-addr, signed with --credentials or
+    /// DATA_DIR/credentials), issued if it has none].
+    #[arg(long, conflicts_with = "no_token")]
     pub token: Option<String>,
+    /// Write no token: only for a server started with
+    /// `--require-node-tokens never` (local experiments).
+    #[arg(long)]
+    pub no_token: bool,
     /// PEM CA bundle the proxy trusts for the xDS server's certificate,
     /// written inline into the bootstrap [default: the mesh CA bundle, from
     /// the API's GET /trellis/v1/ca].

@@ -7,18 +7,19 @@ use anyhow::Context;
 use trellis_control::api::credentials::Credentials;
 use trellis_control::api::server::{serve, ApiState, CaInfo, XdsTlsKind};
 use trellis_control::ca::Ca;
-use trellis_control::inject::server::WebhookCert;
 use trellis_control::inject::{self, Resources, Settings, XdsTrust};
 use trellis_control::manifest;
 use trellis_control::ops::{AppMesh, Identity};
+use trellis_control::served_cert::ServedCert;
 use trellis_control::store::Store;
+use trellis_control::tokens::{TokenKey, TOKEN_KEY_FILE};
 use trellis_control::xds;
 use trellis_control::xds::registry::Registry;
 use trellis_control::xds::server::Xds;
 use trellis_control::xds::tls::XdsTls;
 use trellis_control::xds::translate::TraceExport;
 
-use super::{ConfigError, InjectorArgs, ServeArgs};
+use super::{ConfigError, InjectorArgs, ServeArgs, TokenPolicy};
 
 fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
     if args.no_auth {
@@ -65,6 +66,12 @@ fn credentials(args: &ServeArgs) -> anyhow::Result<Option<Credentials>> {
 
 /// The operator's CA when given, else the data dir's, created on first start.
 fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
+    if args.svid_ttl < super::SVID_TTL_WARN {
+        tracing::warn!(
+            svid_ttl = ?args.svid_ttl,
+            "--svid-ttl under a minute is for tests: a proxy that misses a renewal for half of it loses its identity"
+        );
+    }
     let ca = match (&args.ca_cert, &args.ca_key) {
         (Some(cert), Some(key)) => {
             let ca = Ca::load(cert, key, &args.trust_domain, args.svid_ttl)
@@ -93,6 +100,22 @@ fn ca(args: &ServeArgs) -> anyhow::Result<Arc<Ca>> {
         Ok::<_, ConfigError>(ca)
     })?;
     Ok(Arc::new(ca))
+}
+
+/// The key node tokens are derived from, created on first start.
+fn token_key(args: &ServeArgs) -> anyhow::Result<Arc<TokenKey>> {
+    let key = TokenKey::load_or_create(&args.data_dir.join(TOKEN_KEY_FILE))
+        .map_err(|e| ConfigError(e.to_string()))?;
+    match args.require_node_tokens {
+        TokenPolicy::Always => {}
+        TokenPolicy::Auto => tracing::warn!(
+            "--require-node-tokens auto: until a token is issued, any proxy that reaches xDS gets any node's SVID"
+        ),
+        TokenPolicy::Never => tracing::warn!(
+            "--require-node-tokens never: any proxy that reaches xDS gets any node's SVID (local experiments only)"
+        ),
+    }
+    Ok(Arc::new(key))
 }
 
 /// The names the mesh CA puts in the xDS server certificate: the bound IP,
@@ -189,7 +212,7 @@ fn xds_tls(args: &ServeArgs, ca: &Arc<Ca>) -> anyhow::Result<Option<XdsTls>> {
     Ok(Some(tls))
 }
 
-fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
+fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust, tokens: TokenPolicy) -> Settings {
     let image = format!(
         "{}:{}",
         args.sidecar_image_repository, args.sidecar_image_tag
@@ -212,6 +235,7 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
     settings.wait_until_proxy_ready = args.wait_until_proxy_ready;
     settings.readiness_probe_initial_delay_s = args.readiness_probe_initial_delay;
     settings.readiness_probe_period_s = args.readiness_probe_period;
+    settings.node_tokens = !matches!(tokens, TokenPolicy::Never);
     settings
 }
 
@@ -219,19 +243,26 @@ fn injector_settings(args: &InjectorArgs, xds_trust: XdsTrust) -> Settings {
 /// new one is issued at every start.
 const WEBHOOK_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// The injector, in the log lines of its certificate.
+const INJECTOR: &str = "the injector";
+
 /// The injector's certificate: the operator's files, else one from the mesh CA.
-fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<WebhookCert>> {
+fn webhook_cert(args: &InjectorArgs, ca: &Ca) -> anyhow::Result<Arc<ServedCert>> {
     let cert = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {
-            WebhookCert::from_files(cert, key).map_err(|e| ConfigError(e.to_string()))?
+            ServedCert::from_files(cert, key, INJECTOR).map_err(|e| ConfigError(e.to_string()))?
         }
         _ => {
             let issued = ca
                 .issue_server(&args.webhook_dns_names, WEBHOOK_CERT_LIFETIME)
                 .map_err(|e| ConfigError(format!("--webhook-dns-name: {e}")))?;
             tracing::info!(names = ?args.webhook_dns_names, "the injector serves a certificate issued by the mesh CA");
-            WebhookCert::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            ServedCert::from_pem(
+                issued.cert_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                INJECTOR,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     Ok(Arc::new(cert))
@@ -301,6 +332,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.data_dir)?;
     let credentials = credentials(&args)?;
     let ca = ca(&args)?;
+    let token_key = token_key(&args)?;
     let tls = xds_tls(&args, &ca)?;
     let trace_export = trace_export(&args)?;
     let xds_kind = match (&tls, &args.xds_tls_cert) {
@@ -319,7 +351,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let injector = match args.injector.webhook_addr {
         Some(_) => Some((
             webhook_cert(&args.injector, &ca)?,
-            injector_settings(&args.injector, sidecar_xds_trust(&args, xds_kind, &ca)?),
+            injector_settings(
+                &args.injector,
+                sidecar_xds_trust(&args, xds_kind, &ca)?,
+                args.require_node_tokens,
+            ),
         )),
         None => None,
     };
@@ -354,7 +390,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(export) = trace_export {
             xds = xds.with_tracing(export);
         }
-        let state = Arc::new(ApiState::new(appmesh, credentials, registry).with_ca(CaInfo {
+        let state = Arc::new(ApiState::new(appmesh, credentials, registry, token_key).with_ca(CaInfo {
             trust_domain: args.trust_domain.clone(),
             bundle: ca.bundle_pem().to_string(),
             xds_tls: xds_kind,

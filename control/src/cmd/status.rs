@@ -7,7 +7,7 @@ use serde_json::Value;
 use trellis_control::api::client::Client;
 use xds_protos::type_url;
 
-use super::{RegisterArgs, StatusArgs, TokenAction, TokenArgs};
+use super::{RegisterArgs, StatusArgs, TokenAction, TokenArgs, TokenOutput};
 
 const COLUMNS: [(&str, &str); 4] = [
     ("CDS", type_url::CLUSTER),
@@ -139,8 +139,16 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
 }
 
 /// The body naming a node for `/trellis/v1/tokens`.
-pub(super) fn token_body(mesh: &str, node: Option<&str>, gateway: Option<&str>) -> Vec<u8> {
+pub(super) fn token_body(
+    mesh: &str,
+    node: Option<&str>,
+    gateway: Option<&str>,
+    reuse: bool,
+) -> Vec<u8> {
     let mut body = serde_json::json!({"meshName": mesh});
+    if reuse {
+        body["reuse"] = true.into();
+    }
     if let Some(n) = node {
         body["virtualNodeName"] = n.into();
     }
@@ -152,27 +160,36 @@ pub(super) fn token_body(mesh: &str, node: Option<&str>, gateway: Option<&str>) 
 
 /// `trellis-control token issue|revoke|list` over `/trellis/v1/tokens`.
 pub fn token(action: TokenAction) -> anyhow::Result<()> {
-    let (method, api, body) = match &action {
-        TokenAction::Issue(a) => (Method::POST, &a.api, Some(a)),
-        TokenAction::Revoke(a) => (Method::DELETE, &a.api, Some(a)),
-        TokenAction::List(api) => (Method::GET, api, None),
-    };
-    let body = body.map_or_else(Vec::new, |a: &TokenArgs| {
+    let body = |a: &TokenArgs, reuse| {
         token_body(
             &a.mesh,
             a.virtual_node.as_deref(),
             a.virtual_gateway.as_deref(),
+            reuse,
         )
-    });
+    };
+    let (method, api, body) = match &action {
+        TokenAction::Issue(a) => (Method::POST, &a.node.api, body(&a.node, a.reuse)),
+        TokenAction::Revoke(a) => (Method::DELETE, &a.api, body(a, false)),
+        TokenAction::List(api) => (Method::GET, api, Vec::new()),
+    };
     let (runtime, client) = client(api)?;
     let reply = runtime
         .block_on(client.trellis(method, "/trellis/v1/tokens", body))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match action {
-        TokenAction::Issue(_) => super::out(&format!(
-            "{}\n",
-            reply["token"].as_str().unwrap_or_default()
-        ))?,
+        TokenAction::Issue(a) => {
+            let token = reply["token"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("the API returned no token"))?;
+            match (a.output, a.namespace) {
+                (TokenOutput::K8sSecret, Some(ns)) => {
+                    let id = a.node.node_id();
+                    super::out(&trellis_control::tokens::k8s_secret(&id, &ns, token))?
+                }
+                _ => super::out(&format!("{token}\n"))?,
+            }
+        }
         TokenAction::Revoke(_) => {}
         TokenAction::List(_) => {
             super::out(&format!("{}\n", serde_json::to_string_pretty(&reply)?))?

@@ -23,12 +23,15 @@ pub struct Node {
 impl Node {
     /// `mesh/M/virtualNode/N`: `APPMESH_RESOURCE_ARN` and the proxy's node id.
     pub fn id(&self) -> String {
+        self.node_id().render()
+    }
+
+    pub fn node_id(&self) -> NodeId {
         NodeId {
             mesh: self.mesh.clone(),
             gateway: false,
             name: self.name.clone(),
         }
-        .render()
     }
 }
 

@@ -147,6 +147,17 @@ impl Plan<'_> {
                 XdsTrust::Plaintext => env("TRELLIS_XDS_PLAINTEXT", "1"),
             },
         ];
+        if s.node_tokens {
+            // The node's Secret, which `trellis-control token issue --output
+            // k8s-secret` prints; without it the pod does not start.
+            env_vars.push(json!({
+                "name": "TRELLIS_XDS_TOKEN",
+                "valueFrom": {"secretKeyRef": {
+                    "name": crate::tokens::k8s_secret_name(&self.node.node_id()),
+                    "key": crate::tokens::K8S_SECRET_KEY,
+                }},
+            }));
+        }
         let managed: Vec<String> = env_vars
             .iter()
             .filter_map(|e| e["name"].as_str().map(str::to_string))

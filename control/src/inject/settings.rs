@@ -160,6 +160,9 @@ pub struct Settings {
     pub wait_until_proxy_ready: bool,
     pub readiness_probe_initial_delay_s: u32,
     pub readiness_probe_period_s: u32,
+    /// Whether the sidecar reads its node's token (`TRELLIS_XDS_TOKEN`) from
+    /// the node's Secret; off only for a server that requires no tokens.
+    pub node_tokens: bool,
 }
 
 /// How the sidecar's `preStop` hook waits out `prestop_delay_s`.
@@ -206,6 +209,7 @@ impl Settings {
             wait_until_proxy_ready: false,
             readiness_probe_initial_delay_s: 1,
             readiness_probe_period_s: 10,
+            node_tokens: true,
         }
     }
 }

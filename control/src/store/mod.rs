@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS pod_bindings (
 CREATE TABLE IF NOT EXISTS node_tokens (
     node_id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    nonce TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS instances (
     owner_kind TEXT NOT NULL,
@@ -90,6 +91,20 @@ pub enum StoreError {
 pub struct Snapshot {
     pub revision: u64,
     pub resources: Vec<Resource>,
+}
+
+/// Brings a database of an older schema up to this one.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // Version 3: a token's nonce, from which the server derives it again.
+    let has_nonce: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('node_tokens') WHERE name = 'nonce')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_nonce {
+        conn.execute_batch("ALTER TABLE node_tokens ADD COLUMN nonce TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }
 
 pub struct Store {
@@ -152,6 +167,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let revision: i64 =
             conn.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;

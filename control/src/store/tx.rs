@@ -285,12 +285,19 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Records the hash of `node_id`'s token, replacing (revoking) any
-    /// earlier one. Tokens never change resources: no revision bump.
-    pub fn put_node_token(&mut self, node_id: &str, sha256: &str, at: f64) -> rusqlite::Result<()> {
+    /// Records the hash of `node_id`'s token and the nonce it was derived
+    /// from, replacing (revoking) any earlier one. Tokens never change
+    /// resources: no revision bump.
+    pub fn put_node_token(
+        &mut self,
+        node_id: &str,
+        sha256: &str,
+        nonce: &str,
+        at: f64,
+    ) -> rusqlite::Result<()> {
         self.txn.execute(
-            "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at) VALUES (?1, ?2, ?3)",
-            rusqlite::params![node_id, sha256, at],
+            "INSERT OR REPLACE INTO node_tokens (node_id, sha256, created_at, nonce) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![node_id, sha256, at, nonce],
         )?;
         self.tokens_changed = true;
         Ok(())
@@ -316,13 +323,14 @@ impl<'a> Tx<'a> {
             })
     }
 
-    pub fn node_token_hash(&self, node_id: &str) -> rusqlite::Result<Option<String>> {
+    /// The hash and nonce of `node_id`'s live token.
+    pub fn node_token(&self, node_id: &str) -> rusqlite::Result<Option<(String, String)>> {
         use rusqlite::OptionalExtension;
         self.txn
             .query_row(
-                "SELECT sha256 FROM node_tokens WHERE node_id = ?1 AND sha256 != ''",
+                "SELECT sha256, nonce FROM node_tokens WHERE node_id = ?1 AND sha256 != ''",
                 [node_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
     }

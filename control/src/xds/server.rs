@@ -129,12 +129,13 @@ impl Xds {
             state,
             ca: None,
             store: tokens_store,
-            policy: Policy::Auto,
+            policy: Policy::Always,
             tracing: None,
         })
     }
 
-    /// When streams must present their node's token (default [`Policy::Auto`]).
+    /// When streams must present their node's token (default
+    /// [`Policy::Always`]: no SVID for a proxy that has not proven its node).
     pub fn with_token_policy(mut self, policy: Policy) -> Xds {
         self.policy = policy;
         self
@@ -153,6 +154,7 @@ impl Xds {
             Status::unavailable("cannot read node tokens")
         })?;
         verdict.map_err(|refusal| {
+            self.registry.metrics().refused(refusal.label());
             tracing::warn!(node = %node_id, reason = %refusal, "refused an ADS stream");
             Status::unauthenticated(refusal.to_string())
         })

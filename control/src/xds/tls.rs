@@ -1,6 +1,7 @@
 //! TLS on the xDS port, so that node tokens and SVID keys never cross the
 //! network in clear text. The server certificate is issued by the mesh CA
-//! for the xDS address (and renewed at half life), or is the operator's own.
+//! for the xDS address (and renewed at half life), or is the operator's own
+//! (its files read again every second, so a rotated pair needs no restart).
 
 use std::io;
 use std::path::Path;
@@ -19,6 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::ca::{Ca, KeyedCert};
+use crate::served_cert::{ServedCert, RELOAD_EVERY};
 
 /// A client that opens a connection and never finishes the handshake is
 /// dropped after this long.
@@ -33,6 +35,8 @@ pub enum XdsTlsError {
     Issue(#[from] crate::ca::CaError),
     #[error("the xDS server certificate is unusable: {0}")]
     Key(String),
+    #[error(transparent)]
+    Files(#[from] crate::served_cert::CertError),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -57,8 +61,9 @@ fn certified(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, XdsTlsErro
 /// The certificate the xDS port presents.
 #[derive(Debug)]
 enum Source {
-    /// The operator's (`--xds-tls-cert`, `--xds-tls-key`), read once at start.
-    Fixed(Arc<CertifiedKey>),
+    /// The operator's (`--xds-tls-cert`, `--xds-tls-key`), read again
+    /// every second for a rotation.
+    Files(Arc<ServedCert>),
     /// Issued by the mesh CA for `names`, replaced at half life.
     Mesh {
         ca: Arc<Ca>,
@@ -80,9 +85,9 @@ fn issue(ca: &Ca, names: &[String]) -> Result<(Arc<CertifiedKey>, SystemTime), X
 }
 
 impl ResolvesServerCert for Source {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         match self {
-            Source::Fixed(ck) => Some(ck.clone()),
+            Source::Files(cert) => cert.resolve(hello),
             Source::Mesh { ca, names, current } => {
                 let (ck, renew_at) = current.read().ok()?.clone();
                 if SystemTime::now() < renew_at {
@@ -113,6 +118,8 @@ impl ResolvesServerCert for Source {
 #[derive(Clone)]
 pub struct XdsTls {
     acceptor: TlsAcceptor,
+    /// The operator's files, which the accept loop reads again.
+    files: Option<Arc<ServedCert>>,
 }
 
 impl std::fmt::Debug for XdsTls {
@@ -128,19 +135,13 @@ impl XdsTls {
         XdsTls::with(Source::Mesh { ca, names, current })
     }
 
-    /// The operator's certificate chain and key, PEM files.
+    /// The operator's certificate chain and key, PEM files, watched for a
+    /// rotation.
     pub fn from_files(cert: &Path, key: &Path) -> Result<XdsTls, XdsTlsError> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| XdsTlsError::File {
-                path: p.display().to_string(),
-                message: e.to_string(),
-            })
-        };
-        let ck = certified(&read(cert)?, &read(key)?).map_err(|e| XdsTlsError::File {
-            path: cert.display().to_string(),
-            message: e.to_string(),
-        })?;
-        XdsTls::with(Source::Fixed(Arc::new(ck)))
+        let served = Arc::new(ServedCert::from_files(cert, key, "the xDS port")?);
+        let mut tls = XdsTls::with(Source::Files(served.clone()))?;
+        tls.files = Some(served);
+        Ok(tls)
     }
 
     fn with(source: Source) -> Result<XdsTls, XdsTlsError> {
@@ -152,6 +153,7 @@ impl XdsTls {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(XdsTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            files: None,
         })
     }
 
@@ -164,11 +166,19 @@ impl XdsTls {
     ) -> tokio_stream::wrappers::ReceiverStream<io::Result<XdsStream>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            let mut reload = tokio::time::interval(RELOAD_EVERY);
+            reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let accepted = tokio::select! {
                     a = listener.accept() => a,
                     // The server stopped reading: stop accepting.
                     () = tx.closed() => return,
+                    _ = reload.tick(), if self.files.is_some() => {
+                        if let Some(files) = &self.files {
+                            files.reload().await;
+                        }
+                        continue;
+                    }
                 };
                 let (tcp, peer) = match accepted {
                     Ok(c) => c,

@@ -172,9 +172,33 @@ async fn start(
         ),
     ];
     for (kind, name, ports) in nodes {
+        // Each proxy proves its node with the node's token.
+        let flag = if kind == "virtualNode" {
+            "--virtual-node"
+        } else {
+            "--virtual-gateway"
+        };
+        let token = procs::run(
+            &control_bin,
+            &s(&[
+                "token",
+                "issue",
+                "--reuse",
+                "--mesh",
+                "demo",
+                flag,
+                name,
+                "--api-addr",
+                &api,
+                "--data-dir",
+                &data.to_string_lossy(),
+            ]),
+        )
+        .await?;
         // App Mesh mode: the variables App Mesh's Envoy image read, no file;
         // xDS over TLS, trusting the CA trellis-control made in its data dir.
         let env = [
+            ("TRELLIS_XDS_TOKEN", token.trim().to_string()),
             ("APPMESH_RESOURCE_ARN", format!("mesh/demo/{kind}/{name}")),
             ("TRELLIS_XDS_ADDR", xds.clone()),
             (

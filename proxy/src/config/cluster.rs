@@ -12,7 +12,7 @@ use xds_protos::envoy::extensions::upstreams::http::v3::{
 };
 
 use super::address::{host_port, HostPort};
-use super::{duration, ConfigError};
+use super::{config_source, duration, ConfigError};
 
 const HTTP_PROTOCOL_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,11 +47,20 @@ pub enum Discovery {
     Static(Vec<EndpointConfig>),
     StrictDns(Vec<EndpointConfig>),
     LogicalDns(Vec<EndpointConfig>),
-    /// Endpoints arrive over EDS under this service name.
-    Eds(String),
+    /// Endpoints arrive over EDS.
+    Eds(Eds),
     /// `ORIGINAL_DST`: one host per original destination of the downstream
     /// connection (or of an explicit-proxy request), created on first use.
     OriginalDst,
+}
+
+/// Where an EDS cluster's endpoints come from.
+#[derive(Debug, Clone)]
+pub struct Eds {
+    /// The name its ClusterLoadAssignment is asked for by.
+    pub service: String,
+    /// How long the cluster warms without them (`None`: for ever).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,13 +153,19 @@ impl ClusterConfig {
                 Discovery::LogicalDns(eps)
             }
             cluster::DiscoveryType::Eds => {
-                let service = proto
-                    .eds_cluster_config
-                    .as_ref()
+                let eds = proto.eds_cluster_config.as_ref();
+                let service = eds
                     .map(|c| c.service_name.clone())
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| proto.name.clone());
-                Discovery::Eds(service)
+                let initial_fetch_timeout = config_source::ads(
+                    eds.and_then(|c| c.eds_config.as_ref()),
+                    "eds_cluster_config.eds_config",
+                )?;
+                Discovery::Eds(Eds {
+                    service,
+                    initial_fetch_timeout,
+                })
             }
             cluster::DiscoveryType::OriginalDst => {
                 if proto.load_assignment.is_some() {

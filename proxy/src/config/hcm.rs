@@ -10,7 +10,7 @@ use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3
     http_filter, HttpConnectionManager,
 };
 
-use super::{duration, ConfigError};
+use super::{config_source, duration, ConfigError};
 use crate::router::RouteTable;
 
 const ROUTER_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
@@ -157,8 +157,16 @@ pub enum StripPort {
 #[derive(Debug)]
 pub enum RouteSource {
     Static(Arc<RouteTable>),
-    /// A RouteConfiguration delivered over RDS under this name.
-    Rds(Arc<str>),
+    /// A RouteConfiguration delivered over RDS.
+    Rds(Rds),
+}
+
+/// A route configuration the listener waits for over ADS.
+#[derive(Debug)]
+pub struct Rds {
+    pub name: Arc<str>,
+    /// How long the listener warms without it (`None`: for ever).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 impl HcmConfig {
@@ -189,7 +197,13 @@ impl HcmConfig {
                         "a route config name is required",
                     ));
                 }
-                RouteSource::Rds(Arc::from(rds.route_config_name.as_str()))
+                RouteSource::Rds(Rds {
+                    name: Arc::from(rds.route_config_name.as_str()),
+                    initial_fetch_timeout: config_source::ads(
+                        rds.config_source.as_ref(),
+                        "rds.config_source",
+                    )?,
+                })
             }
             Some(RouteSpecifier::ScopedRoutes(_)) => {
                 return Err(ConfigError::new(
@@ -417,4 +431,49 @@ fn http_filters(h: &HttpConnectionManager) -> Result<Vec<crate::filters::HttpFil
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_protos::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+
+    fn minimal() -> HttpConnectionManager {
+        HttpConnectionManager {
+            stat_prefix: "t".into(),
+            route_specifier: Some(RouteSpecifier::RouteConfig(Default::default())),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The limits trellis bounds where Envoy does not (README, Hardening):
+    /// a change of any of them must be deliberate.
+    #[test]
+    fn hardening_defaults_are_bounded() {
+        let c = HcmConfig::compile(&minimal()).expect("a minimal HCM compiles");
+        assert_eq!(c.request_headers_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            (
+                c.http2.max_concurrent_streams,
+                c.http2.initial_stream_window_size,
+                c.http2.initial_connection_window_size,
+                c.http2.max_control_frames,
+            ),
+            (100, 1 << 20, 4 << 20, 1000)
+        );
+        assert_eq!((c.max_request_headers_kb, c.max_headers_count), (60, 100));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.stream_idle_timeout, Some(Duration::from_secs(300)));
+        // `0s` turns the head timer off, as in Envoy.
+        let off = HttpConnectionManager {
+            request_headers_timeout: Some(prost_types::Duration::default()),
+            ..minimal()
+        };
+        let c = HcmConfig::compile(&off).expect("compiles");
+        assert_eq!(c.request_headers_timeout, None);
+    }
 }

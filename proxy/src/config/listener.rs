@@ -283,8 +283,15 @@ fn compile_listener_filters(l: &Listener) -> Result<Option<InspectorConfig>, Con
 fn compile_chain(fc: &FilterChain) -> Result<ChainConfig, ConfigError> {
     let matcher = ChainMatch::compile(fc.filter_chain_match.as_ref())
         .map_err(|e| e.at("filter_chain_match"))?;
-    let tls = crate::tls::downstream_transport_socket(fc.transport_socket.as_ref())
-        .map_err(|e| e.at("transport_socket"))?;
+    // Absent: trellis's default bound; `0s`: none, as in Envoy.
+    let handshake_timeout = duration::timeout(
+        fc.transport_socket_connect_timeout.as_ref(),
+        Some(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT),
+        "transport_socket_connect_timeout",
+    )?;
+    let tls =
+        crate::tls::downstream_transport_socket(fc.transport_socket.as_ref(), handshake_timeout)
+            .map_err(|e| e.at("transport_socket"))?;
     let Some((last, rest)) = fc.filters.split_last() else {
         return Err(ConfigError::new(
             "filters",

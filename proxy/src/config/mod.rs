@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod cluster;
+pub mod config_source;
 pub mod connection_limit;
 pub mod duration;
 mod error;

@@ -241,6 +241,7 @@ pub static SUPPORTED: &[Entry] = &[
             ("filter_chain_match", Walk),
             ("filters", Walk),
             ("transport_socket", Walk),
+            ("transport_socket_connect_timeout", Walk),
             ("name", Walk),
             ("metadata", Opaque),
         ],

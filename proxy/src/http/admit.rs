@@ -1,7 +1,8 @@
 //! Per-connection request limits checked before a request is handled:
 //! `max_requests_per_connection`, `max_headers_count` and
-//! `max_request_headers_kb` on HTTP/2 (hyper enforces both on HTTP/1), and
-//! the `stop_accepting_requests` overload action.
+//! `max_request_headers_kb` on HTTP/2 (the HTTP/1 codec, `http/h1`, enforces
+//! both while it parses a head), and the `stop_accepting_requests` overload
+//! action.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -178,6 +178,7 @@ impl Hcm {
         let polls = PollCount::default();
         let limits = h2_guard::Limits {
             max_control_frames: cfg.http2.max_control_frames,
+            head_timeout: cfg.request_headers_timeout,
             http: self.stats.clone(),
             http2: self.shared.http2.clone(),
         };

@@ -9,13 +9,21 @@
 //!   Envoy's premature-reset rule: once half of its streams are reset, after
 //!   at least [`PREMATURE_RESET_STREAMS`] / 2 resets;
 //! - sends more PING or SETTINGS frames than `max_outbound_control_frames`
-//!   within one second (a control-frame flood).
+//!   within one second (a control-frame flood);
+//! - takes longer than `request_headers_timeout` over one header block, from
+//!   its HEADERS frame to the end of the frame that carries END_HEADERS
+//!   (a slowloris over HEADERS and trickled CONTINUATION frames). Envoy
+//!   answers that stream 408; below h2 the guard cannot, and as a header
+//!   block holds up the whole connection (nothing may come between its
+//!   frames), it closes the connection and counts the same
+//!   `downstream_rq_header_timeout`.
 //!
 //! Outbound, every RST_STREAM is `http2.tx_reset`; a GOAWAY with an error
 //! is the connection manager's `downstream_cx_protocol_error` (h2 giving up
 //! on a CONTINUATION flood or an HPACK bomb), or, when h2's own rapid-reset
 //! check sent it, `downstream_rq_too_many_premature_resets`.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,11 +31,14 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use crate::stats::{Http2Stats, HttpStats};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
@@ -48,6 +59,9 @@ pub struct H2Guard<T> {
     outbound: Frames,
     /// `None` for connections that cannot speak HTTP/2.
     policy: Option<Policy>,
+    /// Runs while a header block is incomplete; made at the first slow one.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    head_timer_armed: bool,
 }
 
 #[derive(Debug)]
@@ -65,12 +79,15 @@ enum State {
 enum Abuse {
     PrematureResets,
     ControlFlood,
+    HeaderTimeout,
 }
 
 /// What the guard counts and the limits it enforces.
 #[derive(Debug)]
 pub struct Limits {
     pub max_control_frames: u32,
+    /// `request_headers_timeout`, for one header block.
+    pub head_timeout: Option<Duration>,
     pub http: Arc<HttpStats>,
     pub http2: Arc<Http2Stats>,
 }
@@ -83,6 +100,8 @@ struct Policy {
     resets: u64,
     window_start: Option<Instant>,
     control_frames: u32,
+    /// A HEADERS frame came without END_HEADERS; its CONTINUATIONs follow.
+    block_open: bool,
 }
 
 impl<T> H2Guard<T> {
@@ -98,6 +117,8 @@ impl<T> H2Guard<T> {
             inbound: Frames::default(),
             outbound: Frames::default(),
             policy: limits.map(Policy::new),
+            head_timer: None,
+            head_timer_armed: false,
         }
     }
 }
@@ -114,6 +135,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for H2Guard<T> {
             (State::Off, _) | (_, None) => return Pin::new(&mut this.inner).poll_read(cx, buf),
             (_, Some(p)) => p,
         };
+        if this.head_timer_armed {
+            if let Some(t) = this.head_timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    let a = Abuse::HeaderTimeout;
+                    policy.count(a);
+                    this.state = State::Closed(a);
+                    return Poll::Ready(Err(a.error()));
+                }
+            }
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let mut bytes = &buf.filled()[before..];
@@ -139,6 +170,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for H2Guard<T> {
             policy.count(a);
             this.state = State::Closed(a);
             return Poll::Ready(Err(a.error()));
+        }
+        let in_block = policy.block_open || this.inbound.mid_header_frame();
+        match (policy.limits.head_timeout, in_block, this.head_timer_armed) {
+            (Some(limit), true, false) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match this.head_timer.as_mut() {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => this.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+                if let Some(t) = this.head_timer.as_mut() {
+                    // Registers the waker: the next bytes may never come.
+                    let _ = t.as_mut().poll(cx);
+                }
+                this.head_timer_armed = true;
+            }
+            (_, false, true) => this.head_timer_armed = false,
+            _ => {}
         }
         Poll::Ready(Ok(()))
     }
@@ -203,6 +251,7 @@ impl Abuse {
         let what = match self {
             Abuse::PrematureResets => "too many premature stream resets",
             Abuse::ControlFlood => "PING/SETTINGS flood",
+            Abuse::HeaderTimeout => "request header timeout",
         };
         io::Error::new(io::ErrorKind::ConnectionAborted, what)
     }
@@ -217,11 +266,15 @@ impl Policy {
             resets: 0,
             window_start: None,
             control_frames: 0,
+            block_open: false,
         }
     }
 
     /// A frame from the client; `Some` when it crosses a limit.
     fn inbound(&mut self, f: Frame) -> Option<Abuse> {
+        if f.kind == HEADERS || f.kind == CONTINUATION {
+            self.block_open = f.flags & END_HEADERS == 0;
+        }
         match f.kind {
             HEADERS if f.stream % 2 == 1 && f.stream > self.last_stream => {
                 self.last_stream = f.stream;
@@ -283,6 +336,7 @@ impl Policy {
                 .downstream_rq_too_many_premature_resets
                 .inc(),
             Abuse::ControlFlood => self.limits.http2.outbound_control_flood.inc(),
+            Abuse::HeaderTimeout => self.limits.http.downstream_rq_header_timeout.inc(),
         }
     }
 }
@@ -365,6 +419,13 @@ impl Frames {
                 self.have = 0;
             }
         }
+    }
+
+    /// Inside the payload of a HEADERS or CONTINUATION frame.
+    fn mid_header_frame(&self) -> bool {
+        self.have == self.head.len()
+            && self.left > 0
+            && matches!(self.head[3], HEADERS | CONTINUATION)
     }
 
     fn frame(&self, code: Option<u32>) -> Frame {
@@ -456,6 +517,7 @@ mod tests {
     fn policy(max_control_frames: u32) -> Policy {
         Policy::new(Limits {
             max_control_frames,
+            head_timeout: None,
             http: Arc::new(HttpStats::new(Arc::from("t"))),
             http2: Arc::default(),
         })
@@ -547,6 +609,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let limits = || Limits {
             max_control_frames: 5,
+            head_timeout: None,
             http: Arc::new(HttpStats::new(Arc::from("t"))),
             http2: Arc::default(),
         };

@@ -73,6 +73,10 @@ impl Hcm {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 stats.downstream_rq.record(status.as_u16());
+                // Envoy's HTTP/1 codec refuses an oversized head itself.
+                if status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                    stats.downstream_cx_protocol_error.inc();
+                }
                 stats.downstream_rq_active.dec();
                 return resp;
             }
@@ -150,7 +154,7 @@ impl Hcm {
         let snapshot = self.shared.snapshot.load_full();
         let table = match &self.config.routes {
             RouteSource::Static(t) => t,
-            RouteSource::Rds(name) => match snapshot.routes.get(name) {
+            RouteSource::Rds(rds) => match snapshot.routes.get(&rds.name) {
                 Some(t) => t,
                 None => return self.no_route(grpc),
             },

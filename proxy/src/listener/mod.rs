@@ -20,10 +20,10 @@ use crate::http::Hcm;
 use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
 use crate::stats::ListenerStats;
-use crate::tls::ServerTls;
+use crate::tls::{HandshakeError, ServerTls};
 
 use connection_limit::ConnectionLimit;
-pub use manager::ListenerManager;
+pub use manager::{ListenerManager, Wanted};
 pub use tcp_proxy::TcpProxy;
 
 /// A listener's compiled chains with the stats they feed. Swapped whole when
@@ -105,9 +105,16 @@ impl ActiveListener {
     }
 }
 
-/// Binds like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only unless
-/// `ipv4_compat` (then `::` takes IPv4 clients too, as `::ffff:a.b.c.d`).
+/// Binds and listens like Envoy: SO_REUSEADDR, and IPv6 sockets v6-only
+/// unless `ipv4_compat` (then `::` takes IPv4 clients too, as
+/// `::ffff:a.b.c.d`).
 pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> std::io::Result<TcpListener> {
+    listen(bind_only(addr, ipv4_compat)?)
+}
+
+/// Binds without listening: the address is held, and connections to it are
+/// refused until [`listen`] (a warming listener's socket, as Envoy's).
+fn bind_only(addr: SocketAddr, ipv4_compat: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -115,6 +122,10 @@ pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> std::io::Result<TcpListener>
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn listen(socket: Socket) -> std::io::Result<TcpListener> {
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }
@@ -122,7 +133,7 @@ pub fn bind(addr: SocketAddr, ipv4_compat: bool) -> std::io::Result<TcpListener>
 /// Accepts until `stop` is signalled, then closes the socket. The overload
 /// manager may pause accepting, or have new connections closed at once.
 fn spawn(
-    socket: TcpListener,
+    socket: Arc<TcpListener>,
     active: Arc<ArcSwap<ActiveListener>>,
     mut stop: Watch,
     overload: Arc<Overload>,
@@ -238,11 +249,17 @@ fn handle(
             // The whole TLS path in one box: what its handshake returns would
             // otherwise take room in every connection's task, plaintext ones too.
             Some(tls) => {
-                let ssl = &listener.stats.ssl;
+                let stats = &listener.stats;
+                let ssl = &stats.ssl;
                 let terminal = chain.terminal;
                 Box::pin(async move {
-                    let Some((stream, info)) = tls.accept(stream, Some(ssl)).await else {
-                        return;
+                    let (stream, info) = match tls.accept(stream, Some(ssl)).await {
+                        Ok(accepted) => accepted,
+                        Err(HandshakeError::TimedOut) => {
+                            stats.downstream_cx_transport_socket_connect_timeout.inc();
+                            return;
+                        }
+                        Err(HandshakeError::Failed) => return,
                     };
                     let info = Arc::new(info);
                     match terminal {

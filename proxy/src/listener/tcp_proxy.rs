@@ -82,7 +82,7 @@ impl TcpProxy {
         &self,
         mut downstream: S,
         original: Option<SocketAddr>,
-        _drain: Watch,
+        mut drain: Watch,
         info: &mut StreamInfo,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -146,9 +146,21 @@ impl TcpProxy {
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
         let copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
-        let copied = match self.config.idle_timeout {
-            Some(idle) => activity.run(copy, idle).await,
-            None => Some(copy.await),
+        let copying = async {
+            match self.config.idle_timeout {
+                Some(idle) => activity.run(copy, idle).await,
+                None => Some(copy.await),
+            }
+        };
+        // A removed or changed listener's sessions get the drain time to
+        // finish, then are closed, as Envoy closes them with the listener.
+        let drained = async {
+            drain.signaled().await;
+            tokio::time::sleep(self.shared.drain_time).await;
+        };
+        let copied = tokio::select! {
+            c = copying => c,
+            _ = drained => None,
         };
         if let Some(Ok((received, sent))) = copied {
             info.bytes_received = received;

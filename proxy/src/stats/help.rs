@@ -206,6 +206,9 @@ pub fn help(family: &str) -> &'static str {
         "listener_downstream_cx_overload_reject" => {
             "Connections closed at once by the reject_incoming_connections overload action."
         }
+        "listener_downstream_cx_transport_socket_connect_timeout" => {
+            "TLS handshakes not finished within the filter chain's handshake timeout."
+        }
         "connection_limit_active_connections" => {
             "Connections open on filter chains with this connection_limit prefix."
         }
@@ -275,12 +278,12 @@ pub fn help(family: &str) -> &'static str {
         "cluster_manager_cds_update_duration" => {
             "Milliseconds to validate, compile and swap in an accepted CDS update."
         }
-        "cluster_manager_eds_update_attempt" => "EDS updates received.",
-        "cluster_manager_eds_update_success" => "EDS updates applied.",
-        "cluster_manager_eds_update_rejected" => "EDS updates rejected (NACKed).",
-        "cluster_manager_eds_version" => "Hash of the EDS version in force.",
-        "cluster_manager_eds_update_duration" => {
-            "Milliseconds to validate, compile and swap in an accepted EDS update."
+        "cluster_update_attempt" => "EDS updates received for this cluster.",
+        "cluster_update_success" => "EDS updates applied to this cluster.",
+        "cluster_update_rejected" => "EDS updates of this cluster rejected (NACKed).",
+        "cluster_version" => "Hash of the EDS version in force for this cluster.",
+        "cluster_update_duration" => {
+            "Milliseconds to validate, compile and swap in an accepted EDS update of this cluster."
         }
         "listener_manager_lds_update_attempt" => "LDS updates received.",
         "listener_manager_lds_update_success" => "LDS updates applied.",
@@ -289,10 +292,10 @@ pub fn help(family: &str) -> &'static str {
         "listener_manager_lds_update_duration" => {
             "Milliseconds to validate, compile and swap in an accepted LDS update."
         }
-        "http_rds_update_attempt" => "RDS updates received.",
-        "http_rds_update_success" => "RDS updates applied.",
-        "http_rds_update_rejected" => "RDS updates rejected (NACKed).",
-        "http_rds_version" => "Hash of the RDS version in force.",
+        "http_rds_update_attempt" => "RDS updates received for this route config.",
+        "http_rds_update_success" => "RDS updates of this route config applied.",
+        "http_rds_update_rejected" => "RDS updates of this route config rejected (NACKed).",
+        "http_rds_version" => "Hash of the RDS version in force for this route config.",
         "http_rds_update_duration" => {
             "Milliseconds to validate, compile and swap in an accepted RDS update."
         }

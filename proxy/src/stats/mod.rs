@@ -167,7 +167,8 @@ pub struct Scope {
     /// The Prometheus label Envoy's tag extraction gives the scope's name.
     pub tag: Option<(&'static str, Arc<str>)>,
     /// More labels, for scopes named by several values (an App Mesh peer);
-    /// their values join the text name in order.
+    /// their values join the text name in order. A label with an empty key
+    /// is a literal segment of the name, not a Prometheus label.
     pub labels: Vec<(&'static str, Arc<str>)>,
 }
 
@@ -551,6 +552,8 @@ pub struct ListenerStats {
     pub downstream_global_cx_overflow: Counter,
     /// Connections closed at once by `reject_incoming_connections`.
     pub downstream_cx_overload_reject: Counter,
+    /// TLS handshakes not done within the chain's handshake timeout.
+    pub downstream_cx_transport_socket_connect_timeout: Counter,
 }
 
 impl ListenerStats {
@@ -570,6 +573,7 @@ impl ListenerStats {
             tls: std::sync::atomic::AtomicBool::new(false),
             downstream_global_cx_overflow: Counter::default(),
             downstream_cx_overload_reject: Counter::default(),
+            downstream_cx_transport_socket_connect_timeout: Counter::default(),
         }
     }
 }
@@ -589,6 +593,11 @@ impl StatSource for ListenerStats {
             s,
             "downstream_cx_overload_reject",
             self.downstream_cx_overload_reject.get(),
+        );
+        v.counter(
+            s,
+            "downstream_cx_transport_socket_connect_timeout",
+            self.downstream_cx_transport_socket_connect_timeout.get(),
         );
         if self.tls.load(std::sync::atomic::Ordering::Relaxed) {
             self.ssl.visit(s, v);

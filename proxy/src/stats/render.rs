@@ -41,12 +41,21 @@ impl Collect<'_> {
         text.push('.');
         text.push_str(name);
         let mut labels = Vec::new();
-        let (family, extra) = prometheus_family(scope.kind, name);
+        // A label with no key is a literal segment of the name: it stays in
+        // the family (`http.P.rds.R.x` is `envoy_http_rds_x`).
+        let mut kind = scope.kind.to_string();
+        for (_, v) in scope.labels.iter().filter(|(k, _)| k.is_empty()) {
+            kind.push('_');
+            kind.push_str(v);
+        }
+        let (family, extra) = prometheus_family(&kind, name);
         if let Some(l) = extra {
             labels.push(l);
         }
         for (k, v) in scope.tag.iter().chain(&scope.labels) {
-            labels.push((k.to_string(), v.to_string()));
+            if !k.is_empty() {
+                labels.push((k.to_string(), v.to_string()));
+            }
         }
         labels.extend(self.node_labels.iter().cloned());
         self.samples.push(Sample {

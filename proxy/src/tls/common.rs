@@ -8,7 +8,7 @@ use xds_protos::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, CommonTlsContext,
 };
 
-use super::material::{certified_key, validation, SecretValue, Validation};
+use super::material::{certified_key, validation, SecretValue, ServedCert, Validation};
 use super::secrets::{resolve, Slot};
 use super::verify::Trust;
 use super::Role;
@@ -17,29 +17,54 @@ use crate::config::ConfigError;
 /// A certificate the context presents: fixed at compile time, or the
 /// current value of a secret.
 pub enum CertSource {
-    Fixed(Arc<CertifiedKey>),
+    Fixed(Arc<ServedCert>),
     Sds(Arc<Slot>),
 }
 
 impl CertSource {
-    fn current(&self) -> Option<Arc<CertifiedKey>> {
+    /// The certificate, if `pick` takes it.
+    fn pick(&self, pick: impl Fn(&ServedCert) -> bool) -> Option<Arc<CertifiedKey>> {
         match self {
-            CertSource::Fixed(k) => Some(k.clone()),
+            CertSource::Fixed(c) => pick(c).then(|| c.key.clone()),
             CertSource::Sds(slot) => match slot.load().as_deref() {
-                Some(SecretValue::Certificate(k)) => Some(k.clone()),
+                Some(SecretValue::Certificate(c)) => pick(c).then(|| c.key.clone()),
                 _ => None,
             },
         }
     }
 }
 
-/// The certificates of one context, presented first-available-first: Envoy
-/// picks among several by key type, which rustls's one-key resolver cannot.
+/// The certificates of one context. A server chooses among several by SNI
+/// the way Envoy does: a certificate naming the server name exactly, then
+/// one whose wildcard covers it, else the first. The names are read per
+/// certificate when it loads (an SDS certificate can change), and a context
+/// holds few, so a scan beats a map here and allocates nothing.
 pub struct Certs(pub Vec<CertSource>);
 
 impl Certs {
+    /// The server certificate for a ClientHello's `sni`.
+    pub fn for_sni(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let (Some(sni), true) = (sni, self.0.len() > 1) {
+            let exact = self.0.iter().find_map(|s| s.pick(|c| c.names_exactly(sni)));
+            // `www.example.com` is covered by `*.example.com`; the label
+            // left of the first dot must not be empty.
+            let wildcard = || {
+                let dot = sni.get(1..)?.find('.')? + 1;
+                let suffix = sni.get(dot..).filter(|s| s.len() > 1)?;
+                self.0
+                    .iter()
+                    .find_map(|s| s.pick(|c| c.names_wildcard(suffix)))
+            };
+            if let Some(k) = exact.or_else(wildcard) {
+                return Some(k);
+            }
+        }
+        self.current()
+    }
+
+    /// The first certificate available.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let found = self.0.iter().find_map(CertSource::current);
+        let found = self.0.iter().find_map(|s| s.pick(|_| true));
         // A context without certificates is asked too (rustls's client asks
         // whatever the server requests): nothing is missing then.
         if found.is_none() && !self.0.is_empty() {
@@ -110,7 +135,7 @@ impl Common {
         let mut certs = Vec::new();
         for (i, tc) in c.tls_certificates.iter().enumerate() {
             let k = certified_key(tc).map_err(|e| e.at(format!("tls_certificates[{i}]")))?;
-            certs.push(CertSource::Fixed(k));
+            certs.push(CertSource::Fixed(Arc::new(ServedCert::new(k))));
         }
         for (i, s) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
             let r =

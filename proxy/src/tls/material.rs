@@ -23,7 +23,7 @@ use crate::router::string::StringMatcher;
 /// What a `Secret` holds once compiled.
 #[derive(Clone)]
 pub enum SecretValue {
-    Certificate(Arc<CertifiedKey>),
+    Certificate(Arc<ServedCert>),
     Validation(Arc<Validation>),
 }
 
@@ -90,6 +90,64 @@ fn certificates(pem: &[u8], field: &str) -> Result<Vec<CertificateDer<'static>>,
             .map_err(|e| ConfigError::new(field, format!("certificate {i} is malformed: {e}")))?;
     }
     Ok(certs)
+}
+
+/// A certificate with its key, and the names it is chosen by when a server
+/// context holds several: its DNS SANs or, without any, its subject's
+/// common name (as Envoy reads them). Read once, when the certificate loads,
+/// so choosing by SNI allocates nothing.
+pub struct ServedCert {
+    pub key: Arc<CertifiedKey>,
+    names: Box<[Box<str>]>,
+}
+
+impl ServedCert {
+    pub fn new(key: Arc<CertifiedKey>) -> ServedCert {
+        let names = key
+            .cert
+            .first()
+            .map(|leaf| served_names(leaf))
+            .unwrap_or_default();
+        ServedCert { key, names }
+    }
+
+    /// The certificate names `sni` exactly (names are case-insensitive).
+    pub fn names_exactly(&self, sni: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(sni))
+    }
+
+    /// A wildcard name covers `suffix`: `*.example.com` for `.example.com`.
+    pub fn names_wildcard(&self, suffix: &str) -> bool {
+        self.names.iter().any(|n| {
+            n.strip_prefix('*')
+                .is_some_and(|s| s.eq_ignore_ascii_case(suffix))
+        })
+    }
+}
+
+/// The DNS SANs of a leaf certificate, or its subject CN when it has no SAN
+/// extension.
+fn served_names(leaf: &CertificateDer<'_>) -> Box<[Box<str>]> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Box::default();
+    };
+    if let Ok(Some(ext)) = parsed.subject_alternative_name() {
+        return ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(s) => Some(Box::from(*s)),
+                _ => None,
+            })
+            .collect();
+    }
+    parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(Box::from)
+        .collect()
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -218,9 +276,9 @@ pub fn compile_secret(s: &Secret) -> Result<SecretValue, ConfigError> {
         return Err(ConfigError::new("name", "a secret needs a name"));
     }
     match &s.r#type {
-        Some(secret::Type::TlsCertificate(c)) => Ok(SecretValue::Certificate(
-            certified_key(c).map_err(|e| e.at("tls_certificate"))?,
-        )),
+        Some(secret::Type::TlsCertificate(c)) => Ok(SecretValue::Certificate(Arc::new(
+            ServedCert::new(certified_key(c).map_err(|e| e.at("tls_certificate"))?),
+        ))),
         Some(secret::Type::ValidationContext(v)) => {
             let v = validation(v).map_err(|e| e.at("validation_context"))?;
             if v.roots.is_none() {

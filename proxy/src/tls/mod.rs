@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 pub use client::{AlpnFor, ClientStream, UpstreamTls};
 pub use inspector::{inspect, ClientHelloFacts, Inspection};
-pub use server::{PeerInfo, ServerTls};
+pub use server::{HandshakeError, PeerInfo, ServerTls, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use stats::{ClusterSslStats, SslStats};
 
 /// The one crypto provider: `ring`, with rustls's default (modern, AEAD and
@@ -128,9 +128,11 @@ fn transport_socket_any<'a>(
     Ok(Some(any))
 }
 
-/// Compiles a filter chain's `transport_socket` (a `DownstreamTlsContext`).
+/// Compiles a filter chain's `transport_socket` (a `DownstreamTlsContext`),
+/// its handshakes bounded by `handshake_timeout`.
 pub fn downstream_transport_socket(
     ts: Option<&xds_protos::envoy::config::core::v3::TransportSocket>,
+    handshake_timeout: Option<std::time::Duration>,
 ) -> Result<Option<Arc<ServerTls>>, crate::config::ConfigError> {
     let Some(any) = transport_socket_any(ts, xds_protos::type_url::DOWNSTREAM_TLS_CONTEXT)? else {
         return Ok(None);
@@ -138,7 +140,9 @@ pub fn downstream_transport_socket(
     let ctx = xds_protos::any::unpack(any)
         .map_err(|e| crate::config::ConfigError::new("typed_config", e))?;
     Ok(Some(Arc::new(
-        ServerTls::compile(&ctx).map_err(|e| e.at("typed_config"))?,
+        ServerTls::compile(&ctx)
+            .map_err(|e| e.at("typed_config"))?
+            .with_handshake_timeout(handshake_timeout),
     )))
 }
 

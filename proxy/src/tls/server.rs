@@ -18,15 +18,27 @@ use super::Role;
 use crate::config::ConfigError;
 
 /// A handshake that has not finished by then is dropped, so a stalled peer
-/// cannot hold a connection slot; Envoy bounds it with the listener's
-/// connection timeouts in the same way.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// cannot hold a connection slot. Envoy has no bound unless the filter
+/// chain sets `transport_socket_connect_timeout`, which replaces this one.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A compiled `DownstreamTlsContext`. The rustls config is built once; the
 /// certificate and trust inside it follow their secrets.
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     ads_names: Vec<String>,
+    /// `None`: the chain turned the bound off (`0s`).
+    handshake_timeout: Option<Duration>,
+}
+
+/// Why a handshake gave no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The peer failed TLS (counted in `ssl.*`).
+    Failed,
+    /// Not finished within the handshake timeout: Envoy's
+    /// `downstream_cx_transport_socket_connect_timeout`.
+    TimedOut,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -53,8 +65,8 @@ pub struct PeerInfo {
 struct Resolver(Certs);
 
 impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.current()
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.for_sni(hello.server_name())
     }
 }
 
@@ -101,7 +113,14 @@ impl ServerTls {
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             ads_names: c.ads_names,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
         })
+    }
+
+    /// The filter chain's `transport_socket_connect_timeout`.
+    pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> ServerTls {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// Secrets this context expects over ADS.
@@ -112,14 +131,19 @@ impl ServerTls {
     /// Runs the server handshake. A failure is logged with its reason (the
     /// peer's certificate was expired, not yet valid, from an unknown CA, or
     /// its SANs did not match), counted in `stats` by kind, and the
-    /// connection is dropped.
+    /// connection is dropped. Logged at debug level, as Envoy does: anyone
+    /// on the internet can make handshakes fail, and the counters tell.
     pub async fn accept(
         &self,
         stream: TcpStream,
         stats: Option<&SslStats>,
-    ) -> Option<(TlsStream<TcpStream>, PeerInfo)> {
+    ) -> Result<(TlsStream<TcpStream>, PeerInfo), HandshakeError> {
         let peer = stream.peer_addr().ok();
-        let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
+        let handshake = self.acceptor.accept(stream);
+        let result = match self.handshake_timeout {
+            Some(limit) => tokio::time::timeout(limit, handshake).await,
+            None => Ok(handshake.await),
+        };
         let tls = match result {
             Ok(Ok(s)) => {
                 if let Some(st) = stats {
@@ -128,16 +152,16 @@ impl ServerTls {
                 s
             }
             Ok(Err(e)) => {
-                tracing::warn!(peer = ?peer, error = %e, "downstream TLS handshake failed");
+                tracing::debug!(peer = ?peer, error = %e, "downstream TLS handshake failed");
                 if let Some(st) = stats {
                     st.record_failure(&e);
                 }
-                return None;
+                return Err(HandshakeError::Failed);
             }
             // Not a TLS failure for Envoy either: no `ssl.*` stat moves.
             Err(_) => {
-                tracing::warn!(peer = ?peer, "downstream TLS handshake timed out");
-                return None;
+                tracing::debug!(peer = ?peer, "downstream TLS handshake timed out");
+                return Err(HandshakeError::TimedOut);
             }
         };
         let conn = tls.get_ref().1;
@@ -153,6 +177,6 @@ impl ServerTls {
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
         };
-        Some((tls, info))
+        Ok((tls, info))
     }
 }

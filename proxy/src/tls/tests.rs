@@ -64,6 +64,7 @@ fn ads_secrets_are_published_or_nacked_naming_the_field() {
 
     let mut res = Resources::default();
     res.apply(update(secret_any("ads_cert", &chain, &key)))
+        .result
         .expect("a good secret is accepted");
     assert!(matches!(
         slot.slot.load().as_deref(),
@@ -72,6 +73,7 @@ fn ads_secrets_are_published_or_nacked_naming_the_field() {
 
     let e = res
         .apply(update(secret_any("ads_cert", &chain, "not a key")))
+        .result
         .expect_err("a bad key is NACKed");
     assert!(
         e.contains("Secret 'ads_cert': tls_certificate.private_key"),
@@ -80,6 +82,7 @@ fn ads_secrets_are_published_or_nacked_naming_the_field() {
     assert!(!e.contains("PRIVATE KEY"), "{e}");
     let e = res
         .apply(update(secret_any("ads_cert", "garbage", &key)))
+        .result
         .expect_err("a bad certificate is NACKed");
     assert!(
         e.contains("Secret 'ads_cert': tls_certificate.certificate_chain"),

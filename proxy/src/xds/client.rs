@@ -14,9 +14,9 @@ use xds_protos::envoy::service::discovery::v3::{
 };
 use xds_protos::google::rpc::Status;
 
-use super::apply::{apply, Statics, Warming};
-use super::resources::{Kind, Resources, Update};
-use super::stats::{register, version_hash, XdsStats};
+use super::apply::{apply, claim_addresses, HeldListeners, Statics, Warming};
+use super::resources::{rds_by_prefix, Kind, Resources, Update};
+use super::stats::{register, version_hash, RdsScope, TypeStats, XdsStats};
 use super::AdsConfig;
 use crate::shared::Shared;
 use crate::tls::{AlpnFor, ClientStream, UpstreamTls};
@@ -34,28 +34,36 @@ struct Client {
     node: Node,
     stats: Arc<XdsStats>,
     state: Mutex<(Resources, Warming)>,
+    /// When the pending re-apply runs, if one is pending: updates that
+    /// arrive while something warms do not each start a timer of their own.
+    reapply_due: std::sync::Mutex<Option<Instant>>,
 }
 
 pub fn spawn(shared: Arc<Shared>, ads: AdsConfig, statics: Statics, node: Node) {
     let stats = register(&shared);
     let client = Arc::new(Client {
-        state: Mutex::new((
-            Resources::default(),
-            Warming::new(ads.initial_fetch_timeout),
-        )),
+        state: Mutex::new((Resources::default(), Warming::default())),
+        reapply_due: std::sync::Mutex::new(None),
         shared,
         ads,
         statics,
         node,
         stats,
     });
-    // The initial fetch timeout: go LIVE with what arrived, as Envoy does.
-    if let Some(t) = client.ads.initial_fetch_timeout {
-        let c = client.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(t).await;
-            c.reapply(true).await;
-        });
+    // Each wildcard subscription's initial fetch timeout: what has not
+    // answered by then no longer holds the first config back (Envoy's).
+    for kind in client.wildcards() {
+        let timeout = match kind {
+            Kind::Cluster => client.ads.cds_fetch_timeout,
+            _ => client.ads.lds_fetch_timeout,
+        };
+        if let Some(t) = timeout {
+            let c = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                c.give_up(kind).await;
+            });
+        }
     }
     tokio::spawn(async move { client.run().await });
 }
@@ -146,29 +154,33 @@ impl Client {
         let kind = update.kind;
         let version = update.version_info.clone();
         let count = update.resources.len();
-        let stats = self.stats.of(kind);
-        stats.update_attempt.inc();
         let mut guard = self.state.lock().await;
         let started = Instant::now();
         let (res, warming) = &mut *guard;
-        let outcome = res.apply(update);
-        match &outcome {
-            Err(e) => {
-                stats.update_rejected.inc();
-                tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
-            }
-            Ok(()) => {
+        let before = (kind == Kind::Listener).then(|| HeldListeners::of(res));
+        let applied = res.apply(update);
+        let mut outcome = applied.result;
+        if let Some(before) = before {
+            let claimed = claim_addresses(&self.shared, &self.statics, res, before);
+            outcome = join(outcome, claimed);
+        }
+        if let Err(e) = &outcome {
+            tracing::warn!(type_url = kind.type_url(), error = %e, "rejected xDS update");
+        }
+        let counted = self.count(kind, res, &applied.touched, outcome.is_ok());
+        for (stats, ok) in &counted {
+            stats.update_attempt.inc();
+            if *ok {
                 stats.update_success.inc();
                 stats.version.set(version_hash(&version));
+            } else {
+                stats.update_rejected.inc();
             }
         }
-        let wildcard_seen = self
-            .kinds()
-            .iter()
-            .filter(|k| k.is_wildcard())
-            .all(|k| res.versions.contains_key(k));
-        if wildcard_seen {
-            warming.initial_done = true;
+        // Answered, whether accepted or not: as Envoy, the first config
+        // does not wait on a type whose first response was refused.
+        if kind.is_wildcard() {
+            warming.initial.insert(kind);
         }
         let mut subs = Vec::new();
         if kind == Kind::Cluster {
@@ -186,13 +198,15 @@ impl Client {
             res.retain(Kind::Secret, &names);
             subs.push((Kind::Secret, names));
         }
-        let applied = apply(&self.shared, &self.statics, res, warming).await;
+        let next = apply(&self.shared, &self.statics, res, warming, &self.wildcards()).await;
         drop(guard);
-        if outcome.is_ok() {
-            // Envoy's `update_duration`: from the decoded response to the
-            // new config in force, for accepted updates.
-            let took = started.elapsed();
+        // Envoy's `update_duration`: from the decoded response to the new
+        // config in force, for what was accepted.
+        let took = started.elapsed();
+        for (stats, _) in counted.iter().filter(|(_, ok)| *ok) {
             stats.update_duration.record(took);
+        }
+        if outcome.is_ok() {
             tracing::info!(
                 type_url = kind.type_url(),
                 %version,
@@ -201,34 +215,116 @@ impl Client {
                 "xDS update applied"
             );
         }
-        match applied {
-            Ok(true) => self.schedule_reapply(),
-            Ok(false) => {}
-            Err(e) => return (subs, outcome.and(Err(e))),
-        }
+        self.schedule_reapply(next);
         (subs, outcome)
     }
 
-    fn schedule_reapply(self: &Arc<Self>) {
-        let Some(t) = self.ads.initial_fetch_timeout else {
+    /// The stats an update counts in, each with whether it was taken there:
+    /// CDS and LDS as a whole; EDS in each cluster it carries endpoints for,
+    /// RDS in each route config it carries (Envoy's scopes). Scopes of
+    /// what is no longer held are dropped.
+    fn count(
+        &self,
+        kind: Kind,
+        res: &Resources,
+        touched: &[(String, bool)],
+        ok: bool,
+    ) -> Vec<(Arc<TypeStats>, bool)> {
+        if kind == Kind::Cluster {
+            self.stats
+                .retain_eds(&res.clusters.keys().map(String::as_str).collect());
+        }
+        let rds = self.rds_scopes(res);
+        if kind == Kind::Listener {
+            self.stats.retain_rds(&rds.values().cloned().collect());
+        }
+        match kind {
+            Kind::Endpoint => touched
+                .iter()
+                .flat_map(|(service, ok)| {
+                    let clusters = res.clusters_of(service);
+                    let clusters = if clusters.is_empty() {
+                        vec![service.as_str()]
+                    } else {
+                        clusters
+                    };
+                    clusters.into_iter().map(|c| (self.stats.eds(c), *ok))
+                })
+                .collect(),
+            Kind::Route => touched
+                .iter()
+                .filter_map(|(name, ok)| Some((self.stats.rds(rds.get(name)?), *ok)))
+                .collect(),
+            _ => self.stats.of(kind).map(|s| (s, ok)).into_iter().collect(),
+        }
+    }
+
+    /// Each route config taken over RDS, with the scope its stats go in:
+    /// the stat prefix of the first connection manager that takes it
+    /// (static listeners first, then by name), as Envoy names the scope
+    /// after the manager that subscribed first.
+    fn rds_scopes(&self, res: &Resources) -> BTreeMap<String, RdsScope> {
+        let mut scopes = BTreeMap::new();
+        let listeners = self
+            .statics
+            .listeners
+            .iter()
+            .map(|l| l.as_ref())
+            .chain(res.listeners.values().map(|h| h.value.as_ref()));
+        for l in listeners {
+            for (prefix, rds) in rds_by_prefix(l) {
+                scopes
+                    .entry(rds.name.to_string())
+                    .or_insert_with(|| (prefix.clone(), rds.name.clone()));
+            }
+        }
+        scopes
+    }
+
+    /// Applies again once a warming resource's fetch times out.
+    fn schedule_reapply(self: &Arc<Self>, after: Option<Duration>) {
+        let Some(t) = after else {
             return;
         };
+        let due = Instant::now() + t;
+        {
+            let mut pending = self.reapply_due.lock().unwrap_or_else(|p| p.into_inner());
+            // One that runs no later applies again and schedules what is
+            // still to come.
+            if pending.is_some_and(|p| p <= due && p > Instant::now()) {
+                return;
+            }
+            *pending = Some(due);
+        }
         let c = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
-            c.reapply(false).await;
+            c.reapply(None).await;
         });
     }
 
-    async fn reapply(&self, initial: bool) {
+    /// The initial fetch of a wildcard type timed out.
+    async fn give_up(self: &Arc<Self>, kind: Kind) {
+        self.reapply(Some(kind)).await;
+    }
+
+    async fn reapply(self: &Arc<Self>, timed_out: Option<Kind>) {
         let mut guard = self.state.lock().await;
         let (res, warming) = &mut *guard;
-        if initial {
-            warming.initial_done = true;
+        if let Some(kind) = timed_out {
+            warming.initial.insert(kind);
         }
-        if let Err(e) = apply(&self.shared, &self.statics, res, warming).await {
-            tracing::warn!(error = %e, "applying warmed resources failed");
-        }
+        let next = apply(&self.shared, &self.statics, res, warming, &self.wildcards()).await;
+        drop(guard);
+        self.schedule_reapply(next);
+    }
+
+    /// The subscriptions that the first complete config waits on.
+    fn wildcards(&self) -> Vec<Kind> {
+        self.kinds()
+            .into_iter()
+            .filter(|k| k.is_wildcard())
+            .collect()
     }
 
     // === state of the world ===
@@ -453,6 +549,15 @@ impl Client {
     }
 }
 
+/// Both outcomes' errors, if any.
+fn join(a: Result<(), String>, b: Result<(), String>) -> Result<(), String> {
+    match (a, b) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+    }
+}
+
 fn nack(message: String) -> Status {
     Status {
         code: INVALID_ARGUMENT,
@@ -509,5 +614,30 @@ impl tonic::codegen::Service<http::Uri> for AdsConnector {
             };
             Ok(TokioIo::new(stream))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wait is within [half, whole] of a bound that doubles from
+    /// `BACKOFF_BASE` up to `BACKOFF_MAX`, and waits are spread (jitter).
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for attempt in 0..40u32 {
+            let bound = BACKOFF_BASE
+                .saturating_mul(2u32.saturating_pow(attempt))
+                .min(BACKOFF_MAX);
+            let waits: BTreeSet<Duration> = (0..200).map(|_| backoff(attempt)).collect();
+            for w in &waits {
+                assert!(
+                    *w >= bound / 2 && *w <= bound,
+                    "attempt {attempt}: {w:?} outside [{:?}, {bound:?}]",
+                    bound / 2
+                );
+            }
+            assert!(waits.len() > 10, "attempt {attempt}: no jitter: {waits:?}");
+        }
     }
 }

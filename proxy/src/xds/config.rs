@@ -8,10 +8,8 @@ use xds_protos::envoy::config::core::v3::{
     api_config_source::ApiType, config_source, grpc_service, ConfigSource,
 };
 
+use crate::config::config_source::DEFAULT_INITIAL_FETCH_TIMEOUT;
 use crate::config::{duration, ConfigError};
-
-/// Envoy's default for `initial_fetch_timeout`.
-const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct AdsConfig {
@@ -20,8 +18,10 @@ pub struct AdsConfig {
     pub delta: bool,
     pub lds: bool,
     pub cds: bool,
-    /// How long a resource may warm before it is used without what it waits for.
-    pub initial_fetch_timeout: Option<Duration>,
+    /// How long the first CDS and LDS answers are waited for before the
+    /// proxy goes LIVE without them (`None`: for ever).
+    pub cds_fetch_timeout: Option<Duration>,
+    pub lds_fetch_timeout: Option<Duration>,
     /// `grpc_services[0].initial_metadata`: sent on every stream (a node
     /// token for trellis-control, for instance).
     pub metadata: Vec<(
@@ -95,18 +95,18 @@ impl AdsConfig {
                 path,
             )
         };
-        let initial_fetch_timeout =
-            timeout_of(d.cds_config.as_ref(), "cds_config.initial_fetch_timeout")?.max(timeout_of(
-                d.lds_config.as_ref(),
-                "lds_config.initial_fetch_timeout",
-            )?);
+        let cds_fetch_timeout =
+            timeout_of(d.cds_config.as_ref(), "cds_config.initial_fetch_timeout")?;
+        let lds_fetch_timeout =
+            timeout_of(d.lds_config.as_ref(), "lds_config.initial_fetch_timeout")?;
         Ok(AdsConfig {
             metadata,
             cluster,
             delta,
             lds,
             cds,
-            initial_fetch_timeout,
+            cds_fetch_timeout,
+            lds_fetch_timeout,
         })
     }
 }

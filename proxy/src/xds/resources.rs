@@ -1,6 +1,8 @@
 //! The xDS resources a proxy holds, by type and name, each compiled when it
-//! arrives. An update is validated whole before any of it is kept: a rejected
-//! response leaves the held set exactly as it was. A resource that arrives
+//! arrives. Each resource of an update is validated on its own, as Envoy
+//! does: the valid ones are kept, a rejected one keeps its last good version
+//! (or stays absent), and the response's version is taken only if nothing
+//! in it was rejected. A resource that arrives
 //! with the very bytes of the one held under its name keeps its compiled
 //! form (Envoy skips such resources too), so a state-of-the-world response
 //! of 1,000 clusters where one changed compiles one.
@@ -16,7 +18,7 @@ use xds_protos::envoy::config::listener::v3::Listener;
 use xds_protos::type_url;
 
 use crate::config::cluster::{endpoints, ClusterConfig, Discovery, EndpointConfig};
-use crate::config::hcm::RouteSource;
+use crate::config::hcm::{Rds, RouteSource};
 use crate::config::listener::{ListenerConfig, Terminal};
 use crate::router::{EncodedRouteConfig, RouteTable};
 use crate::snapshot::DynamicResource;
@@ -125,10 +127,18 @@ pub struct Update {
     pub replace_all: bool,
 }
 
+/// What became of an update: its rejection, if any part was refused, and
+/// each named resource it carried with whether it was taken.
+pub struct Applied {
+    pub result: Result<(), String>,
+    pub touched: Vec<(String, bool)>,
+}
+
 impl Resources {
-    pub fn apply(&mut self, u: Update) -> Result<(), String> {
+    pub fn apply(&mut self, u: Update) -> Applied {
         let kind = u.kind;
         let mut errors = Vec::new();
+        let mut touched = Vec::new();
         macro_rules! compile_all {
             ($map:ident, $decode:expr) => {{
                 let mut next = if u.replace_all {
@@ -170,13 +180,17 @@ impl Resources {
                                 version,
                                 raw,
                             });
+                            touched.push((name.clone(), true));
                             next.insert(name, Held { value, dump });
                         }
                         Err((name, e)) => {
                             // The rejected resource keeps its last good
                             // version, even in a state-of-the-world update.
-                            if let Some(old) = name.as_ref().and_then(|n| self.$map.get(n)) {
-                                next.insert(name.unwrap_or_default(), old.clone());
+                            if let Some(name) = name {
+                                if let Some(old) = self.$map.get(&name) {
+                                    next.insert(name.clone(), old.clone());
+                                }
+                                touched.push((name, false));
                             }
                             errors.push(e)
                         }
@@ -204,11 +218,24 @@ impl Resources {
             }
         }
         *self.generations.entry(kind).or_default() += 1;
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        self.versions.insert(kind, u.version_info);
-        Ok(())
+        let result = if errors.is_empty() {
+            self.versions.insert(kind, u.version_info);
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        };
+        Applied { result, touched }
+    }
+
+    /// The held clusters whose endpoints come under EDS name `service`.
+    pub fn clusters_of(&self, service: &str) -> Vec<&str> {
+        self.clusters
+            .iter()
+            .filter(
+                |(_, c)| matches!(&c.value.discovery, Discovery::Eds(e) if e.service == service),
+            )
+            .map(|(name, _)| name.as_str())
+            .collect()
     }
 
     /// Changes as soon as the held set of `kind` may have.
@@ -221,7 +248,7 @@ impl Resources {
         self.clusters
             .values()
             .filter_map(|c| match &c.value.discovery {
-                Discovery::Eds(service) => Some(service.clone()),
+                Discovery::Eds(eds) => Some(eds.service.clone()),
                 _ => None,
             })
             .collect()
@@ -283,17 +310,27 @@ impl Resources {
 }
 
 pub fn rds_names(l: &ListenerConfig) -> Vec<String> {
+    rds_of(l).map(|r| r.name.to_string()).collect()
+}
+
+/// The route configurations a listener takes over RDS.
+pub fn rds_of(l: &ListenerConfig) -> impl Iterator<Item = &Rds> {
+    rds_by_prefix(l).map(|(_, rds)| rds)
+}
+
+/// The route configurations a listener takes over RDS, with the stat
+/// prefix of the connection manager that takes each.
+pub fn rds_by_prefix(l: &ListenerConfig) -> impl Iterator<Item = (&Arc<str>, &Rds)> {
     l.filter_chains
         .iter()
         .chain(l.default_chain.iter())
         .filter_map(|c| match &c.terminal {
             Terminal::Http(h) => match &h.routes {
-                RouteSource::Rds(name) => Some(name.to_string()),
+                RouteSource::Rds(rds) => Some((&h.stat_prefix, rds)),
                 RouteSource::Static(_) => None,
             },
             Terminal::Tcp(_) => None,
         })
-        .collect()
 }
 
 /// A decode failure, with the resource's name when it could be read.
@@ -319,9 +356,19 @@ fn decode_endpoints(raw: &Bytes) -> Result<(String, Vec<EndpointConfig>), Reject
         )
     };
     let eps = endpoints(&la).map_err(|e| reject(e.to_string()))?;
-    if let Some(bad) = eps.iter().find(|e| e.address.ip().is_none()) {
+    // `endpoints` yields one entry per lb_endpoint, in order.
+    let paths = la.endpoints.iter().enumerate().flat_map(|(li, l)| {
+        (0..l.lb_endpoints.len()).map(move |ei| {
+            format!("endpoints[{li}].lb_endpoints[{ei}].endpoint.address.socket_address.address")
+        })
+    });
+    if let Some((bad, path)) = eps
+        .iter()
+        .zip(paths)
+        .find(|(e, _)| e.address.ip().is_none())
+    {
         return Err(reject(format!(
-            "endpoint '{}' is not an IP address",
+            "{path}: '{}' is not an IP address",
             bad.address.host
         )));
     }
@@ -431,10 +478,10 @@ mod tests {
     fn resources_sent_again_unchanged_keep_their_compiled_form() {
         let mut res = Resources::default();
         let v1 = vec![cluster("a", 1), cluster("b", 1), cluster("c", 1)];
-        res.apply(sotw(Kind::Cluster, "1", v1)).unwrap();
+        res.apply(sotw(Kind::Cluster, "1", v1)).result.unwrap();
         let before = res.clusters.clone();
         let v2 = vec![cluster("a", 1), cluster("b", 2), cluster("c", 1)];
-        res.apply(sotw(Kind::Cluster, "2", v2)).unwrap();
+        res.apply(sotw(Kind::Cluster, "2", v2)).result.unwrap();
 
         let kept = |n: &str| Arc::ptr_eq(&before[n].value, &res.clusters[n].value);
         assert!(kept("a") && kept("c"));
@@ -450,9 +497,11 @@ mod tests {
     fn a_changed_route_configuration_shares_its_unchanged_virtual_hosts() {
         let mut res = Resources::default();
         res.apply(sotw(Kind::Route, "1", vec![routes(&["a", "b"])]))
+            .result
             .unwrap();
         let before = res.routes["rc"].value.clone();
         res.apply(sotw(Kind::Route, "2", vec![routes(&["a", "moved"])]))
+            .result
             .unwrap();
         let after = &res.routes["rc"].value;
         let (old, new) = (before.virtual_hosts(), after.virtual_hosts());

@@ -1,8 +1,12 @@
-//! Envoy's xDS stats: `control_plane.connected_state` and, per type,
+//! Envoy's xDS stats: `control_plane.connected_state`; per type
 //! `update_attempt`, `update_success`, `update_rejected`, `version` and the
-//! `update_duration` histogram.
+//! `update_duration` histogram, where Envoy keeps them: CDS and LDS in
+//! `cluster_manager.cds` and `listener_manager.lds`, EDS per cluster
+//! (`cluster.<name>.`), RDS per HTTP connection manager and route config
+//! (`http.<stat_prefix>.rds.<route_config>.`).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use super::resources::Kind;
 use crate::stats::{Counter, Gauge, Histogram, Scope, StatSource, Visitor};
@@ -18,25 +22,63 @@ pub struct TypeStats {
     pub update_duration: Histogram,
 }
 
+impl TypeStats {
+    fn visit(&self, scope: &Scope, v: &mut dyn Visitor) {
+        v.counter(scope, "update_attempt", self.update_attempt.get());
+        v.counter(scope, "update_success", self.update_success.get());
+        v.counter(scope, "update_rejected", self.update_rejected.get());
+        v.gauge(scope, "version", self.version.get());
+        v.histogram(scope, "update_duration", &self.update_duration.snapshot());
+    }
+}
+
+/// `(HCM stat prefix, route config name)`.
+pub type RdsScope = (Arc<str>, Arc<str>);
+
 #[derive(Debug, Default)]
 pub struct XdsStats {
     pub connected_state: Gauge,
-    cds: TypeStats,
-    eds: TypeStats,
-    lds: TypeStats,
-    rds: TypeStats,
-    sds: TypeStats,
+    cds: Arc<TypeStats>,
+    lds: Arc<TypeStats>,
+    sds: Arc<TypeStats>,
+    /// By cluster name.
+    eds: Mutex<BTreeMap<Arc<str>, Arc<TypeStats>>>,
+    rds: Mutex<BTreeMap<RdsScope, Arc<TypeStats>>>,
 }
 
 impl XdsStats {
-    pub fn of(&self, kind: Kind) -> &TypeStats {
+    /// The stats of a type counted as a whole (CDS, LDS, SDS).
+    pub fn of(&self, kind: Kind) -> Option<Arc<TypeStats>> {
         match kind {
-            Kind::Cluster => &self.cds,
-            Kind::Endpoint => &self.eds,
-            Kind::Listener => &self.lds,
-            Kind::Route => &self.rds,
-            Kind::Secret => &self.sds,
+            Kind::Cluster => Some(self.cds.clone()),
+            Kind::Listener => Some(self.lds.clone()),
+            Kind::Secret => Some(self.sds.clone()),
+            Kind::Endpoint | Kind::Route => None,
         }
+    }
+
+    /// `cluster.<name>.update_*`: the EDS updates of one cluster.
+    pub fn eds(&self, cluster: &str) -> Arc<TypeStats> {
+        let mut m = self.eds.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(Arc::from(cluster)).or_default().clone()
+    }
+
+    /// `http.<prefix>.rds.<route_config>.update_*`.
+    pub fn rds(&self, scope: &RdsScope) -> Arc<TypeStats> {
+        let mut m = self.rds.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(scope.clone()).or_default().clone()
+    }
+
+    /// Drops the EDS stats of clusters no longer held.
+    pub fn retain_eds(&self, clusters: &BTreeSet<&str>) {
+        let mut m = self.eds.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, _| clusters.contains(k.as_ref()));
+    }
+
+    /// Drops the RDS stats of route configs no listener takes any more.
+    pub fn retain_rds(&self, scopes: &BTreeSet<RdsScope>) {
+        let mut m = self.rds.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, _| scopes.contains(k));
     }
 }
 
@@ -56,17 +98,31 @@ impl StatSource for XdsStats {
         );
         for (kind, s) in [
             ("cluster_manager.cds", &self.cds),
-            ("cluster_manager.eds", &self.eds),
             ("listener_manager.lds", &self.lds),
-            ("http.rds", &self.rds),
             ("sds", &self.sds),
         ] {
-            let scope = Scope::new(kind, None);
-            v.counter(&scope, "update_attempt", s.update_attempt.get());
-            v.counter(&scope, "update_success", s.update_success.get());
-            v.counter(&scope, "update_rejected", s.update_rejected.get());
-            v.gauge(&scope, "version", s.version.get());
-            v.histogram(&scope, "update_duration", &s.update_duration.snapshot());
+            s.visit(&Scope::new(kind, None), v);
+        }
+        let eds = self.eds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (cluster, s) in eds {
+            s.visit(
+                &Scope::new("cluster", Some(("envoy_cluster_name", cluster))),
+                v,
+            );
+        }
+        let rds = self.rds.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((prefix, route_config), s) in rds {
+            // The literal `rds` segment joins the name and the family, not
+            // the labels: `envoy_http_rds_update_attempt{...}` as in Envoy.
+            let scope = Scope {
+                kind: "http",
+                tag: Some(("envoy_http_conn_manager_prefix", prefix)),
+                labels: vec![
+                    ("", Arc::from("rds")),
+                    ("envoy_rds_route_config", route_config),
+                ],
+            };
+            s.visit(&scope, v);
         }
     }
 }

@@ -23,21 +23,80 @@ pub(super) struct TcpTarget {
     pub idle_ms: Option<u64>,
 }
 
-/// App Mesh's order: lower `priority` first, unset last; then longer
-/// prefixes first, so a more specific route is not shadowed; then by name.
+/// App Mesh's order: lower `priority` first, unset last; then the more
+/// specific match (see [`Specificity`]); then by name.
 pub(super) fn route_order(a: &(String, RouteSpec), b: &(String, RouteSpec)) -> std::cmp::Ordering {
-    let prio = |r: &RouteSpec| r.priority.unwrap_or(u32::MAX);
-    let prefix_len = |r: &RouteSpec| {
-        r.http_route
-            .as_ref()
-            .or(r.http2_route.as_ref())
-            .and_then(|h| h.matcher.prefix.as_ref())
-            .map_or(0, String::len)
+    let key = |r: &RouteSpec| {
+        let http = r.http_route.as_ref().or(r.http2_route.as_ref());
+        let spec = match (http, &r.grpc_route) {
+            (Some(h), _) => Specificity::of_http(&h.matcher),
+            (None, Some(g)) => Specificity::of_grpc(&g.matcher),
+            (None, None) => Specificity::default(),
+        };
+        (r.priority.unwrap_or(u32::MAX), spec)
     };
-    prio(&a.1)
-        .cmp(&prio(&b.1))
-        .then(prefix_len(&b.1).cmp(&prefix_len(&a.1)))
-        .then(a.0.cmp(&b.0))
+    key(&a.1).cmp(&key(&b.1)).then(a.0.cmp(&b.0))
+}
+
+/// How specific a route's match is; the more specific sorts first, so that
+/// a route without `priority` is not shadowed by a broader one listed
+/// before it (a `/` prefix would otherwise hide every exact path). App Mesh
+/// documents only that it sorts unprioritised routes by length; trellis
+/// orders by path kind first, as gateways that sort by specificity do: an
+/// exact path, then a regex, then a prefix; within a kind the longer
+/// pattern; then the match with more other criteria (a gateway route's
+/// hostname, method, headers, query parameters, port; gRPC service, method
+/// and metadata), so that `/` for one host is not hidden by `/` for all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Specificity {
+    kind: PathKind,
+    longer: std::cmp::Reverse<usize>,
+    criteria: std::cmp::Reverse<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum PathKind {
+    Exact,
+    Regex,
+    #[default]
+    Prefix,
+}
+
+impl Specificity {
+    pub(super) fn of_http(m: &HttpMatch) -> Specificity {
+        let path = m.path.as_ref();
+        let (kind, pattern) = match (
+            path.and_then(|p| p.exact.as_ref()),
+            path.and_then(|p| p.regex.as_ref()),
+        ) {
+            (Some(e), _) => (PathKind::Exact, e.len()),
+            (None, Some(r)) => (PathKind::Regex, r.len()),
+            (None, None) => (PathKind::Prefix, m.prefix.as_ref().map_or(0, String::len)),
+        };
+        let criteria = usize::from(m.method.is_some())
+            + usize::from(m.hostname.is_some())
+            + usize::from(m.port.is_some())
+            + usize::from(m.scheme.is_some())
+            + m.headers.len()
+            + m.query_parameters.len();
+        Specificity {
+            kind,
+            longer: std::cmp::Reverse(pattern),
+            criteria: std::cmp::Reverse(criteria),
+        }
+    }
+
+    pub(super) fn of_grpc(m: &GrpcMatch) -> Specificity {
+        let criteria = usize::from(m.service_name.is_some())
+            + usize::from(m.method_name.is_some())
+            + usize::from(m.hostname.is_some())
+            + usize::from(m.port.is_some())
+            + m.metadata.len();
+        Specificity {
+            criteria: std::cmp::Reverse(criteria),
+            ..Specificity::default()
+        }
+    }
 }
 
 pub(super) fn service_targets(ctx: &Ctx<'_>, set: &mut ResourceSet, service: &str) -> Vec<Target> {

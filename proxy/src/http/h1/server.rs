@@ -437,15 +437,13 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     stats: &HttpStats,
     e: RequestError,
 ) {
-    let (status, protocol_error): (u16, bool) = match e {
-        RequestError::Malformed => (400, true),
-        RequestError::TooManyHeaders => (431, true),
-        RequestError::TooLarge => (431, false),
+    // Envoy counts each of them as a codec protocol error.
+    let status = match e {
+        RequestError::Malformed => 400,
+        RequestError::TooManyHeaders | RequestError::TooLarge => 431,
     };
     stats.downstream_rq.record(status);
-    if protocol_error {
-        stats.downstream_cx_protocol_error.inc();
-    }
+    stats.downstream_cx_protocol_error.inc();
     let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

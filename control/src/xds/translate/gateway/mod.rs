@@ -2,8 +2,8 @@
 //! route table built from the gateway routes of that listener's protocol.
 //!
 //! App Mesh's semantics, as its documentation states them:
-//! - gateway routes are tried by `priority` (unset last), then longest
-//!   prefix, then name; one without a hostname match applies to every host,
+//! - gateway routes are tried by `priority` (unset last), then the more
+//!   specific match (exact path, regex, longest prefix), then name; one without a hostname match applies to every host,
 //!   so it also joins the virtual hosts of the hostname matches;
 //! - the Host becomes the target virtual service's name unless
 //!   `defaultTargetHostname` is DISABLED; a matched prefix becomes `/` (see
@@ -119,24 +119,23 @@ fn edge_hcm(stat_prefix: &str, route_config: &str, spec: &VirtualGatewaySpec) ->
     filter
 }
 
-/// App Mesh's order: lower `priority` first, unset last; then the longest
-/// prefix, so a more specific gateway route is not shadowed; then by name.
+/// App Mesh's order, as for a router's routes: lower `priority` first,
+/// unset last; then the more specific match ([`routes::Specificity`]);
+/// then by name.
 fn gateway_route_order(
     a: &(String, GatewayRouteSpec),
     b: &(String, GatewayRouteSpec),
 ) -> std::cmp::Ordering {
-    let prio = |r: &GatewayRouteSpec| r.priority.unwrap_or(u32::MAX);
-    let prefix_len = |r: &GatewayRouteSpec| {
-        r.http_route
-            .as_ref()
-            .or(r.http2_route.as_ref())
-            .and_then(|h| h.matcher.prefix.as_ref())
-            .map_or(0, String::len)
+    let key = |r: &GatewayRouteSpec| {
+        let http = r.http_route.as_ref().or(r.http2_route.as_ref());
+        let spec = match (http, &r.grpc_route) {
+            (Some(h), _) => routes::Specificity::of_http(&h.matcher),
+            (None, Some(g)) => routes::Specificity::of_grpc(&g.matcher),
+            (None, None) => routes::Specificity::default(),
+        };
+        (r.priority.unwrap_or(u32::MAX), spec)
     };
-    prio(&a.1)
-        .cmp(&prio(&b.1))
-        .then(prefix_len(&b.1).cmp(&prefix_len(&a.1)))
-        .then(a.0.cmp(&b.0))
+    key(&a.1).cmp(&key(&b.1)).then(a.0.cmp(&b.0))
 }
 
 /// A gateway route's hostname criterion.
