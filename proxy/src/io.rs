@@ -66,16 +66,26 @@ impl Activity {
     }
 }
 
-/// A stream that records activity on every read or write that moves bytes.
+/// A stream that records activity on every read or write that moves bytes,
+/// and counts the bytes read (however the copy using it ends).
 #[derive(Debug)]
 pub struct Tracked<T> {
     inner: T,
     activity: Activity,
+    read: u64,
 }
 
 impl<T> Tracked<T> {
     pub fn new(inner: T, activity: Activity) -> Tracked<T> {
-        Tracked { inner, activity }
+        Tracked {
+            inner,
+            activity,
+            read: 0,
+        }
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.read
     }
 }
 
@@ -87,8 +97,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
             self.activity.touch();
+            self.read += read as u64;
         }
         r
     }

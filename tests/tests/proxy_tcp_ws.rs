@@ -186,3 +186,59 @@ static_resources:
         "a v6-only listener took an IPv4 client"
     );
 }
+
+/// A connection the idle timeout closes still logs the bytes that crossed
+/// it, as Envoy does.
+#[tokio::test]
+async fn an_idle_closed_connection_logs_its_bytes() {
+    let echo = TcpEcho::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("tcp.log");
+    let port = free_port();
+    let config = format!(
+        r#"admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: tcp
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_echo
+          cluster: echo
+          idle_timeout: 0.2s
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format_source: {{ inline_string: "%BYTES_RECEIVED% %BYTES_SENT%\n" }} }}
+  clusters:
+{}"#,
+        log.display(),
+        cluster("echo", &[echo.addr], "")
+    );
+    let _p = ProxyProcess::start(&config).await;
+    let mut s = tokio::net::TcpStream::connect(loopback(port))
+        .await
+        .expect("connect");
+    s.write_all(b"hello").await.expect("write");
+    let mut got = [0u8; 5];
+    s.read_exact(&mut got).await.expect("echo");
+    // Held open and quiet until the proxy closes it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed by the idle timeout")
+        .expect("read to the end");
+    let line = trellis_tests::eventually(Duration::from_secs(5), "the log line", || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(line, "5 5\n");
+}

@@ -145,27 +145,29 @@ impl TcpProxy {
         let activity = Activity::default();
         let mut down = Tracked::new(&mut downstream, activity.clone());
         let mut up = Tracked::new(&mut upstream, activity.clone());
-        let copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
-        let copying = async {
-            match self.config.idle_timeout {
-                Some(idle) => activity.run(copy, idle).await,
-                None => Some(copy.await),
+        {
+            let copy = std::pin::pin!(tokio::io::copy_bidirectional(&mut down, &mut up));
+            let copying = async {
+                match self.config.idle_timeout {
+                    Some(idle) => activity.run(copy, idle).await,
+                    None => Some(copy.await),
+                }
+            };
+            // A removed or changed listener's sessions get the drain time to
+            // finish, then are closed, as Envoy closes them with the listener.
+            let drained = async {
+                drain.signaled().await;
+                tokio::time::sleep(self.shared.drain_time).await;
+            };
+            tokio::select! {
+                _ = copying => {}
+                _ = drained => {}
             }
-        };
-        // A removed or changed listener's sessions get the drain time to
-        // finish, then are closed, as Envoy closes them with the listener.
-        let drained = async {
-            drain.signaled().await;
-            tokio::time::sleep(self.shared.drain_time).await;
-        };
-        let copied = tokio::select! {
-            c = copying => c,
-            _ = drained => None,
-        };
-        if let Some(Ok((received, sent))) = copied {
-            info.bytes_received = received;
-            info.bytes_sent = sent;
         }
+        // Counted as read, so a reset, an idle timeout or a drain still
+        // reports the bytes that crossed.
+        info.bytes_received = down.bytes_read();
+        info.bytes_sent = up.bytes_read();
         if let Some(t) = target {
             t.closed(info.bytes_sent, info.bytes_received);
         }
