@@ -418,7 +418,7 @@ pub fn endpoints(la: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Conf
 }
 
 #[cfg(test)]
-mod original_dst_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -431,13 +431,7 @@ mod original_dst_tests {
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 80}},
                     "health_check_config": {"port_value": 8081}}}]}]},
             });
-            let desc = xds_protos::descriptor_pool()
-                .get_message_by_name("envoy.config.cluster.v3.Cluster")
-                .expect("Cluster");
-            prost_reflect::DynamicMessage::deserialize(desc, json)
-                .expect("valid JSON")
-                .transcode_to()
-                .expect("Cluster")
+            from_json(json)
         };
         let e = ClusterConfig::compile(&hc("grpc_health_check")).expect_err("refused");
         assert!(e.to_string().contains("grpc_health_check"), "{e}");
@@ -446,6 +440,16 @@ mod original_dst_tests {
             panic!("static")
         };
         assert_eq!(eps[0].health_check_port, Some(8081));
+    }
+
+    fn from_json(json: serde_json::Value) -> Cluster {
+        let desc = xds_protos::descriptor_pool()
+            .get_message_by_name("envoy.config.cluster.v3.Cluster")
+            .expect("Cluster");
+        prost_reflect::DynamicMessage::deserialize(desc, json)
+            .expect("valid JSON")
+            .transcode_to()
+            .expect("Cluster")
     }
 
     fn cluster(kind: cluster::DiscoveryType, lb: cluster::LbPolicy) -> Cluster {
@@ -485,13 +489,7 @@ mod original_dst_tests {
                     }
                 },
             });
-            let desc = xds_protos::descriptor_pool()
-                .get_message_by_name("envoy.config.cluster.v3.Cluster")
-                .expect("Cluster");
-            prost_reflect::DynamicMessage::deserialize(desc, json)
-                .expect("valid JSON")
-                .transcode_to()
-                .expect("Cluster")
+            from_json(json)
         };
         for field in [
             "idle_timeout",

@@ -13,6 +13,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::breaker::Slot;
 use super::{Cluster, Endpoint};
 use crate::body::{self, Body, BoxError};
 use crate::http::h1::client::{self as h1, Conn};
@@ -219,13 +220,7 @@ impl Pool {
         &self,
         p: &ConnectParams<'_>,
     ) -> Result<(http2::SendRequest<Body>, Option<SocketAddr>), ConnectError> {
-        let Some(_pending) = p.cluster.breaker.pending() else {
-            p.stats.upstream_rq_pending_overflow.inc();
-            return Err(ConnectError::Overflow);
-        };
-        p.cluster.rstats.upstream_rq_pending_total.inc();
-        p.stats.upstream_rq_pending_active.inc();
-        let _active = PendingGauge(p.stats);
+        let _pending = pending(p)?;
         let _guard = self.h2_connect.lock().await;
         if let Some(c) = self.live_h2() {
             return Ok(c);
@@ -265,6 +260,18 @@ impl Pool {
 }
 
 /// Takes a request off `upstream_rq_pending_active` however it leaves.
+/// A place among the cluster's pending requests (`max_pending_requests`),
+/// counted as Envoy counts it, or an overflow.
+fn pending<'a>(p: &ConnectParams<'a>) -> Result<(Slot<'a>, PendingGauge<'a>), ConnectError> {
+    let Some(slot) = p.cluster.breaker.pending() else {
+        p.stats.upstream_rq_pending_overflow.inc();
+        return Err(ConnectError::Overflow);
+    };
+    p.cluster.rstats.upstream_rq_pending_total.inc();
+    p.stats.upstream_rq_pending_active.inc();
+    Ok((slot, PendingGauge(p.stats)))
+}
+
 struct PendingGauge<'a>(&'a ClusterStats);
 
 impl Drop for PendingGauge<'_> {
@@ -325,13 +332,7 @@ impl Endpoint {
                 // As in Envoy, a request with no ready connection is pending
                 // (bounded by `max_pending_requests`) until it has one, be
                 // it new or freed.
-                let Some(_pending) = p.cluster.breaker.pending() else {
-                    p.stats.upstream_rq_pending_overflow.inc();
-                    return Err(ConnectError::Overflow);
-                };
-                p.cluster.rstats.upstream_rq_pending_total.inc();
-                p.stats.upstream_rq_pending_active.inc();
-                let _active = PendingGauge(p.stats);
+                let _pending = pending(p)?;
                 if let Some(permit) = Box::pin(self.pool.permit(p, true)).await {
                     return Ok(Pooled::H1(
                         Box::pin(self.pool.connect_h1(p, permit)).await?,
