@@ -177,7 +177,10 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<()> {
     let needs_api =
         (args.token.is_none() && !args.no_token) || (args.xds_ca.is_none() && !args.xds_plaintext);
     let api = if needs_api {
-        Some(super::status::client(&args.api)?)
+        Some(super::status::client(&args.api).context(
+            "bootstrap asks the API for the node's token and the xDS CA \
+             (or give --token or --no-token, and --xds-ca or --xds-plaintext)",
+        )?)
     } else {
         None
     };
