@@ -11,10 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Server, BIN};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use xds_protos::envoy::config::core::v3::{address, Node};
 use xds_protos::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_protos::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_protos::type_url::CLUSTER_LOAD_ASSIGNMENT;
 
@@ -82,12 +80,7 @@ struct Eds {
 impl Eds {
     /// An ADS stream of node `front`, subscribed to `color`'s endpoints.
     async fn subscribe(server: &Server) -> Eds {
-        let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
-                .await
-                .expect("connect to ADS");
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(DiscoveryRequest {
+        let first = DiscoveryRequest {
             node: Some(Node {
                 id: "mesh/m/virtualNode/front".into(),
                 ..Default::default()
@@ -95,14 +88,8 @@ impl Eds {
             resource_names: vec![CLUSTER.into()],
             type_url: CLUSTER_LOAD_ASSIGNMENT.into(),
             ..Default::default()
-        })
-        .await
-        .expect("subscribe");
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("ADS stream")
-            .into_inner();
+        };
+        let (tx, rx) = support::ads_stream(server, first).await;
         Eds { tx, rx }
     }
 

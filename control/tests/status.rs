@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{Server, BIN};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use xds_protos::envoy::config::core::v3::Node;
-use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_protos::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_protos::google::rpc::Status;
 use xds_protos::type_url::CLUSTER;
@@ -24,26 +22,15 @@ struct Proxy {
 
 impl Proxy {
     async fn connect(server: &Server, node: &str) -> Proxy {
-        let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
-                .await
-                .expect("connect to ADS");
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(DiscoveryRequest {
+        let first = DiscoveryRequest {
             node: Some(Node {
                 id: node.into(),
                 ..Default::default()
             }),
             type_url: CLUSTER.into(),
             ..Default::default()
-        })
-        .await
-        .expect("subscribe");
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .expect("ADS stream")
-            .into_inner();
+        };
+        let (tx, rx) = support::ads_stream(server, first).await;
         Proxy { tx, rx }
     }
 

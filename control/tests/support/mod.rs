@@ -131,3 +131,25 @@ impl Drop for Server {
         }
     }
 }
+
+/// A state-of-the-world ADS stream to `server`, opened with `first`.
+pub async fn ads_stream(
+    server: &Server,
+    first: xds_protos::envoy::service::discovery::v3::DiscoveryRequest,
+) -> (
+    tokio::sync::mpsc::Sender<xds_protos::envoy::service::discovery::v3::DiscoveryRequest>,
+    tonic::Streaming<xds_protos::envoy::service::discovery::v3::DiscoveryResponse>,
+) {
+    use xds_protos::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.xds))
+        .await
+        .expect("connect to ADS");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(first).await.expect("subscribe");
+    let rx = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ADS stream")
+        .into_inner();
+    (tx, rx)
+}
