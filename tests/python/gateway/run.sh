@@ -14,7 +14,7 @@ venv="${GATEWAY_VENV:-/tmp/venv-gateway}"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/python" -c 'import grpc, pytest, pytest_timeout, trustme, websockets.sync.client' 2>/dev/null \
+"$venv/bin/python" -c 'import grpc, pytest, pytest_timeout, trustme, websockets.asyncio.client' 2>/dev/null \
     || "$venv/bin/pip" install -q -r "$here/requirements.txt"
 
 if [[ -z "${ENVOY_BIN:-}" ]]; then
