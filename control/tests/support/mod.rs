@@ -65,12 +65,14 @@ impl Server {
             .args(extra)
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
+            // wait_ready reads the log for the line that says it listens.
+            .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start trellis-control");
-        let server = Server {
+        let mut server = Server {
             child: Some(child),
             addr,
             xds,
@@ -81,10 +83,16 @@ impl Server {
         server
     }
 
-    fn wait_ready(&self) {
+    /// Ready when this server logged that it listens and the port answers:
+    /// a port that answers alone might be another process's.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect(self.addr).is_ok() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("trellis-control exited ({status}) before it was ready: {log}");
+            }
+            if log.contains("App Mesh API listening") && TcpStream::connect(self.addr).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -96,7 +104,10 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        let creds = Credentials::load(&self.data_dir.join("credentials")).expect("credentials");
+        let creds = Credentials::load(&self.data_dir.join("credentials")).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("credentials: {e}; server log: {log}")
+        });
         Client::new(
             self.addr.to_string(),
             creds.preferred().clone(),
