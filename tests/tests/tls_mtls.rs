@@ -1262,10 +1262,71 @@ async fn old_protocols_and_weak_suites_are_refused() {
     .await;
 }
 
-/// TLS 1.0/1.1 and cipher suite lists in config are errors naming the
-/// field (exit 2), not silently weaker or different settings.
+/// `tls_params.cipher_suites` and `ecdh_curves` narrow what a listener
+/// offers, as in Envoy: a client offering only a suite or curve left out is
+/// refused, and with the listed ones the handshake uses them.
 #[tokio::test]
-async fn old_protocol_versions_and_cipher_lists_in_config_are_errors() {
+async fn cipher_and_curve_lists_narrow_what_a_listener_offers() {
+    if which("openssl").is_none() {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    within(Duration::from_secs(60), "tls_params lists", async {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Ca::new("trellis test CA");
+        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+        let ca_file = ca.write(dir.path(), "ca");
+        let port = free_port();
+        let mut chain = json!({ "filters": [hcm("s", reply("ok"))] });
+        chain["transport_socket"] = downstream_tls(
+            json!({
+                "tls_params": {
+                    "cipher_suites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
+                    "ecdh_curves": ["P-384"],
+                },
+                "tls_certificates": [cert_files(dir.path(), "svc", &cert)],
+            }),
+            false,
+        );
+        let _p = ProxyProcess::start(&bootstrap(
+            vec![listener(port, vec![chain], json!({}))],
+            vec![],
+            vec![],
+        ))
+        .await;
+        let cases: [(&[&str], Option<&str>); 6] = [
+            (&["-tls1_2"], Some("ECDHE-ECDSA-AES256-GCM-SHA384")),
+            (
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+                Some("ECDHE-ECDSA-AES256-GCM-SHA384"),
+            ),
+            (
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+                None,
+            ),
+            (&["-tls1_2", "-curves", "X25519"], None),
+            (&["-tls1_3", "-curves", "X25519"], None),
+            (&["-tls1_3", "-curves", "P-384"], Some("TLS_AES_")),
+        ];
+        for (args, cipher) in cases {
+            let (ok, out) = openssl_handshake(port, &ca_file, args).await;
+            assert_eq!(ok, cipher.is_some(), "{args:?}: {out}");
+            if let Some(cipher) = cipher {
+                assert!(
+                    out.contains(&format!("Cipher is {cipher}")),
+                    "{args:?}: {out}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// TLS 1.0/1.1, and cipher suites trellis does not offer (CBC, RSA key
+/// exchange), in config are errors naming the field (exit 2), not silently
+/// weaker or different settings.
+#[tokio::test]
+async fn old_protocol_versions_and_weak_cipher_suites_in_config_are_errors() {
     if testing_envoy() {
         // Envoy accepts both; refusing them is trellis's contract.
         return;
@@ -1293,8 +1354,8 @@ async fn old_protocol_versions_and_cipher_lists_in_config_are_errors() {
                 "tls_params.tls_maximum_protocol_version: TLSv1_0 is not supported",
             ),
             (
-                json!({ "cipher_suites": ["ECDHE-RSA-AES128-SHA"] }),
-                "cipher_suites",
+                json!({ "cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256", "AES128-SHA"] }),
+                "tls_params.cipher_suites[1]: \"AES128-SHA\" is not a cipher suite trellis offers",
             ),
         ];
         for (i, (params, want)) in cases.iter().enumerate() {

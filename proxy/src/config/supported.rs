@@ -752,6 +752,8 @@ pub static SUPPORTED: &[Entry] = &[
         fields: &[
             ("tls_minimum_protocol_version", TLS_VERSIONS),
             ("tls_maximum_protocol_version", TLS_VERSIONS),
+            ("cipher_suites", Walk),
+            ("ecdh_curves", Walk),
         ],
     },
     Entry {

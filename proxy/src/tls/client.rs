@@ -94,7 +94,7 @@ impl UpstreamTls {
             fixed: Validation::default(),
             sds: None,
         });
-        let mut config = ClientConfig::builder_with_provider(super::provider())
+        let mut config = ClientConfig::builder_with_provider(c.provider.clone())
             .with_protocol_versions(&c.versions)
             .map_err(|e| ConfigError::new("common_tls_context.tls_params", e))?
             .dangerous()

@@ -1,6 +1,7 @@
 //! What `DownstreamTlsContext` and `UpstreamTlsContext` share: the
 //! `CommonTlsContext` (own certificates, trust, ALPN, protocol versions).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -39,19 +40,27 @@ impl CertSource {
 /// one whose wildcard covers it, else the first. The names are read per
 /// certificate when it loads (an SDS certificate can change), and a context
 /// holds few, so a scan beats a map here and allocates nothing.
-pub struct Certs(pub Vec<CertSource>);
+pub struct Certs {
+    sources: Vec<CertSource>,
+    /// Set once a handshake found no secret loaded yet: the warning is
+    /// logged once per context, not once per (possibly hostile) handshake.
+    warned: AtomicBool,
+}
 
 impl Certs {
     /// The server certificate for a ClientHello's `sni`.
     pub fn for_sni(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let (Some(sni), true) = (sni, self.0.len() > 1) {
-            let exact = self.0.iter().find_map(|s| s.pick(|c| c.names_exactly(sni)));
+        if let (Some(sni), true) = (sni, self.sources.len() > 1) {
+            let exact = self
+                .sources
+                .iter()
+                .find_map(|s| s.pick(|c| c.names_exactly(sni)));
             // `www.example.com` is covered by `*.example.com`; the label
             // left of the first dot must not be empty.
             let wildcard = || {
                 let dot = sni.get(1..)?.find('.')? + 1;
                 let suffix = sni.get(dot..).filter(|s| s.len() > 1)?;
-                self.0
+                self.sources
                     .iter()
                     .find_map(|s| s.pick(|c| c.names_wildcard(suffix)))
             };
@@ -64,31 +73,35 @@ impl Certs {
 
     /// The first certificate available.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let found = self.0.iter().find_map(|s| s.pick(|_| true));
+        let found = self.sources.iter().find_map(|s| s.pick(|_| true));
         // A context without certificates is asked too (rustls's client asks
         // whatever the server requests): nothing is missing then.
-        if found.is_none() && !self.0.is_empty() {
+        if found.is_none() && !self.sources.is_empty() {
             let names: Vec<&str> = self
-                .0
+                .sources
                 .iter()
                 .filter_map(|s| match s {
                     CertSource::Sds(slot) => Some(slot.name.as_str()),
                     CertSource::Fixed(_) => None,
                 })
                 .collect();
-            tracing::warn!(secrets = ?names, "TLS certificate secret not available yet; refusing the handshake");
+            if self.warned.swap(true, Ordering::Relaxed) {
+                tracing::debug!(secrets = ?names, "TLS certificate secret not available yet; refusing the handshake");
+            } else {
+                tracing::warn!(secrets = ?names, "TLS certificate secret not available yet; refusing handshakes until it arrives");
+            }
         }
         found
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.sources.is_empty()
     }
 }
 
 impl std::fmt::Debug for Certs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Certs({})", self.0.len())
+        write!(f, "Certs({})", self.sources.len())
     }
 }
 
@@ -97,6 +110,8 @@ pub struct Common {
     pub trust: Option<Trust>,
     pub alpn: Vec<Vec<u8>>,
     pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    /// The suites and groups `tls_params` leaves this context.
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
     /// Secrets to subscribe to over ADS.
     pub ads_names: Vec<String>,
 }
@@ -118,17 +133,8 @@ impl Common {
         if let Some((_, field)) = unsupported.iter().find(|(set, _)| *set) {
             return Err(ConfigError::new(*field, "not supported by trellis"));
         }
-        if let Some(p) = &c.tls_params {
-            if !p.cipher_suites.is_empty()
-                || !p.ecdh_curves.is_empty()
-                || !p.signature_algorithms.is_empty()
-            {
-                return Err(ConfigError::new(
-                    "tls_params",
-                    "cipher_suites, ecdh_curves and signature_algorithms are fixed to rustls's modern defaults",
-                ));
-            }
-        }
+        let provider =
+            super::params::provider(c.tls_params.as_ref()).map_err(|e| e.at("tls_params"))?;
         let versions =
             super::versions(c.tls_params.as_ref(), role).map_err(|e| e.at("tls_params"))?;
         let mut ads_names = Vec::new();
@@ -192,7 +198,10 @@ impl Common {
             }
         };
         Ok(Common {
-            certs: Certs(certs),
+            certs: Certs {
+                sources: certs,
+                warned: AtomicBool::new(false),
+            },
             trust,
             alpn: c
                 .alpn_protocols
@@ -200,6 +209,7 @@ impl Common {
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
             versions,
+            provider,
             ads_names,
         })
     }

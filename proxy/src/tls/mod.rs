@@ -11,6 +11,7 @@ mod client;
 mod common;
 mod inspector;
 mod material;
+mod params;
 pub mod secrets;
 mod server;
 mod stats;
@@ -26,8 +27,9 @@ pub use inspector::{inspect, ClientHelloFacts, Inspection};
 pub use server::{HandshakeError, PeerInfo, ServerTls, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use stats::{ClusterSslStats, SslStats};
 
-/// The one crypto provider: `ring`, with rustls's default (modern, AEAD and
-/// forward-secret only) cipher suites and groups.
+/// The default crypto provider: `ring`, with rustls's default (modern, AEAD
+/// and forward-secret only) cipher suites and groups; `tls_params` may
+/// narrow a context's ([`params`]).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER

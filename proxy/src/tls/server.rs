@@ -93,7 +93,7 @@ impl ServerTls {
             ));
         }
         let required = ctx.require_client_certificate.unwrap_or(false);
-        let builder = ServerConfig::builder_with_provider(super::provider())
+        let builder = ServerConfig::builder_with_provider(c.provider.clone())
             .with_protocol_versions(&c.versions)
             .map_err(|e| ConfigError::new("common_tls_context.tls_params", e))?;
         let builder = match c.trust {
