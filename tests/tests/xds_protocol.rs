@@ -936,7 +936,9 @@ async fn listener_that_cannot_bind(proxy: Proxy, delta: bool) {
     let accepted = p.stat("listener_manager.lds.update_success").await;
 
     // An address another process holds, beside a listener that is fine.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    // Below the ephemeral range: once it is let go, no outgoing connection
+    // can take it as its source port before the proxy binds it.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_port())).expect("hold a port");
     let taken_port = taken.local_addr().expect("held address").port();
     let port2 = free_port();
     xds.set_listener(&http_listener("blocked", taken_port, "r1"));
