@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_tests::process::ProxyProcess;
 use trellis_tests::tls::{Ca, Issued, Leaf};
 use trellis_tests::upstream::Echo;
-use trellis_tests::{free_port, within};
+use trellis_tests::{eventually, free_port, within};
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -98,11 +98,19 @@ fn listener(name: &str, port: u16, chains: Vec<Value>, inspector: bool) -> Value
     l
 }
 
+/// A file access log of the SNI the downstream ClientHello asked for.
+fn sni_log(path: &Path) -> Value {
+    json!({ "name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path,
+        "log_format": { "text_format_source": { "inline_string": "sni=%REQUESTED_SERVER_NAME%\n" } } } })
+}
+
 /// The edge proxy, its app and its certificates.
 struct Edge {
     proxy: ProxyProcess,
     _app: Echo,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// The TLS port (SNI, passthrough, ALPN).
     https: u16,
     /// The plain-HTTP port that redirects.
@@ -137,7 +145,8 @@ async fn edge() -> Edge {
             // Not terminated here: the backend holds pass.example.com's key.
             json!({ "filter_chain_match": sni(&["pass.example.com"]),
                 "filters": [{ "name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                    "@type": TCP_PROXY, "stat_prefix": "passthrough", "cluster": "tls_backend" } }] }),
+                    "@type": TCP_PROXY, "stat_prefix": "passthrough", "cluster": "tls_backend",
+                    "access_log": [sni_log(&dir.path().join("passthrough.log"))] } }] }),
             // No server_names: every other name, and none.
             json!({ "filters": [edge_hcm("edge_default", to_app.clone())],
                 "transport_socket": tls_socket(dir.path(), "default", &default) }),
@@ -152,12 +161,17 @@ async fn edge() -> Edge {
         false,
     );
     // The TLS backend behind the passthrough chain.
+    let mut backend_hcm = edge_hcm(
+        "backend",
+        json!({ "direct_response": {
+            "status": 200, "body": { "inline_string": "passthrough backend" } } }),
+    );
+    backend_hcm["typed_config"]["access_log"] = json!([sni_log(&dir.path().join("backend.log"))]);
     let tls_backend = listener(
         "tls_backend",
         backend,
         vec![json!({
-            "filters": [edge_hcm("backend", json!({ "direct_response": {
-                "status": 200, "body": { "inline_string": "passthrough backend" } } }))],
+            "filters": [backend_hcm],
             "transport_socket": tls_socket(dir.path(), "pass", &pass) })],
         false,
     );
@@ -193,7 +207,7 @@ async fn edge() -> Edge {
     Edge {
         proxy,
         _app: app,
-        _dir: dir,
+        dir,
         https,
         http,
         multi,
@@ -448,6 +462,20 @@ async fn tls_passthrough_by_sni_reaches_the_backend_that_terminates() {
             let (body, last) = curl_https(&e, "pass.example.com", &[flag], "/").await;
             assert!(last.starts_with("200"), "{flag}: {last}");
             assert_eq!(body, "passthrough backend");
+        }
+        // The requested server name is what tls_inspector read, as in Envoy:
+        // the passthrough chain's listener has one; the backend, which ends
+        // TLS without one, has none (Envoy writes access logs every 10 s).
+        for (log, line) in [
+            ("passthrough.log", "sni=pass.example.com\n"),
+            ("backend.log", "sni=-\n"),
+        ] {
+            let path = e.dir.path().join(log);
+            eventually(Duration::from_secs(15), log, || {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                async move { (text == line.repeat(2)).then_some(()) }
+            })
+            .await;
         }
     })
     .await;

@@ -138,7 +138,7 @@ async fn backend_proxy(
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": dir.join("access.log"),
             "log_format": { "text_format_source": {
-                "inline_string": "%REQ(:PATH)% %DOWNSTREAM_PEER_URI_SAN%\n" } },
+                "inline_string": "%REQ(:PATH)% %DOWNSTREAM_PEER_URI_SAN% %REQUESTED_SERVER_NAME%\n" } },
         },
     }]);
     let mut chain = json!({ "filters": [filter] });
@@ -147,7 +147,14 @@ async fn backend_proxy(
     // logs them): anyone can cause them, and `ssl.*` counts them.
     ProxyProcess::start_logged_at(
         &bootstrap(
-            vec![listener(port, vec![chain], json!({}))],
+            // tls_inspector: Envoy's requested server name (the SNI in the log)
+            // is what the inspector read.
+            vec![listener(
+                port,
+                vec![chain],
+                json!({ "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                    "typed_config": { "@type": TLS_INSPECTOR } }] }),
+            )],
             vec![cluster("app", upstream, None)],
             vec![],
         ),
@@ -204,7 +211,7 @@ async fn two_proxies_talk_mtls_end_to_end() {
         // Envoy flushes access logs every 10 s.
         trellis_tests::eventually(Duration::from_secs(15), "B's access log", || {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            async move { log.contains(&format!("/hello/4 {FRONTEND}")).then_some(()) }
+            async move { log.contains(&format!("/hello/4 {FRONTEND} backend.test\n")).then_some(()) }
         })
         .await;
         assert_eq!(b.stat("http.backend.downstream_rq_http2_total").await, 0);

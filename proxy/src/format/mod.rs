@@ -36,6 +36,8 @@ pub struct StreamInfo {
     pub downstream_local: Option<SocketAddr>,
     /// The verified downstream certificate's URI SAN (mTLS listeners).
     pub downstream_peer_uri_san: Option<Arc<str>>,
+    /// The SNI of the downstream ClientHello, TLS terminated or passed through.
+    pub requested_server_name: Option<Arc<str>>,
     pub route_name: Option<Arc<str>>,
     pub upstream_cluster: Option<Arc<str>>,
     pub upstream_host: Option<SocketAddr>,
@@ -62,6 +64,7 @@ impl StreamInfo {
             downstream_remote,
             downstream_local,
             downstream_peer_uri_san: None,
+            requested_server_name: None,
             route_name: None,
             upstream_cluster: None,
             upstream_host: None,
@@ -162,6 +165,7 @@ enum Op {
         port: bool,
     },
     DownstreamPeerUriSan,
+    RequestedServerName,
     Protocol,
     Hostname,
     RouteName,
@@ -386,6 +390,7 @@ fn operator(name: &str, arg: Option<&str>) -> Result<Op, String> {
         "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Op::DownstreamLocal { port: true }),
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_arg(Op::DownstreamLocal { port: false }),
         "DOWNSTREAM_PEER_URI_SAN" => no_arg(Op::DownstreamPeerUriSan),
+        "REQUESTED_SERVER_NAME" => no_arg(Op::RequestedServerName),
         "PROTOCOL" => no_arg(Op::Protocol),
         "HOSTNAME" => no_arg(Op::Hostname),
         "ROUTE_NAME" => no_arg(Op::RouteName),
@@ -500,6 +505,10 @@ impl Op {
             Op::DownstreamLocal { port } => string(i.downstream_local.map(|a| addr(a, *port))),
             Op::DownstreamPeerUriSan => i
                 .downstream_peer_uri_san
+                .as_deref()
+                .map_or(Value::Missing, |s| Value::Str(Cow::Borrowed(s))),
+            Op::RequestedServerName => i
+                .requested_server_name
                 .as_deref()
                 .map_or(Value::Missing, |s| Value::Str(Cow::Borrowed(s))),
             Op::Protocol => match i.protocol {

@@ -68,6 +68,13 @@ fn operators_render() {
         "-|-"
     );
     assert_eq!(render("%START_TIME(%s)%", &ctx), "1795624801");
+    assert_eq!(render("%REQUESTED_SERVER_NAME%", &ctx), "-");
+    let mut tls = info();
+    tls.requested_server_name = Some(Arc::from("api.example.com"));
+    assert_eq!(
+        render("%REQUESTED_SERVER_NAME%", &Context::new(&tls)),
+        "api.example.com"
+    );
     assert_eq!(
         Format::parse("%REQ(X)%").unwrap().to_string(&ctx, true),
         "",

@@ -59,11 +59,10 @@ impl Hcm {
                 response_idle: None,
             };
             record.info.protocol = Some(parts.version);
-            record.info.downstream_peer_uri_san = info
-                .tls
-                .as_ref()
-                .filter(|t| t.verified)
-                .and_then(|t| t.uri_san.clone());
+            if let Some(tls) = &info.tls {
+                record.info.downstream_peer_uri_san = tls.uri_san.clone().filter(|_| tls.verified);
+                record.info.requested_server_name = tls.server_name.clone();
+            }
             if let (Some(_), Some(t)) = (&self.tracer, &self.config.tracing) {
                 record.trace = Some(Trace::start(&parts, info.scheme, &t.sampling));
             }

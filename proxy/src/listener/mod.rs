@@ -20,7 +20,7 @@ use crate::http::Hcm;
 use crate::overload::{Action, ConnectionPermit, Overload};
 use crate::shared::Shared;
 use crate::stats::ListenerStats;
-use crate::tls::{HandshakeError, ServerTls};
+use crate::tls::{HandshakeError, PeerInfo, ServerTls};
 
 use connection_limit::ConnectionLimit;
 pub use manager::{ListenerManager, Wanted};
@@ -232,6 +232,10 @@ fn handle(
             listener.stats.no_filter_chain_match.inc();
             return;
         };
+        // Envoy's requested server name is what tls_inspector read, whether
+        // TLS ends here or passes through; without the inspector, none.
+        let requested_server_name: Option<Arc<str>> =
+            hello.and_then(|h| h.server_name).map(Arc::from);
         let _limited = match &chain.limit {
             Some(limit) => match limit.admit() {
                 Some(permit) => Some(permit),
@@ -253,7 +257,7 @@ fn handle(
                 let ssl = &stats.ssl;
                 let terminal = chain.terminal;
                 Box::pin(async move {
-                    let (stream, info) = match tls.accept(stream, Some(ssl)).await {
+                    let (stream, mut info) = match tls.accept(stream, Some(ssl)).await {
                         Ok(accepted) => accepted,
                         Err(HandshakeError::TimedOut) => {
                             stats.downstream_cx_transport_socket_connect_timeout.inc();
@@ -261,6 +265,7 @@ fn handle(
                         }
                         Err(HandshakeError::Failed) => return,
                     };
+                    info.server_name = requested_server_name;
                     let info = Arc::new(info);
                     match terminal {
                         Terminus::Http(hcm) => {
@@ -280,7 +285,11 @@ fn handle(
                     Box::pin(hcm.serve(stream, peer, local, original, drain, None)).await
                 }
                 Terminus::Tcp(tcp) => {
-                    Box::pin(tcp.serve(stream, peer, local, original, drain, None)).await
+                    let sni = requested_server_name.map(|n| PeerInfo {
+                        server_name: Some(n),
+                        ..PeerInfo::default()
+                    });
+                    Box::pin(tcp.serve(stream, peer, local, original, drain, sni.as_ref())).await
                 }
             },
         }

@@ -44,7 +44,8 @@ impl TcpProxy {
     }
 
     /// `downstream` is the accepted socket, or its TLS session (`tls`, what
-    /// its handshake learnt of the peer); `original` the redirected-from
+    /// its handshake learnt of the peer; for TLS passed through, only the
+    /// ClientHello's SNI); `original` the redirected-from
     /// destination, for `ORIGINAL_DST` clusters.
     pub async fn serve<S>(
         &self,
@@ -60,6 +61,7 @@ impl TcpProxy {
         // Telemetry hook: the connection's facts feed its access log line.
         let mut info = StreamInfo::new(peer, Some(local));
         info.downstream_peer_uri_san = tls.filter(|t| t.verified).and_then(|t| t.uri_san.clone());
+        info.requested_server_name = tls.and_then(|t| t.server_name.clone());
         let caller = match (&self.shared.mesh, self.inbound) {
             (Some(mesh), true) => {
                 let p = mesh.downstream_peer(info.downstream_peer_uri_san.as_deref());

@@ -57,7 +57,9 @@ pub struct PeerInfo {
     pub uri_san: Option<Arc<str>>,
     /// The client certificate was verified (and so `uri_san` can be trusted).
     pub verified: bool,
-    pub server_name: Option<String>,
+    /// The SNI tls_inspector read from the ClientHello, set by the listener
+    /// (`%REQUESTED_SERVER_NAME%`; Envoy's requested server name).
+    pub server_name: Option<Arc<str>>,
     pub alpn: Option<String>,
 }
 
@@ -172,7 +174,7 @@ impl ServerTls {
                 .and_then(|c| sans(c).into_iter().find(|(k, _)| *k == SanKind::Uri))
                 .map(|(_, v)| Arc::from(v)),
             verified: certs.is_some_and(|c| !c.is_empty()),
-            server_name: conn.server_name().map(str::to_string),
+            server_name: None,
             alpn: conn
                 .alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
