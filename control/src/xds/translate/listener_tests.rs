@@ -58,6 +58,22 @@ fn listener_filter_names(listener: &Value) -> Vec<&str> {
 }
 
 #[test]
+fn an_ipv6_wildcard_listener_address_also_takes_ipv4() {
+    let mut ports = Ports::default();
+    for (address, compat) in [("::", Some(true)), ("0.0.0.0", None), ("fd00::5", None)] {
+        ports.listener_address = address.into();
+        let set = set_of(mesh(vec![]), "mesh/m/virtualNode/api", &ports);
+        let l = &set.listeners[&format!("lds_ingress_{address}_15000")];
+        assert_eq!(l["address"]["socket_address"]["address"], address);
+        assert_eq!(
+            l["address"]["socket_address"]["ipv4_compat"].as_bool(),
+            compat,
+            "{address}"
+        );
+    }
+}
+
+#[test]
 fn every_listener_gets_a_chain_chosen_by_the_dialled_port() {
     let set = set_of(mesh(vec![]), "mesh/m/virtualNode/api", &Ports::default());
     let ingress = &set.listeners["lds_ingress_0.0.0.0_15000"];

@@ -761,9 +761,17 @@ fn listener(
         }
     }
     let chains = out_chains;
+    let mut bind = socket_address(address, port);
+    // `::` takes IPv4 as well, as a dual-stack pod's redirected traffic needs.
+    if address
+        .parse::<std::net::Ipv6Addr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        bind["socket_address"]["ipv4_compat"] = json!(true);
+    }
     let mut out = json!({
         "name": name,
-        "address": socket_address(address, port),
+        "address": bind,
         "traffic_direction": direction,
         "filter_chains": chains,
     });
