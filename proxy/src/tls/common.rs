@@ -1,7 +1,6 @@
 //! What `DownstreamTlsContext` and `UpstreamTlsContext` share: the
 //! `CommonTlsContext` (own certificates, trust, ALPN, protocol versions).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -42,9 +41,6 @@ impl CertSource {
 /// holds few, so a scan beats a map here and allocates nothing.
 pub struct Certs {
     sources: Vec<CertSource>,
-    /// Set once a handshake found no secret loaded yet: the warning is
-    /// logged once per context, not once per (possibly hostile) handshake.
-    warned: AtomicBool,
 }
 
 impl Certs {
@@ -77,18 +73,16 @@ impl Certs {
         // A context without certificates is asked too (rustls's client asks
         // whatever the server requests): nothing is missing then.
         if found.is_none() && !self.sources.is_empty() {
-            let names: Vec<&str> = self
-                .sources
-                .iter()
-                .filter_map(|s| match s {
-                    CertSource::Sds(slot) => Some(slot.name.as_str()),
-                    CertSource::Fixed(_) => None,
-                })
-                .collect();
-            if self.warned.swap(true, Ordering::Relaxed) {
-                tracing::debug!(secrets = ?names, "TLS certificate secret not available yet; refusing the handshake");
-            } else {
-                tracing::warn!(secrets = ?names, "TLS certificate secret not available yet; refusing handshakes until it arrives");
+            let missing = self.sources.iter().filter_map(|s| match s {
+                CertSource::Sds(slot) => Some(slot),
+                CertSource::Fixed(_) => None,
+            });
+            for slot in missing {
+                if slot.first_miss() {
+                    tracing::warn!(secret = %slot.name, "TLS certificate secret not available yet; refusing handshakes until it arrives");
+                } else {
+                    tracing::debug!(secret = %slot.name, "TLS certificate secret not available yet; refusing the handshake");
+                }
             }
         }
         found
@@ -198,10 +192,7 @@ impl Common {
             }
         };
         Ok(Common {
-            certs: Certs {
-                sources: certs,
-                warned: AtomicBool::new(false),
-            },
+            certs: Certs { sources: certs },
             trust,
             alpn: c
                 .alpn_protocols

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,8 @@ const DEFAULT_POLL: Duration = Duration::from_millis(250);
 pub struct Slot {
     pub name: String,
     value: ArcSwapOption<SecretValue>,
+    /// Set once a handshake met the secret missing.
+    missed: AtomicBool,
 }
 
 impl std::fmt::Debug for Slot {
@@ -40,6 +43,12 @@ impl std::fmt::Debug for Slot {
 impl Slot {
     pub fn load(&self) -> Option<Arc<SecretValue>> {
         self.value.load_full()
+    }
+
+    /// True the first time a handshake meets the secret missing, so that
+    /// is warned of once, not once per (possibly hostile) handshake.
+    pub fn first_miss(&self) -> bool {
+        !self.missed.swap(true, Ordering::Relaxed)
     }
 
     fn set(&self, v: SecretValue) {
@@ -74,6 +83,7 @@ fn slot(source: Source, name: &str) -> Arc<Slot> {
             Arc::new(Slot {
                 name: name.to_string(),
                 value: ArcSwapOption::empty(),
+                missed: AtomicBool::new(false),
             })
         })
         .clone()

@@ -91,3 +91,24 @@ fn ads_secrets_are_published_or_nacked_naming_the_field() {
     // The accepted version stays in force.
     assert_eq!(res.secrets.len(), 1);
 }
+
+#[test]
+fn a_missing_secret_is_a_first_miss_once() {
+    let reference = SdsSecretConfig {
+        name: "never_sent".into(),
+        sds_config: Some(xds_protos::envoy::config::core::v3::ConfigSource {
+            config_source_specifier: Some(
+                xds_protos::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        }),
+    };
+    let slot = secrets::resolve(&reference).expect("ADS reference").slot;
+    assert!(slot.load().is_none());
+    assert!(slot.first_miss(), "the first handshake to miss it warns");
+    for _ in 0..3 {
+        assert!(!slot.first_miss(), "later ones do not");
+    }
+}

@@ -76,7 +76,11 @@ impl Trust {
         match slot.load().as_deref() {
             Some(SecretValue::Validation(v)) => Ok(Some(v.clone())),
             _ => {
-                tracing::warn!(secret = %slot.name, "validation context secret not available yet; refusing the peer");
+                if slot.first_miss() {
+                    tracing::warn!(secret = %slot.name, "validation context secret not available yet; refusing peers until it arrives");
+                } else {
+                    tracing::debug!(secret = %slot.name, "validation context secret not available yet; refusing the peer");
+                }
                 Err(Error::General(format!(
                     "validation context secret '{}' not available",
                     slot.name
