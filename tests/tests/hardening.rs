@@ -14,6 +14,10 @@ use trellis_tests::rss::RssWatch;
 use trellis_tests::upstream::{blackhole, Echo};
 use trellis_tests::{client, eventually, within};
 
+/// Envoy's `overload.premature_reset_total_stream_count` default: by then
+/// a rapid reset has been stopped.
+const PREMATURE_RESET_STREAMS: i64 = 500;
+
 const LIMIT: Duration = Duration::from_secs(60);
 
 const ROUTES: &str = r#"          - name: all
@@ -614,7 +618,6 @@ async fn http2_rapid_reset_closes_the_connection() {
         let got = h2raw::read_frames(&mut s, Duration::from_secs(2)).await;
         watch.finish(&format!("an HTTP/2 rapid reset ({sent} streams)"));
         assert!(got.closed, "the connection is closed");
-        assert!(sent < 5000, "the proxy stopped reading before 5000 resets");
         assert!(
             proxy
                 .p
@@ -622,7 +625,14 @@ async fn http2_rapid_reset_closes_the_connection() {
                 .await
                 >= 1
         );
-        assert!(proxy.p.stat("http2.rx_reset").await >= 1);
+        // What the proxy read, not what the client wrote (socket buffers
+        // take most of the flood when the proxy is slow to run): it stopped
+        // at Envoy's limit, long before the resets sent.
+        let read = proxy.p.stat("http2.rx_reset").await;
+        assert!(
+            (1..=PREMATURE_RESET_STREAMS).contains(&read),
+            "{read} of {sent} resets read"
+        );
         proxy.still_serves().await;
 
         // Slower: each batch of streams is under way upstream before it is
