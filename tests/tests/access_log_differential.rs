@@ -12,7 +12,7 @@ use trellis_tests::process::{require_envoy, workspace_bin, ProxyProcess};
 use trellis_tests::upstream::Echo;
 use trellis_tests::{client, eventually, free_port, within};
 
-const TEXT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(X-MISSING)% %REQ(X-MISSING?USER-AGENT)% %REQ(USER-AGENT):4% %RESP(CONTENT-TYPE)% %UPSTREAM_REMOTE_ADDRESS% %UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)% 100%%\\n";
+const TEXT: &str = "%REQ(:METHOD)% %REQ(:PATH)% %REQ(:AUTHORITY)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ROUTE_NAME% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(X-MISSING)% %REQ(X-MISSING?USER-AGENT)% %REQ(USER-AGENT):4% %RESP(CONTENT-TYPE)% %UPSTREAM_REMOTE_ADDRESS% %UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %GRPC_STATUS% %GRPC_STATUS(SNAKE_STRING)% %GRPC_STATUS(NUMBER)% %UPSTREAM_REQUEST_ATTEMPT_COUNT% 100%%\\n";
 
 fn bootstrap(port: u16, echo: std::net::SocketAddr, dir: &Path) -> String {
     let logs = format!(
@@ -42,6 +42,7 @@ fn bootstrap(port: u16, echo: std::net::SocketAddr, dir: &Path) -> String {
         bytes: "%BYTES_SENT%"
         flags: "%RESPONSE_FLAGS%"
         grpc: "%GRPC_STATUS(NUMBER)%"
+        attempts: "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"
         upstream: "%UPSTREAM_REMOTE_ADDRESS%"
         nested:
           cluster: "%UPSTREAM_CLUSTER%"
@@ -54,6 +55,15 @@ fn bootstrap(port: u16, echo: std::net::SocketAddr, dir: &Path) -> String {
     let vhosts = r#"- name: all
   domains: ["*"]
   routes:
+  - match: { prefix: "/retried/" }
+    name: retried
+    route:
+      cluster: echo
+      prefix_rewrite: "/status/"
+      retry_policy: { retry_on: 5xx, num_retries: 2 }
+  - match: { prefix: "/direct" }
+    name: direct
+    direct_response: { status: 204 }
   - match: { prefix: "/rw/" }
     name: rewritten
     route: { cluster: echo, prefix_rewrite: "/" }
@@ -85,11 +95,14 @@ async fn run(bin: &Path, echo: &Echo) -> [Vec<String>; 3] {
     let _p = ProxyProcess::start_with(bin, &bootstrap(port, echo.addr, dir.path()), &[]).await;
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let ua = [("user-agent", "difftest/1.0"), ("x-request-id", "fixed-id")];
-    let cases: [(Method, &str, &str); 4] = [
+    let cases: [(Method, &str, &str); 6] = [
         (Method::GET, "/a?q=1", ""),
         (Method::POST, "/b", "hello"),
         (Method::GET, "/status/503", ""),
         (Method::GET, "/rw/c", ""),
+        // Three tries upstream; and none.
+        (Method::GET, "/retried/503", ""),
+        (Method::GET, "/direct", ""),
     ];
     let n = cases.len();
     for (m, path, body) in cases {
@@ -152,6 +165,13 @@ async fn access_log_lines_match_envoy() {
             let t: serde_json::Value = serde_json::from_str(t).expect("trellis JSON");
             assert_eq!(t, e, "json format, line {i}");
         }
+        // Equal to Envoy's, and what the cases make: one try each, three
+        // for the retried 503, none for the direct response.
+        let attempts: Vec<&str> = ours[1]
+            .iter()
+            .map(|l| l.rsplit(' ').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(attempts, ["1", "1", "1", "1", "3", "0"], "{:?}", ours[1]);
     })
     .await;
 }

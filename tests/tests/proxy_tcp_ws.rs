@@ -215,7 +215,7 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {}
-              log_format: {{ text_format_source: {{ inline_string: "%BYTES_RECEIVED% %BYTES_SENT%\n" }} }}
+              log_format: {{ text_format_source: {{ inline_string: "%BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\n" }} }}
   clusters:
 {}"#,
         log.display(),
@@ -240,5 +240,5 @@ static_resources:
             .filter(|l| l.ends_with('\n'))
     })
     .await;
-    assert_eq!(line, "5 5\n");
+    assert_eq!(line, "5 5 1\n");
 }

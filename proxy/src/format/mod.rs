@@ -43,6 +43,8 @@ pub struct StreamInfo {
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local: Option<SocketAddr>,
     pub upstream_failure: Option<&'static str>,
+    /// Tries made upstream (HTTP tries, TCP connection attempts); 0: none.
+    pub upstream_attempts: u32,
     pub response_code: Option<u16>,
     pub flags: ResponseFlags,
     pub bytes_received: u64,
@@ -70,6 +72,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_local: None,
             upstream_failure: None,
+            upstream_attempts: 0,
             response_code: None,
             flags: ResponseFlags::default(),
             bytes_received: 0,
@@ -158,6 +161,7 @@ enum Op {
     UpstreamCluster,
     UpstreamLocalAddress,
     UpstreamTransportFailureReason,
+    UpstreamRequestAttemptCount,
     DownstreamRemote {
         port: bool,
     },
@@ -385,6 +389,7 @@ fn operator(name: &str, arg: Option<&str>) -> Result<Op, String> {
         "UPSTREAM_CLUSTER" => no_arg(Op::UpstreamCluster),
         "UPSTREAM_LOCAL_ADDRESS" => no_arg(Op::UpstreamLocalAddress),
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_arg(Op::UpstreamTransportFailureReason),
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_arg(Op::UpstreamRequestAttemptCount),
         "DOWNSTREAM_REMOTE_ADDRESS" => no_arg(Op::DownstreamRemote { port: true }),
         "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_arg(Op::DownstreamRemote { port: false }),
         "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Op::DownstreamLocal { port: true }),
@@ -496,6 +501,7 @@ impl Op {
                 .as_ref()
                 .map_or(Value::Missing, |c| Value::Str(Cow::Owned(c.to_string()))),
             Op::UpstreamLocalAddress => string(i.upstream_local.map(|a| a.to_string())),
+            Op::UpstreamRequestAttemptCount => Value::Num(u64::from(i.upstream_attempts)),
             Op::UpstreamTransportFailureReason => i
                 .upstream_failure
                 .map_or(Value::Missing, |r| Value::Str(Cow::Borrowed(r))),

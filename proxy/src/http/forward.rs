@@ -33,6 +33,9 @@ pub struct Outcome {
     pub attempts: u32,
     /// When the last try ended, if one was made.
     pub answered: Option<Instant>,
+    /// The response is the upstream's, not a local reply (with `URX` set,
+    /// too: the last retriable answer is passed on).
+    pub via_upstream: bool,
 }
 
 /// The request body: replayable bytes, or a stream that can be sent once.
@@ -181,6 +184,7 @@ pub fn forward<'a>(
                     upstream_local: None,
                     attempts: 0,
                     answered: None,
+                    via_upstream: false,
                 };
             }
         };
@@ -228,6 +232,7 @@ pub fn forward<'a>(
                     upstream_local: None,
                     attempts: attempt,
                     answered: None,
+                    via_upstream: false,
                 };
             };
             stats.upstream_rq_total.inc();
@@ -322,6 +327,7 @@ pub fn forward<'a>(
                                 upstream_local,
                                 attempts: attempt,
                                 answered: Some(ended),
+                                via_upstream: false,
                             };
                         }
                         TryError::PerTryTimeout if overall_expired || per_try.is_none() => {
@@ -381,6 +387,7 @@ pub fn forward<'a>(
                         upstream_local,
                         attempts: attempt,
                         answered: Some(ended),
+                        via_upstream: true,
                     };
                 }
                 Err((flag, status, text)) => {
@@ -399,6 +406,7 @@ pub fn forward<'a>(
                         upstream_local,
                         attempts: attempt,
                         answered: Some(ended),
+                        via_upstream: false,
                     };
                 }
             }
@@ -422,6 +430,7 @@ fn overflow(grpc: bool, attempts: u32) -> Outcome {
         upstream_local: None,
         attempts,
         answered: None,
+        via_upstream: false,
     }
 }
 

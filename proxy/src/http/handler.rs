@@ -500,6 +500,7 @@ impl Hcm {
             upstream_local,
             attempts,
             answered,
+            via_upstream,
         } = match sent {
             Ok(outcome) => outcome,
             Err(t) => {
@@ -527,6 +528,7 @@ impl Hcm {
         }
         record.info.upstream_host = upstream.as_ref().map(|e| e.addr);
         record.info.upstream_local = upstream_local;
+        record.info.upstream_attempts = attempts;
         if upstream.is_some() {
             record.info.first_upstream_byte = Some(answered - record.info.started);
         }
@@ -535,7 +537,7 @@ impl Hcm {
                 .headers_mut()
                 .insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), attempts.into());
         }
-        if upstream.is_some() && flags.is_empty() {
+        if via_upstream {
             response.headers_mut().insert(
                 X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                 headers::millis(answered - started),

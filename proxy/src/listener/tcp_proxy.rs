@@ -105,6 +105,7 @@ impl TcpProxy {
             else {
                 break;
             };
+            info.upstream_attempts += 1;
             let connect = TcpStream::connect(ep.addr);
             match tokio::time::timeout(cluster.config.connect_timeout, connect).await {
                 Ok(Ok(s)) => {
