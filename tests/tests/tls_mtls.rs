@@ -1219,6 +1219,39 @@ async fn openssl_handshake(port: u16, ca: &Path, args: &[&str]) -> (bool, String
     )
 }
 
+/// A TLS listener for svc.test, with `tls_params` when given, and openssl
+/// handshakes against it: each case's arguments and the cipher the
+/// handshake must agree on (a prefix; `None`: refused).
+async fn handshakes_against(tls_params: Option<Value>, cases: &[(&[&str], Option<&str>)]) {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new("trellis test CA");
+    let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
+    let ca_file = ca.write(dir.path(), "ca");
+    let port = free_port();
+    let mut common = json!({ "tls_certificates": [cert_files(dir.path(), "svc", &cert)] });
+    if let Some(params) = tls_params {
+        common["tls_params"] = params;
+    }
+    let mut chain = json!({ "filters": [hcm("s", reply("ok"))] });
+    chain["transport_socket"] = downstream_tls(common, false);
+    let _p = ProxyProcess::start(&bootstrap(
+        vec![listener(port, vec![chain], json!({}))],
+        vec![],
+        vec![],
+    ))
+    .await;
+    for (args, cipher) in cases {
+        let (ok, out) = openssl_handshake(port, &ca_file, args).await;
+        assert_eq!(ok, cipher.is_some(), "{args:?}: {out}");
+        if let Some(cipher) = cipher {
+            assert!(
+                out.contains(&format!("Cipher is {cipher}")),
+                "{args:?}: {out}"
+            );
+        }
+    }
+}
+
 /// TLS 1.2 and 1.3 only, modern suites only: openssl offering TLS 1.1, or
 /// TLS 1.2 with CBC suites alone, is refused; TLS 1.2 with AEAD suites and
 /// TLS 1.3 are served.
@@ -1228,44 +1261,21 @@ async fn old_protocols_and_weak_suites_are_refused() {
         eprintln!("openssl not installed; skipping");
         return;
     }
-    within(Duration::from_secs(60), "TLS versions", async {
-        let dir = tempfile::tempdir().expect("dir");
-        let ca = Ca::new("trellis test CA");
-        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
-        let ca_file = ca.write(dir.path(), "ca");
-        let port = free_port();
-        let mut chain = json!({ "filters": [hcm("s", reply("ok"))] });
-        chain["transport_socket"] = downstream_tls(
-            json!({ "tls_certificates": [cert_files(dir.path(), "svc", &cert)] }),
-            false,
-        );
-        let _p = ProxyProcess::start(&bootstrap(
-            vec![listener(port, vec![chain], json!({}))],
-            vec![],
-            vec![],
-        ))
-        .await;
-        // SECLEVEL=0 lets the client offer what it would not by default,
-        // so that a refusal is the server's.
-        let cases: [(&[&str], bool); 5] = [
-            (&["-tls1_3"], true),
-            (&["-tls1_2"], true),
-            (&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
-            (&["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
-            (
-                &[
-                    "-tls1_2",
-                    "-cipher",
-                    "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:AES128-SHA:AES256-SHA:@SECLEVEL=0",
-                ],
-                false,
-            ),
-        ];
-        for (args, served) in cases {
-            let (ok, out) = openssl_handshake(port, &ca_file, args).await;
-            assert_eq!(ok, served, "{args:?}: {out}");
-        }
-    })
+    // SECLEVEL=0 lets the client offer what it would not by default,
+    // so that a refusal is the server's.
+    let cbc_only = "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:AES128-SHA:AES256-SHA:@SECLEVEL=0";
+    let cases: [(&[&str], Option<&str>); 5] = [
+        (&["-tls1_3"], Some("TLS_AES_")),
+        (&["-tls1_2"], Some("ECDHE-ECDSA-")),
+        (&["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], None),
+        (&["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"], None),
+        (&["-tls1_2", "-cipher", cbc_only], None),
+    ];
+    within(
+        Duration::from_secs(60),
+        "TLS versions",
+        handshakes_against(None, &cases),
+    )
     .await;
 }
 
@@ -1278,54 +1288,29 @@ async fn cipher_and_curve_lists_narrow_what_a_listener_offers() {
         eprintln!("openssl not installed; skipping");
         return;
     }
-    within(Duration::from_secs(60), "tls_params lists", async {
-        let dir = tempfile::tempdir().expect("dir");
-        let ca = Ca::new("trellis test CA");
-        let cert = ca.issue(&Leaf::new(&["svc.test"], &[]));
-        let ca_file = ca.write(dir.path(), "ca");
-        let port = free_port();
-        let mut chain = json!({ "filters": [hcm("s", reply("ok"))] });
-        chain["transport_socket"] = downstream_tls(
-            json!({
-                "tls_params": {
-                    "cipher_suites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
-                    "ecdh_curves": ["P-384"],
-                },
-                "tls_certificates": [cert_files(dir.path(), "svc", &cert)],
-            }),
-            false,
-        );
-        let _p = ProxyProcess::start(&bootstrap(
-            vec![listener(port, vec![chain], json!({}))],
-            vec![],
-            vec![],
-        ))
-        .await;
-        let cases: [(&[&str], Option<&str>); 6] = [
-            (&["-tls1_2"], Some("ECDHE-ECDSA-AES256-GCM-SHA384")),
-            (
-                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
-                Some("ECDHE-ECDSA-AES256-GCM-SHA384"),
-            ),
-            (
-                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
-                None,
-            ),
-            (&["-tls1_2", "-curves", "X25519"], None),
-            (&["-tls1_3", "-curves", "X25519"], None),
-            (&["-tls1_3", "-curves", "P-384"], Some("TLS_AES_")),
-        ];
-        for (args, cipher) in cases {
-            let (ok, out) = openssl_handshake(port, &ca_file, args).await;
-            assert_eq!(ok, cipher.is_some(), "{args:?}: {out}");
-            if let Some(cipher) = cipher {
-                assert!(
-                    out.contains(&format!("Cipher is {cipher}")),
-                    "{args:?}: {out}"
-                );
-            }
-        }
-    })
+    let params = json!({
+        "cipher_suites": ["ECDHE-ECDSA-AES256-GCM-SHA384"],
+        "ecdh_curves": ["P-384"],
+    });
+    let cases: [(&[&str], Option<&str>); 6] = [
+        (&["-tls1_2"], Some("ECDHE-ECDSA-AES256-GCM-SHA384")),
+        (
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+            Some("ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ),
+        (
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+            None,
+        ),
+        (&["-tls1_2", "-curves", "X25519"], None),
+        (&["-tls1_3", "-curves", "X25519"], None),
+        (&["-tls1_3", "-curves", "P-384"], Some("TLS_AES_")),
+    ];
+    within(
+        Duration::from_secs(60),
+        "tls_params lists",
+        handshakes_against(Some(params), &cases),
+    )
     .await;
 }
 

@@ -33,6 +33,21 @@ fn secret_any(name: &str, chain: &str, key: &str) -> prost_types::Any {
     }
 }
 
+/// A secret by name, from ADS.
+fn ads_reference(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(xds_protos::envoy::config::core::v3::ConfigSource {
+            config_source_specifier: Some(
+                xds_protos::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        }),
+    }
+}
+
 fn update(any: prost_types::Any) -> Update {
     Update {
         kind: Kind::Secret,
@@ -47,17 +62,7 @@ fn update(any: prost_types::Any) -> Update {
 fn ads_secrets_are_published_or_nacked_naming_the_field() {
     let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_string()]).expect("cert");
     let (chain, key) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    let reference = SdsSecretConfig {
-        name: "ads_cert".into(),
-        sds_config: Some(xds_protos::envoy::config::core::v3::ConfigSource {
-            config_source_specifier: Some(
-                xds_protos::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
-                    Default::default(),
-                ),
-            ),
-            ..Default::default()
-        }),
-    };
+    let reference = ads_reference("ads_cert");
     let slot = secrets::resolve(&reference).expect("an ADS reference resolves before arrival");
     assert!(slot.ads);
     assert!(slot.slot.load().is_none());
@@ -94,17 +99,7 @@ fn ads_secrets_are_published_or_nacked_naming_the_field() {
 
 #[test]
 fn a_missing_secret_is_a_first_miss_once() {
-    let reference = SdsSecretConfig {
-        name: "never_sent".into(),
-        sds_config: Some(xds_protos::envoy::config::core::v3::ConfigSource {
-            config_source_specifier: Some(
-                xds_protos::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
-                    Default::default(),
-                ),
-            ),
-            ..Default::default()
-        }),
-    };
+    let reference = ads_reference("never_sent");
     let slot = secrets::resolve(&reference).expect("ADS reference").slot;
     assert!(slot.load().is_none());
     assert!(slot.first_miss(), "the first handshake to miss it warns");
