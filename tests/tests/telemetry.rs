@@ -263,6 +263,66 @@ async fn two_hops_count_traffic_log_it_and_keep_trace_headers() {
     .await;
 }
 
+/// `%CONNECTION_ID%` names the downstream connection: the requests of one
+/// keep-alive connection share it, another connection has its own.
+#[tokio::test]
+async fn connection_id_is_one_per_downstream_connection() {
+    within(LIMIT, "connection id", async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = Echo::start("echo").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("ids.log");
+        let port = free_port();
+        let _p = ProxyProcess::start(&hop_b(
+            port,
+            echo.addr,
+            &access_logs(&[file_log(
+                &log,
+                "log_format:\n  text_format_source:\n    inline_string: \"%REQ(:PATH)% %CONNECTION_ID%\\n\"\n",
+            )]),
+        ))
+        .await;
+        // Two requests on one connection (the second closes it), then one on
+        // another connection.
+        for paths in [&["/a", "/b"][..], &["/c"]] {
+            let mut s = tokio::net::TcpStream::connect(loopback(port))
+                .await
+                .expect("connect");
+            for (i, path) in paths.iter().enumerate() {
+                let close = if i + 1 == paths.len() { "connection: close\r\n" } else { "" };
+                let req = format!("GET {path} HTTP/1.1\r\nhost: a\r\n{close}\r\n");
+                s.write_all(req.as_bytes()).await.expect("write");
+            }
+            let mut answers = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answers))
+                .await
+                .expect("answered and closed")
+                .expect("read");
+            let text = String::from_utf8_lossy(&answers);
+            assert_eq!(text.matches("HTTP/1.1 200").count(), paths.len(), "{text}");
+        }
+        // Envoy writes its access logs out every 10 s.
+        let lines = eventually(Duration::from_secs(15), "three log lines", || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            (lines.len() == 3).then_some(lines)
+        })
+        .await;
+        let id = |path: &str| -> u64 {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("{path} ")))
+                .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"));
+            line[path.len() + 1..]
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line}"))
+        };
+        assert_eq!(id("/a"), id("/b"), "{lines:?}");
+        assert_ne!(id("/a"), id("/c"), "{lines:?}");
+    })
+    .await;
+}
+
 /// An access log whose writes fail (`/dev/full`) costs lines, not requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_access_log_does_not_fail_requests() {

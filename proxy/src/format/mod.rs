@@ -33,6 +33,8 @@ pub struct StreamInfo {
     /// `None` for a TCP proxy connection, which has no HTTP protocol.
     pub protocol: Option<http::Version>,
     pub downstream_remote: SocketAddr,
+    /// The downstream connection's id (`%CONNECTION_ID%`); 0: not known.
+    pub connection_id: u64,
     pub downstream_local: Option<SocketAddr>,
     /// The verified downstream certificate's URI SAN (mTLS listeners).
     pub downstream_peer_uri_san: Option<Arc<str>>,
@@ -57,6 +59,14 @@ pub struct StreamInfo {
     pub done: Option<Duration>,
 }
 
+/// A new downstream connection's id: unique for the process's life, as
+/// Envoy's are (Envoy numbers upstream connections from the same counter,
+/// so neither is dense).
+pub fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl StreamInfo {
     pub fn new(downstream_remote: SocketAddr, downstream_local: Option<SocketAddr>) -> StreamInfo {
         StreamInfo {
@@ -65,6 +75,7 @@ impl StreamInfo {
             protocol: None,
             downstream_remote,
             downstream_local,
+            connection_id: 0,
             downstream_peer_uri_san: None,
             requested_server_name: None,
             route_name: None,
@@ -170,6 +181,7 @@ enum Op {
     },
     DownstreamPeerUriSan,
     RequestedServerName,
+    ConnectionId,
     Protocol,
     Hostname,
     RouteName,
@@ -396,6 +408,7 @@ fn operator(name: &str, arg: Option<&str>) -> Result<Op, String> {
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => no_arg(Op::DownstreamLocal { port: false }),
         "DOWNSTREAM_PEER_URI_SAN" => no_arg(Op::DownstreamPeerUriSan),
         "REQUESTED_SERVER_NAME" => no_arg(Op::RequestedServerName),
+        "CONNECTION_ID" => no_arg(Op::ConnectionId),
         "PROTOCOL" => no_arg(Op::Protocol),
         "HOSTNAME" => no_arg(Op::Hostname),
         "ROUTE_NAME" => no_arg(Op::RouteName),
@@ -513,6 +526,7 @@ impl Op {
                 .downstream_peer_uri_san
                 .as_deref()
                 .map_or(Value::Missing, |s| Value::Str(Cow::Borrowed(s))),
+            Op::ConnectionId => Value::Num(i.connection_id),
             Op::RequestedServerName => i
                 .requested_server_name
                 .as_deref()

@@ -69,6 +69,10 @@ fn operators_render() {
     );
     assert_eq!(render("%START_TIME(%s)%", &ctx), "1795624801");
     assert_eq!(render("%REQUESTED_SERVER_NAME%", &ctx), "-");
+    let mut conn = info();
+    conn.connection_id = 42;
+    assert_eq!(render("%CONNECTION_ID%", &Context::new(&conn)), "42");
+    assert!(next_connection_id() < next_connection_id());
     let mut tls = info();
     tls.requested_server_name = Some(Arc::from("api.example.com"));
     assert_eq!(

@@ -28,6 +28,8 @@ use crate::io::{Activity, Prefixed, Tracked};
 /// Facts about the downstream connection that requests need.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// `%CONNECTION_ID%`.
+    pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Where iptables redirected the connection from (listener `original_dst`).
@@ -59,6 +61,7 @@ impl Hcm {
         self.stats.downstream_cx_active.inc();
         let closing = Arc::new(AtomicBool::new(false));
         let info = Arc::new(ConnInfo {
+            id: crate::format::next_connection_id(),
             peer,
             local,
             original_dst,

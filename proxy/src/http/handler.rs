@@ -59,6 +59,7 @@ impl Hcm {
                 response_idle: None,
             };
             record.info.protocol = Some(parts.version);
+            record.info.connection_id = info.id;
             if let Some(tls) = &info.tls {
                 record.info.downstream_peer_uri_san = tls.uri_san.clone().filter(|_| tls.verified);
                 record.info.requested_server_name = tls.server_name.clone();

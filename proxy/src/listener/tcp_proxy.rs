@@ -60,6 +60,7 @@ impl TcpProxy {
     {
         // Telemetry hook: the connection's facts feed its access log line.
         let mut info = StreamInfo::new(peer, Some(local));
+        info.connection_id = crate::format::next_connection_id();
         info.downstream_peer_uri_san = tls.filter(|t| t.verified).and_then(|t| t.uri_san.clone());
         info.requested_server_name = tls.and_then(|t| t.server_name.clone());
         let caller = match (&self.shared.mesh, self.inbound) {
