@@ -734,6 +734,20 @@ impl XdsServer {
         r
     }
 
+    /// Waits until the proxy has asked for resource `name` of `type_url`.
+    pub async fn wait_subscribed(&self, type_url: &str, name: &str) {
+        let what = format!("a subscription to {type_url} {name}");
+        eventually(ANSWER_TIMEOUT, &what, || async {
+            self.shared
+                .lock()
+                .requests
+                .iter()
+                .any(|r| r.type_url == type_url && r.resource_names.iter().any(|n| n == name))
+                .then_some(())
+        })
+        .await
+    }
+
     /// Waits until a stream numbered above `after` has sent a request of
     /// `type_url`; returns its first such request (the re-subscription).
     pub async fn wait_resubscribe(&self, type_url: &str, after: u64) -> Recorded {

@@ -628,15 +628,7 @@ async fn warming_and_readiness(proxy: Proxy, delta: bool) {
     xds.set_listener(&http_listener("main", port, "r1"));
     let v1 = xds.push();
     xds.wait_ack(CLUSTER, &v1).await;
-    eventually(CONVERGE, "a subscription to endpoints a", || async {
-        xds.requests()
-            .iter()
-            .any(|r| {
-                r.type_url == CLUSTER_LOAD_ASSIGNMENT && r.resource_names.contains(&"a".to_string())
-            })
-            .then_some(())
-    })
-    .await;
+    xds.wait_subscribed(CLUSTER_LOAD_ASSIGNMENT, "a").await;
     assert_eq!(
         launch.ready_status().await,
         Some(503),
@@ -650,15 +642,7 @@ async fn warming_and_readiness(proxy: Proxy, delta: bool) {
     let v2 = xds.push();
     xds.wait_ack(CLUSTER_LOAD_ASSIGNMENT, &v2).await;
     xds.wait_ack(LISTENER, &v1).await;
-    eventually(CONVERGE, "a subscription to routes r1", || async {
-        xds.requests()
-            .iter()
-            .any(|r| {
-                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r1".to_string())
-            })
-            .then_some(())
-    })
-    .await;
+    xds.wait_subscribed(ROUTE_CONFIGURATION, "r1").await;
     assert_eq!(
         launch.ready_status().await,
         Some(503),
@@ -678,15 +662,7 @@ async fn warming_and_readiness(proxy: Proxy, delta: bool) {
     xds.set_listener(&http_listener("second", port2, "r2"));
     let v4 = xds.push();
     xds.wait_ack(LISTENER, &v4).await;
-    eventually(CONVERGE, "a subscription to r2", || async {
-        xds.requests()
-            .iter()
-            .any(|r| {
-                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r2".to_string())
-            })
-            .then_some(())
-    })
-    .await;
+    xds.wait_subscribed(ROUTE_CONFIGURATION, "r2").await;
     let early = get(port2, "/").await;
     assert!(
         early.as_ref().is_none_or(|s| s.status != 200),
@@ -1043,15 +1019,7 @@ async fn changed_listener_warms_again(proxy: Proxy, delta: bool) {
     xds.set_listener(&http_listener("main", port, "r2"));
     let v2 = xds.push();
     xds.wait_ack(LISTENER, &v2).await;
-    eventually(CONVERGE, "a subscription to r2", || async {
-        xds.requests()
-            .iter()
-            .any(|r| {
-                r.type_url == ROUTE_CONFIGURATION && r.resource_names.contains(&"r2".to_string())
-            })
-            .then_some(())
-    })
-    .await;
+    xds.wait_subscribed(ROUTE_CONFIGURATION, "r2").await;
     steadily_served_by(port, "/", "a", "t1", 5).await;
 
     xds.set_route(&route_config("r2", vec![route("/", &[("a", 1)])], "t2"));
